@@ -1,0 +1,390 @@
+//! Data files: streamed in batches through every hop's data rule in memory, so each file is
+//! read once and written once whatever the number of hops, and memory stays bounded by the
+//! batch size whatever the file size. `*.json` documents are one record or an array of records
+//! and are read whole.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+
+use plugin_api::ffi::CallError;
+use plugin_api::RuleError;
+use serde_json::Value;
+
+use crate::error::{MigrateError, Result};
+use crate::install::{DataFile, DataKind, QUARANTINE};
+use crate::registry::LoadedHop;
+use crate::settings::OnInvalid;
+use crate::staging::Staging;
+
+/// A batch is flushed to the hops at this many bytes even if it has fewer records.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// What one file's migration did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FileStats {
+    pub records: u64,
+    pub quarantined: u64,
+    pub bytes_in: u64,
+}
+
+/// How data files are migrated in this run.
+pub struct DataRun<'a> {
+    pub hops: &'a [LoadedHop],
+    pub on_invalid: OnInvalid,
+    pub batch_size: usize,
+    /// The data folder's path relative to the staging root (`data`), for quarantine paths.
+    pub data_rel: String,
+}
+
+/// A record a hop refused, with its place in the original file.
+struct Refusal {
+    place: u64,
+    hop: String,
+    error: RuleError,
+    raw: Vec<u8>,
+}
+
+impl DataRun<'_> {
+    fn data_hops(&self) -> impl Iterator<Item = &LoadedHop> {
+        self.hops.iter().filter(|h| h.descriptor.rules.data)
+    }
+
+    /// Migrates `file` (under `root`) into `staging`.
+    pub fn migrate_file(
+        &self,
+        root: &Path,
+        file: &DataFile,
+        staging: &mut Staging,
+    ) -> Result<FileStats> {
+        match file.kind {
+            DataKind::Lines => self.migrate_lines(root, file, staging),
+            DataKind::Document => self.migrate_document(root, file, staging),
+        }
+    }
+
+    fn migrate_lines(
+        &self,
+        root: &Path,
+        file: &DataFile,
+        staging: &mut Staging,
+    ) -> Result<FileStats> {
+        let src_path = root.join(&file.rel);
+        let src = File::open(&src_path)
+            .map_err(|e| MigrateError::io(format!("cannot open {}", src_path.display()), e))?;
+        let dst_path = staging.path_for(&file.rel)?;
+        let write_err =
+            |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
+        let mut out =
+            BufWriter::with_capacity(1 << 20, File::create(&dst_path).map_err(write_err)?);
+        let mut reader = BufReader::with_capacity(1 << 20, src);
+        let mut quarantine = Quarantine::new(self, root, file);
+        let mut stats = FileStats::default();
+        let mut batch = Batch::default();
+        let mut line = Vec::new();
+        let mut line_no = 0u64;
+        loop {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| MigrateError::io(format!("cannot read {}", src_path.display()), e))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            stats.bytes_in += n as u64;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                // Not a record: flush what precedes it and keep the blank line where it was.
+                self.flush(&mut batch, file, &mut out, &mut quarantine, &mut stats)?;
+                out.write_all(&line).map_err(write_err)?;
+                continue;
+            }
+            batch.push(&line, line_no);
+            if batch.places.len() >= self.batch_size || batch.bytes.len() >= BATCH_BYTES {
+                self.flush(&mut batch, file, &mut out, &mut quarantine, &mut stats)?;
+            }
+        }
+        self.flush(&mut batch, file, &mut out, &mut quarantine, &mut stats)?;
+        let mut f = out.into_inner().map_err(|e| write_err(e.into_error()))?;
+        f.flush().and_then(|_| f.sync_all()).map_err(write_err)?;
+        quarantine.finish(staging)?;
+        Ok(stats)
+    }
+
+    /// Runs a batch through the hops and writes the survivors.
+    fn flush(
+        &self,
+        batch: &mut Batch,
+        file: &DataFile,
+        out: &mut impl Write,
+        quarantine: &mut Quarantine,
+        stats: &mut FileStats,
+    ) -> Result<()> {
+        if batch.places.is_empty() {
+            return Ok(());
+        }
+        let (migrated, refusals) = self.run_hops(batch, file)?;
+        stats.records += (batch.places.len() - refusals.len()) as u64;
+        self.handle_refusals(refusals, file, quarantine, stats)?;
+        out.write_all(&migrated)
+            .map_err(|e| MigrateError::io(format!("cannot write staged {}", file.rel), e))?;
+        batch.clear();
+        Ok(())
+    }
+
+    /// Passes the batch through every data hop; refused records drop out with their place.
+    fn run_hops(&self, batch: &Batch, file: &DataFile) -> Result<(Vec<u8>, Vec<Refusal>)> {
+        let mut alive: Vec<usize> = (0..batch.places.len()).collect();
+        let mut refusals = Vec::new();
+        let mut input = batch.bytes.clone();
+        for hop in self.data_hops() {
+            let mut output = Vec::with_capacity(input.len() + input.len() / 4);
+            let refused = hop
+                .client
+                .migrate_data(&input, &mut output)
+                .map_err(|e| plugin_failure(hop, file, e))?;
+            let mut dropped: Vec<usize> = refused.iter().map(|r| r.index as usize).collect();
+            dropped.sort_unstable();
+            for r in refused {
+                let Some(&orig) = alive.get(r.index as usize) else {
+                    return Err(MigrateError::Plugin(format!(
+                        "{} refused record #{} of a batch of {} from {}: the plugin is broken",
+                        hop_label(hop),
+                        r.index,
+                        alive.len(),
+                        file.rel
+                    )));
+                };
+                refusals.push(Refusal {
+                    place: batch.places[orig],
+                    hop: hop_label(hop),
+                    error: r.error,
+                    raw: batch.record(orig).to_vec(),
+                });
+            }
+            for &i in dropped.iter().rev() {
+                alive.remove(i);
+            }
+            input = output;
+        }
+        Ok((input, refusals))
+    }
+
+    fn handle_refusals(
+        &self,
+        mut refusals: Vec<Refusal>,
+        file: &DataFile,
+        quarantine: &mut Quarantine,
+        stats: &mut FileStats,
+    ) -> Result<()> {
+        refusals.sort_by_key(|r| r.place);
+        if let (OnInvalid::Fail, Some(first)) = (self.on_invalid, refusals.first()) {
+            return Err(refused_error(file, first));
+        }
+        for r in refusals {
+            quarantine.add(&r)?;
+            stats.quarantined += 1;
+        }
+        Ok(())
+    }
+
+    /// A `*.json` document: an object (one record) or an array of records.
+    fn migrate_document(
+        &self,
+        root: &Path,
+        file: &DataFile,
+        staging: &mut Staging,
+    ) -> Result<FileStats> {
+        let src_path = root.join(&file.rel);
+        let text = std::fs::read(&src_path)
+            .map_err(|e| MigrateError::io(format!("cannot read {}", src_path.display()), e))?;
+        let mut stats = FileStats {
+            bytes_in: text.len() as u64,
+            ..FileStats::default()
+        };
+        let mut quarantine = Quarantine::new(self, root, file);
+        let doc: Value = match serde_json::from_slice(&text) {
+            Ok(v) => v,
+            Err(e) => {
+                let refusal = Refusal {
+                    place: e.line() as u64,
+                    hop: "reading".into(),
+                    error: RuleError::new(format!("not valid JSON ({e})")),
+                    raw: text.clone(),
+                };
+                self.handle_refusals(vec![refusal], file, &mut quarantine, &mut stats)?;
+                staging.remove_at_commit(&file.rel);
+                quarantine.finish(staging)?;
+                return Ok(stats);
+            }
+        };
+        let is_array = doc.is_array();
+        let records: Vec<Value> = match doc {
+            Value::Array(items) => items,
+            other => vec![other],
+        };
+        let mut batch = Batch::default();
+        for (i, record) in records.iter().enumerate() {
+            let mut line = serde_json::to_vec(record).map_err(|e| {
+                MigrateError::invalid(&src_path, e.to_string(), "report this as a bug")
+            })?;
+            line.push(b'\n');
+            batch.push(&line, i as u64 + 1);
+        }
+        let (migrated, refusals) = self.run_hops(&batch, file)?;
+        stats.records = (records.len() - refusals.len()) as u64;
+        let all_refused = !is_array && !refusals.is_empty();
+        self.handle_refusals(refusals, file, &mut quarantine, &mut stats)?;
+        quarantine.finish(staging)?;
+        if all_refused {
+            staging.remove_at_commit(&file.rel);
+            return Ok(stats);
+        }
+        let out = render_document(&migrated, is_array, &text).map_err(|e| {
+            MigrateError::invalid(
+                &src_path,
+                e,
+                "report this as a bug: a plugin returned invalid JSON",
+            )
+        })?;
+        staging.write(&file.rel, &out)?;
+        Ok(stats)
+    }
+}
+
+/// Rebuilds a document from migrated records, in the original's style: pretty when the
+/// original spanned several lines, compact otherwise, with its trailing newline if it had one.
+fn render_document(migrated: &[u8], is_array: bool, original: &[u8]) -> Result<Vec<u8>, String> {
+    let mut records = Vec::new();
+    for line in plugin_api::rules::split_records(migrated) {
+        records.push(serde_json::from_slice::<Value>(line).map_err(|e| e.to_string())?);
+    }
+    let doc = if is_array {
+        Value::Array(records)
+    } else {
+        records.into_iter().next().unwrap_or(Value::Null)
+    };
+    let trimmed = original.trim_ascii();
+    let mut out = if trimmed.contains(&b'\n') {
+        serde_json::to_vec_pretty(&doc)
+    } else {
+        serde_json::to_vec(&doc)
+    }
+    .map_err(|e| e.to_string())?;
+    if original.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+fn hop_label(hop: &LoadedHop) -> String {
+    format!("{} → {} ({})", hop.from, hop.to, hop.descriptor.name)
+}
+
+fn plugin_failure(hop: &LoadedHop, file: &DataFile, e: CallError) -> MigrateError {
+    MigrateError::Plugin(format!(
+        "{} failed on {}: {e}\n  plugin file: {}\n  next step: the installation is unchanged; report this to the plugin's author",
+        hop_label(hop),
+        file.rel,
+        hop.path.display()
+    ))
+}
+
+fn place_name(file: &DataFile, place: u64) -> String {
+    match file.kind {
+        DataKind::Lines => format!("{}:{place}", file.rel),
+        DataKind::Document => format!("{} (record {place})", file.rel),
+    }
+}
+
+fn refused_error(file: &DataFile, r: &Refusal) -> MigrateError {
+    let field = r
+        .error
+        .field
+        .as_deref()
+        .map(|f| format!("field `{f}`: "))
+        .unwrap_or_default();
+    MigrateError::Invalid {
+        path: place_name(file, r.place).into(),
+        message: format!("{field}{} (hop {})", r.error.message, r.hop),
+        hint: "nothing was changed; fix the record, or rerun with --on-invalid quarantine to set refused records aside in data/.quarantine/".into(),
+    }
+}
+
+/// Records in a batch: their bytes (`\n`-terminated) and their places in the source file.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    starts: Vec<usize>,
+    places: Vec<u64>,
+}
+
+impl Batch {
+    fn push(&mut self, line: &[u8], place: u64) {
+        self.starts.push(self.bytes.len());
+        self.bytes.extend_from_slice(line);
+        if !line.ends_with(b"\n") {
+            self.bytes.push(b'\n');
+        }
+        self.places.push(place);
+    }
+
+    fn record(&self, i: usize) -> &[u8] {
+        let end = self.starts.get(i + 1).copied().unwrap_or(self.bytes.len());
+        self.bytes[self.starts[i]..end]
+            .strip_suffix(b"\n")
+            .unwrap_or(&self.bytes[self.starts[i]..end])
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.starts.clear();
+        self.places.clear();
+    }
+}
+
+/// `data/.quarantine/<relative path>.rejected.jsonl`, staged; each line is
+/// `{"line": N, "hop": "...", "error": "...", "record": "<the original text>"}`. Entries
+/// already there from earlier runs are kept.
+struct Quarantine {
+    rel: String,
+    existing: std::path::PathBuf,
+    entries: Vec<u8>,
+}
+
+impl Quarantine {
+    fn new(run: &DataRun, root: &Path, file: &DataFile) -> Quarantine {
+        let inside = file
+            .rel
+            .strip_prefix(&format!("{}/", run.data_rel))
+            .unwrap_or(&file.rel);
+        let rel = format!("{}/{QUARANTINE}/{inside}.rejected.jsonl", run.data_rel);
+        Quarantine {
+            existing: root.join(&rel),
+            rel,
+            entries: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, r: &Refusal) -> Result<()> {
+        let entry = serde_json::json!({
+            "line": r.place,
+            "hop": r.hop,
+            "error": r.error.to_string(),
+            "record": String::from_utf8_lossy(&r.raw),
+        });
+        serde_json::to_writer(&mut self.entries, &entry)
+            .map_err(|e| MigrateError::io("cannot encode a quarantine entry", e.into()))?;
+        self.entries.push(b'\n');
+        Ok(())
+    }
+
+    fn finish(self, staging: &Staging) -> Result<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let mut content = std::fs::read(&self.existing).unwrap_or_default();
+        content.extend_from_slice(&self.entries);
+        staging.write(&self.rel, &content)
+    }
+}

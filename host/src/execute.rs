@@ -1,0 +1,333 @@
+//! Runs a [`Plan`]: every kind of file through every hop into staging, then (unless this is a
+//! dry run) commits. Nothing in the installation changes before the commit step.
+
+use std::time::Instant;
+
+use plugin_api::{ModelFolder, ModelOptions, OptimizeDtype};
+
+use crate::backup::{self, BackupRequest};
+use crate::data::DataRun;
+use crate::error::{ExitCode, MigrateError, Result};
+use crate::install::VERSION_FILE;
+use crate::journal::{self, Action, Modes, Recovery, Transaction};
+use crate::lock::InstallLock;
+use crate::plan::Plan;
+use crate::report::{MigrationResult, OverallStatus, StepResult, StepStatus};
+use crate::settings::Dtype;
+use crate::staging::Staging;
+
+/// Whether the staged result is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Commit,
+    /// Runs everything in a scratch folder outside the installation and throws it away.
+    DryRun,
+}
+
+/// Executes `plan`; never panics on user input, and reports every step.
+pub fn execute(plan: &Plan, mode: Mode) -> MigrationResult {
+    let started = Instant::now();
+    let mut result = MigrationResult {
+        overall_status: OverallStatus::Completed,
+        from: plan.from.to_string(),
+        to: plan.to.to_string(),
+        path: plan.target.root.display().to_string(),
+        hops: plan
+            .steps
+            .iter()
+            .map(|s| format!("{} → {} ({})", s.from, s.to, s.plugin))
+            .collect(),
+        steps: Vec::new(),
+        error: None,
+        exit_code: ExitCode::Ok as i32,
+        duration_ms: 0,
+    };
+    if let Err(e) = run_steps(plan, mode, &mut result) {
+        result.overall_status = OverallStatus::Failed;
+        result.exit_code = e.exit_code() as i32;
+        if matches!(e, MigrateError::RolledBack(_)) {
+            result.overall_status = OverallStatus::RolledBack;
+        }
+        result.error = Some(e.to_string());
+    } else if mode == Mode::DryRun {
+        result.overall_status = OverallStatus::DryRun;
+    } else if plan.hops.is_empty() {
+        result.overall_status = OverallStatus::UpToDate;
+    }
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    result
+}
+
+fn run_steps(plan: &Plan, mode: Mode, result: &mut MigrationResult) -> Result<()> {
+    if plan.hops.is_empty() {
+        return Ok(());
+    }
+    let scratch;
+    let parent = match mode {
+        Mode::Commit => plan.target.tool_dir(),
+        Mode::DryRun => {
+            scratch = tempfile::tempdir().map_err(|e| {
+                MigrateError::io("cannot create a scratch folder for the dry run", e)
+            })?;
+            scratch.path().to_path_buf()
+        }
+    };
+    let _lock = match mode {
+        Mode::Commit => Some(InstallLock::acquire(&parent)?),
+        Mode::DryRun => None,
+    };
+    if mode == Mode::Commit {
+        recover_first(plan, result)?;
+    }
+    let mut staging = Staging::create(&parent)?;
+    step(result, "config", |s| migrate_config(plan, &staging, s))?;
+    step(result, "data", |s| migrate_data(plan, &mut staging, s))?;
+    step(result, "models", |s| migrate_models(plan, &staging, s))?;
+    if mode == Mode::Commit {
+        step(result, "commit", |s| commit(plan, staging, s))?;
+    }
+    Ok(())
+}
+
+/// An unfinished migration found on the installation is rolled back before anything else.
+fn recover_first(plan: &Plan, result: &mut MigrationResult) -> Result<()> {
+    let recovery = journal::recover(&plan.target.root, &plan.target.tool_dir(), false)?;
+    if let Some(Recovery::RolledBack { from, to }) = recovery {
+        let note =
+            format!("an interrupted migration {from} → {to} was found and rolled back first");
+        eprintln!("note: {note}");
+        let mut s = StepResult::new("recover");
+        s.warnings.push(note);
+        result.steps.push(s);
+    }
+    Ok(())
+}
+
+/// Runs one step, recording its result; an error ends the run.
+fn step(
+    result: &mut MigrationResult,
+    name: &str,
+    body: impl FnOnce(&mut StepResult) -> Result<()>,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut s = StepResult::new(name);
+    let outcome = body(&mut s);
+    if let Err(e) = &outcome {
+        s.status = StepStatus::Failed;
+        s.error = Some(e.to_string());
+    }
+    tracing::info!(step = name, status = ?s.status, ms = started.elapsed().as_millis() as u64, bytes = s.bytes, "step finished");
+    result.steps.push(s.finish(started.elapsed()));
+    outcome
+}
+
+fn migrate_config(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> {
+    for other in &plan.untouched_configs {
+        s.warnings
+            .push(format!("{other}: not migrated (left byte-identical)"));
+    }
+    let Some(item) = &plan.config else {
+        s.status = StepStatus::Skipped;
+        return Ok(());
+    };
+    let path = plan.target.root.join(&item.rel);
+    let mut content = std::fs::read_to_string(&path).map_err(|e| {
+        MigrateError::invalid(
+            &path,
+            format!("cannot read as UTF-8 text: {e}"),
+            "fix the file's encoding",
+        )
+    })?;
+    for hop in plan.hops.iter().filter(|h| h.descriptor.rules.config) {
+        let outcome = hop.client.migrate_config(&content).map_err(|e| {
+            MigrateError::invalid(
+                &path,
+                format!(
+                    "{e} (hop {} → {}, plugin {})",
+                    hop.from, hop.to, hop.descriptor.name
+                ),
+                "nothing was changed; fix the file and run the migration again",
+            )
+        })?;
+        s.warnings.extend(
+            outcome
+                .warnings
+                .into_iter()
+                .map(|w| format!("{}: {w} (hop {} → {})", item.rel, hop.from, hop.to)),
+        );
+        content = outcome.content;
+    }
+    staging.write(&item.rel, content.as_bytes())?;
+    s.files = 1;
+    s.bytes = item.size;
+    Ok(())
+}
+
+fn migrate_data(plan: &Plan, staging: &mut Staging, s: &mut StepResult) -> Result<()> {
+    let Some(data_dir) = &plan.target.data else {
+        s.status = StepStatus::Skipped;
+        return Ok(());
+    };
+    let run = DataRun {
+        hops: &plan.hops,
+        on_invalid: plan.options.on_invalid,
+        batch_size: plan.options.batch_size,
+        data_rel: plan.target.rel(data_dir),
+    };
+    for file in &plan.data_files {
+        let stats = run.migrate_file(&plan.target.root, file, staging)?;
+        s.files += 1;
+        s.bytes += stats.bytes_in;
+        s.records += stats.records;
+        s.quarantined += stats.quarantined;
+        if stats.quarantined > 0 {
+            s.warnings.push(format!(
+                "{}: {} records quarantined",
+                file.rel, stats.quarantined
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn migrate_models(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> {
+    if plan.target.models.is_none() {
+        s.status = StepStatus::Skipped;
+        return Ok(());
+    }
+    let options = ModelOptions {
+        optimize: plan.options.optimize,
+        dtype: match plan.options.dtype {
+            Dtype::F16 => OptimizeDtype::F16,
+            Dtype::Bf16 => OptimizeDtype::BF16,
+        },
+    };
+    for model in &plan.models {
+        let folder = ModelFolder {
+            name: model.name.clone(),
+            source: plan.target.root.join(&model.rel),
+            staging: staging.path_for(&model.rel)?,
+        };
+        for hop in plan.hops.iter().filter(|h| h.descriptor.rules.model) {
+            let outcome = hop.client.migrate_model(&folder, &options).map_err(|e| {
+                MigrateError::invalid(
+                    &folder.source,
+                    format!("{e} (hop {} → {}, plugin {})", hop.from, hop.to, hop.descriptor.name),
+                    "nothing was changed; fix or remove the model folder and run the migration again",
+                )
+            })?;
+            s.warnings.extend(
+                outcome
+                    .warnings
+                    .into_iter()
+                    .map(|w| format!("{}: {w}", model.rel)),
+            );
+        }
+        s.files += 1;
+        s.bytes += model.size;
+    }
+    Ok(())
+}
+
+fn commit(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<()> {
+    let version = format!("{}\n", plan.to);
+    let last = if plan.target.write_version {
+        staging.write(VERSION_FILE, version.as_bytes())?;
+        Some(VERSION_FILE)
+    } else {
+        None
+    };
+    let root = &plan.target.root;
+    let (from, to) = (plan.from.to_string(), plan.to.to_string());
+    let txn = Transaction::prepare(
+        root,
+        &plan.target.tool_dir(),
+        staging,
+        &from,
+        &to,
+        last,
+        Modes::FromTarget,
+    )?;
+    s.files = txn.entries().len() as u64;
+    if let Some(dir) = &plan.options.backup_dir {
+        let backup = back_up(plan, &txn, dir);
+        match backup {
+            Ok(path) => s.warnings.push(format!("backup: {}", path.display())),
+            Err(e) => {
+                txn.rollback()?;
+                return Err(e);
+            }
+        }
+    }
+    if let Err(e) = txn.swap() {
+        return match txn.rollback() {
+            Ok(()) => Err(MigrateError::RolledBack(e.to_string())),
+            Err(undo) => Err(MigrateError::io(
+                format!("{e}; rolling back also failed ({undo}); run `migrate recover`"),
+                std::io::Error::other("rollback failed"),
+            )),
+        };
+    }
+    s.bytes = txn
+        .entries()
+        .iter()
+        .filter_map(|e| std::fs::metadata(root.join(&e.rel)).ok())
+        .map(|m| m.len())
+        .sum();
+    if let Some(problems) = validation_errors(plan) {
+        txn.rollback()?;
+        return Err(MigrateError::RolledBack(format!(
+            "the migrated installation failed validation as {}: {problems}",
+            plan.to
+        )));
+    }
+    txn.commit()
+}
+
+/// With `validate_after_migration`, checks the swapped-in installation before it is final.
+fn validation_errors(plan: &Plan) -> Option<String> {
+    if !(plan.options.validate_after && plan.target.write_version) {
+        return None;
+    }
+    let report = crate::validate::validate(&plan.target.root, &plan.to, &plan.hops);
+    if report.ok() {
+        return None;
+    }
+    let errors: Vec<String> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == crate::validate::Severity::Error)
+        .take(5)
+        .map(|f| format!("{}: {}", f.path, f.message))
+        .collect();
+    Some(errors.join("; "))
+}
+
+/// Archives the files the swap will replace or remove, before any of them changes.
+fn back_up(plan: &Plan, txn: &Transaction, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let root = plan.target.root.clone();
+    let files = txn
+        .entries()
+        .iter()
+        .filter(|e| e.action != Action::Create)
+        .map(|e| e.rel.clone())
+        .collect();
+    let created_files = txn
+        .entries()
+        .iter()
+        .filter(|e| e.action == Action::Create)
+        .map(|e| e.rel.clone())
+        .collect();
+    let source_of = move |rel: &str| root.join(rel);
+    backup::create(&BackupRequest {
+        root: &plan.target.root,
+        dir,
+        kind: plan.target.kind,
+        from: &plan.from.to_string(),
+        to: &plan.to.to_string(),
+        source_of: &source_of,
+        files,
+        created_files,
+        created_dirs: txn.created_dirs().to_vec(),
+    })
+}

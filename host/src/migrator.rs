@@ -1,0 +1,169 @@
+//! The programmatic API: what the `migrate` binary uses, and what an embedding program uses.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), trustformers_migrate::MigrateError> {
+//! use trustformers_migrate::{OverallStatus, VersionMigrator};
+//! let migrator = VersionMigrator::new("0.1.0", "2.1.0")?;
+//! println!("{:?}", migrator.get_migration_info()?);
+//! let result = migrator.execute_full_migration(std::path::Path::new("/srv/trustformers")).await?;
+//! assert_eq!(result.overall_status, OverallStatus::Completed);
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+
+use semver::Version;
+use serde::Serialize;
+
+use crate::error::{MigrateError, Result};
+use crate::execute::{execute, Mode};
+use crate::graph::VersionGraph;
+use crate::install::Installation;
+use crate::plan::{self, Options, Plan, PlannedHop, Target};
+use crate::registry::{Discovery, LoadedHop, Registry};
+use crate::report::MigrationResult;
+
+/// What `migrate info` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationInfo {
+    pub from: String,
+    pub to: String,
+    pub steps: Vec<PlannedHop>,
+    pub breaking_changes: Vec<String>,
+    /// With an installation: estimated from its real sizes.
+    pub estimated_duration_secs: Option<f64>,
+    pub data_bytes: Option<u64>,
+    pub model_bytes: Option<u64>,
+}
+
+/// Migrates installations from one release to another through the loaded hop plugins.
+pub struct VersionMigrator {
+    from: Option<Version>,
+    to: Version,
+    registry: Arc<Registry>,
+    options: Options,
+    force: bool,
+}
+
+impl VersionMigrator {
+    /// Discovers plugins in the default folders. `from` may be `""` to detect it from the
+    /// installation at execution time.
+    pub fn new(from: &str, to: &str) -> Result<Self> {
+        let registry = Registry::discover(&Discovery::default())?;
+        Self::with_registry(from, to, Arc::new(registry))
+    }
+
+    pub fn with_registry(from: &str, to: &str, registry: Arc<Registry>) -> Result<Self> {
+        let from = if from.is_empty() {
+            None
+        } else {
+            Some(parse_version(from, "--from")?)
+        };
+        let to = parse_version(to, "--to")?;
+        Ok(VersionMigrator {
+            from,
+            to,
+            registry,
+            options: Options::default(),
+            force: false,
+        })
+    }
+
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Accept a `--from` that disagrees with the detected version.
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Path, steps and breaking changes, without an installation.
+    pub fn get_migration_info(&self) -> Result<MigrationInfo> {
+        let from = self
+            .from
+            .clone()
+            .ok_or_else(|| MigrateError::Usage("--from is needed without --path".into()))?;
+        let hops = self.path(&from)?;
+        Ok(info(&from, &self.to, &hops, None))
+    }
+
+    /// Like [`Self::get_migration_info`], with the estimate from the installation's sizes.
+    pub fn get_migration_info_for(&self, root: &Path) -> Result<MigrationInfo> {
+        let plan = self.plan(Target::installation(root))?;
+        Ok(info(&plan.from, &plan.to, &plan.hops, Some(&plan)))
+    }
+
+    /// Builds the plan for `target`: resolves the source version and the hop path.
+    pub fn plan(&self, target: Target) -> Result<Plan> {
+        self.registry.ensure_no_conflicts()?;
+        let from = self.source_version(&target)?;
+        let hops = self.path(&from)?;
+        Plan::build(target, from, self.to.clone(), hops, self.options.clone())
+    }
+
+    /// Migrates the whole installation at `root` (config, data, models, `VERSION`).
+    pub async fn execute_full_migration(&self, root: &Path) -> Result<MigrationResult> {
+        Installation::open(root)?;
+        self.execute(Target::installation(root), Mode::Commit).await
+    }
+
+    /// Runs `target` in `mode` on a blocking thread: hops are synchronous FFI calls.
+    pub async fn execute(&self, target: Target, mode: Mode) -> Result<MigrationResult> {
+        let plan = self.plan(target)?;
+        tokio::task::spawn_blocking(move || execute(&plan, mode))
+            .await
+            .map_err(|e| MigrateError::Plugin(format!("the migration thread died: {e}")))
+    }
+
+    fn source_version(&self, target: &Target) -> Result<Version> {
+        let install = Installation {
+            root: target.root.clone(),
+        };
+        match (&self.from, target.write_version) {
+            (from, true) => install.source_version(from.as_ref(), self.force),
+            (Some(from), false) => Ok(from.clone()),
+            (None, false) => install.detect_version(),
+        }
+    }
+
+    fn path(&self, from: &Version) -> Result<Vec<LoadedHop>> {
+        VersionGraph::new(self.registry.active_hops()).path(from, &self.to)
+    }
+}
+
+fn info(from: &Version, to: &Version, hops: &[LoadedHop], plan: Option<&Plan>) -> MigrationInfo {
+    let steps: Vec<PlannedHop> = hops.iter().map(plan::planned_hop).collect();
+    let breaking_changes = steps
+        .iter()
+        .flat_map(|s| {
+            s.breaking_changes
+                .iter()
+                .map(move |c| format!("{} → {}: {c}", s.from, s.to))
+        })
+        .collect();
+    MigrationInfo {
+        from: from.to_string(),
+        to: to.to_string(),
+        steps,
+        breaking_changes,
+        estimated_duration_secs: plan.map(|p| p.estimate().as_secs_f64()),
+        data_bytes: plan.map(Plan::data_bytes),
+        model_bytes: plan.map(Plan::model_bytes),
+    }
+}
+
+fn parse_version(text: &str, flag: &str) -> Result<Version> {
+    Version::parse(text.trim()).map_err(|e| {
+        MigrateError::Usage(format!(
+            "{flag} {text}: not a semver version ({e}); write it like 2.1.0"
+        ))
+    })
+}

@@ -1,0 +1,422 @@
+//! Finding and loading hop plugins.
+//!
+//! Each candidate file is opened once, hashed from the open descriptor, and loaded through
+//! `/proc/self/fd/N`, so the bytes hashed are the bytes loaded. Each plugin is loaded on its own
+//! with `lib_header_from_path` + `init_root_module` (abi_stable's `load_from_file` caches one
+//! module per type and would hand back the first plugin for every path). A file that is not a
+//! valid plugin is reported with its reason, never fatal.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use abi_stable::library::lib_header_from_path;
+use plugin_api::ffi::{HopClient, HopModule_Ref};
+use plugin_api::HopDescriptor;
+use semver::Version;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{MigrateError, Result};
+
+/// Where plugins are looked for, in precedence order.
+#[derive(Debug, Clone, Default)]
+pub struct SearchPath {
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Options that shape discovery.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    /// `--plugin-dir`, in the order given.
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Skip the environment variable and the default folders.
+    pub no_default_dirs: bool,
+    /// `--use-plugin NAME|PATH`: wins a conflict between two plugins for one hop.
+    pub preferred: Vec<String>,
+}
+
+impl Discovery {
+    /// `--plugin-dir`s, then `TRUSTFORMERS_PLUGIN_DIR`, then the executable's folder and its
+    /// `plugins/`, then the per-user and the system folder.
+    pub fn search_path(&self) -> SearchPath {
+        let mut dirs = self.plugin_dirs.clone();
+        if !self.no_default_dirs {
+            if let Some(env) = std::env::var_os("TRUSTFORMERS_PLUGIN_DIR") {
+                dirs.extend(std::env::split_paths(&env));
+            }
+            if let Some(exe_dir) = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+            {
+                dirs.push(exe_dir.join("plugins"));
+                dirs.push(exe_dir);
+            }
+            dirs.push(user_plugin_dir());
+            dirs.push(PathBuf::from("/usr/lib/trustformers-migrate/plugins"));
+        }
+        let mut seen = Vec::new();
+        dirs.retain(|d| {
+            let key = d.canonicalize().unwrap_or_else(|_| d.clone());
+            let fresh = !seen.contains(&key);
+            seen.push(key);
+            fresh
+        });
+        SearchPath { dirs }
+    }
+}
+
+fn user_plugin_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from(".local/share"));
+    base.join("trustformers-migrate/plugins")
+}
+
+/// What became of one candidate file.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Status {
+    /// Loaded and part of the version graph.
+    Active,
+    /// A plugin for the same hop in a folder of higher precedence is used instead.
+    Shadowed { by: PathBuf },
+    /// Another plugin in a folder of the same precedence claims the same hop.
+    Conflict { with: PathBuf },
+    /// Not usable: the reason says why.
+    Invalid { reason: String },
+}
+
+/// A plugin file and what we know about it.
+#[derive(Clone, Serialize)]
+pub struct PluginEntry {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub descriptor: Option<HopDescriptor>,
+    pub status: Status,
+    /// Index of the folder in the search path (0 = highest precedence).
+    #[serde(skip)]
+    pub rank: usize,
+    #[serde(skip)]
+    pub client: Option<HopClient>,
+}
+
+impl std::fmt::Debug for PluginEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEntry")
+            .field("path", &self.path)
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+/// A usable hop: its versions and how to call it.
+#[derive(Clone)]
+pub struct LoadedHop {
+    pub from: Version,
+    pub to: Version,
+    pub descriptor: HopDescriptor,
+    pub path: PathBuf,
+    pub client: HopClient,
+}
+
+/// Every plugin found, usable or not.
+#[derive(Default)]
+pub struct Registry {
+    pub search_path: Vec<PathBuf>,
+    pub entries: Vec<PluginEntry>,
+}
+
+impl Registry {
+    /// Scans the search path and loads every candidate.
+    pub fn discover(discovery: &Discovery) -> Result<Registry> {
+        let search = discovery.search_path();
+        let mut entries = Vec::new();
+        for (rank, dir) in search.dirs.iter().enumerate() {
+            for path in candidates(dir) {
+                entries.push(load_entry(&path, rank));
+            }
+        }
+        resolve_duplicates(&mut entries, &discovery.preferred);
+        Ok(Registry {
+            search_path: search.dirs,
+            entries,
+        })
+    }
+
+    /// The hops that take part in path finding.
+    pub fn active_hops(&self) -> Vec<LoadedHop> {
+        self.entries
+            .iter()
+            .filter(|e| e.status == Status::Active)
+            .filter_map(|e| {
+                let d = e.descriptor.clone()?;
+                Some(LoadedHop {
+                    from: Version::parse(&d.from).ok()?,
+                    to: Version::parse(&d.to).ok()?,
+                    descriptor: d,
+                    path: e.path.clone(),
+                    client: e.client?,
+                })
+            })
+            .collect()
+    }
+
+    /// Hops claimed by two plugins of equal precedence; migration refuses to guess.
+    pub fn conflicts(&self) -> Vec<(PathBuf, PathBuf, String)> {
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.status {
+                Status::Conflict { with } => {
+                    let hop = e
+                        .descriptor
+                        .as_ref()
+                        .map(|d| format!("{} → {}", d.from, d.to))
+                        .unwrap_or_default();
+                    Some((e.path.clone(), with.clone(), hop))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// An error if any hop is claimed twice; checked before planning a migration.
+    pub fn ensure_no_conflicts(&self) -> Result<()> {
+        let conflicts = self.conflicts();
+        let Some((a, b, hop)) = conflicts.first() else {
+            return Ok(());
+        };
+        Err(MigrateError::Plugin(format!(
+            "two plugins provide the hop {hop}: {} and {}\n  next step: remove one of them, or choose one with --use-plugin NAME|PATH",
+            a.display(),
+            b.display()
+        )))
+    }
+}
+
+/// Library files in `dir`, sorted for deterministic output. A missing folder has none.
+fn candidates(dir: &Path) -> Vec<PathBuf> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = read
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && is_library(p))
+        .collect();
+    out.sort();
+    out
+}
+
+fn is_library(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("so" | "dylib" | "dll")
+    )
+}
+
+fn load_entry(path: &Path, rank: usize) -> PluginEntry {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let mut entry = PluginEntry {
+        path: path.clone(),
+        sha256: String::new(),
+        descriptor: None,
+        status: Status::Active,
+        rank,
+        client: None,
+    };
+    match open_and_load(&path) {
+        Ok((sha256, client, descriptor)) => {
+            entry.sha256 = sha256;
+            entry.status = match check_descriptor(&descriptor) {
+                Ok(()) => Status::Active,
+                Err(reason) => Status::Invalid { reason },
+            };
+            entry.descriptor = Some(descriptor);
+            entry.client = Some(client);
+        }
+        Err((sha256, reason)) => {
+            entry.sha256 = sha256;
+            entry.status = Status::Invalid { reason };
+        }
+    }
+    entry
+}
+
+type Loaded = (String, HopClient, HopDescriptor);
+
+/// Hashes the open file, then loads that same file through its descriptor.
+fn open_and_load(path: &Path) -> std::result::Result<Loaded, (String, String)> {
+    let mut file = File::open(path).map_err(|e| (String::new(), format!("cannot open: {e}")))?;
+    let sha256 =
+        hash_reader(&mut file).map_err(|e| (String::new(), format!("cannot read: {e}")))?;
+    let load_path = fd_path(&file).unwrap_or_else(|| path.to_path_buf());
+    let loaded = load(&load_path);
+    // From here dlopen may have mapped the file under `load_path`, even on failure.
+    keep_open(file);
+    loaded
+        .map(|(client, descriptor)| (sha256.clone(), client, descriptor))
+        .map_err(|reason| (sha256, reason))
+}
+
+fn load(load_path: &Path) -> std::result::Result<(HopClient, HopDescriptor), String> {
+    let header =
+        lib_header_from_path(load_path).map_err(|e| describe_load_error(&e.to_string()))?;
+    let module = header
+        .init_root_module::<HopModule_Ref>()
+        .map_err(|e| describe_load_error(&e.to_string()))?;
+    let client = HopClient::new(module);
+    let descriptor = client
+        .descriptor()
+        .map_err(|e| format!("descriptor failed: {e}"))?;
+    Ok((client, descriptor))
+}
+
+/// dlopen recognises an already-loaded library by its path string: if this descriptor were
+/// closed, the next plugin could get the same number, the same `/proc/self/fd/N` path, and
+/// dlopen would hand back *this* library. Plugins are never unloaded, so neither is their fd.
+fn keep_open(file: File) {
+    #[cfg(unix)]
+    {
+        use std::os::fd::IntoRawFd;
+        let _ = file.into_raw_fd();
+    }
+    #[cfg(not(unix))]
+    drop(file);
+}
+
+#[cfg(target_os = "linux")]
+fn fd_path(file: &File) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    Some(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn fd_path(_file: &File) -> Option<PathBuf> {
+    None
+}
+
+fn hash_reader(reader: &mut impl Read) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// abi_stable's layout errors run to thousands of lines; keep what a human can act on.
+fn describe_load_error(text: &str) -> String {
+    if text.contains("undefined symbol") || text.contains("GetSymbolError") {
+        return "not a trustformers-migrate plugin (no plugin root module symbol)".to_owned();
+    }
+    if let Some((_, why)) = text.split_once("because:") {
+        let why = why.trim().lines().next().unwrap_or("").trim();
+        return format!("not a loadable library: {why}");
+    }
+    let keep: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.starts_with("Error:") || l.starts_with("Expected:") || l.starts_with("Found:")
+        })
+        .take(6)
+        .collect();
+    let core = if keep.is_empty() {
+        let first = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("unknown error");
+        first.chars().take(300).collect()
+    } else {
+        keep.join("; ")
+    };
+    format!(
+        "not loadable as a plugin built for this host (plugin-api {}): {core}",
+        plugin_api::API_VERSION
+    )
+}
+
+/// A hop must be two semver versions going forward.
+fn check_descriptor(d: &HopDescriptor) -> std::result::Result<(), String> {
+    let from = Version::parse(&d.from)
+        .map_err(|e| format!("hop source `{}` is not semver: {e}", d.from))?;
+    let to =
+        Version::parse(&d.to).map_err(|e| format!("hop target `{}` is not semver: {e}", d.to))?;
+    if to <= from {
+        return Err(format!("hop {from} → {to} does not go forward"));
+    }
+    if d.payload_version > plugin_api::PAYLOAD_VERSION {
+        return Err(format!(
+            "speaks payload version {}, this host understands up to {}: upgrade migrate",
+            d.payload_version,
+            plugin_api::PAYLOAD_VERSION
+        ));
+    }
+    Ok(())
+}
+
+/// Marks hops claimed twice: a higher-precedence folder shadows a lower one; within one
+/// precedence, a `--use-plugin` choice wins, otherwise both are in conflict.
+fn resolve_duplicates(entries: &mut [PluginEntry], preferred: &[String]) {
+    let mut by_hop: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let (Status::Active, Some(d)) = (&e.status, &e.descriptor) {
+            by_hop
+                .entry((d.from.clone(), d.to.clone()))
+                .or_default()
+                .push(i);
+        }
+    }
+    for indices in by_hop.values().filter(|v| v.len() > 1) {
+        let chosen: Vec<usize> = indices
+            .iter()
+            .copied()
+            .filter(|&i| is_preferred(&entries[i], preferred))
+            .collect();
+        let winner = match chosen.as_slice() {
+            [one] => Some(*one),
+            _ => {
+                let best = indices.iter().map(|&i| entries[i].rank).min().unwrap_or(0);
+                let top: Vec<usize> = indices
+                    .iter()
+                    .copied()
+                    .filter(|&i| entries[i].rank == best)
+                    .collect();
+                if top.len() == 1 {
+                    Some(top[0])
+                } else {
+                    let (a, b) = (top[0], top[1]);
+                    let (pa, pb) = (entries[a].path.clone(), entries[b].path.clone());
+                    for &i in &top {
+                        let with = if i == a { pb.clone() } else { pa.clone() };
+                        entries[i].status = Status::Conflict { with };
+                    }
+                    for &i in indices.iter().filter(|i| !top.contains(i)) {
+                        entries[i].status = Status::Shadowed { by: pa.clone() };
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(w) = winner {
+            let by = entries[w].path.clone();
+            for &i in indices.iter().filter(|&&i| i != w) {
+                entries[i].status = Status::Shadowed { by: by.clone() };
+            }
+        }
+    }
+}
+
+fn is_preferred(entry: &PluginEntry, preferred: &[String]) -> bool {
+    preferred.iter().any(|p| {
+        entry.descriptor.as_ref().is_some_and(|d| &d.name == p)
+            || Path::new(p).canonicalize().is_ok_and(|c| c == entry.path)
+    })
+}

@@ -1,0 +1,122 @@
+//! What happened: the result of a migration, as the API returns it, as JSON for scripts and as
+//! text for the operator.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum OverallStatus {
+    /// Everything migrated and committed.
+    Completed,
+    /// Refused or failed before commit; the installation is unchanged.
+    Failed,
+    /// Failed during commit and restored.
+    RolledBack,
+    /// `--dry-run`: the migration ran in a scratch folder; nothing was written.
+    DryRun,
+    /// Source and target are the same release.
+    UpToDate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StepStatus {
+    Completed,
+    Failed,
+    Skipped,
+}
+
+/// One step: a kind of file (config, data, models) through every hop, or the commit.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepResult {
+    pub name: String,
+    pub status: StepStatus,
+    pub duration_ms: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub records: u64,
+    pub quarantined: u64,
+    pub warnings: Vec<String>,
+    pub error: Option<String>,
+}
+
+impl StepResult {
+    pub fn new(name: &str) -> Self {
+        StepResult {
+            name: name.to_owned(),
+            status: StepStatus::Completed,
+            duration_ms: 0,
+            files: 0,
+            bytes: 0,
+            records: 0,
+            quarantined: 0,
+            warnings: Vec::new(),
+            error: None,
+        }
+    }
+
+    pub fn finish(mut self, took: Duration) -> Self {
+        self.duration_ms = took.as_millis() as u64;
+        self
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationResult {
+    pub overall_status: OverallStatus,
+    pub from: String,
+    pub to: String,
+    pub path: String,
+    pub hops: Vec<String>,
+    pub steps: Vec<StepResult>,
+    pub error: Option<String>,
+    /// The process exit code this outcome maps to (see [`crate::ExitCode`]).
+    pub exit_code: i32,
+    pub duration_ms: u64,
+}
+
+impl MigrationResult {
+    pub fn warnings(&self) -> impl Iterator<Item = &String> {
+        self.steps.iter().flat_map(|s| s.warnings.iter())
+    }
+
+    /// The operator-facing summary.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "migration {} → {} of {}: {:?}",
+            self.from, self.to, self.path, self.overall_status
+        );
+        if !self.hops.is_empty() {
+            let _ = writeln!(out, "  hops: {}", self.hops.join(", "));
+        }
+        for s in &self.steps {
+            let _ = write!(
+                out,
+                "  {:<8} {:?} in {} ms: {} files, {} bytes",
+                s.name, s.status, s.duration_ms, s.files, s.bytes
+            );
+            if s.records > 0 {
+                let _ = write!(out, ", {} records", s.records);
+            }
+            if s.quarantined > 0 {
+                let _ = write!(out, ", {} quarantined", s.quarantined);
+            }
+            out.push('\n');
+            if let Some(e) = &s.error {
+                let _ = writeln!(out, "    error: {}", e.replace('\n', "\n    "));
+            }
+        }
+        let warnings: Vec<&String> = self.warnings().collect();
+        if !warnings.is_empty() {
+            let _ = writeln!(out, "  warnings:");
+            for w in warnings {
+                let _ = writeln!(out, "    - {w}");
+            }
+        }
+        let _ = writeln!(out, "  total: {} ms", self.duration_ms);
+        out
+    }
+}

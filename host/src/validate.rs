@@ -1,0 +1,359 @@
+//! `migrate validate`: checks an installation against a release. What a release's files look
+//! like is the plugins' knowledge; the host checks what every release shares (the VERSION
+//! marker, TOML syntax, one JSON object per record, metadata checksums) plus the
+//! `schema_version` the hop into that release declares it writes.
+
+use std::path::Path;
+
+use semver::Version;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::install::{DataKind, Installation, SERVER_TOML, VERSION_FILE};
+use crate::registry::LoadedHop;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Severity {
+    /// Stops a migration; makes `validate` exit non-zero.
+    Error,
+    /// Reported only.
+    Warning,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RuleKind {
+    VersionMarker,
+    ConfigurationSyntax,
+    DataIntegrity,
+    ModelCompatibility,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub kind: RuleKind,
+    pub severity: Severity,
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Validation {
+    pub version: String,
+    pub path: String,
+    pub records_checked: u64,
+    pub files_checked: u64,
+    pub findings: Vec<Finding>,
+}
+
+impl Validation {
+    pub fn ok(&self) -> bool {
+        !self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    fn error(
+        &mut self,
+        rule: &'static str,
+        kind: RuleKind,
+        path: &str,
+        message: impl Into<String>,
+    ) {
+        self.findings.push(Finding {
+            rule,
+            kind,
+            severity: Severity::Error,
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn warning(
+        &mut self,
+        rule: &'static str,
+        kind: RuleKind,
+        path: &str,
+        message: impl Into<String>,
+    ) {
+        self.findings.push(Finding {
+            rule,
+            kind,
+            severity: Severity::Warning,
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Validates the installation at `root` as release `version`; `hops` are the loaded hops
+/// (the one ending at `version` says which schema_version its records carry).
+pub fn validate(root: &Path, version: &Version, hops: &[LoadedHop]) -> Validation {
+    let install = Installation {
+        root: root.to_path_buf(),
+    };
+    let mut v = Validation {
+        version: version.to_string(),
+        path: root.display().to_string(),
+        records_checked: 0,
+        files_checked: 0,
+        findings: Vec::new(),
+    };
+    let schema = expected_schema(version, hops, &mut v);
+    check_marker(&install, version, schema, &mut v);
+    check_config(&install, &mut v);
+    check_data(&install, schema, &mut v);
+    check_models(&install, schema, &mut v);
+    v
+}
+
+/// `Some(None)`: records carry no schema_version (a release no hop leads to, like 0.1.0);
+/// `Some(Some(n))`: they carry `n`; `None`: unknown, not checked.
+fn expected_schema(
+    version: &Version,
+    hops: &[LoadedHop],
+    v: &mut Validation,
+) -> Option<Option<u64>> {
+    if let Some(hop) = hops.iter().find(|h| &h.to == version) {
+        if hop.descriptor.target_schema_version.is_none() {
+            v.warning("schema_version", RuleKind::DataIntegrity, "", format!("plugin {} does not declare the schema_version of {version}; records' schema_version not checked", hop.descriptor.name));
+        }
+        return hop.descriptor.target_schema_version.map(Some);
+    }
+    if hops.iter().any(|h| &h.from == version) {
+        return Some(None);
+    }
+    v.warning(
+        "schema_version",
+        RuleKind::DataIntegrity,
+        "",
+        format!("no loaded plugin knows release {version}; only generic checks were made"),
+    );
+    None
+}
+
+fn check_marker(
+    install: &Installation,
+    version: &Version,
+    schema: Option<Option<u64>>,
+    v: &mut Validation,
+) {
+    let path = install.path(VERSION_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim() == version.to_string() => {}
+        Ok(text) => v.error(
+            "version_marker",
+            RuleKind::VersionMarker,
+            VERSION_FILE,
+            format!("says `{}`, expected {version}", text.trim()),
+        ),
+        Err(_) if schema == Some(None) => {}
+        Err(_) => v.error(
+            "version_marker",
+            RuleKind::VersionMarker,
+            VERSION_FILE,
+            format!("missing; a {version} installation has one"),
+        ),
+    }
+}
+
+fn check_config(install: &Installation, v: &mut Validation) {
+    let path = install.path(SERVER_TOML);
+    match std::fs::read_to_string(&path) {
+        Err(e) => v.error(
+            "config_present",
+            RuleKind::ConfigurationSyntax,
+            SERVER_TOML,
+            format!("cannot read: {e}"),
+        ),
+        Ok(text) => {
+            v.files_checked += 1;
+            if let Err(e) = text.parse::<toml_edit::DocumentMut>() {
+                v.error(
+                    "config_syntax",
+                    RuleKind::ConfigurationSyntax,
+                    SERVER_TOML,
+                    format!("invalid TOML: {}", e.to_string().trim_end()),
+                );
+            }
+        }
+    }
+}
+
+fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Validation) {
+    let files = match install.data_files(&install.path(crate::install::DATA_DIR)) {
+        Ok(f) => f,
+        Err(e) => {
+            return v.error(
+                "data_listing",
+                RuleKind::DataIntegrity,
+                "data",
+                e.to_string(),
+            )
+        }
+    };
+    for file in files {
+        v.files_checked += 1;
+        let text = match std::fs::read(install.root.join(&file.rel)) {
+            Ok(t) => t,
+            Err(e) => {
+                v.error(
+                    "data_readable",
+                    RuleKind::DataIntegrity,
+                    &file.rel,
+                    e.to_string(),
+                );
+                continue;
+            }
+        };
+        let records: Vec<(String, Result<Value, String>)> = match file.kind {
+            DataKind::Lines => text
+                .split(|b| *b == b'\n')
+                .enumerate()
+                .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+                .map(|(i, l)| {
+                    (
+                        format!("{}:{}", file.rel, i + 1),
+                        serde_json::from_slice(l).map_err(|e| e.to_string()),
+                    )
+                })
+                .collect(),
+            DataKind::Document => match serde_json::from_slice::<Value>(&text) {
+                Ok(Value::Array(items)) => items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r)| (format!("{} (record {})", file.rel, i + 1), Ok(r)))
+                    .collect(),
+                Ok(doc) => vec![(file.rel.clone(), Ok(doc))],
+                Err(e) => vec![(file.rel.clone(), Err(e.to_string()))],
+            },
+        };
+        for (place, record) in records {
+            v.records_checked += 1;
+            check_record(&place, record, schema, v);
+        }
+    }
+}
+
+fn check_record(
+    place: &str,
+    record: Result<Value, String>,
+    schema: Option<Option<u64>>,
+    v: &mut Validation,
+) {
+    let record = match record {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => {
+            return v.error(
+                "record_is_object",
+                RuleKind::DataIntegrity,
+                place,
+                "a record must be a JSON object",
+            )
+        }
+        Err(e) => {
+            return v.error(
+                "record_json",
+                RuleKind::DataIntegrity,
+                place,
+                format!("not valid JSON: {e}"),
+            )
+        }
+    };
+    let Some(expected) = schema else { return };
+    let found = record.get("schema_version").and_then(Value::as_u64);
+    if found != expected {
+        let show = |x: Option<u64>| x.map_or("none".to_owned(), |n| n.to_string());
+        v.error(
+            "record_schema_version",
+            RuleKind::DataIntegrity,
+            place,
+            format!(
+                "schema_version is {}, expected {}",
+                show(found),
+                show(expected)
+            ),
+        );
+    }
+}
+
+fn check_models(install: &Installation, schema: Option<Option<u64>>, v: &mut Validation) {
+    let dir = install.path(crate::install::MODELS_DIR);
+    let Ok(names) = install.model_dirs(&dir) else {
+        return;
+    };
+    for name in names {
+        let rel = format!("{}/{name}/metadata.json", crate::install::MODELS_DIR);
+        let path = install.root.join(&rel);
+        let Ok(text) = std::fs::read(&path) else {
+            if matches!(schema, Some(Some(_))) {
+                v.error(
+                    "model_metadata",
+                    RuleKind::ModelCompatibility,
+                    &rel,
+                    "missing",
+                );
+            }
+            continue;
+        };
+        let meta: Value = match serde_json::from_slice(&text) {
+            Ok(m) => m,
+            Err(e) => {
+                v.error(
+                    "model_metadata",
+                    RuleKind::ModelCompatibility,
+                    &rel,
+                    format!("not valid JSON: {e}"),
+                );
+                continue;
+            }
+        };
+        if let Some(Some(n)) = schema {
+            if meta.get("schema_version").and_then(Value::as_u64) != Some(n) {
+                v.error(
+                    "model_schema_version",
+                    RuleKind::ModelCompatibility,
+                    &rel,
+                    format!("schema_version is not {n}"),
+                );
+            }
+        }
+        check_checksums(&dir.join(&name), &rel, &meta, v);
+    }
+}
+
+/// Every file `metadata.json` lists must exist with the recorded size and sha256.
+fn check_checksums(model_dir: &Path, rel: &str, meta: &Value, v: &mut Validation) {
+    let Some(files) = meta.get("files").and_then(Value::as_array) else {
+        return;
+    };
+    for entry in files {
+        let (Some(path), Some(size), Some(sha)) = (
+            entry.get("path").and_then(Value::as_str),
+            entry.get("size").and_then(Value::as_u64),
+            entry.get("sha256").and_then(Value::as_str),
+        ) else {
+            v.error(
+                "model_files_entry",
+                RuleKind::ModelCompatibility,
+                rel,
+                format!("malformed files entry {entry}"),
+            );
+            continue;
+        };
+        v.files_checked += 1;
+        match plugin_api::model::sha256_file(&model_dir.join(path)) {
+            Ok((s, h)) if s == size && h == sha => {}
+            Ok((s, h)) => v.error(
+                "model_checksum",
+                RuleKind::ModelCompatibility,
+                rel,
+                format!("{path}: size {s} sha256 {h}, metadata says size {size} sha256 {sha}"),
+            ),
+            Err(e) => v.error(
+                "model_checksum",
+                RuleKind::ModelCompatibility,
+                rel,
+                format!("{path}: {e}"),
+            ),
+        }
+    }
+}

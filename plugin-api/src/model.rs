@@ -1,0 +1,181 @@
+//! A model folder as a model rule sees it: the installation's files overlaid by what earlier
+//! hops of the same run already staged. Rules read through it and write only into staging.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::rules::RuleError;
+
+/// Target dtype of `--optimize`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OptimizeDtype {
+    #[default]
+    F16,
+    BF16,
+}
+
+impl OptimizeDtype {
+    /// The safetensors dtype name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizeDtype::F16 => "F16",
+            OptimizeDtype::BF16 => "BF16",
+        }
+    }
+}
+
+/// Options the operator chose for models.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelOptions {
+    pub optimize: bool,
+    #[serde(default)]
+    pub dtype: OptimizeDtype,
+}
+
+/// What a model rule did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelOutcome {
+    /// Relative paths written into staging.
+    pub written: Vec<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// One model folder: `source` is read-only, `staging` receives every write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFolder {
+    pub name: String,
+    pub source: PathBuf,
+    pub staging: PathBuf,
+}
+
+/// A file of a model folder, as listed in `metadata.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl ModelFolder {
+    /// Where `rel` currently lives: the staged copy if an earlier hop wrote one.
+    pub fn resolve(&self, rel: &str) -> PathBuf {
+        let staged = self.staging.join(rel);
+        if staged.is_file() {
+            staged
+        } else {
+            self.source.join(rel)
+        }
+    }
+
+    pub fn exists(&self, rel: &str) -> bool {
+        self.resolve(rel).is_file()
+    }
+
+    /// Reads a small side file (`config.json`, `metadata.json`), `None` if absent.
+    pub fn read_json(&self, rel: &str) -> Result<Option<Value>, RuleError> {
+        let path = self.resolve(rel);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(RuleError::new(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            RuleError::at_field(rel, format!("{} is not valid JSON: {e}", path.display()))
+        })
+    }
+
+    /// Path in staging for `rel`, with its parent folders created; for streaming writers.
+    pub fn staged_path(&self, rel: &str) -> io::Result<PathBuf> {
+        let path = self.staging.join(rel);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        Ok(path)
+    }
+
+    /// Writes `rel` into staging, durably.
+    pub fn write(&self, rel: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self.staged_path(rel)?;
+        let mut file = File::create(&path)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    }
+
+    /// Writes pretty JSON with a trailing newline (the form `metadata.json` takes).
+    pub fn write_json(&self, rel: &str, value: &Value) -> io::Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        self.write(rel, &bytes)
+    }
+
+    /// Every regular file of the folder (source and staging merged), relative with `/`
+    /// separators, sorted by byte order.
+    pub fn files(&self) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        list_files(&self.source, &self.source, &mut out)?;
+        if self.staging.is_dir() {
+            list_files(&self.staging, &self.staging, &mut out)?;
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Size and sha256 of `rel`, streamed.
+    pub fn file_entry(&self, rel: &str) -> io::Result<FileEntry> {
+        let path = self.resolve(rel);
+        let (size, sha256) = sha256_file(&path)?;
+        Ok(FileEntry {
+            path: rel.to_owned(),
+            size,
+            sha256,
+        })
+    }
+}
+
+/// Streams a file through sha256; returns its size and hex digest.
+pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let path = entry.path();
+        if kind.is_dir() {
+            list_files(root, &path, out)?;
+        } else if kind.is_file() {
+            let rel = path.strip_prefix(root).map_err(io::Error::other)?;
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            out.push(parts.join("/"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Data records 0.1.0 → 1.0.0: every record gets `"schema_version": 1` as its last key.
+//!
+//! Nothing else changes, but the fields later hops rely on are type-checked here so that a bad
+//! record is refused at the hop that first sees it, naming the field: `id` and `model` strings,
+//! `prompt_tokens` and `completion_tokens` non-negative integers, `latency_ms` a non-negative
+//! number, `timestamp` an integer (unix seconds), a string or null. Only top-level fields are
+//! checked: nested objects belong to other documents (e.g. API keys) with their own meaning.
+
+use plugin_api::json::{expect_schema_version, opt_f64, opt_str, opt_u64, wrong_type};
+use plugin_api::{DataMigrationRule, FieldError};
+use serde_json::{Map, Value};
+
+use crate::SCHEMA_VERSION;
+
+/// The data rule of this hop.
+pub struct AddSchemaVersion;
+
+impl DataMigrationRule for AddSchemaVersion {
+    fn migrate_record(&self, record: &mut Map<String, Value>) -> Result<(), FieldError> {
+        expect_schema_version(record, None)?;
+        check_known_fields(record)?;
+        record.insert("schema_version".to_owned(), Value::from(SCHEMA_VERSION));
+        Ok(())
+    }
+
+    fn description(&self) -> String {
+        "every record gets \"schema_version\": 1 as its last key".to_owned()
+    }
+}
+
+/// Type-checks the known fields of a 0.1.0 request-log record that are present.
+fn check_known_fields(record: &Map<String, Value>) -> Result<(), FieldError> {
+    opt_str(record, "id")?;
+    opt_str(record, "model")?;
+    opt_u64(record, "prompt_tokens")?;
+    opt_u64(record, "completion_tokens")?;
+    opt_f64(record, "latency_ms")?;
+    check_timestamp(record)
+}
+
+/// `timestamp` is unix seconds (an integer), already a string, or null; the 1.0.0 → 2.0.0 hop
+/// converts the first and keeps the others.
+fn check_timestamp(record: &Map<String, Value>) -> Result<(), FieldError> {
+    match record.get("timestamp") {
+        None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(()),
+        Some(other) => Err(wrong_type(
+            "timestamp",
+            "an integer, a string or null",
+            other,
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn migrate(v: Value) -> Result<String, FieldError> {
+        let mut r = record(v);
+        AddSchemaVersion.migrate_record(&mut r)?;
+        Ok(serde_json::to_string(&r).unwrap())
+    }
+
+    #[test]
+    fn spec_sample_record_gets_schema_version_last() {
+        let out = migrate(json!({"id":"req-000001","model":"bert-base","prompt_tokens":12,"completion_tokens":30,"latency_ms":123,"timestamp":1640995200})).unwrap();
+        assert_eq!(
+            out,
+            r#"{"id":"req-000001","model":"bert-base","prompt_tokens":12,"completion_tokens":30,"latency_ms":123,"timestamp":1640995200,"schema_version":1}"#
+        );
+    }
+
+    #[test]
+    fn api_keys_document_gets_schema_version_on_the_record_only() {
+        let out = migrate(json!({"keys":[{"name":"ci","key":"tfk_8c1d0e5f9a7b4c2e","created_at":1640995200,"scopes":["infer"]}]})).unwrap();
+        assert_eq!(
+            out,
+            r#"{"keys":[{"name":"ci","key":"tfk_8c1d0e5f9a7b4c2e","created_at":1640995200,"scopes":["infer"]}],"schema_version":1}"#
+        );
+    }
+
+    #[test]
+    fn empty_record_and_accepted_timestamp_forms() {
+        assert_eq!(migrate(json!({})).unwrap(), r#"{"schema_version":1}"#);
+        for ts in [
+            json!(null),
+            json!("2022-01-01T00:00:00Z"),
+            json!(-5),
+            json!(1640995200),
+        ] {
+            assert!(migrate(json!({ "timestamp": ts })).is_ok(), "{ts}");
+        }
+        assert!(migrate(json!({"latency_ms": 12.5})).is_ok());
+    }
+
+    #[test]
+    fn existing_schema_version_is_refused() {
+        let e = migrate(json!({"id":"a","schema_version":1})).unwrap_err();
+        assert_eq!(e.field, "schema_version");
+        assert!(e.message.contains("not a 0.1.0 record"), "{e}");
+    }
+
+    #[test]
+    fn known_fields_of_the_wrong_type_are_refused_by_name() {
+        let cases = [
+            (json!({"id": 1}), "id"),
+            (json!({"model": null}), "model"),
+            (json!({"prompt_tokens": -1}), "prompt_tokens"),
+            (json!({"prompt_tokens": "12"}), "prompt_tokens"),
+            (json!({"completion_tokens": 1.5}), "completion_tokens"),
+            (json!({"latency_ms": -0.5}), "latency_ms"),
+            (json!({"latency_ms": "fast"}), "latency_ms"),
+            (json!({"timestamp": 1.5}), "timestamp"),
+            (json!({"timestamp": [1]}), "timestamp"),
+        ];
+        for (input, field) in cases {
+            let e = migrate(input.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{input}");
+            assert!(e.message.starts_with("expected "), "{input}: {e}");
+        }
+    }
+
+    #[test]
+    fn nested_fields_are_not_checked() {
+        assert!(migrate(json!({"meta": {"id": 5, "timestamp": 1.5}})).is_ok());
+    }
+}

@@ -1,0 +1,338 @@
+//! Data records 2.0.0 → 2.1.0: performance metrics and hashed API keys.
+//!
+//! * A record with a top-level `latency_ms` (a non-negative number) gets, at that key's
+//!   position, `"metrics": {"latency_ms": L, "tokens_per_second": T}`. `L` is kept exactly as
+//!   written (an integer stays an integer). `T` = `usage.output_tokens` / (L / 1000) rounded to
+//!   2 decimals, or null when L is 0 or `output_tokens` is absent. `usage`, if present, must be
+//!   an object and `usage.output_tokens` a non-negative integer. A record that already has a
+//!   `metrics` key is refused rather than losing either value.
+//! * At any depth, an object with a string `key` and a `scopes` array (an API key entry) gets
+//!   `key` replaced, in place, by `"key_sha256": hex(sha256(key))` and `"key_prefix"`: its
+//!   first 8 characters (characters, not bytes). This cannot be undone from the data: only a
+//!   backup brings the plaintext back.
+//! * `schema_version` must be 2 and becomes 3, keeping its position.
+
+use plugin_api::json::{
+    expect_schema_version, join, opt_f64, opt_u64, replace_key, type_name, walk_record_mut,
+};
+use plugin_api::{DataMigrationRule, FieldError};
+use serde_json::{json, Map, Number, Value};
+use sha2::{Digest, Sha256};
+
+use crate::{SCHEMA_VERSION, SOURCE_SCHEMA_VERSION};
+
+/// Characters of a plaintext key kept to let operators recognise it.
+const KEY_PREFIX_CHARS: usize = 8;
+
+/// The data rule of this hop.
+pub struct MetricsAndHashedKeys;
+
+impl DataMigrationRule for MetricsAndHashedKeys {
+    fn migrate_record(&self, record: &mut Map<String, Value>) -> Result<(), FieldError> {
+        expect_schema_version(record, Some(SOURCE_SCHEMA_VERSION))?;
+        move_latency_into_metrics(record)?;
+        walk_record_mut(record, &mut hash_api_key)?;
+        record.insert("schema_version".to_owned(), Value::from(SCHEMA_VERSION));
+        Ok(())
+    }
+
+    fn description(&self) -> String {
+        "latency_ms → metrics {latency_ms, tokens_per_second}; API keys → key_sha256 + \
+         key_prefix (plaintext removed); schema_version 2 → 3"
+            .to_owned()
+    }
+}
+
+/// Replaces a top-level `latency_ms` by the `metrics` object, in its place.
+fn move_latency_into_metrics(record: &mut Map<String, Value>) -> Result<(), FieldError> {
+    let output_tokens = output_tokens(record)?;
+    let Some(latency) = opt_f64(record, "latency_ms")? else {
+        return Ok(());
+    };
+    if record.contains_key("metrics") {
+        return Err(FieldError::new(
+            "metrics",
+            "already present: latency_ms cannot move into it without losing one of the two",
+        ));
+    }
+    let tokens_per_second = tokens_per_second(output_tokens, latency)?;
+    let kept_latency = record.get("latency_ms").cloned().unwrap_or(Value::Null);
+    let metrics = json!({"latency_ms": kept_latency, "tokens_per_second": tokens_per_second});
+    replace_key(record, "latency_ms", vec![("metrics".to_owned(), metrics)]);
+    Ok(())
+}
+
+/// `usage.output_tokens`, checked: `usage` must be an object, the count a non-negative integer.
+fn output_tokens(record: &Map<String, Value>) -> Result<Option<u64>, FieldError> {
+    match record.get("usage") {
+        None => Ok(None),
+        Some(Value::Object(usage)) => opt_u64(usage, "output_tokens").map_err(|mut e| {
+            e.field = join("usage", &e.field);
+            e
+        }),
+        Some(other) => Err(FieldError::new(
+            "usage",
+            format!("expected an object, found {} `{other}`", type_name(other)),
+        )),
+    }
+}
+
+/// `output_tokens / (latency_ms / 1000)` rounded to 2 decimals; null when either is unknown
+/// or the latency is 0 (no meaningful rate).
+fn tokens_per_second(output_tokens: Option<u64>, latency_ms: f64) -> Result<Value, FieldError> {
+    let Some(tokens) = output_tokens else {
+        return Ok(Value::Null);
+    };
+    if latency_ms == 0.0 {
+        return Ok(Value::Null);
+    }
+    let rate = tokens as f64 / (latency_ms / 1000.0);
+    let rounded = (rate * 100.0).round() / 100.0;
+    Number::from_f64(rounded).map(Value::Number).ok_or_else(|| {
+        FieldError::new(
+            "latency_ms",
+            format!("{latency_ms} is too small to compute tokens_per_second from"),
+        )
+    })
+}
+
+/// Visitor for [`walk_record_mut`]: replaces the plaintext of an API key entry.
+fn hash_api_key(object: &mut Map<String, Value>, path: &str) -> Result<(), FieldError> {
+    let (Some(Value::String(key)), Some(Value::Array(_))) =
+        (object.get("key"), object.get("scopes"))
+    else {
+        return Ok(());
+    };
+    for taken in ["key_sha256", "key_prefix"] {
+        if object.contains_key(taken) {
+            return Err(FieldError::new(
+                join(path, taken),
+                "already present next to a plaintext `key`; refusing to guess which one is right",
+            ));
+        }
+    }
+    let sha256 = hex::encode(Sha256::digest(key.as_bytes()));
+    let prefix: String = key.chars().take(KEY_PREFIX_CHARS).collect();
+    replace_key(
+        object,
+        "key",
+        vec![
+            ("key_sha256".to_owned(), Value::String(sha256)),
+            ("key_prefix".to_owned(), Value::String(prefix)),
+        ],
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `printf %s tfk_8c1d0e5f9a7b4c2e | sha256sum`
+    const SPEC_KEY_SHA256: &str =
+        "60c535de7bd511dcf63c560edede9eb5eee3bb7aed79fb5b6b99e4b222b0c4bb";
+
+    fn migrate(v: Value) -> Result<String, FieldError> {
+        let Value::Object(mut record) = v else {
+            panic!("test input must be an object")
+        };
+        MetricsAndHashedKeys.migrate_record(&mut record)?;
+        Ok(serde_json::to_string(&record).unwrap())
+    }
+
+    fn metrics(latency: Value, output_tokens: Option<u64>) -> Value {
+        let mut record = json!({"latency_ms": latency, "schema_version": 2});
+        if let Some(n) = output_tokens {
+            record["usage"] = json!({"output_tokens": n});
+        }
+        let out: Value = serde_json::from_str(&migrate(record).unwrap()).unwrap();
+        out["metrics"].clone()
+    }
+
+    #[test]
+    fn spec_request_record_gets_metrics_in_place_of_latency() {
+        let out = migrate(json!({"id":"req-000001","model":"bert-base","usage":{"input_tokens":12,"output_tokens":30},"latency_ms":123,"timestamp":"2022-01-01T00:00:00Z","schema_version":2})).unwrap();
+        assert_eq!(
+            out,
+            r#"{"id":"req-000001","model":"bert-base","usage":{"input_tokens":12,"output_tokens":30},"metrics":{"latency_ms":123,"tokens_per_second":243.9},"timestamp":"2022-01-01T00:00:00Z","schema_version":3}"#
+        );
+    }
+
+    #[test]
+    fn tokens_per_second_is_rounded_to_two_decimals() {
+        // 30 / 0.123 = 243.902…; 10 / 0.3 = 33.333…; 2 / 0.003 = 666.666…; 1 / 0.008 = 125
+        assert_eq!(
+            metrics(json!(123), Some(30))["tokens_per_second"],
+            json!(243.9)
+        );
+        assert_eq!(
+            metrics(json!(300), Some(10))["tokens_per_second"],
+            json!(33.33)
+        );
+        assert_eq!(
+            metrics(json!(3), Some(2))["tokens_per_second"],
+            json!(666.67)
+        );
+        assert_eq!(
+            metrics(json!(8), Some(1))["tokens_per_second"],
+            json!(125.0)
+        );
+        assert_eq!(
+            metrics(json!(12.5), Some(0))["tokens_per_second"],
+            json!(0.0)
+        );
+    }
+
+    #[test]
+    fn latency_is_kept_as_written() {
+        assert_eq!(
+            serde_json::to_string(&metrics(json!(250), Some(5))).unwrap(),
+            r#"{"latency_ms":250,"tokens_per_second":20.0}"#
+        );
+        assert_eq!(metrics(json!(12.5), Some(5))["latency_ms"], json!(12.5));
+    }
+
+    #[test]
+    fn tokens_per_second_is_null_without_a_rate() {
+        assert_eq!(
+            metrics(json!(0), Some(30))["tokens_per_second"],
+            Value::Null
+        );
+        assert_eq!(
+            metrics(json!(0.0), Some(30))["tokens_per_second"],
+            Value::Null
+        );
+        assert_eq!(metrics(json!(100), None)["tokens_per_second"], Value::Null);
+        let out =
+            migrate(json!({"latency_ms": 5, "usage": {"input_tokens": 1}, "schema_version": 2}))
+                .unwrap();
+        assert!(
+            out.contains(r#""metrics":{"latency_ms":5,"tokens_per_second":null}"#),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_record_without_latency_gets_no_metrics() {
+        let out = migrate(json!({"id": "x", "usage": {"output_tokens": 3}, "schema_version": 2}))
+            .unwrap();
+        assert_eq!(
+            out,
+            r#"{"id":"x","usage":{"output_tokens":3},"schema_version":3}"#
+        );
+    }
+
+    #[test]
+    fn schema_version_must_be_2_and_keeps_its_position() {
+        assert_eq!(
+            migrate(json!({"schema_version": 2, "a": 1})).unwrap(),
+            r#"{"schema_version":3,"a":1}"#
+        );
+        for bad in [
+            json!({"a": 1}),
+            json!({"schema_version": 3}),
+            json!({"schema_version": "2"}),
+        ] {
+            let e = migrate(bad.clone()).unwrap_err();
+            assert_eq!(e.field, "schema_version", "{bad}");
+        }
+    }
+
+    #[test]
+    fn known_fields_of_the_wrong_type_are_refused_by_name() {
+        let cases = [
+            (
+                json!({"latency_ms": "slow", "schema_version": 2}),
+                "latency_ms",
+            ),
+            (json!({"latency_ms": -1, "schema_version": 2}), "latency_ms"),
+            (json!({"usage": 5, "schema_version": 2}), "usage"),
+            (
+                json!({"latency_ms": 1, "usage": {"output_tokens": "3"}, "schema_version": 2}),
+                "usage.output_tokens",
+            ),
+            (
+                json!({"latency_ms": 1, "usage": {"output_tokens": 2.5}, "schema_version": 2}),
+                "usage.output_tokens",
+            ),
+            (
+                json!({"usage": {"output_tokens": -3}, "schema_version": 2}),
+                "usage.output_tokens",
+            ),
+        ];
+        for (input, field) in cases {
+            let e = migrate(input.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{input}");
+            assert!(e.message.starts_with("expected "), "{input}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_existing_metrics_key_is_refused() {
+        let e = migrate(json!({"latency_ms": 1, "metrics": {}, "schema_version": 2})).unwrap_err();
+        assert_eq!(e.field, "metrics");
+    }
+
+    #[test]
+    fn spec_api_keys_document_is_hashed_in_place() {
+        let out = migrate(json!({"keys":[{"name":"ci","key":"tfk_8c1d0e5f9a7b4c2e","created_at":"2022-01-01T00:00:00Z","scopes":["infer"]}],"schema_version":2})).unwrap();
+        assert_eq!(
+            out,
+            format!(
+                r#"{{"keys":[{{"name":"ci","key_sha256":"{SPEC_KEY_SHA256}","key_prefix":"tfk_8c1d","created_at":"2022-01-01T00:00:00Z","scopes":["infer"]}}],"schema_version":3}}"#
+            )
+        );
+        assert!(
+            !out.contains("tfk_8c1d0e5f9a7b4c2e"),
+            "plaintext must be gone"
+        );
+    }
+
+    #[test]
+    fn hash_matches_an_independent_sha256() {
+        let independent = hex::encode(sha2::Sha256::digest(b"tfk_8c1d0e5f9a7b4c2e"));
+        assert_eq!(independent, SPEC_KEY_SHA256);
+    }
+
+    #[test]
+    fn api_keys_are_hashed_at_any_depth_including_the_record_itself() {
+        let record = json!({"key":"top-level-key","scopes":[],"a":{"b":[{"c":{"key":"deep","scopes":["x"]}}]},"schema_version":2});
+        let out: Value = serde_json::from_str(&migrate(record).unwrap()).unwrap();
+        assert_eq!(out["key_prefix"], "top-leve");
+        assert_eq!(
+            out["key_sha256"],
+            hex::encode(Sha256::digest(b"top-level-key"))
+        );
+        let deep = &out["a"]["b"][0]["c"];
+        assert_eq!(deep["key_prefix"], "deep");
+        assert_eq!(deep["key_sha256"], hex::encode(Sha256::digest(b"deep")));
+        assert!(deep.get("key").is_none());
+    }
+
+    #[test]
+    fn key_prefix_counts_characters_not_bytes() {
+        let out: Value = serde_json::from_str(
+            &migrate(json!({"key": "ключ-éàü-1234", "scopes": [], "schema_version": 2})).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(out["key_prefix"], "ключ-éàü");
+    }
+
+    #[test]
+    fn objects_that_are_not_api_keys_are_left_alone() {
+        let input = json!({"a":{"key":"k"},"b":{"key":"k","scopes":"infer"},"c":{"key":1,"scopes":[]},"schema_version":2});
+        let out = migrate(input).unwrap();
+        assert_eq!(
+            out,
+            r#"{"a":{"key":"k"},"b":{"key":"k","scopes":"infer"},"c":{"key":1,"scopes":[]},"schema_version":3}"#
+        );
+    }
+
+    #[test]
+    fn an_api_key_that_already_has_a_hash_is_refused_with_its_path() {
+        let e =
+            migrate(json!({"keys":[{"key":"k","key_sha256":"x","scopes":[]}],"schema_version":2}))
+                .unwrap_err();
+        assert_eq!(e.field, "keys[0].key_sha256");
+    }
+}

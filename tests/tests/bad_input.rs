@@ -1,0 +1,167 @@
+//! Bad input from the spec: an error naming the file and place, a non-zero exit, and an
+//! untouched installation.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+
+/// Runs a full migration expected to be refused; returns stdout+stderr.
+fn refused(root: &Path) -> String {
+    let before = tree_hash(root);
+    let out = migrate(&["version", "--path", root.to_str().unwrap(), "--to", "2.1.0"]);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "expected exit 3 (invalid input):\n{text}"
+    );
+    assert_eq!(tree_hash(root), before, "the installation changed:\n{text}");
+    let leftovers: Vec<String> = std::fs::read_dir(root.join(".migrate"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.iter().all(|n| n == "lock"),
+        "staging or journal left behind: {leftovers:?}"
+    );
+    text
+}
+
+#[test]
+fn invalid_toml_names_the_file_and_line() {
+    let install = sample_install();
+    write(
+        install.path(),
+        "config/server.toml",
+        "host = \"0.0.0.0\"\nport = = 8080\nmodel_path = \"models/a\"\n",
+    );
+    // Version detection needs a parsable file, so say which release it is.
+    std::fs::write(install.path().join("VERSION"), "0.1.0\n").unwrap();
+    let text = refused(install.path());
+    assert!(text.contains("config/server.toml"), "{text}");
+    assert!(text.contains("line 2"), "{text}");
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_file_key_and_type() {
+    let install = sample_install();
+    let toml =
+        read(install.path(), "config/server.toml").replace("port = 8080", "port = \"eighty\"");
+    write(install.path(), "config/server.toml", &toml);
+    let text = refused(install.path());
+    assert!(text.contains("config/server.toml"), "{text}");
+    assert!(text.contains("`port`"), "{text}");
+    assert!(text.contains("integer"), "{text}");
+}
+
+#[test]
+fn an_invalid_json_line_names_file_and_line() {
+    let install = sample_install();
+    let mut lines: Vec<String> = read(install.path(), "data/requests.jsonl")
+        .lines()
+        .map(String::from)
+        .collect();
+    lines[6] = "{\"id\": \"req-7\", \"model\": ".into();
+    write(
+        install.path(),
+        "data/requests.jsonl",
+        &(lines.join("\n") + "\n"),
+    );
+    let text = refused(install.path());
+    assert!(text.contains("data/requests.jsonl:7"), "{text}");
+    assert!(text.contains("not valid JSON"), "{text}");
+}
+
+#[test]
+fn a_known_field_of_the_wrong_type_names_file_line_and_field() {
+    let install = sample_install();
+    let mut lines: Vec<String> = read(install.path(), "data/archive/2024/requests.jsonl")
+        .lines()
+        .map(String::from)
+        .collect();
+    lines[2] = r#"{"id":"req-x","model":"m","prompt_tokens":"twelve","completion_tokens":3,"latency_ms":5,"timestamp":1}"#.into();
+    write(
+        install.path(),
+        "data/archive/2024/requests.jsonl",
+        &(lines.join("\n") + "\n"),
+    );
+    let text = refused(install.path());
+    assert!(
+        text.contains("data/archive/2024/requests.jsonl:3"),
+        "{text}"
+    );
+    assert!(text.contains("prompt_tokens"), "{text}");
+}
+
+#[test]
+fn a_record_that_is_not_an_object_is_refused() {
+    let install = sample_install();
+    let mut content = read(install.path(), "data/requests.jsonl");
+    content.push_str("[1,2,3]\n");
+    write(install.path(), "data/requests.jsonl", &content);
+    let text = refused(install.path());
+    assert!(text.contains("data/requests.jsonl:201"), "{text}");
+    assert!(text.contains("object"), "{text}");
+}
+
+#[test]
+fn a_truncated_safetensors_file_names_the_file() {
+    let install = sample_install();
+    let path = install.path().join("models/bert-tiny/model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+    let text = refused(install.path());
+    assert!(text.contains("models/bert-tiny"), "{text}");
+    assert!(text.contains("model.safetensors"), "{text}");
+    assert!(text.contains("truncated"), "{text}");
+}
+
+#[test]
+fn quarantine_sets_bad_records_aside_and_goes_on() {
+    let install = sample_install();
+    let root = install.path();
+    let mut lines: Vec<String> = read(root, "data/requests.jsonl")
+        .lines()
+        .map(String::from)
+        .collect();
+    let bad = "{\"id\": broken".to_string();
+    lines[9] = bad.clone();
+    write(root, "data/requests.jsonl", &(lines.join("\n") + "\n"));
+    let report = root.join("report.json");
+    let out = migrate(&[
+        "version",
+        "--path",
+        root.to_str().unwrap(),
+        "--to",
+        "2.1.0",
+        "--on-invalid",
+        "quarantine",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    ok(&out);
+    let migrated = jsonl(root, "data/requests.jsonl");
+    assert_eq!(
+        migrated.len(),
+        199,
+        "one record set aside, none dropped silently"
+    );
+    let q = jsonl(root, "data/.quarantine/requests.jsonl.rejected.jsonl");
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0]["line"], 10);
+    assert_eq!(q[0]["record"], bad, "copied verbatim");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let data = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "data")
+        .unwrap();
+    assert_eq!(data["quarantined"], 1);
+    assert_eq!(data["records"].as_u64().unwrap(), 199 + 60 + 1);
+}

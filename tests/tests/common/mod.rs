@@ -1,0 +1,199 @@
+//! Shared harness for the end-to-end tests: the real `migrate` binary and the real plugin
+//! `.so` files, on installations built on disk.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
+pub const PLUGINS: [&str; 3] = ["libv0_1_to_v1.so", "libv1_to_v2.so", "libv2_to_v2_1.so"];
+
+/// `target/debug` (or whatever profile the tests were built with).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Builds the binary and the plugins once per test process: `cargo test` alone never builds
+/// cdylibs. A no-op when `cargo build --workspace` already ran.
+pub fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--workspace"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --workspace failed");
+    });
+}
+
+pub fn migrate_bin() -> PathBuf {
+    ensure_built();
+    target_dir().join("migrate")
+}
+
+/// A folder holding copies of the three real plugins (and nothing else).
+pub fn plugin_dir() -> tempfile::TempDir {
+    ensure_built();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for p in PLUGINS {
+        std::fs::copy(target_dir().join(p), dir.path().join(p)).expect("copy plugin");
+    }
+    dir
+}
+
+/// A scratch copy of the bundled 0.1.0 sample installation.
+pub fn sample_install() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_tree(&workspace_root().join("samples/install-0.1.0"), dir.path());
+    dir
+}
+
+pub fn copy_tree(from: &Path, to: &Path) {
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.expect("walk");
+        let rel = entry.path().strip_prefix(from).expect("prefix");
+        let dest = to.join(rel);
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).expect("mkdir");
+        } else {
+            std::fs::copy(entry.path(), &dest).expect("copy");
+        }
+    }
+}
+
+/// Runs `migrate` with an isolated environment: only the plugins next to the binary (the
+/// real build output) unless the args say otherwise, and no user plugin folder.
+pub fn migrate(args: &[&str]) -> Output {
+    migrate_env(args, &[])
+}
+
+pub fn migrate_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(migrate_bin());
+    cmd.args(args)
+        .env_remove("TRUSTFORMERS_PLUGIN_DIR")
+        .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
+        .env_remove("TRUSTFORMERS_BACKUP_DIR")
+        .env_remove("RUST_LOG")
+        .env("HOME", home.path())
+        .env("XDG_DATA_HOME", home.path().join("share"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run migrate")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "migrate failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+/// Every file below `root` (outside `.migrate/` and `backups/`): relative path → (mode, sha256).
+pub fn tree_hash(root: &Path) -> BTreeMap<String, (u32, String)> {
+    let mut out = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).into_iter().filter_entry(|e| {
+        let name = e.file_name().to_string_lossy();
+        e.depth() != 1 || (name != ".migrate" && name != "backups")
+    }) {
+        let entry = entry.expect("walk");
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .expect("prefix")
+            .to_string_lossy()
+            .into_owned();
+        let mode = entry.metadata().expect("meta").permissions().mode() & 0o7777;
+        let hash = hex::encode(Sha256::digest(std::fs::read(entry.path()).expect("read")));
+        out.insert(rel, (mode, hash));
+    }
+    out
+}
+
+/// Every file below `root`, `.migrate/` included: for "writes nothing at all".
+pub fn full_tree_hash(root: &Path) -> BTreeMap<String, (u32, String)> {
+    let mut out = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root) {
+        let entry = entry.expect("walk");
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .expect("prefix")
+            .to_string_lossy()
+            .into_owned();
+        let mode = entry.metadata().expect("meta").permissions().mode() & 0o7777;
+        let hash = if entry.file_type().is_file() {
+            hex::encode(Sha256::digest(std::fs::read(entry.path()).expect("read")))
+        } else {
+            "dir".into()
+        };
+        out.insert(rel, (mode, hash));
+    }
+    out
+}
+
+pub fn read(root: &Path, rel: &str) -> String {
+    std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+}
+
+pub fn write(root: &Path, rel: &str, content: &str) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, content).expect("write");
+}
+
+pub fn jsonl(root: &Path, rel: &str) -> Vec<serde_json::Value> {
+    read(root, rel)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The real all-MiniLM-L6-v2 folder fetched by scripts/fetch-test-assets.
+pub fn real_model_dir() -> PathBuf {
+    let dir = workspace_root().join("target/test-assets/all-minilm-l6-v2");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run scripts/fetch-test-assets (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
