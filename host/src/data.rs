@@ -124,6 +124,7 @@ impl DataRun<'_> {
             return Ok(());
         }
         let (migrated, refusals) = self.run_hops(batch, file)?;
+        crate::fault::point("batch");
         stats.records += (batch.places.len() - refusals.len()) as u64;
         self.handle_refusals(refusals, file, quarantine, stats)?;
         out.write_all(&migrated)

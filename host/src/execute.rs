@@ -252,7 +252,10 @@ fn commit(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<()> {
     if let Some(dir) = &plan.options.backup_dir {
         let backup = back_up(plan, &txn, dir);
         match backup {
-            Ok(path) => s.warnings.push(format!("backup: {}", path.display())),
+            Ok(path) => {
+                crate::fault::point("backup");
+                s.warnings.push(format!("backup: {}", path.display()));
+            }
             Err(e) => {
                 txn.rollback()?;
                 return Err(e);
