@@ -267,8 +267,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Command::Info { from, to, path } => info(registry, from, to, path.as_deref(), json),
-        Command::Validate { path, version } => validate(&registry, &path, &version, json),
+        Command::Info { from, to, path } => {
+            if let Some(p) = &path {
+                recover_if_interrupted(p)?;
+            }
+            info(registry, from, to, path.as_deref(), json)
+        }
+        Command::Validate { path, version } => {
+            recover_if_interrupted(&path)?;
+            validate(&registry, &path, &version, json)
+        }
         Command::Plugins {
             command: PluginsCommand::List,
         } => plugins_list(&registry, json),
@@ -281,6 +289,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: BackupsCommand::Verify { backup },
         } => backups_verify(&backup, json),
     }
+}
+
+/// Every command on an installation first rolls back a migration that was interrupted, and
+/// says so; a command that finds nothing to do writes nothing.
+fn recover_if_interrupted(root: &Path) -> anyhow::Result<()> {
+    let tool_dir = root.join(crate::install::TOOL_DIR);
+    if !tool_dir.join(crate::journal::JOURNAL_FILE).exists() {
+        return Ok(());
+    }
+    let _lock = crate::lock::InstallLock::acquire(&tool_dir)?;
+    if let Some(crate::journal::Recovery::RolledBack { from, to }) =
+        crate::journal::recover(root, &tool_dir, false)?
+    {
+        eprintln!(
+            "note: an interrupted migration {from} → {to} was found in {} and rolled back",
+            root.display()
+        );
+    }
+    Ok(())
 }
 
 fn rollback(backup: &Path, root: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {

@@ -35,6 +35,7 @@ pub struct DataRun<'a> {
     pub batch_size: usize,
     /// The data folder's path relative to the staging root (`data`), for quarantine paths.
     pub data_rel: String,
+    pub budget: &'a crate::execute::Budget,
 }
 
 /// A record a hop refused, with its place in the original file.
@@ -123,6 +124,7 @@ impl DataRun<'_> {
         if batch.places.is_empty() {
             return Ok(());
         }
+        self.budget.check(&file.rel)?;
         let (migrated, refusals) = self.run_hops(batch, file)?;
         crate::fault::point("batch");
         stats.records += (batch.places.len() - refusals.len()) as u64;

@@ -40,6 +40,7 @@ pub fn execute(plan: &Plan, mode: Mode) -> MigrationResult {
         steps: Vec::new(),
         error: None,
         exit_code: ExitCode::Ok as i32,
+        preview: None,
         duration_ms: 0,
     };
     if let Err(e) = run_steps(plan, mode, &mut result) {
@@ -76,17 +77,96 @@ fn run_steps(plan: &Plan, mode: Mode, result: &mut MigrationResult) -> Result<()
         Mode::Commit => Some(InstallLock::acquire(&parent)?),
         Mode::DryRun => None,
     };
-    if mode == Mode::Commit {
-        recover_first(plan, result)?;
+    match mode {
+        Mode::Commit => recover_first(plan, result)?,
+        Mode::DryRun => refuse_if_interrupted(plan)?,
     }
+    let budget = Budget::new(plan.options.timeout);
+    step(result, "preflight", |s| preflight(plan, s))?;
     let mut staging = Staging::create(&parent)?;
     step(result, "config", |s| migrate_config(plan, &staging, s))?;
-    step(result, "data", |s| migrate_data(plan, &mut staging, s))?;
-    step(result, "models", |s| migrate_models(plan, &staging, s))?;
-    if mode == Mode::Commit {
-        step(result, "commit", |s| commit(plan, staging, s))?;
+    budget.check("config")?;
+    step(result, "data", |s| {
+        migrate_data(plan, &mut staging, s, &budget)
+    })?;
+    step(result, "models", |s| {
+        migrate_models(plan, &staging, s, &budget)
+    })?;
+    match mode {
+        Mode::Commit => step(result, "commit", |s| commit(plan, staging, s)),
+        Mode::DryRun => {
+            result.preview = Some(crate::preview::preview(plan, &staging));
+            Ok(())
+        }
+    }
+}
+
+/// The operator's time limit (`timeout_seconds`), checked between batches, models and steps.
+/// Past it, the staged work is thrown away: the installation has not changed.
+pub struct Budget {
+    deadline: Option<(Instant, std::time::Duration)>,
+}
+
+impl Budget {
+    pub fn new(limit: Option<std::time::Duration>) -> Self {
+        Budget {
+            deadline: limit.map(|d| (Instant::now() + d, d)),
+        }
+    }
+
+    pub fn check(&self, during: &str) -> Result<()> {
+        match self.deadline {
+            Some((at, limit)) if Instant::now() >= at => Err(MigrateError::RolledBack(format!(
+                "timed out after {} s (timeout_seconds) during {during}; the staged work was discarded and the installation is as it was\n  next step: raise timeout_seconds in migration_config.toml",
+                limit.as_secs()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A dry run writes nothing, so it cannot recover an interrupted migration: it says so.
+fn refuse_if_interrupted(plan: &Plan) -> Result<()> {
+    if plan.target.tool_dir().join(journal::JOURNAL_FILE).exists() {
+        return Err(MigrateError::Usage(format!(
+            "{} holds an interrupted migration\n  next step: run `migrate recover --path {}` first (a dry run writes nothing, so it does not recover)",
+            plan.target.root.display(),
+            plan.target.root.display()
+        )));
     }
     Ok(())
+}
+
+fn preflight(plan: &Plan, s: &mut StepResult) -> Result<()> {
+    let report = crate::preflight::check(plan);
+    if let Some(space) = &report.space {
+        s.warnings.push(format!(
+            "disk space: staging needs about {}, the backup about {}; {} free",
+            crate::preflight::human(space.staging_bytes),
+            crate::preflight::human(space.backup_bytes),
+            crate::preflight::human(space.available_bytes)
+        ));
+    }
+    for f in report
+        .findings
+        .iter()
+        .filter(|f| f.severity == crate::validate::Severity::Warning)
+    {
+        s.warnings
+            .push(format!("{}: {} [{}]", f.path, f.message, f.rule));
+    }
+    let errors: Vec<String> = report
+        .errors()
+        .map(|f| format!("[{:?}/{}] {}: {}", f.kind, f.rule, f.path, f.message))
+        .collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(MigrateError::Invalid {
+        path: plan.target.root.clone(),
+        message: format!("pre-flight checks failed:\n    {}", errors.join("\n    ")),
+        hint: "nothing was changed; fix the problems above and run the migration again".into(),
+    })
 }
 
 /// An unfinished migration found on the installation is rolled back before anything else.
@@ -138,6 +218,8 @@ fn migrate_config(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<
             "fix the file's encoding",
         )
     })?;
+    // The same warning from several hops (an unknown key each hop keeps) is shown once.
+    let mut warnings: Vec<(String, Vec<String>)> = Vec::new();
     for hop in plan.hops.iter().filter(|h| h.descriptor.rules.config) {
         let outcome = hop.client.migrate_config(&content).map_err(|e| {
             MigrateError::invalid(
@@ -149,21 +231,32 @@ fn migrate_config(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<
                 "nothing was changed; fix the file and run the migration again",
             )
         })?;
-        s.warnings.extend(
-            outcome
-                .warnings
-                .into_iter()
-                .map(|w| format!("{}: {w} (hop {} → {})", item.rel, hop.from, hop.to)),
-        );
+        for w in outcome.warnings {
+            let label = format!("{} → {}", hop.from, hop.to);
+            match warnings.iter_mut().find(|(text, _)| *text == w) {
+                Some((_, hops)) => hops.push(label),
+                None => warnings.push((w, vec![label])),
+            }
+        }
         content = outcome.content;
     }
+    s.warnings.extend(
+        warnings
+            .into_iter()
+            .map(|(w, hops)| format!("{}: {w} (hops {})", item.rel, hops.join(", "))),
+    );
     staging.write(&item.rel, content.as_bytes())?;
     s.files = 1;
     s.bytes = item.size;
     Ok(())
 }
 
-fn migrate_data(plan: &Plan, staging: &mut Staging, s: &mut StepResult) -> Result<()> {
+fn migrate_data(
+    plan: &Plan,
+    staging: &mut Staging,
+    s: &mut StepResult,
+    budget: &Budget,
+) -> Result<()> {
     let Some(data_dir) = &plan.target.data else {
         s.status = StepStatus::Skipped;
         return Ok(());
@@ -173,6 +266,7 @@ fn migrate_data(plan: &Plan, staging: &mut Staging, s: &mut StepResult) -> Resul
         on_invalid: plan.options.on_invalid,
         batch_size: plan.options.batch_size,
         data_rel: plan.target.rel(data_dir),
+        budget,
     };
     for file in &plan.data_files {
         let stats = run.migrate_file(&plan.target.root, file, staging)?;
@@ -190,7 +284,12 @@ fn migrate_data(plan: &Plan, staging: &mut Staging, s: &mut StepResult) -> Resul
     Ok(())
 }
 
-fn migrate_models(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> {
+fn migrate_models(
+    plan: &Plan,
+    staging: &Staging,
+    s: &mut StepResult,
+    budget: &Budget,
+) -> Result<()> {
     if plan.target.models.is_none() {
         s.status = StepStatus::Skipped;
         return Ok(());
@@ -203,6 +302,7 @@ fn migrate_models(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<
         },
     };
     for model in &plan.models {
+        budget.check(&model.rel)?;
         let folder = ModelFolder {
             name: model.name.clone(),
             source: plan.target.root.join(&model.rel),

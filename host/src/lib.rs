@@ -20,6 +20,8 @@ pub mod journal;
 pub mod lock;
 pub mod migrator;
 pub mod plan;
+pub mod preflight;
+pub mod preview;
 pub mod registry;
 pub mod report;
 pub mod restore;

@@ -73,6 +73,9 @@ pub struct MigrationResult {
     pub error: Option<String>,
     /// The process exit code this outcome maps to (see [`crate::ExitCode`]).
     pub exit_code: i32,
+    /// `--dry-run` only: what would change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<crate::preview::Preview>,
     pub duration_ms: u64,
 }
 
@@ -95,7 +98,7 @@ impl MigrationResult {
         for s in &self.steps {
             let _ = write!(
                 out,
-                "  {:<8} {:?} in {} ms: {} files, {} bytes",
+                "  {:<9} {:?} in {} ms: {} files, {} bytes",
                 s.name, s.status, s.duration_ms, s.files, s.bytes
             );
             if s.records > 0 {
@@ -115,6 +118,9 @@ impl MigrationResult {
             for w in warnings {
                 let _ = writeln!(out, "    - {w}");
             }
+        }
+        if let Some(p) = &self.preview {
+            out.push_str(&p.render());
         }
         let _ = writeln!(out, "  total: {} ms", self.duration_ms);
         out

@@ -26,6 +26,8 @@ pub enum RuleKind {
     ConfigurationSyntax,
     DataIntegrity,
     ModelCompatibility,
+    DiskSpace,
+    Permissions,
 }
 
 #[derive(Debug, Clone, Serialize)]
