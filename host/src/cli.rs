@@ -58,6 +58,22 @@ pub struct GlobalArgs {
     /// Print results as JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Progress display on stderr: bars on a terminal, plain lines otherwise (auto).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        value_name = "MODE"
+    )]
+    pub progress: crate::progress::ProgressMode,
+    /// No progress output (same as --progress none).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Load plugins even if they or their folder are writable by group/others or owned by
+    /// another user (they are refused by default); each is reported with a warning.
+    #[arg(long, global = true)]
+    pub allow_insecure_plugins: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +187,20 @@ pub enum BackupsCommand {
 pub enum PluginsCommand {
     /// Every plugin file found: name, hop, rules, ABI, file, status.
     List,
+    /// Write DIR/plugins.lock with the sha256 of each plugin in DIR; from then on a plugin
+    /// there that is not listed, or whose hash differs, is refused. Default: every folder of
+    /// the search path that holds plugins.
+    Pin {
+        #[arg(value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+    },
+    /// Check plugins against their folder's plugins.lock, and their permissions, without
+    /// loading anything; exits 6 on any mismatch. Default: every folder of the search path
+    /// that holds plugins or a lock.
+    Verify {
+        #[arg(value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -215,9 +245,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         plugin_dirs: cli.global.plugin_dirs.clone(),
         no_default_dirs: cli.global.no_default_plugins,
         preferred: cli.global.use_plugin.clone(),
+        allow_insecure: cli.global.allow_insecure_plugins,
+        ignore_locks: false,
     };
+    if let Command::Plugins { command } = &cli.command {
+        if let Some(code) = plugins_lock(command, &discovery, cli.global.json)? {
+            return Ok(code);
+        }
+    }
     let registry = Arc::new(Registry::discover(&discovery)?);
     let json = cli.global.json;
+    let progress = if cli.global.quiet {
+        crate::progress::ProgressMode::None
+    } else {
+        cli.global.progress
+    };
+    let out = Out { json, progress };
     match cli.command {
         Command::Version { path, run, models } => {
             migrate(
@@ -226,7 +269,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Target::installation(&path),
                 &run,
                 Some(&models),
-                json,
+                out,
             )
             .await
         }
@@ -237,7 +280,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Target::config_file(&config),
                 &run,
                 None,
-                json,
+                out,
             )
             .await
         }
@@ -248,7 +291,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Target::data_dir(&data_path),
                 &run,
                 None,
-                json,
+                out,
             )
             .await
         }
@@ -263,7 +306,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Target::models_dir(&models_path),
                 &run,
                 Some(&models),
-                json,
+                out,
             )
             .await
         }
@@ -280,6 +323,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins {
             command: PluginsCommand::List,
         } => plugins_list(&registry, json),
+        Command::Plugins { .. } => unreachable!("pin and verify run before discovery"),
         Command::Rollback { backup_path, path } => rollback(&backup_path, path.as_deref(), json),
         Command::Recover { path, forward } => recover(&path, forward, json),
         Command::Backups {
@@ -405,6 +449,13 @@ fn backups_verify(backup: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
+/// How results and progress are shown.
+#[derive(Debug, Clone, Copy)]
+struct Out {
+    json: bool,
+    progress: crate::progress::ProgressMode,
+}
+
 fn options(
     settings: &Settings,
     target: &Target,
@@ -432,8 +483,9 @@ async fn migrate(
     mut target: Target,
     run: &RunArgs,
     models: Option<&ModelArgs>,
-    json: bool,
+    out: Out,
 ) -> anyhow::Result<ExitCode> {
+    let json = out.json;
     check_target(&target)?;
     if !settings.config_migration.enabled {
         target.config = None;
@@ -451,7 +503,8 @@ async fn migrate(
         .unwrap_or_default();
     let migrator = VersionMigrator::with_registry(&from, &run.to.to_string(), registry.clone())?
         .options(options(settings, &target, run, models))
-        .force(run.force);
+        .force(run.force)
+        .progress(crate::progress::Progress::new(out.progress));
     let mode = if run.dry_run {
         Mode::DryRun
     } else {
@@ -574,6 +627,39 @@ fn validate(
     })
 }
 
+/// `plugins pin` and `plugins verify`, which must run before (and instead of) the discovery
+/// every other command makes: verify loads nothing, pin loads ignoring the existing locks.
+fn plugins_lock(
+    command: &PluginsCommand,
+    discovery: &Discovery,
+    json: bool,
+) -> anyhow::Result<Option<ExitCode>> {
+    use crate::pins;
+    let (text, doc, ok) = match command {
+        PluginsCommand::List => return Ok(None),
+        PluginsCommand::Pin { dirs } => {
+            let pinned = pins::pin(discovery, dirs)?;
+            (
+                pins::render_pinned(&pinned),
+                serde_json::to_value(&pinned)?,
+                true,
+            )
+        }
+        PluginsCommand::Verify { dirs } => {
+            let verified = pins::verify(discovery, dirs)?;
+            let ok = verified.iter().all(pins::VerifiedFolder::ok);
+            let doc = serde_json::json!({ "ok": ok, "folders": verified });
+            (pins::render_verified(&verified), doc, ok)
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{text}");
+    }
+    Ok(Some(if ok { ExitCode::Ok } else { ExitCode::Plugin }))
+}
+
 fn plugins_list(registry: &Registry, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         let doc =
@@ -620,6 +706,15 @@ fn plugins_list(registry: &Registry, json: bool) -> anyhow::Result<ExitCode> {
             Status::Shadowed { by } => format!("shadowed by {}", by.display()),
             Status::Conflict { with } => format!("CONFLICT with {}", with.display()),
             Status::Invalid { reason } => format!("INVALID: {reason}"),
+            Status::Refused { reason } => format!("REFUSED: {reason}"),
+        };
+        let status = if e.warnings.is_empty() {
+            status
+        } else {
+            format!(
+                "{status}; INSECURE, loaded because of --allow-insecure-plugins: {}",
+                e.warnings.join("; ")
+            )
         };
         println!(
             "{name:<14} {hop:<18} rules={rules:<18} abi={abi:<7} {}  [{status}]",

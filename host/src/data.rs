@@ -3,9 +3,12 @@
 //! batch size whatever the file size. `*.json` documents are one record or an array of records
 //! and are read whole.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Mutex;
 
 use plugin_api::ffi::CallError;
 use plugin_api::RuleError;
@@ -36,6 +39,8 @@ pub struct DataRun<'a> {
     /// The data folder's path relative to the staging root (`data`), for quarantine paths.
     pub data_rel: String,
     pub budget: &'a crate::execute::Budget,
+    pub progress: &'a crate::progress::Progress,
+    pub counters: &'a crate::progress::Counters,
 }
 
 /// A record a hop refused, with its place in the original file.
@@ -76,75 +81,162 @@ impl DataRun<'_> {
         let dst_path = staging.path_for(&file.rel)?;
         let write_err =
             |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
-        let mut out =
-            BufWriter::with_capacity(1 << 20, File::create(&dst_path).map_err(write_err)?);
-        let mut reader = BufReader::with_capacity(1 << 20, src);
+        let out = BufWriter::with_capacity(1 << 20, File::create(&dst_path).map_err(write_err)?);
         let mut quarantine = Quarantine::new(self, root, file);
-        let mut stats = FileStats::default();
-        let mut batch = Batch::default();
-        let mut line = Vec::new();
-        let mut line_no = 0u64;
-        loop {
-            line.clear();
-            let n = reader
-                .read_until(b'\n', &mut line)
-                .map_err(|e| MigrateError::io(format!("cannot read {}", src_path.display()), e))?;
-            if n == 0 {
-                break;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        let (work_tx, work_rx) = mpsc::sync_channel::<(u64, Work)>(threads * 2);
+        let (done_tx, done_rx) = mpsc::sync_channel::<(u64, Result<Done>)>(threads * 2);
+        let work_rx = Mutex::new(work_rx);
+        let (stats, out) = std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let (work_rx, done_tx) = (&work_rx, done_tx.clone());
+                scope.spawn(move || self.work(file, work_rx, done_tx));
             }
-            line_no += 1;
-            stats.bytes_in += n as u64;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                // Not a record: flush what precedes it and keep the blank line where it was.
-                self.flush(&mut batch, file, &mut out, &mut quarantine, &mut stats)?;
-                out.write_all(&line).map_err(write_err)?;
-                continue;
-            }
-            batch.push(&line, line_no);
-            if batch.places.len() >= self.batch_size || batch.bytes.len() >= BATCH_BYTES {
-                self.flush(&mut batch, file, &mut out, &mut quarantine, &mut stats)?;
-            }
-        }
-        self.flush(&mut batch, file, &mut out, &mut quarantine, &mut stats)?;
-        let mut f = out.into_inner().map_err(|e| write_err(e.into_error()))?;
-        f.flush().and_then(|_| f.sync_all()).map_err(write_err)?;
+            drop(done_tx);
+            let reader = scope.spawn(|| self.read_batches(src, &src_path, work_tx));
+            let written = self.write_in_order(file, out, done_rx, &mut quarantine);
+            let read = reader
+                .join()
+                .map_err(|_| MigrateError::Plugin("the data reader thread panicked".into()))?;
+            let bytes_in = read?;
+            written.map(|(mut stats, out)| {
+                stats.bytes_in = bytes_in;
+                (stats, out)
+            })
+        })?;
+        let f = out.into_inner().map_err(|e| write_err(e.into_error()))?;
+        f.sync_all().map_err(write_err)?;
         quarantine.finish(staging)?;
         Ok(stats)
     }
 
-    /// Runs a batch through the hops and writes the survivors.
-    fn flush(
-        &self,
-        batch: &mut Batch,
-        file: &DataFile,
-        out: &mut impl Write,
-        quarantine: &mut Quarantine,
-        stats: &mut FileStats,
-    ) -> Result<()> {
-        if batch.places.is_empty() {
-            return Ok(());
+    /// Cuts the file into batches of records; blank lines travel on their own, verbatim.
+    /// Returns the bytes read. Stops quietly when the writer has gone (an error ended the run).
+    fn read_batches(&self, src: File, path: &Path, work: SyncSender<(u64, Work)>) -> Result<u64> {
+        let mut reader = BufReader::with_capacity(1 << 20, src);
+        let mut batch = Batch::default();
+        let (mut line, mut line_no, mut seq, mut bytes) = (Vec::new(), 0u64, 0u64, 0u64);
+        let send = |item: Work, seq: &mut u64| {
+            *seq += 1;
+            work.send((*seq, item)).is_ok()
+        };
+        loop {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| MigrateError::io(format!("cannot read {}", path.display()), e))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            bytes += n as u64;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                let full = std::mem::take(&mut batch);
+                if (!full.places.is_empty() && !send(Work::Records(full), &mut seq))
+                    || !send(Work::Verbatim(line.clone()), &mut seq)
+                {
+                    return Ok(bytes);
+                }
+                continue;
+            }
+            batch.push(&line, line_no);
+            if (batch.places.len() >= self.batch_size || batch.bytes.len() >= BATCH_BYTES)
+                && !send(Work::Records(std::mem::take(&mut batch)), &mut seq)
+            {
+                return Ok(bytes);
+            }
         }
-        self.budget.check(&file.rel)?;
-        let (migrated, refusals) = self.run_hops(batch, file)?;
-        crate::fault::point("batch");
-        stats.records += (batch.places.len() - refusals.len()) as u64;
-        self.handle_refusals(refusals, file, quarantine, stats)?;
-        out.write_all(&migrated)
-            .map_err(|e| MigrateError::io(format!("cannot write staged {}", file.rel), e))?;
-        batch.clear();
-        Ok(())
+        if !batch.places.is_empty() {
+            send(Work::Records(batch), &mut seq);
+        }
+        Ok(bytes)
+    }
+
+    /// A worker: takes batches until the reader is done or the writer has gone.
+    fn work(
+        &self,
+        file: &DataFile,
+        work: &Mutex<Receiver<(u64, Work)>>,
+        done: SyncSender<(u64, Result<Done>)>,
+    ) {
+        loop {
+            let next = match work.lock() {
+                Ok(rx) => rx.recv(),
+                Err(_) => return,
+            };
+            let Ok((seq, item)) = next else { return };
+            let result = match item {
+                Work::Verbatim(bytes) => Ok(Done::Verbatim(bytes)),
+                Work::Records(batch) => self
+                    .budget
+                    .check(&file.rel)
+                    .and_then(|()| self.run_hops(&batch, file))
+                    .map(|(migrated, refusals)| {
+                        crate::fault::point("batch");
+                        Done::Records {
+                            count: batch.places.len(),
+                            bytes: batch.bytes.len() as u64,
+                            migrated,
+                            refusals,
+                        }
+                    }),
+            };
+            if done.send((seq, result)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes results in file order; the first error (or refused record, in `fail` mode)
+    /// ends the run, which drops the channel and stops the other threads.
+    fn write_in_order<W: Write>(
+        &self,
+        file: &DataFile,
+        mut out: W,
+        done: Receiver<(u64, Result<Done>)>,
+        quarantine: &mut Quarantine,
+    ) -> Result<(FileStats, W)> {
+        let mut stats = FileStats::default();
+        let mut pending = BTreeMap::new();
+        let mut next = 1u64;
+        for (seq, result) in done {
+            pending.insert(seq, result?);
+            while let Some(item) = pending.remove(&next) {
+                next += 1;
+                let bytes = match item {
+                    Done::Verbatim(bytes) => bytes,
+                    Done::Records {
+                        count,
+                        bytes,
+                        migrated,
+                        refusals,
+                    } => {
+                        stats.records += (count - refusals.len()) as u64;
+                        self.counters.add(self.progress, bytes, count as u64);
+                        self.handle_refusals(refusals, file, quarantine, &mut stats)?;
+                        migrated
+                    }
+                };
+                out.write_all(&bytes).map_err(|e| {
+                    MigrateError::io(format!("cannot write staged {}", file.rel), e)
+                })?;
+            }
+        }
+        Ok((stats, out))
     }
 
     /// Passes the batch through every data hop; refused records drop out with their place.
     fn run_hops(&self, batch: &Batch, file: &DataFile) -> Result<(Vec<u8>, Vec<Refusal>)> {
         let mut alive: Vec<usize> = (0..batch.places.len()).collect();
         let mut refusals = Vec::new();
-        let mut input = batch.bytes.clone();
+        let mut current: Option<abi_stable::std_types::RVec<u8>> = None;
         for hop in self.data_hops() {
-            let mut output = Vec::with_capacity(input.len() + input.len() / 4);
-            let refused = hop
+            let input: &[u8] = current.as_deref().unwrap_or(&batch.bytes);
+            let (output, refused) = hop
                 .client
-                .migrate_data(&input, &mut output)
+                .migrate_data(input)
                 .map_err(|e| plugin_failure(hop, file, e))?;
             let mut dropped: Vec<usize> = refused.iter().map(|r| r.index as usize).collect();
             dropped.sort_unstable();
@@ -168,9 +260,14 @@ impl DataRun<'_> {
             for &i in dropped.iter().rev() {
                 alive.remove(i);
             }
-            input = output;
+            current = Some(output);
         }
-        Ok((input, refusals))
+        Ok((
+            current
+                .map(|v| v.to_vec())
+                .unwrap_or_else(|| batch.bytes.clone()),
+            refusals,
+        ))
     }
 
     fn handle_refusals(
@@ -314,6 +411,24 @@ fn refused_error(file: &DataFile, r: &Refusal) -> MigrateError {
     }
 }
 
+/// What the reader hands to the workers.
+enum Work {
+    Records(Batch),
+    /// A blank line, kept where it was.
+    Verbatim(Vec<u8>),
+}
+
+/// What a worker hands to the writer.
+enum Done {
+    Records {
+        count: usize,
+        bytes: u64,
+        migrated: Vec<u8>,
+        refusals: Vec<Refusal>,
+    },
+    Verbatim(Vec<u8>),
+}
+
 /// Records in a batch: their bytes (`\n`-terminated) and their places in the source file.
 #[derive(Default)]
 struct Batch {
@@ -337,12 +452,6 @@ impl Batch {
         self.bytes[self.starts[i]..end]
             .strip_suffix(b"\n")
             .unwrap_or(&self.bytes[self.starts[i]..end])
-    }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.starts.clear();
-        self.places.clear();
     }
 }
 

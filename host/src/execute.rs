@@ -12,6 +12,7 @@ use crate::install::VERSION_FILE;
 use crate::journal::{self, Action, Modes, Recovery, Transaction};
 use crate::lock::InstallLock;
 use crate::plan::Plan;
+use crate::progress::{Counters, Progress};
 use crate::report::{MigrationResult, OverallStatus, StepResult, StepStatus};
 use crate::settings::Dtype;
 use crate::staging::Staging;
@@ -25,7 +26,7 @@ pub enum Mode {
 }
 
 /// Executes `plan`; never panics on user input, and reports every step.
-pub fn execute(plan: &Plan, mode: Mode) -> MigrationResult {
+pub fn execute(plan: &Plan, mode: Mode, progress: &Progress) -> MigrationResult {
     let started = Instant::now();
     let mut result = MigrationResult {
         overall_status: OverallStatus::Completed,
@@ -42,8 +43,9 @@ pub fn execute(plan: &Plan, mode: Mode) -> MigrationResult {
         exit_code: ExitCode::Ok as i32,
         preview: None,
         duration_ms: 0,
+        peak_rss_bytes: 0,
     };
-    if let Err(e) = run_steps(plan, mode, &mut result) {
+    if let Err(e) = run_steps(plan, mode, progress, &mut result) {
         result.overall_status = OverallStatus::Failed;
         result.exit_code = e.exit_code() as i32;
         if matches!(e, MigrateError::RolledBack(_)) {
@@ -56,10 +58,16 @@ pub fn execute(plan: &Plan, mode: Mode) -> MigrationResult {
         result.overall_status = OverallStatus::UpToDate;
     }
     result.duration_ms = started.elapsed().as_millis() as u64;
+    result.peak_rss_bytes = crate::progress::peak_rss_bytes();
     result
 }
 
-fn run_steps(plan: &Plan, mode: Mode, result: &mut MigrationResult) -> Result<()> {
+fn run_steps(
+    plan: &Plan,
+    mode: Mode,
+    progress: &Progress,
+    result: &mut MigrationResult,
+) -> Result<()> {
     if plan.hops.is_empty() {
         return Ok(());
     }
@@ -82,18 +90,31 @@ fn run_steps(plan: &Plan, mode: Mode, result: &mut MigrationResult) -> Result<()
         Mode::DryRun => refuse_if_interrupted(plan)?,
     }
     let budget = Budget::new(plan.options.timeout);
-    step(result, "preflight", |s| preflight(plan, s))?;
+    let mut step = |name: &str, bytes: u64, body: &mut dyn FnMut(&mut StepResult) -> Result<()>| {
+        run_step(result, progress, name, bytes, body)
+    };
+    step("preflight", 0, &mut |s| preflight(plan, s))?;
     let mut staging = Staging::create(&parent)?;
-    step(result, "config", |s| migrate_config(plan, &staging, s))?;
-    budget.check("config")?;
-    step(result, "data", |s| {
-        migrate_data(plan, &mut staging, s, &budget)
+    let config_bytes = plan.config.as_ref().map_or(0, |c| c.size);
+    step("config", config_bytes, &mut |s| {
+        migrate_config(plan, &staging, s)
     })?;
-    step(result, "models", |s| {
-        migrate_models(plan, &staging, s, &budget)
+    budget.check("config")?;
+    let counters = Counters::default();
+    step("data", plan.data_bytes(), &mut |s| {
+        migrate_data(plan, &mut staging, s, &budget, progress, &counters)
+    })?;
+    step("models", plan.model_bytes(), &mut |s| {
+        migrate_models(plan, &staging, s, &budget, progress)
     })?;
     match mode {
-        Mode::Commit => step(result, "commit", |s| commit(plan, staging, s)),
+        Mode::Commit => {
+            let mut staging = Some(staging);
+            step("commit", 0, &mut |s| match staging.take() {
+                Some(st) => commit(plan, st, s),
+                None => Ok(()),
+            })
+        }
         Mode::DryRun => {
             result.preview = Some(crate::preview::preview(plan, &staging));
             Ok(())
@@ -183,15 +204,19 @@ fn recover_first(plan: &Plan, result: &mut MigrationResult) -> Result<()> {
     Ok(())
 }
 
-/// Runs one step, recording its result; an error ends the run.
-fn step(
+/// Runs one step, recording its result and showing its progress; an error ends the run.
+fn run_step(
     result: &mut MigrationResult,
+    progress: &Progress,
     name: &str,
-    body: impl FnOnce(&mut StepResult) -> Result<()>,
+    bytes: u64,
+    body: &mut dyn FnMut(&mut StepResult) -> Result<()>,
 ) -> Result<()> {
     let started = Instant::now();
     let mut s = StepResult::new(name);
+    progress.start(name, bytes);
     let outcome = body(&mut s);
+    progress.finish(outcome.is_ok());
     if let Err(e) = &outcome {
         s.status = StepStatus::Failed;
         s.error = Some(e.to_string());
@@ -256,6 +281,8 @@ fn migrate_data(
     staging: &mut Staging,
     s: &mut StepResult,
     budget: &Budget,
+    progress: &Progress,
+    counters: &Counters,
 ) -> Result<()> {
     let Some(data_dir) = &plan.target.data else {
         s.status = StepStatus::Skipped;
@@ -267,6 +294,8 @@ fn migrate_data(
         batch_size: plan.options.batch_size,
         data_rel: plan.target.rel(data_dir),
         budget,
+        progress,
+        counters,
     };
     for file in &plan.data_files {
         let stats = run.migrate_file(&plan.target.root, file, staging)?;
@@ -289,6 +318,7 @@ fn migrate_models(
     staging: &Staging,
     s: &mut StepResult,
     budget: &Budget,
+    progress: &Progress,
 ) -> Result<()> {
     if plan.target.models.is_none() {
         s.status = StepStatus::Skipped;
@@ -325,6 +355,7 @@ fn migrate_models(
         }
         s.files += 1;
         s.bytes += model.size;
+        progress.update(s.bytes, 0);
     }
     Ok(())
 }

@@ -19,14 +19,17 @@ pub mod install;
 pub mod journal;
 pub mod lock;
 pub mod migrator;
+pub mod pins;
 pub mod plan;
 pub mod preflight;
 pub mod preview;
+pub mod progress;
 pub mod registry;
 pub mod report;
 pub mod restore;
 pub mod settings;
 pub mod staging;
+pub mod trust;
 pub mod validate;
 
 pub use error::{ExitCode, MigrateError};

@@ -21,6 +21,7 @@ use crate::execute::{execute, Mode};
 use crate::graph::VersionGraph;
 use crate::install::Installation;
 use crate::plan::{self, Options, Plan, PlannedHop, Target};
+use crate::progress::Progress;
 use crate::registry::{Discovery, LoadedHop, Registry};
 use crate::report::MigrationResult;
 
@@ -44,6 +45,7 @@ pub struct VersionMigrator {
     registry: Arc<Registry>,
     options: Options,
     force: bool,
+    progress: Arc<Progress>,
 }
 
 impl VersionMigrator {
@@ -67,11 +69,18 @@ impl VersionMigrator {
             registry,
             options: Options::default(),
             force: false,
+            progress: Arc::new(Progress::quiet()),
         })
     }
 
     pub fn options(mut self, options: Options) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Show progress while executing (the default is none).
+    pub fn progress(mut self, progress: Progress) -> Self {
+        self.progress = Arc::new(progress);
         self
     }
 
@@ -118,7 +127,8 @@ impl VersionMigrator {
     /// Runs `target` in `mode` on a blocking thread: hops are synchronous FFI calls.
     pub async fn execute(&self, target: Target, mode: Mode) -> Result<MigrationResult> {
         let plan = self.plan(target)?;
-        tokio::task::spawn_blocking(move || execute(&plan, mode))
+        let progress = self.progress.clone();
+        tokio::task::spawn_blocking(move || execute(&plan, mode, &progress))
             .await
             .map_err(|e| MigrateError::Plugin(format!("the migration thread died: {e}")))
     }

@@ -5,6 +5,11 @@
 //! with `lib_header_from_path` + `init_root_module` (abi_stable's `load_from_file` caches one
 //! module per type and would hand back the first plugin for every path). A file that is not a
 //! valid plugin is reported with its reason, never fatal.
+//!
+//! Before anything is loaded, each file passes the [`trust`](crate::trust) checks (owner and
+//! permissions of the file and its folder) and, when its folder has a `plugins.lock`, the
+//! [`pins`](crate::pins) check of its sha256 — both on the open descriptor, because dlopen runs
+//! a library's initialisers before any other check could. A refused file is never loaded.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -19,6 +24,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{MigrateError, Result};
+use crate::pins::Lock;
+use crate::trust;
 
 /// Where plugins are looked for, in precedence order.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +42,11 @@ pub struct Discovery {
     pub no_default_dirs: bool,
     /// `--use-plugin NAME|PATH`: wins a conflict between two plugins for one hop.
     pub preferred: Vec<String>,
+    /// `--allow-insecure-plugins`: load files that fail the owner/permission checks, with a
+    /// warning, instead of refusing them.
+    pub allow_insecure: bool,
+    /// Do not enforce `plugins.lock` (only `migrate plugins pin`, which rewrites the locks).
+    pub ignore_locks: bool,
 }
 
 impl Discovery {
@@ -87,6 +99,9 @@ pub enum Status {
     Conflict { with: PathBuf },
     /// Not usable: the reason says why.
     Invalid { reason: String },
+    /// Never loaded: the file failed the trust checks (owner, permissions) or its folder's
+    /// `plugins.lock`. The reason names the path and the fix.
+    Refused { reason: String },
 }
 
 /// A plugin file and what we know about it.
@@ -96,6 +111,14 @@ pub struct PluginEntry {
     pub sha256: String,
     pub descriptor: Option<HopDescriptor>,
     pub status: Status,
+    /// Checks that failed but were overridden by `--allow-insecure-plugins`.
+    pub warnings: Vec<String>,
+    /// Whether the file was handed to dlopen (its code ran). With `path` and `sha256`, what an
+    /// audit log of loaded plugins records.
+    pub loaded: bool,
+    /// The file's name in its plugin folder (before symlinks): what `plugins.lock` lists.
+    #[serde(skip)]
+    pub file_name: String,
     /// Index of the folder in the search path (0 = highest precedence).
     #[serde(skip)]
     pub rank: usize,
@@ -135,11 +158,17 @@ impl Registry {
         let search = discovery.search_path();
         let mut entries = Vec::new();
         for (rank, dir) in search.dirs.iter().enumerate() {
-            for path in candidates(dir) {
-                entries.push(load_entry(&path, rank));
+            let files = candidates(dir);
+            if files.is_empty() {
+                continue;
+            }
+            let folder = Folder::inspect(dir, discovery);
+            for path in files {
+                entries.push(load_entry(&path, rank, &folder));
             }
         }
         resolve_duplicates(&mut entries, &discovery.preferred);
+        warn_about_trust(&entries);
         Ok(Registry {
             search_path: search.dirs,
             entries,
@@ -196,8 +225,21 @@ impl Registry {
     }
 }
 
+/// Says on stderr (log level warn) which files were refused or loaded despite failed checks:
+/// a migration that then finds no path shows why.
+fn warn_about_trust(entries: &[PluginEntry]) {
+    for e in entries {
+        if let Status::Refused { reason } = &e.status {
+            tracing::warn!("plugin not loaded: {reason}");
+        }
+        for w in &e.warnings {
+            tracing::warn!("insecure plugin loaded (--allow-insecure-plugins): {w}");
+        }
+    }
+}
+
 /// Library files in `dir`, sorted for deterministic output. A missing folder has none.
-fn candidates(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn candidates(dir: &Path) -> Vec<PathBuf> {
     let Ok(read) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -217,19 +259,122 @@ fn is_library(path: &Path) -> bool {
     )
 }
 
-fn load_entry(path: &Path, rank: usize) -> PluginEntry {
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+/// What is known about a plugin folder before any of its files is opened: failed trust checks
+/// of the folder and of its `plugins.lock`, and the lock itself.
+pub(crate) struct Folder {
+    dir: PathBuf,
+    problems: Vec<String>,
+    lock: Option<Lock>,
+    allow_insecure: bool,
+}
+
+impl Folder {
+    pub(crate) fn inspect(dir: &Path, discovery: &Discovery) -> Folder {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        let lock = (!discovery.ignore_locks)
+            .then(|| crate::pins::read(&dir))
+            .flatten();
+        let problems = trust::check_dir(&dir)
+            .err()
+            .into_iter()
+            .chain(lock.as_ref().and_then(|l| l.insecure.clone()))
+            .collect();
+        Folder {
+            dir,
+            problems,
+            lock,
+            allow_insecure: discovery.allow_insecure,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> Option<&Lock> {
+        self.lock.as_ref()
+    }
+}
+
+/// A candidate file opened and hashed, with the verdict of the checks made before loading.
+pub(crate) struct Inspected {
+    pub file: File,
+    pub sha256: String,
+    /// Why the file must not be loaded, if it must not.
+    pub refusal: Option<String>,
+    /// Failed trust checks overridden by `--allow-insecure-plugins`.
+    pub warnings: Vec<String>,
+}
+
+/// Opens `path` (canonical) and hashes it; trust and lock checks use the open descriptor.
+/// `name` is the file's name in `folder`. Loads nothing.
+pub(crate) fn inspect(
+    path: &Path,
+    name: &str,
+    folder: &Folder,
+) -> std::result::Result<Inspected, String> {
+    let mut file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot inspect: {e}"))?;
+    let sha256 = hash_reader(&mut file).map_err(|e| format!("cannot read: {e}"))?;
+    let mut insecure = folder.problems.clone();
+    if let Some(parent) = path.parent().filter(|p| *p != folder.dir) {
+        insecure.extend(trust::check_dir(parent).err());
+    }
+    insecure.extend(trust::check(path, &meta, "plugin").err());
+    let pin = folder
+        .lock
+        .as_ref()
+        .and_then(|l| l.check(path, name, &sha256).err());
+    let (refusal, warnings) = if folder.allow_insecure || insecure.is_empty() {
+        (pin, insecure)
+    } else {
+        let reason = format!(
+            "{}; or pass --allow-insecure-plugins to load it anyway",
+            insecure.join("; ")
+        );
+        (Some(reason), Vec::new())
+    };
+    Ok(Inspected {
+        file,
+        sha256,
+        refusal,
+        warnings,
+    })
+}
+
+fn load_entry(listed: &Path, rank: usize, folder: &Folder) -> PluginEntry {
+    let path = listed
+        .canonicalize()
+        .unwrap_or_else(|_| listed.to_path_buf());
+    let file_name = listed
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut entry = PluginEntry {
         path: path.clone(),
         sha256: String::new(),
         descriptor: None,
         status: Status::Active,
+        warnings: Vec::new(),
+        loaded: false,
+        file_name: file_name.clone(),
         rank,
         client: None,
     };
-    match open_and_load(&path) {
-        Ok((sha256, client, descriptor)) => {
-            entry.sha256 = sha256;
+    let inspected = match inspect(&path, &file_name, folder) {
+        Ok(i) => i,
+        Err(reason) => {
+            entry.status = Status::Invalid { reason };
+            return entry;
+        }
+    };
+    entry.sha256 = inspected.sha256;
+    entry.warnings = inspected.warnings;
+    if let Some(reason) = inspected.refusal {
+        entry.status = Status::Refused { reason };
+        return entry;
+    }
+    entry.loaded = true;
+    match load_open(inspected.file, &path) {
+        Ok((client, descriptor)) => {
             entry.status = match check_descriptor(&descriptor) {
                 Ok(()) => Status::Active,
                 Err(reason) => Status::Invalid { reason },
@@ -237,28 +382,18 @@ fn load_entry(path: &Path, rank: usize) -> PluginEntry {
             entry.descriptor = Some(descriptor);
             entry.client = Some(client);
         }
-        Err((sha256, reason)) => {
-            entry.sha256 = sha256;
-            entry.status = Status::Invalid { reason };
-        }
+        Err(reason) => entry.status = Status::Invalid { reason },
     }
     entry
 }
 
-type Loaded = (String, HopClient, HopDescriptor);
-
-/// Hashes the open file, then loads that same file through its descriptor.
-fn open_and_load(path: &Path) -> std::result::Result<Loaded, (String, String)> {
-    let mut file = File::open(path).map_err(|e| (String::new(), format!("cannot open: {e}")))?;
-    let sha256 =
-        hash_reader(&mut file).map_err(|e| (String::new(), format!("cannot read: {e}")))?;
+/// Loads the file that was hashed, through its descriptor.
+fn load_open(file: File, path: &Path) -> std::result::Result<(HopClient, HopDescriptor), String> {
     let load_path = fd_path(&file).unwrap_or_else(|| path.to_path_buf());
     let loaded = load(&load_path);
     // From here dlopen may have mapped the file under `load_path`, even on failure.
     keep_open(file);
     loaded
-        .map(|(client, descriptor)| (sha256.clone(), client, descriptor))
-        .map_err(|reason| (sha256, reason))
 }
 
 fn load(load_path: &Path) -> std::result::Result<(HopClient, HopDescriptor), String> {
@@ -315,6 +450,14 @@ fn describe_load_error(text: &str) -> String {
     if text.contains("undefined symbol") || text.contains("GetSymbolError") {
         return "not a trustformers-migrate plugin (no plugin root module symbol)".to_owned();
     }
+    if let Some(built) = mismatched_api(text) {
+        return format!(
+            "built against plugin-api {built}, which this host cannot load: it loads plugins built against plugin-api {}.x (it has {}); rebuild the plugin against plugin-api {}.x",
+            api_major(),
+            plugin_api::API_VERSION,
+            api_major()
+        );
+    }
     if let Some((_, why)) = text.split_once("because:") {
         let why = why.trim().lines().next().unwrap_or("").trim();
         return format!("not a loadable library: {why}");
@@ -343,6 +486,20 @@ fn describe_load_error(text: &str) -> String {
     )
 }
 
+/// The plugin's plugin-api version from abi_stable's "library version mismatch" error.
+fn mismatched_api(text: &str) -> Option<&str> {
+    if !text.contains("library version mismatch") {
+        return None;
+    }
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("library:"))
+        .map(str::trim)
+}
+
+fn api_major() -> &'static str {
+    plugin_api::API_VERSION.split('.').next().unwrap_or("1")
+}
+
 /// A hop must be two semver versions going forward.
 fn check_descriptor(d: &HopDescriptor) -> std::result::Result<(), String> {
     let from = Version::parse(&d.from)
@@ -350,7 +507,9 @@ fn check_descriptor(d: &HopDescriptor) -> std::result::Result<(), String> {
     let to =
         Version::parse(&d.to).map_err(|e| format!("hop target `{}` is not semver: {e}", d.to))?;
     if to <= from {
-        return Err(format!("hop {from} → {to} does not go forward"));
+        return Err(format!(
+            "hop {from} → {to} does not go forward: a hop must lead to a newer release (so hops can never form a cycle); the plugin's HopDescriptor needs fixing"
+        ));
     }
     if d.payload_version > plugin_api::PAYLOAD_VERSION {
         return Err(format!(

@@ -37,6 +37,8 @@ pub struct StepResult {
     pub bytes: u64,
     pub records: u64,
     pub quarantined: u64,
+    pub bytes_per_sec: u64,
+    pub records_per_sec: u64,
     pub warnings: Vec<String>,
     pub error: Option<String>,
 }
@@ -51,6 +53,8 @@ impl StepResult {
             bytes: 0,
             records: 0,
             quarantined: 0,
+            bytes_per_sec: 0,
+            records_per_sec: 0,
             warnings: Vec::new(),
             error: None,
         }
@@ -58,6 +62,11 @@ impl StepResult {
 
     pub fn finish(mut self, took: Duration) -> Self {
         self.duration_ms = took.as_millis() as u64;
+        let secs = took.as_secs_f64();
+        if secs > 0.0 {
+            self.bytes_per_sec = (self.bytes as f64 / secs) as u64;
+            self.records_per_sec = (self.records as f64 / secs) as u64;
+        }
         self
     }
 }
@@ -73,6 +82,8 @@ pub struct MigrationResult {
     pub error: Option<String>,
     /// The process exit code this outcome maps to (see [`crate::ExitCode`]).
     pub exit_code: i32,
+    /// High-water mark of the process's resident memory.
+    pub peak_rss_bytes: u64,
     /// `--dry-run` only: what would change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preview: Option<crate::preview::Preview>,
@@ -107,6 +118,9 @@ impl MigrationResult {
             if s.quarantined > 0 {
                 let _ = write!(out, ", {} quarantined", s.quarantined);
             }
+            if s.duration_ms >= 100 && s.bytes > 0 {
+                let _ = write!(out, ", {}/s", crate::preflight::human(s.bytes_per_sec));
+            }
             out.push('\n');
             if let Some(e) = &s.error {
                 let _ = writeln!(out, "    error: {}", e.replace('\n', "\n    "));
@@ -122,7 +136,12 @@ impl MigrationResult {
         if let Some(p) = &self.preview {
             out.push_str(&p.render());
         }
-        let _ = writeln!(out, "  total: {} ms", self.duration_ms);
+        let _ = writeln!(
+            out,
+            "  total: {} ms, peak memory {}",
+            self.duration_ms,
+            crate::preflight::human(self.peak_rss_bytes)
+        );
         out
     }
 }

@@ -312,18 +312,17 @@ impl HopClient {
         serde_json::from_str(raw.as_str()).map_err(|e| CallError::Protocol(e.to_string()))
     }
 
-    /// Migrates `\n`-separated records; migrated records are appended to `out`.
+    /// Migrates `\n`-separated records. The migrated records stay in the plugin's buffer
+    /// (no copy); it is freed by the plugin's allocator when dropped.
     pub fn migrate_data(
         &self,
         records: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<Vec<RefusedRecord>, CallError> {
+    ) -> Result<(RVec<u8>, Vec<RefusedRecord>), CallError> {
         const REQUEST: &str = "{\"payload_version\":1}";
         let batch = (self.module.migrate_data())(RStr::from(REQUEST), RSlice::from_slice(records))
             .into_result()
             .map_err(CallError::from_rerr)?;
-        out.extend_from_slice(batch.records.as_slice());
-        Ok(batch
+        let refused = batch
             .failures
             .iter()
             .map(|f| RefusedRecord {
@@ -331,7 +330,8 @@ impl HopClient {
                 error: serde_json::from_str(f.error.as_str())
                     .unwrap_or_else(|_| RuleError::new(f.error.as_str())),
             })
-            .collect())
+            .collect();
+        Ok((batch.records, refused))
     }
 
     pub fn migrate_model(

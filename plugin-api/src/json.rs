@@ -110,6 +110,31 @@ pub fn replace_key(record: &mut Map<String, Value>, old: &str, entries: Vec<(Str
     }
 }
 
+/// Renames `old` to `new` in `record`, keeping the value and the key's position. `Ok(false)`
+/// when `old` is absent; an error naming `new` when it is already there (renaming would lose
+/// one of the two values).
+///
+/// Since plugin-api 1.1.0.
+pub fn rename_key(
+    record: &mut Map<String, Value>,
+    old: &str,
+    new: &str,
+) -> Result<bool, FieldError> {
+    let Some(value) = record.get(old).cloned() else {
+        return Ok(false);
+    };
+    if record.contains_key(new) {
+        return Err(FieldError::new(
+            new,
+            format!(
+                "both `{old}` and `{new}` are present: renaming `{old}` would lose one of them"
+            ),
+        ));
+    }
+    replace_key(record, old, vec![(new.to_owned(), value)]);
+    Ok(true)
+}
+
 /// Called with each object found and its path (`keys[0].client`).
 pub type ObjectVisitor<'a> =
     dyn FnMut(&mut Map<String, Value>, &str) -> Result<(), FieldError> + 'a;
@@ -191,6 +216,20 @@ mod tests {
             serde_json::to_string(&m).unwrap(),
             r#"{"a":1,"x":9,"y":8,"c":3}"#
         );
+    }
+
+    #[test]
+    fn rename_key_keeps_position_and_refuses_to_overwrite() {
+        let Value::Object(mut m) = json!({"a":1,"b":2,"c":3}) else {
+            unreachable!()
+        };
+        assert!(rename_key(&mut m, "b", "bee").unwrap());
+        assert!(!rename_key(&mut m, "missing", "x").unwrap());
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"a":1,"bee":2,"c":3}"#
+        );
+        assert_eq!(rename_key(&mut m, "a", "c").unwrap_err().field, "c");
     }
 
     #[test]

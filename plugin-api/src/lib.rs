@@ -10,6 +10,7 @@ pub mod descriptor;
 pub mod ffi;
 pub mod json;
 pub mod model;
+pub mod raw;
 pub mod rules;
 pub mod safetensors;
 pub mod toml;

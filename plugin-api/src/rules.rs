@@ -106,8 +106,25 @@ pub trait ConfigMigrationRule: Send + Sync {
 }
 
 /// Rewrites one data record (a JSON object) in place.
+///
+/// Implement [`migrate_record`](Self::migrate_record) for simplicity, or
+/// [`migrate_raw`](Self::migrate_raw) for speed (values the rule does not touch are then never
+/// parsed); each has a default in terms of the other, so implement at least one.
 pub trait DataMigrationRule: Send + Sync {
-    fn migrate_record(&self, record: &mut Map<String, Value>) -> Result<(), FieldError>;
+    fn migrate_record(&self, record: &mut Map<String, Value>) -> Result<(), FieldError> {
+        let mut raw = crate::raw::RawRecord::from_map(std::mem::take(record));
+        self.migrate_raw(&mut raw)?;
+        *record = raw.to_map()?;
+        Ok(())
+    }
+
+    fn migrate_raw(&self, record: &mut crate::raw::RawRecord<'_>) -> Result<(), FieldError> {
+        let mut map = record.to_map()?;
+        self.migrate_record(&mut map)?;
+        *record = crate::raw::RawRecord::from_map(map);
+        Ok(())
+    }
+
     fn description(&self) -> String;
 }
 
@@ -203,22 +220,10 @@ pub fn split_records(batch: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Parses one record, applies the rule and appends the result plus `\n` to `out`.
-fn migrate_line_into(
-    rule: &dyn DataMigrationRule,
-    line: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), RuleError> {
-    let value: Value = serde_json::from_slice(line)
-        .map_err(|e| RuleError::new(format!("not valid JSON ({e})")))?;
-    let Value::Object(mut record) = value else {
-        return Err(RuleError::new(format!(
-            "a record must be a JSON object, found {}",
-            crate::json::type_name(&value)
-        )));
-    };
-    rule.migrate_record(&mut record)?;
-    serde_json::to_writer(&mut *out, &record)
-        .map_err(|e| RuleError::new(format!("cannot serialise the migrated record: {e}")))?;
+fn migrate_line_into(rule: &dyn DataMigrationRule, line: &[u8], out: &mut Vec<u8>) -> Result<(), RuleError> {
+    let mut record = crate::raw::RawRecord::parse(line)?;
+    rule.migrate_raw(&mut record)?;
+    record.write(out)?;
     out.push(b'\n');
     Ok(())
 }

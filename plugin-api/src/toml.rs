@@ -96,6 +96,27 @@ pub fn replace_key(table: &mut Table, old: &str, entries: Vec<(Key, Item)>) -> O
     Some(old_item)
 }
 
+/// Renames `old` to `new` in `table`, in place: the value, its trailing comment, the comment
+/// above the key and the key's position are kept. `Ok(false)` when `old` is absent; an error
+/// naming both keys when `new` is already there (renaming would lose one of the two values).
+///
+/// Since plugin-api 1.1.0.
+pub fn rename_key(table: &mut Table, old: &str, new: &str) -> Result<bool, RuleError> {
+    let Some(item) = table.get(old).cloned() else {
+        return Ok(false);
+    };
+    if table.contains_key(new) {
+        return Err(RuleError::at_field(
+            new,
+            format!(
+                "both `{old}` and `{new}` are present: renaming `{old}` would lose one of them"
+            ),
+        ));
+    }
+    replace_key(table, old, vec![(Key::new(new), item)]);
+    Ok(true)
+}
+
 /// Removes `key` and returns it with its decor (the comment above it) and value.
 pub fn take_key(table: &mut Table, key: &str) -> Option<(Key, Item)> {
     table.remove_entry(key)
@@ -262,6 +283,21 @@ mod tests {
             e.message
         );
         assert!(e.message.contains("eighty"), "{}", e.message);
+    }
+
+    #[test]
+    fn rename_key_keeps_value_comments_and_place() {
+        let mut doc = parse("[t]\na = 1\n# about b\nb = 2 # trailing\nc = 3\n").unwrap();
+        let t = table_mut(doc.as_table_mut(), "t").unwrap();
+        assert!(rename_key(t, "b", "bee").unwrap());
+        assert!(!rename_key(t, "missing", "x").unwrap());
+        assert_eq!(
+            doc.to_string(),
+            "[t]\na = 1\n# about b\nbee = 2 # trailing\nc = 3\n"
+        );
+        let t = table_mut(doc.as_table_mut(), "t").unwrap();
+        let e = rename_key(t, "a", "c").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("c"));
     }
 
     #[test]
