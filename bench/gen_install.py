@@ -41,14 +41,14 @@ def gen_weights(path, target_bytes, rng):
         offset += 4 * per
     h = json.dumps(header).encode()
     h += b" " * ((8 - len(h) % 8) % 8)
-    block = os.urandom(1 << 20)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(h))); f.write(h)
         f.write(struct.pack("<512q", *range(512)))
         remaining = offset - 4096
         while remaining > 0:
-            n = min(remaining, len(block))
-            f.write(block[:n]); remaining -= n
+            # Fresh random bytes: real weights do not compress, and neither should these.
+            n = min(remaining, 1 << 20)
+            f.write(os.urandom(n)); remaining -= n
 
 def main():
     a = argparse.ArgumentParser()

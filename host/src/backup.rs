@@ -92,8 +92,8 @@ pub fn create(req: &BackupRequest) -> Result<PathBuf> {
         created: now
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
-        host: hostname(),
-        user: std::env::var("USER").unwrap_or_else(|_| format!("uid {}", current_uid())),
+        host: host_name(),
+        user: user_name(),
         root: req.root.display().to_string(),
         archive: ARCHIVE.to_owned(),
         archive_sha256,
@@ -368,7 +368,28 @@ pub fn list(dir: &Path) -> Vec<(PathBuf, Result<BackupMetadata>)> {
     out
 }
 
-fn hostname() -> String {
+/// The operator, as recorded in backups and the audit trail.
+pub fn user_name() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(passwd_name)
+        .unwrap_or_else(|| format!("uid {}", current_uid()))
+}
+
+/// The name `/etc/passwd` gives this process's uid.
+fn passwd_name() -> Option<String> {
+    let uid = current_uid();
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_owned())
+    })
+}
+
+/// This machine's name.
+pub fn host_name() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .or_else(|_| std::env::var("HOSTNAME"))

@@ -67,6 +67,15 @@ pub struct GlobalArgs {
         value_name = "MODE"
     )]
     pub progress: crate::progress::ProgressMode,
+    /// Log format on stderr (level set by RUST_LOG, default warn).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
     /// No progress output (same as --progress none).
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -163,6 +172,25 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupsCommand,
     },
+    /// Past migrations of an installation (from its audit trail, .migrate/audit.jsonl).
+    History {
+        #[arg(long, value_name = "ROOT")]
+        path: PathBuf,
+    },
+    /// Print a shell completion script, e.g. `migrate completions bash > /etc/bash_completion.d/migrate`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `migrate man > /usr/share/man/man1/migrate.1`.
+    Man,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -324,6 +352,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: PluginsCommand::List,
         } => plugins_list(&registry, json),
         Command::Plugins { .. } => unreachable!("pin and verify run before discovery"),
+        Command::History { path } => history(&path, json),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "migrate",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::Ok)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())?;
+            Ok(ExitCode::Ok)
+        }
         Command::Rollback { backup_path, path } => rollback(&backup_path, path.as_deref(), json),
         Command::Recover { path, forward } => recover(&path, forward, json),
         Command::Backups {
@@ -352,6 +395,32 @@ fn recover_if_interrupted(root: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn history(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    crate::install::Installation::open(root)?;
+    let items = crate::audit::history(root);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(ExitCode::Ok);
+    }
+    if items.is_empty() {
+        println!(
+            "no migrations recorded in {}",
+            crate::audit::Audit::file(root).display()
+        );
+    }
+    for h in &items {
+        let backup = h.backup.as_deref().unwrap_or("no backup");
+        println!(
+            "{}  {} → {}  {:<10} {:>8} ms  {}@{}  {backup}",
+            h.time, h.from, h.to, h.status, h.duration_ms, h.user, h.host
+        );
+        if let Some(e) = &h.error {
+            println!("    error: {}", e.lines().next().unwrap_or(""));
+        }
+    }
+    Ok(ExitCode::Ok)
 }
 
 fn rollback(backup: &Path, root: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Mutex;
 
@@ -89,14 +90,23 @@ impl DataRun<'_> {
         let (work_tx, work_rx) = mpsc::sync_channel::<(u64, Work)>(threads * 2);
         let (done_tx, done_rx) = mpsc::sync_channel::<(u64, Result<Done>)>(threads * 2);
         let work_rx = Mutex::new(work_rx);
+        let stop = AtomicBool::new(false);
         let (stats, out) = std::thread::scope(|scope| {
             for _ in 0..threads {
                 let (work_rx, done_tx) = (&work_rx, done_tx.clone());
                 scope.spawn(move || self.work(file, work_rx, done_tx));
             }
             drop(done_tx);
-            let reader = scope.spawn(|| self.read_batches(src, &src_path, work_tx));
+            let reader = scope.spawn(|| self.read_batches(src, &src_path, work_tx, &stop));
             let written = self.write_in_order(file, out, done_rx, &mut quarantine);
+            if written.is_err() {
+                // The writer stopped early: stop the reader, and take whatever it is blocked
+                // sending so that it sees the flag (the workers are gone).
+                stop.store(true, Ordering::Relaxed);
+                if let Ok(rx) = work_rx.lock() {
+                    while rx.recv().is_ok() {}
+                }
+            }
             let read = reader
                 .join()
                 .map_err(|_| MigrateError::Plugin("the data reader thread panicked".into()))?;
@@ -114,13 +124,19 @@ impl DataRun<'_> {
 
     /// Cuts the file into batches of records; blank lines travel on their own, verbatim.
     /// Returns the bytes read. Stops quietly when the writer has gone (an error ended the run).
-    fn read_batches(&self, src: File, path: &Path, work: SyncSender<(u64, Work)>) -> Result<u64> {
+    fn read_batches(
+        &self,
+        src: File,
+        path: &Path,
+        work: SyncSender<(u64, Work)>,
+        stop: &AtomicBool,
+    ) -> Result<u64> {
         let mut reader = BufReader::with_capacity(1 << 20, src);
         let mut batch = Batch::default();
         let (mut line, mut line_no, mut seq, mut bytes) = (Vec::new(), 0u64, 0u64, 0u64);
         let send = |item: Work, seq: &mut u64| {
             *seq += 1;
-            work.send((*seq, item)).is_ok()
+            !stop.load(Ordering::Relaxed) && work.send((*seq, item)).is_ok()
         };
         loop {
             line.clear();

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use plugin_api::{ModelFolder, ModelOptions, OptimizeDtype};
 
+use crate::audit::Audit;
 use crate::backup::{self, BackupRequest};
 use crate::data::DataRun;
 use crate::error::{ExitCode, MigrateError, Result};
@@ -45,7 +46,8 @@ pub fn execute(plan: &Plan, mode: Mode, progress: &Progress) -> MigrationResult 
         duration_ms: 0,
         peak_rss_bytes: 0,
     };
-    if let Err(e) = run_steps(plan, mode, progress, &mut result) {
+    let mut audit = None;
+    if let Err(e) = run_steps(plan, mode, progress, &mut result, &mut audit) {
         result.overall_status = OverallStatus::Failed;
         result.exit_code = e.exit_code() as i32;
         if matches!(e, MigrateError::RolledBack(_)) {
@@ -59,7 +61,40 @@ pub fn execute(plan: &Plan, mode: Mode, progress: &Progress) -> MigrationResult 
     }
     result.duration_ms = started.elapsed().as_millis() as u64;
     result.peak_rss_bytes = crate::progress::peak_rss_bytes();
+    if let Some(audit) = audit {
+        audit.record("migration_finished", finished_entry(&result));
+    }
     result
+}
+
+/// The `migration_finished` audit entry: what `migrate history` shows.
+fn finished_entry(result: &MigrationResult) -> serde_json::Value {
+    let backup = result
+        .steps
+        .iter()
+        .flat_map(|s| &s.warnings)
+        .find_map(|w| w.strip_prefix("backup: "));
+    let steps: Vec<serde_json::Value> = result
+        .steps
+        .iter()
+        .map(|s| serde_json::json!({"step": s.name, "status": s.status, "duration_ms": s.duration_ms, "bytes": s.bytes, "records": s.records, "quarantined": s.quarantined, "warnings": s.warnings.len()}))
+        .collect();
+    serde_json::json!({
+        "from": result.from, "to": result.to, "status": result.overall_status, "exit_code": result.exit_code,
+        "duration_ms": result.duration_ms, "backup": backup, "steps": steps,
+        "peak_rss_bytes": result.peak_rss_bytes, "error": result.error,
+    })
+}
+
+/// Audit entries of the start of a run: the versions and every plugin it will call.
+fn record_start(audit: &Audit, plan: &Plan) {
+    audit.record("migration_started", serde_json::json!({"from": plan.from.to_string(), "to": plan.to.to_string(), "kind": plan.target.kind}));
+    for hop in &plan.hops {
+        audit.record(
+            "plugin_loaded",
+            serde_json::json!({"plugin": hop.descriptor.name, "from": hop.from.to_string(), "to": hop.to.to_string(), "file": hop.path, "sha256": hop.sha256}),
+        );
+    }
 }
 
 fn run_steps(
@@ -67,6 +102,7 @@ fn run_steps(
     mode: Mode,
     progress: &Progress,
     result: &mut MigrationResult,
+    audit_slot: &mut Option<Audit>,
 ) -> Result<()> {
     if plan.hops.is_empty() {
         return Ok(());
@@ -86,12 +122,22 @@ fn run_steps(
         Mode::DryRun => None,
     };
     match mode {
-        Mode::Commit => recover_first(plan, result)?,
+        Mode::Commit => {
+            let audit = Audit::new(&plan.target.root);
+            recover_first(plan, result, &audit)?;
+            record_start(&audit, plan);
+            *audit_slot = Some(audit);
+        }
         Mode::DryRun => refuse_if_interrupted(plan)?,
     }
+    let audit = audit_slot.clone();
     let budget = Budget::new(plan.options.timeout);
     let mut step = |name: &str, bytes: u64, body: &mut dyn FnMut(&mut StepResult) -> Result<()>| {
-        run_step(result, progress, name, bytes, body)
+        let outcome = run_step(result, progress, name, bytes, body);
+        if let (Some(audit), Some(s)) = (&audit, result.steps.last()) {
+            audit.record("step_finished", serde_json::json!({"step": s.name, "status": s.status, "duration_ms": s.duration_ms, "bytes": s.bytes, "records": s.records, "error": s.error}));
+        }
+        outcome
     };
     step("preflight", 0, &mut |s| preflight(plan, s))?;
     let mut staging = Staging::create(&parent)?;
@@ -110,8 +156,20 @@ fn run_steps(
     match mode {
         Mode::Commit => {
             let mut staging = Some(staging);
-            step("commit", 0, &mut |s| match staging.take() {
-                Some(st) => commit(plan, st, s),
+            let mut txn = None;
+            step("journal", 0, &mut |s| {
+                txn = staging.take().map(|st| prepare(plan, st, s)).transpose()?;
+                Ok(())
+            })?;
+            let Some(txn) = txn else { return Ok(()) };
+            let backup_bytes = replaced_bytes(plan, &txn);
+            if let Err(e) = step("backup", backup_bytes, &mut |s| back_up_step(plan, &txn, s)) {
+                txn.rollback()?;
+                return Err(e);
+            }
+            let mut txn = Some(txn);
+            step("commit", 0, &mut |s| match txn.take() {
+                Some(t) => commit(plan, t, s),
                 None => Ok(()),
             })
         }
@@ -191,8 +249,11 @@ fn preflight(plan: &Plan, s: &mut StepResult) -> Result<()> {
 }
 
 /// An unfinished migration found on the installation is rolled back before anything else.
-fn recover_first(plan: &Plan, result: &mut MigrationResult) -> Result<()> {
+fn recover_first(plan: &Plan, result: &mut MigrationResult, audit: &Audit) -> Result<()> {
     let recovery = journal::recover(&plan.target.root, &plan.target.tool_dir(), false)?;
+    if let Some(r) = &recovery {
+        audit.record("recovery", serde_json::json!({"outcome": format!("{r:?}")}));
+    }
     if let Some(Recovery::RolledBack { from, to }) = recovery {
         let note =
             format!("an interrupted migration {from} → {to} was found and rolled back first");
@@ -360,7 +421,8 @@ fn migrate_models(
     Ok(())
 }
 
-fn commit(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<()> {
+/// Writes `VERSION` into staging and records the swap in the journal (originals kept).
+fn prepare(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<Transaction> {
     let version = format!("{}\n", plan.to);
     let last = if plan.target.write_version {
         staging.write(VERSION_FILE, version.as_bytes())?;
@@ -368,10 +430,9 @@ fn commit(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<()> {
     } else {
         None
     };
-    let root = &plan.target.root;
     let (from, to) = (plan.from.to_string(), plan.to.to_string());
     let txn = Transaction::prepare(
-        root,
+        &plan.target.root,
         &plan.target.tool_dir(),
         staging,
         &from,
@@ -380,19 +441,42 @@ fn commit(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<()> {
         Modes::FromTarget,
     )?;
     s.files = txn.entries().len() as u64;
-    if let Some(dir) = &plan.options.backup_dir {
-        let backup = back_up(plan, &txn, dir);
-        match backup {
-            Ok(path) => {
-                crate::fault::point("backup");
-                s.warnings.push(format!("backup: {}", path.display()));
-            }
-            Err(e) => {
-                txn.rollback()?;
-                return Err(e);
-            }
-        }
-    }
+    Ok(txn)
+}
+
+/// Bytes of the files the swap replaces or removes: what a backup must hold.
+fn replaced_bytes(plan: &Plan, txn: &Transaction) -> u64 {
+    txn.entries()
+        .iter()
+        .filter(|e| e.action != Action::Create)
+        .filter_map(|e| std::fs::metadata(plan.target.root.join(&e.rel)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The backup, when one is wanted; taken before any file in the installation changes.
+fn back_up_step(plan: &Plan, txn: &Transaction, s: &mut StepResult) -> Result<()> {
+    let Some(dir) = &plan.options.backup_dir else {
+        s.status = StepStatus::Skipped;
+        return Ok(());
+    };
+    let path = back_up(plan, txn, dir)?;
+    crate::fault::point("backup");
+    Audit::new(&plan.target.root).record("backup_created", serde_json::json!({"backup": path, "from": plan.from.to_string(), "to": plan.to.to_string()}));
+    s.files = txn
+        .entries()
+        .iter()
+        .filter(|e| e.action != Action::Create)
+        .count() as u64;
+    s.bytes = replaced_bytes(plan, txn);
+    s.warnings.push(format!("backup: {}", path.display()));
+    Ok(())
+}
+
+/// Swaps the staged files in, validates, and makes it final (or rolls back).
+fn commit(plan: &Plan, txn: Transaction, s: &mut StepResult) -> Result<()> {
+    let root = &plan.target.root;
+    s.files = txn.entries().len() as u64;
     if let Err(e) = txn.swap() {
         return match txn.rollback() {
             Ok(()) => Err(MigrateError::RolledBack(e.to_string())),

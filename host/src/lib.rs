@@ -8,6 +8,7 @@
 //! ([`cli`]) is a thin shell over the same API.
 #![allow(non_local_definitions, non_camel_case_types)]
 
+pub mod audit;
 pub mod backup;
 pub mod cli;
 pub mod data;

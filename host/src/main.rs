@@ -6,8 +6,9 @@ use trustformers_migrate::{ExitCode, MigrateError};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    init_logging();
-    let code = match cli::run(Cli::parse()).await {
+    let args = Cli::parse();
+    init_logging(args.global.log_format);
+    let code = match cli::run(args).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -20,11 +21,14 @@ async fn main() -> std::process::ExitCode {
 
 /// Logs go to stderr so that `--json` output on stdout stays parseable. `RUST_LOG` sets the
 /// level (default: warnings only).
-fn init_logging() {
+fn init_logging(format: cli::LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => builder.init(),
+        cli::LogFormat::Json => builder.json().init(),
+    }
 }

@@ -197,8 +197,8 @@ fn pin_folder(discovery: &Discovery, dir: &Path) -> Result<Pinned> {
         plugin_dirs: vec![dir.to_path_buf()],
         no_default_dirs: true,
         preferred: Vec::new(),
-        allow_insecure: discovery.allow_insecure,
         ignore_locks: true,
+        ..discovery.clone()
     };
     let registry = Registry::discover(&only_here)?;
     let mut lock = LockFile {

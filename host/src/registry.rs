@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::lib_header_from_path;
+use abi_stable::library::{lib_header_from_path, LibraryError, RootModuleError};
 use plugin_api::ffi::{HopClient, HopModule_Ref};
 use plugin_api::HopDescriptor;
 use semver::Version;
@@ -142,6 +142,8 @@ pub struct LoadedHop {
     pub to: Version,
     pub descriptor: HopDescriptor,
     pub path: PathBuf,
+    /// Of the file that was loaded (hashed from the same descriptor).
+    pub sha256: String,
     pub client: HopClient,
 }
 
@@ -187,6 +189,7 @@ impl Registry {
                     to: Version::parse(&d.to).ok()?,
                     descriptor: d,
                     path: e.path.clone(),
+                    sha256: e.sha256.clone(),
                     client: e.client?,
                 })
             })
@@ -314,24 +317,7 @@ pub(crate) fn inspect(
         .metadata()
         .map_err(|e| format!("cannot inspect: {e}"))?;
     let sha256 = hash_reader(&mut file).map_err(|e| format!("cannot read: {e}"))?;
-    let mut insecure = folder.problems.clone();
-    if let Some(parent) = path.parent().filter(|p| *p != folder.dir) {
-        insecure.extend(trust::check_dir(parent).err());
-    }
-    insecure.extend(trust::check(path, &meta, "plugin").err());
-    let pin = folder
-        .lock
-        .as_ref()
-        .and_then(|l| l.check(path, name, &sha256).err());
-    let (refusal, warnings) = if folder.allow_insecure || insecure.is_empty() {
-        (pin, insecure)
-    } else {
-        let reason = format!(
-            "{}; or pass --allow-insecure-plugins to load it anyway",
-            insecure.join("; ")
-        );
-        (Some(reason), Vec::new())
-    };
+    let (refusal, warnings) = verdict(path, name, &meta, &sha256, folder);
     Ok(Inspected {
         file,
         sha256,
@@ -340,51 +326,85 @@ pub(crate) fn inspect(
     })
 }
 
-fn load_entry(listed: &Path, rank: usize, folder: &Folder) -> PluginEntry {
-    let path = listed
-        .canonicalize()
-        .unwrap_or_else(|_| listed.to_path_buf());
-    let file_name = listed
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut entry = PluginEntry {
-        path: path.clone(),
-        sha256: String::new(),
-        descriptor: None,
-        status: Status::Active,
-        warnings: Vec::new(),
-        loaded: false,
-        file_name: file_name.clone(),
-        rank,
-        client: None,
-    };
-    let inspected = match inspect(&path, &file_name, folder) {
-        Ok(i) => i,
-        Err(reason) => {
-            entry.status = Status::Invalid { reason };
-            return entry;
-        }
-    };
-    entry.sha256 = inspected.sha256;
-    entry.warnings = inspected.warnings;
-    if let Some(reason) = inspected.refusal {
-        entry.status = Status::Refused { reason };
-        return entry;
+/// Trust checks (folder, its lock, the file's real folder, the file), then the lock check.
+/// Returns the refusal, if any, and the trust failures `--allow-insecure-plugins` overrode.
+fn verdict(
+    path: &Path,
+    name: &str,
+    meta: &std::fs::Metadata,
+    sha256: &str,
+    folder: &Folder,
+) -> (Option<String>, Vec<String>) {
+    let mut insecure = folder.problems.clone();
+    if let Some(parent) = path.parent().filter(|p| *p != folder.dir) {
+        insecure.extend(trust::check_dir(parent).err());
     }
-    entry.loaded = true;
-    match load_open(inspected.file, &path) {
-        Ok((client, descriptor)) => {
-            entry.status = match check_descriptor(&descriptor) {
-                Ok(()) => Status::Active,
-                Err(reason) => Status::Invalid { reason },
-            };
-            entry.descriptor = Some(descriptor);
-            entry.client = Some(client);
-        }
+    insecure.extend(trust::check(path, meta, "plugin").err());
+    if !insecure.is_empty() && !folder.allow_insecure {
+        let reason = format!(
+            "{}; or pass --allow-insecure-plugins to load it anyway",
+            insecure.join("; ")
+        );
+        return (Some(reason), Vec::new());
+    }
+    let pin = folder
+        .lock
+        .as_ref()
+        .and_then(|l| l.check(path, name, sha256).err());
+    (pin, insecure)
+}
+
+fn load_entry(listed: &Path, rank: usize, folder: &Folder) -> PluginEntry {
+    let mut entry = PluginEntry::new(listed, rank);
+    match inspect(&entry.path, &entry.file_name, folder) {
         Err(reason) => entry.status = Status::Invalid { reason },
+        Ok(inspected) => {
+            entry.sha256 = inspected.sha256;
+            entry.warnings = inspected.warnings;
+            match inspected.refusal {
+                Some(reason) => entry.status = Status::Refused { reason },
+                None => entry.load(inspected.file),
+            }
+        }
     }
     entry
+}
+
+impl PluginEntry {
+    /// A candidate not looked at yet; `listed` is its path in the plugin folder.
+    fn new(listed: &Path, rank: usize) -> PluginEntry {
+        let file_name = listed.file_name().unwrap_or_default().to_string_lossy();
+        PluginEntry {
+            path: listed
+                .canonicalize()
+                .unwrap_or_else(|_| listed.to_path_buf()),
+            sha256: String::new(),
+            descriptor: None,
+            status: Status::Active,
+            warnings: Vec::new(),
+            loaded: false,
+            file_name: file_name.into_owned(),
+            rank,
+            client: None,
+        }
+    }
+
+    /// Loads the inspected file and checks its descriptor.
+    fn load(&mut self, file: File) {
+        self.loaded = true;
+        self.status = match load_open(file, &self.path) {
+            Ok((client, descriptor)) => {
+                let status = match check_descriptor(&descriptor) {
+                    Ok(()) => Status::Active,
+                    Err(reason) => Status::Invalid { reason },
+                };
+                self.descriptor = Some(descriptor);
+                self.client = Some(client);
+                status
+            }
+            Err(reason) => Status::Invalid { reason },
+        };
+    }
 }
 
 /// Loads the file that was hashed, through its descriptor.
@@ -397,11 +417,10 @@ fn load_open(file: File, path: &Path) -> std::result::Result<(HopClient, HopDesc
 }
 
 fn load(load_path: &Path) -> std::result::Result<(HopClient, HopDescriptor), String> {
-    let header =
-        lib_header_from_path(load_path).map_err(|e| describe_load_error(&e.to_string()))?;
+    let header = lib_header_from_path(load_path).map_err(|e| describe_load_error(&e))?;
     let module = header
         .init_root_module::<HopModule_Ref>()
-        .map_err(|e| describe_load_error(&e.to_string()))?;
+        .map_err(|e| describe_load_error(&e))?;
     let client = HopClient::new(module);
     let descriptor = client
         .descriptor()
@@ -445,23 +464,52 @@ fn hash_reader(reader: &mut impl Read) -> std::io::Result<String> {
     }
 }
 
-/// abi_stable's layout errors run to thousands of lines; keep what a human can act on.
-fn describe_load_error(text: &str) -> String {
-    if text.contains("undefined symbol") || text.contains("GetSymbolError") {
-        return "not a trustformers-migrate plugin (no plugin root module symbol)".to_owned();
+/// One line a human can act on, for each way abi_stable can refuse a library (its layout
+/// errors alone run to thousands of lines).
+fn describe_load_error(e: &LibraryError) -> String {
+    let api = plugin_api::API_VERSION;
+    let major = api.split('.').next().unwrap_or("1");
+    match e {
+        LibraryError::OpenError { err, .. } => {
+            format!("not a loadable library: {}", strip_fd_path(&err.to_string()))
+        }
+        LibraryError::GetSymbolError { .. } => {
+            "not a trustformers-migrate plugin (no plugin root module symbol)".to_owned()
+        }
+        LibraryError::IncompatibleVersionNumber { actual_version, .. } => format!(
+            "built against plugin-api {actual_version}, which this host cannot load: it loads plugins built against plugin-api {major}.x (it has {api}); rebuild the plugin against plugin-api {major}.x"
+        ),
+        LibraryError::RootModule { err: RootModuleError::Unwound, .. } => {
+            "the plugin panicked while it was being loaded (in the code given to export_hop!)"
+                .to_owned()
+        }
+        LibraryError::RootModule { err: RootModuleError::Returned(why), .. } => {
+            format!("the plugin refused to load: {why}")
+        }
+        LibraryError::InvalidAbiHeader(_) | LibraryError::InvalidCAbi { .. } => format!(
+            "built with an abi_stable or Rust C ABI this host cannot load; rebuild it with abi_stable 0.11 against plugin-api {major}.x"
+        ),
+        other => format!(
+            "not loadable as a plugin built for this host (plugin-api {api}): {}",
+            layout_summary(&other.to_string())
+        ),
     }
-    if let Some(built) = mismatched_api(text) {
-        return format!(
-            "built against plugin-api {built}, which this host cannot load: it loads plugins built against plugin-api {}.x (it has {}); rebuild the plugin against plugin-api {}.x",
-            api_major(),
-            plugin_api::API_VERSION,
-            api_major()
-        );
+}
+
+/// libloading names the file it opened, here `/proc/self/fd/N`: noise for the operator.
+fn strip_fd_path(text: &str) -> String {
+    let text = text.trim();
+    match text.strip_prefix("/proc/self/fd/") {
+        Some(rest) => rest
+            .split_once(": ")
+            .map_or(text, |(_, why)| why)
+            .to_owned(),
+        None => text.to_owned(),
     }
-    if let Some((_, why)) = text.split_once("because:") {
-        let why = why.trim().lines().next().unwrap_or("").trim();
-        return format!("not a loadable library: {why}");
-    }
+}
+
+/// The `Error:` lines of a layout error with the `Expected:`/`Found:` lines after them.
+fn layout_summary(text: &str) -> String {
     let keep: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -470,34 +518,11 @@ fn describe_load_error(text: &str) -> String {
         })
         .take(6)
         .collect();
-    let core = if keep.is_empty() {
-        let first = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .unwrap_or("unknown error");
-        first.chars().take(300).collect()
-    } else {
-        keep.join("; ")
-    };
-    format!(
-        "not loadable as a plugin built for this host (plugin-api {}): {core}",
-        plugin_api::API_VERSION
-    )
-}
-
-/// The plugin's plugin-api version from abi_stable's "library version mismatch" error.
-fn mismatched_api(text: &str) -> Option<&str> {
-    if !text.contains("library version mismatch") {
-        return None;
+    if !keep.is_empty() {
+        return keep.join("; ");
     }
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("library:"))
-        .map(str::trim)
-}
-
-fn api_major() -> &'static str {
-    plugin_api::API_VERSION.split('.').next().unwrap_or("1")
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+    first.unwrap_or("unknown error").chars().take(300).collect()
 }
 
 /// A hop must be two semver versions going forward.

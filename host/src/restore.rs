@@ -66,6 +66,10 @@ pub fn restore(backup_path: &Path, root: Option<&Path>) -> Result<RestoreReport>
     for dir in meta.created_dirs.iter().rev() {
         let _ = std::fs::remove_dir(root.join(dir));
     }
+    crate::audit::Audit::new(&root).record(
+        "rollback",
+        serde_json::json!({"backup": backup_path, "to_version": meta.source_version, "from_version": meta.target_version, "restored_files": meta.files.len(), "removed_files": removed, "archive_sha256": meta.archive_sha256}),
+    );
     Ok(RestoreReport {
         backup: backup_path.to_path_buf(),
         root,

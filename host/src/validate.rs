@@ -194,45 +194,109 @@ fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Valid
     };
     for file in files {
         v.files_checked += 1;
-        let text = match std::fs::read(install.root.join(&file.rel)) {
-            Ok(t) => t,
-            Err(e) => {
-                v.error(
-                    "data_readable",
-                    RuleKind::DataIntegrity,
-                    &file.rel,
-                    e.to_string(),
-                );
-                continue;
-            }
+        let path = install.root.join(&file.rel);
+        let checked = match file.kind {
+            DataKind::Lines => check_lines(&path, &file.rel, schema, v),
+            DataKind::Document => check_document(&path, &file.rel, schema, v),
         };
-        let records: Vec<(String, Result<Value, String>)> = match file.kind {
-            DataKind::Lines => text
-                .split(|b| *b == b'\n')
-                .enumerate()
-                .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-                .map(|(i, l)| {
-                    (
-                        format!("{}:{}", file.rel, i + 1),
-                        serde_json::from_slice(l).map_err(|e| e.to_string()),
-                    )
-                })
-                .collect(),
-            DataKind::Document => match serde_json::from_slice::<Value>(&text) {
-                Ok(Value::Array(items)) => items
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, r)| (format!("{} (record {})", file.rel, i + 1), Ok(r)))
-                    .collect(),
-                Ok(doc) => vec![(file.rel.clone(), Ok(doc))],
-                Err(e) => vec![(file.rel.clone(), Err(e.to_string()))],
-            },
-        };
-        for (place, record) in records {
-            v.records_checked += 1;
-            check_record(&place, record, schema, v);
+        if let Err(e) = checked {
+            v.error(
+                "data_readable",
+                RuleKind::DataIntegrity,
+                &file.rel,
+                e.to_string(),
+            );
         }
     }
+}
+
+/// At most this many findings per file; the rest are counted.
+const MAX_FINDINGS_PER_FILE: usize = 20;
+
+/// Streams a `*.jsonl` file; each record is checked without building a tree.
+fn check_lines(
+    path: &Path,
+    rel: &str,
+    schema: Option<Option<u64>>,
+    v: &mut Validation,
+) -> std::io::Result<()> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let (mut line, mut n, mut bad) = (Vec::new(), 0u64, 0usize);
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        n += 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        v.records_checked += 1;
+        let problem = match plugin_api::raw::RawRecord::parse(&line) {
+            Err(e) => Some(("record_json", e.message)),
+            Ok(record) => schema_problem(record.u64("schema_version").ok().flatten(), schema)
+                .map(|m| ("record_schema_version", m)),
+        };
+        if let Some((rule, message)) = problem {
+            bad += 1;
+            if bad <= MAX_FINDINGS_PER_FILE {
+                v.error(
+                    rule,
+                    RuleKind::DataIntegrity,
+                    &format!("{rel}:{n}"),
+                    message,
+                );
+            }
+        }
+    }
+    if bad > MAX_FINDINGS_PER_FILE {
+        v.error(
+            "record_schema_version",
+            RuleKind::DataIntegrity,
+            rel,
+            format!("{} more records with problems", bad - MAX_FINDINGS_PER_FILE),
+        );
+    }
+    Ok(())
+}
+
+fn check_document(
+    path: &Path,
+    rel: &str,
+    schema: Option<Option<u64>>,
+    v: &mut Validation,
+) -> std::io::Result<()> {
+    let text = std::fs::read(path)?;
+    let records: Vec<(String, Result<Value, String>)> = match serde_json::from_slice::<Value>(&text)
+    {
+        Ok(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (format!("{rel} (record {})", i + 1), Ok(r)))
+            .collect(),
+        Ok(doc) => vec![(rel.to_owned(), Ok(doc))],
+        Err(e) => vec![(rel.to_owned(), Err(e.to_string()))],
+    };
+    for (place, record) in records {
+        v.records_checked += 1;
+        check_record(&place, record, schema, v);
+    }
+    Ok(())
+}
+
+/// What is wrong with a record's schema_version, if anything.
+fn schema_problem(found: Option<u64>, schema: Option<Option<u64>>) -> Option<String> {
+    let expected = schema?;
+    if found == expected {
+        return None;
+    }
+    let show = |x: Option<u64>| x.map_or("none".to_owned(), |n| n.to_string());
+    Some(format!(
+        "schema_version is {}, expected {}",
+        show(found),
+        show(expected)
+    ))
 }
 
 fn check_record(
@@ -260,19 +324,13 @@ fn check_record(
             )
         }
     };
-    let Some(expected) = schema else { return };
     let found = record.get("schema_version").and_then(Value::as_u64);
-    if found != expected {
-        let show = |x: Option<u64>| x.map_or("none".to_owned(), |n| n.to_string());
+    if let Some(message) = schema_problem(found, schema) {
         v.error(
             "record_schema_version",
             RuleKind::DataIntegrity,
             place,
-            format!(
-                "schema_version is {}, expected {}",
-                show(found),
-                show(expected)
-            ),
+            message,
         );
     }
 }

@@ -4,6 +4,36 @@
 //! installation holds — and exports them with [`export_hop!`]. Everything that crosses the
 //! library boundary is defined in [`ffi`]; plugin authors never touch it. The other modules
 //! are helpers every hop needs, kept here so that each is written once.
+//!
+//! ```ignore
+//! use plugin_api::{Hop, HopDescriptor};
+//!
+//! pub fn hop() -> Hop {
+//!     Hop::new(HopDescriptor::new("v2_1_to_v3", "2.1.0", "3.0.0", "what it does"))
+//!         .config(MyConfigRule) // ConfigMigrationRule: server.toml, edited in place
+//!         .data(MyDataRule)     // DataMigrationRule: one record at a time
+//!         .model(MyModelRule)   // ModelMigrationRule: one model folder, writes into staging
+//! }
+//!
+//! plugin_api::export_hop!(hop());
+//! ```
+//!
+//! The crate is `cdylib` + `rlib` in a plugin, and depends on `abi_stable` too (the macro
+//! expands to its attribute). Use the re-exports [`serde_json`] and [`toml_edit`]: the helpers
+//! take their types. The guide is `docs/plugins.md` in the repository, with a complete example
+//! in `examples/hop-v2_1-to-v3`.
+//!
+//! # Compatibility promise
+//!
+//! This crate's version is the plugin ABI version. Within major 1, a plugin built against
+//! plugin-api 1.x loads in any host built against 1.y with y ≥ x: the root module
+//! ([`ffi::HopModule`]) is frozen at 1.0.0, everything that evolves crosses as JSON versioned by
+//! [`PAYLOAD_VERSION`], and minor releases only add (helpers, optional fields, defaulted trait
+//! methods). A plugin built against another major is listed as invalid by the host, never
+//! loaded further. Details in the crate's README.
+//!
+//! Since 1.1.0: [`toml::rename_key`], [`json::rename_key`], [`raw::RawRecord`] and
+//! [`DataMigrationRule::migrate_raw`].
 #![allow(non_local_definitions, non_camel_case_types)]
 
 pub mod descriptor;

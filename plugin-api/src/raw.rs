@@ -4,6 +4,7 @@
 //! is most of a record for most hops.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -11,14 +12,49 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::json::{type_name, wrong_type};
+use crate::json::{type_name, walk_record_mut, wrong_type, ObjectVisitor};
 use crate::rules::{FieldError, RuleError};
 
-/// One top-level value: untouched raw text, or a value a rule produced.
+/// One top-level value: untouched raw text, JSON text a rule produced, or a value a rule
+/// produced.
 #[derive(Debug, Clone)]
 pub enum Slot<'a> {
     Raw(&'a RawValue),
+    /// JSON text set by a rule ([`RawRecord::set_raw`]), written out as it is.
+    Text(Box<RawValue>),
     Value(Value),
+}
+
+impl Slot<'_> {
+    /// The JSON text of the value, unless it is a parsed [`Value`].
+    fn text(&self) -> Option<&str> {
+        match self {
+            Slot::Raw(r) => Some(r.get()),
+            Slot::Text(r) => Some(r.get()),
+            Slot::Value(_) => None,
+        }
+    }
+
+    fn is_container(&self) -> bool {
+        match self.text() {
+            Some(text) => matches!(text.as_bytes().first(), Some(b'{' | b'[')),
+            None => matches!(self, Slot::Value(Value::Object(_) | Value::Array(_))),
+        }
+    }
+
+    fn parse(&self, key: &str) -> Result<Value, FieldError> {
+        match self {
+            Slot::Value(v) => Ok(v.clone()),
+            other => {
+                let text = other.text().unwrap_or_default();
+                serde_json::from_str(text).map_err(|e| unreadable(key, e))
+            }
+        }
+    }
+}
+
+fn unreadable(key: &str, e: serde_json::Error) -> FieldError {
+    FieldError::new(key, format!("unreadable value ({e})"))
 }
 
 /// A record's top-level entries, in order.
@@ -30,13 +66,19 @@ pub struct RawRecord<'a> {
 impl<'a> RawRecord<'a> {
     /// Parses one record (a JSON object). Errors read like the slow path's.
     pub fn parse(line: &'a [u8]) -> Result<RawRecord<'a>, RuleError> {
-        let text = std::str::from_utf8(line).map_err(|e| RuleError::new(format!("not valid JSON (invalid UTF-8: {e})")))?;
+        let text = std::str::from_utf8(line)
+            .map_err(|e| RuleError::new(format!("not valid JSON (invalid UTF-8: {e})")))?;
         let trimmed = text.trim_start();
         if !trimmed.starts_with('{') {
-            let value: Value = serde_json::from_str(text).map_err(|e| RuleError::new(format!("not valid JSON ({e})")))?;
-            return Err(RuleError::new(format!("a record must be a JSON object, found {}", type_name(&value))));
+            let value: Value = serde_json::from_str(text)
+                .map_err(|e| RuleError::new(format!("not valid JSON ({e})")))?;
+            return Err(RuleError::new(format!(
+                "a record must be a JSON object, found {}",
+                type_name(&value)
+            )));
         }
-        let entries: Entries<'a> = serde_json::from_str(text).map_err(|e| RuleError::new(format!("not valid JSON ({e})")))?;
+        let entries: Entries<'a> = serde_json::from_str(text)
+            .map_err(|e| RuleError::new(format!("not valid JSON ({e})")))?;
         Ok(RawRecord { entries: entries.0 })
     }
 
@@ -51,6 +93,7 @@ impl<'a> RawRecord<'a> {
             out.push(b':');
             match slot {
                 Slot::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+                Slot::Text(raw) => out.extend_from_slice(raw.get().as_bytes()),
                 Slot::Value(v) => serde_json::to_writer(&mut *out, v).map_err(encode_error)?,
             }
         }
@@ -70,21 +113,18 @@ impl<'a> RawRecord<'a> {
         self.entries.iter().position(|(k, _)| k == key)
     }
 
-    /// The raw JSON text of `key`, if it has not been replaced.
+    /// The JSON text of `key`: as it arrived, or as set by [`set_raw`](Self::set_raw). `None`
+    /// when absent or replaced by a parsed [`Value`].
     pub fn raw(&self, key: &str) -> Option<&str> {
-        match &self.entries[self.position(key)?].1 {
-            Slot::Raw(r) => Some(r.get()),
-            Slot::Value(_) => None,
-        }
+        self.entries[self.position(key)?].1.text()
     }
 
     /// The value of `key`, parsed.
     pub fn get(&self, key: &str) -> Result<Option<Value>, FieldError> {
-        let Some(i) = self.position(key) else { return Ok(None) };
-        match &self.entries[i].1 {
-            Slot::Raw(r) => serde_json::from_str(r.get()).map(Some).map_err(|e| FieldError::new(key, format!("unreadable value ({e})"))),
-            Slot::Value(v) => Ok(Some(v.clone())),
-        }
+        let Some(i) = self.position(key) else {
+            return Ok(None);
+        };
+        self.entries[i].1.parse(key).map(Some)
     }
 
     /// A non-negative integer field, if present (read without building a tree).
@@ -98,11 +138,17 @@ impl<'a> RawRecord<'a> {
         }
     }
 
-    /// A non-negative number field, if present.
+    /// A non-negative number field, if present. Read as serde_json reads it, so that the value
+    /// is the one a rule written against [`Map`] sees (serde_json's float parsing is not always
+    /// correctly rounded, `str::parse` is).
     pub fn f64(&self, key: &str) -> Result<Option<f64>, FieldError> {
-        match self.raw(key).map(str::parse::<f64>) {
+        match self.raw(key).map(serde_json::from_str::<f64>) {
             Some(Ok(n)) if n >= 0.0 && n.is_finite() => Ok(Some(n)),
-            _ => self.typed(key, |v| v.as_f64().filter(|n| *n >= 0.0), "a non-negative number"),
+            _ => self.typed(
+                key,
+                |v| v.as_f64().filter(|n| *n >= 0.0),
+                "a non-negative number",
+            ),
         }
     }
 
@@ -111,27 +157,64 @@ impl<'a> RawRecord<'a> {
         self.typed(key, |v| v.as_str().map(str::to_owned), "a string")
     }
 
-    fn typed<T>(&self, key: &str, read: impl Fn(&Value) -> Option<T>, expected: &str) -> Result<Option<T>, FieldError> {
+    fn typed<T>(
+        &self,
+        key: &str,
+        read: impl Fn(&Value) -> Option<T>,
+        expected: &str,
+    ) -> Result<Option<T>, FieldError> {
         match self.get(key)? {
             None => Ok(None),
-            Some(v) => read(&v).map(Some).ok_or_else(|| wrong_type(key, expected, &v)),
+            Some(v) => read(&v)
+                .map(Some)
+                .ok_or_else(|| wrong_type(key, expected, &v)),
         }
     }
 
     /// Whether the raw value of `key` is an object or an array (may hold nested fields).
     pub fn is_container(&self, key: &str) -> bool {
-        match self.position(key).map(|i| &self.entries[i].1) {
-            Some(Slot::Raw(r)) => matches!(r.get().as_bytes().first(), Some(b'{' | b'[')),
-            Some(Slot::Value(v)) => v.is_object() || v.is_array(),
-            None => false,
+        self.position(key)
+            .is_some_and(|i| self.entries[i].1.is_container())
+    }
+
+    /// Checks `schema_version` like [`crate::json::expect_schema_version`] (same errors),
+    /// reading it from the raw text when it is the expected integer.
+    pub fn expect_schema_version(&self, expected: Option<u64>) -> Result<(), FieldError> {
+        let found = self.position("schema_version");
+        match (expected, found) {
+            (None, None) => return Ok(()),
+            (Some(want), Some(i))
+                if self.entries[i].1.text().and_then(|t| t.parse::<u64>().ok()) == Some(want) =>
+            {
+                return Ok(())
+            }
+            _ => {}
         }
+        let mut map = Map::new();
+        if let Some(v) = self.get("schema_version")? {
+            map.insert("schema_version".to_owned(), v);
+        }
+        crate::json::expect_schema_version(&map, expected)
     }
 
     /// Sets `key`, keeping its position if present, else appending it.
     pub fn set(&mut self, key: &str, value: Value) {
+        self.set_slot(key, Slot::Value(value));
+    }
+
+    /// Sets `key` to a value given as JSON text, written out as it is (no tree is built: build
+    /// small objects with `format!` and [`RawValue::from_string`]); keeps `key`'s position if
+    /// present, else appends it. [`to_map`](Self::to_map) and [`get`](Self::get) parse the text,
+    /// and serde_json does not read every float back exactly: a rule whose output a `Map` caller
+    /// reads may prefer [`set`](Self::set) for computed floats.
+    pub fn set_raw(&mut self, key: &str, json: Box<RawValue>) {
+        self.set_slot(key, Slot::Text(json));
+    }
+
+    fn set_slot(&mut self, key: &str, slot: Slot<'a>) {
         match self.position(key) {
-            Some(i) => self.entries[i].1 = Slot::Value(value),
-            None => self.entries.push((Cow::Owned(key.to_owned()), Slot::Value(value))),
+            Some(i) => self.entries[i].1 = slot,
+            None => self.entries.push((Cow::Owned(key.to_owned()), slot)),
         }
     }
 
@@ -155,24 +238,51 @@ impl<'a> RawRecord<'a> {
     /// Replaces `old` by `entries` at the position `old` had; nothing if `old` is absent.
     pub fn replace_key(&mut self, old: &str, entries: Vec<(String, Value)>) {
         let Some(i) = self.position(old) else { return };
-        let new = entries.into_iter().map(|(k, v)| (Cow::Owned(k), Slot::Value(v)));
+        let new = entries
+            .into_iter()
+            .map(|(k, v)| (Cow::Owned(k), Slot::Value(v)));
+        self.entries.splice(i..=i, new);
+    }
+
+    /// Like [`replace_key`](Self::replace_key), with the new values given as JSON text (see
+    /// [`set_raw`](Self::set_raw)).
+    pub fn replace_key_raw(&mut self, old: &str, entries: Vec<(String, Box<RawValue>)>) {
+        let Some(i) = self.position(old) else { return };
+        let new = entries
+            .into_iter()
+            .map(|(k, v)| (Cow::Owned(k), Slot::Text(v)));
         self.entries.splice(i..=i, new);
     }
 
     /// Parses every object or array value and hands it to `visit` (for rules that apply at any
     /// depth); scalars stay raw.
-    pub fn for_each_container(&mut self, mut visit: impl FnMut(&str, &mut Value) -> Result<(), FieldError>) -> Result<(), FieldError> {
+    pub fn for_each_container(
+        &mut self,
+        visit: impl FnMut(&str, &mut Value) -> Result<(), FieldError>,
+    ) -> Result<(), FieldError> {
+        self.for_each_container_if(|_| true, visit)
+    }
+
+    /// Like [`for_each_container`](Self::for_each_container), but leaves raw every container
+    /// whose JSON text `may_hold` rejects: a cheap test on the text (e.g. "mentions the key
+    /// `scopes`") for rules that look for particular keys at any depth. The test must not reject
+    /// text that can hold what the rule looks for; keys may be written with escapes (`\u0073`),
+    /// so a test for a key name should accept any text with a backslash. Containers already
+    /// replaced by a [`Value`] are always visited.
+    pub fn for_each_container_if(
+        &mut self,
+        mut may_hold: impl FnMut(&str) -> bool,
+        mut visit: impl FnMut(&str, &mut Value) -> Result<(), FieldError>,
+    ) -> Result<(), FieldError> {
         for (key, slot) in &mut self.entries {
-            let is_container = match slot {
-                Slot::Raw(r) => matches!(r.get().as_bytes().first(), Some(b'{' | b'[')),
-                Slot::Value(v) => v.is_object() || v.is_array(),
-            };
-            if !is_container {
+            if !slot.is_container() {
                 continue;
             }
-            if let Slot::Raw(r) = slot {
-                let parsed = serde_json::from_str(r.get()).map_err(|e| FieldError::new(key.as_ref(), format!("unreadable value ({e})")))?;
-                *slot = Slot::Value(parsed);
+            if let Some(text) = slot.text() {
+                if !may_hold(text) {
+                    continue;
+                }
+                *slot = Slot::Value(slot.parse(key)?);
             }
             if let Slot::Value(v) = slot {
                 visit(key, v)?;
@@ -181,27 +291,62 @@ impl<'a> RawRecord<'a> {
         Ok(())
     }
 
+    /// Calls `visit` on every object nested in the record's values (depth first, the record
+    /// itself excluded: read its keys directly), with the path
+    /// [`walk_record_mut`](crate::json::walk_record_mut) gives it (`keys[0]`, `keys[0].client`).
+    /// Only containers whose JSON text `may_hold` accepts are parsed, as in
+    /// [`for_each_container_if`](Self::for_each_container_if).
+    pub fn walk_objects_if(
+        &mut self,
+        may_hold: impl FnMut(&str) -> bool,
+        visit: &mut ObjectVisitor,
+    ) -> Result<(), FieldError> {
+        self.for_each_container_if(may_hold, |key, value| {
+            // A record of this one entry, so that every path is the one walk_record_mut gives.
+            let mut holder = Map::new();
+            holder.insert(key.to_owned(), std::mem::take(value));
+            let mut is_holder = true;
+            let result = walk_record_mut(&mut holder, &mut |object, path| {
+                if std::mem::take(&mut is_holder) {
+                    Ok(())
+                } else {
+                    visit(object, path)
+                }
+            });
+            *value = holder
+                .into_iter()
+                .next()
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            result
+        })
+    }
+
     /// The whole record as a map (the slow path, for rules written against `Map`).
     pub fn to_map(&self) -> Result<Map<String, Value>, FieldError> {
         let mut map = Map::new();
         for (key, slot) in &self.entries {
-            let value = match slot {
-                Slot::Raw(r) => serde_json::from_str(r.get()).map_err(|e| FieldError::new(key.as_ref(), format!("unreadable value ({e})")))?,
-                Slot::Value(v) => v.clone(),
-            };
-            map.insert(key.to_string(), value);
+            map.insert(key.to_string(), slot.parse(key)?);
         }
         Ok(map)
     }
 
     pub fn from_map(map: Map<String, Value>) -> RawRecord<'static> {
-        RawRecord { entries: map.into_iter().map(|(k, v)| (Cow::Owned(k), Slot::Value(v))).collect() }
+        RawRecord {
+            entries: map
+                .into_iter()
+                .map(|(k, v)| (Cow::Owned(k), Slot::Value(v)))
+                .collect(),
+        }
     }
 }
 
 fn encode_error(e: serde_json::Error) -> RuleError {
     RuleError::new(format!("cannot serialise the migrated record: {e}"))
 }
+
+/// Records with more top-level keys than this find repeated keys with a hash map.
+const INDEX_KEYS_ABOVE: usize = 32;
 
 /// Deserialises a JSON object into borrowed keys and raw values.
 struct Entries<'a>(Vec<(Cow<'a, str>, Slot<'a>)>);
@@ -221,11 +366,37 @@ impl<'de: 'a, 'a> Visitor<'de> for EntriesVisitor<'a> {
         f.write_str("a JSON object")
     }
 
+    /// A key that appears twice keeps its first place and takes its last value, as in the
+    /// `Map` serde_json builds (which the slow path sees).
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Entries<'a>, M::Error> {
-        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
-        while let Some(key) = map.next_key::<Key<'de>>()? {
+        let mut entries: Vec<(Cow<'a, str>, Slot<'a>)> =
+            Vec::with_capacity(map.size_hint().unwrap_or(8));
+        // Past a few keys, look repeated keys up by hash rather than by scanning.
+        let mut index: Option<HashMap<String, usize>> = None;
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let raw: &'de RawValue = map.next_value()?;
-            entries.push((key.0, Slot::Raw(raw)));
+            let seen = match &mut index {
+                Some(index) => index.get(key.as_ref()).copied(),
+                None => entries.iter().position(|(k, _)| *k == key),
+            };
+            match seen {
+                Some(i) => entries[i].1 = Slot::Raw(raw),
+                None => {
+                    if let Some(index) = &mut index {
+                        index.insert(key.to_string(), entries.len());
+                    }
+                    entries.push((key, Slot::Raw(raw)));
+                    if index.is_none() && entries.len() > INDEX_KEYS_ABOVE {
+                        index = Some(
+                            entries
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (k, _))| (k.to_string(), i))
+                                .collect(),
+                        );
+                    }
+                }
+            }
         }
         Ok(Entries(entries))
     }
@@ -267,7 +438,10 @@ mod tests {
 
     #[test]
     fn untouched_values_pass_through_byte_for_byte() {
-        assert_eq!(roundtrip(r#"{"a":1.50,"b":{"x": [1, 2]},"c\n":"é\u00e9"}"#), r#"{"a":1.50,"b":{"x": [1, 2]},"c\n":"é\u00e9"}"#);
+        assert_eq!(
+            roundtrip(r#"{"a":1.50,"b":{"x": [1, 2]},"c\n":"é\u00e9"}"#),
+            r#"{"a":1.50,"b":{"x": [1, 2]},"c\n":"é\u00e9"}"#
+        );
         assert_eq!(roundtrip(r#" { "a" : 1 } "#), r#"{"a":1}"#);
     }
 
@@ -280,21 +454,195 @@ mod tests {
         r.set("l", json!(9));
         let mut out = Vec::new();
         r.write(&mut out).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), r#"{"usage":{"in":1},"l":9,"s":1}"#);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"usage":{"in":1},"l":9,"s":1}"#
+        );
     }
 
     #[test]
     fn typed_reads_name_the_field() {
         let r = RawRecord::parse(br#"{"n":"twelve","m":12,"f":-1}"#).unwrap();
         assert_eq!(r.u64("m").unwrap(), Some(12));
-        assert!(r.u64("n").unwrap_err().message.contains("non-negative integer"));
+        assert!(r
+            .u64("n")
+            .unwrap_err()
+            .message
+            .contains("non-negative integer"));
         assert!(r.f64("f").is_err());
         assert_eq!(r.u64("absent").unwrap(), None);
     }
 
     #[test]
+    fn repeated_keys_keep_the_first_place_and_the_last_value_like_map() {
+        let line = r#"{"a":1,"b":2,"a":3}"#;
+        let map: Map<String, Value> = serde_json::from_str(line).unwrap();
+        assert_eq!(roundtrip(line), serde_json::to_string(&map).unwrap());
+        assert_eq!(roundtrip(line), r#"{"a":3,"b":2}"#);
+        // Past the size where repeated keys are looked up by hash.
+        let mut line = String::from("{");
+        for i in 0..100 {
+            line.push_str(&format!(r#""k{}":{i},"#, i % 40));
+        }
+        line.push_str(r#""k\u0030":"escaped"}"#);
+        let map: Map<String, Value> = serde_json::from_str(&line).unwrap();
+        assert_eq!(roundtrip(&line), serde_json::to_string(&map).unwrap());
+        let r = RawRecord::parse(line.as_bytes()).unwrap();
+        assert_eq!(r.keys().count(), 40);
+        assert_eq!(r.raw("k0"), Some(r#""escaped""#));
+        assert_eq!(r.u64("k39").unwrap(), Some(79));
+    }
+
+    #[test]
+    fn f64_reads_numbers_as_serde_json_does() {
+        // serde_json's default float parsing is not correctly rounded; `str::parse` is, and
+        // differs here by one unit in the last place.
+        let text = "3.363491038161739523";
+        let slow = serde_json::from_str::<Value>(text)
+            .unwrap()
+            .as_f64()
+            .unwrap();
+        assert_ne!(text.parse::<f64>().unwrap(), slow);
+        let line = format!(r#"{{"x":{text},"n":12,"big":18446744073709551615}}"#);
+        let r = RawRecord::parse(line.as_bytes()).unwrap();
+        assert_eq!(r.f64("x").unwrap(), Some(slow));
+        assert_eq!(r.f64("n").unwrap(), Some(12.0));
+        assert_eq!(r.f64("big").unwrap(), Some(u64::MAX as f64));
+    }
+
+    #[test]
+    fn raw_text_values_are_written_as_they_are() {
+        let mut r = RawRecord::parse(br#"{"a":1,"b":2}"#).unwrap();
+        r.replace_key_raw(
+            "a",
+            vec![(
+                "m".into(),
+                RawValue::from_string(r#"{"x":1.50,"y":null}"#.into()).unwrap(),
+            )],
+        );
+        r.set_raw("b", RawValue::from_string("[1, 2]".into()).unwrap());
+        r.set_raw("c", RawValue::from_string("7".into()).unwrap());
+        assert_eq!(r.raw("m"), Some(r#"{"x":1.50,"y":null}"#));
+        assert!(r.is_container("m") && r.is_container("b") && !r.is_container("c"));
+        assert_eq!(r.u64("c").unwrap(), Some(7));
+        assert_eq!(r.get("m").unwrap(), Some(json!({"x": 1.5, "y": null})));
+        let mut out = Vec::new();
+        r.write(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"m":{"x":1.50,"y":null},"b":[1, 2],"c":7}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&r.to_map().unwrap()).unwrap(),
+            r#"{"m":{"x":1.5,"y":null},"b":[1,2],"c":7}"#
+        );
+    }
+
+    #[test]
+    fn for_each_container_if_leaves_rejected_containers_raw() {
+        let mut r =
+            RawRecord::parse(br#"{"a":{"k": 1},"b":[{"k": 2}],"c":{"z": 3},"d":"k"}"#).unwrap();
+        r.set("e", json!({"z": 4}));
+        let mut seen = Vec::new();
+        r.for_each_container_if(
+            |text| text.contains("\"k\""),
+            |key, value| {
+                seen.push(key.to_owned());
+                value
+                    .as_object_mut()
+                    .map(|o| o.insert("seen".into(), json!(true)));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(seen, ["a", "b", "e"]);
+        let mut out = Vec::new();
+        r.write(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":{"k":1,"seen":true},"b":[{"k":2}],"c":{"z": 3},"d":"k","e":{"z":4,"seen":true}}"#
+        );
+    }
+
+    #[test]
+    fn walk_objects_if_gives_the_paths_walk_record_mut_gives() {
+        let line = r#"{"":{"":{"a":1},"b":[{}]},"k":[[{"x":{}}],{}],"[0]":{"[1]":{}},"s":{"skip":{}},"n":2,"o":{}}"#;
+        let mut map: Map<String, Value> = serde_json::from_str(line).unwrap();
+        let mut want = Vec::new();
+        walk_record_mut(&mut map, &mut |_, path| {
+            want.push(path.to_owned());
+            Ok(())
+        })
+        .unwrap();
+        want.remove(0); // the record itself
+        want.retain(|p| !p.starts_with('s'));
+        let mut r = RawRecord::parse(line.as_bytes()).unwrap();
+        let mut seen = Vec::new();
+        r.walk_objects_if(|text| !text.contains("skip"), &mut |object, path| {
+            seen.push(path.to_owned());
+            object.insert("v".into(), json!(1));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, want);
+        let mut out = Vec::new();
+        r.write(&mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with(r#"{"":{"":{"a":1,"v":1},"b":[{"v":1}],"v":1},"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#""s":{"skip":{}},"n":2,"o":{"v":1}}"#),
+            "{out}"
+        );
+        let e = r
+            .walk_objects_if(|_| true, &mut |_, path| Err(FieldError::new(path, "no")))
+            .unwrap_err();
+        assert_eq!(e.field, "");
+        assert!(
+            r.get("").unwrap().unwrap().is_object(),
+            "the value is put back after an error"
+        );
+    }
+
+    #[test]
+    fn expect_schema_version_reads_like_the_map_helper() {
+        for (line, expected) in [
+            (r#"{"a":1}"#, None),
+            (r#"{"schema_version":1}"#, None),
+            (r#"{"schema_version":1}"#, Some(1)),
+            (r#"{"schema_version":2}"#, Some(1)),
+            (r#"{"schema_version":"1"}"#, Some(1)),
+            (r#"{"schema_version":1.0}"#, Some(1)),
+            (r#"{"a":1}"#, Some(1)),
+        ] {
+            let map: Map<String, Value> = serde_json::from_str(line).unwrap();
+            let want = crate::json::expect_schema_version(&map, expected);
+            assert_eq!(
+                RawRecord::parse(line.as_bytes())
+                    .unwrap()
+                    .expect_schema_version(expected),
+                want,
+                "{line}"
+            );
+            assert_eq!(
+                RawRecord::from_map(map).expect_schema_version(expected),
+                want,
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_input_reads_like_the_slow_path() {
-        assert!(RawRecord::parse(b"[1,2]").unwrap_err().message.contains("must be a JSON object, found array"));
-        assert!(RawRecord::parse(b"{\"a\":").unwrap_err().message.contains("not valid JSON"));
+        assert!(RawRecord::parse(b"[1,2]")
+            .unwrap_err()
+            .message
+            .contains("must be a JSON object, found array"));
+        assert!(RawRecord::parse(b"{\"a\":")
+            .unwrap_err()
+            .message
+            .contains("not valid JSON"));
     }
 }

@@ -25,7 +25,7 @@ fn refused(root: &Path) -> String {
         })
         .unwrap_or_default();
     assert!(
-        leftovers.iter().all(|n| n == "lock"),
+        leftovers.iter().all(|n| n == "lock" || n == "audit.jsonl"),
         "staging or journal left behind: {leftovers:?}"
     );
     text
@@ -164,4 +164,36 @@ fn quarantine_sets_bad_records_aside_and_goes_on() {
         .unwrap();
     assert_eq!(data["quarantined"], 1);
     assert_eq!(data["records"].as_u64().unwrap(), 199 + 60 + 1);
+}
+
+/// Regression: an error in the middle of a file larger than the pipeline's buffers must end
+/// the run (it once left the reader blocked on a full channel, hanging the migration).
+#[test]
+fn a_bad_record_deep_in_a_large_file_stops_the_run_promptly() {
+    let install = sample_install();
+    let root = install.path();
+    let line = r#"{"id":"r","model":"m","prompt_tokens":1,"completion_tokens":2,"latency_ms":3,"timestamp":4}"#;
+    let mut content = format!("{line}\n").repeat(60_000);
+    content.push_str("{\"id\": broken\n");
+    content.push_str(&format!("{line}\n").repeat(60_000));
+    write(root, "data/big.jsonl", &content);
+    let cfg = root.join("mc.toml");
+    std::fs::write(&cfg, "[data_migration]\nbatch_size = 100\n").unwrap();
+    let before = tree_hash(root);
+    let out = migrate(&[
+        "--config-file",
+        cfg.to_str().unwrap(),
+        "version",
+        "--path",
+        root.to_str().unwrap(),
+        "--to",
+        "2.1.0",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("data/big.jsonl:60001"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tree_hash(root), before);
 }

@@ -5,13 +5,8 @@
 //! or exactly the fully migrated tree, byte for byte and mode for mode, with no staging or
 //! journal left behind.
 //!
-//! Speed: plugin discovery hashes every plugin file, ~60 MB of debug `.so` files, about two
-//! seconds per process in a debug build. So the many killed runs load debug-stripped copies of
-//! the three real plugins (same code; `objcopy --strip-debug`, plain copies if objcopy is
-//! missing) with `--no-default-plugins --plugin-dir`, and `recover` / `rollback`, which use no
-//! plugin, run with `--no-default-plugins`. The reference migrations use the default discovery
-//! (the plugins next to the binary) and every fast run must give the identical tree; one
-//! recovery per rollback kill below also runs exactly as an operator would type it.
+//! Every command runs exactly as an operator types it: the real binary, the default plugin
+//! discovery (the three real plugins next to it), an isolated HOME.
 //!
 //! Each test prints how many kill points it exercised (`cargo test -- --nocapture`).
 
@@ -57,42 +52,9 @@ fn describe(o: &Output) -> String {
     )
 }
 
-/// Debug-stripped copies of the three real plugins (see the module docs).
-fn fast_plugins() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        ensure_built();
-        let dir = tempfile::tempdir().expect("tempdir");
-        for name in PLUGINS {
-            let (from, to) = (target_dir().join(name), dir.path().join(name));
-            let stripped = Command::new("objcopy")
-                .arg("--strip-debug")
-                .arg(&from)
-                .arg(&to)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !stripped {
-                std::fs::copy(&from, &to).expect("copy plugin");
-            }
-        }
-        dir
-    })
-    .path()
-}
-
-/// `migrate version --path ROOT --to 2.1.0 [extra]` with an optional fault, loading the
-/// stripped plugin copies.
+/// `migrate version --path ROOT --to 2.1.0 [extra]` with an optional fault.
 fn migrate_version(root: &Path, extra: &[&str], fault: Option<&str>) -> Output {
-    let mut args = vec![
-        "--no-default-plugins",
-        "--plugin-dir",
-        p(fast_plugins()),
-        "version",
-        "--path",
-        p(root),
-        "--to",
-        "2.1.0",
-    ];
+    let mut args = vec!["version", "--path", p(root), "--to", "2.1.0"];
     args.extend_from_slice(extra);
     match fault {
         Some(f) => migrate_env(&args, &[(FAULT, f)]),
@@ -100,16 +62,9 @@ fn migrate_version(root: &Path, extra: &[&str], fault: Option<&str>) -> Output {
     }
 }
 
-/// `migrate version --path ROOT --to 2.1.0 [extra]` with the default plugin discovery.
-fn migrate_version_default(root: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["version", "--path", p(root), "--to", "2.1.0"];
-    args.extend_from_slice(extra);
-    migrate(&args)
-}
-
 /// `migrate recover --path ROOT [--forward]` with an optional fault.
 fn recover(root: &Path, forward: bool, fault: Option<&str>) -> Output {
-    let mut args = vec!["--no-default-plugins", "recover", "--path", p(root)];
+    let mut args = vec!["recover", "--path", p(root)];
     if forward {
         args.push("--forward");
     }
@@ -121,14 +76,7 @@ fn recover(root: &Path, forward: bool, fault: Option<&str>) -> Output {
 
 /// `migrate rollback --backup-path B --path ROOT` with an optional fault.
 fn restore(backup: &Path, root: &Path, fault: Option<&str>) -> Output {
-    let args = [
-        "--no-default-plugins",
-        "rollback",
-        "--backup-path",
-        p(backup),
-        "--path",
-        p(root),
-    ];
+    let args = ["rollback", "--backup-path", p(backup), "--path", p(root)];
     match fault {
         Some(f) => migrate_env(&args, &[(FAULT, f)]),
         None => migrate(&args),
@@ -148,20 +96,38 @@ fn journal_entries(root: &Path) -> usize {
     v["entries"].as_array().expect("entries").len()
 }
 
-/// No staging, kept originals or journal may survive a recovery.
-fn assert_no_leftovers(root: &Path, context: &str) {
+/// Staging folders, kept originals and journal files in `.migrate/`.
+fn leftovers(root: &Path) -> Vec<String> {
     let Ok(read) = std::fs::read_dir(root.join(".migrate")) else {
-        return;
+        return Vec::new();
     };
-    let left: Vec<String> = read
+    let mut left: Vec<String> = read
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("staging-") || n.starts_with("journal"))
         .collect();
+    left.sort();
+    left
+}
+
+/// No staging, kept originals or journal may survive a recovery.
+fn assert_no_leftovers(root: &Path, context: &str) {
+    let left = leftovers(root);
     assert!(
         left.is_empty(),
         "{context}: leftovers in .migrate: {left:?}"
     );
+}
+
+/// "original", "migrated" or "mixed" (no panic).
+fn classify(actual: &Tree, original: &Tree, migrated: &Tree) -> &'static str {
+    if actual == original {
+        "original"
+    } else if actual == migrated {
+        "migrated"
+    } else {
+        "mixed (the journal is still needed)"
+    }
 }
 
 /// Which reference tree `actual` is, or a panic listing the differences.
@@ -212,13 +178,9 @@ fn refs() -> &'static Refs {
     REFS.get_or_init(|| {
         let dir = sample_install();
         let original = tree_hash(dir.path());
-        ok(&migrate_version_default(dir.path(), &[]));
+        ok(&migrate_version(dir.path(), &[], None));
         let migrated = tree_hash(dir.path());
         assert_ne!(original, migrated);
-        // The stripped plugin copies migrate to the very same bytes.
-        let fast = sample_install();
-        ok(&migrate_version(fast.path(), &[], None));
-        assert_eq!(tree_hash(fast.path()), migrated, "stripped plugins differ");
         Refs { original, migrated }
     })
 }
@@ -359,6 +321,69 @@ fn kill_at_every_journal_step_then_recover_forward_finishes() {
     );
 }
 
+/// BUG 3 (host/src/migrator.rs `VersionMigrator::execute` → `plan` → `source_version`, and
+/// host/src/execute.rs `run_steps`): after a kill, the next `migrate version` must recover
+/// first and then migrate (README: every version/config/data/models run first rolls back an
+/// unfinished journal). But the plan — and so the source version, read from `VERSION` — is
+/// built BEFORE the recovery, and `run_steps` returns at `if plan.hops.is_empty()` before it
+/// takes the lock and calls `recover_first`. So when the kill came after `VERSION` was swapped
+/// in (the last swap, then validation, `committed`, `cleanup`), `migrate version` reports
+/// "2.1.0 → 2.1.0: UpToDate", exits 0 and leaves the journal. With phase `Prepared` (killed
+/// after the last swap) the next command that does recover (`migrate recover`, `validate`,
+/// `info --path`) silently ROLLS THE INSTALLATION BACK to 0.1.0, after the operator was told
+/// it was up to date. And when the kill came after `config/server.toml` was swapped but before
+/// `VERSION` (swap:1 .. swap:N-1), version detection sees a migrated server.toml and no
+/// VERSION and fails (exit 7, "cannot detect the installation's version … pass --from")
+/// instead of recovering. Expected: recovery (under the lock) before the version is detected;
+/// then the migration runs as needed; exit 0, the migrated tree, and no journal left.
+#[test]
+fn bug_migrate_version_after_a_kill_recovers_first_at_every_journal_step() {
+    let r = refs();
+    let swaps = swap_count();
+    let mut points: Vec<String> = vec!["batch:1".into(), "prepared:1".into(), "backup:1".into()];
+    points.extend((1..=swaps).map(|n| format!("swap:{n}")));
+    points.extend(["committed:1", "cleanup:1", "cleanup:2"].map(String::from));
+    let mut kills = 0;
+    let mut broken = Vec::new();
+    for point in &points {
+        let dir = sample_install();
+        let root = dir.path();
+        let out = migrate_version(root, &[], Some(point));
+        assert!(was_killed(&out), "{point}: {}", describe(&out));
+        kills += 1;
+        let again = migrate_version(root, &[], None);
+        let ctx = format!("kill at {point}, then `migrate version` again");
+        let which = classify(&tree_hash(root), &r.original, &r.migrated);
+        let left = leftovers(root);
+        if again.status.success() && which == "migrated" && left.is_empty() {
+            println!("  {ctx}: migrated, nothing left over");
+            continue;
+        }
+        let said = format!("{}{}", stdout(&again), stderr(&again))
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default()
+            .to_owned();
+        // What the operator's next command does with what was left behind.
+        let next = ok(&recover(root, false, None));
+        let after = which_tree(&tree_hash(root), &r.original, &r.migrated, &ctx);
+        broken.push(format!(
+            "{ctx}: exit {:?}, {said:?}; tree: {which}, left {left:?}; the next `migrate recover`: {:?} → {after} tree",
+            again.status.code(),
+            next.trim()
+        ));
+    }
+    report_kills(
+        "bug_migrate_version_after_a_kill_recovers_first_at_every_journal_step",
+        kills,
+    );
+    assert!(
+        broken.is_empty(),
+        "HOST BUG: `migrate version` after a kill does not always recover first:\n{}",
+        broken.join("\n")
+    );
+}
+
 /// Swaps of a full migration of the sample, read from the journal after a kill at `swap:1`.
 fn swap_count() -> usize {
     static N: OnceLock<usize> = OnceLock::new();
@@ -391,13 +416,7 @@ fn kill_during_the_rollback_of_a_recovery() {
         let out = recover(root, false, Some(&format!("rollback:{n}")));
         assert!(was_killed(&out), "{ctx}: {}", describe(&out));
         kills += 1;
-        // Once, `migrate recover` exactly as an operator types it (default plugin discovery).
-        let out = if n == 1 {
-            migrate(&["recover", "--path", p(root)])
-        } else {
-            recover(root, false, None)
-        };
-        let text = ok(&out);
+        let text = ok(&recover(root, false, None));
         assert!(text.contains("rolled back"), "{ctx}: {text}");
         assert_tree(
             &tree_hash(root),
@@ -598,6 +617,10 @@ fn kill_during_a_restore_from_backup() {
     report_kills("kill_during_a_restore_from_backup", kills);
 }
 
+fn phase_name(phase: &Option<String>) -> &str {
+    phase.as_deref().unwrap_or("staging")
+}
+
 /// A deterministic pseudo-random sequence (xorshift64*).
 struct Rng(u64);
 
@@ -688,9 +711,6 @@ fn run_and_kill_after(
     let started = Instant::now();
     let mut child = spawn_migrate(
         &[
-            "--no-default-plugins",
-            "--plugin-dir",
-            p(fast_plugins()),
             "version",
             "--path",
             p(root),
@@ -725,30 +745,23 @@ fn run_and_kill_after(
 /// pseudo-random instants spread over a whole run, then recovery by the next `migrate version`
 /// (which rolls back first, then migrates) or by `migrate recover`, alternately. The length of
 /// a run is re-measured as the test goes (it depends on the load of the machine), and runs go
-/// on until 12 of them were really killed.
+/// on until 16 of them were really killed.
 #[test]
 fn random_kills_of_a_large_migration() {
     let big = big_install(40_000, 500);
-    // One undisturbed run with the default discovery: the migrated reference.
+    // One undisturbed run: the migrated reference, and the length of a run.
     let reference = big.fresh();
-    ok(&migrate_version_default(
-        reference.path(),
-        &["--config-file", big.config()],
-    ));
-    let migrated = tree_hash(reference.path());
-    // One with the stripped plugins: the same tree, and the length of a run.
-    let timed = big.fresh();
     let started = Instant::now();
     ok(&migrate_version(
-        timed.path(),
+        reference.path(),
         &["--config-file", big.config()],
         None,
     ));
     let mut full = started.elapsed();
-    assert_eq!(tree_hash(timed.path()), migrated);
+    let migrated = tree_hash(reference.path());
     println!("  a full run of the 40k-record installation takes {full:?}");
-    const WANTED: usize = 12;
-    const SLICES: usize = 12;
+    const WANTED: usize = 16;
+    const SLICES: usize = 16;
     let mut kills = 0;
     let mut rng = Rng(0x5eed_cafe_f00d_d00d);
     let mut outcomes = Vec::new();
@@ -771,28 +784,56 @@ fn random_kills_of_a_large_migration() {
         }
         kills += 1;
         let before = journal_phase(root);
-        let ctx = format!("random kill {i} after {delay:?} (journal: {before:?})");
+        let mut ctx = format!("random kill {i} after {delay:?} (journal: {before:?})");
         if kills % 2 == 1 {
             let started = Instant::now();
             let out = migrate_version(root, &["--config-file", big.config()], None);
-            assert!(out.status.success(), "{ctx}: {}", describe(&out));
-            full = started.elapsed();
-            assert_tree(
-                &tree_hash(root),
-                &migrated,
-                "migrated",
-                &ctx,
-                &big.original,
-                &migrated,
-            );
-            outcomes.push(format!("{delay:.1?}→version:migrated"));
+            ctx = format!("{ctx}; migrate version said: {}", describe(&out));
+            let left = leftovers(root);
+            let bug3 = before.is_some()
+                && (out.status.code() == Some(7) || (out.status.success() && !left.is_empty()));
+            if bug3 {
+                // Host bug 3, which has its own deterministic test
+                // (`bug_migrate_version_after_a_kill_recovers_first_at_every_journal_step`):
+                // the version was detected before recovering. Recover by hand and go on.
+                println!(
+                    "  note: random kill {i} after {delay:.1?} hit host bug 3 (exit {:?}, left {left:?}); recovering by hand",
+                    out.status.code()
+                );
+                ok(&recover(root, false, None));
+                let which = which_tree(&tree_hash(root), &big.original, &migrated, &ctx);
+                outcomes.push(format!(
+                    "{delay:.1?}[{}]→version:bug3→recover:{which}",
+                    phase_name(&before)
+                ));
+            } else {
+                assert!(out.status.success(), "{ctx}");
+                full = started.elapsed();
+                assert_tree(
+                    &tree_hash(root),
+                    &migrated,
+                    "migrated",
+                    &ctx,
+                    &big.original,
+                    &migrated,
+                );
+                outcomes.push(format!(
+                    "{delay:.1?}[{}]→version:migrated",
+                    phase_name(&before)
+                ));
+            }
         } else {
-            ok(&recover(root, false, None));
+            let out = recover(root, false, None);
+            ctx = format!("{ctx}; recover said: {}", describe(&out));
+            ok(&out);
             let which = which_tree(&tree_hash(root), &big.original, &migrated, &ctx);
             if before.as_deref() != Some("Committed") {
                 assert_eq!(which, "original", "{ctx}");
             }
-            outcomes.push(format!("{delay:.1?}→recover:{which}"));
+            outcomes.push(format!(
+                "{delay:.1?}[{}]→recover:{which}",
+                phase_name(&before)
+            ));
         }
         assert_no_leftovers(root, &ctx);
         i += 1;
@@ -801,7 +842,7 @@ fn random_kills_of_a_large_migration() {
     report_kills("random_kills_of_a_large_migration", kills);
 }
 
-/// Deterministic kills during the staging of the 40 000-record installation: the first, a
+/// Deterministic kills during the staging of the 20 000-record installation: the first, a
 /// middle and the last of its 81 batches (60 archived records, then 40 000 / 500).
 #[test]
 fn batch_kills_of_a_large_migration() {

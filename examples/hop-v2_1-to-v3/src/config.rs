@@ -8,8 +8,8 @@
 //! only edits a `[rate_limit]` section.
 
 use plugin_api::toml::{get_int, parse, rename_key};
+use plugin_api::toml_edit::Item;
 use plugin_api::{ConfigMigrationRule, ConfigOutcome, RuleError};
-use toml_edit::Item;
 
 /// The table and the keys this hop touches.
 const TABLE: &str = "rate_limit";
@@ -75,7 +75,10 @@ mod tests {
 
     #[test]
     fn a_file_without_the_key_is_unchanged() {
-        for content in ["[server]\naddress = \"0.0.0.0:80\"\n", "[rate_limit]\nburst = 1\n"] {
+        for content in [
+            "[server]\naddress = \"0.0.0.0:80\"\n",
+            "[rate_limit]\nburst = 1\n",
+        ] {
             assert_eq!(run(content).unwrap(), content);
         }
     }

@@ -7,8 +7,8 @@
 //!   `schema_version`.
 
 use plugin_api::json::{expect_schema_version, rename_key, type_name};
+use plugin_api::serde_json::{Map, Value};
 use plugin_api::{DataMigrationRule, FieldError};
-use serde_json::{Map, Value};
 
 use crate::{SCHEMA_VERSION, SOURCE_SCHEMA_VERSION};
 
@@ -48,7 +48,7 @@ impl DataMigrationRule for OutputThroughput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use plugin_api::serde_json::{self, json};
 
     fn run(record: Value) -> Result<String, FieldError> {
         let Value::Object(mut record) = record else {
@@ -97,6 +97,9 @@ mod tests {
             "metrics": {"tokens_per_second": 1, "output_tokens_per_second": 2},
             "schema_version": 3
         });
-        assert_eq!(run(record).unwrap_err().field, "metrics.output_tokens_per_second");
+        assert_eq!(
+            run(record).unwrap_err().field,
+            "metrics.output_tokens_per_second"
+        );
     }
 }

@@ -55,7 +55,10 @@ mod tests {
     #[test]
     fn descriptor_declares_the_hop_and_its_schema() {
         let d = hop().descriptor();
-        assert_eq!((d.name.as_str(), d.from.as_str(), d.to.as_str()), (NAME, FROM, TO));
+        assert_eq!(
+            (d.name.as_str(), d.from.as_str(), d.to.as_str()),
+            (NAME, FROM, TO)
+        );
         assert!(d.rules.config && d.rules.data && d.rules.model);
         assert_eq!(d.target_schema_version, Some(SCHEMA_VERSION));
         assert_eq!(d.breaking_changes.len(), 2);

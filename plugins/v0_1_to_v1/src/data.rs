@@ -5,10 +5,14 @@
 //! `prompt_tokens` and `completion_tokens` non-negative integers, `latency_ms` a non-negative
 //! number, `timestamp` an integer (unix seconds), a string or null. Only top-level fields are
 //! checked: nested objects belong to other documents (e.g. API keys) with their own meaning.
+//!
+//! The rule works on the raw record: the checks read the raw text of the known fields (a value
+//! is parsed only to word an error), and every value is written out as it came in.
 
-use plugin_api::json::{expect_schema_version, opt_f64, opt_str, opt_u64, wrong_type};
+use plugin_api::json::wrong_type;
+use plugin_api::raw::RawRecord;
 use plugin_api::{DataMigrationRule, FieldError};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::SCHEMA_VERSION;
 
@@ -16,10 +20,10 @@ use crate::SCHEMA_VERSION;
 pub struct AddSchemaVersion;
 
 impl DataMigrationRule for AddSchemaVersion {
-    fn migrate_record(&self, record: &mut Map<String, Value>) -> Result<(), FieldError> {
-        expect_schema_version(record, None)?;
+    fn migrate_raw(&self, record: &mut RawRecord<'_>) -> Result<(), FieldError> {
+        record.expect_schema_version(None)?;
         check_known_fields(record)?;
-        record.insert("schema_version".to_owned(), Value::from(SCHEMA_VERSION));
+        record.set("schema_version", Value::from(SCHEMA_VERSION));
         Ok(())
     }
 
@@ -29,33 +33,56 @@ impl DataMigrationRule for AddSchemaVersion {
 }
 
 /// Type-checks the known fields of a 0.1.0 request-log record that are present.
-fn check_known_fields(record: &Map<String, Value>) -> Result<(), FieldError> {
-    opt_str(record, "id")?;
-    opt_str(record, "model")?;
-    opt_u64(record, "prompt_tokens")?;
-    opt_u64(record, "completion_tokens")?;
-    opt_f64(record, "latency_ms")?;
+fn check_known_fields(record: &RawRecord<'_>) -> Result<(), FieldError> {
+    check_str(record, "id")?;
+    check_str(record, "model")?;
+    record.u64("prompt_tokens")?;
+    record.u64("completion_tokens")?;
+    record.f64("latency_ms")?;
     check_timestamp(record)
+}
+
+/// A string field, if present: raw text that starts with a quote is a JSON string.
+fn check_str(record: &RawRecord<'_>, field: &str) -> Result<(), FieldError> {
+    match record.raw(field) {
+        Some(raw) if raw.starts_with('"') => Ok(()),
+        _ => record.str(field).map(drop),
+    }
 }
 
 /// `timestamp` is unix seconds (an integer), already a string, or null; the 1.0.0 → 2.0.0 hop
 /// converts the first and keeps the others.
-fn check_timestamp(record: &Map<String, Value>) -> Result<(), FieldError> {
-    match record.get("timestamp") {
+fn check_timestamp(record: &RawRecord<'_>) -> Result<(), FieldError> {
+    if let Some(raw) = record.raw("timestamp") {
+        if raw == "null" || raw.starts_with('"') || is_integer(raw) {
+            return Ok(());
+        }
+    }
+    match record.get("timestamp")? {
         None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(()),
         Some(other) => Err(wrong_type(
             "timestamp",
             "an integer, a string or null",
-            other,
+            &other,
         )),
     }
 }
 
+/// Whether raw JSON text is a number serde_json reads as an integer (`-0` it reads as a float).
+fn is_integer(raw: &str) -> bool {
+    raw.parse::<u64>().is_ok() || (raw.parse::<i64>().is_ok() && raw != "-0")
+}
+
+#[cfg(test)]
+mod equivalence;
+#[cfg(test)]
+mod reference;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Map};
 
     fn record(v: Value) -> Map<String, Value> {
         match v {

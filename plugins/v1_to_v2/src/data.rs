@@ -1,13 +1,18 @@
 //! Data records 1.0.0 → 2.0.0: timestamps at any depth become RFC 3339 strings, the top-level
 //! token counts move under `usage`, and `schema_version` becomes 2.
 //!
-//! The rule checks everything it could refuse before it changes anything, so a refused record
-//! is left exactly as the caller gave it (and can be quarantined as it was).
+//! A refused record is left exactly as the caller gave it (and can be quarantined as it was):
+//! the batch path drops the half-migrated raw record and keeps the input line, and a `Map`
+//! caller's record is only replaced once the rule has succeeded.
+//!
+//! The rule works on the raw record: the record's own keys are read from their raw text, and
+//! only objects and arrays that may hold a timestamp key are parsed (and walked); every other
+//! value is written out as it came in.
 
-use plugin_api::json::{
-    expect_schema_version, join, opt_u64, replace_key, type_name, walk_record_mut,
-};
+use plugin_api::json::{join, type_name};
+use plugin_api::raw::RawRecord;
 use plugin_api::{DataMigrationRule, FieldError};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -19,15 +24,24 @@ const FROM_SCHEMA: u64 = 1;
 const TO_SCHEMA: u64 = 2;
 
 impl DataMigrationRule for DataRule {
-    fn migrate_record(&self, record: &mut Map<String, Value>) -> Result<(), FieldError> {
-        expect_schema_version(record, Some(FROM_SCHEMA))?;
+    fn migrate_raw(&self, record: &mut RawRecord<'_>) -> Result<(), FieldError> {
+        record.expect_schema_version(Some(FROM_SCHEMA))?;
         let usage = usage_of(record)?;
-        walk_record_mut(record, &mut |object, path| check_timestamps(object, path))?;
-        walk_record_mut(record, &mut |object, path| convert_timestamps(object, path))?;
+        convert_top_level_timestamps(record)?;
+        record.walk_objects_if(may_hold_timestamps, &mut convert_timestamps)?;
         if let Some(usage) = usage {
             place_usage(record, usage);
         }
-        record.insert("schema_version".to_owned(), Value::from(TO_SCHEMA));
+        record.set("schema_version", Value::from(TO_SCHEMA));
+        Ok(())
+    }
+
+    /// As the trait's default (through [`migrate_raw`](Self::migrate_raw)), but a refused record
+    /// is left as the caller gave it.
+    fn migrate_record(&self, record: &mut Map<String, Value>) -> Result<(), FieldError> {
+        let mut raw = RawRecord::from_map(record.clone());
+        self.migrate_raw(&mut raw)?;
+        *record = raw.to_map()?;
         Ok(())
     }
 
@@ -43,12 +57,44 @@ fn is_timestamp_key(key: &str) -> bool {
     key == "timestamp" || key.ends_with("_at")
 }
 
-/// Refuses any timestamp that [`convert_timestamps`] could not convert, without changing it.
-fn check_timestamps(object: &mut Map<String, Value>, path: &str) -> Result<(), FieldError> {
-    for (key, value) in object.iter().filter(|(k, _)| is_timestamp_key(k)) {
-        timestamp_text(value, &join(path, key))?;
+/// Whether the JSON text of an object or array may hold a timestamp key: it mentions
+/// `"timestamp"` or a key ending in `_at`, or has escapes (a key may be written with them).
+fn may_hold_timestamps(text: &str) -> bool {
+    text.contains("_at\"") || text.contains("\"timestamp\"") || text.contains('\\')
+}
+
+/// Converts the record's own timestamps; checks them all before it changes any.
+fn convert_top_level_timestamps(record: &mut RawRecord<'_>) -> Result<(), FieldError> {
+    let mut converted = Vec::new();
+    for key in record.keys().filter(|k| is_timestamp_key(k)) {
+        if let Some(text) = top_level_timestamp(record, key)? {
+            converted.push((key.to_owned(), text));
+        }
+    }
+    for (key, text) in converted {
+        record.set(&key, Value::String(text));
     }
     Ok(())
+}
+
+/// [`timestamp_text`] of a top-level key, read from its raw text when it is a string, null or
+/// an integer with an RFC 3339 form (anything else is parsed, to be refused in the same words).
+fn top_level_timestamp(record: &RawRecord<'_>, key: &str) -> Result<Option<String>, FieldError> {
+    if let Some(raw) = record.raw(key) {
+        if raw == "null" || raw.starts_with('"') {
+            return Ok(None);
+        }
+        // serde_json reads `-0` as a float.
+        if let (Ok(seconds), false) = (raw.parse::<i64>(), raw == "-0") {
+            if let Some(text) = rfc3339(seconds) {
+                return Ok(Some(text));
+            }
+        }
+    }
+    match record.get(key)? {
+        Some(value) => timestamp_text(&value, key),
+        None => Ok(None),
+    }
 }
 
 /// Replaces integer timestamps by their RFC 3339 form; strings and nulls are left as they are.
@@ -101,12 +147,12 @@ fn out_of_range(field: &str, value: &Value) -> FieldError {
     )
 }
 
-/// The `usage` object the token counts make, `None` when the record has neither count.
-/// Refuses counts that are not non-negative integers, and a record that already has a
+/// The `usage` object the token counts make (as JSON text), `None` when the record has neither
+/// count. Refuses counts that are not non-negative integers, and a record that already has a
 /// `usage` beside the counts (merging the two could silently drop one of them).
-fn usage_of(record: &Map<String, Value>) -> Result<Option<Map<String, Value>>, FieldError> {
-    let input = opt_u64(record, "prompt_tokens")?;
-    let output = opt_u64(record, "completion_tokens")?;
+fn usage_of(record: &RawRecord<'_>) -> Result<Option<Box<RawValue>>, FieldError> {
+    let input = record.u64("prompt_tokens")?;
+    let output = record.u64("completion_tokens")?;
     if input.is_none() && output.is_none() {
         return Ok(None);
     }
@@ -117,31 +163,32 @@ fn usage_of(record: &Map<String, Value>) -> Result<Option<Map<String, Value>>, F
              remove one of them",
         ));
     }
-    let mut usage = Map::new();
-    if let Some(n) = input {
-        usage.insert("input_tokens".to_owned(), Value::from(n));
-    }
-    if let Some(n) = output {
-        usage.insert("output_tokens".to_owned(), Value::from(n));
-    }
-    Ok(Some(usage))
+    let text = match (input, output) {
+        (Some(i), Some(o)) => format!(r#"{{"input_tokens":{i},"output_tokens":{o}}}"#),
+        (Some(i), None) => format!(r#"{{"input_tokens":{i}}}"#),
+        (None, Some(o)) => format!(r#"{{"output_tokens":{o}}}"#),
+        (None, None) => return Ok(None),
+    };
+    RawValue::from_string(text)
+        .map(Some)
+        .map_err(|e| FieldError::new("usage", e.to_string()))
 }
 
 /// Puts `usage` where `prompt_tokens` was (or `completion_tokens`, when there was no
 /// `prompt_tokens`) and removes both counts.
-fn place_usage(record: &mut Map<String, Value>, usage: Map<String, Value>) {
+fn place_usage(record: &mut RawRecord<'_>, usage: Box<RawValue>) {
     let anchor = if record.contains_key("prompt_tokens") {
         "prompt_tokens"
     } else {
         "completion_tokens"
     };
-    replace_key(
-        record,
-        anchor,
-        vec![("usage".to_owned(), Value::Object(usage))],
-    );
-    replace_key(record, "completion_tokens", Vec::new());
+    record.replace_key_raw(anchor, vec![("usage".to_owned(), usage)]);
+    record.replace_key("completion_tokens", Vec::new());
 }
 
+#[cfg(test)]
+mod equivalence;
+#[cfg(test)]
+mod reference;
 #[cfg(test)]
 mod tests;

@@ -11,11 +11,15 @@
 //!   first 8 characters (characters, not bytes). This cannot be undone from the data: only a
 //!   backup brings the plaintext back.
 //! * `schema_version` must be 2 and becomes 3, keeping its position.
+//!
+//! The rule works on the raw record: the record's own keys are read from their raw text, and
+//! only objects and arrays that may hold an API key entry are parsed (and walked); every other
+//! value is written out as it came in.
 
-use plugin_api::json::{
-    expect_schema_version, join, opt_f64, opt_u64, replace_key, type_name, walk_record_mut,
-};
+use plugin_api::json::{join, opt_u64, replace_key, type_name};
+use plugin_api::raw::RawRecord;
 use plugin_api::{DataMigrationRule, FieldError};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Number, Value};
 use sha2::{Digest, Sha256};
 
@@ -28,11 +32,12 @@ const KEY_PREFIX_CHARS: usize = 8;
 pub struct MetricsAndHashedKeys;
 
 impl DataMigrationRule for MetricsAndHashedKeys {
-    fn migrate_record(&self, record: &mut Map<String, Value>) -> Result<(), FieldError> {
-        expect_schema_version(record, Some(SOURCE_SCHEMA_VERSION))?;
+    fn migrate_raw(&self, record: &mut RawRecord<'_>) -> Result<(), FieldError> {
+        record.expect_schema_version(Some(SOURCE_SCHEMA_VERSION))?;
         move_latency_into_metrics(record)?;
-        walk_record_mut(record, &mut hash_api_key)?;
-        record.insert("schema_version".to_owned(), Value::from(SCHEMA_VERSION));
+        hash_record_api_key(record)?;
+        record.walk_objects_if(may_hold_api_key, &mut hash_api_key)?;
+        record.set("schema_version", Value::from(SCHEMA_VERSION));
         Ok(())
     }
 
@@ -43,10 +48,11 @@ impl DataMigrationRule for MetricsAndHashedKeys {
     }
 }
 
-/// Replaces a top-level `latency_ms` by the `metrics` object, in its place.
-fn move_latency_into_metrics(record: &mut Map<String, Value>) -> Result<(), FieldError> {
+/// Replaces a top-level `latency_ms` by the `metrics` object, in its place. `latency_ms` goes
+/// into it as the text it was written as.
+fn move_latency_into_metrics(record: &mut RawRecord<'_>) -> Result<(), FieldError> {
     let output_tokens = output_tokens(record)?;
-    let Some(latency) = opt_f64(record, "latency_ms")? else {
+    let Some(latency) = record.f64("latency_ms")? else {
         return Ok(());
     };
     if record.contains_key("metrics") {
@@ -56,23 +62,45 @@ fn move_latency_into_metrics(record: &mut Map<String, Value>) -> Result<(), Fiel
         ));
     }
     let tokens_per_second = tokens_per_second(output_tokens, latency)?;
-    let kept_latency = record.get("latency_ms").cloned().unwrap_or(Value::Null);
-    let metrics = json!({"latency_ms": kept_latency, "tokens_per_second": tokens_per_second});
-    replace_key(record, "latency_ms", vec![("metrics".to_owned(), metrics)]);
+    match record.raw("latency_ms") {
+        Some(kept_latency) => {
+            let metrics = format!(
+                r#"{{"latency_ms":{kept_latency},"tokens_per_second":{tokens_per_second}}}"#
+            );
+            let metrics = RawValue::from_string(metrics)
+                .map_err(|e| FieldError::new("metrics", e.to_string()))?;
+            record.replace_key_raw("latency_ms", vec![("metrics".to_owned(), metrics)]);
+        }
+        // A parsed record (a `Map` caller) gets parsed values: JSON text would be parsed again
+        // for it, and serde_json does not read every float back exactly.
+        None => {
+            let kept_latency = record.get("latency_ms")?.unwrap_or(Value::Null);
+            let metrics =
+                json!({"latency_ms": kept_latency, "tokens_per_second": tokens_per_second});
+            record.replace_key("latency_ms", vec![("metrics".to_owned(), metrics)]);
+        }
+    }
     Ok(())
 }
 
 /// `usage.output_tokens`, checked: `usage` must be an object, the count a non-negative integer.
-fn output_tokens(record: &Map<String, Value>) -> Result<Option<u64>, FieldError> {
-    match record.get("usage") {
+/// An object is read as a raw record of its own (no tree).
+fn output_tokens(record: &RawRecord<'_>) -> Result<Option<u64>, FieldError> {
+    let in_usage = |mut e: FieldError| {
+        e.field = join("usage", &e.field);
+        e
+    };
+    if let Some(text) = record.raw("usage").filter(|t| t.starts_with('{')) {
+        let usage =
+            RawRecord::parse(text.as_bytes()).map_err(|e| FieldError::new("usage", e.message))?;
+        return usage.u64("output_tokens").map_err(in_usage);
+    }
+    match record.get("usage")? {
         None => Ok(None),
-        Some(Value::Object(usage)) => opt_u64(usage, "output_tokens").map_err(|mut e| {
-            e.field = join("usage", &e.field);
-            e
-        }),
+        Some(Value::Object(usage)) => opt_u64(&usage, "output_tokens").map_err(in_usage),
         Some(other) => Err(FieldError::new(
             "usage",
-            format!("expected an object, found {} `{other}`", type_name(other)),
+            format!("expected an object, found {} `{other}`", type_name(&other)),
         )),
     }
 }
@@ -96,7 +124,41 @@ fn tokens_per_second(output_tokens: Option<u64>, latency_ms: f64) -> Result<Valu
     })
 }
 
-/// Visitor for [`walk_record_mut`]: replaces the plaintext of an API key entry.
+/// Whether the JSON text of an object or array may hold an API key entry: it mentions the key
+/// `scopes`, or has escapes (a key may be written with them).
+fn may_hold_api_key(text: &str) -> bool {
+    text.contains("\"scopes\"") || text.contains('\\')
+}
+
+/// Whether `field` is present and its value is of the kind whose JSON text starts with `first`
+/// (`"` a string, `[` an array).
+fn is_kind(record: &RawRecord<'_>, field: &str, first: char) -> Result<bool, FieldError> {
+    if let Some(text) = record.raw(field) {
+        return Ok(text.starts_with(first));
+    }
+    Ok(match record.get(field)? {
+        Some(Value::String(_)) => first == '"',
+        Some(Value::Array(_)) => first == '[',
+        _ => false,
+    })
+}
+
+/// [`hash_api_key`] for the record itself, which may be an API key entry too.
+fn hash_record_api_key(record: &mut RawRecord<'_>) -> Result<(), FieldError> {
+    if !is_kind(record, "key", '"')? || !is_kind(record, "scopes", '[')? {
+        return Ok(());
+    }
+    for taken in ["key_sha256", "key_prefix"] {
+        if record.contains_key(taken) {
+            return Err(already_hashed(taken));
+        }
+    }
+    let key = record.str("key")?.unwrap_or_default();
+    record.replace_key("key", hashed_key(&key));
+    Ok(())
+}
+
+/// Visitor for [`RawRecord::walk_objects_if`]: replaces the plaintext of an API key entry.
 fn hash_api_key(object: &mut Map<String, Value>, path: &str) -> Result<(), FieldError> {
     let (Some(Value::String(key)), Some(Value::Array(_))) =
         (object.get("key"), object.get("scopes"))
@@ -105,24 +167,35 @@ fn hash_api_key(object: &mut Map<String, Value>, path: &str) -> Result<(), Field
     };
     for taken in ["key_sha256", "key_prefix"] {
         if object.contains_key(taken) {
-            return Err(FieldError::new(
-                join(path, taken),
-                "already present next to a plaintext `key`; refusing to guess which one is right",
-            ));
+            return Err(already_hashed(&join(path, taken)));
         }
     }
-    let sha256 = hex::encode(Sha256::digest(key.as_bytes()));
-    let prefix: String = key.chars().take(KEY_PREFIX_CHARS).collect();
-    replace_key(
-        object,
-        "key",
-        vec![
-            ("key_sha256".to_owned(), Value::String(sha256)),
-            ("key_prefix".to_owned(), Value::String(prefix)),
-        ],
-    );
+    let entries = hashed_key(key);
+    replace_key(object, "key", entries);
     Ok(())
 }
+
+fn already_hashed(field: &str) -> FieldError {
+    FieldError::new(
+        field,
+        "already present next to a plaintext `key`; refusing to guess which one is right",
+    )
+}
+
+/// The entries that take the place of a plaintext `key`.
+fn hashed_key(key: &str) -> Vec<(String, Value)> {
+    let sha256 = hex::encode(Sha256::digest(key.as_bytes()));
+    let prefix: String = key.chars().take(KEY_PREFIX_CHARS).collect();
+    vec![
+        ("key_sha256".to_owned(), Value::String(sha256)),
+        ("key_prefix".to_owned(), Value::String(prefix)),
+    ]
+}
+
+#[cfg(test)]
+mod equivalence;
+#[cfg(test)]
+mod reference;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Benchmark: full 0.1.0 -> 2.1.0 migration against the baselines, measured in the same run.
+
+usage: bench/run.py [--size S ...] [--work DIR] [--jq-mb N] [--out bench/results.md]
+
+For each size S (1.0 = 1 GiB of request logs + 1 GiB of safetensors weights), it generates a
+0.1.0 installation, then times on that same tree (warm page cache for all):
+  - cp -r of the tree, and cp of the data files alone;
+  - tar -I 'zstd -T0 -3' -cf of the tree, and of exactly the files `migrate` backs up;
+  - jq -c running the three data hops as one program (bench/hops.jq) on the request log
+    (on the first --jq-mb MB when given, scaled linearly: jq is ~100x slower than migrate);
+  - migrate version --to 2.1.0 with its backup (release build), with peak RSS.
+It prints and writes to --out: throughput, peak RSS and the ratios the targets are stated in.
+"""
+import argparse, json, os, platform, shutil, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIGRATE = os.path.join(ROOT, "target/release/migrate")
+GIB = 1 << 30
+
+
+def run(cmd, **kw):
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, **kw)
+    return time.perf_counter() - t
+
+
+def timed_rss(cmd):
+    """Wall seconds and peak RSS (bytes) of a command, via GNU time."""
+    t = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, check=True, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t
+    rss_kb = int(p.stderr.strip().splitlines()[-1])
+    return wall, rss_kb * 1024
+
+
+def du(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) // 1024 // 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    return f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def bench_size(size, work, jq_mb):
+    src = os.path.join(work, f"src-{size}")
+    shutil.rmtree(src, ignore_errors=True)
+    run([sys.executable, os.path.join(ROOT, "bench/gen_install.py"), src,
+         "--log-bytes", str(int(size * GIB)), "--weight-bytes", str(int(size * GIB))], stdout=subprocess.DEVNULL)
+    log = os.path.join(src, "data/requests.jsonl")
+    r = {"size": size, "tree_bytes": du(src), "data_bytes": du(os.path.join(src, "data"))}
+    scratch = os.path.join(work, "scratch")
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    r["cp_tree_s"] = run(["cp", "-r", src, scratch])
+    shutil.rmtree(scratch)
+    os.makedirs(scratch)
+    r["cp_data_s"] = run(["cp", "-r", os.path.join(src, "data"), scratch])
+    shutil.rmtree(scratch)
+
+    tarball = os.path.join(work, "tree.tar.zst")
+    r["tar_tree_s"] = run(["tar", "-I", "zstd -T0 -3", "-cf", tarball, "-C", src, "."])
+    r["tar_tree_bytes"] = os.path.getsize(tarball)
+    r["tar_backupset_s"] = run(["tar", "-I", "zstd -T0 -3", "-cf", tarball, "-C", src, "config/server.toml", "data"])
+    r["tar_backupset_bytes"] = os.path.getsize(tarball)
+    os.remove(tarball)
+
+    jq_in = log
+    if jq_mb:
+        jq_in = os.path.join(work, "jq-sample.jsonl")
+        with open(log, "rb") as f, open(jq_in, "wb") as g:
+            g.write(f.read(jq_mb << 20).rsplit(b"\n", 1)[0] + b"\n")
+    jq_out = os.path.join(work, "jq-out.jsonl")
+    with open(jq_out, "wb") as out:
+        jq_s = run(["jq", "-c", "-f", os.path.join(ROOT, "bench/hops.jq"), jq_in], stdout=out)
+    r["jq_s"] = jq_s * os.path.getsize(log) / os.path.getsize(jq_in)
+    r["jq_sampled"] = jq_in != log
+
+    inst = os.path.join(work, "install")
+    shutil.rmtree(inst, ignore_errors=True)
+    subprocess.run(["cp", "-a", src, inst], check=True)
+    report = os.path.join(work, "report.json")
+    wall, rss = timed_rss([MIGRATE, "--quiet", "version", "--path", inst, "--to", "2.1.0", "--report", report])
+    rep = json.load(open(report))
+    steps = {s["name"]: s for s in rep["steps"]}
+    r.update(migrate_s=wall, peak_rss=rss, data_s=steps["data"]["duration_ms"] / 1000,
+             backup_s=steps["backup"]["duration_ms"] / 1000, models_s=steps["models"]["duration_ms"] / 1000,
+             records=steps["data"]["records"])
+    backups = os.path.join(inst, "backups")
+    r["backup_bytes"] = du(backups)
+    r["same_as_jq"] = same_records(jq_out, os.path.join(inst, "data/requests.jsonl"))
+    shutil.rmtree(inst)
+    shutil.rmtree(src)
+    return r
+
+
+def same_records(jq_out, ours, limit=200_000):
+    """Compares the first `limit` records as JSON values (jq prints 5 where serde prints 5.0)."""
+    with open(jq_out) as a, open(ours) as b:
+        for i, (x, y) in enumerate(zip(a, b)):
+            if i >= limit:
+                break
+            if json.loads(x) != json.loads(y):
+                return f"differs at line {i + 1}"
+    return "yes"
+
+
+def table(results):
+    mb = lambda b, s: b / s / 1e6 if s else 0
+    lines = ["| size | data MB/s | data vs jq | data vs cp | backup vs tar+zstd (same files) | backup size vs tar | whole vs (tar tree + cp data) | peak RSS |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append("| {s}× ({t:.2f} GiB) | {mbs:.0f} | {jq:.1f}× faster | {cp:.2f}× | {bk:.2f}× | {bks:.2f}× | {whole:.2f}× | {rss:.0f} MiB |".format(
+            s=r["size"], t=r["tree_bytes"] / GIB, mbs=mb(r["data_bytes"], r["data_s"]), jq=r["jq_s"] / r["data_s"],
+            cp=r["data_s"] / r["cp_data_s"], bk=r["backup_s"] / r["tar_backupset_s"], bks=r["backup_bytes"] / r["tar_backupset_bytes"],
+            whole=r["migrate_s"] / (r["tar_tree_s"] + r["cp_data_s"]), rss=r["peak_rss"] / (1 << 20)))
+    return "\n".join(lines)
+
+
+def main():
+    a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--size", type=float, action="append", help="1.0 = 1 GiB logs + 1 GiB weights (repeatable)")
+    a.add_argument("--work", default=os.path.join(ROOT, "target/bench"))
+    a.add_argument("--jq-mb", type=int, default=0, help="run jq on the first N MB only and scale")
+    a.add_argument("--out", default=os.path.join(ROOT, "bench/results.md"))
+    args = a.parse_args()
+    sizes = args.size or [1.0]
+    if not os.path.exists(MIGRATE):
+        sys.exit("build first: cargo build --workspace --release")
+    os.makedirs(args.work, exist_ok=True)
+    results = []
+    for s in sizes:
+        r = bench_size(s, args.work, args.jq_mb)
+        print(json.dumps(r), flush=True)
+        results.append(r)
+    text = "\n".join([
+        "# Benchmark results", "",
+        f"Machine: {machine()}. Generated by `bench/run.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')}.",
+        "Warm page cache for every command. Ratios are time(migrate part) / time(baseline) unless marked 'faster'.", "",
+        table(results), "",
+        "Raw figures (seconds, bytes):", "", "```", *[json.dumps(r) for r in results], "```", ""])
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
