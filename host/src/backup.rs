@@ -187,13 +187,39 @@ pub fn read_metadata(backup: &Path) -> Result<BackupMetadata> {
             "pass the folder of a backup (it holds metadata.json and backup.tar.zst)",
         )
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let meta: BackupMetadata = serde_json::from_slice(&bytes).map_err(|e| {
         MigrateError::invalid(
             &path,
             format!("not valid backup metadata ({e})"),
             "the backup is damaged; use another one",
         )
-    })
+    })?;
+    check_metadata_paths(&meta).map_err(|why| {
+        MigrateError::invalid(
+            &path,
+            why,
+            "the backup is damaged or malicious; nothing was changed; use another backup",
+        )
+    })?;
+    Ok(meta)
+}
+
+/// Every path a backup names — archived, created, or folder — must stay inside the
+/// installation, like the archive's own entries.
+fn check_metadata_paths(meta: &BackupMetadata) -> std::result::Result<(), String> {
+    let listed = meta.files.iter().map(|f| f.path.as_str());
+    for p in listed
+        .chain(meta.created_files.iter().map(String::as_str))
+        .chain(meta.created_dirs.iter().map(String::as_str))
+    {
+        let clean = check_relative(Path::new(p)).map_err(|e| format!("metadata.json: {e}"))?;
+        if clean != p {
+            return Err(format!(
+                "metadata.json: path `{p}` is not in normal form: refused"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks every entry of the archive against the metadata; nothing is written.

@@ -215,17 +215,19 @@ pub enum BackupsCommand {
 pub enum PluginsCommand {
     /// Every plugin file found: name, hop, rules, ABI, file, status.
     List,
-    /// Write DIR/plugins.lock with the sha256 of each plugin in DIR; from then on a plugin
-    /// there that is not listed, or whose hash differs, is refused. Default: every folder of
-    /// the search path that holds plugins.
+    /// Pin the sha256 of each plugin of a folder in its plugins.lock.
+    ///
+    /// From then on a plugin in that folder that is not listed, or whose hash differs, is
+    /// refused before it is loaded. Run it again after installing or upgrading a plugin.
     Pin {
+        /// Plugin folders [default: every folder of the search path that holds plugins].
         #[arg(value_name = "DIR")]
         dirs: Vec<PathBuf>,
     },
-    /// Check plugins against their folder's plugins.lock, and their permissions, without
-    /// loading anything; exits 6 on any mismatch. Default: every folder of the search path
-    /// that holds plugins or a lock.
+    /// Check plugins against plugins.lock and their permissions, loading nothing; exit 6 on
+    /// any problem.
     Verify {
+        /// Plugin folders [default: every folder of the search path with plugins or a lock].
         #[arg(value_name = "DIR")]
         dirs: Vec<PathBuf>,
     },
@@ -378,22 +380,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Every command on an installation first rolls back a migration that was interrupted, and
-/// says so; a command that finds nothing to do writes nothing.
+/// Every command on an installation first rolls back a migration that was interrupted.
 fn recover_if_interrupted(root: &Path) -> anyhow::Result<()> {
-    let tool_dir = root.join(crate::install::TOOL_DIR);
-    if !tool_dir.join(crate::journal::JOURNAL_FILE).exists() {
-        return Ok(());
-    }
-    let _lock = crate::lock::InstallLock::acquire(&tool_dir)?;
-    if let Some(crate::journal::Recovery::RolledBack { from, to }) =
-        crate::journal::recover(root, &tool_dir, false)?
-    {
-        eprintln!(
-            "note: an interrupted migration {from} → {to} was found in {} and rolled back",
-            root.display()
-        );
-    }
+    crate::journal::recover_if_interrupted(root)?;
     Ok(())
 }
 

@@ -14,9 +14,11 @@ use crate::journal::{self, Action, Modes, Recovery, Transaction};
 use crate::lock::InstallLock;
 use crate::plan::Plan;
 use crate::progress::{Counters, Progress};
+use crate::registry::LoadedHop;
 use crate::report::{MigrationResult, OverallStatus, StepResult, StepStatus};
 use crate::settings::Dtype;
 use crate::staging::Staging;
+use plugin_api::ffi::CallError;
 
 /// Whether the staged result is committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +130,7 @@ fn run_steps(
             record_start(&audit, plan);
             *audit_slot = Some(audit);
         }
-        Mode::DryRun => refuse_if_interrupted(plan)?,
+        Mode::DryRun => refuse_if_interrupted(&plan.target)?,
     }
     let audit = audit_slot.clone();
     let budget = Budget::new(plan.options.timeout);
@@ -205,12 +207,12 @@ impl Budget {
 }
 
 /// A dry run writes nothing, so it cannot recover an interrupted migration: it says so.
-fn refuse_if_interrupted(plan: &Plan) -> Result<()> {
-    if plan.target.tool_dir().join(journal::JOURNAL_FILE).exists() {
+pub fn refuse_if_interrupted(target: &crate::plan::Target) -> Result<()> {
+    if target.tool_dir().join(journal::JOURNAL_FILE).exists() {
         return Err(MigrateError::Usage(format!(
             "{} holds an interrupted migration\n  next step: run `migrate recover --path {}` first (a dry run writes nothing, so it does not recover)",
-            plan.target.root.display(),
-            plan.target.root.display()
+            target.root.display(),
+            target.root.display()
         )));
     }
     Ok(())
@@ -307,16 +309,10 @@ fn migrate_config(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<
     // The same warning from several hops (an unknown key each hop keeps) is shown once.
     let mut warnings: Vec<(String, Vec<String>)> = Vec::new();
     for hop in plan.hops.iter().filter(|h| h.descriptor.rules.config) {
-        let outcome = hop.client.migrate_config(&content).map_err(|e| {
-            MigrateError::invalid(
-                &path,
-                format!(
-                    "{e} (hop {} → {}, plugin {})",
-                    hop.from, hop.to, hop.descriptor.name
-                ),
-                "nothing was changed; fix the file and run the migration again",
-            )
-        })?;
+        let outcome = hop
+            .client
+            .migrate_config(&content)
+            .map_err(|e| rule_failure(hop, &path, e, "fix the file and run the migration again"))?;
         for w in outcome.warnings {
             let label = format!("{} → {}", hop.from, hop.to);
             match warnings.iter_mut().find(|(text, _)| *text == w) {
@@ -401,10 +397,11 @@ fn migrate_models(
         };
         for hop in plan.hops.iter().filter(|h| h.descriptor.rules.model) {
             let outcome = hop.client.migrate_model(&folder, &options).map_err(|e| {
-                MigrateError::invalid(
+                rule_failure(
+                    hop,
                     &folder.source,
-                    format!("{e} (hop {} → {}, plugin {})", hop.from, hop.to, hop.descriptor.name),
-                    "nothing was changed; fix or remove the model folder and run the migration again",
+                    e,
+                    "fix or remove the model folder and run the migration again",
                 )
             })?;
             s.warnings.extend(
@@ -442,6 +439,25 @@ fn prepare(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<Transact
     )?;
     s.files = txn.entries().len() as u64;
     Ok(txn)
+}
+
+/// A rule that refused its input is the operator's to fix (exit 3); a rule that panicked or
+/// answered nonsense is the plugin author's (exit 6).
+fn rule_failure(hop: &LoadedHop, path: &std::path::Path, e: CallError, fix: &str) -> MigrateError {
+    let at = format!(
+        "hop {} → {}, plugin {}",
+        hop.from, hop.to, hop.descriptor.name
+    );
+    match e {
+        CallError::Rule(r) if !r.panicked => {
+            MigrateError::invalid(path, format!("{r} ({at})"), format!("nothing was changed; {fix}"))
+        }
+        other => MigrateError::Plugin(format!(
+            "{}: {other} ({at})\n  plugin file: {}\n  next step: nothing was changed; report this to the plugin's author",
+            path.display(),
+            hop.path.display()
+        )),
+    }
 }
 
 /// Bytes of the files the swap replaces or removes: what a backup must hold.

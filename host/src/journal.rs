@@ -54,6 +54,9 @@ pub enum Modes {
 pub enum Phase {
     /// Staging is complete and originals are kept; the swap may be in progress.
     Prepared,
+    /// A rollback has started: from here the only way is back (originals already moved back
+    /// cannot be re-swapped forward).
+    RollingBack,
     /// Every file is in place; only clean-up remains.
     Committed,
 }
@@ -209,7 +212,7 @@ pub fn recover(root: &Path, tool_dir: &Path, forward: bool) -> Result<Option<Rec
             if journal.phase == Phase::Committed {
                 cleanup(root, tool_dir, &journal)?;
                 Some(Recovery::Finished { from, to })
-            } else if forward {
+            } else if forward && journal.phase == Phase::Prepared {
                 swap_forward(root, &journal)?;
                 let mut done = journal;
                 done.phase = Phase::Committed;
@@ -231,6 +234,29 @@ pub fn recover(root: &Path, tool_dir: &Path, forward: bool) -> Result<Option<Rec
     };
     let cleaned = remove_leftovers(tool_dir)?;
     Ok(outcome.or(cleaned.then_some(Recovery::Cleaned)))
+}
+
+/// Rolls back an interrupted migration of `root`, if there is one, under the installation's
+/// lock; says so on stderr and in the audit trail. Every command that touches or reads an
+/// installation calls this first.
+pub fn recover_if_interrupted(root: &Path) -> Result<Option<Recovery>> {
+    let tool_dir = root.join(crate::install::TOOL_DIR);
+    if !tool_dir.join(JOURNAL_FILE).exists() {
+        return Ok(None);
+    }
+    let _lock = crate::lock::InstallLock::acquire(&tool_dir)?;
+    let outcome = recover(root, &tool_dir, false)?;
+    if let Some(r) = &outcome {
+        crate::audit::Audit::new(root)
+            .record("recovery", serde_json::json!({"outcome": format!("{r:?}")}));
+        if let Recovery::RolledBack { from, to } = r {
+            eprintln!(
+                "note: an interrupted migration {from} → {to} was found in {} and rolled back",
+                root.display()
+            );
+        }
+    }
+    Ok(outcome)
 }
 
 fn swap_forward(root: &Path, journal: &Journal) -> Result<()> {
@@ -267,6 +293,11 @@ fn swap_forward(root: &Path, journal: &Journal) -> Result<()> {
 }
 
 fn roll_back(root: &Path, tool_dir: &Path, journal: &Journal) -> Result<()> {
+    if journal.phase != Phase::RollingBack {
+        let mut marked = journal.clone();
+        marked.phase = Phase::RollingBack;
+        write_journal(tool_dir, &marked)?;
+    }
     let staging = root.join(&journal.staging);
     let originals = root.join(&journal.originals);
     for e in journal.entries.iter().rev() {

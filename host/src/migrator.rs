@@ -126,6 +126,13 @@ impl VersionMigrator {
 
     /// Runs `target` in `mode` on a blocking thread: hops are synchronous FFI calls.
     pub async fn execute(&self, target: Target, mode: Mode) -> Result<MigrationResult> {
+        // Before planning: version detection must see the installation, not a half swap.
+        match mode {
+            Mode::Commit => {
+                crate::journal::recover_if_interrupted(&target.root)?;
+            }
+            Mode::DryRun => crate::execute::refuse_if_interrupted(&target)?,
+        }
         let plan = self.plan(target)?;
         let progress = self.progress.clone();
         tokio::task::spawn_blocking(move || execute(&plan, mode, &progress))

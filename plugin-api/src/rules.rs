@@ -111,8 +111,9 @@ pub trait ConfigMigrationRule: Send + Sync {
 /// [`migrate_raw`](Self::migrate_raw) for speed (values the rule does not touch are then never
 /// parsed); each has a default in terms of the other, so implement at least one.
 pub trait DataMigrationRule: Send + Sync {
+    /// A refused record is left as the caller gave it.
     fn migrate_record(&self, record: &mut Map<String, Value>) -> Result<(), FieldError> {
-        let mut raw = crate::raw::RawRecord::from_map(std::mem::take(record));
+        let mut raw = crate::raw::RawRecord::from_map(record.clone());
         self.migrate_raw(&mut raw)?;
         *record = raw.to_map()?;
         Ok(())

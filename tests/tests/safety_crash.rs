@@ -482,6 +482,10 @@ fn bug_recover_forward_after_an_interrupted_rollback_gives_a_consistent_tree() {
         kills += 2;
         let out = recover(root, true, None);
         let tree = tree_hash(root);
+        let left = leftovers(root);
+        if !left.is_empty() {
+            mixed.push(format!("{ctx}: leftovers {left:?}"));
+        }
         if tree != r.original && tree != r.migrated {
             let changed: Vec<&String> = tree
                 .iter()
@@ -513,19 +517,16 @@ struct Migrated {
     backup_rel: PathBuf,
 }
 
-fn migrated_template() -> &'static Migrated {
-    static T: OnceLock<Migrated> = OnceLock::new();
-    T.get_or_init(|| {
-        let dir = sample_install();
-        ok(&migrate_version(dir.path(), &[], None));
-        let backups: Vec<PathBuf> = std::fs::read_dir(dir.path().join("backups"))
-            .expect("backups/")
-            .map(|e| e.expect("entry").path())
-            .collect();
-        assert_eq!(backups.len(), 1, "{backups:?}");
-        let backup_rel = backups[0].strip_prefix(dir.path()).unwrap().to_path_buf();
-        Migrated { dir, backup_rel }
-    })
+fn migrated_template() -> Migrated {
+    let dir = sample_install();
+    ok(&migrate_version(dir.path(), &[], None));
+    let backups: Vec<PathBuf> = std::fs::read_dir(dir.path().join("backups"))
+        .expect("backups/")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let backup_rel = backups[0].strip_prefix(dir.path()).unwrap().to_path_buf();
+    Migrated { dir, backup_rel }
 }
 
 /// Kills `migrate rollback --backup-path` (a restore) at each of its journal points, then
@@ -534,7 +535,7 @@ fn migrated_template() -> &'static Migrated {
 #[test]
 fn kill_during_a_restore_from_backup() {
     let r = refs();
-    let t = migrated_template();
+    let t = &migrated_template();
     let mut kills = 0;
     for forward in [false, true] {
         let mut fixed: Vec<String> = vec!["prepared:1".into()];

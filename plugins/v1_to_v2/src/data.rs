@@ -36,15 +36,6 @@ impl DataMigrationRule for DataRule {
         Ok(())
     }
 
-    /// As the trait's default (through [`migrate_raw`](Self::migrate_raw)), but a refused record
-    /// is left as the caller gave it.
-    fn migrate_record(&self, record: &mut Map<String, Value>) -> Result<(), FieldError> {
-        let mut raw = RawRecord::from_map(record.clone());
-        self.migrate_raw(&mut raw)?;
-        *record = raw.to_map()?;
-        Ok(())
-    }
-
     fn description(&self) -> String {
         "timestamps → RFC 3339 UTC strings; prompt_tokens/completion_tokens → usage; \
          schema_version 1 → 2"

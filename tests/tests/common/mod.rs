@@ -53,7 +53,11 @@ pub fn plugin_dir() -> tempfile::TempDir {
     ensure_built();
     let dir = tempfile::tempdir().expect("tempdir");
     for p in PLUGINS {
-        std::fs::copy(target_dir().join(p), dir.path().join(p)).expect("copy plugin");
+        let dest = dir.path().join(p);
+        std::fs::copy(target_dir().join(p), &dest).expect("copy plugin");
+        // Whatever the umask: migrate refuses group- or world-writable plugins.
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod plugin");
     }
     dir
 }
