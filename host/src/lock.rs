@@ -30,12 +30,11 @@ impl InstallLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
+                let holder = read_holder(&mut file);
                 return Err(MigrateError::Locked(format!(
                     "{} is being migrated by another migrate process (PID {})\n  next step: wait for it to finish; the lock is released automatically when that process ends",
                     tool_dir.parent().unwrap_or(tool_dir).display(),
-                    holder.trim()
+                    holder
                 )));
             }
             Err(TryLockError::Error(e)) => {
@@ -52,6 +51,21 @@ impl InstallLock {
             .and_then(|_| file.write_all(pid.as_bytes()));
         Ok(InstallLock { file })
     }
+}
+
+/// The holder writes its PID just after taking the lock: give it a moment to do so.
+fn read_holder(file: &mut File) -> String {
+    for _ in 0..20 {
+        let mut holder = String::new();
+        let _ = file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| file.read_to_string(&mut holder));
+        if !holder.trim().is_empty() {
+            return holder.trim().to_owned();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    "unknown".to_owned()
 }
 
 impl Drop for InstallLock {

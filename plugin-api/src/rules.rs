@@ -221,7 +221,11 @@ pub fn split_records(batch: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Parses one record, applies the rule and appends the result plus `\n` to `out`.
-fn migrate_line_into(rule: &dyn DataMigrationRule, line: &[u8], out: &mut Vec<u8>) -> Result<(), RuleError> {
+fn migrate_line_into(
+    rule: &dyn DataMigrationRule,
+    line: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), RuleError> {
     let mut record = crate::raw::RawRecord::parse(line)?;
     rule.migrate_raw(&mut record)?;
     record.write(out)?;

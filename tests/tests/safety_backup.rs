@@ -713,7 +713,8 @@ fn crafted_malicious_backups_are_refused_and_nothing_is_written() {
     );
 }
 
-/// BUG (host/src/restore.rs, `restore`; host/src/backup.rs, `read_metadata`): the paths in
+/// BUG (found on commit 8637706; this test failed there) — host/src/restore.rs, `restore`;
+/// host/src/backup.rs, `read_metadata`: the paths in
 /// `created_files` and `created_dirs` of a backup's metadata.json are trusted as they are.
 /// `restore` does `root.join(rel)` for each of them, so `../x` or an absolute path names a file
 /// OUTSIDE the installation; it is put in the restore journal as a `Remove` entry and deleted
@@ -724,7 +725,7 @@ fn crafted_malicious_backups_are_refused_and_nothing_is_written() {
 /// created_files, created_dirs) is checked like the archive entries (relative, no `..`, no
 /// root) and a backup with one that is not is refused before anything changes.
 #[test]
-fn bug_backup_metadata_paths_cannot_reach_outside_the_installation() {
+fn regression_backup_metadata_paths_cannot_reach_outside_the_installation() {
     let scene = Scene::new();
     let base = scene.base.path().to_path_buf();
     std::fs::create_dir_all(base.join("victims/empty-dir")).expect("mkdir");
@@ -770,7 +771,7 @@ fn bug_backup_metadata_paths_cannot_reach_outside_the_installation() {
     }
     assert!(
         damage.is_empty() && !rollback.status.success(),
-        "HOST BUG: a backup whose metadata.json lists paths outside the installation in \
+        "regression: a backup whose metadata.json lists paths outside the installation in \
          created_files / created_dirs reached outside:\n  {}\n  backups verify: exit {:?} {}\n  rollback: exit {:?} {}",
         damage.join("\n  "),
         verify.status.code(),

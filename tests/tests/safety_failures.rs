@@ -601,7 +601,8 @@ fn incompressible_backup_on_a_full_disk() -> Option<BackupFailure> {
     })
 }
 
-/// BUG (host/src/backup.rs, `create`): when writing the archive fails (here ENOSPC), the
+/// BUG (found on commit 8637706; this test fails there) — host/src/backup.rs, `create`: when
+/// writing the archive fails (here ENOSPC), the
 /// `<kind>_backup_<ts>.partial/` folder with the partial archive is left behind. The migration
 /// itself is rolled back correctly, but the half-written archive keeps the space it took on the
 /// (full) backup filesystem — by default `<root>/backups/`, inside the installation — and
@@ -609,7 +610,7 @@ fn incompressible_backup_on_a_full_disk() -> Option<BackupFailure> {
 /// removes a `.partial` of the same second. Expected: `create` removes its `.partial` folder
 /// when it fails.
 #[test]
-fn bug_a_failed_backup_leaves_no_partial_folder() {
+fn regression_a_failed_backup_leaves_no_partial_folder() {
     let Some(case) = incompressible_backup_on_a_full_disk() else {
         return;
     };
@@ -621,6 +622,6 @@ fn bug_a_failed_backup_leaves_no_partial_folder() {
         .collect();
     assert!(
         partial.is_empty(),
-        "HOST BUG: the failed backup left {partial:?} in the backup folder"
+        "regression: the failed backup left {partial:?} in the backup folder"
     );
 }
