@@ -277,6 +277,7 @@ fn run_step(
 ) -> Result<()> {
     let started = Instant::now();
     let mut s = StepResult::new(name);
+    tracing::info!(step = name, bytes, "step started");
     progress.start(name, bytes);
     let outcome = body(&mut s);
     progress.finish(outcome.is_ok());
