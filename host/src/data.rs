@@ -83,7 +83,7 @@ impl DataRun<'_> {
         let write_err =
             |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
         let out = BufWriter::with_capacity(1 << 20, File::create(&dst_path).map_err(write_err)?);
-        let mut quarantine = Quarantine::new(self, root, file);
+        let mut quarantine = Quarantine::new(self, root, file, staging);
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 8);
@@ -118,7 +118,7 @@ impl DataRun<'_> {
         })?;
         let f = out.into_inner().map_err(|e| write_err(e.into_error()))?;
         f.sync_all().map_err(write_err)?;
-        quarantine.finish(staging)?;
+        quarantine.finish()?;
         Ok(stats)
     }
 
@@ -318,7 +318,7 @@ impl DataRun<'_> {
             bytes_in: text.len() as u64,
             ..FileStats::default()
         };
-        let mut quarantine = Quarantine::new(self, root, file);
+        let mut quarantine = Quarantine::new(self, root, file, staging);
         let doc: Value = match serde_json::from_slice(&text) {
             Ok(v) => v,
             Err(e) => {
@@ -330,7 +330,7 @@ impl DataRun<'_> {
                 };
                 self.handle_refusals(vec![refusal], file, &mut quarantine, &mut stats)?;
                 staging.remove_at_commit(&file.rel);
-                quarantine.finish(staging)?;
+                quarantine.finish()?;
                 return Ok(stats);
             }
         };
@@ -351,7 +351,7 @@ impl DataRun<'_> {
         stats.records = (records.len() - refusals.len()) as u64;
         let all_refused = !is_array && !refusals.is_empty();
         self.handle_refusals(refusals, file, &mut quarantine, &mut stats)?;
-        quarantine.finish(staging)?;
+        quarantine.finish()?;
         if all_refused {
             staging.remove_at_commit(&file.rel);
             return Ok(stats);
@@ -477,11 +477,13 @@ impl Batch {
 struct Quarantine {
     rel: String,
     existing: std::path::PathBuf,
-    entries: Vec<u8>,
+    staged: std::path::PathBuf,
+    /// Opened on the first refused record, so a clean file creates nothing.
+    out: Option<BufWriter<File>>,
 }
 
 impl Quarantine {
-    fn new(run: &DataRun, root: &Path, file: &DataFile) -> Quarantine {
+    fn new(run: &DataRun, root: &Path, file: &DataFile, staging: &Staging) -> Quarantine {
         let inside = file
             .rel
             .strip_prefix(&format!("{}/", run.data_rel))
@@ -489,11 +491,13 @@ impl Quarantine {
         let rel = format!("{}/{QUARANTINE}/{inside}.rejected.jsonl", run.data_rel);
         Quarantine {
             existing: root.join(&rel),
+            staged: staging.dir().join(&rel),
             rel,
-            entries: Vec::new(),
+            out: None,
         }
     }
 
+    /// Entries are streamed to the staged file: memory stays bounded however many are refused.
     fn add(&mut self, r: &Refusal) -> Result<()> {
         let entry = serde_json::json!({
             "line": r.place,
@@ -501,18 +505,40 @@ impl Quarantine {
             "error": r.error.to_string(),
             "record": String::from_utf8_lossy(&r.raw),
         });
-        serde_json::to_writer(&mut self.entries, &entry)
-            .map_err(|e| MigrateError::io("cannot encode a quarantine entry", e.into()))?;
-        self.entries.push(b'\n');
-        Ok(())
+        let err = |e: std::io::Error| {
+            MigrateError::io(format!("cannot write the quarantine {}", self.rel), e)
+        };
+        let out = match &mut self.out {
+            Some(out) => out,
+            None => self
+                .out
+                .insert(open_quarantine(&self.existing, &self.staged).map_err(err)?),
+        };
+        serde_json::to_writer(&mut *out, &entry).map_err(|e| err(e.into()))?;
+        out.write_all(b"\n").map_err(err)
     }
 
-    fn finish(self, staging: &Staging) -> Result<()> {
-        if self.entries.is_empty() {
-            return Ok(());
-        }
-        let mut content = std::fs::read(&self.existing).unwrap_or_default();
-        content.extend_from_slice(&self.entries);
-        staging.write(&self.rel, &content)
+    fn finish(self) -> Result<()> {
+        let Some(out) = self.out else { return Ok(()) };
+        let err = |e: std::io::Error| {
+            MigrateError::io(format!("cannot write the quarantine {}", self.rel), e)
+        };
+        let file = out.into_inner().map_err(|e| err(e.into_error()))?;
+        file.sync_all().map_err(err)
     }
+}
+
+/// The staged quarantine file, starting with the entries earlier runs left (they are kept).
+fn open_quarantine(existing: &Path, staged: &Path) -> std::io::Result<BufWriter<File>> {
+    if let Some(parent) = staged.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if existing.is_file() {
+        std::fs::copy(existing, staged)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(staged)?;
+    Ok(BufWriter::new(file))
 }

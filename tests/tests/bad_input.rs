@@ -197,3 +197,44 @@ fn a_bad_record_deep_in_a_large_file_stops_the_run_promptly() {
     );
     assert_eq!(tree_hash(root), before);
 }
+
+/// A later run adds to the quarantine file an earlier run left: nothing set aside is lost.
+#[test]
+fn quarantine_keeps_what_earlier_runs_set_aside() {
+    let install = sample_install();
+    let root = install.path();
+    let data = root.join("data");
+    let data = data.to_str().unwrap();
+    let mut content = read(root, "data/requests.jsonl");
+    content.push_str("{\"id\": first-bad\n");
+    write(root, "data/requests.jsonl", &content);
+    ok(&migrate(&[
+        "data",
+        "--data-path",
+        data,
+        "--from",
+        "0.1.0",
+        "--to",
+        "1.0.0",
+        "--on-invalid",
+        "quarantine",
+    ]));
+    let mut content = read(root, "data/requests.jsonl");
+    content.push_str("{\"id\": second-bad\n");
+    write(root, "data/requests.jsonl", &content);
+    ok(&migrate(&[
+        "data",
+        "--data-path",
+        data,
+        "--from",
+        "1.0.0",
+        "--to",
+        "2.0.0",
+        "--on-invalid",
+        "quarantine",
+    ]));
+    let q = jsonl(root, "data/.quarantine/requests.jsonl.rejected.jsonl");
+    let records: Vec<&str> = q.iter().map(|e| e["record"].as_str().unwrap()).collect();
+    assert_eq!(records, ["{\"id\": first-bad", "{\"id\": second-bad"]);
+    assert_eq!(jsonl(root, "data/requests.jsonl").len(), 200);
+}
