@@ -506,12 +506,12 @@ pub fn user_name() -> String {
         .ok()
         .filter(|u| !u.is_empty())
         .or_else(passwd_name)
-        .unwrap_or_else(|| format!("uid {}", current_uid()))
+        .unwrap_or_else(|| format!("uid {}", crate::trust::current_uid()))
 }
 
 /// The name `/etc/passwd` gives this process's uid.
 fn passwd_name() -> Option<String> {
-    let uid = current_uid();
+    let uid = crate::trust::current_uid().to_string();
     let passwd = fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let mut f = l.split(':');
@@ -526,12 +526,6 @@ pub fn host_name() -> String {
         .map(|h| h.trim().to_owned())
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "unknown".into())
-}
-
-fn current_uid() -> String {
-    fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m).to_string())
-        .unwrap_or_else(|_| "?".into())
 }
 
 /// Counts and hashes what passes through.
