@@ -22,18 +22,6 @@ impl VersionGraph {
         &self.hops
     }
 
-    /// Every release some hop starts or ends at, ascending.
-    pub fn versions(&self) -> Vec<Version> {
-        let mut v: Vec<Version> = self
-            .hops
-            .iter()
-            .flat_map(|h| [h.from.clone(), h.to.clone()])
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    }
-
     /// The path with the fewest hops from `from` to `to`. Empty when `from == to`.
     pub fn path(&self, from: &Version, to: &Version) -> Result<Vec<LoadedHop>> {
         let edges: Vec<(Version, Version)> = self
@@ -48,15 +36,19 @@ impl VersionGraph {
     }
 
     fn no_path(&self, from: &Version, to: &Version) -> MigrateError {
-        let known: Vec<String> = self.versions().iter().map(Version::to_string).collect();
+        let hops: Vec<String> = self
+            .hops
+            .iter()
+            .map(|h| format!("{} → {}", h.from, h.to))
+            .collect();
         let reason = if to < from {
             "the target is older than the source; going back is a rollback from a backup".to_owned()
-        } else if known.is_empty() {
+        } else if hops.is_empty() {
             "no hop plugins were loaded".to_owned()
         } else {
             format!(
-                "the loaded hops connect only these releases: {}",
-                known.join(", ")
+                "no chain of loaded hops leads there; loaded hops: {}",
+                hops.join(", ")
             )
         };
         let hint = if to < from {

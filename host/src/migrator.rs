@@ -22,7 +22,7 @@ use crate::graph::VersionGraph;
 use crate::install::Installation;
 use crate::plan::{self, Options, Plan, PlannedHop, Target};
 use crate::progress::Progress;
-use crate::registry::{Discovery, LoadedHop, Registry};
+use crate::registry::{Discovery, LoadedHop, Registry, Status};
 use crate::report::MigrationResult;
 
 /// What `migrate info` shows.
@@ -152,7 +152,43 @@ impl VersionMigrator {
     }
 
     fn path(&self, from: &Version) -> Result<Vec<LoadedHop>> {
-        VersionGraph::new(self.registry.active_hops()).path(from, &self.to)
+        VersionGraph::new(self.registry.active_hops())
+            .path(from, &self.to)
+            .map_err(|e| match e {
+                MigrateError::NoPath {
+                    from,
+                    to,
+                    reason,
+                    hint,
+                } => MigrateError::NoPath {
+                    from,
+                    to,
+                    reason: reason + &self.unusable_plugins(),
+                    hint,
+                },
+                other => other,
+            })
+    }
+
+    /// The plugin files that were found but not used, with why: often the missing hop.
+    fn unusable_plugins(&self) -> String {
+        let lines: Vec<String> = self
+            .registry
+            .entries
+            .iter()
+            .filter_map(|e| match &e.status {
+                Status::Invalid { reason } | Status::Refused { reason } => Some(format!(
+                    "\n    {} was not loaded: {reason}",
+                    e.path.display()
+                )),
+                _ => None,
+            })
+            .collect();
+        if lines.is_empty() {
+            String::new()
+        } else {
+            format!("; plugin files found but not usable:{}", lines.concat())
+        }
     }
 }
 

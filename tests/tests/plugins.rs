@@ -182,3 +182,32 @@ fn a_higher_precedence_folder_shadows_a_lower_one() {
             .starts_with(first.path().canonicalize().unwrap().to_str().unwrap()));
     }
 }
+
+#[test]
+fn a_missing_hop_error_names_the_plugin_that_was_not_loaded_and_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = plugin_dir();
+    let insecure = dir.path().join("libv1_to_v2.so");
+    std::fs::set_permissions(&insecure, std::fs::Permissions::from_mode(0o646)).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = migrate(&[
+        "--no-default-plugins",
+        "--plugin-dir",
+        d,
+        "info",
+        "--from",
+        "0.1.0",
+        "--to",
+        "2.1.0",
+    ]);
+    assert_eq!(out.status.code(), Some(7));
+    let err = stderr(&out);
+    assert!(
+        err.contains("loaded hops: 0.1.0 → 1.0.0, 2.0.0 → 2.1.0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("libv1_to_v2.so was not loaded") && err.contains("chmod go-w"),
+        "{err}"
+    );
+}
