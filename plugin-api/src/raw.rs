@@ -89,7 +89,18 @@ impl<'a> RawRecord<'a> {
             if i > 0 {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut *out, key.as_ref()).map_err(encode_error)?;
+            match key {
+                // serde_json lends a key only when it has no escapes: its text is already a
+                // valid JSON string body and can be copied as it is.
+                Cow::Borrowed(k) => {
+                    out.push(b'"');
+                    out.extend_from_slice(k.as_bytes());
+                    out.push(b'"');
+                }
+                Cow::Owned(k) => {
+                    serde_json::to_writer(&mut *out, k.as_str()).map_err(encode_error)?
+                }
+            }
             out.push(b':');
             match slot {
                 Slot::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
