@@ -126,7 +126,7 @@ fn run_steps(
     match mode {
         Mode::Commit => {
             let audit = Audit::new(&plan.target.root);
-            recover_first(plan, result, &audit)?;
+            recover_first(plan, result)?;
             record_start(&audit, plan);
             *audit_slot = Some(audit);
         }
@@ -251,17 +251,13 @@ fn preflight(plan: &Plan, s: &mut StepResult) -> Result<()> {
 }
 
 /// An unfinished migration found on the installation is rolled back before anything else.
-fn recover_first(plan: &Plan, result: &mut MigrationResult, audit: &Audit) -> Result<()> {
-    let recovery = journal::recover(&plan.target.root, &plan.target.tool_dir(), false)?;
-    if let Some(r) = &recovery {
-        audit.record("recovery", serde_json::json!({"outcome": format!("{r:?}")}));
-    }
+fn recover_first(plan: &Plan, result: &mut MigrationResult) -> Result<()> {
+    let recovery = journal::recover_and_report(&plan.target.root, &plan.target.tool_dir())?;
     if let Some(Recovery::RolledBack { from, to }) = recovery {
-        let note =
-            format!("an interrupted migration {from} → {to} was found and rolled back first");
-        eprintln!("note: {note}");
         let mut s = StepResult::new("recover");
-        s.warnings.push(note);
+        s.warnings.push(format!(
+            "an interrupted migration {from} → {to} was found and rolled back first"
+        ));
         result.steps.push(s);
     }
     Ok(())

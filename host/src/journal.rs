@@ -245,7 +245,13 @@ pub fn recover_if_interrupted(root: &Path) -> Result<Option<Recovery>> {
         return Ok(None);
     }
     let _lock = crate::lock::InstallLock::acquire(&tool_dir)?;
-    let outcome = recover(root, &tool_dir, false)?;
+    recover_and_report(root, &tool_dir)
+}
+
+/// [`recover`] (rolling back), recorded in the audit trail and announced on stderr. The
+/// caller holds the installation's lock.
+pub fn recover_and_report(root: &Path, tool_dir: &Path) -> Result<Option<Recovery>> {
+    let outcome = recover(root, tool_dir, false)?;
     if let Some(r) = &outcome {
         crate::audit::Audit::new(root)
             .record("recovery", serde_json::json!({"outcome": format!("{r:?}")}));

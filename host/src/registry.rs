@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModuleError};
@@ -21,7 +20,6 @@ use plugin_api::ffi::{HopClient, HopModule_Ref};
 use plugin_api::HopDescriptor;
 use semver::Version;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::error::{MigrateError, Result};
 use crate::pins::Lock;
@@ -316,7 +314,9 @@ pub(crate) fn inspect(
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot inspect: {e}"))?;
-    let sha256 = hash_reader(&mut file).map_err(|e| format!("cannot read: {e}"))?;
+    let sha256 = plugin_api::model::sha256_reader(&mut file)
+        .map(|(_, hex)| hex)
+        .map_err(|e| format!("cannot read: {e}"))?;
     let (refusal, warnings) = verdict(path, name, &meta, &sha256, folder);
     Ok(Inspected {
         file,
@@ -450,18 +450,6 @@ fn fd_path(file: &File) -> Option<PathBuf> {
 #[cfg(not(target_os = "linux"))]
 fn fd_path(_file: &File) -> Option<PathBuf> {
     None
-}
-
-fn hash_reader(reader: &mut impl Read) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex::encode(hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
-    }
 }
 
 /// One line a human can act on, for each way abi_stable can refuse a library (its layout

@@ -146,12 +146,16 @@ impl ModelFolder {
 
 /// Streams a file through sha256; returns its size and hex digest.
 pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
-    let mut file = File::open(path)?;
+    sha256_reader(&mut File::open(path)?)
+}
+
+/// Streams a reader through sha256 to its end; returns the bytes read and the hex digest.
+pub fn sha256_reader(reader: &mut impl Read) -> io::Result<(u64, String)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf)?;
+        let n = reader.read(&mut buf)?;
         if n == 0 {
             break;
         }
