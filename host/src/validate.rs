@@ -12,6 +12,8 @@ use serde_json::Value;
 use crate::install::{DataKind, Installation, SERVER_TOML, VERSION_FILE};
 use crate::registry::LoadedHop;
 
+mod lines;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Severity {
     /// Stops a migration; makes `validate` exit non-zero.
@@ -213,42 +215,23 @@ fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Valid
 /// At most this many findings per file; the rest are counted.
 const MAX_FINDINGS_PER_FILE: usize = 20;
 
-/// Streams a `*.jsonl` file; each record is checked without building a tree.
+/// Checks a `*.jsonl` file (in parallel chunks, see [`lines`]).
 fn check_lines(
     path: &Path,
     rel: &str,
     schema: Option<Option<u64>>,
     v: &mut Validation,
 ) -> std::io::Result<()> {
-    use std::io::BufRead;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
-    let (mut line, mut n, mut bad) = (Vec::new(), 0u64, 0usize);
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            break;
-        }
-        n += 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        v.records_checked += 1;
-        let problem = match plugin_api::raw::RawRecord::parse(&line) {
-            Err(e) => Some(("record_json", e.message)),
-            Ok(record) => schema_problem(record.u64("schema_version").ok().flatten(), schema)
-                .map(|m| ("record_schema_version", m)),
-        };
-        if let Some((rule, message)) = problem {
-            bad += 1;
-            if bad <= MAX_FINDINGS_PER_FILE {
-                v.error(
-                    rule,
-                    RuleKind::DataIntegrity,
-                    &format!("{rel}:{n}"),
-                    message,
-                );
-            }
-        }
+    let checked = lines::check_file(path, schema, CHUNK_BYTES)?;
+    v.records_checked += checked.records;
+    let bad = checked.problems.len();
+    for (line, rule, message) in checked.problems.into_iter().take(MAX_FINDINGS_PER_FILE) {
+        v.error(
+            rule,
+            RuleKind::DataIntegrity,
+            &format!("{rel}:{line}"),
+            message,
+        );
     }
     if bad > MAX_FINDINGS_PER_FILE {
         v.error(
@@ -260,6 +243,9 @@ fn check_lines(
     }
     Ok(())
 }
+
+/// Read size for `*.jsonl` checks: large enough that threads rarely wait on one another.
+const CHUNK_BYTES: usize = 4 << 20;
 
 fn check_document(
     path: &Path,

@@ -68,6 +68,11 @@ impl<'a> RawRecord<'a> {
     pub fn parse(line: &'a [u8]) -> Result<RawRecord<'a>, RuleError> {
         let text = std::str::from_utf8(line)
             .map_err(|e| RuleError::new(format!("not valid JSON (invalid UTF-8: {e})")))?;
+        Self::parse_str(text)
+    }
+
+    /// [`parse`](Self::parse) for text already known to be UTF-8.
+    pub fn parse_str(text: &'a str) -> Result<RawRecord<'a>, RuleError> {
         let trimmed = text.trim_start();
         if !trimmed.starts_with('{') {
             let value: Value = serde_json::from_str(text)
@@ -93,6 +98,12 @@ impl<'a> RawRecord<'a> {
                 // serde_json lends a key only when it has no escapes: its text is already a
                 // valid JSON string body and can be copied as it is.
                 Cow::Borrowed(k) => {
+                    out.push(b'"');
+                    out.extend_from_slice(k.as_bytes());
+                    out.push(b'"');
+                }
+                // Keys a rule sets (`schema_version`, `usage`, …) rarely need escapes either.
+                Cow::Owned(k) if !needs_escape(k) => {
                     out.push(b'"');
                     out.extend_from_slice(k.as_bytes());
                     out.push(b'"');
@@ -153,7 +164,12 @@ impl<'a> RawRecord<'a> {
     /// is the one a rule written against [`Map`] sees (serde_json's float parsing is not always
     /// correctly rounded, `str::parse` is).
     pub fn f64(&self, key: &str) -> Result<Option<f64>, FieldError> {
-        match self.raw(key).map(serde_json::from_str::<f64>) {
+        let raw = self.raw(key);
+        // An integer is read exactly as serde_json reads it (as a u64, then converted).
+        if let Some(n) = raw.and_then(|r| r.parse::<u64>().ok()) {
+            return Ok(Some(n as f64));
+        }
+        match raw.map(serde_json::from_str::<f64>) {
             Some(Ok(n)) if n >= 0.0 && n.is_finite() => Ok(Some(n)),
             _ => self.typed(
                 key,
@@ -350,6 +366,11 @@ impl<'a> RawRecord<'a> {
                 .collect(),
         }
     }
+}
+
+/// Whether a string must be escaped to be a JSON string body (quote, backslash, control).
+fn needs_escape(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 fn encode_error(e: serde_json::Error) -> RuleError {

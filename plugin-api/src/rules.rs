@@ -202,9 +202,16 @@ impl Hop {
             out.extend_from_slice(batch);
             return failures;
         };
+        out.reserve(batch.len() + batch.len() / 4);
+        // One UTF-8 check for the whole batch costs ~1/50 of one per record; only a batch
+        // with a bad byte pays for the per-record check (which names the record).
+        let text = std::str::from_utf8(batch).ok();
         for (index, line) in split_records(batch).enumerate() {
             let mark = out.len();
-            if let Err(e) = migrate_line_into(rule, line, out) {
+            // Lines split at `\n` (ASCII) from valid UTF-8 are valid UTF-8: slice the text.
+            let start = line.as_ptr() as usize - batch.as_ptr() as usize;
+            let line_text = text.and_then(|t| t.get(start..start + line.len()));
+            if let Err(e) = migrate_line_into(rule, line, line_text, out) {
                 out.truncate(mark);
                 failures.push((index as u64, e));
             }
@@ -216,17 +223,31 @@ impl Hop {
 /// Splits a batch into records: one per `\n`, a trailing `\n` does not start a new record.
 pub fn split_records(batch: &[u8]) -> impl Iterator<Item = &[u8]> {
     let trimmed = batch.strip_suffix(b"\n").unwrap_or(batch);
-    let empty = batch.is_empty();
-    trimmed.split(|b| *b == b'\n').filter(move |_| !empty)
+    let mut rest = (!batch.is_empty()).then_some(trimmed);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match memchr::memchr(b'\n', current) {
+            Some(i) => {
+                rest = Some(&current[i + 1..]);
+                Some(&current[..i])
+            }
+            None => rest.take(),
+        }
+    })
 }
 
 /// Parses one record, applies the rule and appends the result plus `\n` to `out`.
+/// `text`: the line as text, when its batch was checked whole.
 fn migrate_line_into(
     rule: &dyn DataMigrationRule,
     line: &[u8],
+    text: Option<&str>,
     out: &mut Vec<u8>,
 ) -> Result<(), RuleError> {
-    let mut record = crate::raw::RawRecord::parse(line)?;
+    let mut record = match text {
+        Some(text) => crate::raw::RawRecord::parse_str(text)?,
+        None => crate::raw::RawRecord::parse(line)?,
+    };
     rule.migrate_raw(&mut record)?;
     record.write(out)?;
     out.push(b'\n');
