@@ -662,7 +662,12 @@ fn validate(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     crate::install::Installation::open(path)?;
-    let report = crate::validate::validate(path, version, &registry.active_hops());
+    let report = crate::validate::validate(
+        path,
+        version,
+        &registry.active_hops(),
+        crate::validate::Checksums::Verify,
+    );
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Mutex;
 
+use abi_stable::std_types::RVec;
 use plugin_api::ffi::CallError;
 use plugin_api::RuleError;
 use serde_json::Value;
@@ -222,7 +223,7 @@ impl DataRun<'_> {
             while let Some(item) = pending.remove(&next) {
                 next += 1;
                 let bytes = match item {
-                    Done::Verbatim(bytes) => bytes,
+                    Done::Verbatim(bytes) => bytes.into(),
                     Done::Records {
                         count,
                         bytes,
@@ -244,10 +245,10 @@ impl DataRun<'_> {
     }
 
     /// Passes the batch through every data hop; refused records drop out with their place.
-    fn run_hops(&self, batch: &Batch, file: &DataFile) -> Result<(Vec<u8>, Vec<Refusal>)> {
+    fn run_hops(&self, batch: &Batch, file: &DataFile) -> Result<(RVec<u8>, Vec<Refusal>)> {
         let mut alive: Vec<usize> = (0..batch.places.len()).collect();
         let mut refusals = Vec::new();
-        let mut current: Option<abi_stable::std_types::RVec<u8>> = None;
+        let mut current: Option<RVec<u8>> = None;
         for hop in self.data_hops() {
             let input: &[u8] = current.as_deref().unwrap_or(&batch.bytes);
             let (output, refused) = hop
@@ -279,9 +280,7 @@ impl DataRun<'_> {
             current = Some(output);
         }
         Ok((
-            current
-                .map(|v| v.to_vec())
-                .unwrap_or_else(|| batch.bytes.clone()),
+            current.unwrap_or_else(|| batch.bytes.clone().into()),
             refusals,
         ))
     }
@@ -439,7 +438,8 @@ enum Done {
     Records {
         count: usize,
         bytes: u64,
-        migrated: Vec<u8>,
+        /// The last hop's output buffer, written as it is (no copy).
+        migrated: RVec<u8>,
         refusals: Vec<Refusal>,
     },
     Verbatim(Vec<u8>),

@@ -88,9 +88,24 @@ impl Validation {
     }
 }
 
+/// How the files `metadata.json` lists are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksums {
+    /// Re-hash every file (`migrate validate`).
+    Verify,
+    /// Check presence and size only: right after a migration, whose hop hashed these very
+    /// files moments ago — weights are hashed once per migration, not twice.
+    SizesOnly,
+}
+
 /// Validates the installation at `root` as release `version`; `hops` are the loaded hops
 /// (the one ending at `version` says which schema_version its records carry).
-pub fn validate(root: &Path, version: &Version, hops: &[LoadedHop]) -> Validation {
+pub fn validate(
+    root: &Path,
+    version: &Version,
+    hops: &[LoadedHop],
+    checksums: Checksums,
+) -> Validation {
     let install = Installation {
         root: root.to_path_buf(),
     };
@@ -105,7 +120,7 @@ pub fn validate(root: &Path, version: &Version, hops: &[LoadedHop]) -> Validatio
     check_marker(&install, version, schema, &mut v);
     check_config(&install, &mut v);
     check_data(&install, schema, &mut v);
-    check_models(&install, schema, &mut v);
+    check_models(&install, schema, checksums, &mut v);
     v
 }
 
@@ -321,7 +336,12 @@ fn check_record(
     }
 }
 
-fn check_models(install: &Installation, schema: Option<Option<u64>>, v: &mut Validation) {
+fn check_models(
+    install: &Installation,
+    schema: Option<Option<u64>>,
+    checksums: Checksums,
+    v: &mut Validation,
+) {
     let dir = install.path(crate::install::MODELS_DIR);
     let Ok(names) = install.model_dirs(&dir) else {
         return;
@@ -362,12 +382,18 @@ fn check_models(install: &Installation, schema: Option<Option<u64>>, v: &mut Val
                 );
             }
         }
-        check_checksums(&dir.join(&name), &rel, &meta, v);
+        check_checksums(&dir.join(&name), &rel, &meta, checksums, v);
     }
 }
 
 /// Every file `metadata.json` lists must exist with the recorded size and sha256.
-fn check_checksums(model_dir: &Path, rel: &str, meta: &Value, v: &mut Validation) {
+fn check_checksums(
+    model_dir: &Path,
+    rel: &str,
+    meta: &Value,
+    checksums: Checksums,
+    v: &mut Validation,
+) {
     let Some(files) = meta.get("files").and_then(Value::as_array) else {
         return;
     };
@@ -386,7 +412,26 @@ fn check_checksums(model_dir: &Path, rel: &str, meta: &Value, v: &mut Validation
             continue;
         };
         v.files_checked += 1;
-        match plugin_api::model::sha256_file(&model_dir.join(path)) {
+        let file = model_dir.join(path);
+        if checksums == Checksums::SizesOnly {
+            match std::fs::metadata(&file) {
+                Ok(m) if m.len() == size => {}
+                Ok(m) => v.error(
+                    "model_checksum",
+                    RuleKind::ModelCompatibility,
+                    rel,
+                    format!("{path}: size {}, metadata says size {size}", m.len()),
+                ),
+                Err(e) => v.error(
+                    "model_checksum",
+                    RuleKind::ModelCompatibility,
+                    rel,
+                    format!("{path}: {e}"),
+                ),
+            }
+            continue;
+        }
+        match plugin_api::model::sha256_file(&file) {
             Ok((s, h)) if s == size && h == sha => {}
             Ok((s, h)) => v.error(
                 "model_checksum",
@@ -400,6 +445,49 @@ fn check_checksums(model_dir: &Path, rel: &str, meta: &Value, v: &mut Validation
                 rel,
                 format!("{path}: {e}"),
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_findings(root: &Path, checksums: Checksums) -> Vec<String> {
+        let version = Version::new(2, 1, 0);
+        validate(root, &version, &[], checksums)
+            .findings
+            .into_iter()
+            .filter(|f| f.rule == "model_checksum")
+            .map(|f| f.message)
+            .collect()
+    }
+
+    #[test]
+    fn validate_rehashes_weights_and_after_a_migration_sizes_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("models/m");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join("w.bin"), b"weights").unwrap();
+        let (_, real) = plugin_api::model::sha256_file(&model.join("w.bin")).unwrap();
+        let meta = serde_json::json!({"files": [{"path": "w.bin", "size": 7, "sha256": real}]});
+        std::fs::write(model.join("metadata.json"), meta.to_string()).unwrap();
+        assert!(checksum_findings(dir.path(), Checksums::Verify).is_empty());
+
+        std::fs::write(model.join("w.bin"), b"weightz").unwrap(); // same size, other bytes
+        let found = checksum_findings(dir.path(), Checksums::Verify);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("w.bin") && found[0].contains(&real),
+            "{found:?}"
+        );
+        assert!(checksum_findings(dir.path(), Checksums::SizesOnly).is_empty());
+
+        std::fs::write(model.join("w.bin"), b"weight").unwrap(); // truncated
+        for checksums in [Checksums::Verify, Checksums::SizesOnly] {
+            let found = checksum_findings(dir.path(), checksums);
+            assert_eq!(found.len(), 1, "{checksums:?} {found:?}");
+            assert!(found[0].contains("size 6"), "{found:?}");
         }
     }
 }
