@@ -72,7 +72,7 @@ impl<'a> RawRecord<'a> {
     }
 
     /// [`parse`](Self::parse) for text already known to be UTF-8.
-    pub fn parse_str(text: &'a str) -> Result<RawRecord<'a>, RuleError> {
+    pub(crate) fn parse_str(text: &'a str) -> Result<RawRecord<'a>, RuleError> {
         let trimmed = text.trim_start();
         if !trimmed.starts_with('{') {
             let value: Value = serde_json::from_str(text)
