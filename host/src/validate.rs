@@ -413,38 +413,27 @@ fn check_checksums(
         };
         v.files_checked += 1;
         let file = model_dir.join(path);
-        if checksums == Checksums::SizesOnly {
-            match std::fs::metadata(&file) {
-                Ok(m) if m.len() == size => {}
-                Ok(m) => v.error(
-                    "model_checksum",
-                    RuleKind::ModelCompatibility,
-                    rel,
-                    format!("{path}: size {}, metadata says size {size}", m.len()),
-                ),
-                Err(e) => v.error(
-                    "model_checksum",
-                    RuleKind::ModelCompatibility,
-                    rel,
-                    format!("{path}: {e}"),
-                ),
-            }
-            continue;
-        }
-        match plugin_api::model::sha256_file(&file) {
-            Ok((s, h)) if s == size && h == sha => {}
-            Ok((s, h)) => v.error(
+        let problem = match checksums {
+            Checksums::SizesOnly => match std::fs::metadata(&file) {
+                Ok(m) if m.len() == size => None,
+                Ok(m) => Some(format!("size {}, metadata says size {size}", m.len())),
+                Err(e) => Some(e.to_string()),
+            },
+            Checksums::Verify => match plugin_api::model::sha256_file(&file) {
+                Ok((s, h)) if s == size && h == sha => None,
+                Ok((s, h)) => Some(format!(
+                    "size {s} sha256 {h}, metadata says size {size} sha256 {sha}"
+                )),
+                Err(e) => Some(e.to_string()),
+            },
+        };
+        if let Some(problem) = problem {
+            v.error(
                 "model_checksum",
                 RuleKind::ModelCompatibility,
                 rel,
-                format!("{path}: size {s} sha256 {h}, metadata says size {size} sha256 {sha}"),
-            ),
-            Err(e) => v.error(
-                "model_checksum",
-                RuleKind::ModelCompatibility,
-                rel,
-                format!("{path}: {e}"),
-            ),
+                format!("{path}: {problem}"),
+            );
         }
     }
 }

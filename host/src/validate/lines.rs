@@ -75,16 +75,15 @@ fn read_chunks(
     let mut next_line = 1u64;
     loop {
         let mut bytes = std::mem::take(&mut carry);
-        let have = bytes.len();
-        bytes.resize(have + chunk_bytes.max(1), 0);
-        let n = read_full(file, &mut bytes[have..])?;
-        bytes.truncate(have + n);
+        let n = (&mut *file)
+            .take(chunk_bytes.max(1) as u64)
+            .read_to_end(&mut bytes)?;
         if n > 0 {
             // Keep the unfinished last line for the next chunk.
             if let Some(end) = memchr::memrchr(b'\n', &bytes) {
                 carry = bytes.split_off(end + 1);
             } else {
-                carry = std::mem::take(&mut bytes);
+                carry = bytes;
                 continue;
             }
         }
@@ -100,20 +99,6 @@ fn read_chunks(
     }
 }
 
-/// Fills `buf` unless the file ends first; returns the bytes read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
 /// A checker thread: checks chunks until the reader is done.
 fn check_chunks(rx: &Mutex<Receiver<Chunk>>, schema: Option<Option<u64>>) -> Checked {
     let mut checked = Checked::default();
@@ -127,11 +112,9 @@ fn check_chunks(rx: &Mutex<Receiver<Chunk>>, schema: Option<Option<u64>>) -> Che
         };
         // One UTF-8 check per chunk; a chunk with a bad byte is checked line by line.
         let text = std::str::from_utf8(&chunk.bytes).ok();
-        let body = chunk.bytes.strip_suffix(b"\n").unwrap_or(&chunk.bytes);
-        let mut start = 0;
-        for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        for (i, line) in plugin_api::rules::split_records(&chunk.bytes).enumerate() {
+            let start = line.as_ptr() as usize - chunk.bytes.as_ptr() as usize;
             let line_text = text.and_then(|t| t.get(start..start + line.len()));
-            start += line.len() + 1;
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
