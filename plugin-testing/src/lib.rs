@@ -1,0 +1,205 @@
+//! Test support for hop plugins' data rules. A rule's fast path (`migrate_raw`, on raw
+//! records) must give what the `Map`-based rule it replaced (kept in the plugin as a
+//! reference) gives: the same bytes and the same failures for records in serde_json's
+//! canonical compact form, the same JSON up to layout for the rest. [`Equivalence`] checks
+//! that; the generators are the building blocks every hop's records are drawn from (each hop
+//! adds its own known fields and nested values).
+
+use plugin_api::{DataMigrationRule, Hop, RuleError};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use serde_json::{Map, Value};
+
+/// Cases per property; `PROPTEST_CASES` overrides it.
+pub fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Finite floats whose serde_json text reads back as the same float (serde_json's own float
+/// parsing is not always correctly rounded, so not every float is canonical).
+pub fn float() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        (-100_000i64..100_000).prop_map(|n| n as f64 / 100.0),
+        any::<f64>().prop_filter("finite and stable", |f| {
+            f.is_finite()
+                && serde_json::from_str::<f64>(&serde_json::to_string(f).unwrap()).unwrap() == *f
+        }),
+        prop::sample::select(vec![0.0, -0.0, 5e-324, 1e-300, 1e300, 0.5, 1.5]),
+    ]
+}
+
+pub fn key_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::sample::select(vec![
+            "id", "model", "prompt_tokens", "completion_tokens", "latency_ms", "timestamp",
+            "schema_version", "usage", "metrics", "key", "scopes", "key_sha256", "key_prefix",
+            "created_at", "seen_at", "_at", "at", "timestamps", "name", "client",
+        ])
+        .prop_map(str::to_owned),
+        2 => "[a-z_]{0,8}",
+        1 => "[a-z]{1,5}_at",
+        1 => any::<String>(),
+    ]
+}
+
+pub fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (-5i64..300).prop_map(Value::from),
+        float().prop_map(Value::from),
+        any::<String>().prop_map(Value::from),
+        "[a-z0-9_ \"\\\\-]{0,12}".prop_map(Value::from),
+    ]
+}
+
+/// A known field: absent, of the right type, or of a wrong one.
+pub fn field(
+    valid: impl Strategy<Value = Value> + 'static,
+    wrong: impl Strategy<Value = Value> + 'static,
+) -> BoxedStrategy<Option<Value>> {
+    prop_oneof![
+        3 => Just(None),
+        8 => valid.prop_map(Some),
+        1 => wrong.prop_map(Some),
+    ]
+    .boxed()
+}
+
+pub fn count() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        (0u64..5000).prop_map(Value::from),
+        any::<u64>().prop_map(Value::from)
+    ]
+}
+
+pub fn text() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        "[a-z0-9-]{0,12}".prop_map(Value::from),
+        any::<String>().prop_map(Value::from)
+    ]
+}
+
+/// One record as a JSON line: the `known` fields and random others (`value`s under random
+/// keys) in random order, sometimes with a key repeated (serde_json keeps its first place and
+/// its last value).
+pub fn record_line(
+    known: impl Strategy<Value = Vec<(String, Value)>>,
+    value: BoxedStrategy<Value>,
+) -> impl Strategy<Value = String> {
+    (
+        known,
+        prop::collection::vec((key_name(), value.clone()), 0..4),
+        prop::option::weighted(0.1, (any::<prop::sample::Index>(), value)),
+    )
+        .prop_flat_map(|(known, extra, repeat)| {
+            let mut entries = known;
+            entries.extend(extra);
+            if let (Some((at, v)), false) = (repeat, entries.is_empty()) {
+                let key = entries[at.index(entries.len())].0.clone();
+                entries.push((key, v));
+            }
+            Just(entries).prop_shuffle()
+        })
+        .prop_map(|entries| {
+            let fields: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}:{}",
+                        serde_json::to_string(k).unwrap(),
+                        serde_json::to_string(v).unwrap()
+                    )
+                })
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        })
+}
+
+/// A hop whose data rule is checked against the `Map`-based `reference` it replaced.
+pub struct Equivalence<'a> {
+    pub hop: &'a Hop,
+    pub reference: &'a dyn DataMigrationRule,
+}
+
+impl Equivalence<'_> {
+    fn rule(&self) -> &dyn DataMigrationRule {
+        self.hop.data_rule().expect("the hop has a data rule")
+    }
+
+    /// What the hop gave before: the reference rule on a `Map`, printed by serde_json.
+    pub fn reference_batch(&self, lines: &[String]) -> (Vec<u8>, Vec<(u64, RuleError)>) {
+        let mut out = Vec::new();
+        let mut failures = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let mut record: Map<String, Value> = serde_json::from_str(line).unwrap();
+            match self.reference.migrate_record(&mut record) {
+                Ok(()) => {
+                    out.extend(serde_json::to_vec(&record).unwrap());
+                    out.push(b'\n');
+                }
+                Err(e) => failures.push((i as u64, RuleError::from(e))),
+            }
+        }
+        (out, failures)
+    }
+
+    /// Canonical records: the batch path gives the reference's bytes and failures, and a
+    /// `Map` caller (through the trait's default, i.e. the raw rule) the reference's result.
+    pub fn check(&self, lines: &[String]) -> Result<(), TestCaseError> {
+        let batch = lines.join("\n") + "\n";
+        let mut out = Vec::new();
+        let failures = self.hop.migrate_data_batch(batch.as_bytes(), &mut out);
+        let (want_out, want_failures) = self.reference_batch(lines);
+        prop_assert_eq!(
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(want_out).unwrap()
+        );
+        prop_assert_eq!(failures, want_failures);
+        for line in lines {
+            let mut want: Map<String, Value> = serde_json::from_str(line).unwrap();
+            let mut got = want.clone();
+            let want = self
+                .reference
+                .migrate_record(&mut want)
+                .map(|()| serde_json::to_string(&want).unwrap());
+            let got = self
+                .rule()
+                .migrate_record(&mut got)
+                .map(|()| serde_json::to_string(&got).unwrap());
+            prop_assert_eq!(got, want);
+        }
+        Ok(())
+    }
+
+    /// Inputs outside the canonical form agree too, up to layout: failures are the same, and
+    /// each output record reads as the same JSON as the reference's.
+    pub fn assert_agree_up_to_layout(&self, lines: &[&str]) {
+        let batch = lines.join("\n");
+        let mut out = Vec::new();
+        let failures = self.hop.migrate_data_batch(batch.as_bytes(), &mut out);
+        let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        let (want_out, want_failures) = self.reference_batch(&lines);
+        assert_eq!(failures, want_failures);
+        let relaid = |bytes: &[u8]| -> Vec<String> {
+            bytes
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    serde_json::to_string(&serde_json::from_slice::<Value>(l).unwrap()).unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(relaid(&out), relaid(&want_out));
+    }
+}
