@@ -67,21 +67,6 @@ fn backups_in(dir: &Path) -> Vec<PathBuf> {
     }
 }
 
-fn assert_no_leftovers(root: &Path, context: &str) {
-    let Ok(read) = std::fs::read_dir(root.join(".migrate")) else {
-        return;
-    };
-    let left: Vec<String> = read
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("staging-") || n.starts_with("journal"))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "{context}: leftovers in .migrate: {left:?}"
-    );
-}
-
 fn migrate_version(root: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["version", "--path", p(root), "--to", "2.1.0"];
     args.extend_from_slice(extra);

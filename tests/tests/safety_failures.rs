@@ -36,27 +36,6 @@ fn describe(o: &Output) -> String {
     )
 }
 
-fn leftovers(root: &Path) -> Vec<String> {
-    let Ok(read) = std::fs::read_dir(root.join(".migrate")) else {
-        return Vec::new();
-    };
-    let mut left: Vec<String> = read
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("staging-") || n.starts_with("journal"))
-        .collect();
-    left.sort();
-    left
-}
-
-fn assert_no_leftovers(root: &Path, context: &str) {
-    let left = leftovers(root);
-    assert!(
-        left.is_empty(),
-        "{context}: leftovers in .migrate: {left:?}"
-    );
-}
-
 /// `n` generated 0.1.0 request records, one per line.
 fn records(n: usize) -> String {
     let mut text = String::with_capacity(n * 130);

@@ -201,3 +201,26 @@ pub fn real_model_dir() -> PathBuf {
     );
     dir
 }
+
+/// Staging folders, kept originals and journal files in `.migrate/`.
+pub fn leftovers(root: &Path) -> Vec<String> {
+    let Ok(read) = std::fs::read_dir(root.join(".migrate")) else {
+        return Vec::new();
+    };
+    let mut left: Vec<String> = read
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("staging-") || n.starts_with("journal"))
+        .collect();
+    left.sort();
+    left
+}
+
+/// No staging, kept originals or journal may survive a run, a rollback or a recovery.
+pub fn assert_no_leftovers(root: &Path, context: &str) {
+    let left = leftovers(root);
+    assert!(
+        left.is_empty(),
+        "{context}: leftovers in .migrate: {left:?}"
+    );
+}
