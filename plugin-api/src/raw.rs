@@ -10,41 +10,59 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 
 use crate::json::{type_name, walk_record_mut, wrong_type, ObjectVisitor};
 use crate::rules::{FieldError, RuleError};
 
-/// One top-level value: untouched raw text, JSON text a rule produced, or a value a rule
-/// produced.
+mod scan;
+
+/// Kept for semver: no API takes or returns it since 1.2.0, when a record's untouched values
+/// became plain text spans (see `Held`).
+#[deprecated(since = "1.2.0", note = "not used by any API of RawRecord")]
 #[derive(Debug, Clone)]
 pub enum Slot<'a> {
     Raw(&'a RawValue),
-    /// JSON text set by a rule ([`RawRecord::set_raw`]), written out as it is.
     Text(Box<RawValue>),
     Value(Value),
 }
 
-impl Slot<'_> {
+/// One top-level value: untouched raw text (valid JSON: a scanner or serde_json checked it),
+/// JSON text a rule produced, or a value a rule produced.
+#[derive(Debug, Clone)]
+enum Held<'a> {
+    Raw(&'a str),
+    /// JSON text set by a rule ([`RawRecord::set_raw`], [`RawRecord::set_json`]), checked and
+    /// written out as it is.
+    Text(Box<str>),
+    /// A number a rule set ([`RawRecord::set`]): kept unboxed, as rules set one per record
+    /// (`schema_version`).
+    Number(Number),
+    /// Boxed: a `Value` is several times the size of the others, and every entry would pay.
+    Value(Box<Value>),
+}
+
+impl Held<'_> {
     /// The JSON text of the value, unless it is a parsed [`Value`].
     fn text(&self) -> Option<&str> {
         match self {
-            Slot::Raw(r) => Some(r.get()),
-            Slot::Text(r) => Some(r.get()),
-            Slot::Value(_) => None,
+            Held::Raw(r) => Some(r),
+            Held::Text(r) => Some(r),
+            Held::Number(_) | Held::Value(_) => None,
         }
     }
 
     fn is_container(&self) -> bool {
         match self.text() {
             Some(text) => matches!(text.as_bytes().first(), Some(b'{' | b'[')),
-            None => matches!(self, Slot::Value(Value::Object(_) | Value::Array(_))),
+            None => matches!(self, Held::Value(v) if v.is_object() || v.is_array()),
         }
     }
 
     fn parse(&self, key: &str) -> Result<Value, FieldError> {
         match self {
-            Slot::Value(v) => Ok(v.clone()),
+            Held::Value(v) => Ok(Value::clone(v)),
+            Held::Number(n) => Ok(Value::Number(n.clone())),
             other => {
                 let text = other.text().unwrap_or_default();
                 serde_json::from_str(text).map_err(|e| unreadable(key, e))
@@ -60,7 +78,7 @@ fn unreadable(key: &str, e: serde_json::Error) -> FieldError {
 /// A record's top-level entries, in order.
 #[derive(Debug, Clone, Default)]
 pub struct RawRecord<'a> {
-    entries: Vec<(Cow<'a, str>, Slot<'a>)>,
+    entries: Vec<(Cow<'a, str>, Held<'a>)>,
 }
 
 impl<'a> RawRecord<'a> {
@@ -73,6 +91,17 @@ impl<'a> RawRecord<'a> {
 
     /// [`parse`](Self::parse) for text already known to be UTF-8.
     pub(crate) fn parse_str(text: &'a str) -> Result<RawRecord<'a>, RuleError> {
+        // Room for a typical record's keys: growing 0 → 4 → 8 cost more than the scan.
+        let mut record = RawRecord {
+            entries: Vec::with_capacity(8),
+        };
+        record.read(text)?;
+        Ok(record)
+    }
+
+    /// Reads `text` into this record, replacing its entries but keeping their storage: a batch
+    /// reads all its records into one, rather than allocating for each.
+    pub(crate) fn read(&mut self, text: &'a str) -> Result<(), RuleError> {
         let trimmed = text.trim_start();
         if !trimmed.starts_with('{') {
             let value: Value = serde_json::from_str(text)
@@ -82,9 +111,36 @@ impl<'a> RawRecord<'a> {
                 type_name(&value)
             )));
         }
+        let mut storage = std::mem::take(&mut self.entries);
+        storage.clear();
+        match Self::scan(text, storage) {
+            Some(record) => *self = record,
+            None => *self = Self::deserialize(text)?,
+        }
+        Ok(())
+    }
+
+    /// The fast path, into `storage` (empty): `None` when the scanner leaves the record to
+    /// serde_json.
+    fn scan(text: &'a str, storage: Vec<(Cow<'a, str>, Held<'a>)>) -> Option<RawRecord<'a>> {
+        let mut entries = Entries {
+            entries: storage,
+            index: None,
+            seen: 0,
+        };
+        scan::entries(text, &mut entries)?;
+        Some(RawRecord {
+            entries: entries.entries,
+        })
+    }
+
+    /// The reference path, which also words the errors.
+    fn deserialize(text: &'a str) -> Result<RawRecord<'a>, RuleError> {
         let entries: Entries<'a> = serde_json::from_str(text)
             .map_err(|e| RuleError::new(format!("not valid JSON ({e})")))?;
-        Ok(RawRecord { entries: entries.0 })
+        Ok(RawRecord {
+            entries: entries.entries,
+        })
     }
 
     /// Appends the record as compact JSON.
@@ -114,9 +170,10 @@ impl<'a> RawRecord<'a> {
             }
             out.push(b':');
             match slot {
-                Slot::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
-                Slot::Text(raw) => out.extend_from_slice(raw.get().as_bytes()),
-                Slot::Value(v) => serde_json::to_writer(&mut *out, v).map_err(encode_error)?,
+                Held::Raw(raw) => out.extend_from_slice(raw.as_bytes()),
+                Held::Text(raw) => out.extend_from_slice(raw.as_bytes()),
+                Held::Number(n) => serde_json::to_writer(&mut *out, n).map_err(encode_error)?,
+                Held::Value(v) => serde_json::to_writer(&mut *out, v).map_err(encode_error)?,
             }
         }
         out.push(b'}');
@@ -226,7 +283,46 @@ impl<'a> RawRecord<'a> {
 
     /// Sets `key`, keeping its position if present, else appending it.
     pub fn set(&mut self, key: &str, value: Value) {
-        self.set_slot(key, Slot::Value(value));
+        let held = match value {
+            Value::Number(n) => Held::Number(n),
+            other => Held::Value(Box::new(other)),
+        };
+        self.set_slot(key, held);
+    }
+
+    /// Sets `key` to JSON text a rule wrote (e.g. a small object built with `push_str`),
+    /// written out as it is; keeps `key`'s position if present, else appends it. The text is
+    /// checked to be one JSON value, more cheaply than [`RawValue::from_string`] checks it.
+    /// A `&'static str` key costs no allocation. Since 1.2.0.
+    pub fn set_json(
+        &mut self,
+        key: impl Into<Cow<'a, str>>,
+        json: String,
+    ) -> Result<(), FieldError> {
+        let key = key.into();
+        let held = Held::Text(checked_json(&key, json)?);
+        match self.position(&key) {
+            Some(i) => self.entries[i].1 = held,
+            None => self.entries.push((key, held)),
+        }
+        Ok(())
+    }
+
+    /// Replaces `old` by `key` with the JSON text `json` (checked as in
+    /// [`set_json`](Self::set_json)), at the position `old` had; nothing if `old` is absent.
+    /// Since 1.2.0.
+    pub fn replace_key_json(
+        &mut self,
+        old: &str,
+        key: impl Into<Cow<'a, str>>,
+        json: String,
+    ) -> Result<(), FieldError> {
+        let key = key.into();
+        let held = Held::Text(checked_json(&key, json)?);
+        if let Some(i) = self.position(old) {
+            self.entries[i] = (key, held);
+        }
+        Ok(())
     }
 
     /// Sets `key` to a value given as JSON text, written out as it is (no tree is built: build
@@ -235,10 +331,10 @@ impl<'a> RawRecord<'a> {
     /// and serde_json does not read every float back exactly: a rule whose output a `Map` caller
     /// reads may prefer [`set`](Self::set) for computed floats.
     pub fn set_raw(&mut self, key: &str, json: Box<RawValue>) {
-        self.set_slot(key, Slot::Text(json));
+        self.set_slot(key, Held::Text(json.into()));
     }
 
-    fn set_slot(&mut self, key: &str, slot: Slot<'a>) {
+    fn set_slot(&mut self, key: &str, slot: Held<'a>) {
         match self.position(key) {
             Some(i) => self.entries[i].1 = slot,
             None => self.entries.push((Cow::Owned(key.to_owned()), slot)),
@@ -267,7 +363,7 @@ impl<'a> RawRecord<'a> {
         let Some(i) = self.position(old) else { return };
         let new = entries
             .into_iter()
-            .map(|(k, v)| (Cow::Owned(k), Slot::Value(v)));
+            .map(|(k, v)| (Cow::Owned(k), Held::Value(Box::new(v))));
         self.entries.splice(i..=i, new);
     }
 
@@ -277,7 +373,7 @@ impl<'a> RawRecord<'a> {
         let Some(i) = self.position(old) else { return };
         let new = entries
             .into_iter()
-            .map(|(k, v)| (Cow::Owned(k), Slot::Text(v)));
+            .map(|(k, v)| (Cow::Owned(k), Held::Text(v.into())));
         self.entries.splice(i..=i, new);
     }
 
@@ -309,9 +405,9 @@ impl<'a> RawRecord<'a> {
                 if !may_hold(text) {
                     continue;
                 }
-                *slot = Slot::Value(slot.parse(key)?);
+                *slot = Held::Value(Box::new(slot.parse(key)?));
             }
-            if let Slot::Value(v) = slot {
+            if let Held::Value(v) = slot {
                 visit(key, v)?;
             }
         }
@@ -362,10 +458,20 @@ impl<'a> RawRecord<'a> {
         RawRecord {
             entries: map
                 .into_iter()
-                .map(|(k, v)| (Cow::Owned(k), Slot::Value(v)))
+                .map(|(k, v)| (Cow::Owned(k), Held::Value(Box::new(v))))
                 .collect(),
         }
     }
+}
+
+/// `json` as entry text, if it is exactly one JSON value (whitespace around it allowed).
+fn checked_json(key: &str, json: String) -> Result<Box<str>, FieldError> {
+    // The scanner leaves what it is unsure of (deep nesting, errors) to serde_json.
+    if !scan::is_one_value(&json) {
+        serde_json::from_str::<&RawValue>(&json)
+            .map_err(|e| FieldError::new(key, format!("not valid JSON text ({e})")))?;
+    }
+    Ok(json.into_boxed_str())
 }
 
 /// Whether a string must be escaped to be a JSON string body (quote, backslash, control).
@@ -380,9 +486,90 @@ fn encode_error(e: serde_json::Error) -> RuleError {
 /// Records with more top-level keys than this find repeated keys with a hash map.
 const INDEX_KEYS_ABOVE: usize = 32;
 
-/// Deserialises a JSON object into borrowed keys and raw values.
-struct Entries<'a>(Vec<(Cow<'a, str>, Slot<'a>)>);
+/// A record's entries as they are read. A key that appears twice keeps its first place and
+/// takes its last value, as in the `Map` serde_json builds (which the slow path sees).
+struct Entries<'a> {
+    entries: Vec<(Cow<'a, str>, Held<'a>)>,
+    /// Past a few keys, repeated keys are looked up by hash rather than by scanning.
+    index: Option<HashMap<String, usize>>,
+    /// One bit per [`key_bit`] seen: a key whose bit is clear is new, which spares most
+    /// records any key comparison.
+    seen: u64,
+}
 
+/// A bit of a 64-bit filter of keys (keys that differ in length or last byte rarely share it).
+fn key_bit(key: &str) -> u64 {
+    let last = key.as_bytes().last().copied().unwrap_or(0) as usize;
+    1 << ((key.len().wrapping_mul(7) ^ last) & 63)
+}
+
+impl<'a> Entries<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Entries {
+            entries: Vec::with_capacity(n),
+            index: None,
+            seen: 0,
+        }
+    }
+
+    /// Adds an entry read by the scanner. Inlined into it: called through a closure, each
+    /// entry was built on the stack and copied once more, which cost a store-forwarding stall
+    /// per entry (a twentieth of a hop's time).
+    #[inline(always)]
+    fn push_raw(&mut self, key: &'a str, value: &'a str) {
+        match self.find(key) {
+            Some(i) => self.entries[i].1 = Held::Raw(value),
+            None => {
+                self.entries.push((Cow::Borrowed(key), Held::Raw(value)));
+                self.index_if_large();
+            }
+        }
+    }
+
+    fn push(&mut self, key: Cow<'a, str>, value: Held<'a>) {
+        match self.find(&key) {
+            Some(i) => self.entries[i].1 = value,
+            None => {
+                self.entries.push((key, value));
+                self.index_if_large();
+            }
+        }
+    }
+
+    /// The position of `key` if it was seen before; notes it as seen (and indexes it when the
+    /// index is in use, for the entry about to be pushed).
+    #[inline(always)]
+    fn find(&mut self, key: &str) -> Option<usize> {
+        let bit = key_bit(key);
+        let seen = match &mut self.index {
+            Some(index) => {
+                let found = index.get(key).copied();
+                if found.is_none() {
+                    index.insert(key.to_owned(), self.entries.len());
+                }
+                found
+            }
+            None if self.seen & bit == 0 => None,
+            None => self.entries.iter().position(|(k, _)| k == key),
+        };
+        self.seen |= bit;
+        seen
+    }
+
+    fn index_if_large(&mut self) {
+        if self.index.is_none() && self.entries.len() > INDEX_KEYS_ABOVE {
+            self.index = Some(
+                self.entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, _))| (k.to_string(), i))
+                    .collect(),
+            );
+        }
+    }
+}
+
+/// Deserialises a JSON object into borrowed keys and raw values.
 impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_map(EntriesVisitor(std::marker::PhantomData))
@@ -398,39 +585,13 @@ impl<'de: 'a, 'a> Visitor<'de> for EntriesVisitor<'a> {
         f.write_str("a JSON object")
     }
 
-    /// A key that appears twice keeps its first place and takes its last value, as in the
-    /// `Map` serde_json builds (which the slow path sees).
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Entries<'a>, M::Error> {
-        let mut entries: Vec<(Cow<'a, str>, Slot<'a>)> =
-            Vec::with_capacity(map.size_hint().unwrap_or(8));
-        // Past a few keys, look repeated keys up by hash rather than by scanning.
-        let mut index: Option<HashMap<String, usize>> = None;
+        let mut entries = Entries::with_capacity(map.size_hint().unwrap_or(8));
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let raw: &'de RawValue = map.next_value()?;
-            let seen = match &mut index {
-                Some(index) => index.get(key.as_ref()).copied(),
-                None => entries.iter().position(|(k, _)| *k == key),
-            };
-            match seen {
-                Some(i) => entries[i].1 = Slot::Raw(raw),
-                None => {
-                    if let Some(index) = &mut index {
-                        index.insert(key.to_string(), entries.len());
-                    }
-                    entries.push((key, Slot::Raw(raw)));
-                    if index.is_none() && entries.len() > INDEX_KEYS_ABOVE {
-                        index = Some(
-                            entries
-                                .iter()
-                                .enumerate()
-                                .map(|(i, (k, _))| (k.to_string(), i))
-                                .collect(),
-                        );
-                    }
-                }
-            }
+            entries.push(key, Held::Raw(raw.get()));
         }
-        Ok(Entries(entries))
+        Ok(entries)
     }
 }
 
@@ -568,6 +729,62 @@ mod tests {
             serde_json::to_string(&r.to_map().unwrap()).unwrap(),
             r#"{"m":{"x":1.5,"y":null},"b":[1,2],"c":7}"#
         );
+    }
+
+    #[test]
+    fn json_text_set_by_a_rule_is_checked_and_written_as_it_is() {
+        let mut r = RawRecord::parse(br#"{"a":1,"b":2}"#).unwrap();
+        r.replace_key_json("a", "m", r#"{"x":1.50, "y":[null]}"#.to_owned())
+            .unwrap();
+        r.set_json("b", "\"two\"".to_owned()).unwrap();
+        r.set_json(String::from("c"), " 7 ".to_owned()).unwrap();
+        r.replace_key_json("absent", "z", "1".to_owned()).unwrap();
+        assert_eq!(r.raw("m"), Some(r#"{"x":1.50, "y":[null]}"#));
+        assert_eq!(r.u64("c").unwrap(), Some(7));
+        assert_eq!(r.get("b").unwrap(), Some(json!("two")));
+        let mut out = Vec::new();
+        r.write(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"m":{"x":1.50, "y":[null]},"b":"two","c": 7 }"#
+        );
+        // Valid however deep (the scanner leaves deep nesting to serde_json).
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        r.set_json("d", deep.clone()).unwrap();
+        assert_eq!(r.raw("d"), Some(deep.as_str()));
+        // Refused, naming the key, and the record is left as it was.
+        for bad in ["", "{", "1 2", "[1,]", "\"\u{1}\"", "nul", "{\"a\":}"] {
+            let e = r.set_json("b", bad.to_owned()).unwrap_err();
+            assert_eq!(e.field, "b", "{bad:?}");
+            assert!(
+                e.message.contains("not valid JSON"),
+                "{bad:?}: {}",
+                e.message
+            );
+            let e = r.replace_key_json("m", "n", bad.to_owned()).unwrap_err();
+            assert_eq!(e.field, "n", "{bad:?}");
+        }
+        assert_eq!(r.get("b").unwrap(), Some(json!("two")));
+        assert!(r.contains_key("m") && !r.contains_key("n"));
+    }
+
+    #[test]
+    fn numbers_set_by_a_rule_read_back_as_values() {
+        let mut r = RawRecord::parse(br#"{"v":1}"#).unwrap();
+        r.set("v", json!(2));
+        r.set("f", json!(0.1));
+        assert_eq!(r.raw("v"), None, "a value, not raw text");
+        assert_eq!(r.get("v").unwrap(), Some(json!(2)));
+        assert_eq!(r.u64("v").unwrap(), Some(2));
+        assert_eq!(r.f64("f").unwrap(), Some(0.1));
+        assert!(!r.is_container("v"));
+        assert_eq!(
+            r.to_map().unwrap(),
+            json!({"v": 2, "f": 0.1}).as_object().unwrap().clone()
+        );
+        let mut out = Vec::new();
+        r.write(&mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"v":2,"f":0.1}"#);
     }
 
     #[test]

@@ -206,12 +206,13 @@ impl Hop {
         // One UTF-8 check for the whole batch costs ~1/50 of one per record; only a batch
         // with a bad byte pays for the per-record check (which names the record).
         let text = std::str::from_utf8(batch).ok();
+        let mut record = crate::raw::RawRecord::default();
         for (index, line) in split_records(batch).enumerate() {
             let mark = out.len();
             // Lines split at `\n` (ASCII) from valid UTF-8 are valid UTF-8: slice the text.
             let start = line.as_ptr() as usize - batch.as_ptr() as usize;
             let line_text = text.and_then(|t| t.get(start..start + line.len()));
-            if let Err(e) = migrate_line_into(rule, line, line_text, out) {
+            if let Err(e) = migrate_line_into(rule, &mut record, line, line_text, out) {
                 out.truncate(mark);
                 failures.push((index as u64, e));
             }
@@ -236,19 +237,20 @@ pub fn split_records(batch: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Parses one record, applies the rule and appends the result plus `\n` to `out`.
-/// `text`: the line as text, when its batch was checked whole.
-fn migrate_line_into(
+/// Reads one record into `record` (storage shared by a batch), applies the rule and appends
+/// the result plus `\n` to `out`. `text`: the line as text, when its batch was checked whole.
+fn migrate_line_into<'a>(
     rule: &dyn DataMigrationRule,
-    line: &[u8],
-    text: Option<&str>,
+    record: &mut crate::raw::RawRecord<'a>,
+    line: &'a [u8],
+    text: Option<&'a str>,
     out: &mut Vec<u8>,
 ) -> Result<(), RuleError> {
-    let mut record = match text {
-        Some(text) => crate::raw::RawRecord::parse_str(text)?,
-        None => crate::raw::RawRecord::parse(line)?,
-    };
-    rule.migrate_raw(&mut record)?;
+    match text {
+        Some(text) => record.read(text)?,
+        None => *record = crate::raw::RawRecord::parse(line)?,
+    }
+    rule.migrate_raw(record)?;
     record.write(out)?;
     out.push(b'\n');
     Ok(())

@@ -1,0 +1,281 @@
+//! The fast way into a [`RawRecord`](super::RawRecord): one strict pass over a record's bytes
+//! that finds its top-level keys and value spans, without serde's per-value machinery. Reading
+//! the record was most of a hop's time; this pass costs about what validating the bytes costs.
+//!
+//! It is conservative by design: it accepts a record only when serde_json would accept it and
+//! split it into the same entries; anything it is unsure of (invalid JSON, a key written with
+//! escapes, nesting deeper than [`MAX_DEPTH`]) makes it give up, and the caller reads the
+//! record with serde_json, which gives the same result or the same error as before.
+
+use super::Entries;
+
+/// Nesting this scanner follows (one bit of its stack per level); deeper values go to serde_json.
+const MAX_DEPTH: u32 = 64;
+
+/// Adds each top-level entry of the JSON object `text` to `entries`, in order, and returns
+/// `Some` if `text` is exactly one valid object (JSON whitespace around it allowed) whose keys
+/// have no escapes. On `None` the entries added so far are to be discarded.
+pub(super) fn entries<'a>(text: &'a str, entries: &mut Entries<'a>) -> Option<()> {
+    let b = text.as_bytes();
+    let mut i = ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let (end, escaped) = string(b, i + 1)?;
+            if escaped {
+                return None;
+            }
+            let key = text.get(i + 1..end - 1)?;
+            i = ws(b, end);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            let start = ws(b, i + 1);
+            i = value(b, start)?;
+            entries.push_raw(key, text.get(start..i)?);
+            i = ws(b, i);
+            match b.get(i)? {
+                b',' => i = ws(b, i + 1),
+                b'}' => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (ws(b, i) == b.len()).then_some(())
+}
+
+/// Whether `text` is exactly one JSON value, whitespace around it allowed (`false` also for
+/// nesting deeper than [`MAX_DEPTH`]).
+pub(super) fn is_one_value(text: &str) -> bool {
+    let b = text.as_bytes();
+    value(b, ws(b, 0)).is_some_and(|end| ws(b, end) == b.len())
+}
+
+/// The index after the JSON value that starts at `i` (no whitespace before it). Scalars, most
+/// of a record's values, are read here; containers by [`container`].
+#[inline]
+fn value(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => Some(string(b, i + 1)?.0),
+        b'-' | b'0'..=b'9' => number(b, i),
+        b'{' | b'[' => container(b, i),
+        b't' => literal(b, i, b"true"),
+        b'f' => literal(b, i, b"false"),
+        b'n' => literal(b, i, b"null"),
+        _ => None,
+    }
+}
+
+/// The index after the object or array that starts at `i`, walked without recursion.
+#[inline(never)]
+fn container(b: &[u8], mut i: usize) -> Option<usize> {
+    // Bit n is set when the container at depth n + 1 is an object.
+    let mut objects: u64 = 0;
+    let mut depth: u32 = 0;
+    loop {
+        // One value starts at `i`: a scalar is read whole, a container is opened.
+        let opened = match *b.get(i)? {
+            b'"' => {
+                i = string(b, i + 1)?.0;
+                false
+            }
+            b'-' | b'0'..=b'9' => {
+                i = number(b, i)?;
+                false
+            }
+            b't' => {
+                i = literal(b, i, b"true")?;
+                false
+            }
+            b'f' => {
+                i = literal(b, i, b"false")?;
+                false
+            }
+            b'n' => {
+                i = literal(b, i, b"null")?;
+                false
+            }
+            open @ (b'{' | b'[') => {
+                if depth == MAX_DEPTH {
+                    return None;
+                }
+                let close = if open == b'{' { b'}' } else { b']' };
+                objects = (objects << 1) | u64::from(open == b'{');
+                depth += 1;
+                i = ws(b, i + 1);
+                if b.get(i) == Some(&close) {
+                    i += 1;
+                    objects >>= 1;
+                    depth -= 1;
+                    false
+                } else {
+                    if open == b'{' {
+                        i = member_value(b, i)?;
+                    }
+                    true
+                }
+            }
+            _ => return None,
+        };
+        if opened {
+            continue;
+        }
+        // A value ended at `i`: close the containers it completes, then find the next value.
+        loop {
+            if depth == 0 {
+                return Some(i);
+            }
+            i = ws(b, i);
+            let in_object = objects & 1 == 1;
+            match (*b.get(i)?, in_object) {
+                (b',', true) => {
+                    i = member_value(b, ws(b, i + 1))?;
+                    break;
+                }
+                (b',', false) => {
+                    i = ws(b, i + 1);
+                    break;
+                }
+                (b'}', true) | (b']', false) => {
+                    i += 1;
+                    objects >>= 1;
+                    depth -= 1;
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Reads `"key" :` at `i` (escapes allowed in nested keys) and returns where the value starts.
+fn member_value(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let i = ws(b, string(b, i + 1)?.0);
+    if b.get(i) != Some(&b':') {
+        return None;
+    }
+    Some(ws(b, i + 1))
+}
+
+/// Skips JSON whitespace (not Unicode whitespace: serde_json refuses that).
+fn ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Reads a string body starting just after its opening quote; returns the index after the
+/// closing quote and whether the string had escapes. The text is known to be UTF-8, so only
+/// quotes, backslashes and control characters need a look.
+fn string(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    loop {
+        // To the next byte that needs a look: 8 bytes at a time, byte by byte near the end.
+        match b.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+            Some(word) => {
+                let special = special_bytes(u64::from_le_bytes(word));
+                if special == 0 {
+                    i += 8;
+                    continue;
+                }
+                i += special.trailing_zeros() as usize / 8;
+            }
+            None if !matches!(b.get(i)?, b'"' | b'\\' | 0..=0x1f) => {
+                i += 1;
+                continue;
+            }
+            None => {}
+        }
+        match *b.get(i)? {
+            b'"' => return Some((i + 1, escaped)),
+            b'\\' => {
+                escaped = true;
+                i = escape(b, i + 1)?;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The high bit of each of 8 bytes (little-endian) that is a quote, a backslash or a control
+/// character, and no other bit: exact per byte, so its lowest set bit finds the first one.
+fn special_bytes(word: u64) -> u64 {
+    const LOW7: u64 = u64::from_le_bytes([0x7f; 8]);
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    // The high bit of each zero byte of `x`, with no carries between bytes.
+    let zero_bytes = |x: u64| !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7);
+    zero_bytes(word ^ (ONES * u64::from(b'"')))
+        | zero_bytes(word ^ (ONES * u64::from(b'\\')))
+        | zero_bytes(word & (ONES * 0xe0))
+}
+
+/// Reads an escape after its backslash. `\u` needs four hex digits; like serde_json when it
+/// skips a value, any code unit is accepted (a lone surrogate too).
+fn escape(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(i + 1),
+        b'u' => {
+            let hex = b.get(i + 1..i + 5)?;
+            hex.iter().all(u8::is_ascii_hexdigit).then_some(i + 5)
+        }
+        _ => None,
+    }
+}
+
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`; returns the index after it.
+fn number(b: &[u8], mut i: usize) -> Option<usize> {
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match *b.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => i = digits(b, i + 1),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        i = at_least_one_digit(b, i + 1)?;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = b.get(i) {
+            i += 1;
+        }
+        i = at_least_one_digit(b, i)?;
+    }
+    // serde_json refuses a leading zero followed by more digits (`01`); so does the caller,
+    // which finds a digit where it expects `,` `}` or `]`.
+    Some(i)
+}
+
+fn digits(b: &[u8], mut i: usize) -> usize {
+    while let Some(b'0'..=b'9') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+fn at_least_one_digit(b: &[u8], i: usize) -> Option<usize> {
+    let end = digits(b, i);
+    (end > i).then_some(end)
+}
+
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+    (b.get(i..i + word.len())? == word).then_some(i + word.len())
+}
+
+#[cfg(test)]
+mod tests;
