@@ -83,7 +83,9 @@ impl DataRun<'_> {
         let dst_path = staging.path_for(&file.rel)?;
         let write_err =
             |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
-        let out = BufWriter::with_capacity(1 << 20, File::create(&dst_path).map_err(write_err)?);
+        // Small: batch outputs (hundreds of KiB) go straight to the file rather than through
+        // the buffer, which only gathers the odd verbatim line.
+        let out = BufWriter::with_capacity(64 << 10, File::create(&dst_path).map_err(write_err)?);
         let mut quarantine = Quarantine::new(self, root, file, staging);
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -134,31 +136,33 @@ impl DataRun<'_> {
     ) -> Result<u64> {
         let mut reader = BufReader::with_capacity(1 << 20, src);
         let mut batch = Batch::default();
-        let (mut line, mut line_no, mut seq, mut bytes) = (Vec::new(), 0u64, 0u64, 0u64);
+        let (mut line_no, mut seq, mut bytes) = (0u64, 0u64, 0u64);
         let send = |item: Work, seq: &mut u64| {
             *seq += 1;
             !stop.load(Ordering::Relaxed) && work.send((*seq, item)).is_ok()
         };
         loop {
-            line.clear();
+            // Each line is read straight into the batch (no copy through a line buffer).
+            let start = batch.bytes.len();
             let n = reader
-                .read_until(b'\n', &mut line)
+                .read_until(b'\n', &mut batch.bytes)
                 .map_err(|e| MigrateError::io(format!("cannot read {}", path.display()), e))?;
             if n == 0 {
                 break;
             }
             line_no += 1;
             bytes += n as u64;
-            if line.iter().all(u8::is_ascii_whitespace) {
+            if batch.bytes[start..].iter().all(u8::is_ascii_whitespace) {
+                let line = batch.bytes.split_off(start);
                 let full = std::mem::take(&mut batch);
                 if (!full.places.is_empty() && !send(Work::Records(full), &mut seq))
-                    || !send(Work::Verbatim(line.clone()), &mut seq)
+                    || !send(Work::Verbatim(line), &mut seq)
                 {
                     return Ok(bytes);
                 }
                 continue;
             }
-            batch.push(&line, line_no);
+            batch.close_record(start, line_no);
             if (batch.places.len() >= self.batch_size || batch.bytes.len() >= BATCH_BYTES)
                 && !send(Work::Records(std::mem::take(&mut batch)), &mut seq)
             {
@@ -340,11 +344,11 @@ impl DataRun<'_> {
         };
         let mut batch = Batch::default();
         for (i, record) in records.iter().enumerate() {
-            let mut line = serde_json::to_vec(record).map_err(|e| {
+            let start = batch.bytes.len();
+            serde_json::to_writer(&mut batch.bytes, record).map_err(|e| {
                 MigrateError::invalid(&src_path, e.to_string(), "report this as a bug")
             })?;
-            line.push(b'\n');
-            batch.push(&line, i as u64 + 1);
+            batch.close_record(start, i as u64 + 1);
         }
         let (migrated, refusals) = self.run_hops(&batch, file)?;
         stats.records = (records.len() - refusals.len()) as u64;
@@ -454,10 +458,10 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, line: &[u8], place: u64) {
-        self.starts.push(self.bytes.len());
-        self.bytes.extend_from_slice(line);
-        if !line.ends_with(b"\n") {
+    /// Adds the record whose bytes were read into `bytes` from `start` on.
+    fn close_record(&mut self, start: usize, place: u64) {
+        self.starts.push(start);
+        if !self.bytes.ends_with(b"\n") {
             self.bytes.push(b'\n');
         }
         self.places.push(place);
