@@ -163,10 +163,11 @@ impl DataRun<'_> {
                 continue;
             }
             batch.close_record(start, line_no);
-            if (batch.places.len() >= self.batch_size || batch.bytes.len() >= BATCH_BYTES)
-                && !send(Work::Records(std::mem::take(&mut batch)), &mut seq)
-            {
-                return Ok(bytes);
+            if batch.places.len() >= self.batch_size || batch.bytes.len() >= BATCH_BYTES {
+                let next = batch.sized_like();
+                if !send(Work::Records(std::mem::replace(&mut batch, next)), &mut seq) {
+                    return Ok(bytes);
+                }
             }
         }
         if !batch.places.is_empty() {
@@ -458,6 +459,16 @@ struct Batch {
 }
 
 impl Batch {
+    /// An empty batch with room for one like this: grown from empty, each batch was copied
+    /// about once more by the reallocations.
+    fn sized_like(&self) -> Batch {
+        Batch {
+            bytes: Vec::with_capacity(self.bytes.len() + self.bytes.len() / 8),
+            starts: Vec::with_capacity(self.starts.len()),
+            places: Vec::with_capacity(self.places.len()),
+        }
+    }
+
     /// Adds the record whose bytes were read into `bytes` from `start` on.
     fn close_record(&mut self, start: usize, place: u64) {
         self.starts.push(start);
