@@ -291,7 +291,7 @@ impl<'a> RawRecord<'a> {
     }
 
     /// Sets `key` to JSON text a rule wrote (e.g. a small object built with `push_str`),
-    /// written out as it is; keeps `key`'s position if present, else appends it. The text is
+    /// written out as it is (less any whitespace around it); keeps `key`'s position if present, else appends it. The text is
     /// checked to be one JSON value, more cheaply than [`RawValue::from_string`] checks it.
     /// A `&'static str` key costs no allocation. Since 1.2.0.
     pub fn set_json(
@@ -325,13 +325,14 @@ impl<'a> RawRecord<'a> {
         Ok(())
     }
 
-    /// Sets `key` to a value given as JSON text, written out as it is (no tree is built: build
-    /// small objects with `format!` and [`RawValue::from_string`]); keeps `key`'s position if
+    /// Sets `key` to a value given as JSON text, written out as it is less any whitespace
+    /// around it (no tree is built; [`set_json`](Self::set_json) takes a `String` and checks
+    /// it more cheaply); keeps `key`'s position if
     /// present, else appends it. [`to_map`](Self::to_map) and [`get`](Self::get) parse the text,
     /// and serde_json does not read every float back exactly: a rule whose output a `Map` caller
     /// reads may prefer [`set`](Self::set) for computed floats.
     pub fn set_raw(&mut self, key: &str, json: Box<RawValue>) {
-        self.set_slot(key, Held::Text(json.into()));
+        self.set_slot(key, Held::Text(trimmed(json.into())));
     }
 
     fn set_slot(&mut self, key: &str, slot: Held<'a>) {
@@ -373,7 +374,7 @@ impl<'a> RawRecord<'a> {
         let Some(i) = self.position(old) else { return };
         let new = entries
             .into_iter()
-            .map(|(k, v)| (Cow::Owned(k), Held::Text(v.into())));
+            .map(|(k, v)| (Cow::Owned(k), Held::Text(trimmed(v.into()))));
         self.entries.splice(i..=i, new);
     }
 
@@ -471,7 +472,18 @@ fn checked_json(key: &str, json: String) -> Result<Box<str>, FieldError> {
         serde_json::from_str::<&RawValue>(&json)
             .map_err(|e| FieldError::new(key, format!("not valid JSON text ({e})")))?;
     }
-    Ok(json.into_boxed_str())
+    Ok(trimmed(json.into_boxed_str()))
+}
+
+/// JSON text without the whitespace around it: a value's first byte tells whether it is a
+/// container (see `Held::is_container`), which whitespace would hide.
+fn trimmed(json: Box<str>) -> Box<str> {
+    let is_ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+    if json.starts_with(is_ws) || json.ends_with(is_ws) {
+        json.trim_matches(is_ws).into()
+    } else {
+        json
+    }
 }
 
 /// Whether a string must be escaped to be a JSON string body (quote, backslash, control).
@@ -746,8 +758,13 @@ mod tests {
         r.write(&mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"{"m":{"x":1.50, "y":[null]},"b":"two","c": 7 }"#
+            r#"{"m":{"x":1.50, "y":[null]},"b":"two","c":7}"#
         );
+        // Whitespace around a value would hide that it is a container.
+        r.set_json("o", " {\"k\":[]}\n".to_owned()).unwrap();
+        r.set_raw("p", RawValue::from_string(" [1] ".to_owned()).unwrap());
+        assert!(r.is_container("o") && r.is_container("p"));
+        assert_eq!((r.raw("o"), r.raw("p")), (Some(r#"{"k":[]}"#), Some("[1]")));
         // Valid however deep (the scanner leaves deep nesting to serde_json).
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
         r.set_json("d", deep.clone()).unwrap();
