@@ -11,8 +11,8 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
+use plugin_api::model::{Sha256Reader, Sha256Writer};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::{MigrateError, Result};
 use crate::staging::Staging;
@@ -147,7 +147,7 @@ fn write_archive(req: &BackupRequest, path: &Path) -> Result<(Vec<FileRecord>, S
             e,
         )
     };
-    let out = HashingWriter::new(BufWriter::with_capacity(
+    let out = Sha256Writer::new(BufWriter::with_capacity(
         1 << 20,
         File::create(path).map_err(err)?,
     ));
@@ -173,13 +173,13 @@ fn write_archive(req: &BackupRequest, path: &Path) -> Result<(Vec<FileRecord>, S
             INCOMPRESSIBLE_LEVEL
         };
         builder.get_mut().set_level(level).map_err(err)?;
-        let mut reader = HashingReader::new(BufReader::with_capacity(1 << 20, file));
+        let mut reader = Sha256Reader::new(BufReader::with_capacity(1 << 20, file));
         builder
             .append_data(&mut header, rel, &mut reader)
             .map_err(err)?;
         records.push(FileRecord {
             path: rel.clone(),
-            size: reader.count,
+            size: reader.bytes_read(),
             mode: meta.permissions().mode() & 0o7777,
             sha256: reader.hex(),
         });
@@ -187,7 +187,10 @@ fn write_archive(req: &BackupRequest, path: &Path) -> Result<(Vec<FileRecord>, S
     let encoder = builder.into_inner().map_err(err)?;
     let out = encoder.finish().map_err(err)?;
     let sha = out.hex();
-    let file = out.inner.into_inner().map_err(|e| err(e.into_error()))?;
+    let file = out
+        .into_inner()
+        .into_inner()
+        .map_err(|e| err(e.into_error()))?;
     file.sync_all().map_err(err)?;
     Ok((records, sha))
 }
@@ -355,7 +358,7 @@ fn read_archive(backup: &Path, meta: &BackupMetadata, staging: Option<&Staging>)
         )));
     }
     let file = File::open(&path).map_err(|e| damaged(format!("cannot open: {e}")))?;
-    let decoder = zstd::Decoder::new(HashingReader::new(BufReader::with_capacity(1 << 20, file)))
+    let decoder = zstd::Decoder::new(Sha256Reader::new(BufReader::with_capacity(1 << 20, file)))
         .map_err(|e| damaged(format!("not zstd: {e}")))?;
     let mut archive = tar::Archive::new(decoder);
     let mut seen = std::collections::BTreeSet::new();
@@ -380,16 +383,16 @@ fn read_archive(backup: &Path, meta: &BackupMetadata, staging: Option<&Staging>)
             )),
             None => Box::new(io::sink()),
         };
-        let mut hashing = HashingReader::new(&mut entry);
+        let mut hashing = Sha256Reader::new(&mut entry);
         io::copy(&mut hashing, &mut sink)
             .map_err(|e| damaged(format!("`{rel}`: truncated or corrupt data ({e})")))?;
         sink.flush()
             .map_err(io_err(format!("cannot write staged {rel}")))?;
         drop(sink);
-        if hashing.count != record.size || hashing.hex() != record.sha256 {
+        if hashing.bytes_read() != record.size || hashing.hex() != record.sha256 {
             return Err(damaged(format!(
                 "`{rel}`: checksum mismatch (size {}, sha256 {}; metadata says size {}, sha256 {})",
-                hashing.count,
+                hashing.bytes_read(),
                 hashing.hex(),
                 record.size,
                 record.sha256
@@ -526,66 +529,6 @@ pub fn host_name() -> String {
         .map(|h| h.trim().to_owned())
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Counts and hashes what passes through.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<R> HashingReader<R> {
-    fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-
-    fn hex(&self) -> String {
-        hex::encode(self.hasher.clone().finalize())
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-
-    fn hex(&self) -> String {
-        hex::encode(self.hasher.clone().finalize())
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 #[cfg(test)]

@@ -33,8 +33,8 @@
 //! loaded further. Details in the crate's README.
 //!
 //! Since 1.1.0: [`toml::rename_key`], [`json::rename_key`], [`raw::RawRecord`] and
-//! [`DataMigrationRule::migrate_raw`]. Since 1.2.0: [`raw::RawRecord::set_json`] and
-//! [`raw::RawRecord::replace_key_json`].
+//! [`DataMigrationRule::migrate_raw`]. Since 1.2.0: [`raw::RawRecord::set_json`],
+//! [`raw::RawRecord::replace_key_json`], [`model::Sha256Reader`] and [`model::Sha256Writer`].
 #![allow(non_local_definitions, non_camel_case_types)]
 
 pub mod descriptor;

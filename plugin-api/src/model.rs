@@ -165,6 +165,88 @@ pub fn sha256_reader(reader: &mut impl Read) -> io::Result<(u64, String)> {
     Ok((size, hex::encode(hasher.finalize())))
 }
 
+/// A reader that hashes (sha256) and counts what is read through it: a file streamed for
+/// another purpose is hashed on the way, not read a second time. Since 1.2.0.
+pub struct Sha256Reader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R> Sha256Reader<R> {
+    pub fn new(inner: R) -> Self {
+        Sha256Reader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Hex sha256 of the bytes read so far.
+    pub fn hex(&self) -> String {
+        hex::encode(self.hasher.clone().finalize())
+    }
+}
+
+impl<R: Read> Read for Sha256Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// A writer that hashes (sha256) and counts what is written through it: a file is hashed as
+/// it is written, not read back. Since 1.2.0.
+pub struct Sha256Writer<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W> Sha256Writer<W> {
+    pub fn new(inner: W) -> Self {
+        Sha256Writer {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Hex sha256 of the bytes written so far.
+    pub fn hex(&self) -> String {
+        hex::encode(self.hasher.clone().finalize())
+    }
+
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: Write> Write for Sha256Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -182,4 +264,26 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sha256("abc"), FIPS 180-2 appendix B.1.
+    const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn hashing_reader_and_writer_count_and_hash_what_passes() {
+        let mut reader = Sha256Reader::new(&b"abc"[..]);
+        let mut copy = Sha256Writer::new(Vec::new());
+        assert_eq!(io::copy(&mut reader, &mut copy).unwrap(), 3);
+        assert_eq!((reader.bytes_read(), reader.hex().as_str()), (3, ABC));
+        assert_eq!((copy.bytes_written(), copy.hex().as_str()), (3, ABC));
+        assert_eq!(copy.into_inner(), b"abc");
+        assert_eq!(
+            sha256_reader(&mut &b"abc"[..]).unwrap(),
+            (3, ABC.to_owned())
+        );
+    }
 }

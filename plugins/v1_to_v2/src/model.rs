@@ -12,14 +12,14 @@
 
 use std::fs;
 
-use plugin_api::model::sha256_file;
+use plugin_api::model::FileEntry;
 use plugin_api::safetensors::{read_header, Header};
 use plugin_api::{
     ModelFolder, ModelMigrationRule, ModelOptions, ModelOutcome, OptimizeDtype, RuleError,
 };
 use serde_json::{json, Map, Value};
 
-use crate::optimize::{convert_file, has_f32, CHUNK_BYTES};
+use crate::optimize::{convert_file, has_f32, Converted, CHUNK_BYTES};
 
 /// The model rule of this hop.
 pub struct ModelRule;
@@ -190,11 +190,17 @@ fn optimize(
     }
     let mut sources = Map::new();
     for (rel, header) in weights.iter_mut().filter(|(_, h)| has_f32(h)) {
-        let source_sha256 = hash(model, rel)?;
-        *header = convert(model, rel, header, target)?;
-        update_file_entry(model, rel, metadata, outcome)?;
+        let (converted, hashes) = convert(model, rel, header, target)?;
+        *header = converted;
+        let (size, sha256) = hashes.output;
+        let entry = FileEntry {
+            path: rel.clone(),
+            size,
+            sha256,
+        };
+        update_file_entry(model, entry, metadata, outcome)?;
         outcome.written.push(rel.clone());
-        sources.insert(rel.clone(), Value::String(source_sha256));
+        sources.insert(rel.clone(), Value::String(hashes.source.1));
     }
     if sources.is_empty() {
         outcome.warnings.push(
@@ -213,14 +219,8 @@ fn optimize(
     Ok(json!({"optimized": true, "dtype": target.name(), "source_sha256": source_sha256}))
 }
 
-/// sha256 of the file as it was before this hop converted it.
-fn hash(model: &ModelFolder, rel: &str) -> Result<String, RuleError> {
-    sha256_file(&model.resolve(rel))
-        .map(|(_, hex)| hex)
-        .map_err(|e| RuleError::at_field(shown(model, rel), format!("cannot read: {e}")))
-}
-
-/// Writes the converted `rel` into staging and returns its (re-read, validated) header.
+/// Writes the converted `rel` into staging and returns its (re-read, validated) header, with
+/// the source's and the output's sizes and hashes.
 /// The data goes to a `.partial` file renamed over the staged path once complete and synced,
 /// so the staged path only ever holds a whole file, even when it is also the source (an
 /// earlier hop of the same run staged it).
@@ -229,32 +229,32 @@ fn convert(
     rel: &str,
     header: &Header,
     target: OptimizeDtype,
-) -> Result<Header, RuleError> {
+) -> Result<(Header, Converted), RuleError> {
     let fail =
         |e: std::io::Error| RuleError::at_field(shown(model, rel), format!("cannot convert: {e}"));
     let source = model.resolve(rel);
     let staged = model.staged_path(rel).map_err(fail)?;
     let partial = model.staged_path(&format!("{rel}.partial")).map_err(fail)?;
     let written = convert_file(&source, header, &partial, target, CHUNK_BYTES)
-        .and_then(|()| fs::rename(&partial, &staged));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&partial);
-        return Err(fail(e));
+        .and_then(|hashes| fs::rename(&partial, &staged).map(|()| hashes));
+    match written {
+        Ok(hashes) => Ok((read_weights_header(model, rel)?, hashes)),
+        Err(e) => {
+            let _ = fs::remove_file(&partial);
+            Err(fail(e))
+        }
     }
-    read_weights_header(model, rel)
 }
 
 /// Records the converted file's new size and sha256 in `files`; a file `files` did not list
 /// is added (keeping the list sorted by path), with a warning.
 fn update_file_entry(
     model: &ModelFolder,
-    rel: &str,
+    entry: FileEntry,
     metadata: &mut Map<String, Value>,
     outcome: &mut ModelOutcome,
 ) -> Result<(), RuleError> {
-    let entry = model
-        .file_entry(rel)
-        .map_err(|e| RuleError::at_field(shown(model, rel), format!("cannot read: {e}")))?;
+    let rel = entry.path.as_str();
     let files = metadata
         .get_mut("files")
         .and_then(Value::as_array_mut)

@@ -9,7 +9,8 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use half::{bf16, f16};
-use plugin_api::safetensors::{open_data, Header, TensorInfo};
+use plugin_api::model::{Sha256Reader, Sha256Writer};
+use plugin_api::safetensors::{Header, TensorInfo};
 use plugin_api::OptimizeDtype;
 use serde_json::{json, Map, Value};
 
@@ -32,10 +33,18 @@ pub(crate) fn convert_file(
     dst: &Path,
     target: OptimizeDtype,
     chunk: usize,
-) -> io::Result<()> {
+) -> io::Result<Converted> {
     let json = converted_header(header, target)?;
-    let mut input = BufReader::with_capacity(CHUNK_BYTES, open_data(src, header)?);
-    let mut output = BufWriter::with_capacity(CHUNK_BYTES, File::create(dst)?);
+    let mut input = Sha256Reader::new(BufReader::with_capacity(CHUNK_BYTES, File::open(src)?));
+    // The source's header is part of its hash; its data starts right after it.
+    let header_bytes = header.data_start();
+    if io::copy(&mut (&mut input).take(header_bytes), &mut io::sink())? != header_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the file ends inside its header",
+        ));
+    }
+    let mut output = BufWriter::with_capacity(CHUNK_BYTES, Sha256Writer::new(File::create(dst)?));
     output.write_all(&(json.len() as u64).to_le_bytes())?;
     output.write_all(&json)?;
     let chunk = (chunk.max(4) / 4) * 4;
@@ -46,10 +55,25 @@ pub(crate) fn convert_file(
     for tensor in &header.tensors {
         copy_tensor(tensor, &mut input, &mut output, target, &mut buffers)?;
     }
-    let file = output
+    // Anything after the last tensor is still part of the source's hash.
+    io::copy(&mut input, &mut io::sink())?;
+    let output = output
         .into_inner()
         .map_err(io::IntoInnerError::into_error)?;
-    file.sync_all()
+    let converted = Converted {
+        source: (input.bytes_read(), input.hex()),
+        output: (output.bytes_written(), output.hex()),
+    };
+    output.into_inner().sync_all()?;
+    Ok(converted)
+}
+
+/// The sizes and sha256 of a converted file's source and output, hashed as they streamed
+/// through the conversion: neither file is read again for them.
+#[derive(Debug)]
+pub(crate) struct Converted {
+    pub source: (u64, String),
+    pub output: (u64, String),
 }
 
 /// The converted file's header JSON: `__metadata__` first and verbatim, then the tensors in

@@ -1,6 +1,7 @@
 use super::*;
 use crate::test_support::*;
 use half::{bf16, f16};
+use plugin_api::model::sha256_file;
 use std::path::Path;
 
 /// F32 values with the F16 and BF16 bit patterns round-to-nearest-even gives them, worked

@@ -104,3 +104,32 @@ fn a_source_shorter_than_its_header_says_fails_instead_of_writing_a_short_file()
     .unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
 }
+
+#[test]
+fn hashes_both_files_on_the_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, _) = source(dir.path());
+    let header = read_header(&src).unwrap();
+    let out = dir.path().join("out");
+    for chunk in [4, CHUNK_BYTES] {
+        let hashes = convert_file(&src, &header, &out, OptimizeDtype::BF16, chunk).unwrap();
+        let sha = |p: &Path| plugin_api::model::sha256_file(p).unwrap();
+        assert_eq!(hashes.source, sha(&src), "chunk {chunk}");
+        assert_eq!(hashes.output, sha(&out), "chunk {chunk}");
+        assert_ne!(hashes.source.1, hashes.output.1);
+    }
+    // Bytes after the last tensor are part of the source's hash too.
+    let mut bytes = std::fs::read(&src).unwrap();
+    bytes.extend_from_slice(b"trailing");
+    let padded = dir.path().join("padded.safetensors");
+    std::fs::write(&padded, &bytes).unwrap();
+    let hashes = convert_file(&padded, &header, &out, OptimizeDtype::F16, 16).unwrap();
+    assert_eq!(
+        hashes.source,
+        plugin_api::model::sha256_file(&padded).unwrap()
+    );
+    // A file that ends inside its header is refused.
+    std::fs::write(&padded, &bytes[..20]).unwrap();
+    let e = convert_file(&padded, &header, &out, OptimizeDtype::F16, 16).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+}
