@@ -205,34 +205,26 @@ fn quarantine_keeps_what_earlier_runs_set_aside() {
     let root = install.path();
     let data = root.join("data");
     let data = data.to_str().unwrap();
-    let mut content = read(root, "data/requests.jsonl");
-    content.push_str("{\"id\": first-bad\n");
-    write(root, "data/requests.jsonl", &content);
-    ok(&migrate(&[
-        "data",
-        "--data-path",
-        data,
-        "--from",
-        "0.1.0",
-        "--to",
-        "1.0.0",
-        "--on-invalid",
-        "quarantine",
-    ]));
-    let mut content = read(root, "data/requests.jsonl");
-    content.push_str("{\"id\": second-bad\n");
-    write(root, "data/requests.jsonl", &content);
-    ok(&migrate(&[
-        "data",
-        "--data-path",
-        data,
-        "--from",
-        "1.0.0",
-        "--to",
-        "2.0.0",
-        "--on-invalid",
-        "quarantine",
-    ]));
+    // Appends a bad record to the log, then migrates the log one hop, quarantining.
+    let run_with_bad = |bad: &str, from: &str, to: &str| {
+        let mut content = read(root, "data/requests.jsonl");
+        content.push_str(bad);
+        content.push('\n');
+        write(root, "data/requests.jsonl", &content);
+        ok(&migrate(&[
+            "data",
+            "--data-path",
+            data,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--on-invalid",
+            "quarantine",
+        ]));
+    };
+    run_with_bad("{\"id\": first-bad", "0.1.0", "1.0.0");
+    run_with_bad("{\"id\": second-bad", "1.0.0", "2.0.0");
     let q = jsonl(root, "data/.quarantine/requests.jsonl.rejected.jsonl");
     let records: Vec<&str> = q.iter().map(|e| e["record"].as_str().unwrap()).collect();
     assert_eq!(records, ["{\"id\": first-bad", "{\"id\": second-bad"]);
