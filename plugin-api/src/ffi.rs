@@ -206,7 +206,8 @@ extern "C" fn migrate_data(
 ) -> RResult<BatchOutput, RString> {
     guarded(|| {
         let _req: DataRequest = from_json(request.as_str(), "data request")?;
-        let mut out = Vec::with_capacity(records.len() + records.len() / 4);
+        // `migrate_data_batch` reserves what the batch needs.
+        let mut out = Vec::new();
         let failures = hop()?
             .migrate_data_batch(records.as_slice(), &mut out)
             .into_iter()

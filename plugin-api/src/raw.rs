@@ -123,11 +123,7 @@ impl<'a> RawRecord<'a> {
     /// The fast path, into `storage` (empty): `None` when the scanner leaves the record to
     /// serde_json.
     fn scan(text: &'a str, storage: Vec<(Cow<'a, str>, Held<'a>)>) -> Option<RawRecord<'a>> {
-        let mut entries = Entries {
-            entries: storage,
-            index: None,
-            seen: 0,
-        };
+        let mut entries = Entries::in_storage(storage);
         scan::entries(text, &mut entries)?;
         Some(RawRecord {
             entries: entries.entries,
@@ -516,28 +512,19 @@ fn key_bit(key: &str) -> u64 {
 }
 
 impl<'a> Entries<'a> {
-    fn with_capacity(n: usize) -> Self {
+    /// Entries read into `storage` (empty).
+    fn in_storage(storage: Vec<(Cow<'a, str>, Held<'a>)>) -> Self {
         Entries {
-            entries: Vec::with_capacity(n),
+            entries: storage,
             index: None,
             seen: 0,
         }
     }
 
-    /// Adds an entry read by the scanner. Inlined into it: called through a closure, each
-    /// entry was built on the stack and copied once more, which cost a store-forwarding stall
-    /// per entry (a twentieth of a hop's time).
+    /// Adds an entry. Inlined into the scanner: called through a closure, each entry was built
+    /// on the stack and copied once more, which cost a store-forwarding stall per entry (a
+    /// twentieth of a hop's time).
     #[inline(always)]
-    fn push_raw(&mut self, key: &'a str, value: &'a str) {
-        match self.find(key) {
-            Some(i) => self.entries[i].1 = Held::Raw(value),
-            None => {
-                self.entries.push((Cow::Borrowed(key), Held::Raw(value)));
-                self.index_if_large();
-            }
-        }
-    }
-
     fn push(&mut self, key: Cow<'a, str>, value: Held<'a>) {
         match self.find(&key) {
             Some(i) => self.entries[i].1 = value,
@@ -598,7 +585,7 @@ impl<'de: 'a, 'a> Visitor<'de> for EntriesVisitor<'a> {
     }
 
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Entries<'a>, M::Error> {
-        let mut entries = Entries::with_capacity(map.size_hint().unwrap_or(8));
+        let mut entries = Entries::in_storage(Vec::with_capacity(map.size_hint().unwrap_or(8)));
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let raw: &'de RawValue = map.next_value()?;
             entries.push(key, Held::Raw(raw.get()));

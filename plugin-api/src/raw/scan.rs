@@ -7,7 +7,9 @@
 //! escapes, nesting deeper than [`MAX_DEPTH`]) makes it give up, and the caller reads the
 //! record with serde_json, which gives the same result or the same error as before.
 
-use super::Entries;
+use std::borrow::Cow;
+
+use super::{Entries, Held};
 
 /// Nesting this scanner follows (one bit of its stack per level); deeper values go to serde_json.
 const MAX_DEPTH: u32 = 64;
@@ -40,7 +42,7 @@ pub(super) fn entries<'a>(text: &'a str, entries: &mut Entries<'a>) -> Option<()
             }
             let start = ws(b, i + 1);
             i = value(b, start)?;
-            entries.push_raw(key, text.get(start..i)?);
+            entries.push(Cow::Borrowed(key), Held::Raw(text.get(start..i)?));
             i = ws(b, i);
             match b.get(i)? {
                 b',' => i = ws(b, i + 1),
