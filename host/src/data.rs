@@ -154,7 +154,7 @@ impl DataRun<'_> {
             bytes += n as u64;
             if batch.bytes[start..].iter().all(u8::is_ascii_whitespace) {
                 let line = batch.bytes.split_off(start);
-                let full = std::mem::take(&mut batch);
+                let full = batch.take();
                 if (!full.places.is_empty() && !send(Work::Records(full), &mut seq))
                     || !send(Work::Verbatim(line), &mut seq)
                 {
@@ -163,11 +163,10 @@ impl DataRun<'_> {
                 continue;
             }
             batch.close_record(start, line_no);
-            if batch.places.len() >= self.batch_size || batch.bytes.len() >= BATCH_BYTES {
-                let next = batch.sized_like();
-                if !send(Work::Records(std::mem::replace(&mut batch, next)), &mut seq) {
-                    return Ok(bytes);
-                }
+            if (batch.places.len() >= self.batch_size || batch.bytes.len() >= BATCH_BYTES)
+                && !send(Work::Records(batch.take()), &mut seq)
+            {
+                return Ok(bytes);
             }
         }
         if !batch.places.is_empty() {
@@ -459,14 +458,15 @@ struct Batch {
 }
 
 impl Batch {
-    /// An empty batch with room for one like this: grown from empty, each batch was copied
-    /// about once more by the reallocations.
-    fn sized_like(&self) -> Batch {
-        Batch {
+    /// Takes the batch, leaving an empty one with room for one like it: grown from empty,
+    /// each batch was copied about once more by the reallocations.
+    fn take(&mut self) -> Batch {
+        let next = Batch {
             bytes: Vec::with_capacity(self.bytes.len() + self.bytes.len() / 8),
             starts: Vec::with_capacity(self.starts.len()),
             places: Vec::with_capacity(self.places.len()),
-        }
+        };
+        std::mem::replace(self, next)
     }
 
     /// Adds the record whose bytes were read into `bytes` from `start` on.
