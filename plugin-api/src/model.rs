@@ -151,18 +151,10 @@ pub fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
 
 /// Streams a reader through sha256 to its end; returns the bytes read and the hex digest.
 pub fn sha256_reader(reader: &mut impl Read) -> io::Result<(u64, String)> {
-    let mut hasher = Sha256::new();
+    let mut hashing = Sha256Reader::new(reader);
     let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, hex::encode(hasher.finalize())))
+    while hashing.read(&mut buf)? != 0 {}
+    Ok((hashing.bytes_read(), hashing.hex()))
 }
 
 /// A reader that hashes (sha256) and counts what is read through it: a file streamed for

@@ -69,9 +69,17 @@ pub(super) fn is_one_value(text: &str) -> bool {
 #[inline]
 fn value(b: &[u8], i: usize) -> Option<usize> {
     match *b.get(i)? {
+        b'{' | b'[' => container(b, i),
+        _ => scalar(b, i),
+    }
+}
+
+/// The index after the string, number or literal that starts at `i`.
+#[inline]
+fn scalar(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
         b'"' => Some(string(b, i + 1)?.0),
         b'-' | b'0'..=b'9' => number(b, i),
-        b'{' | b'[' => container(b, i),
         b't' => literal(b, i, b"true"),
         b'f' => literal(b, i, b"false"),
         b'n' => literal(b, i, b"null"),
@@ -88,26 +96,6 @@ fn container(b: &[u8], mut i: usize) -> Option<usize> {
     loop {
         // One value starts at `i`: a scalar is read whole, a container is opened.
         let opened = match *b.get(i)? {
-            b'"' => {
-                i = string(b, i + 1)?.0;
-                false
-            }
-            b'-' | b'0'..=b'9' => {
-                i = number(b, i)?;
-                false
-            }
-            b't' => {
-                i = literal(b, i, b"true")?;
-                false
-            }
-            b'f' => {
-                i = literal(b, i, b"false")?;
-                false
-            }
-            b'n' => {
-                i = literal(b, i, b"null")?;
-                false
-            }
             open @ (b'{' | b'[') => {
                 if depth == MAX_DEPTH {
                     return None;
@@ -128,7 +116,10 @@ fn container(b: &[u8], mut i: usize) -> Option<usize> {
                     true
                 }
             }
-            _ => return None,
+            _ => {
+                i = scalar(b, i)?;
+                false
+            }
         };
         if opened {
             continue;
