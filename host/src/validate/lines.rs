@@ -1,18 +1,14 @@
 //! Checking a `*.jsonl` file: every record must be a JSON object with the expected
 //! `schema_version`. This runs over every migrated record after the swap, so it is built for
 //! throughput: the file is read in large chunks (cut at line ends) that worker threads check in
-//! parallel, and a record is validated without building a tree; only a record that fails is
-//! parsed again, to word its problem as the hops do.
+//! parallel, and a record is read the way the hops read it (plugin-api's scanner), so that a
+//! record passes or fails, and its problem is worded, exactly as in a hop.
 
-use std::fmt;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Mutex;
-
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::Deserialize;
 
 /// A chunk handed to a checker: whole lines, and the 1-based number of its first line.
 struct Chunk {
@@ -110,16 +106,12 @@ fn check_chunks(rx: &Mutex<Receiver<Chunk>>, schema: Option<Option<u64>>) -> Che
         let Ok(chunk) = next else {
             return checked;
         };
-        // One UTF-8 check per chunk; a chunk with a bad byte is checked line by line.
-        let text = std::str::from_utf8(&chunk.bytes).ok();
         for (i, line) in plugin_api::rules::split_records(&chunk.bytes).enumerate() {
-            let start = line.as_ptr() as usize - chunk.bytes.as_ptr() as usize;
-            let line_text = text.and_then(|t| t.get(start..start + line.len()));
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             checked.records += 1;
-            if let Some((rule, message)) = check_record(line, line_text, schema) {
+            if let Some((rule, message)) = check_record(line, schema) {
                 checked
                     .problems
                     .push((chunk.first_line + i as u64, rule, message));
@@ -128,59 +120,15 @@ fn check_chunks(rx: &Mutex<Receiver<Chunk>>, schema: Option<Option<u64>>) -> Che
     }
 }
 
-/// The problem with one record, if any. The fast path validates the whole record and reads
-/// only `schema_version`; a record it refuses is parsed by [`plugin_api::raw::RawRecord`] so
-/// that the message is the one the hops give.
-fn check_record(
-    line: &[u8],
-    text: Option<&str>,
-    schema: Option<Option<u64>>,
-) -> Option<(&'static str, String)> {
-    let is_object = line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    let fast = match text {
-        Some(text) if is_object => serde_json::from_str::<SchemaVersion>(text).ok(),
-        _ => None,
-    };
-    let found = match fast {
-        Some(SchemaVersion(found)) => found,
-        None => match plugin_api::raw::RawRecord::parse(line) {
-            Err(e) => return Some(("record_json", e.message)),
-            Ok(record) => record.u64("schema_version").ok().flatten(),
-        },
+/// The problem with one record, if any. The record is read by plugin-api's scanner, as the
+/// hops read it: the whole record is validated without building a tree, and a record it
+/// refuses gets the message the hops give.
+fn check_record(line: &[u8], schema: Option<Option<u64>>) -> Option<(&'static str, String)> {
+    let found = match plugin_api::raw::RawRecord::parse(line) {
+        Err(e) => return Some(("record_json", e.message)),
+        Ok(record) => record.u64("schema_version").ok().flatten(),
     };
     super::schema_problem(found, schema).map(|m| ("record_schema_version", m))
-}
-
-/// A record's `schema_version` when it is a non-negative integer; every other value is
-/// validated and skipped. A repeated key counts by its last value, as in a parsed map.
-struct SchemaVersion(Option<u64>);
-
-impl<'de> Deserialize<'de> for SchemaVersion {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(SchemaVersionVisitor)
-    }
-}
-
-struct SchemaVersionVisitor;
-
-impl<'de> Visitor<'de> for SchemaVersionVisitor {
-    type Value = SchemaVersion;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<SchemaVersion, M::Error> {
-        let mut found = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == "schema_version" {
-                found = map.next_value::<serde_json::Value>()?.as_u64();
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(SchemaVersion(found))
-    }
 }
 
 #[cfg(test)]
