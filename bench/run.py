@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: full 0.1.0 -> 2.1.0 migration against the baselines, measured in the same run.
 
-usage: bench/run.py [--size S ...] [--work DIR] [--jq-mb N] [--out bench/results.md]
+usage: bench/run.py [--size S ...] [--repeat N] [--work DIR] [--jq-mb N] [--out bench/results.md]
 
 For each size S (1.0 = 1 GiB of request logs + 1 GiB of safetensors weights), it generates a
 0.1.0 installation, then times on that same tree (warm page cache for all):
@@ -10,9 +10,11 @@ For each size S (1.0 = 1 GiB of request logs + 1 GiB of safetensors weights), it
   - jq -c running the three data hops as one program (bench/hops.jq) on the request log
     (on the first --jq-mb MB when given, scaled linearly: jq is ~100x slower than migrate);
   - migrate version --to 2.1.0 with its backup (release build), with peak RSS.
-It prints and writes to --out: throughput, peak RSS and the ratios the targets are stated in.
+Each size is measured in --repeat rounds (default 3) that alternate the commands; every time
+is the median of its rounds. It prints and writes to --out: throughput, peak RSS and the ratios
+the targets are stated in. A "### Reading these figures" section already in --out is kept.
 """
-import argparse, json, os, platform, shutil, subprocess, sys, time
+import argparse, json, os, platform, shutil, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIGRATE = os.path.join(ROOT, "target/release/migrate")
@@ -44,15 +46,47 @@ def machine():
     return f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, {platform.system()} {platform.release()}"
 
 
-def bench_size(size, work, jq_mb):
+def bench_size(size, work, jq_mb, repeat):
     src = os.path.join(work, f"src-{size}")
     shutil.rmtree(src, ignore_errors=True)
     run([sys.executable, os.path.join(ROOT, "bench/gen_install.py"), src,
          "--log-bytes", str(int(size * GIB)), "--weight-bytes", str(int(size * GIB))], stdout=subprocess.DEVNULL)
-    log = os.path.join(src, "data/requests.jsonl")
-    r = {"size": size, "tree_bytes": du(src), "data_bytes": du(os.path.join(src, "data"))}
-    scratch = os.path.join(work, "scratch")
+    r = {"size": size, "tree_bytes": du(src), "data_bytes": du(os.path.join(src, "data")), "repeat": repeat}
+    jq_out = os.path.join(work, "jq-out.jsonl")
+    r.update(time_jq(src, work, jq_mb, jq_out))
+    # Rounds alternate the commands, so that a slow minute of this shared VM falls on all of
+    # them rather than on one; each figure is the median of its rounds, the spread is kept.
+    rounds = [one_round(src, work, jq_out if i == repeat - 1 else None) for i in range(repeat)]
+    for key in rounds[-1]:
+        vals = [x[key] for x in rounds if key in x]
+        if key.endswith("_s"):
+            r[key] = statistics.median(vals)
+            r.setdefault("spread", {})[key] = [round(min(vals), 3), round(max(vals), 3)]
+        elif key == "peak_rss":
+            r[key] = max(vals)
+        else:
+            r[key] = vals[-1]
+    shutil.rmtree(src)
+    return r
 
+
+def time_jq(src, work, jq_mb, jq_out):
+    """jq running the three hops as one program, on the log or its first `jq_mb` MB, scaled."""
+    log = os.path.join(src, "data/requests.jsonl")
+    jq_in = log
+    if jq_mb:
+        jq_in = os.path.join(work, "jq-sample.jsonl")
+        with open(log, "rb") as f, open(jq_in, "wb") as g:
+            g.write(f.read(jq_mb << 20).rsplit(b"\n", 1)[0] + b"\n")
+    with open(jq_out, "wb") as out:
+        jq_s = run(["jq", "-c", "-f", os.path.join(ROOT, "bench/hops.jq"), jq_in], stdout=out)
+    return {"jq_s": jq_s * os.path.getsize(log) / os.path.getsize(jq_in), "jq_sampled": jq_in != log}
+
+
+def one_round(src, work, jq_out):
+    """Every baseline once, then the migration; compares the output with jq's when `jq_out`."""
+    r = {}
+    scratch = os.path.join(work, "scratch")
     shutil.rmtree(scratch, ignore_errors=True)
     r["cp_tree_s"] = run(["cp", "-r", src, scratch])
     shutil.rmtree(scratch)
@@ -67,17 +101,6 @@ def bench_size(size, work, jq_mb):
     r["tar_backupset_bytes"] = os.path.getsize(tarball)
     os.remove(tarball)
 
-    jq_in = log
-    if jq_mb:
-        jq_in = os.path.join(work, "jq-sample.jsonl")
-        with open(log, "rb") as f, open(jq_in, "wb") as g:
-            g.write(f.read(jq_mb << 20).rsplit(b"\n", 1)[0] + b"\n")
-    jq_out = os.path.join(work, "jq-out.jsonl")
-    with open(jq_out, "wb") as out:
-        jq_s = run(["jq", "-c", "-f", os.path.join(ROOT, "bench/hops.jq"), jq_in], stdout=out)
-    r["jq_s"] = jq_s * os.path.getsize(log) / os.path.getsize(jq_in)
-    r["jq_sampled"] = jq_in != log
-
     inst = os.path.join(work, "install")
     shutil.rmtree(inst, ignore_errors=True)
     subprocess.run(["cp", "-a", src, inst], check=True)
@@ -87,12 +110,11 @@ def bench_size(size, work, jq_mb):
     steps = {s["name"]: s for s in rep["steps"]}
     r.update(migrate_s=wall, peak_rss=rss, data_s=steps["data"]["duration_ms"] / 1000,
              backup_s=steps["backup"]["duration_ms"] / 1000, models_s=steps["models"]["duration_ms"] / 1000,
-             records=steps["data"]["records"])
-    backups = os.path.join(inst, "backups")
-    r["backup_bytes"] = du(backups)
-    r["same_as_jq"] = same_records(jq_out, os.path.join(inst, "data/requests.jsonl"))
+             commit_s=steps["commit"]["duration_ms"] / 1000, records=steps["data"]["records"])
+    r["backup_bytes"] = du(os.path.join(inst, "backups"))
+    if jq_out:
+        r["same_as_jq"] = same_records(jq_out, os.path.join(inst, "data/requests.jsonl"))
     shutil.rmtree(inst)
-    shutil.rmtree(src)
     return r
 
 
@@ -154,6 +176,7 @@ def main():
     a.add_argument("--work", default=os.path.join(ROOT, "target/bench"))
     a.add_argument("--jq-mb", type=int, default=0, help="run jq on the first N MB only and scale")
     a.add_argument("--out", default=os.path.join(ROOT, "bench/results.md"))
+    a.add_argument("--repeat", type=int, default=3, help="rounds per size; figures are medians")
     args = a.parse_args()
     sizes = args.size or [1.0]
     if not os.path.exists(MIGRATE):
@@ -161,20 +184,35 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     results = []
     for s in sizes:
-        r = bench_size(s, args.work, args.jq_mb)
+        r = bench_size(s, args.work, args.jq_mb, max(1, args.repeat))
         print(json.dumps(r), flush=True)
         results.append(r)
     text = "\n".join([
         "# Benchmark results", "",
         f"Machine: {machine()}. Generated by `bench/run.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')}.",
-        "Warm page cache for every command. Ratios are time(migrate part) / time(baseline) unless marked 'faster'.", "",
+        "Warm page cache for every command. Each time is the median of the rounds (the raw figures keep the spread);",
+        "ratios are time(migrate part) / time(baseline) unless marked 'faster'.", "",
         table(results), "",
         "Raw figures (seconds, bytes):", "", "```", *[json.dumps(r) for r in results], "```", "",
-        targets(results), ""])
+        targets(results), "", kept_notes(args.out)])
     with open(args.out, "w") as f:
         f.write(text)
     print(table(results))
     print(targets(results))
+
+
+def kept_notes(out):
+    """The hand-written reading of the figures in `out`, from its NOTES_HEADING on, if any:
+    a new run replaces the figures, not the explanation (which its author then re-reads)."""
+    try:
+        text = open(out).read()
+    except FileNotFoundError:
+        return ""
+    at = text.find(NOTES_HEADING)
+    return text[at:] if at >= 0 else ""
+
+
+NOTES_HEADING = "### Reading these figures"
 
 
 if __name__ == "__main__":
