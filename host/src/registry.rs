@@ -467,12 +467,14 @@ fn describe_load_error(e: &LibraryError) -> String {
         LibraryError::IncompatibleVersionNumber { actual_version, .. } => format!(
             "built against plugin-api {actual_version}, which this host cannot load: it loads plugins built against plugin-api {major}.x (it has {api}); rebuild the plugin against plugin-api {major}.x"
         ),
+        // Plugins built against plugin-api 1.0–1.2: their constructor lets abi_stable catch
+        // the panic, and its message stays in the plugin. From 1.3 it comes as `Returned`.
         LibraryError::RootModule { err: RootModuleError::Unwound, .. } => {
             "the plugin panicked while it was being loaded (in the code given to export_hop!)"
                 .to_owned()
         }
         LibraryError::RootModule { err: RootModuleError::Returned(why), .. } => {
-            format!("the plugin refused to load: {why}")
+            format!("the plugin failed to load: {why}")
         }
         LibraryError::InvalidAbiHeader(_) | LibraryError::InvalidCAbi { .. } => format!(
             "built with an abi_stable or Rust C ABI this host cannot load; rebuild it with abi_stable 0.11 against plugin-api {major}.x"

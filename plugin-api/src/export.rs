@@ -11,16 +11,18 @@
 /// ```
 ///
 /// The expansion owns every FFI detail: the exported root module, the `catch_unwind` around
-/// every entry point (a panicking plugin becomes an error in the host, never an abort), and
-/// the descriptor's ABI version. The plugin crate must be a `cdylib` and depend on
+/// every entry point and around building the hop (a panicking plugin becomes an error in the
+/// host that carries the panic's message, never an abort), and the descriptor's ABI version. The plugin crate must be a `cdylib` and depend on
 /// `abi_stable` (the attribute below expands to paths into it).
 #[macro_export]
 macro_rules! export_hop {
     ($make:expr) => {
         #[$crate::abi_stable::export_root_module]
-        pub fn trustformers_migrate_hop_root() -> $crate::ffi::HopModule_Ref {
-            $crate::ffi::register(|| $make);
-            $crate::ffi::root_module()
+        pub fn trustformers_migrate_hop_root() -> ::std::result::Result<
+            $crate::ffi::HopModule_Ref,
+            $crate::abi_stable::std_types::RBoxError,
+        > {
+            $crate::ffi::load(|| $make)
         }
     };
 }

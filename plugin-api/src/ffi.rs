@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use abi_stable::library::RootModule;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_types::VersionStrings;
-use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+use abi_stable::std_types::{RBoxError, RResult, RSlice, RStr, RString, RVec};
 use abi_stable::{declare_root_module_statics, package_version_strings, sabi_trait, StableAbi};
 use serde::{Deserialize, Serialize};
 
@@ -113,7 +113,27 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-/// Installs the plugin's hop. Called by the root-module constructor the macro generates.
+/// The root module, after installing the plugin's hop: what the root-module constructor the
+/// macro generates returns. A panic while the hop is built becomes a load error that carries
+/// its message, which the host shows; abi_stable's own catch would report only that the
+/// constructor unwound. Since 1.3.0.
+pub fn load(make: impl FnOnce() -> Hop) -> Result<HopModule_Ref, RBoxError> {
+    match catch_unwind(AssertUnwindSafe(|| register(make))) {
+        Ok(()) => Ok(root_module()),
+        Err(payload) => {
+            let recorded = LAST_PANIC.with(|p| p.borrow_mut().take());
+            // One line: the host lists it as the plugin's status.
+            let message = recorded
+                .unwrap_or_else(|| panic_text(payload.as_ref()))
+                .replace('\n', " ");
+            Err(RBoxError::from_fmt(&format!(
+                "it panicked while building its hop (the code given to export_hop!): {message}"
+            )))
+        }
+    }
+}
+
+/// Installs the plugin's hop. [`load`] calls it (the macro before 1.3.0 called it directly).
 pub fn register(make: impl FnOnce() -> Hop) {
     HOP.get_or_init(|| {
         // This plugin's own std: the hook records the message for the host instead of

@@ -29,7 +29,7 @@ fn a_plugin_built_against_plugin_api_1_0_0_loads_and_migrates() {
     );
     assert_eq!(
         entry(&doc, PLUGINS[0])["descriptor"]["api_version"],
-        "1.2.0"
+        "1.3.0"
     );
 
     let install = sample_install();
@@ -135,19 +135,38 @@ fn a_backward_hop_cannot_close_a_cycle() {
     assert_eq!(read(install.path(), "VERSION"), "3.0.0\n");
 }
 
+/// The panic's own message reaches the operator (plugin-api 1.3 and later); a plugin built
+/// against 1.0.0 can only be reported as having panicked. Either way the other plugins migrate.
 #[test]
-fn a_plugin_that_panics_while_loading_is_invalid() {
-    let dir = folder_with(&platform_hop(), "libfixture.so");
+fn a_plugin_that_panics_while_loading_is_invalid_and_says_why() {
     let env = [("PLATFORM_HOP_FAIL", "load-panic")];
-    let out = run_in(dir.path(), &["plugins", "list", "--json"], &env);
-    let doc: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
-    let (state, reason) = status_of(&doc, "libfixture.so");
-    assert_eq!(state, "invalid", "{doc:#}");
-    assert!(
-        reason.contains("panicked while it was being loaded"),
-        "{reason}"
-    );
-    assert_eq!(active(&doc), 3);
-    let install = sample_install();
-    ok(&migrate_to(dir.path(), install.path(), "2.1.0", &[], &env));
+    let cases = [
+        (
+            platform_hop(),
+            "the plugin failed to load: it panicked while building its hop (the code given to \
+             export_hop!): panicked at ",
+        ),
+        (
+            platform_hop_api_1_0_0(),
+            "the plugin panicked while it was being loaded (in the code given to export_hop!)",
+        ),
+    ];
+    for (plugin, want) in cases {
+        let dir = folder_with(&plugin, "libfixture.so");
+        let out = run_in(dir.path(), &["plugins", "list", "--json"], &env);
+        let doc: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+        let (state, reason) = status_of(&doc, "libfixture.so");
+        assert_eq!(state, "invalid", "{doc:#}");
+        assert!(reason.starts_with(want), "{reason}");
+        let message = "platform_hop panics while it is being loaded, on purpose";
+        assert_eq!(
+            reason.contains(message),
+            plugin == platform_hop(),
+            "{reason}"
+        );
+        assert!(!reason.contains('\n'), "one line: {reason:?}");
+        assert_eq!(active(&doc), 3);
+        let install = sample_install();
+        ok(&migrate_to(dir.path(), install.path(), "2.1.0", &[], &env));
+    }
 }
