@@ -1,7 +1,9 @@
 //! Data files: streamed in batches through every hop's data rule in memory, so each file is
 //! read once and written once whatever the number of hops, and memory stays bounded by the
-//! batch size whatever the file size. `*.json` documents are one record or an array of records
-//! and are read whole.
+//! batch size whatever the file size. `*.json` documents (one record, or an array of records)
+//! are streamed too, record by record ([`document`]).
+
+pub(crate) mod document;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,7 +16,6 @@ use std::sync::Mutex;
 use abi_stable::std_types::RVec;
 use plugin_api::ffi::CallError;
 use plugin_api::RuleError;
-use serde_json::Value;
 
 use crate::error::{MigrateError, Result};
 use crate::install::{DataFile, DataKind, QUARANTINE};
@@ -308,6 +309,9 @@ impl DataRun<'_> {
     }
 
     /// A `*.json` document: an object (one record) or an array of records.
+    /// A `*.json` document, record by record ([`document`]); memory follows the largest
+    /// record, not the file. A document that is not well-formed JSON is refused whole, as one
+    /// record, before anything is staged.
     fn migrate_document(
         &self,
         root: &Path,
@@ -315,85 +319,112 @@ impl DataRun<'_> {
         staging: &mut Staging,
     ) -> Result<FileStats> {
         let src_path = root.join(&file.rel);
-        let text = std::fs::read(&src_path)
+        let read_err = |e| MigrateError::io(format!("cannot read {}", src_path.display()), e);
+        let open = || File::open(&src_path).map_err(read_err);
+        let mut quarantine = Quarantine::new(self, root, file, staging);
+        let style = match document::check(open()?) {
+            Ok(style) => style,
+            Err(e) if e.is_io() => return Err(read_err(e.into())),
+            Err(e) => return self.refuse_document(&src_path, file, e, staging, quarantine),
+        };
+        let mut records = document::Records::new(open()?).map_err(read_err)?;
+        let shape = records.shape();
+        let dst_path = staging.path_for(&file.rel)?;
+        let write_err =
+            |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
+        let mut out =
+            BufWriter::with_capacity(1 << 20, File::create(&dst_path).map_err(write_err)?);
+        let mut writer = document::Writer::new(shape, style);
+        let mut stats = FileStats::default();
+        let mut refused = 0;
+        let mut batch = Batch::default();
+        loop {
+            let before = records.consumed();
+            self.fill_document_batch(&mut records, &mut batch, stats.records + refused)
+                .map_err(read_err)?;
+            if batch.places.is_empty() {
+                break;
+            }
+            self.budget.check(&file.rel)?;
+            let (migrated, refusals) = self.run_hops(&batch, file)?;
+            refused += refusals.len() as u64;
+            stats.records += (batch.places.len() - refusals.len()) as u64;
+            let read = records.consumed() - before;
+            self.counters
+                .add(self.progress, read, batch.places.len() as u64);
+            self.handle_refusals(refusals, file, &mut quarantine, &mut stats)?;
+            for line in plugin_api::rules::split_records(&migrated) {
+                writer.record(line, &mut out).map_err(|e| match e {
+                    document::WriteError::Io(e) => write_err(e),
+                    document::WriteError::Invalid(_) => MigrateError::invalid(
+                        &src_path,
+                        e.to_string(),
+                        "report this as a bug in the plugin",
+                    ),
+                })?;
+            }
+        }
+        stats.bytes_in = records.consumed();
+        quarantine.finish()?;
+        if shape == document::Shape::Single && refused > 0 {
+            // The document was its one record, now in the quarantine: nothing stays.
+            drop(out);
+            std::fs::remove_file(&dst_path).map_err(write_err)?;
+            staging.remove_at_commit(&file.rel);
+            return Ok(stats);
+        }
+        writer.finish(&mut out).map_err(write_err)?;
+        let f = out.into_inner().map_err(|e| write_err(e.into_error()))?;
+        f.sync_all().map_err(write_err)?;
+        Ok(stats)
+    }
+
+    /// Fills `batch` (emptied, its room kept) with a document's next records; `done` records
+    /// came before them.
+    fn fill_document_batch<R: std::io::Read>(
+        &self,
+        records: &mut document::Records<R>,
+        batch: &mut Batch,
+        done: u64,
+    ) -> std::io::Result<()> {
+        batch.clear();
+        while batch.places.len() < self.batch_size && batch.bytes.len() < BATCH_BYTES {
+            let start = batch.bytes.len();
+            if !records.next_into(&mut batch.bytes)? {
+                break;
+            }
+            batch.close_record(start, done + batch.places.len() as u64 + 1);
+        }
+        Ok(())
+    }
+
+    /// A document that is not one well-formed JSON value goes to the quarantine whole (its
+    /// line is where the JSON breaks), and leaves the installation at commit.
+    fn refuse_document(
+        &self,
+        src_path: &Path,
+        file: &DataFile,
+        e: serde_json::Error,
+        staging: &mut Staging,
+        mut quarantine: Quarantine,
+    ) -> Result<FileStats> {
+        let text = std::fs::read(src_path)
             .map_err(|e| MigrateError::io(format!("cannot read {}", src_path.display()), e))?;
         let mut stats = FileStats {
             bytes_in: text.len() as u64,
             ..FileStats::default()
         };
-        let mut quarantine = Quarantine::new(self, root, file, staging);
-        let doc: Value = match serde_json::from_slice(&text) {
-            Ok(v) => v,
-            Err(e) => {
-                let refusal = Refusal {
-                    place: e.line() as u64,
-                    hop: "reading".into(),
-                    error: RuleError::new(format!("not valid JSON ({e})")),
-                    raw: text.clone(),
-                };
-                self.handle_refusals(vec![refusal], file, &mut quarantine, &mut stats)?;
-                staging.remove_at_commit(&file.rel);
-                quarantine.finish()?;
-                return Ok(stats);
-            }
+        let refusal = Refusal {
+            place: e.line() as u64,
+            hop: "reading".into(),
+            error: RuleError::new(format!("not valid JSON ({e})")),
+            raw: text,
         };
-        let is_array = doc.is_array();
-        let records: Vec<Value> = match doc {
-            Value::Array(items) => items,
-            other => vec![other],
-        };
-        let mut batch = Batch::default();
-        for (i, record) in records.iter().enumerate() {
-            let start = batch.bytes.len();
-            serde_json::to_writer(&mut batch.bytes, record).map_err(|e| {
-                MigrateError::invalid(&src_path, e.to_string(), "report this as a bug")
-            })?;
-            batch.close_record(start, i as u64 + 1);
-        }
-        let (migrated, refusals) = self.run_hops(&batch, file)?;
-        stats.records = (records.len() - refusals.len()) as u64;
-        let all_refused = !is_array && !refusals.is_empty();
-        self.handle_refusals(refusals, file, &mut quarantine, &mut stats)?;
+        self.handle_refusals(vec![refusal], file, &mut quarantine, &mut stats)?;
+        staging.remove_at_commit(&file.rel);
         quarantine.finish()?;
-        if all_refused {
-            staging.remove_at_commit(&file.rel);
-            return Ok(stats);
-        }
-        let out = render_document(&migrated, is_array, &text).map_err(|e| {
-            MigrateError::invalid(
-                &src_path,
-                e,
-                "report this as a bug: a plugin returned invalid JSON",
-            )
-        })?;
-        staging.write(&file.rel, &out)?;
         Ok(stats)
     }
-}
-
-/// Rebuilds a document from migrated records, in the original's style: pretty when the
-/// original spanned several lines, compact otherwise, with its trailing newline if it had one.
-fn render_document(migrated: &[u8], is_array: bool, original: &[u8]) -> Result<Vec<u8>, String> {
-    let mut records = Vec::new();
-    for line in plugin_api::rules::split_records(migrated) {
-        records.push(serde_json::from_slice::<Value>(line).map_err(|e| e.to_string())?);
-    }
-    let doc = if is_array {
-        Value::Array(records)
-    } else {
-        records.into_iter().next().unwrap_or(Value::Null)
-    };
-    let trimmed = original.trim_ascii();
-    let mut out = if trimmed.contains(&b'\n') {
-        serde_json::to_vec_pretty(&doc)
-    } else {
-        serde_json::to_vec(&doc)
-    }
-    .map_err(|e| e.to_string())?;
-    if original.ends_with(b"\n") {
-        out.push(b'\n');
-    }
-    Ok(out)
 }
 
 fn hop_label(hop: &LoadedHop) -> String {
@@ -467,6 +498,13 @@ impl Batch {
             places: Vec::with_capacity(self.places.len()),
         };
         std::mem::replace(self, next)
+    }
+
+    /// Empties the batch, keeping its room.
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.starts.clear();
+        self.places.clear();
     }
 
     /// Adds the record whose bytes were read into `bytes` from `start` on.

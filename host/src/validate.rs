@@ -262,26 +262,36 @@ fn check_lines(
 /// Read size for `*.jsonl` checks: large enough that threads rarely wait on one another.
 const CHUNK_BYTES: usize = 4 << 20;
 
+/// Checks a `*.json` document record by record, as the migration reads it
+/// ([`crate::data::document`]): memory follows the largest record, not the file.
 fn check_document(
     path: &Path,
     rel: &str,
     schema: Option<Option<u64>>,
     v: &mut Validation,
 ) -> std::io::Result<()> {
-    let text = std::fs::read(path)?;
-    let records: Vec<(String, Result<Value, String>)> = match serde_json::from_slice::<Value>(&text)
-    {
-        Ok(Value::Array(items)) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| (format!("{rel} (record {})", i + 1), Ok(r)))
-            .collect(),
-        Ok(doc) => vec![(rel.to_owned(), Ok(doc))],
-        Err(e) => vec![(rel.to_owned(), Err(e.to_string()))],
-    };
-    for (place, record) in records {
+    use crate::data::document::{self, Records, Shape};
+    if let Err(e) = document::check(std::fs::File::open(path)?) {
+        if e.is_io() {
+            return Err(e.into());
+        }
+        v.records_checked += 1;
+        check_record(rel, Err(e.to_string()), schema, v);
+        return Ok(());
+    }
+    let mut records = Records::new(std::fs::File::open(path)?)?;
+    let mut text = Vec::new();
+    let mut n = 0;
+    while records.next_into(&mut text)? {
+        n += 1;
+        let place = match records.shape() {
+            Shape::Array => format!("{rel} (record {n})"),
+            Shape::Single => rel.to_owned(),
+        };
+        let record = serde_json::from_slice::<Value>(&text).map_err(|e| e.to_string());
         v.records_checked += 1;
         check_record(&place, record, schema, v);
+        text.clear();
     }
     Ok(())
 }

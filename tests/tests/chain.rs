@@ -298,3 +298,55 @@ fn validate_refuses_the_wrong_release() {
         "{report:#}"
     );
 }
+
+/// A `*.json` document that is an array of records is migrated record by record: the same
+/// records as the same data in a `*.jsonl` file, printed in the document's style, and the
+/// migration's memory does not follow the document's size (before plugin-api 1.3's host, a
+/// 7 MB document took the run past 200 MiB: the whole file was parsed into one tree).
+#[test]
+fn a_large_array_document_migrates_like_lines_in_bounded_memory() {
+    let install = sample_install();
+    let records: Vec<Value> = (0..40_000u64)
+        .map(|i| {
+            let model = ["bert-tiny", "llama-7b"][i as usize % 2];
+            json!({
+                "id": format!("req-{i:09}"),
+                "model": model,
+                "prompt_tokens": 100 + i % 900,
+                "completion_tokens": i % 500,
+                "latency_ms": 1 + i % 4000,
+                "timestamp": 1_640_995_200 + i,
+                "note": "commas, ] and } inside a string",
+            })
+        })
+        .collect();
+    let doc = serde_json::to_string_pretty(&records).unwrap() + "\n";
+    assert!(doc.len() > 6 << 20, "{}", doc.len());
+    write(install.path(), "data/history.json", &doc);
+    let lines: String = records.iter().map(|r| format!("{r}\n")).collect();
+    write(install.path(), "data/history_lines.jsonl", &lines);
+
+    let report = install.path().join("report.json");
+    ok(&migrate(&[
+        "--quiet",
+        "version",
+        "--path",
+        install.path().to_str().unwrap(),
+        "--to",
+        "2.1.0",
+        "--report",
+        report.to_str().unwrap(),
+    ]));
+
+    let text = read(install.path(), "data/history.json");
+    let migrated: Vec<Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(migrated, jsonl(install.path(), "data/history_lines.jsonl"));
+    assert_eq!(migrated.len(), records.len());
+    assert_eq!(migrated[7]["schema_version"], 3, "{}", migrated[7]);
+    let pretty = serde_json::to_string_pretty(&migrated).unwrap() + "\n";
+    assert!(text == pretty, "printed in the original's (pretty) style");
+
+    let report: Value = serde_json::from_str(&read(install.path(), "report.json")).unwrap();
+    let peak = report["peak_rss_bytes"].as_u64().unwrap();
+    assert!(peak < 128 << 20, "peak RSS {} MiB", peak >> 20);
+}
