@@ -191,19 +191,18 @@ impl DataRun<'_> {
             let Ok((seq, item)) = next else { return };
             let result = match item {
                 Work::Verbatim(bytes) => Ok(Done::Verbatim(bytes)),
-                Work::Records(batch) => self
-                    .budget
-                    .check(&file.rel)
-                    .and_then(|()| self.run_hops(&batch, file))
-                    .map(|(migrated, refusals)| {
-                        crate::fault::point("batch");
-                        Done::Records {
-                            count: batch.places.len(),
-                            bytes: batch.bytes.len() as u64,
-                            migrated,
-                            refusals,
-                        }
-                    }),
+                Work::Records(batch) => {
+                    self.migrate_batch(&batch, file)
+                        .map(|(migrated, refusals)| {
+                            crate::fault::point("batch");
+                            Done::Records {
+                                count: batch.places.len(),
+                                bytes: batch.bytes.len() as u64,
+                                migrated,
+                                refusals,
+                            }
+                        })
+                }
             };
             if done.send((seq, result)).is_err() {
                 return;
@@ -308,7 +307,6 @@ impl DataRun<'_> {
         Ok(())
     }
 
-    /// A `*.json` document: an object (one record) or an array of records.
     /// A `*.json` document, record by record ([`document`]); memory follows the largest
     /// record, not the file. A document that is not well-formed JSON is refused whole, as one
     /// record, before anything is staged.
@@ -328,45 +326,39 @@ impl DataRun<'_> {
             Err(e) => return self.refuse_document(&src_path, file, e, staging, quarantine),
         };
         let mut records = document::Records::new(open()?).map_err(read_err)?;
-        let shape = records.shape();
         let dst_path = staging.path_for(&file.rel)?;
         let write_err =
             |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
         let mut out =
             BufWriter::with_capacity(1 << 20, File::create(&dst_path).map_err(write_err)?);
-        let mut writer = document::Writer::new(shape, style);
+        let mut writer = document::Writer::new(records.shape(), style);
         let mut stats = FileStats::default();
-        let mut refused = 0;
         let mut batch = Batch::default();
         loop {
             let before = records.consumed();
-            self.fill_document_batch(&mut records, &mut batch, stats.records + refused)
+            let done = stats.records + stats.quarantined;
+            self.fill_document_batch(&mut records, &mut batch, done)
                 .map_err(read_err)?;
             if batch.places.is_empty() {
                 break;
             }
-            self.budget.check(&file.rel)?;
-            let (migrated, refusals) = self.run_hops(&batch, file)?;
-            refused += refusals.len() as u64;
+            let (migrated, refusals) = self.migrate_batch(&batch, file)?;
+            self.counters.add(
+                self.progress,
+                records.consumed() - before,
+                batch.places.len() as u64,
+            );
             stats.records += (batch.places.len() - refusals.len()) as u64;
-            let read = records.consumed() - before;
-            self.counters
-                .add(self.progress, read, batch.places.len() as u64);
             self.handle_refusals(refusals, file, &mut quarantine, &mut stats)?;
             for line in plugin_api::rules::split_records(&migrated) {
-                writer.record(line, &mut out).map_err(|e| match e {
-                    document::WriteError::Io(e) => write_err(e),
-                    document::WriteError::Invalid(_) => MigrateError::invalid(
-                        &src_path,
-                        e.to_string(),
-                        "report this as a bug in the plugin",
-                    ),
-                })?;
+                writer
+                    .record(line, &mut out)
+                    .map_err(|e| written_error(e, &src_path, &dst_path))?;
             }
         }
         stats.bytes_in = records.consumed();
         quarantine.finish()?;
-        if shape == document::Shape::Single && refused > 0 {
+        if records.shape() == document::Shape::Single && stats.quarantined > 0 {
             // The document was its one record, now in the quarantine: nothing stays.
             drop(out);
             std::fs::remove_file(&dst_path).map_err(write_err)?;
@@ -377,6 +369,12 @@ impl DataRun<'_> {
         let f = out.into_inner().map_err(|e| write_err(e.into_error()))?;
         f.sync_all().map_err(write_err)?;
         Ok(stats)
+    }
+
+    /// One batch through every hop, within the time budget.
+    fn migrate_batch(&self, batch: &Batch, file: &DataFile) -> Result<(RVec<u8>, Vec<Refusal>)> {
+        self.budget.check(&file.rel)?;
+        self.run_hops(batch, file)
     }
 
     /// Fills `batch` (emptied, its room kept) with a document's next records; `done` records
@@ -424,6 +422,18 @@ impl DataRun<'_> {
         staging.remove_at_commit(&file.rel);
         quarantine.finish()?;
         Ok(stats)
+    }
+}
+
+/// A migrated document record that could not be written to the staged `dst`.
+fn written_error(e: document::WriteError, src: &Path, dst: &Path) -> MigrateError {
+    match e {
+        document::WriteError::Io(e) => {
+            MigrateError::io(format!("cannot write staged {}", dst.display()), e)
+        }
+        document::WriteError::Invalid(_) => {
+            MigrateError::invalid(src, e.to_string(), "report this as a bug in the plugin")
+        }
     }
 }
 

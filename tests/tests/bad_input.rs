@@ -230,3 +230,91 @@ fn quarantine_keeps_what_earlier_runs_set_aside() {
     assert_eq!(records, ["{\"id\": first-bad", "{\"id\": second-bad"]);
     assert_eq!(jsonl(root, "data/requests.jsonl").len(), 200);
 }
+
+/// Runs a full migration with `--on-invalid quarantine`, which must succeed.
+fn migrate_quarantining(root: &Path) {
+    ok(&migrate(&[
+        "version",
+        "--path",
+        root.to_str().unwrap(),
+        "--to",
+        "2.1.0",
+        "--on-invalid",
+        "quarantine",
+    ]));
+}
+
+/// A `*.json` document that is not well-formed JSON is refused whole, with the line where it
+/// breaks: the run stops by default, and with quarantine the whole text is set aside and the
+/// file leaves `data/` (nothing of a broken document is half-migrated).
+#[test]
+fn a_broken_json_document_is_refused_whole_with_its_line() {
+    let broken = "[\n  {\"id\": \"a\", \"created_at\": 1640995200},\n  {\"id\": \"b\",\n]\n";
+    let install = sample_install();
+    write(install.path(), "data/history.json", broken);
+    let text = refused(install.path());
+    assert!(text.contains("data/history.json"), "{text}");
+    assert!(text.contains("not valid JSON"), "{text}");
+
+    migrate_quarantining(install.path());
+    assert!(!install.path().join("data/history.json").exists());
+    let q = jsonl(
+        install.path(),
+        "data/.quarantine/history.json.rejected.jsonl",
+    );
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0]["record"], broken, "the whole original text");
+    assert_eq!(q[0]["line"], 4, "where the JSON breaks");
+    assert_eq!(jsonl(install.path(), "data/requests.jsonl").len(), 200);
+}
+
+/// In an array document each element is a record: a bad one is set aside with its place in
+/// the array and the others are migrated, in order.
+#[test]
+fn a_bad_record_in_an_array_document_is_quarantined_alone() {
+    let install = sample_install();
+    let doc = r#"[{"id":"a","created_at":1640995200},
+ 5,
+ {"id":"c","created_at":1640995201}]"#;
+    write(install.path(), "data/history.json", doc);
+    let text = refused(install.path());
+    assert!(text.contains("data/history.json (record 2)"), "{text}");
+
+    migrate_quarantining(install.path());
+    let migrated: serde_json::Value =
+        serde_json::from_str(&read(install.path(), "data/history.json")).unwrap();
+    let ids: Vec<&str> = migrated
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "c"]);
+    assert_eq!(migrated[1]["created_at"], "2022-01-01T00:00:01Z");
+    assert_eq!(migrated[1]["schema_version"], 3);
+    let q = jsonl(
+        install.path(),
+        "data/.quarantine/history.json.rejected.jsonl",
+    );
+    assert_eq!(
+        (q.len(), &q[0]["line"], &q[0]["record"]),
+        (1, &2.into(), &"5".into())
+    );
+}
+
+/// A document that is one object is one record: refused, it goes to the quarantine and the
+/// file leaves `data/`.
+#[test]
+fn a_bad_single_record_document_leaves_data_for_the_quarantine() {
+    let install = sample_install();
+    let doc = "{\"keys\": \"not a list\", \"schema_version\": \"one\"}\n";
+    write(install.path(), "data/settings.json", doc);
+    migrate_quarantining(install.path());
+    assert!(!install.path().join("data/settings.json").exists());
+    let q = jsonl(
+        install.path(),
+        "data/.quarantine/settings.json.rejected.jsonl",
+    );
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0]["line"], 1);
+}
