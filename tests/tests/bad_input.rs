@@ -132,18 +132,7 @@ fn quarantine_sets_bad_records_aside_and_goes_on() {
     lines[9] = bad.clone();
     write(root, "data/requests.jsonl", &(lines.join("\n") + "\n"));
     let report = root.join("report.json");
-    let out = migrate(&[
-        "version",
-        "--path",
-        root.to_str().unwrap(),
-        "--to",
-        "2.1.0",
-        "--on-invalid",
-        "quarantine",
-        "--report",
-        report.to_str().unwrap(),
-    ]);
-    ok(&out);
+    migrate_quarantining(root, &["--report", report.to_str().unwrap()]);
     let migrated = jsonl(root, "data/requests.jsonl");
     assert_eq!(
         migrated.len(),
@@ -231,17 +220,13 @@ fn quarantine_keeps_what_earlier_runs_set_aside() {
     assert_eq!(jsonl(root, "data/requests.jsonl").len(), 200);
 }
 
-/// Runs a full migration with `--on-invalid quarantine`, which must succeed.
-fn migrate_quarantining(root: &Path) {
-    ok(&migrate(&[
-        "version",
-        "--path",
-        root.to_str().unwrap(),
-        "--to",
-        "2.1.0",
-        "--on-invalid",
-        "quarantine",
-    ]));
+/// Runs a full migration with `--on-invalid quarantine` (and `extra`), which must succeed.
+fn migrate_quarantining(root: &Path, extra: &[&str]) {
+    let root = root.to_str().unwrap();
+    let mut args = vec!["version", "--path", root, "--to", "2.1.0"];
+    args.extend(["--on-invalid", "quarantine"]);
+    args.extend(extra);
+    ok(&migrate(&args));
 }
 
 /// A `*.json` document that is not well-formed JSON is refused whole, with the line where it
@@ -256,7 +241,7 @@ fn a_broken_json_document_is_refused_whole_with_its_line() {
     assert!(text.contains("data/history.json"), "{text}");
     assert!(text.contains("not valid JSON"), "{text}");
 
-    migrate_quarantining(install.path());
+    migrate_quarantining(install.path(), &[]);
     assert!(!install.path().join("data/history.json").exists());
     let q = jsonl(
         install.path(),
@@ -280,7 +265,7 @@ fn a_bad_record_in_an_array_document_is_quarantined_alone() {
     let text = refused(install.path());
     assert!(text.contains("data/history.json (record 2)"), "{text}");
 
-    migrate_quarantining(install.path());
+    migrate_quarantining(install.path(), &[]);
     let migrated: serde_json::Value =
         serde_json::from_str(&read(install.path(), "data/history.json")).unwrap();
     let ids: Vec<&str> = migrated
@@ -309,7 +294,7 @@ fn a_bad_single_record_document_leaves_data_for_the_quarantine() {
     let install = sample_install();
     let doc = "{\"keys\": \"not a list\", \"schema_version\": \"one\"}\n";
     write(install.path(), "data/settings.json", doc);
-    migrate_quarantining(install.path());
+    migrate_quarantining(install.path(), &[]);
     assert!(!install.path().join("data/settings.json").exists());
     let q = jsonl(
         install.path(),
