@@ -301,8 +301,8 @@ fn validate_refuses_the_wrong_release() {
 
 /// A `*.json` document that is an array of records is migrated record by record: the same
 /// records as the same data in a `*.jsonl` file, printed in the document's style, and the
-/// migration's memory does not follow the document's size (before plugin-api 1.3's host, a
-/// 7 MB document took the run past 200 MiB: the whole file was parsed into one tree).
+/// migration's memory does not follow the document's size (when documents were parsed whole,
+/// a document of these records, 8.6 MB, took a release build to 186 MiB).
 #[test]
 fn a_large_array_document_migrates_like_lines_in_bounded_memory() {
     let install = sample_install();
@@ -321,7 +321,7 @@ fn a_large_array_document_migrates_like_lines_in_bounded_memory() {
         })
         .collect();
     let doc = serde_json::to_string_pretty(&records).unwrap() + "\n";
-    assert!(doc.len() > 6 << 20, "{}", doc.len());
+    assert!(doc.len() > 8 << 20, "{}", doc.len());
     write(install.path(), "data/history.json", &doc);
     let lines: String = records.iter().map(|r| format!("{r}\n")).collect();
     write(install.path(), "data/history_lines.jsonl", &lines);
