@@ -86,8 +86,35 @@ impl DataRun<'_> {
             |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
         // Small: batch outputs (hundreds of KiB) go straight to the file rather than through
         // the buffer, which only gathers the odd verbatim line.
-        let out = BufWriter::with_capacity(64 << 10, File::create(&dst_path).map_err(write_err)?);
+        let mut out =
+            BufWriter::with_capacity(64 << 10, File::create(&dst_path).map_err(write_err)?);
         let mut quarantine = Quarantine::new(self, root, file, staging);
+        let stats = self.pipeline(
+            file,
+            |send| self.read_batches(src, &src_path, send),
+            &mut |bytes| {
+                out.write_all(bytes)
+                    .map_err(|e| MigrateError::io(format!("cannot write staged {}", file.rel), e))
+            },
+            &mut quarantine,
+        )?;
+        let f = out.into_inner().map_err(|e| write_err(e.into_error()))?;
+        f.sync_all().map_err(write_err)?;
+        quarantine.finish()?;
+        Ok(stats)
+    }
+
+    /// What every data file goes through: `read`, on a thread of its own, cuts the file into
+    /// work and hands it to `send` (until that returns false: the run has stopped) and returns
+    /// the bytes it read; workers run the hops on batches in parallel; `write` gets the
+    /// results in file order.
+    fn pipeline(
+        &self,
+        file: &DataFile,
+        read: impl FnOnce(&mut dyn FnMut(Work) -> bool) -> Result<u64> + Send,
+        write: &mut dyn FnMut(&[u8]) -> Result<()>,
+        quarantine: &mut Quarantine,
+    ) -> Result<FileStats> {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 8);
@@ -95,14 +122,21 @@ impl DataRun<'_> {
         let (done_tx, done_rx) = mpsc::sync_channel::<(u64, Result<Done>)>(threads * 2);
         let work_rx = Mutex::new(work_rx);
         let stop = AtomicBool::new(false);
-        let (stats, out) = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             for _ in 0..threads {
                 let (work_rx, done_tx) = (&work_rx, done_tx.clone());
                 scope.spawn(move || self.work(file, work_rx, done_tx));
             }
             drop(done_tx);
-            let reader = scope.spawn(|| self.read_batches(src, &src_path, work_tx, &stop));
-            let written = self.write_in_order(file, out, done_rx, &mut quarantine);
+            let stop = &stop;
+            let reader = scope.spawn(move || {
+                let mut seq = 0u64;
+                read(&mut |item| {
+                    seq += 1;
+                    !stop.load(Ordering::Relaxed) && work_tx.send((seq, item)).is_ok()
+                })
+            });
+            let written = self.write_in_order(file, write, done_rx, quarantine);
             if written.is_err() {
                 // The writer stopped early: stop the reader, and take whatever it is blocked
                 // sending so that it sees the flag (the workers are gone).
@@ -115,15 +149,8 @@ impl DataRun<'_> {
                 .join()
                 .map_err(|_| MigrateError::Plugin("the data reader thread panicked".into()))?;
             let bytes_in = read?;
-            written.map(|(mut stats, out)| {
-                stats.bytes_in = bytes_in;
-                (stats, out)
-            })
-        })?;
-        let f = out.into_inner().map_err(|e| write_err(e.into_error()))?;
-        f.sync_all().map_err(write_err)?;
-        quarantine.finish()?;
-        Ok(stats)
+            written.map(|stats| FileStats { bytes_in, ..stats })
+        })
     }
 
     /// Cuts the file into batches of records; blank lines travel on their own, verbatim.
@@ -132,16 +159,11 @@ impl DataRun<'_> {
         &self,
         src: File,
         path: &Path,
-        work: SyncSender<(u64, Work)>,
-        stop: &AtomicBool,
+        send: &mut dyn FnMut(Work) -> bool,
     ) -> Result<u64> {
         let mut reader = BufReader::with_capacity(1 << 20, src);
         let mut batch = Batch::default();
-        let (mut line_no, mut seq, mut bytes) = (0u64, 0u64, 0u64);
-        let send = |item: Work, seq: &mut u64| {
-            *seq += 1;
-            !stop.load(Ordering::Relaxed) && work.send((*seq, item)).is_ok()
-        };
+        let (mut line_no, mut bytes) = (0u64, 0u64);
         loop {
             // Each line is read straight into the batch (no copy through a line buffer).
             let start = batch.bytes.len();
@@ -156,8 +178,8 @@ impl DataRun<'_> {
             if batch.bytes[start..].iter().all(u8::is_ascii_whitespace) {
                 let line = batch.bytes.split_off(start);
                 let full = batch.take();
-                if (!full.places.is_empty() && !send(Work::Records(full), &mut seq))
-                    || !send(Work::Verbatim(line), &mut seq)
+                if (!full.places.is_empty() && !send(Work::Records(full)))
+                    || !send(Work::Verbatim(line))
                 {
                     return Ok(bytes);
                 }
@@ -165,13 +187,13 @@ impl DataRun<'_> {
             }
             batch.close_record(start, line_no);
             if (batch.places.len() >= self.batch_size || batch.bytes.len() >= BATCH_BYTES)
-                && !send(Work::Records(batch.take()), &mut seq)
+                && !send(Work::Records(batch.take()))
             {
                 return Ok(bytes);
             }
         }
         if !batch.places.is_empty() {
-            send(Work::Records(batch), &mut seq);
+            send(Work::Records(batch));
         }
         Ok(bytes)
     }
@@ -212,13 +234,13 @@ impl DataRun<'_> {
 
     /// Writes results in file order; the first error (or refused record, in `fail` mode)
     /// ends the run, which drops the channel and stops the other threads.
-    fn write_in_order<W: Write>(
+    fn write_in_order(
         &self,
         file: &DataFile,
-        mut out: W,
+        write: &mut dyn FnMut(&[u8]) -> Result<()>,
         done: Receiver<(u64, Result<Done>)>,
         quarantine: &mut Quarantine,
-    ) -> Result<(FileStats, W)> {
+    ) -> Result<FileStats> {
         let mut stats = FileStats::default();
         let mut pending = BTreeMap::new();
         let mut next = 1u64;
@@ -240,12 +262,10 @@ impl DataRun<'_> {
                         migrated
                     }
                 };
-                out.write_all(&bytes).map_err(|e| {
-                    MigrateError::io(format!("cannot write staged {}", file.rel), e)
-                })?;
+                write(&bytes)?;
             }
         }
-        Ok((stats, out))
+        Ok(stats)
     }
 
     /// Passes the batch through every data hop; refused records drop out with their place.
@@ -325,40 +345,29 @@ impl DataRun<'_> {
             Err(e) if e.is_io() => return Err(read_err(e.into())),
             Err(e) => return self.refuse_document(&src_path, file, e, staging, quarantine),
         };
-        let mut records = document::Records::new(open()?).map_err(read_err)?;
+        let records = document::Records::new(open()?).map_err(read_err)?;
         let dst_path = staging.path_for(&file.rel)?;
         let write_err =
             |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
         let mut out =
             BufWriter::with_capacity(1 << 20, File::create(&dst_path).map_err(write_err)?);
-        let mut writer = document::Writer::new(records.shape(), style);
-        let mut stats = FileStats::default();
-        let mut batch = Batch::default();
-        loop {
-            let before = records.consumed();
-            let done = stats.records + stats.quarantined;
-            self.fill_document_batch(&mut records, &mut batch, done)
-                .map_err(read_err)?;
-            if batch.places.is_empty() {
-                break;
-            }
-            let (migrated, refusals) = self.migrate_batch(&batch, file)?;
-            self.counters.add(
-                self.progress,
-                records.consumed() - before,
-                batch.places.len() as u64,
-            );
-            stats.records += (batch.places.len() - refusals.len()) as u64;
-            self.handle_refusals(refusals, file, &mut quarantine, &mut stats)?;
-            for line in plugin_api::rules::split_records(&migrated) {
-                writer
-                    .record(line, &mut out)
-                    .map_err(|e| written_error(e, &src_path, &dst_path))?;
-            }
-        }
-        stats.bytes_in = records.consumed();
+        let shape = records.shape();
+        let mut writer = document::Writer::new(shape, style);
+        let stats = self.pipeline(
+            file,
+            |send| self.read_document(records, send).map_err(read_err),
+            &mut |migrated| {
+                for line in plugin_api::rules::split_records(migrated) {
+                    writer
+                        .record(line, &mut out)
+                        .map_err(|e| written_error(e, &src_path, &dst_path))?;
+                }
+                Ok(())
+            },
+            &mut quarantine,
+        )?;
         quarantine.finish()?;
-        if records.shape() == document::Shape::Single && stats.quarantined > 0 {
+        if shape == document::Shape::Single && stats.quarantined > 0 {
             // The document was its one record, now in the quarantine: nothing stays.
             drop(out);
             std::fs::remove_file(&dst_path).map_err(write_err)?;
@@ -377,23 +386,32 @@ impl DataRun<'_> {
         self.run_hops(batch, file)
     }
 
-    /// Fills `batch` (emptied, its room kept) with a document's next records; `done` records
-    /// came before them.
-    fn fill_document_batch<R: std::io::Read>(
+    /// Cuts a document into batches of records, as [`Self::read_batches`] does a file of
+    /// lines; returns the bytes read.
+    fn read_document<R: std::io::Read>(
         &self,
-        records: &mut document::Records<R>,
-        batch: &mut Batch,
-        done: u64,
-    ) -> std::io::Result<()> {
-        batch.clear();
-        while batch.places.len() < self.batch_size && batch.bytes.len() < BATCH_BYTES {
+        mut records: document::Records<R>,
+        send: &mut dyn FnMut(Work) -> bool,
+    ) -> std::io::Result<u64> {
+        let mut batch = Batch::default();
+        let mut place = 0;
+        loop {
             let start = batch.bytes.len();
             if !records.next_into(&mut batch.bytes)? {
                 break;
             }
-            batch.close_record(start, done + batch.places.len() as u64 + 1);
+            place += 1;
+            batch.close_record(start, place);
+            if (batch.places.len() >= self.batch_size || batch.bytes.len() >= BATCH_BYTES)
+                && !send(Work::Records(batch.take()))
+            {
+                return Ok(records.consumed());
+            }
         }
-        Ok(())
+        if !batch.places.is_empty() {
+            send(Work::Records(batch));
+        }
+        Ok(records.consumed())
     }
 
     /// A document that is not one well-formed JSON value goes to the quarantine whole (its
@@ -508,13 +526,6 @@ impl Batch {
             places: Vec::with_capacity(self.places.len()),
         };
         std::mem::replace(self, next)
-    }
-
-    /// Empties the batch, keeping its room.
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.starts.clear();
-        self.places.clear();
     }
 
     /// Adds the record whose bytes were read into `bytes` from `start` on.
