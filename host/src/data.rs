@@ -186,9 +186,7 @@ impl DataRun<'_> {
                 continue;
             }
             batch.close_record(start, line_no);
-            if (batch.places.len() >= self.batch_size || batch.bytes.len() >= BATCH_BYTES)
-                && !send(Work::Records(batch.take()))
-            {
+            if batch.is_full(self.batch_size) && !send(Work::Records(batch.take())) {
                 return Ok(bytes);
             }
         }
@@ -213,18 +211,19 @@ impl DataRun<'_> {
             let Ok((seq, item)) = next else { return };
             let result = match item {
                 Work::Verbatim(bytes) => Ok(Done::Verbatim(bytes)),
-                Work::Records(batch) => {
-                    self.migrate_batch(&batch, file)
-                        .map(|(migrated, refusals)| {
-                            crate::fault::point("batch");
-                            Done::Records {
-                                count: batch.places.len(),
-                                bytes: batch.bytes.len() as u64,
-                                migrated,
-                                refusals,
-                            }
-                        })
-                }
+                Work::Records(batch) => self
+                    .budget
+                    .check(&file.rel)
+                    .and_then(|()| self.run_hops(&batch, file))
+                    .map(|(migrated, refusals)| {
+                        crate::fault::point("batch");
+                        Done::Records {
+                            count: batch.places.len(),
+                            bytes: batch.bytes.len() as u64,
+                            migrated,
+                            refusals,
+                        }
+                    }),
             };
             if done.send((seq, result)).is_err() {
                 return;
@@ -358,9 +357,14 @@ impl DataRun<'_> {
             |send| self.read_document(records, send).map_err(read_err),
             &mut |migrated| {
                 for line in plugin_api::rules::split_records(migrated) {
-                    writer
-                        .record(line, &mut out)
-                        .map_err(|e| written_error(e, &src_path, &dst_path))?;
+                    writer.record(line, &mut out).map_err(|e| match e {
+                        document::WriteError::Io(e) => write_err(e),
+                        invalid => MigrateError::invalid(
+                            &src_path,
+                            invalid.to_string(),
+                            "report this as a bug in the plugin",
+                        ),
+                    })?;
                 }
                 Ok(())
             },
@@ -380,12 +384,6 @@ impl DataRun<'_> {
         Ok(stats)
     }
 
-    /// One batch through every hop, within the time budget.
-    fn migrate_batch(&self, batch: &Batch, file: &DataFile) -> Result<(RVec<u8>, Vec<Refusal>)> {
-        self.budget.check(&file.rel)?;
-        self.run_hops(batch, file)
-    }
-
     /// Cuts a document into batches of records, as [`Self::read_batches`] does a file of
     /// lines; returns the bytes read.
     fn read_document<R: std::io::Read>(
@@ -402,9 +400,7 @@ impl DataRun<'_> {
             }
             place += 1;
             batch.close_record(start, place);
-            if (batch.places.len() >= self.batch_size || batch.bytes.len() >= BATCH_BYTES)
-                && !send(Work::Records(batch.take()))
-            {
+            if batch.is_full(self.batch_size) && !send(Work::Records(batch.take())) {
                 return Ok(records.consumed());
             }
         }
@@ -440,18 +436,6 @@ impl DataRun<'_> {
         staging.remove_at_commit(&file.rel);
         quarantine.finish()?;
         Ok(stats)
-    }
-}
-
-/// A migrated document record that could not be written to the staged `dst`.
-fn written_error(e: document::WriteError, src: &Path, dst: &Path) -> MigrateError {
-    match e {
-        document::WriteError::Io(e) => {
-            MigrateError::io(format!("cannot write staged {}", dst.display()), e)
-        }
-        document::WriteError::Invalid(_) => {
-            MigrateError::invalid(src, e.to_string(), "report this as a bug in the plugin")
-        }
     }
 }
 
@@ -526,6 +510,11 @@ impl Batch {
             places: Vec::with_capacity(self.places.len()),
         };
         std::mem::replace(self, next)
+    }
+
+    /// Whether the batch should go to the hops: `records` records or [`BATCH_BYTES`].
+    fn is_full(&self, records: usize) -> bool {
+        self.places.len() >= records || self.bytes.len() >= BATCH_BYTES
     }
 
     /// Adds the record whose bytes were read into `bytes` from `start` on.

@@ -35,6 +35,7 @@
 //! Since 1.1.0: [`toml::rename_key`], [`json::rename_key`], [`raw::RawRecord`] and
 //! [`DataMigrationRule::migrate_raw`]. Since 1.2.0: [`raw::RawRecord::set_json`],
 //! [`raw::RawRecord::replace_key_json`], [`model::Sha256Reader`] and [`model::Sha256Writer`].
+//! Since 1.3.0: [`ffi::load`], which `export_hop!` expands to.
 #![allow(non_local_definitions, non_camel_case_types)]
 
 pub mod descriptor;

@@ -67,7 +67,7 @@ impl<R: Read> Read for StyleWatch<R> {
         for &b in &buf[..n] {
             match b {
                 b'\n' if self.seen_content => self.newline_after_content = true,
-                b' ' | b'\t' | b'\r' | b'\n' => {}
+                b if is_space(b) => {}
                 _ => {
                     self.multiline |= self.newline_after_content;
                     self.seen_content = true;
@@ -177,15 +177,17 @@ impl<R: Read> Records<R> {
     }
 }
 
+/// JSON's whitespace (not `u8::is_ascii_whitespace`, which also takes form feed).
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
 /// Skips JSON whitespace; returns how many bytes.
 fn skip_whitespace(input: &mut impl BufRead) -> io::Result<u64> {
     let mut skipped = 0;
     loop {
         let buf = input.fill_buf()?;
-        let n = buf
-            .iter()
-            .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-            .unwrap_or(buf.len());
+        let n = buf.iter().position(|&b| !is_space(b)).unwrap_or(buf.len());
         if n == 0 {
             return Ok(skipped);
         }
@@ -229,7 +231,7 @@ impl Cutter {
                 continue;
             }
             match b {
-                b' ' | b'\t' | b'\r' | b'\n' => {}
+                b if is_space(b) => {}
                 b'"' => {
                     self.in_string = true;
                     out.push(b);
