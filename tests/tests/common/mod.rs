@@ -29,19 +29,23 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Builds the binary and the plugins once per test process: `cargo test` alone never builds
-/// cdylibs. A no-op when `cargo build --workspace` already ran.
+/// cdylibs. A no-op when `scripts/test` already ran the same build. The binary is built with
+/// the crash tests' fault hook, which release builds never have.
 pub fn ensure_built() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--workspace"])
+            .args(["build", "--workspace", "--features", FAULT_FEATURE])
             .current_dir(workspace_root())
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build --workspace failed");
     });
 }
+
+/// The cargo feature that compiles the `TRUSTFORMERS_MIGRATE_FAULT` hook into `migrate`.
+pub const FAULT_FEATURE: &str = "trustformers-migrate-cli/fault-injection";
 
 pub fn migrate_bin() -> PathBuf {
     ensure_built();

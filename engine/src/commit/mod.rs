@@ -1,0 +1,174 @@
+//! Commit: the staged files become the installation. The journal records the swap first
+//! (originals kept), the backup is taken from those originals before anything changes, then
+//! the files are renamed into place (`VERSION` last) and the journal is marked committed.
+//! A failure after the swap began is rolled back; a rollback that fails too leaves the journal
+//! for the next command, and says so.
+
+use std::path::{Path, PathBuf};
+
+use migrate_transaction::audit::Audit;
+use migrate_transaction::backup::{self, BackupRequest};
+use migrate_transaction::fault;
+use migrate_transaction::journal::{Action, Modes, Transaction};
+use migrate_transaction::staging::Staging;
+
+use crate::discover::install::VERSION_FILE;
+use crate::error::{MigrateError, Result};
+use crate::observe::Observer;
+use crate::plan::Plan;
+use crate::report::{StepResult, StepStatus};
+use crate::verify::{self, Checksums, Severity};
+
+/// Writes `VERSION` into staging and records the swap in the journal (originals kept).
+pub fn prepare(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<Transaction> {
+    let version = format!("{}\n", plan.to);
+    let last = if plan.target.write_version {
+        staging.write(VERSION_FILE, version.as_bytes())?;
+        Some(VERSION_FILE)
+    } else {
+        None
+    };
+    let (from, to) = (plan.from.to_string(), plan.to.to_string());
+    let txn = Transaction::prepare(
+        &plan.target.root,
+        &plan.target.tool_dir(),
+        staging,
+        &from,
+        &to,
+        last,
+        Modes::FromTarget,
+    )?;
+    s.files = txn.entries().len() as u64;
+    Ok(txn)
+}
+
+/// Bytes of the files the swap replaces or removes: what a backup must hold.
+pub fn replaced_bytes(plan: &Plan, txn: &Transaction) -> u64 {
+    txn.entries()
+        .iter()
+        .filter(|e| e.action != Action::Create)
+        .filter_map(|e| std::fs::metadata(plan.target.root.join(&e.rel)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The backup, when one is wanted; taken before any file in the installation changes.
+pub fn back_up(
+    plan: &Plan,
+    txn: &Transaction,
+    s: &mut StepResult,
+    observer: &dyn Observer,
+) -> Result<()> {
+    let Some(dir) = &plan.options.backup_dir else {
+        s.status = StepStatus::Skipped;
+        return Ok(());
+    };
+    let path = archive(plan, txn, dir)?;
+    fault::point("backup");
+    let recorded = Audit::new(&plan.target.root).record("backup_created", serde_json::json!({"backup": path, "from": plan.from.to_string(), "to": plan.to.to_string()}));
+    if let Err(e) = recorded {
+        observer.warning(&e.to_string());
+    }
+    s.files = txn
+        .entries()
+        .iter()
+        .filter(|e| e.action != Action::Create)
+        .count() as u64;
+    s.bytes = replaced_bytes(plan, txn);
+    s.warnings.push(format!("backup: {}", path.display()));
+    Ok(())
+}
+
+/// Swaps the staged files in, validates, and makes it final (or rolls back).
+pub fn commit(plan: &Plan, txn: Transaction, s: &mut StepResult) -> Result<()> {
+    let root = &plan.target.root;
+    s.files = txn.entries().len() as u64;
+    if let Err(e) = txn.swap() {
+        return Err(roll_back(plan, txn, e.to_string()));
+    }
+    s.bytes = txn
+        .entries()
+        .iter()
+        .filter_map(|e| std::fs::metadata(root.join(&e.rel)).ok())
+        .map(|m| m.len())
+        .sum();
+    if let Some(problems) = validation_errors(plan) {
+        return Err(roll_back(
+            plan,
+            txn,
+            format!(
+                "the migrated installation failed validation as {}: {problems}",
+                plan.to
+            ),
+        ));
+    }
+    txn.commit().map_err(|e| MigrateError::Interrupted {
+        root: root.clone(),
+        reason: format!("every file is in place, but the commit could not be recorded: {e}"),
+    })
+}
+
+/// Undoes a swap that failed for `reason`. When the undo fails as well, the installation is
+/// between two states and the journal stays for the next command: that is what is reported.
+pub fn roll_back(plan: &Plan, txn: Transaction, reason: String) -> MigrateError {
+    match txn.rollback() {
+        Ok(()) => MigrateError::RolledBack { reason },
+        Err(undo) => MigrateError::Interrupted {
+            root: plan.target.root.clone(),
+            reason: format!("{reason}; rolling back also failed ({undo})"),
+        },
+    }
+}
+
+/// With `validate_after_migration`, checks the swapped-in installation before it is final.
+fn validation_errors(plan: &Plan) -> Option<String> {
+    if !(plan.options.validate_after && plan.target.write_version) {
+        return None;
+    }
+    let report = verify::validate(
+        &plan.target.root,
+        &plan.to,
+        &plan.hops,
+        Checksums::SizesOnly,
+    );
+    if report.ok() {
+        return None;
+    }
+    let errors: Vec<String> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .take(5)
+        .map(|f| format!("{}: {}", f.path, f.message))
+        .collect();
+    Some(errors.join("; "))
+}
+
+/// Archives the files the swap will replace or remove, before any of them changes.
+fn archive(plan: &Plan, txn: &Transaction, dir: &Path) -> Result<PathBuf> {
+    let root = plan.target.root.clone();
+    let files = txn
+        .entries()
+        .iter()
+        .filter(|e| e.action != Action::Create)
+        .map(|e| e.rel.clone())
+        .collect();
+    let created_files = txn
+        .entries()
+        .iter()
+        .filter(|e| e.action == Action::Create)
+        .map(|e| e.rel.clone())
+        .collect();
+    let source_of = move |rel: &str| root.join(rel);
+    Ok(backup::create(&BackupRequest {
+        root: &plan.target.root,
+        dir,
+        kind: plan.target.kind,
+        from: &plan.from.to_string(),
+        to: &plan.to.to_string(),
+        source_of: &source_of,
+        files,
+        created_files,
+        created_dirs: txn.created_dirs().to_vec(),
+    })?)
+}

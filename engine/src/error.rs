@@ -1,0 +1,212 @@
+//! Errors a user can hit, each naming the file, the version and the next step, typed by what a
+//! caller does about them, and the exit code each one maps to (documented in README.md).
+
+use std::path::PathBuf;
+
+/// Process exit codes. Stable: scripts depend on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum ExitCode {
+    Ok = 0,
+    /// The migration failed and the installation was left as it was.
+    Failed = 1,
+    /// Bad command line or `migration_config.toml` (clap uses 2 as well).
+    Usage = 2,
+    /// Input refused by validation: bad config, bad records, bad model files.
+    Invalid = 3,
+    /// The migration failed part-way and was rolled back.
+    RolledBack = 4,
+    /// Another `migrate` holds the installation's lock.
+    LockHeld = 5,
+    /// A plugin could not be loaded, failed, or two plugins claim the same hop.
+    Plugin = 6,
+    /// No migration path, or the installation's version cannot be determined.
+    NoPath = 7,
+    /// Interrupted part-way: the journal is still there, and the next `migrate` command (or
+    /// `migrate recover`) will finish or undo it.
+    Interrupted = 8,
+    /// A bug in migrate itself (a panic in the host, not in a plugin).
+    Internal = 9,
+}
+
+impl ExitCode {
+    const ALL: [ExitCode; 10] = [
+        ExitCode::Ok,
+        ExitCode::Failed,
+        ExitCode::Usage,
+        ExitCode::Invalid,
+        ExitCode::RolledBack,
+        ExitCode::LockHeld,
+        ExitCode::Plugin,
+        ExitCode::NoPath,
+        ExitCode::Interrupted,
+        ExitCode::Internal,
+    ];
+
+    /// The code for a number carried in a report; unknown numbers read as `Failed`.
+    pub fn from_i32(code: i32) -> ExitCode {
+        Self::ALL
+            .into_iter()
+            .find(|c| *c as i32 == code)
+            .unwrap_or(ExitCode::Failed)
+    }
+}
+
+/// Library error type of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// Input refused before anything changed.
+    #[error("{path}: {message}\n  next step: {hint}")]
+    Invalid {
+        path: PathBuf,
+        message: String,
+        hint: String,
+    },
+
+    #[error("no migration path from {from} to {to}: {reason}\n  next step: {hint}")]
+    NoPath {
+        from: String,
+        to: String,
+        reason: String,
+        hint: String,
+    },
+
+    /// The installation's release cannot be determined from its files.
+    #[error(
+        "cannot detect the installation's version: {reason}\n  next step: pass --from VERSION"
+    )]
+    UnknownVersion { root: PathBuf, reason: String },
+
+    /// `--from` names another release than the installation's files say.
+    #[error("--from {given} disagrees with the installation at {}, which is {detected}\n  next step: drop --from, or pass --force if you are sure it is {given}", root.display())]
+    VersionMismatch {
+        root: PathBuf,
+        given: semver::Version,
+        detected: semver::Version,
+    },
+
+    /// Two plugins of the same precedence claim one hop.
+    #[error("two plugins provide the hop {hop}: {} and {}\n  next step: remove one of them, or choose one with --use-plugin NAME|PATH", first.display(), second.display())]
+    PluginConflict {
+        hop: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+
+    /// A plugin panicked or answered something the host cannot use, while migrating `input`.
+    #[error("{}: {detail} (hop {hop}, plugin {plugin})\n  plugin file: {}\n  next step: nothing was changed; report this to the plugin's author", input.display(), plugin_file.display())]
+    PluginFailed {
+        plugin: String,
+        hop: String,
+        plugin_file: PathBuf,
+        input: PathBuf,
+        detail: String,
+    },
+
+    /// A `--from`/`--to`/`--version` value that is not a release number.
+    #[error("{flag} {text}: not a semver version ({source}); write it like 2.1.0")]
+    BadVersion {
+        flag: &'static str,
+        text: String,
+        #[source]
+        source: semver::Error,
+    },
+
+    /// `migration_config.toml` cannot be used.
+    #[error("{}: {detail}\n  next step: fix the file; the keys it may hold are listed in README.md (migration_config.toml)", path.display())]
+    Settings { path: PathBuf, detail: String },
+
+    /// A command line that cannot be acted on; `hint` says what to pass instead.
+    #[error("{message}\n  next step: {hint}")]
+    Usage { message: String, hint: String },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The run stopped after the swap began and everything was put back.
+    #[error("migration failed and was rolled back: {reason}")]
+    RolledBack { reason: String },
+
+    /// `timeout_seconds` passed before the swap: the staged work was discarded.
+    #[error("timed out after {limit_secs} s (timeout_seconds) during {during}; the staged work was discarded and the installation is as it was\n  next step: raise timeout_seconds in migration_config.toml")]
+    TimedOut { limit_secs: u64, during: String },
+
+    /// The run stopped half-way and could not put things back: the journal is left for the
+    /// next command.
+    #[error("{reason}\n  the installation at {} is between two states; its journal is kept\n  next step: run `migrate recover --path {}` (or any migrate command on it) to undo the interrupted run", root.display(), root.display())]
+    Interrupted { root: PathBuf, reason: String },
+
+    /// A bug in the host (a panic): not the plugin's fault, nor the operator's.
+    #[error("internal error in migrate: {detail}\n  next step: report this bug with the command you ran; {state}")]
+    Internal { detail: String, state: String },
+
+    /// Staging, journal, backup, restore, lock or audit trail.
+    #[error(transparent)]
+    Transaction(#[from] migrate_transaction::Error),
+}
+
+impl MigrateError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            MigrateError::Invalid { .. } => ExitCode::Invalid,
+            MigrateError::NoPath { .. }
+            | MigrateError::UnknownVersion { .. }
+            | MigrateError::VersionMismatch { .. } => ExitCode::NoPath,
+            MigrateError::PluginConflict { .. } | MigrateError::PluginFailed { .. } => {
+                ExitCode::Plugin
+            }
+            MigrateError::BadVersion { .. }
+            | MigrateError::Settings { .. }
+            | MigrateError::Usage { .. } => ExitCode::Usage,
+            MigrateError::Io { .. } => ExitCode::Failed,
+            MigrateError::RolledBack { .. } | MigrateError::TimedOut { .. } => ExitCode::RolledBack,
+            MigrateError::Interrupted { .. } => ExitCode::Interrupted,
+            MigrateError::Internal { .. } => ExitCode::Internal,
+            MigrateError::Transaction(t) => Self::exit_code_of(t),
+        }
+    }
+
+    /// The exit code of an error from the transaction layer, met on its own (a rollback or a
+    /// recovery) or inside a [`MigrateError`].
+    pub fn exit_code_of(t: &migrate_transaction::Error) -> ExitCode {
+        use migrate_transaction::Error as T;
+        match t {
+            T::Io { .. } => ExitCode::Failed,
+            T::Invalid { .. } => ExitCode::Invalid,
+            T::Locked { .. } => ExitCode::LockHeld,
+        }
+    }
+
+    /// An I/O error with what was being done and to which path.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        MigrateError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn invalid(
+        path: impl Into<PathBuf>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        MigrateError::Invalid {
+            path: path.into(),
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    pub fn usage(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        MigrateError::Usage {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+pub type Result<T, E = MigrateError> = std::result::Result<T, E>;

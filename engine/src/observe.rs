@@ -1,0 +1,25 @@
+//! How the engine tells its user what is happening without printing: progress, notices and
+//! warnings go to an [`Observer`] that the caller supplies. The `migrate` binary draws bars or
+//! plain lines from it; an embedding program may log, forward or ignore it ([`Silent`]).
+
+/// Receives what a run has to say while it runs. Every method has an empty default, so an
+/// implementation only overrides what it shows. Called from worker threads: keep it cheap.
+pub trait Observer: Send + Sync {
+    /// A step (`preflight`, `config`, `data`, `models`, `journal`, `backup`, `commit`) starts;
+    /// `total_bytes` is what it will read, 0 when unknown.
+    fn step_started(&self, _step: &str, _total_bytes: u64) {}
+    /// The running step's totals so far.
+    fn step_progress(&self, _done_bytes: u64, _records: u64) {}
+    /// The running step ended.
+    fn step_finished(&self, _step: &str, _ok: bool) {}
+    /// Something the operator should know that is not a problem (a recovery that happened).
+    fn notice(&self, _message: &str) {}
+    /// Something went wrong without failing the run (an audit entry that was not written).
+    fn warning(&self, _message: &str) {}
+}
+
+/// Shows nothing: the default of [`crate::VersionMigrator`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Silent;
+
+impl Observer for Silent {}

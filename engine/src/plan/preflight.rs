@@ -1,0 +1,250 @@
+//! Pre-flight checks: what can be known to fail before any work is done. The path and the
+//! source version are checked while planning; here: config syntax, model headers, free disk
+//! space for staging and backup, and write permission where files will be replaced. Every data
+//! record is checked by the staging pass itself, which parses each one before anything in the
+//! installation changes — a separate pass would read the data twice.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::Plan;
+use crate::size::human;
+use crate::verify::{Finding, RuleKind, Severity};
+
+/// The space a migration needs, in bytes, and what the filesystem has.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpaceEstimate {
+    pub staging_bytes: u64,
+    pub backup_bytes: u64,
+    pub available_bytes: u64,
+    pub backup_available_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Preflight {
+    pub findings: Vec<Finding>,
+    pub space: Option<SpaceEstimate>,
+}
+
+impl Preflight {
+    pub fn errors(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+    }
+
+    fn add(
+        &mut self,
+        rule: &'static str,
+        kind: RuleKind,
+        severity: Severity,
+        path: String,
+        message: String,
+    ) {
+        self.findings.push(Finding {
+            rule,
+            kind,
+            severity,
+            path,
+            message,
+        });
+    }
+}
+
+/// Migrated records grow (0.1.0 → 2.1.0 adds `usage`, `metrics`, `schema_version`): the
+/// staged copy is assumed up to twice the original, and never smaller than it.
+const DATA_GROWTH: u64 = 2;
+/// zstd on JSON lines: the archive is assumed at most half the input (weights: all of it).
+const BACKUP_RATIO_DIVISOR: u64 = 2;
+
+pub fn check(plan: &Plan) -> Preflight {
+    let mut p = Preflight {
+        findings: Vec::new(),
+        space: None,
+    };
+    check_config_syntax(plan, &mut p);
+    check_model_headers(plan, &mut p);
+    check_permissions(plan, &mut p);
+    check_space(plan, &mut p);
+    p
+}
+
+fn check_config_syntax(plan: &Plan, p: &mut Preflight) {
+    let Some(item) = &plan.config else { return };
+    let path = plan.target.root.join(&item.rel);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            if let Err(e) = text.parse::<toml_edit::DocumentMut>() {
+                let msg = format!("invalid TOML: {}", e.to_string().trim_end());
+                p.add(
+                    "config_syntax",
+                    RuleKind::ConfigurationSyntax,
+                    Severity::Error,
+                    item.rel.clone(),
+                    msg,
+                );
+            }
+        }
+        Err(e) => p.add(
+            "config_syntax",
+            RuleKind::ConfigurationSyntax,
+            Severity::Error,
+            item.rel.clone(),
+            format!("cannot read: {e}"),
+        ),
+    }
+}
+
+fn safetensors_files(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "safetensors")
+        })
+        .map(|e| e.into_path())
+        .collect()
+}
+
+fn check_model_headers(plan: &Plan, p: &mut Preflight) {
+    for model in &plan.models {
+        for file in safetensors_files(&plan.target.root.join(&model.rel)) {
+            if let Err(e) = plugin_api::safetensors::read_header(&file) {
+                let rel = plan.target.rel(&file);
+                p.add(
+                    "model_headers",
+                    RuleKind::ModelCompatibility,
+                    Severity::Error,
+                    rel,
+                    e.message,
+                );
+            }
+        }
+    }
+}
+
+/// Renaming over a file needs write permission on its folder, not on the file.
+fn check_permissions(plan: &Plan, p: &mut Preflight) {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let root = &plan.target.root;
+    let files = plan
+        .config
+        .iter()
+        .map(|c| c.rel.clone())
+        .chain(plan.data_files.iter().map(|f| f.rel.clone()));
+    for rel in files {
+        if let Some(parent) = root.join(rel).parent() {
+            dirs.push(parent.to_path_buf());
+        }
+    }
+    dirs.extend(plan.models.iter().map(|m| root.join(&m.rel)));
+    dirs.push(root.clone());
+    if let Some(b) = &plan.options.backup_dir {
+        dirs.push(existing_ancestor(b));
+    }
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        if !writable(&dir) {
+            let msg = "not writable by this user: files in it cannot be replaced; fix the permissions or run as the installation's owner".to_owned();
+            p.add(
+                "permissions",
+                RuleKind::Permissions,
+                Severity::Error,
+                dir.display().to_string(),
+                msg,
+            );
+        }
+    }
+}
+
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+fn existing_ancestor(path: &Path) -> PathBuf {
+    path.ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
+}
+
+fn check_space(plan: &Plan, p: &mut Preflight) {
+    let weights: u64 = if plan.options.optimize {
+        plan.models
+            .iter()
+            .flat_map(|m| safetensors_files(&plan.target.root.join(&m.rel)))
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    } else {
+        0
+    };
+    let config = plan.config.as_ref().map_or(0, |c| c.size);
+    let data = plan.data_bytes();
+    let staging = config + data * DATA_GROWTH + weights / 2 + 64 * 1024;
+    let backup = if plan.options.backup_dir.is_some() {
+        config + data / BACKUP_RATIO_DIVISOR + weights
+    } else {
+        0
+    };
+    let root = &plan.target.root;
+    let Ok(available) = fs4::available_space(root) else {
+        return;
+    };
+    let backup_dir = plan.options.backup_dir.as_deref().map(existing_ancestor);
+    let backup_fs = backup_dir
+        .as_deref()
+        .and_then(|b| fs4::available_space(b).ok());
+    let same_fs = backup_dir
+        .as_deref()
+        .is_none_or(|b| same_filesystem(b, root));
+    let mut space = SpaceEstimate {
+        staging_bytes: staging,
+        backup_bytes: backup,
+        available_bytes: available,
+        backup_available_bytes: None,
+    };
+    if same_fs {
+        need(p, staging + backup, available, root, "staging and backup");
+    } else {
+        need(p, staging, available, root, "staging");
+        if let (Some(dir), Some(free)) = (backup_dir, backup_fs) {
+            need(p, backup, free, &dir, "the backup");
+            space.backup_available_bytes = Some(free);
+        }
+    }
+    p.space = Some(space);
+}
+
+fn need(p: &mut Preflight, bytes: u64, available: u64, at: &Path, what: &str) {
+    if bytes > available {
+        let msg = format!(
+            "{what} need about {} but only {} is free: free some space, or point TRUSTFORMERS_BACKUP_DIR / --backup-dir at another filesystem",
+            human(bytes),
+            human(available)
+        );
+        p.add(
+            "disk_space",
+            RuleKind::DiskSpace,
+            Severity::Error,
+            at.display().to_string(),
+            msg,
+        );
+    }
+}
+
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev(),
+        _ => true,
+    }
+}

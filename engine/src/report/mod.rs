@@ -1,0 +1,101 @@
+//! What happened: the result of a migration, as the API returns it, as JSON for scripts and as
+//! text for the operator.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub mod preview;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum OverallStatus {
+    /// Everything migrated and committed.
+    Completed,
+    /// Refused or failed before commit; the installation is unchanged.
+    Failed,
+    /// Failed during commit and restored.
+    RolledBack,
+    /// Stopped part-way and could not be put back: the journal is kept, and the next
+    /// `migrate` command (or `migrate recover`) finishes or undoes it.
+    Interrupted,
+    /// `--dry-run`: the migration ran in a scratch folder; nothing was written.
+    DryRun,
+    /// Source and target are the same release.
+    UpToDate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StepStatus {
+    Completed,
+    Failed,
+    Skipped,
+}
+
+/// One step: a kind of file (config, data, models) through every hop, or the commit.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepResult {
+    pub name: String,
+    pub status: StepStatus,
+    pub duration_ms: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub records: u64,
+    pub quarantined: u64,
+    pub bytes_per_sec: u64,
+    pub records_per_sec: u64,
+    pub warnings: Vec<String>,
+    pub error: Option<String>,
+}
+
+impl StepResult {
+    pub fn new(name: &str) -> Self {
+        StepResult {
+            name: name.to_owned(),
+            status: StepStatus::Completed,
+            duration_ms: 0,
+            files: 0,
+            bytes: 0,
+            records: 0,
+            quarantined: 0,
+            bytes_per_sec: 0,
+            records_per_sec: 0,
+            warnings: Vec::new(),
+            error: None,
+        }
+    }
+
+    pub fn finish(mut self, took: Duration) -> Self {
+        self.duration_ms = took.as_millis() as u64;
+        let secs = took.as_secs_f64();
+        if secs > 0.0 {
+            self.bytes_per_sec = (self.bytes as f64 / secs) as u64;
+            self.records_per_sec = (self.records as f64 / secs) as u64;
+        }
+        self
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationResult {
+    pub overall_status: OverallStatus,
+    pub from: String,
+    pub to: String,
+    pub path: String,
+    pub hops: Vec<String>,
+    pub steps: Vec<StepResult>,
+    pub error: Option<String>,
+    /// The process exit code this outcome maps to (see [`crate::ExitCode`]).
+    pub exit_code: i32,
+    /// High-water mark of the process's resident memory.
+    pub peak_rss_bytes: u64,
+    /// `--dry-run` only: what would change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<preview::Preview>,
+    pub duration_ms: u64,
+}
+
+impl MigrationResult {
+    pub fn warnings(&self) -> impl Iterator<Item = &String> {
+        self.steps.iter().flat_map(|s| s.warnings.iter())
+    }
+}

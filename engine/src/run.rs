@@ -1,0 +1,332 @@
+//! Runs a [`Plan`] one way through: preflight → stage (config, data, models) → journal →
+//! backup → commit, recording every step in the result and the audit trail. Nothing in the
+//! installation changes before the commit step; a dry run stages into a scratch folder and
+//! stops there.
+
+use std::time::Instant;
+
+use migrate_transaction::audit::Audit;
+use migrate_transaction::journal::{self, Recovery};
+use migrate_transaction::lock::InstallLock;
+use migrate_transaction::recovery;
+use migrate_transaction::staging::Staging;
+
+use crate::commit;
+use crate::error::{ExitCode, MigrateError, Result};
+use crate::observe::Observer;
+use crate::plan::{preflight, Plan, Target};
+use crate::report::preview;
+use crate::report::{MigrationResult, OverallStatus, StepResult, StepStatus};
+use crate::size::{human, peak_rss_bytes};
+use crate::stage::{self, Budget};
+use crate::verify::Severity;
+
+/// Whether the staged result is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Commit,
+    /// Runs everything in a scratch folder outside the installation and throws it away.
+    DryRun,
+}
+
+/// Executes `plan`; never panics on user input, and reports every step.
+pub fn execute(plan: &Plan, mode: Mode, observer: &dyn Observer) -> MigrationResult {
+    let started = Instant::now();
+    let mut result = MigrationResult {
+        overall_status: OverallStatus::Completed,
+        from: plan.from.to_string(),
+        to: plan.to.to_string(),
+        path: plan.target.root.display().to_string(),
+        hops: plan
+            .steps
+            .iter()
+            .map(|s| format!("{} → {} ({})", s.from, s.to, s.plugin))
+            .collect(),
+        steps: Vec::new(),
+        error: None,
+        exit_code: ExitCode::Ok as i32,
+        preview: None,
+        duration_ms: 0,
+        peak_rss_bytes: 0,
+    };
+    let mut audit = None;
+    if let Err(e) = run_steps(plan, mode, observer, &mut result, &mut audit) {
+        fail(&mut result, &e);
+    } else if mode == Mode::DryRun {
+        result.overall_status = OverallStatus::DryRun;
+    } else if plan.hops.is_empty() {
+        result.overall_status = OverallStatus::UpToDate;
+    }
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    result.peak_rss_bytes = peak_rss_bytes();
+    if let Some(audit) = audit {
+        record(
+            &audit,
+            observer,
+            "migration_finished",
+            finished_entry(&result),
+        );
+    }
+    result
+}
+
+/// Marks `result` as ended by `e`, with the status and exit code `e` means.
+pub fn fail(result: &mut MigrationResult, e: &MigrateError) {
+    result.exit_code = e.exit_code() as i32;
+    result.overall_status = match e.exit_code() {
+        ExitCode::RolledBack => OverallStatus::RolledBack,
+        ExitCode::Interrupted => OverallStatus::Interrupted,
+        _ => OverallStatus::Failed,
+    };
+    result.error = Some(e.to_string());
+}
+
+/// Appends to the audit trail; a failure to do so is a warning, never a failed migration.
+fn record(audit: &Audit, observer: &dyn Observer, action: &str, details: serde_json::Value) {
+    if let Err(e) = audit.record(action, details) {
+        observer.warning(&e.to_string());
+    }
+}
+
+/// The `migration_finished` audit entry: what `migrate history` shows.
+fn finished_entry(result: &MigrationResult) -> serde_json::Value {
+    let backup = result
+        .steps
+        .iter()
+        .flat_map(|s| &s.warnings)
+        .find_map(|w| w.strip_prefix("backup: "));
+    let steps: Vec<serde_json::Value> = result
+        .steps
+        .iter()
+        .map(|s| serde_json::json!({"step": s.name, "status": s.status, "duration_ms": s.duration_ms, "bytes": s.bytes, "records": s.records, "quarantined": s.quarantined, "warnings": s.warnings.len()}))
+        .collect();
+    serde_json::json!({
+        "from": result.from, "to": result.to, "status": result.overall_status, "exit_code": result.exit_code,
+        "duration_ms": result.duration_ms, "backup": backup, "steps": steps,
+        "peak_rss_bytes": result.peak_rss_bytes, "error": result.error,
+    })
+}
+
+/// Audit entries of the start of a run: the versions and every plugin it will call.
+fn record_start(audit: &Audit, observer: &dyn Observer, plan: &Plan) {
+    record(
+        audit,
+        observer,
+        "migration_started",
+        serde_json::json!({"from": plan.from.to_string(), "to": plan.to.to_string(), "kind": plan.target.kind}),
+    );
+    for hop in &plan.hops {
+        record(
+            audit,
+            observer,
+            "plugin_loaded",
+            serde_json::json!({"plugin": hop.descriptor.name, "from": hop.from.to_string(), "to": hop.to.to_string(), "file": hop.path, "sha256": hop.sha256}),
+        );
+    }
+}
+
+fn run_steps(
+    plan: &Plan,
+    mode: Mode,
+    observer: &dyn Observer,
+    result: &mut MigrationResult,
+    audit_slot: &mut Option<Audit>,
+) -> Result<()> {
+    if plan.hops.is_empty() {
+        return Ok(());
+    }
+    let scratch;
+    let parent = match mode {
+        Mode::Commit => plan.target.tool_dir(),
+        Mode::DryRun => {
+            scratch = tempfile::tempdir().map_err(|e| {
+                MigrateError::io("cannot create a scratch folder for the dry run", e)
+            })?;
+            scratch.path().to_path_buf()
+        }
+    };
+    let _lock = match mode {
+        Mode::Commit => Some(InstallLock::acquire(&parent)?),
+        Mode::DryRun => None,
+    };
+    match mode {
+        Mode::Commit => {
+            let audit = Audit::new(&plan.target.root);
+            recover_first(plan, result, observer)?;
+            record_start(&audit, observer, plan);
+            *audit_slot = Some(audit);
+        }
+        Mode::DryRun => refuse_if_interrupted(&plan.target)?,
+    }
+    let audit = audit_slot.clone();
+    let budget = Budget::new(plan.options.timeout);
+    let mut step = |name: &str, bytes: u64, body: &mut dyn FnMut(&mut StepResult) -> Result<()>| {
+        let outcome = run_step(result, observer, name, bytes, body);
+        if let (Some(audit), Some(s)) = (&audit, result.steps.last()) {
+            record(
+                audit,
+                observer,
+                "step_finished",
+                serde_json::json!({"step": s.name, "status": s.status, "duration_ms": s.duration_ms, "bytes": s.bytes, "records": s.records, "error": s.error}),
+            );
+        }
+        outcome
+    };
+    step("preflight", 0, &mut |s| check_preflight(plan, s))?;
+    let mut staging = Staging::create(&parent)?;
+    let config_bytes = plan.config.as_ref().map_or(0, |c| c.size);
+    step("config", config_bytes, &mut |s| {
+        stage::config(plan, &staging, s)
+    })?;
+    budget.check("config")?;
+    step("data", plan.data_bytes(), &mut |s| {
+        stage::data(plan, &mut staging, s, &budget, observer)
+    })?;
+    step("models", plan.model_bytes(), &mut |s| {
+        stage::models(plan, &staging, s, &budget, observer)
+    })?;
+    match mode {
+        Mode::Commit => {
+            let mut staging = Some(staging);
+            let mut txn = None;
+            step("journal", 0, &mut |s| {
+                txn = staging
+                    .take()
+                    .map(|st| commit::prepare(plan, st, s))
+                    .transpose()?;
+                Ok(())
+            })?;
+            let Some(txn) = txn else { return Ok(()) };
+            let backup_bytes = commit::replaced_bytes(plan, &txn);
+            if let Err(e) = step("backup", backup_bytes, &mut |s| {
+                commit::back_up(plan, &txn, s, observer)
+            }) {
+                // Nothing was swapped yet: undoing the journal puts back exactly what was.
+                return match txn.rollback() {
+                    Ok(()) => Err(e),
+                    Err(undo) => Err(MigrateError::Interrupted {
+                        root: plan.target.root.clone(),
+                        reason: format!("{e}; removing the prepared swap also failed ({undo})"),
+                    }),
+                };
+            }
+            let mut txn = Some(txn);
+            step("commit", 0, &mut |s| match txn.take() {
+                Some(t) => commit::commit(plan, t, s),
+                None => Ok(()),
+            })
+        }
+        Mode::DryRun => {
+            result.preview = Some(preview::preview(plan, &staging));
+            Ok(())
+        }
+    }
+}
+
+/// A dry run writes nothing, so it cannot recover an interrupted migration: it says so.
+pub fn refuse_if_interrupted(target: &Target) -> Result<()> {
+    if journal::is_interrupted(&target.tool_dir()) {
+        return Err(MigrateError::usage(
+            format!("{} holds an interrupted migration", target.root.display()),
+            format!(
+                "run `migrate recover --path {}` first (a dry run writes nothing, so it does not recover)",
+                target.root.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_preflight(plan: &Plan, s: &mut StepResult) -> Result<()> {
+    let report = preflight::check(plan);
+    if let Some(space) = &report.space {
+        s.warnings.push(format!(
+            "disk space: staging needs about {}, the backup about {}; {} free",
+            human(space.staging_bytes),
+            human(space.backup_bytes),
+            human(space.available_bytes)
+        ));
+    }
+    for f in report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warning)
+    {
+        s.warnings
+            .push(format!("{}: {} [{}]", f.path, f.message, f.rule));
+    }
+    let errors: Vec<String> = report
+        .errors()
+        .map(|f| format!("[{:?}/{}] {}: {}", f.kind, f.rule, f.path, f.message))
+        .collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(MigrateError::Invalid {
+        path: plan.target.root.clone(),
+        message: format!("pre-flight checks failed:\n    {}", errors.join("\n    ")),
+        hint: "nothing was changed; fix the problems above and run the migration again".into(),
+    })
+}
+
+/// An unfinished migration found on the installation is rolled back before anything else.
+fn recover_first(plan: &Plan, result: &mut MigrationResult, observer: &dyn Observer) -> Result<()> {
+    let recovered = recovery::recover_locked(&plan.target.root, false)?;
+    announce(&plan.target.root, &recovered, observer);
+    if let Some(Recovery::RolledBack { from, to }) = recovered.outcome {
+        let mut s = StepResult::new("recover");
+        s.warnings.push(format!(
+            "an interrupted migration {from} → {to} was found and rolled back first"
+        ));
+        result.steps.push(s);
+    }
+    Ok(())
+}
+
+/// Tells the observer what a recovery did.
+pub fn announce(root: &std::path::Path, recovered: &recovery::Recovered, observer: &dyn Observer) {
+    for w in &recovered.warnings {
+        observer.warning(w);
+    }
+    if let Some(Recovery::RolledBack { from, to }) = &recovered.outcome {
+        observer.notice(&format!(
+            "an interrupted migration {from} → {to} was found in {} and rolled back",
+            root.display()
+        ));
+    }
+}
+
+/// Runs one step, recording its result and showing its progress; an error ends the run.
+fn run_step(
+    result: &mut MigrationResult,
+    observer: &dyn Observer,
+    name: &str,
+    bytes: u64,
+    body: &mut dyn FnMut(&mut StepResult) -> Result<()>,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut s = StepResult::new(name);
+    tracing::info!(step = name, bytes, "step started");
+    observer.step_started(name, bytes);
+    let outcome = body(&mut s);
+    observer.step_finished(name, outcome.is_ok());
+    if let Err(e) = &outcome {
+        s.status = StepStatus::Failed;
+        s.error = Some(e.to_string());
+    }
+    tracing::info!(step = name, status = ?s.status, ms = started.elapsed().as_millis() as u64, bytes = s.bytes, "step finished");
+    result.steps.push(s.finish(started.elapsed()));
+    outcome
+}
+
+/// Rolls back an interrupted migration of `root`, if there is one, and tells the observer.
+/// Every command that reads or writes an installation calls this first, so that it never
+/// sees half a swap.
+pub fn recover_if_interrupted(
+    root: &std::path::Path,
+    observer: &dyn Observer,
+) -> Result<Option<Recovery>> {
+    let recovered = recovery::roll_back_if_interrupted(root)?;
+    announce(root, &recovered, observer);
+    Ok(recovered.outcome)
+}

@@ -1,0 +1,624 @@
+//! Data files: streamed in batches through every hop's data rule in memory, so each file is
+//! read once and written once whatever the number of hops, and memory stays bounded by the
+//! batch size whatever the file size. `*.json` documents (one record, or an array of records)
+//! are streamed too, record by record ([`document`]).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Mutex;
+
+use abi_stable::std_types::RVec;
+use migrate_transaction::fault;
+use migrate_transaction::staging::Staging;
+use plugin_api::ffi::CallError;
+use plugin_api::RuleError;
+
+use super::{plugin_failure, Budget};
+use crate::discover::install::{DataFile, DataKind, QUARANTINE};
+use crate::discover::registry::LoadedHop;
+use crate::document;
+use crate::error::{MigrateError, Result};
+use crate::observe::Observer;
+use crate::settings::OnInvalid;
+
+/// A batch is flushed to the hops at this many bytes even if it has fewer records.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// What one file's migration did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FileStats {
+    pub records: u64,
+    pub quarantined: u64,
+    pub bytes_in: u64,
+}
+
+/// How data files are migrated in this run.
+pub struct DataRun<'a> {
+    pub hops: &'a [LoadedHop],
+    pub on_invalid: OnInvalid,
+    pub batch_size: usize,
+    /// The data folder's path relative to the staging root (`data`), for quarantine paths.
+    pub data_rel: String,
+    pub budget: &'a Budget,
+    pub observer: &'a dyn Observer,
+    pub counters: &'a Counters,
+}
+
+/// The data step's running totals across its files, shown as they grow.
+#[derive(Default)]
+pub struct Counters {
+    bytes: AtomicU64,
+    records: AtomicU64,
+}
+
+impl Counters {
+    /// Adds to the totals and shows them.
+    pub fn add(&self, observer: &dyn Observer, bytes: u64, records: u64) {
+        let b = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let r = self.records.fetch_add(records, Ordering::Relaxed) + records;
+        observer.step_progress(b, r);
+    }
+}
+
+/// A record a hop refused, with its place in the original file.
+struct Refusal {
+    place: u64,
+    hop: String,
+    error: RuleError,
+    raw: Vec<u8>,
+}
+
+impl DataRun<'_> {
+    fn data_hops(&self) -> impl Iterator<Item = &LoadedHop> {
+        self.hops.iter().filter(|h| h.descriptor.rules.data)
+    }
+
+    /// Migrates `file` (under `root`) into `staging`.
+    pub fn migrate_file(
+        &self,
+        root: &Path,
+        file: &DataFile,
+        staging: &mut Staging,
+    ) -> Result<FileStats> {
+        match file.kind {
+            DataKind::Lines => self.migrate_lines(root, file, staging),
+            DataKind::Document => self.migrate_document(root, file, staging),
+        }
+    }
+
+    fn migrate_lines(
+        &self,
+        root: &Path,
+        file: &DataFile,
+        staging: &mut Staging,
+    ) -> Result<FileStats> {
+        let src_path = root.join(&file.rel);
+        let src = File::open(&src_path)
+            .map_err(|e| MigrateError::io(format!("cannot open {}", src_path.display()), e))?;
+        let dst_path = staging.path_for(&file.rel)?;
+        let write_err =
+            |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
+        // Small: batch outputs (hundreds of KiB) go straight to the file rather than through
+        // the buffer, which only gathers the odd verbatim line.
+        let mut out =
+            BufWriter::with_capacity(64 << 10, File::create(&dst_path).map_err(write_err)?);
+        let mut quarantine = Quarantine::new(self, root, file, staging);
+        let stats = self.pipeline(
+            file,
+            |send| self.read_batches(src, &src_path, send),
+            &mut |bytes| {
+                out.write_all(bytes)
+                    .map_err(|e| MigrateError::io(format!("cannot write staged {}", file.rel), e))
+            },
+            &mut quarantine,
+        )?;
+        let f = out.into_inner().map_err(|e| write_err(e.into_error()))?;
+        f.sync_all().map_err(write_err)?;
+        quarantine.finish()?;
+        Ok(stats)
+    }
+
+    /// What every data file goes through: `read`, on a thread of its own, cuts the file into
+    /// work and hands it to `send` (until that returns false: the run has stopped) and returns
+    /// the bytes it read; workers run the hops on batches in parallel; `write` gets the
+    /// results in file order.
+    fn pipeline(
+        &self,
+        file: &DataFile,
+        read: impl FnOnce(&mut dyn FnMut(Work) -> bool) -> Result<u64> + Send,
+        write: &mut dyn FnMut(&[u8]) -> Result<()>,
+        quarantine: &mut Quarantine,
+    ) -> Result<FileStats> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        let (work_tx, work_rx) = mpsc::sync_channel::<(u64, Work)>(threads * 2);
+        let (done_tx, done_rx) = mpsc::sync_channel::<(u64, Result<Done>)>(threads * 2);
+        let work_rx = Mutex::new(work_rx);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let (work_rx, done_tx) = (&work_rx, done_tx.clone());
+                scope.spawn(move || self.work(file, work_rx, done_tx));
+            }
+            drop(done_tx);
+            let stop = &stop;
+            let reader = scope.spawn(move || {
+                let mut seq = 0u64;
+                read(&mut |item| {
+                    seq += 1;
+                    !stop.load(Ordering::Relaxed) && work_tx.send((seq, item)).is_ok()
+                })
+            });
+            let written = self.write_in_order(file, write, done_rx, quarantine);
+            if written.is_err() {
+                // The writer stopped early: stop the reader, and take whatever it is blocked
+                // sending so that it sees the flag (the workers are gone).
+                stop.store(true, Ordering::Relaxed);
+                if let Ok(rx) = work_rx.lock() {
+                    while rx.recv().is_ok() {}
+                }
+            }
+            let read = reader.join().map_err(|_| MigrateError::Internal {
+                detail: format!("the reader thread of {} panicked", file.rel),
+                state: "nothing was changed".into(),
+            })?;
+            let bytes_in = read?;
+            written.map(|stats| FileStats { bytes_in, ..stats })
+        })
+    }
+
+    /// Cuts the file into batches of records; blank lines travel on their own, verbatim.
+    /// Returns the bytes read. Stops quietly when the writer has gone (an error ended the run).
+    fn read_batches(
+        &self,
+        src: File,
+        path: &Path,
+        send: &mut dyn FnMut(Work) -> bool,
+    ) -> Result<u64> {
+        let mut reader = BufReader::with_capacity(1 << 20, src);
+        let mut batch = Batch::default();
+        let (mut line_no, mut bytes) = (0u64, 0u64);
+        loop {
+            // Each line is read straight into the batch (no copy through a line buffer).
+            let start = batch.bytes.len();
+            let n = reader
+                .read_until(b'\n', &mut batch.bytes)
+                .map_err(|e| MigrateError::io(format!("cannot read {}", path.display()), e))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            bytes += n as u64;
+            if batch.bytes[start..].iter().all(u8::is_ascii_whitespace) {
+                let line = batch.bytes.split_off(start);
+                let full = batch.take();
+                if (!full.places.is_empty() && !send(Work::Records(full)))
+                    || !send(Work::Verbatim(line))
+                {
+                    return Ok(bytes);
+                }
+                continue;
+            }
+            batch.close_record(start, line_no);
+            if batch.is_full(self.batch_size) && !send(Work::Records(batch.take())) {
+                return Ok(bytes);
+            }
+        }
+        if !batch.places.is_empty() {
+            send(Work::Records(batch));
+        }
+        Ok(bytes)
+    }
+
+    /// A worker: takes batches until the reader is done or the writer has gone.
+    fn work(
+        &self,
+        file: &DataFile,
+        work: &Mutex<Receiver<(u64, Work)>>,
+        done: SyncSender<(u64, Result<Done>)>,
+    ) {
+        loop {
+            let next = match work.lock() {
+                Ok(rx) => rx.recv(),
+                Err(_) => return,
+            };
+            let Ok((seq, item)) = next else { return };
+            let result = match item {
+                Work::Verbatim(bytes) => Ok(Done::Verbatim(bytes)),
+                Work::Records(batch) => self
+                    .budget
+                    .check(&file.rel)
+                    .and_then(|()| self.run_hops(&batch, file))
+                    .map(|(migrated, refusals)| {
+                        fault::point("batch");
+                        Done::Records {
+                            count: batch.places.len(),
+                            bytes: batch.bytes.len() as u64,
+                            migrated,
+                            refusals,
+                        }
+                    }),
+            };
+            if done.send((seq, result)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes results in file order; the first error (or refused record, in `fail` mode)
+    /// ends the run, which drops the channel and stops the other threads.
+    fn write_in_order(
+        &self,
+        file: &DataFile,
+        write: &mut dyn FnMut(&[u8]) -> Result<()>,
+        done: Receiver<(u64, Result<Done>)>,
+        quarantine: &mut Quarantine,
+    ) -> Result<FileStats> {
+        let mut stats = FileStats::default();
+        let mut pending = BTreeMap::new();
+        let mut next = 1u64;
+        for (seq, result) in done {
+            pending.insert(seq, result?);
+            while let Some(item) = pending.remove(&next) {
+                next += 1;
+                let bytes = match item {
+                    Done::Verbatim(bytes) => bytes.into(),
+                    Done::Records {
+                        count,
+                        bytes,
+                        migrated,
+                        refusals,
+                    } => {
+                        stats.records += (count - refusals.len()) as u64;
+                        self.counters.add(self.observer, bytes, count as u64);
+                        self.handle_refusals(refusals, file, quarantine, &mut stats)?;
+                        migrated
+                    }
+                };
+                write(&bytes)?;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Passes the batch through every data hop; refused records drop out with their place.
+    fn run_hops(&self, batch: &Batch, file: &DataFile) -> Result<(RVec<u8>, Vec<Refusal>)> {
+        let mut alive: Vec<usize> = (0..batch.places.len()).collect();
+        let mut refusals = Vec::new();
+        let mut current: Option<RVec<u8>> = None;
+        for hop in self.data_hops() {
+            let input: &[u8] = current.as_deref().unwrap_or(&batch.bytes);
+            let (output, refused) = hop
+                .client
+                .migrate_data(input)
+                .map_err(|e| data_failure(hop, file, e))?;
+            let mut dropped: Vec<usize> = refused.iter().map(|r| r.index as usize).collect();
+            dropped.sort_unstable();
+            for r in refused {
+                let Some(&orig) = alive.get(r.index as usize) else {
+                    return Err(plugin_failure(
+                        hop,
+                        Path::new(&file.rel),
+                        format!(
+                            "refused record #{} of a batch of {}: the plugin is broken",
+                            r.index,
+                            alive.len()
+                        ),
+                    ));
+                };
+                refusals.push(Refusal {
+                    place: batch.places[orig],
+                    hop: hop_label(hop),
+                    error: r.error,
+                    raw: batch.record(orig).to_vec(),
+                });
+            }
+            for &i in dropped.iter().rev() {
+                alive.remove(i);
+            }
+            current = Some(output);
+        }
+        Ok((
+            current.unwrap_or_else(|| batch.bytes.clone().into()),
+            refusals,
+        ))
+    }
+
+    fn handle_refusals(
+        &self,
+        mut refusals: Vec<Refusal>,
+        file: &DataFile,
+        quarantine: &mut Quarantine,
+        stats: &mut FileStats,
+    ) -> Result<()> {
+        refusals.sort_by_key(|r| r.place);
+        if let (OnInvalid::Fail, Some(first)) = (self.on_invalid, refusals.first()) {
+            return Err(refused_error(file, first));
+        }
+        for r in refusals {
+            quarantine.add(&r)?;
+            stats.quarantined += 1;
+        }
+        Ok(())
+    }
+
+    /// A `*.json` document, record by record ([`document`]); memory follows the largest
+    /// record, not the file. A document that is not well-formed JSON is refused whole, as one
+    /// record, before anything is staged.
+    fn migrate_document(
+        &self,
+        root: &Path,
+        file: &DataFile,
+        staging: &mut Staging,
+    ) -> Result<FileStats> {
+        let src_path = root.join(&file.rel);
+        let read_err = |e| MigrateError::io(format!("cannot read {}", src_path.display()), e);
+        let open = || File::open(&src_path).map_err(read_err);
+        let mut quarantine = Quarantine::new(self, root, file, staging);
+        let style = match document::check(open()?) {
+            Ok(style) => style,
+            Err(e) if e.is_io() => return Err(read_err(e.into())),
+            Err(e) => return self.refuse_document(&src_path, file, e, staging, quarantine),
+        };
+        let records = document::Records::new(open()?).map_err(read_err)?;
+        let dst_path = staging.path_for(&file.rel)?;
+        let write_err =
+            |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
+        let mut out =
+            BufWriter::with_capacity(1 << 20, File::create(&dst_path).map_err(write_err)?);
+        let shape = records.shape();
+        let mut writer = document::Writer::new(shape, style);
+        let stats = self.pipeline(
+            file,
+            |send| self.read_document(records, send).map_err(read_err),
+            &mut |migrated| {
+                for line in plugin_api::rules::split_records(migrated) {
+                    writer.record(line, &mut out).map_err(|e| match e {
+                        document::WriteError::Io(e) => write_err(e),
+                        invalid => MigrateError::invalid(
+                            &src_path,
+                            invalid.to_string(),
+                            "report this as a bug in the plugin",
+                        ),
+                    })?;
+                }
+                Ok(())
+            },
+            &mut quarantine,
+        )?;
+        quarantine.finish()?;
+        if shape == document::Shape::Single && stats.quarantined > 0 {
+            // The document was its one record, now in the quarantine: nothing stays.
+            drop(out);
+            std::fs::remove_file(&dst_path).map_err(write_err)?;
+            staging.remove_at_commit(&file.rel);
+            return Ok(stats);
+        }
+        writer.finish(&mut out).map_err(write_err)?;
+        let f = out.into_inner().map_err(|e| write_err(e.into_error()))?;
+        f.sync_all().map_err(write_err)?;
+        Ok(stats)
+    }
+
+    /// Cuts a document into batches of records, as [`Self::read_batches`] does a file of
+    /// lines; returns the bytes read.
+    fn read_document<R: std::io::Read>(
+        &self,
+        mut records: document::Records<R>,
+        send: &mut dyn FnMut(Work) -> bool,
+    ) -> std::io::Result<u64> {
+        let mut batch = Batch::default();
+        let mut place = 0;
+        loop {
+            let start = batch.bytes.len();
+            if !records.next_into(&mut batch.bytes)? {
+                break;
+            }
+            place += 1;
+            batch.close_record(start, place);
+            if batch.is_full(self.batch_size) && !send(Work::Records(batch.take())) {
+                return Ok(records.consumed());
+            }
+        }
+        if !batch.places.is_empty() {
+            send(Work::Records(batch));
+        }
+        Ok(records.consumed())
+    }
+
+    /// A document that is not one well-formed JSON value goes to the quarantine whole (its
+    /// line is where the JSON breaks), and leaves the installation at commit.
+    fn refuse_document(
+        &self,
+        src_path: &Path,
+        file: &DataFile,
+        e: serde_json::Error,
+        staging: &mut Staging,
+        mut quarantine: Quarantine,
+    ) -> Result<FileStats> {
+        let text = std::fs::read(src_path)
+            .map_err(|e| MigrateError::io(format!("cannot read {}", src_path.display()), e))?;
+        let mut stats = FileStats {
+            bytes_in: text.len() as u64,
+            ..FileStats::default()
+        };
+        let refusal = Refusal {
+            place: e.line() as u64,
+            hop: "reading".into(),
+            error: RuleError::new(format!("not valid JSON ({e})")),
+            raw: text,
+        };
+        self.handle_refusals(vec![refusal], file, &mut quarantine, &mut stats)?;
+        staging.remove_at_commit(&file.rel);
+        quarantine.finish()?;
+        Ok(stats)
+    }
+}
+
+fn hop_label(hop: &LoadedHop) -> String {
+    format!("{} → {} ({})", hop.from, hop.to, hop.descriptor.name)
+}
+
+/// A data rule's call failed as a whole (a record it refuses comes back as a refusal).
+fn data_failure(hop: &LoadedHop, file: &DataFile, e: CallError) -> MigrateError {
+    plugin_failure(hop, Path::new(&file.rel), e.to_string())
+}
+
+fn place_name(file: &DataFile, place: u64) -> String {
+    match file.kind {
+        DataKind::Lines => format!("{}:{place}", file.rel),
+        DataKind::Document => format!("{} (record {place})", file.rel),
+    }
+}
+
+fn refused_error(file: &DataFile, r: &Refusal) -> MigrateError {
+    let field = r
+        .error
+        .field
+        .as_deref()
+        .map(|f| format!("field `{f}`: "))
+        .unwrap_or_default();
+    MigrateError::Invalid {
+        path: place_name(file, r.place).into(),
+        message: format!("{field}{} (hop {})", r.error.message, r.hop),
+        hint: "nothing was changed; fix the record, or rerun with --on-invalid quarantine to set refused records aside in data/.quarantine/".into(),
+    }
+}
+
+/// What the reader hands to the workers.
+enum Work {
+    Records(Batch),
+    /// A blank line, kept where it was.
+    Verbatim(Vec<u8>),
+}
+
+/// What a worker hands to the writer.
+enum Done {
+    Records {
+        count: usize,
+        bytes: u64,
+        /// The last hop's output buffer, written as it is (no copy).
+        migrated: RVec<u8>,
+        refusals: Vec<Refusal>,
+    },
+    Verbatim(Vec<u8>),
+}
+
+/// Records in a batch: their bytes (`\n`-terminated) and their places in the source file.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    starts: Vec<usize>,
+    places: Vec<u64>,
+}
+
+impl Batch {
+    /// Takes the batch, leaving an empty one with room for one like it: grown from empty,
+    /// each batch was copied about once more by the reallocations.
+    fn take(&mut self) -> Batch {
+        let next = Batch {
+            bytes: Vec::with_capacity(self.bytes.len() + self.bytes.len() / 8),
+            starts: Vec::with_capacity(self.starts.len()),
+            places: Vec::with_capacity(self.places.len()),
+        };
+        std::mem::replace(self, next)
+    }
+
+    /// Whether the batch should go to the hops: `records` records or [`BATCH_BYTES`].
+    fn is_full(&self, records: usize) -> bool {
+        self.places.len() >= records || self.bytes.len() >= BATCH_BYTES
+    }
+
+    /// Adds the record whose bytes were read into `bytes` from `start` on.
+    fn close_record(&mut self, start: usize, place: u64) {
+        self.starts.push(start);
+        if !self.bytes.ends_with(b"\n") {
+            self.bytes.push(b'\n');
+        }
+        self.places.push(place);
+    }
+
+    fn record(&self, i: usize) -> &[u8] {
+        let end = self.starts.get(i + 1).copied().unwrap_or(self.bytes.len());
+        self.bytes[self.starts[i]..end]
+            .strip_suffix(b"\n")
+            .unwrap_or(&self.bytes[self.starts[i]..end])
+    }
+}
+
+/// `data/.quarantine/<relative path>.rejected.jsonl`, staged; each line is
+/// `{"line": N, "hop": "...", "error": "...", "record": "<the original text>"}`. Entries
+/// already there from earlier runs are kept.
+struct Quarantine {
+    rel: String,
+    existing: std::path::PathBuf,
+    staged: std::path::PathBuf,
+    /// Opened on the first refused record, so a clean file creates nothing.
+    out: Option<BufWriter<File>>,
+}
+
+impl Quarantine {
+    fn new(run: &DataRun, root: &Path, file: &DataFile, staging: &Staging) -> Quarantine {
+        let inside = file
+            .rel
+            .strip_prefix(&format!("{}/", run.data_rel))
+            .unwrap_or(&file.rel);
+        let rel = format!("{}/{QUARANTINE}/{inside}.rejected.jsonl", run.data_rel);
+        Quarantine {
+            existing: root.join(&rel),
+            staged: staging.dir().join(&rel),
+            rel,
+            out: None,
+        }
+    }
+
+    /// Entries are streamed to the staged file: memory stays bounded however many are refused.
+    fn add(&mut self, r: &Refusal) -> Result<()> {
+        let entry = serde_json::json!({
+            "line": r.place,
+            "hop": r.hop,
+            "error": r.error.to_string(),
+            "record": String::from_utf8_lossy(&r.raw),
+        });
+        let err = |e: std::io::Error| {
+            MigrateError::io(format!("cannot write the quarantine {}", self.rel), e)
+        };
+        let out = match &mut self.out {
+            Some(out) => out,
+            None => self
+                .out
+                .insert(open_quarantine(&self.existing, &self.staged).map_err(err)?),
+        };
+        serde_json::to_writer(&mut *out, &entry).map_err(|e| err(e.into()))?;
+        out.write_all(b"\n").map_err(err)
+    }
+
+    fn finish(self) -> Result<()> {
+        let Some(out) = self.out else { return Ok(()) };
+        let err = |e: std::io::Error| {
+            MigrateError::io(format!("cannot write the quarantine {}", self.rel), e)
+        };
+        let file = out.into_inner().map_err(|e| err(e.into_error()))?;
+        file.sync_all().map_err(err)
+    }
+}
+
+/// The staged quarantine file, starting with the entries earlier runs left (they are kept).
+fn open_quarantine(existing: &Path, staged: &Path) -> std::io::Result<BufWriter<File>> {
+    if let Some(parent) = staged.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if existing.is_file() {
+        std::fs::copy(existing, staged)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(staged)?;
+    Ok(BufWriter::new(file))
+}

@@ -1,0 +1,184 @@
+//! Stage: every kind of file through every hop, into the staging folder. Nothing in the
+//! installation changes here; an error just drops the staging.
+//!
+//! - config: `config/server.toml` through each hop's config rule in turn, in memory;
+//! - [`data`]: every data file streamed through all data hops at once;
+//! - models: each model folder through each hop's model rule, which writes into staging.
+
+pub mod budget;
+pub mod data;
+
+use std::path::Path;
+
+use migrate_transaction::staging::Staging;
+use plugin_api::ffi::CallError;
+use plugin_api::{ModelFolder, ModelOptions, OptimizeDtype};
+
+use crate::discover::registry::LoadedHop;
+use crate::error::{MigrateError, Result};
+use crate::observe::Observer;
+use crate::plan::Plan;
+use crate::report::{StepResult, StepStatus};
+use crate::settings::Dtype;
+pub use budget::Budget;
+use data::{Counters, DataRun};
+
+/// Stages `config/server.toml` through every hop with a config rule.
+pub fn config(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> {
+    for other in &plan.untouched_configs {
+        s.warnings
+            .push(format!("{other}: not migrated (left byte-identical)"));
+    }
+    let Some(item) = &plan.config else {
+        s.status = StepStatus::Skipped;
+        return Ok(());
+    };
+    let path = plan.target.root.join(&item.rel);
+    let mut content = std::fs::read_to_string(&path).map_err(|e| {
+        MigrateError::invalid(
+            &path,
+            format!("cannot read as UTF-8 text: {e}"),
+            "fix the file's encoding",
+        )
+    })?;
+    // The same warning from several hops (an unknown key each hop keeps) is shown once.
+    let mut warnings: Vec<(String, Vec<String>)> = Vec::new();
+    for hop in plan.hops.iter().filter(|h| h.descriptor.rules.config) {
+        let outcome = hop
+            .client
+            .migrate_config(&content)
+            .map_err(|e| rule_failure(hop, &path, e, "fix the file and run the migration again"))?;
+        for w in outcome.warnings {
+            let label = format!("{} → {}", hop.from, hop.to);
+            match warnings.iter_mut().find(|(text, _)| *text == w) {
+                Some((_, hops)) => hops.push(label),
+                None => warnings.push((w, vec![label])),
+            }
+        }
+        content = outcome.content;
+    }
+    s.warnings.extend(
+        warnings
+            .into_iter()
+            .map(|(w, hops)| format!("{}: {w} (hops {})", item.rel, hops.join(", "))),
+    );
+    staging.write(&item.rel, content.as_bytes())?;
+    s.files = 1;
+    s.bytes = item.size;
+    Ok(())
+}
+
+/// Streams every data file of the plan through the data hops into staging.
+pub fn data(
+    plan: &Plan,
+    staging: &mut Staging,
+    s: &mut StepResult,
+    budget: &Budget,
+    observer: &dyn Observer,
+) -> Result<()> {
+    let Some(data_dir) = &plan.target.data else {
+        s.status = StepStatus::Skipped;
+        return Ok(());
+    };
+    let counters = Counters::default();
+    let run = DataRun {
+        hops: &plan.hops,
+        on_invalid: plan.options.on_invalid,
+        batch_size: plan.options.batch_size,
+        data_rel: plan.target.rel(data_dir),
+        budget,
+        observer,
+        counters: &counters,
+    };
+    for file in &plan.data_files {
+        let stats = run.migrate_file(&plan.target.root, file, staging)?;
+        s.files += 1;
+        s.bytes += stats.bytes_in;
+        s.records += stats.records;
+        s.quarantined += stats.quarantined;
+        if stats.quarantined > 0 {
+            s.warnings.push(format!(
+                "{}: {} records quarantined",
+                file.rel, stats.quarantined
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Stages every model folder through every hop with a model rule; each rule reads the
+/// installation overlaid by what earlier hops staged.
+pub fn models(
+    plan: &Plan,
+    staging: &Staging,
+    s: &mut StepResult,
+    budget: &Budget,
+    observer: &dyn Observer,
+) -> Result<()> {
+    if plan.target.models.is_none() {
+        s.status = StepStatus::Skipped;
+        return Ok(());
+    }
+    let options = ModelOptions {
+        optimize: plan.options.optimize,
+        dtype: match plan.options.dtype {
+            Dtype::F16 => OptimizeDtype::F16,
+            Dtype::Bf16 => OptimizeDtype::BF16,
+        },
+    };
+    for model in &plan.models {
+        budget.check(&model.rel)?;
+        let folder = ModelFolder {
+            name: model.name.clone(),
+            source: plan.target.root.join(&model.rel),
+            staging: staging.path_for(&model.rel)?,
+        };
+        for hop in plan.hops.iter().filter(|h| h.descriptor.rules.model) {
+            let outcome = hop.client.migrate_model(&folder, &options).map_err(|e| {
+                rule_failure(
+                    hop,
+                    &folder.source,
+                    e,
+                    "fix or remove the model folder and run the migration again",
+                )
+            })?;
+            s.warnings.extend(
+                outcome
+                    .warnings
+                    .into_iter()
+                    .map(|w| format!("{}: {w}", model.rel)),
+            );
+        }
+        s.files += 1;
+        s.bytes += model.size;
+        observer.step_progress(s.bytes, 0);
+    }
+    Ok(())
+}
+
+/// A rule that refused its input is the operator's to fix (exit 3); a rule that panicked or
+/// answered nonsense is the plugin author's (exit 6).
+fn rule_failure(hop: &LoadedHop, input: &Path, e: CallError, fix: &str) -> MigrateError {
+    match e {
+        CallError::Rule(r) if !r.panicked => MigrateError::invalid(
+            input,
+            format!(
+                "{r} (hop {} → {}, plugin {})",
+                hop.from, hop.to, hop.descriptor.name
+            ),
+            format!("nothing was changed; {fix}"),
+        ),
+        other => plugin_failure(hop, input, other.to_string()),
+    }
+}
+
+/// The plugin author's bug, named with the plugin, its file and what it was migrating.
+fn plugin_failure(hop: &LoadedHop, input: &Path, detail: String) -> MigrateError {
+    MigrateError::PluginFailed {
+        plugin: hop.descriptor.name.clone(),
+        hop: format!("{} → {}", hop.from, hop.to),
+        plugin_file: hop.path.clone(),
+        input: input.to_path_buf(),
+        detail,
+    }
+}

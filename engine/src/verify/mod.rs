@@ -1,0 +1,495 @@
+//! `migrate validate`: checks an installation against a release. What a release's files look
+//! like is the plugins' knowledge; the host checks what every release shares (the VERSION
+//! marker, TOML syntax, one JSON object per record, metadata checksums) plus the
+//! `schema_version` the hop into that release declares it writes.
+
+use std::path::Path;
+
+use semver::Version;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::discover::install::{DataKind, Installation, SERVER_TOML, VERSION_FILE};
+use crate::discover::registry::LoadedHop;
+
+mod lines;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Severity {
+    /// Stops a migration; makes `validate` exit non-zero.
+    Error,
+    /// Reported only.
+    Warning,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RuleKind {
+    VersionMarker,
+    ConfigurationSyntax,
+    DataIntegrity,
+    ModelCompatibility,
+    DiskSpace,
+    Permissions,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub kind: RuleKind,
+    pub severity: Severity,
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Validation {
+    pub version: String,
+    pub path: String,
+    pub records_checked: u64,
+    pub files_checked: u64,
+    pub findings: Vec<Finding>,
+}
+
+impl Validation {
+    pub fn ok(&self) -> bool {
+        !self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    fn error(
+        &mut self,
+        rule: &'static str,
+        kind: RuleKind,
+        path: &str,
+        message: impl Into<String>,
+    ) {
+        self.findings.push(Finding {
+            rule,
+            kind,
+            severity: Severity::Error,
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn warning(
+        &mut self,
+        rule: &'static str,
+        kind: RuleKind,
+        path: &str,
+        message: impl Into<String>,
+    ) {
+        self.findings.push(Finding {
+            rule,
+            kind,
+            severity: Severity::Warning,
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+}
+
+/// How the files `metadata.json` lists are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksums {
+    /// Re-hash every file (`migrate validate`).
+    Verify,
+    /// Check presence and size only: right after a migration, whose hop hashed these very
+    /// files moments ago — weights are hashed once per migration, not twice.
+    SizesOnly,
+}
+
+/// Validates the installation at `root` as release `version`; `hops` are the loaded hops
+/// (the one ending at `version` says which schema_version its records carry).
+pub fn validate(
+    root: &Path,
+    version: &Version,
+    hops: &[LoadedHop],
+    checksums: Checksums,
+) -> Validation {
+    let install = Installation {
+        root: root.to_path_buf(),
+    };
+    let mut v = Validation {
+        version: version.to_string(),
+        path: root.display().to_string(),
+        records_checked: 0,
+        files_checked: 0,
+        findings: Vec::new(),
+    };
+    let schema = expected_schema(version, hops, &mut v);
+    check_marker(&install, version, schema, &mut v);
+    check_config(&install, &mut v);
+    check_data(&install, schema, &mut v);
+    check_models(&install, schema, checksums, &mut v);
+    v
+}
+
+/// `Some(None)`: records carry no schema_version (a release no hop leads to, like 0.1.0);
+/// `Some(Some(n))`: they carry `n`; `None`: unknown, not checked.
+fn expected_schema(
+    version: &Version,
+    hops: &[LoadedHop],
+    v: &mut Validation,
+) -> Option<Option<u64>> {
+    if let Some(hop) = hops.iter().find(|h| &h.to == version) {
+        if hop.descriptor.target_schema_version.is_none() {
+            v.warning("schema_version", RuleKind::DataIntegrity, "", format!("plugin {} does not declare the schema_version of {version}; records' schema_version not checked", hop.descriptor.name));
+        }
+        return hop.descriptor.target_schema_version.map(Some);
+    }
+    if hops.iter().any(|h| &h.from == version) {
+        return Some(None);
+    }
+    v.warning(
+        "schema_version",
+        RuleKind::DataIntegrity,
+        "",
+        format!("no loaded plugin knows release {version}; only generic checks were made"),
+    );
+    None
+}
+
+fn check_marker(
+    install: &Installation,
+    version: &Version,
+    schema: Option<Option<u64>>,
+    v: &mut Validation,
+) {
+    let path = install.path(VERSION_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim() == version.to_string() => {}
+        Ok(text) => v.error(
+            "version_marker",
+            RuleKind::VersionMarker,
+            VERSION_FILE,
+            format!("says `{}`, expected {version}", text.trim()),
+        ),
+        Err(_) if schema == Some(None) => {}
+        Err(_) => v.error(
+            "version_marker",
+            RuleKind::VersionMarker,
+            VERSION_FILE,
+            format!("missing; a {version} installation has one"),
+        ),
+    }
+}
+
+fn check_config(install: &Installation, v: &mut Validation) {
+    let path = install.path(SERVER_TOML);
+    match std::fs::read_to_string(&path) {
+        Err(e) => v.error(
+            "config_present",
+            RuleKind::ConfigurationSyntax,
+            SERVER_TOML,
+            format!("cannot read: {e}"),
+        ),
+        Ok(text) => {
+            v.files_checked += 1;
+            if let Err(e) = text.parse::<toml_edit::DocumentMut>() {
+                v.error(
+                    "config_syntax",
+                    RuleKind::ConfigurationSyntax,
+                    SERVER_TOML,
+                    format!("invalid TOML: {}", e.to_string().trim_end()),
+                );
+            }
+        }
+    }
+}
+
+fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Validation) {
+    let files = match install.data_files(&install.path(crate::discover::install::DATA_DIR)) {
+        Ok(f) => f,
+        Err(e) => {
+            return v.error(
+                "data_listing",
+                RuleKind::DataIntegrity,
+                "data",
+                e.to_string(),
+            )
+        }
+    };
+    for file in files {
+        v.files_checked += 1;
+        let path = install.root.join(&file.rel);
+        let checked = match file.kind {
+            DataKind::Lines => check_lines(&path, &file.rel, schema, v),
+            DataKind::Document => check_document(&path, &file.rel, schema, v),
+        };
+        if let Err(e) = checked {
+            v.error(
+                "data_readable",
+                RuleKind::DataIntegrity,
+                &file.rel,
+                e.to_string(),
+            );
+        }
+    }
+}
+
+/// At most this many findings per file; the rest are counted.
+const MAX_FINDINGS_PER_FILE: usize = 20;
+
+/// Checks a `*.jsonl` file (in parallel chunks, see [`lines`]).
+fn check_lines(
+    path: &Path,
+    rel: &str,
+    schema: Option<Option<u64>>,
+    v: &mut Validation,
+) -> std::io::Result<()> {
+    let checked = lines::check_file(path, schema, CHUNK_BYTES)?;
+    v.records_checked += checked.records;
+    let bad = checked.problems.len();
+    for (line, rule, message) in checked.problems.into_iter().take(MAX_FINDINGS_PER_FILE) {
+        v.error(
+            rule,
+            RuleKind::DataIntegrity,
+            &format!("{rel}:{line}"),
+            message,
+        );
+    }
+    if bad > MAX_FINDINGS_PER_FILE {
+        v.error(
+            "record_schema_version",
+            RuleKind::DataIntegrity,
+            rel,
+            format!("{} more records with problems", bad - MAX_FINDINGS_PER_FILE),
+        );
+    }
+    Ok(())
+}
+
+/// Read size for `*.jsonl` checks: large enough that threads rarely wait on one another.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// Checks a `*.json` document record by record, as the migration reads it
+/// ([`crate::document`]): memory follows the largest record, not the file.
+fn check_document(
+    path: &Path,
+    rel: &str,
+    schema: Option<Option<u64>>,
+    v: &mut Validation,
+) -> std::io::Result<()> {
+    use crate::document::{self, Records, Shape};
+    if let Err(e) = document::check(std::fs::File::open(path)?) {
+        if e.is_io() {
+            return Err(e.into());
+        }
+        v.records_checked += 1;
+        check_record(rel, Err(e.to_string()), schema, v);
+        return Ok(());
+    }
+    let mut records = Records::new(std::fs::File::open(path)?)?;
+    let mut text = Vec::new();
+    let mut n = 0;
+    while records.next_into(&mut text)? {
+        n += 1;
+        let place = match records.shape() {
+            Shape::Array => format!("{rel} (record {n})"),
+            Shape::Single => rel.to_owned(),
+        };
+        let record = serde_json::from_slice::<Value>(&text).map_err(|e| e.to_string());
+        v.records_checked += 1;
+        check_record(&place, record, schema, v);
+        text.clear();
+    }
+    Ok(())
+}
+
+/// What is wrong with a record's schema_version, if anything.
+fn schema_problem(found: Option<u64>, schema: Option<Option<u64>>) -> Option<String> {
+    let expected = schema?;
+    if found == expected {
+        return None;
+    }
+    let show = |x: Option<u64>| x.map_or("none".to_owned(), |n| n.to_string());
+    Some(format!(
+        "schema_version is {}, expected {}",
+        show(found),
+        show(expected)
+    ))
+}
+
+fn check_record(
+    place: &str,
+    record: Result<Value, String>,
+    schema: Option<Option<u64>>,
+    v: &mut Validation,
+) {
+    let record = match record {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => {
+            return v.error(
+                "record_is_object",
+                RuleKind::DataIntegrity,
+                place,
+                "a record must be a JSON object",
+            )
+        }
+        Err(e) => {
+            return v.error(
+                "record_json",
+                RuleKind::DataIntegrity,
+                place,
+                format!("not valid JSON: {e}"),
+            )
+        }
+    };
+    let found = record.get("schema_version").and_then(Value::as_u64);
+    if let Some(message) = schema_problem(found, schema) {
+        v.error(
+            "record_schema_version",
+            RuleKind::DataIntegrity,
+            place,
+            message,
+        );
+    }
+}
+
+fn check_models(
+    install: &Installation,
+    schema: Option<Option<u64>>,
+    checksums: Checksums,
+    v: &mut Validation,
+) {
+    let dir = install.path(crate::discover::install::MODELS_DIR);
+    let Ok(names) = install.model_dirs(&dir) else {
+        return;
+    };
+    for name in names {
+        let rel = format!(
+            "{}/{name}/metadata.json",
+            crate::discover::install::MODELS_DIR
+        );
+        let path = install.root.join(&rel);
+        let Ok(text) = std::fs::read(&path) else {
+            if matches!(schema, Some(Some(_))) {
+                v.error(
+                    "model_metadata",
+                    RuleKind::ModelCompatibility,
+                    &rel,
+                    "missing",
+                );
+            }
+            continue;
+        };
+        let meta: Value = match serde_json::from_slice(&text) {
+            Ok(m) => m,
+            Err(e) => {
+                v.error(
+                    "model_metadata",
+                    RuleKind::ModelCompatibility,
+                    &rel,
+                    format!("not valid JSON: {e}"),
+                );
+                continue;
+            }
+        };
+        if let Some(Some(n)) = schema {
+            if meta.get("schema_version").and_then(Value::as_u64) != Some(n) {
+                v.error(
+                    "model_schema_version",
+                    RuleKind::ModelCompatibility,
+                    &rel,
+                    format!("schema_version is not {n}"),
+                );
+            }
+        }
+        check_checksums(&dir.join(&name), &rel, &meta, checksums, v);
+    }
+}
+
+/// Every file `metadata.json` lists must exist with the recorded size and sha256.
+fn check_checksums(
+    model_dir: &Path,
+    rel: &str,
+    meta: &Value,
+    checksums: Checksums,
+    v: &mut Validation,
+) {
+    let Some(files) = meta.get("files").and_then(Value::as_array) else {
+        return;
+    };
+    for entry in files {
+        let (Some(path), Some(size), Some(sha)) = (
+            entry.get("path").and_then(Value::as_str),
+            entry.get("size").and_then(Value::as_u64),
+            entry.get("sha256").and_then(Value::as_str),
+        ) else {
+            v.error(
+                "model_files_entry",
+                RuleKind::ModelCompatibility,
+                rel,
+                format!("malformed files entry {entry}"),
+            );
+            continue;
+        };
+        v.files_checked += 1;
+        let file = model_dir.join(path);
+        let problem = match checksums {
+            Checksums::SizesOnly => match std::fs::metadata(&file) {
+                Ok(m) if m.len() == size => None,
+                Ok(m) => Some(format!("size {}, metadata says size {size}", m.len())),
+                Err(e) => Some(e.to_string()),
+            },
+            Checksums::Verify => match plugin_api::model::sha256_file(&file) {
+                Ok((s, h)) if s == size && h == sha => None,
+                Ok((s, h)) => Some(format!(
+                    "size {s} sha256 {h}, metadata says size {size} sha256 {sha}"
+                )),
+                Err(e) => Some(e.to_string()),
+            },
+        };
+        if let Some(problem) = problem {
+            v.error(
+                "model_checksum",
+                RuleKind::ModelCompatibility,
+                rel,
+                format!("{path}: {problem}"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_findings(root: &Path, checksums: Checksums) -> Vec<String> {
+        let version = Version::new(2, 1, 0);
+        validate(root, &version, &[], checksums)
+            .findings
+            .into_iter()
+            .filter(|f| f.rule == "model_checksum")
+            .map(|f| f.message)
+            .collect()
+    }
+
+    #[test]
+    fn validate_rehashes_weights_and_after_a_migration_sizes_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("models/m");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join("w.bin"), b"weights").unwrap();
+        let (_, real) = plugin_api::model::sha256_file(&model.join("w.bin")).unwrap();
+        let meta = serde_json::json!({"files": [{"path": "w.bin", "size": 7, "sha256": real}]});
+        std::fs::write(model.join("metadata.json"), meta.to_string()).unwrap();
+        assert!(checksum_findings(dir.path(), Checksums::Verify).is_empty());
+
+        std::fs::write(model.join("w.bin"), b"weightz").unwrap(); // same size, other bytes
+        let found = checksum_findings(dir.path(), Checksums::Verify);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("w.bin") && found[0].contains(&real),
+            "{found:?}"
+        );
+        assert!(checksum_findings(dir.path(), Checksums::SizesOnly).is_empty());
+
+        std::fs::write(model.join("w.bin"), b"weight").unwrap(); // truncated
+        for checksums in [Checksums::Verify, Checksums::SizesOnly] {
+            let found = checksum_findings(dir.path(), checksums);
+            assert_eq!(found.len(), 1, "{checksums:?} {found:?}");
+            assert!(found[0].contains("size 6"), "{found:?}");
+        }
+    }
+}

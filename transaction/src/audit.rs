@@ -1,0 +1,134 @@
+//! The audit trail: `.migrate/audit.jsonl`, one JSON object per action, appended and synced
+//! before the action is reported, so that a crash never loses an entry that was announced.
+//! `migrate history` reads it back: the history is the audit trail, filtered.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{io, Result};
+use crate::identity;
+use crate::layout::{AUDIT_FILE, TOOL_DIR};
+
+/// One line of the audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub time: String,
+    pub unix: i64,
+    pub action: String,
+    pub user: String,
+    pub host: String,
+    pub pid: u32,
+    pub path: String,
+    /// Action-specific fields (versions, step metrics, checksums, …).
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, Value>,
+}
+
+/// Appends to an installation's audit trail.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    root: PathBuf,
+}
+
+impl Audit {
+    pub fn new(root: &Path) -> Audit {
+        Audit {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn file(root: &Path) -> PathBuf {
+        root.join(TOOL_DIR).join(AUDIT_FILE)
+    }
+
+    /// Records `action`; `details` must be a JSON object. The caller decides what a failure
+    /// means: a migration reports it as a warning, never turning a good migration into a failed
+    /// one.
+    pub fn record(&self, action: &str, details: Value) -> Result<()> {
+        let path = Audit::file(&self.root);
+        self.append(action, details)
+            .map_err(io(format!("cannot append to {}", path.display())))
+    }
+
+    fn append(&self, action: &str, details: Value) -> std::io::Result<()> {
+        let now = time::OffsetDateTime::now_utc();
+        let entry = Entry {
+            time: now
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            unix: now.unix_timestamp(),
+            action: action.to_owned(),
+            user: identity::user_name(),
+            host: identity::host_name(),
+            pid: std::process::id(),
+            path: self.root.display().to_string(),
+            details: match details {
+                Value::Object(m) => m,
+                other => [("details".to_owned(), other)].into_iter().collect(),
+            },
+        };
+        let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let path = Audit::file(&self.root);
+        std::fs::create_dir_all(path.parent().unwrap_or(&self.root))?;
+        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        file.write_all(&line)?;
+        file.sync_data()
+    }
+}
+
+/// Every entry of an installation's audit trail, oldest first. Lines that do not parse (a
+/// torn write from a crash mid-append) are skipped.
+pub fn read(root: &Path) -> Vec<Entry> {
+    let Ok(text) = std::fs::read_to_string(Audit::file(root)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// One past migration, as `migrate history` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryItem {
+    pub time: String,
+    pub from: String,
+    pub to: String,
+    pub status: String,
+    pub duration_ms: u64,
+    pub backup: Option<String>,
+    pub user: String,
+    pub host: String,
+    pub steps: Value,
+    pub peak_rss_bytes: u64,
+    pub error: Option<String>,
+}
+
+/// The migrations recorded in the audit trail (their `migration_finished` entries).
+pub fn history(root: &Path) -> Vec<HistoryItem> {
+    read(root)
+        .into_iter()
+        .filter(|e| e.action == "migration_finished")
+        .map(|e| {
+            let get = |k: &str| e.details.get(k).cloned().unwrap_or(Value::Null);
+            let text = |k: &str| get(k).as_str().map(str::to_owned);
+            HistoryItem {
+                time: e.time.clone(),
+                from: text("from").unwrap_or_default(),
+                to: text("to").unwrap_or_default(),
+                status: text("status").unwrap_or_default(),
+                duration_ms: get("duration_ms").as_u64().unwrap_or(0),
+                backup: text("backup"),
+                user: e.user.clone(),
+                host: e.host.clone(),
+                steps: get("steps"),
+                peak_rss_bytes: get("peak_rss_bytes").as_u64().unwrap_or(0),
+                error: text("error"),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,579 @@
+//! Backups: a zstd-compressed tar of every file a migration replaces or removes, plus
+//! `metadata.json` (versions, time, host, and each archived file's path, size, mode and sha256,
+//! and the files and folders the migration creates).
+//!
+//! Why that is enough to restore: a migration only ever replaces, removes or creates the files
+//! its journal lists; every other file is left untouched. Restoring the archived files and
+//! deleting the created ones therefore gives back the tree as it was, byte for byte.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io as io_err, Error, Result};
+use crate::fsutil::{self, sync_parent, Hashing};
+use crate::identity::{host_name, user_name};
+use crate::staging::Staging;
+
+pub const ARCHIVE: &str = "backup.tar.zst";
+pub const METADATA: &str = "metadata.json";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileRecord {
+    pub path: String,
+    pub size: u64,
+    pub mode: u32,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupMetadata {
+    pub format: u32,
+    /// `full`, `config`, `data` or `model`.
+    pub kind: String,
+    pub source_version: String,
+    pub target_version: String,
+    pub created_unix: u64,
+    pub created: String,
+    pub host: String,
+    pub user: String,
+    /// The installation it was taken from.
+    pub root: String,
+    pub archive: String,
+    pub archive_sha256: String,
+    pub files: Vec<FileRecord>,
+    /// Files the migration created (deleted again on restore).
+    pub created_files: Vec<String>,
+    /// Folders the migration created, parents first.
+    pub created_dirs: Vec<String>,
+}
+
+/// What to back up.
+pub struct BackupRequest<'a> {
+    pub root: &'a Path,
+    /// The folder that holds backups (`<root>/backups`, `TRUSTFORMERS_BACKUP_DIR`, `--backup-dir`).
+    pub dir: &'a Path,
+    pub kind: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    /// Read the content of `rel` from here instead of `root` (the journal's kept originals).
+    pub source_of: &'a dyn Fn(&str) -> PathBuf,
+    pub files: Vec<String>,
+    pub created_files: Vec<String>,
+    pub created_dirs: Vec<String>,
+}
+
+/// Writes the backup into a new `<kind>_backup_<unix-ts>/` folder; returns its path.
+pub fn create(req: &BackupRequest) -> Result<PathBuf> {
+    fs::create_dir_all(req.dir).map_err(io_err(format!(
+        "cannot create the backup folder {}",
+        req.dir.display()
+    )))?;
+    let now = time::OffsetDateTime::now_utc();
+    let ts = now.unix_timestamp().max(0) as u64;
+    let final_dir = unique_dir(req.dir, &format!("{}_backup_{ts}", req.kind));
+    let partial = final_dir.with_extension("partial");
+    let _ = fs::remove_dir_all(&partial);
+    fs::create_dir_all(&partial).map_err(io_err(format!("cannot create {}", partial.display())))?;
+    let filled = fill(req, &partial, now);
+    if filled.is_err() {
+        // A full backup disk must not keep half a backup.
+        let _ = fs::remove_dir_all(&partial);
+    }
+    filled?;
+    fs::rename(&partial, &final_dir).map_err(io_err(format!(
+        "cannot finish the backup {}",
+        final_dir.display()
+    )))?;
+    sync_parent(&final_dir);
+    Ok(final_dir)
+}
+
+/// Writes the archive and `metadata.json` into the `.partial` folder.
+fn fill(req: &BackupRequest, partial: &Path, now: time::OffsetDateTime) -> Result<()> {
+    let ts = now.unix_timestamp().max(0) as u64;
+    let (files, archive_sha256) = write_archive(req, &partial.join(ARCHIVE))?;
+    let meta = BackupMetadata {
+        format: FORMAT,
+        kind: req.kind.to_owned(),
+        source_version: req.from.to_owned(),
+        target_version: req.to.to_owned(),
+        created_unix: ts,
+        created: now
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        host: host_name(),
+        user: user_name(),
+        root: req.root.display().to_string(),
+        archive: ARCHIVE.to_owned(),
+        archive_sha256,
+        files,
+        created_files: req.created_files.clone(),
+        created_dirs: req.created_dirs.clone(),
+    };
+    let bytes = serde_json::to_vec_pretty(&meta)
+        .map_err(|e| io_err("cannot encode backup metadata")(e.into()))?;
+    let meta_path = partial.join(METADATA);
+    fsutil::write_synced(&meta_path, &bytes)?;
+    sync_parent(&meta_path);
+    Ok(())
+}
+
+fn unique_dir(parent: &Path, name: &str) -> PathBuf {
+    let mut dir = parent.join(name);
+    let mut n = 2;
+    while dir.exists() {
+        dir = parent.join(format!("{name}-{n}"));
+        n += 1;
+    }
+    dir
+}
+
+fn write_archive(req: &BackupRequest, path: &Path) -> Result<(Vec<FileRecord>, String)> {
+    let err = |e: io::Error| {
+        io_err(format!(
+            "cannot write the backup archive {}",
+            path.display()
+        ))(e)
+    };
+    let out = Hashing::new(BufWriter::with_capacity(
+        1 << 20,
+        File::create(path).map_err(err)?,
+    ));
+    let mut builder = tar::Builder::new(Frames::new(out, LEVEL).map_err(err)?);
+    let mut records = Vec::with_capacity(req.files.len());
+    for rel in &req.files {
+        let source = (req.source_of)(rel);
+        let file = File::open(&source).map_err(io_err(format!(
+            "cannot read {} for the backup",
+            source.display()
+        )))?;
+        let meta = file
+            .metadata()
+            .map_err(io_err(format!("cannot stat {}", source.display())))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(meta.len());
+        header.set_mode(meta.permissions().mode() & 0o7777);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        let level = if compresses(&source) {
+            LEVEL
+        } else {
+            INCOMPRESSIBLE_LEVEL
+        };
+        builder.get_mut().set_level(level).map_err(err)?;
+        let mut reader = Hashing::new(BufReader::with_capacity(1 << 20, file));
+        builder
+            .append_data(&mut header, rel, &mut reader)
+            .map_err(err)?;
+        records.push(FileRecord {
+            path: rel.clone(),
+            size: reader.count(),
+            mode: meta.permissions().mode() & 0o7777,
+            sha256: reader.hex(),
+        });
+    }
+    let encoder = builder.into_inner().map_err(err)?;
+    let out = encoder.finish().map_err(err)?;
+    let sha = out.hex();
+    let file = out
+        .into_inner()
+        .into_inner()
+        .map_err(|e| err(e.into_error()))?;
+    file.sync_all().map_err(err)?;
+    Ok((records, sha))
+}
+
+/// zstd level for what compresses: level 3 is the `zstd -3` the benchmark compares with.
+const LEVEL: i32 = 3;
+/// zstd's fastest level, for weights and other data that does not compress: the archive stays
+/// one stream, but no time is spent looking for matches that are not there.
+const INCOMPRESSIBLE_LEVEL: i32 = -7;
+/// Bytes sampled to decide whether a file compresses.
+const SAMPLE: usize = 1 << 20;
+
+/// Whether `path` is worth compressing: a 1 MiB sample from its middle must shrink by 10% at
+/// zstd level 1. Small files always are.
+fn compresses(path: &Path) -> bool {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut file) = File::open(path) else {
+        return true;
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    if len < 2 * SAMPLE as u64 {
+        return true;
+    }
+    let mut sample = vec![0u8; SAMPLE];
+    if file
+        .seek(SeekFrom::Start(len / 2))
+        .and_then(|_| file.read_exact(&mut sample))
+        .is_err()
+    {
+        return true;
+    }
+    zstd::bulk::compress(&sample, 1).map_or(true, |c| c.len() < SAMPLE * 9 / 10)
+}
+
+/// A zstd stream made of frames whose level can change between tar entries; any zstd reader
+/// reads concatenated frames as one stream.
+struct Frames<W: Write> {
+    encoder: Option<zstd::Encoder<'static, W>>,
+    level: i32,
+}
+
+impl<W: Write> Frames<W> {
+    fn new(out: W, level: i32) -> io::Result<Self> {
+        Ok(Frames {
+            encoder: Some(Self::encoder(out, level)?),
+            level,
+        })
+    }
+
+    fn encoder(out: W, level: i32) -> io::Result<zstd::Encoder<'static, W>> {
+        let mut encoder = zstd::Encoder::new(out, level)?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        encoder.multithread(threads)?;
+        Ok(encoder)
+    }
+
+    fn active(&mut self) -> io::Result<&mut zstd::Encoder<'static, W>> {
+        self.encoder
+            .as_mut()
+            .ok_or_else(|| io::Error::other("backup stream already finished"))
+    }
+
+    /// Ends the current frame and starts one at `level`, if it differs.
+    fn set_level(&mut self, level: i32) -> io::Result<()> {
+        if level == self.level {
+            return Ok(());
+        }
+        let out = self.finish_frame()?;
+        self.encoder = Some(Self::encoder(out, level)?);
+        self.level = level;
+        Ok(())
+    }
+
+    fn finish_frame(&mut self) -> io::Result<W> {
+        self.encoder
+            .take()
+            .ok_or_else(|| io::Error::other("backup stream already finished"))?
+            .finish()
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        self.finish_frame()
+    }
+}
+
+impl<W: Write> Write for Frames<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.active()?.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.active()?.flush()
+    }
+}
+
+/// Reads `metadata.json` of a backup folder.
+pub fn read_metadata(backup: &Path) -> Result<BackupMetadata> {
+    let path = backup.join(METADATA);
+    let bytes = fs::read(&path).map_err(|e| {
+        Error::invalid(
+            &path,
+            format!("cannot read ({e})"),
+            "pass the folder of a backup (it holds metadata.json and backup.tar.zst)",
+        )
+    })?;
+    let meta: BackupMetadata = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::invalid(
+            &path,
+            format!("not valid backup metadata ({e})"),
+            "the backup is damaged; use another one",
+        )
+    })?;
+    check_metadata_paths(&meta).map_err(|why| {
+        Error::invalid(
+            &path,
+            why,
+            "the backup is damaged or malicious; nothing was changed; use another backup",
+        )
+    })?;
+    Ok(meta)
+}
+
+/// Every path a backup names — archived, created, or folder — must stay inside the
+/// installation, like the archive's own entries.
+fn check_metadata_paths(meta: &BackupMetadata) -> std::result::Result<(), String> {
+    let listed = meta.files.iter().map(|f| f.path.as_str());
+    for p in listed
+        .chain(meta.created_files.iter().map(String::as_str))
+        .chain(meta.created_dirs.iter().map(String::as_str))
+    {
+        let clean = check_relative(Path::new(p)).map_err(|e| format!("metadata.json: {e}"))?;
+        if clean != p {
+            return Err(format!(
+                "metadata.json: path `{p}` is not in normal form: refused"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks every entry of the archive against the metadata; nothing is written.
+pub fn verify(backup: &Path) -> Result<BackupMetadata> {
+    let meta = read_metadata(backup)?;
+    read_archive(backup, &meta, None)?;
+    Ok(meta)
+}
+
+/// Extracts a verified backup into `staging`; any damaged, unexpected or unsafe entry refuses
+/// the whole backup, and the staging (never the installation) is all that was written.
+pub fn extract(backup: &Path, staging: &Staging) -> Result<BackupMetadata> {
+    let meta = read_metadata(backup)?;
+    read_archive(backup, &meta, Some(staging))?;
+    Ok(meta)
+}
+
+fn read_archive(backup: &Path, meta: &BackupMetadata, staging: Option<&Staging>) -> Result<()> {
+    let path = backup.join(&meta.archive);
+    let damaged = |what: String| {
+        Error::invalid(&path, what, "the backup is damaged or not one made by migrate; nothing was changed; use another backup")
+    };
+    if Path::new(&meta.archive).components().count() != 1 {
+        return Err(damaged(format!(
+            "archive name `{}` is not a plain file name",
+            meta.archive
+        )));
+    }
+    let file = File::open(&path).map_err(|e| damaged(format!("cannot open: {e}")))?;
+    let decoder = zstd::Decoder::new(Hashing::new(BufReader::with_capacity(1 << 20, file)))
+        .map_err(|e| damaged(format!("not zstd: {e}")))?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut seen = std::collections::BTreeSet::new();
+    let entries = archive
+        .entries()
+        .map_err(|e| damaged(format!("unreadable tar: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| damaged(format!("unreadable tar entry: {e}")))?;
+        let rel = safe_entry_path(&entry).map_err(&damaged)?;
+        let record = meta
+            .files
+            .iter()
+            .find(|r| r.path == rel)
+            .ok_or_else(|| damaged(format!("entry `{rel}` is not listed in metadata.json")))?;
+        if !matches!(entry.header().entry_type(), tar::EntryType::Regular) {
+            return Err(damaged(link_refusal(&entry, &rel)));
+        }
+        let mut sink: Box<dyn Write> = match staging {
+            Some(s) => Box::new(BufWriter::new(
+                File::create(s.path_for(&rel)?)
+                    .map_err(io_err(format!("cannot write staged {rel}")))?,
+            )),
+            None => Box::new(io::sink()),
+        };
+        let mut hashing = Hashing::new(&mut entry);
+        io::copy(&mut hashing, &mut sink)
+            .map_err(|e| damaged(format!("`{rel}`: truncated or corrupt data ({e})")))?;
+        sink.flush()
+            .map_err(io_err(format!("cannot write staged {rel}")))?;
+        drop(sink);
+        if hashing.count() != record.size || hashing.hex() != record.sha256 {
+            return Err(damaged(format!(
+                "`{rel}`: checksum mismatch (size {}, sha256 {}; metadata says size {}, sha256 {})",
+                hashing.count(),
+                hashing.hex(),
+                record.size,
+                record.sha256
+            )));
+        }
+        if let Some(s) = staging {
+            let staged = s.path_for(&rel)?;
+            fs::set_permissions(&staged, fs::Permissions::from_mode(record.mode))
+                .map_err(io_err(format!("cannot set the mode of staged {rel}")))?;
+        }
+        seen.insert(rel);
+    }
+    if let Some(missing) = meta.files.iter().find(|r| !seen.contains(&r.path)) {
+        return Err(damaged(format!(
+            "`{}` is listed in metadata.json but missing from the archive",
+            missing.path
+        )));
+    }
+    Ok(())
+}
+
+/// The entry's path if it is relative and stays inside the installation.
+fn safe_entry_path<R: Read>(entry: &tar::Entry<R>) -> std::result::Result<String, String> {
+    let path = entry
+        .path()
+        .map_err(|e| format!("entry with an unreadable path: {e}"))?;
+    check_relative(&path)
+}
+
+fn check_relative(path: &Path) -> std::result::Result<String, String> {
+    let shown = path.display().to_string();
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(format!("entry `{shown}` contains `..`: refused")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("entry `{shown}` is an absolute path: refused"))
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!("entry `{shown}` has an empty path: refused"));
+    }
+    Ok(parts.join("/"))
+}
+
+/// Our backups hold only regular files: a link entry is refused, and the message says whether
+/// it points outside the installation.
+fn link_refusal<R: Read>(entry: &tar::Entry<R>, rel: &str) -> String {
+    let target = entry
+        .link_name()
+        .ok()
+        .flatten()
+        .map(|t| t.display().to_string())
+        .unwrap_or_default();
+    let escapes = Path::new(&target).is_absolute() || {
+        let base = Path::new(rel).parent().unwrap_or(Path::new(""));
+        normalized_depth(&base.join(&target)) < 0
+    };
+    if escapes {
+        format!("entry `{rel}` is a link to `{target}`, outside the installation: refused")
+    } else {
+        format!(
+            "entry `{rel}` is a {:?} entry; a migrate backup holds only regular files: refused",
+            entry.header().entry_type()
+        )
+    }
+}
+
+/// How deep a relative path ends up, counting `..`; negative means it escapes its base.
+fn normalized_depth(path: &Path) -> i64 {
+    let mut depth = 0i64;
+    for c in path.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::RootDir | Component::Prefix(_) => return -1,
+            Component::CurDir => {}
+        }
+        if depth < 0 {
+            return depth;
+        }
+    }
+    depth
+}
+
+/// Backups in `dir`, oldest first.
+pub fn list(dir: &Path) -> Vec<(PathBuf, Result<BackupMetadata>)> {
+    let Ok(read) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(PathBuf, Result<BackupMetadata>)> = read
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && p.extension().is_none_or(|e| e != "partial"))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("_backup_"))
+        })
+        .map(|p| {
+            let m = read_metadata(&p);
+            (p, m)
+        })
+        .collect();
+    out.sort_by_key(|(p, m)| (m.as_ref().map(|m| m.created_unix).unwrap_or(0), p.clone()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_paths_are_refused() {
+        assert!(check_relative(Path::new("../etc/passwd"))
+            .unwrap_err()
+            .contains(".."));
+        assert!(check_relative(Path::new("/etc/passwd"))
+            .unwrap_err()
+            .contains("absolute"));
+        assert!(check_relative(Path::new("data/../../x")).is_err());
+        assert_eq!(
+            check_relative(Path::new("./data/a.jsonl")).unwrap(),
+            "data/a.jsonl"
+        );
+    }
+
+    /// Random weights between two compressible files: the stream switches level twice, and
+    /// the archive still verifies and extracts byte for byte.
+    #[test]
+    fn incompressible_files_get_their_own_frame_and_round_trip() {
+        let root = tempfile::tempdir().unwrap();
+        let text = "{\"id\":\"req\",\"latency_ms\":1}\n".repeat(100_000);
+        let mut weights = vec![0u8; 3 << 20];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for b in weights.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        std::fs::write(root.path().join("a.jsonl"), &text).unwrap();
+        std::fs::write(root.path().join("w.safetensors"), &weights).unwrap();
+        std::fs::write(root.path().join("z.jsonl"), &text).unwrap();
+        assert!(compresses(&root.path().join("a.jsonl")));
+        assert!(!compresses(&root.path().join("w.safetensors")));
+        let r = root.path().to_path_buf();
+        let source_of = move |rel: &str| r.join(rel);
+        let dir = root.path().join("backups");
+        let files: Vec<String> = ["a.jsonl", "w.safetensors", "z.jsonl"]
+            .map(String::from)
+            .to_vec();
+        let backup = create(&BackupRequest {
+            root: root.path(),
+            dir: &dir,
+            kind: "full",
+            from: "0.1.0",
+            to: "1.0.0",
+            source_of: &source_of,
+            files,
+            created_files: vec![],
+            created_dirs: vec![],
+        })
+        .unwrap();
+        let meta = verify(&backup).unwrap();
+        assert_eq!(meta.files.len(), 3);
+        let archive = std::fs::metadata(backup.join(ARCHIVE)).unwrap().len();
+        assert!(
+            archive < (weights.len() + text.len()) as u64,
+            "text compressed: {archive}"
+        );
+        let staging = Staging::create(&root.path().join(".migrate")).unwrap();
+        extract(&backup, &staging).unwrap();
+        assert_eq!(
+            std::fs::read(staging.dir().join("w.safetensors")).unwrap(),
+            weights
+        );
+        assert_eq!(
+            std::fs::read_to_string(staging.dir().join("z.jsonl")).unwrap(),
+            text
+        );
+    }
+
+    #[test]
+    fn escaping_links_are_detected() {
+        assert!(normalized_depth(Path::new("data/../../x")) < 0);
+        assert!(normalized_depth(Path::new("data/../config/x")) >= 0);
+    }
+}

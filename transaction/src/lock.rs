@@ -1,0 +1,70 @@
+//! One migration at a time per installation: an advisory lock on `.migrate/lock`. The kernel
+//! drops it when the holder dies, so a `kill -9` never leaves a stale lock for a human to clear
+//! (Liquibase's lock row does). The holder's PID is written into the file for the message.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use crate::error::{io, Error, Result};
+use crate::layout::LOCK_FILE;
+
+pub struct InstallLock {
+    file: File,
+}
+
+impl InstallLock {
+    /// Takes the lock in `tool_dir` (created if needed) or says who holds it.
+    pub fn acquire(tool_dir: &Path) -> Result<InstallLock> {
+        std::fs::create_dir_all(tool_dir)
+            .map_err(io(format!("cannot create {}", tool_dir.display())))?;
+        let path = tool_dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(format!("cannot open the lock file {}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    root: tool_dir.parent().unwrap_or(tool_dir).to_path_buf(),
+                    holder: read_holder(&mut file),
+                });
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(io(format!("cannot lock {}", path.display()))(e))
+            }
+        }
+        let pid = std::process::id().to_string();
+        let _ = file
+            .set_len(0)
+            .and_then(|_| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(pid.as_bytes()));
+        Ok(InstallLock { file })
+    }
+}
+
+/// The holder writes its PID just after taking the lock: give it a moment to do so.
+fn read_holder(file: &mut File) -> String {
+    for _ in 0..20 {
+        let mut holder = String::new();
+        let _ = file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| file.read_to_string(&mut holder));
+        if !holder.trim().is_empty() {
+            return holder.trim().to_owned();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    "unknown".to_owned()
+}
+
+impl Drop for InstallLock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
+    }
+}
