@@ -23,6 +23,7 @@ pub mod run;
 pub mod settings;
 pub mod size;
 pub mod stage;
+pub mod status;
 pub mod verify;
 
 pub use migrate_transaction as transaction;

@@ -53,6 +53,21 @@ impl Installation {
         })
     }
 
+    /// A folder is taken for an installation only if it holds `VERSION` or
+    /// `config/server.toml` (spec section 1). A whole-installation migration writes `.migrate/`
+    /// and `backups/` into its root, which must never happen to an arbitrary folder (a typo in
+    /// `--path`, the parent of the installation), even with `--from`.
+    pub fn ensure_installation(&self) -> Result<()> {
+        if self.path(VERSION_FILE).is_file() || self.path(SERVER_TOML).is_file() {
+            return Ok(());
+        }
+        Err(MigrateError::invalid(
+            &self.root,
+            format!("not a TrustformeRS Serve installation: it holds neither {VERSION_FILE} nor {SERVER_TOML}"),
+            "pass --path with the installation's root (the folder holding config/server.toml); nothing was written",
+        ))
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
