@@ -65,7 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             trustformers_migrate::recover_if_interrupted(&path, observer.as_ref())?;
             validate(&*discover(global)?, &path, &version, json)
         }
-        Command::Plugins { command } => plugins(&command, &discovery(global), json),
+        Command::Plugins { command } => plugins(&command, global),
         Command::History { path } => history(&path, json),
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -129,6 +129,11 @@ fn discovery(global: &GlobalArgs) -> Discovery {
 /// `--use-plugin` that names none of the plugins found is an error, not a silent no-op.
 fn discover(global: &GlobalArgs) -> anyhow::Result<Arc<Registry>> {
     let registry = Registry::discover(&discovery(global))?;
+    check_choices(&registry, global)?;
+    Ok(Arc::new(registry))
+}
+
+fn check_choices(registry: &Registry, global: &GlobalArgs) -> Result<(), MigrateError> {
     for choice in &global.use_plugin {
         if !registry.entries.iter().any(|e| e.is_named(choice)) {
             let known: Vec<String> = registry
@@ -149,11 +154,10 @@ fn discover(global: &GlobalArgs) -> anyhow::Result<Arc<Registry>> {
                     }
                 ),
                 "pass a plugin's name, file name or path as `migrate plugins list` shows them",
-            )
-            .into());
+            ));
         }
     }
-    Ok(Arc::new(registry))
+    Ok(())
 }
 
 fn history(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
@@ -557,14 +561,12 @@ fn validate(
 
 /// `plugins list` loads every plugin it finds (to read its descriptor); `pin` loads ignoring
 /// the existing locks; `verify` loads nothing.
-fn plugins(
-    command: &PluginsCommand,
-    discovery: &Discovery,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+fn plugins(command: &PluginsCommand, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let discovery = &discovery(global);
     let (text, doc, ok) = match command {
         PluginsCommand::List => {
             let registry = Registry::discover(discovery)?;
+            check_choices(&registry, global)?;
             let doc = serde_json::json!({ "search_path": registry.search_path, "plugins": registry.entries });
             (render::plugins(&registry), doc, true)
         }
@@ -588,7 +590,7 @@ fn plugins(
             (render::verified(&verified, pinned), doc, ok)
         }
     };
-    if json {
+    if global.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{text}");

@@ -81,13 +81,18 @@ fn usage_error(e: clap::Error, json: bool) -> std::process::ExitCode {
     use clap::error::ErrorKind;
     if json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         let text = e.render().to_string();
-        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-        let message = lines
-            .next()
-            .unwrap_or("bad command line")
+        // clap's text: `error: …` and its continuation lines, a blank line, then tips, usage
+        // and "For more information".
+        let (head, rest) = text.split_once("\n\n").unwrap_or((&text, ""));
+        let message = head
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ")
             .trim_start_matches("error: ")
             .to_owned();
-        let tips: Vec<&str> = lines
+        let tips: Vec<&str> = rest
+            .lines()
             .filter_map(|l| l.trim().strip_prefix("tip: "))
             .collect();
         let next_step = if tips.is_empty() {
