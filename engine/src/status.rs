@@ -143,13 +143,20 @@ pub fn backup_for_rollback(root: &Path, backup_dir: &Path) -> Result<(PathBuf, B
         })
 }
 
-/// Files a rollback to `meta` would overwrite or remove that were modified after the backup
-/// was taken (by the operator, or the server): restoring loses those changes. The migration
-/// itself writes every file into staging before the backup starts, so its own files are
-/// older than the backup.
+/// Files a rollback to `meta` would overwrite or remove that were modified after migrate last
+/// wrote the installation (by the operator, or the server): restoring loses those changes.
+/// A migration writes every file into staging before its backup starts, and every migration,
+/// rollback and recovery ends with an audit entry, so migrate's own files are older than the
+/// later of the two.
 pub fn changed_since_backup(root: &Path, meta: &BackupMetadata) -> Vec<String> {
-    // The backup's time has whole seconds; a file written in the same second is not "after".
-    let taken = UNIX_EPOCH + Duration::from_secs(meta.created_unix + 1);
+    let last_write = audit::read(root)
+        .iter()
+        .map(|e| u64::try_from(e.unix).unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+        .max(meta.created_unix);
+    // Those times have whole seconds; a file written in the same second is not "after".
+    let taken = UNIX_EPOCH + Duration::from_secs(last_write + 1);
     meta.files
         .iter()
         .map(|f| f.path.as_str())
