@@ -24,13 +24,14 @@ async fn main() -> std::process::ExitCode {
     // errors, and to answer a command line clap refuses in JSON when JSON was asked for.
     let json = raw.iter().any(|a| a == "--json");
     let color = color_flag(&raw);
-    render::set_color(color);
+    let (ours, clap_choice) = match color {
+        ColorWhen::Auto => (anstream::ColorChoice::Auto, clap::ColorChoice::Auto),
+        ColorWhen::Always => (anstream::ColorChoice::Always, clap::ColorChoice::Always),
+        ColorWhen::Never => (anstream::ColorChoice::Never, clap::ColorChoice::Never),
+    };
+    render::set_color(ours);
     let parsed = Cli::command()
-        .color(match color {
-            ColorWhen::Auto => clap::ColorChoice::Auto,
-            ColorWhen::Always => clap::ColorChoice::Always,
-            ColorWhen::Never => clap::ColorChoice::Never,
-        })
+        .color(clap_choice)
         .try_get_matches_from(&raw)
         .and_then(|m| Cli::from_arg_matches(&m));
     let args = match parsed {

@@ -15,20 +15,13 @@ use trustformers_migrate::transaction::backup::BackupMetadata;
 use trustformers_migrate::verify::Validation;
 use trustformers_migrate::{MigrationInfo, MigrationResult};
 
-use crate::args::ColorWhen;
-
 const ERROR: anstyle::Style = anstyle::AnsiColor::Red.on_default().bold();
 const WARNING: anstyle::Style = anstyle::AnsiColor::Yellow.on_default().bold();
 const NOTE: anstyle::Style = anstyle::AnsiColor::Cyan.on_default().bold();
 
-/// `--color`: applies to everything printed through anstream. `auto` leaves it to anstream,
+/// `--color`: applies to everything printed through anstream. `Auto` leaves it to anstream,
 /// which colours a terminal only and honours `NO_COLOR` (and `CLICOLOR_FORCE`).
-pub fn set_color(when: ColorWhen) {
-    let choice = match when {
-        ColorWhen::Auto => anstream::ColorChoice::Auto,
-        ColorWhen::Always => anstream::ColorChoice::Always,
-        ColorWhen::Never => anstream::ColorChoice::Never,
-    };
+pub fn set_color(choice: anstream::ColorChoice) {
     choice.write_global();
 }
 
