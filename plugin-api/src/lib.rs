@@ -39,6 +39,8 @@
 #![allow(non_local_definitions, non_camel_case_types)]
 
 pub mod descriptor;
+pub mod error;
+#[doc(hidden)]
 pub mod ffi;
 pub mod json;
 pub mod model;
@@ -47,14 +49,13 @@ pub mod rules;
 pub mod safetensors;
 pub mod toml;
 
+mod batch;
 mod export;
 
 pub use descriptor::{HopDescriptor, RuleKinds};
+pub use error::{FieldError, RuleError};
 pub use model::{ModelFolder, ModelOptions, ModelOutcome, OptimizeDtype};
-pub use rules::{
-    ConfigMigrationRule, ConfigOutcome, DataMigrationRule, FieldError, Hop, ModelMigrationRule,
-    RuleError,
-};
+pub use rules::{ConfigMigrationRule, ConfigOutcome, DataMigrationRule, Hop, ModelMigrationRule};
 
 /// Re-exported so that [`export_hop!`] expands in plugin crates without naming versions.
 pub use abi_stable;

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
+use crate::error::{FieldError, RuleError};
 use crate::json::{type_name, walk_record_mut, wrong_type, ObjectVisitor};
-use crate::rules::{FieldError, RuleError};
 
 mod scan;
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::rules::RuleError;
+use crate::error::RuleError;
 
 /// Headers larger than this are refused as corrupt (the reference implementation uses 100 MB).
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
