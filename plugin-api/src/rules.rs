@@ -19,13 +19,39 @@ pub use crate::error::{FieldError, RuleError};
 #[doc(hidden)]
 pub use crate::batch::split_records;
 
-/// A migrated config file and what the operator should know about it.
+/// A migrated config file and what the operator should know about it:
+/// `ConfigOutcome::new(doc.to_string()).warning("…")`.
+///
+/// Exhaustive within major 1 (plugins built against 1.x build it with a literal); build it
+/// with [`ConfigOutcome::new`], which keeps working when it gains a field.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigOutcome {
     pub content: String,
     /// E.g. keys the hop does not know and kept as they were.
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+impl ConfigOutcome {
+    /// The migrated file, without warnings. Since 1.4.0.
+    pub fn new(content: impl Into<String>) -> Self {
+        ConfigOutcome {
+            content: content.into(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Adds a warning for the operator. Since 1.4.0.
+    pub fn warning(mut self, warning: impl Into<String>) -> Self {
+        self.warnings.push(warning.into());
+        self
+    }
+
+    /// Adds warnings for the operator. Since 1.4.0.
+    pub fn warnings(mut self, warnings: impl IntoIterator<Item = String>) -> Self {
+        self.warnings.extend(warnings);
+        self
+    }
 }
 
 /// Rewrites `config/server.toml` from one release's format to the next.
