@@ -64,7 +64,7 @@ pub fn back_up(
         return Ok(());
     };
     let path = archive(plan, txn, dir)?;
-    fault::point("backup");
+    fault::point("backup")?;
     let recorded = Audit::new(&plan.target.root).record("backup_created", serde_json::json!({"backup": path, "from": plan.from.to_string(), "to": plan.to.to_string()}));
     if let Err(e) = recorded {
         observer.warning(&e.to_string());
