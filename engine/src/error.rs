@@ -71,9 +71,11 @@ pub enum MigrateError {
         hint: String,
     },
 
-    /// The installation's release cannot be determined from its files.
+    /// The installation's release cannot be determined from its files. The next step must
+    /// hold for every command that detects it, `status` and `rollback` included, which take
+    /// no `--from`.
     #[error(
-        "cannot detect the installation's version: {reason}\n  next step: pass --from VERSION"
+        "cannot detect the installation's version: {reason}\n  next step: pass --from VERSION to the migration command, or write the release into {}/VERSION (e.g. 2.0.0)", root.display()
     )]
     UnknownVersion { root: PathBuf, reason: String },
 

@@ -246,3 +246,20 @@ fn hashing_api_keys_is_confirmed_on_a_terminal_and_never_asked_with_yes_or_witho
     assert!(!stderr(&out).contains("Continue?"), "{}", stderr(&out));
     assert_eq!(read(other.path(), "VERSION"), "2.1.0\n");
 }
+
+#[test]
+fn status_of_an_installation_of_unknown_version_says_how_to_tell_it() {
+    let install = sample_install();
+    write(install.path(), "config/server.toml", "port = 1\n");
+    let out = migrate(&[
+        "--json",
+        "status",
+        "--path",
+        install.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let next = v["error"]["next_step"].as_str().unwrap();
+    // status takes no --from: the next step must name something status can use.
+    assert!(next.contains("/VERSION"), "{next}");
+}
