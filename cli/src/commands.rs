@@ -420,7 +420,7 @@ fn resolve_target(
         Some(TargetRelease::Exact(to)) => Ok((source.ok(), to.clone())),
         None | Some(TargetRelease::Latest) => {
             let from = source?;
-            let latest = VersionGraph::new(registry.active_hops()).latest_from(&from);
+            let latest = VersionGraph::new(registry.active_hops()).latest(&from)?;
             Ok((Some(from), latest))
         }
     }
@@ -517,7 +517,7 @@ fn info(
                     .into())
                 }
             };
-            VersionGraph::new(registry.active_hops()).latest_from(&source)
+            VersionGraph::new(registry.active_hops()).latest(&source)?
         }
     };
     let from = from.map(|v| v.to_string()).unwrap_or_default();

@@ -74,7 +74,7 @@ pub fn status(root: &Path, registry: &Registry, backup_dir: &Path) -> Result<Ins
     registry.ensure_no_conflicts()?;
     let version = install.detect_version()?;
     let graph = VersionGraph::new(registry.active_hops());
-    let latest = graph.latest_from(&version);
+    let latest = graph.latest(&version)?;
     let pending = graph
         .path(&version, &latest)?
         .iter()

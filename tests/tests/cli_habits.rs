@@ -564,3 +564,44 @@ fn an_empty_server_toml_is_refused_naming_the_file() {
         "# nothing left\n\n"
     );
 }
+
+#[test]
+fn the_default_target_is_never_a_guess() {
+    let install = sample_install();
+    let root = install.path().to_str().unwrap();
+    let before = tree_hash(install.path());
+    // No plugins at all: "up to date" would be a lie.
+    let empty = tempfile::tempdir().unwrap();
+    let out = migrate(&[
+        "--no-default-plugins",
+        "--plugin-dir",
+        empty.path().to_str().unwrap(),
+        "version",
+        "--path",
+        root,
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("no hop plugins were loaded"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tree_hash(install.path()), before);
+
+    // A release newer than every plugin knows: not up to date either, but unknown.
+    write(install.path(), "VERSION", "3.0.0\n");
+    for cmd in [
+        &["version", "--path", root][..],
+        &["status", "--path", root],
+    ] {
+        let out = migrate(cmd);
+        assert_eq!(out.status.code(), Some(7), "{cmd:?}: {}", stdout(&out));
+        assert!(stderr(&out).contains("3.0.0"), "{}", stderr(&out));
+    }
+    // The release the chain ends at is up to date, truly.
+    write(install.path(), "VERSION", "2.1.0\n");
+    let out = migrate(&["--json", "status", "--path", root]);
+    let s: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(s["latest"], "2.1.0");
+    assert!(s["pending"].as_array().unwrap().is_empty());
+}

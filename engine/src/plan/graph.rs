@@ -35,6 +35,33 @@ impl VersionGraph {
         }
     }
 
+    /// [`Self::latest_from`], refusing a release no loaded hop starts or ends at: "up to date"
+    /// would then be a guess (no plugins found, or an installation newer than every plugin).
+    pub fn latest(&self, from: &Version) -> Result<Version> {
+        if self.hops.iter().any(|h| &h.from == from || &h.to == from) {
+            return Ok(self.latest_from(from));
+        }
+        let hops: Vec<String> = self
+            .hops
+            .iter()
+            .map(|h| format!("{} → {}", h.from, h.to))
+            .collect();
+        let reason = if hops.is_empty() {
+            "no hop plugins were loaded, so the latest release is unknown".to_owned()
+        } else {
+            format!(
+                "no loaded hop starts or ends at {from}, so the latest release is unknown; loaded hops: {}",
+                hops.join(", ")
+            )
+        };
+        Err(MigrateError::NoPath {
+            from: from.to_string(),
+            to: "latest".to_owned(),
+            reason,
+            hint: "run `migrate plugins list` to see which hops are loaded, and add the hop plugins for this release to a plugin folder".to_owned(),
+        })
+    }
+
     /// The newest release reachable from `from` through the loaded hops: what `--to` defaults
     /// to, like `sqlx migrate run` or Flyway applying every pending migration. `from` itself
     /// when no hop leads on (the installation is up to date).
