@@ -131,4 +131,9 @@ impl Observer for Progress {
     fn warning(&self, message: &str) {
         crate::render::eprint_warning(message);
     }
+
+    /// What plugin code wrote to stderr, passed through as it was written.
+    fn worker_output(&self, line: &str) {
+        eprintln!("{line}");
+    }
 }

@@ -27,7 +27,7 @@ pub enum OverallStatus {
     UpToDate,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StepStatus {
     Completed,
     Failed,
@@ -35,7 +35,7 @@ pub enum StepStatus {
 }
 
 /// One step: a kind of file (config, data, models) through every hop, or the commit.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepResult {
     pub name: String,
     pub status: StepStatus,
@@ -97,6 +97,8 @@ pub struct MigrationResult {
     /// `--dry-run` only: what would change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preview: Option<preview::Preview>,
+    /// How plugin code was confined (absent when no plugin ran).
+    pub isolation: Option<crate::isolation::Isolation>,
     pub duration_ms: u64,
 }
 
