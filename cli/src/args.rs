@@ -498,8 +498,12 @@ mod tests {
             cmd: &clap::Command,
             out: &mut Vec<(Vec<String>, clap::Command)>,
         ) {
-            // clap's own `help` subcommand is not ours to document.
-            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            // clap's own `help` subcommand is not ours to document, nor is the hidden
+            // `worker` that migrate starts itself.
+            for sub in cmd
+                .get_subcommands()
+                .filter(|s| s.get_name() != "help" && !s.is_hide_set())
+            {
                 let mut path = prefix.to_vec();
                 path.push(sub.get_name().to_owned());
                 out.push((path.clone(), sub.clone()));
