@@ -21,7 +21,7 @@ use trustformers_migrate::{
 };
 
 use crate::args::{BackupsCommand, Cli, Command, GlobalArgs, ModelArgs, PluginsCommand, RunArgs};
-use crate::confirm::{cancelled, confirm};
+use crate::confirm::{cancelled, confirm, Answer};
 use crate::progress::{Progress, ProgressMode};
 use crate::render;
 
@@ -241,11 +241,11 @@ fn rollback(
             "{} file(s) changed since the migration; the rollback overwrites or removes them, and those changes are lost:\n  {list}",
             changed.len()
         );
-        if !confirm(&question, global.yes)? {
-            return Err(cancelled());
-        }
-        if !global.yes {
-            observer.warning(&question);
+        match confirm(&question, global.yes)? {
+            Answer::No => return Err(cancelled()),
+            // Nobody was asked: the log says what the rollback overwrote.
+            Answer::NotAsked => observer.warning(&question),
+            Answer::Yes => {}
         }
     }
     let report = restore::restore(&backup, root)?;
@@ -499,10 +499,9 @@ fn confirm_irreversible(
         "This migration makes irreversible changes:\n  - {}\n{undo}.",
         irreversible.join("\n  - ")
     );
-    if confirm(&question, yes)? {
-        Ok(())
-    } else {
-        Err(cancelled())
+    match confirm(&question, yes)? {
+        Answer::No => Err(cancelled()),
+        Answer::Yes | Answer::NotAsked => Ok(()),
     }
 }
 
