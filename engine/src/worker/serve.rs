@@ -4,7 +4,7 @@
 //! worker for each, so a crash takes down one request and nothing else.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -277,6 +277,7 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     /// Looking at the counters is not I/O of the plugin's: with nothing else happening the
     /// heartbeat sees no change, and a real write shows. (This thread's own counters: other
