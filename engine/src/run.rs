@@ -29,8 +29,15 @@ pub enum Mode {
     DryRun,
 }
 
-/// Executes `plan`; never panics on user input, and reports every step.
-pub fn execute(plan: &Plan, mode: Mode, observer: &dyn Observer) -> MigrationResult {
+/// Executes `plan`; never panics on user input, and reports every step. `held`: the
+/// installation's lock, when the caller took it before planning (so that the version it
+/// detected cannot change under it); otherwise it is taken here.
+pub fn execute(
+    plan: &Plan,
+    mode: Mode,
+    observer: &dyn Observer,
+    held: Option<InstallLock>,
+) -> MigrationResult {
     let started = Instant::now();
     let mut result = MigrationResult {
         overall_status: OverallStatus::Completed,
@@ -50,7 +57,7 @@ pub fn execute(plan: &Plan, mode: Mode, observer: &dyn Observer) -> MigrationRes
         peak_rss_bytes: 0,
     };
     let mut audit = None;
-    if let Err(e) = run_steps(plan, mode, observer, &mut result, &mut audit) {
+    if let Err(e) = run_steps(plan, mode, observer, &mut result, &mut audit, held) {
         fail(&mut result, &e);
     } else if mode == Mode::DryRun {
         result.overall_status = OverallStatus::DryRun;
@@ -131,6 +138,7 @@ fn run_steps(
     observer: &dyn Observer,
     result: &mut MigrationResult,
     audit_slot: &mut Option<Audit>,
+    held: Option<InstallLock>,
 ) -> Result<()> {
     if plan.hops.is_empty() {
         return Ok(());
@@ -145,9 +153,10 @@ fn run_steps(
             scratch.path().to_path_buf()
         }
     };
-    let _lock = match mode {
-        Mode::Commit => Some(InstallLock::acquire(&parent)?),
-        Mode::DryRun => None,
+    let _lock = match (mode, held) {
+        (Mode::Commit, Some(lock)) => Some(lock),
+        (Mode::Commit, None) => Some(InstallLock::acquire(&parent)?),
+        (Mode::DryRun, _) => None,
     };
     match mode {
         Mode::Commit => {
@@ -196,10 +205,10 @@ fn run_steps(
                     .transpose()?;
                 Ok(())
             })?;
-            let Some(txn) = txn else { return Ok(()) };
+            let Some(mut txn) = txn else { return Ok(()) };
             let backup_bytes = commit::replaced_bytes(plan, &txn);
             if let Err(e) = step("backup", backup_bytes, &mut |s| {
-                commit::back_up(plan, &txn, s, observer)
+                commit::back_up(plan, &mut txn, s, observer)
             }) {
                 // Nothing was swapped yet: undoing the journal puts back exactly what was.
                 return match txn.rollback() {
@@ -271,7 +280,7 @@ fn check_preflight(plan: &Plan, s: &mut StepResult) -> Result<()> {
 
 /// An unfinished migration found on the installation is rolled back before anything else.
 fn recover_first(plan: &Plan, result: &mut MigrationResult, observer: &dyn Observer) -> Result<()> {
-    let recovered = recovery::recover_locked(&plan.target.root, false)?;
+    let recovered = recovery::recover_locked(&plan.target.root, false, false)?;
     announce(&plan.target.root, &recovered, observer);
     if let Some(Recovery::RolledBack { from, to }) = recovered.outcome {
         let mut s = StepResult::new("recover");
@@ -288,11 +297,17 @@ pub fn announce(root: &std::path::Path, recovered: &recovery::Recovered, observe
     for w in &recovered.warnings {
         observer.warning(w);
     }
-    if let Some(Recovery::RolledBack { from, to }) = &recovered.outcome {
-        observer.notice(&format!(
+    match &recovered.outcome {
+        Some(Recovery::RolledBack { from, to }) => observer.notice(&format!(
             "an interrupted migration {from} → {to} was found in {} and rolled back",
             root.display()
-        ));
+        )),
+        Some(Recovery::Cleaned { removed }) => observer.notice(&format!(
+            "removed what a crashed run left in {} (nothing of the installation had changed): {}",
+            root.display(),
+            removed.join(", ")
+        )),
+        _ => {}
     }
 }
 

@@ -114,6 +114,8 @@ fn part_root(dir: &Path) -> PathBuf {
 #[derive(Debug, Clone, Serialize)]
 pub struct Options {
     pub on_invalid: OnInvalid,
+    /// Refused records allowed in one run before the run is refused.
+    pub max_invalid_records: u64,
     pub optimize: bool,
     pub dtype: Dtype,
     pub batch_size: usize,
@@ -129,6 +131,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             on_invalid: OnInvalid::Fail,
+            max_invalid_records: 1000,
             optimize: false,
             dtype: Dtype::F16,
             batch_size: 4096,

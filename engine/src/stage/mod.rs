@@ -10,10 +10,12 @@ pub mod data;
 
 use std::path::Path;
 
+use migrate_transaction::confine::Root;
 use migrate_transaction::staging::Staging;
 use plugin_api::ffi::CallError;
 use plugin_api::{ModelFolder, ModelOptions, OptimizeDtype};
 
+use crate::discover::install::MAX_CONFIG_BYTES;
 use crate::discover::registry::LoadedHop;
 use crate::error::{MigrateError, Result};
 use crate::observe::Observer;
@@ -34,7 +36,8 @@ pub fn config(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> 
         return Ok(());
     };
     let path = plan.target.root.join(&item.rel);
-    let mut content = std::fs::read_to_string(&path).map_err(|e| {
+    let bytes = Root::open(&plan.target.root)?.read(&item.rel, MAX_CONFIG_BYTES)?;
+    let mut content = String::from_utf8(bytes).map_err(|e| {
         MigrateError::invalid(
             &path,
             format!("cannot read as UTF-8 text: {e}"),
@@ -83,6 +86,8 @@ pub fn data(
     let counters = Counters::default();
     let run = DataRun {
         hops: &plan.hops,
+        from: plan.from.to_string(),
+        max_invalid_records: plan.options.max_invalid_records,
         on_invalid: plan.options.on_invalid,
         batch_size: plan.options.batch_size,
         data_rel: plan.target.rel(data_dir),
