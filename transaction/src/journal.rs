@@ -639,7 +639,8 @@ fn write_journal(root: &Root, journal: &Journal) -> Result<()> {
         .map_err(|e| io("cannot encode the journal")(e.into()))?;
     root.remove_file(&tmp)?;
     let mut file: File = root.create_new(&tmp, 0o600)?;
-    file.write_all(&bytes)
+    fault::disk_full("journal_write")
+        .and_then(|_| file.write_all(&bytes))
         .and_then(|_| file.sync_all())
         .map_err(io(format!("cannot write {}", root.join(&tmp).display())))?;
     root.rename(&tmp, &path)?;

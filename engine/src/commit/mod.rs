@@ -116,7 +116,7 @@ pub fn commit(plan: &Plan, txn: Transaction, s: &mut StepResult) -> Result<()> {
     }
     txn.commit().map_err(|e| MigrateError::Interrupted {
         root: root.clone(),
-        reason: format!("every file is in place, but the commit could not be recorded: {e}"),
+        reason: format!("every file is in place, but the commit could not be recorded: {e}; `migrate recover --path {} --forward` finishes it, any other migrate command undoes it", root.display()),
     })
 }
 
