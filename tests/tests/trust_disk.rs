@@ -197,6 +197,37 @@ fn finding_01_forward_recovery_completes_the_backup_first() {
         "the completed backup restores every byte"
     );
     assert!(read(root, "data/api_keys.json").contains("tfk_8c1d0e5f9a7b4c2e"));
+
+    // When the backup cannot be completed (its folder is now a file), `--forward` refuses and
+    // says why; the migration stays undoable, and a plain `recover` undoes it.
+    let dir = sample_install();
+    let root = dir.path();
+    let original = tree_hash(root);
+    let out = migrate_with(
+        &["version", "--path", p(root), "--to", "2.1.0"],
+        &[("TRUSTFORMERS_MIGRATE_FAULT", "backup_entry:2")],
+        None,
+        None,
+    );
+    assert!(was_killed(&out), "not killed: {}", both(&out));
+    std::fs::remove_dir_all(root.join("backups")).unwrap();
+    std::fs::write(root.join("backups"), "not a folder").unwrap();
+    let out = migrate(&["recover", "--path", p(root), "--forward"]);
+    let text = both(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("no backup yet") && text.contains("without --forward"),
+        "{text}"
+    );
+    assert_eq!(
+        tree_hash(root).get("VERSION"),
+        None,
+        "finished without a backup"
+    );
+    std::fs::remove_file(root.join("backups")).unwrap();
+    let text = ok(&migrate(&["recover", "--path", p(root)]));
+    assert!(text.contains("rolled back"), "{text}");
+    assert_eq!(tree_hash(root), original);
 }
 
 /// Finding 2: `created_files` names a file the migration never created. A name without the
@@ -974,4 +1005,72 @@ fn finding_14_leftovers_are_cleaned_and_every_run_is_in_history() {
         serde_json::from_str(audit.lines().last().expect("an audit line")).expect("json");
     assert_eq!(last["action"], "recovery", "{last}");
     assert_eq!(last["outcome"], "nothing_to_recover", "{last}");
+}
+
+/// Finding 5, as the service user it is about: an operator who is not root (a throwaway uid
+/// through `setpriv`) migrates an installation it owns — `.migrate/` becomes that user's, 0700 —
+/// and is refused a journal that a third user planted there. Skipped, with a message, where
+/// `setpriv` or root is not available.
+#[test]
+fn finding_05_as_a_non_root_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/setpriv").exists() {
+        println!("SKIPPED: needs root and /usr/bin/setpriv to run as a throwaway user");
+        return;
+    }
+    let (uid, other) = (4343u32, 4444u32);
+    let base = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = base.path().join("install");
+    copy_tree(&workspace_root().join("samples/install-0.1.0"), &root);
+    for entry in walkdir::WalkDir::new(&root) {
+        std::os::unix::fs::chown(entry.unwrap().path(), Some(uid), Some(uid)).unwrap();
+    }
+    let as_user = |args: &[&str]| {
+        let mut cmd = Command::new("/usr/bin/setpriv");
+        cmd.args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "--",
+            p(&migrate_bin()),
+        ])
+        .args(args)
+        .env_remove("TRUSTFORMERS_MIGRATE_FAULT")
+        .env_remove("TRUSTFORMERS_BACKUP_DIR")
+        .env("HOME", base.path())
+        .env("XDG_DATA_HOME", base.path().join("share"))
+        .env("USER", "svc");
+        cmd.output().expect("run setpriv")
+    };
+    let out = as_user(&["version", "--path", p(&root), "--to", "2.1.0"]);
+    assert!(out.status.success(), "as uid {uid}: {}", both(&out));
+    let tool = std::fs::metadata(root.join(".migrate")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((tool.uid(), tool.mode() & 0o7777), (uid, 0o700));
+    let journal = root.join(".migrate/journal.json");
+    std::fs::write(
+        &journal,
+        crafted_journal(
+            ".migrate/staging-x",
+            ".migrate/staging-x.orig",
+            serde_json::json!([{"rel": "data/requests.jsonl", "action": "Create"}]),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&journal, Some(other), Some(other)).unwrap();
+    let migrated = tree_hash(&root);
+    let out = as_user(&["info", "--path", p(&root), "--to", "2.1.0"]);
+    assert_eq!(out.status.code(), Some(3), "{}", both(&out));
+    assert!(
+        both(&out).contains(&format!("uid {other}")),
+        "{}",
+        both(&out)
+    );
+    assert_eq!(
+        tree_hash(&root),
+        migrated,
+        "the planted journal was acted on"
+    );
 }

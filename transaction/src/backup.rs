@@ -465,7 +465,7 @@ fn read_archive(backup: &Path, meta: &BackupMetadata, staging: Option<&Staging>)
         }
         let mut sink: Box<dyn Write> = match staging {
             Some(s) => Box::new(BufWriter::new(
-                File::create(s.path_for(&rel)?)
+                crate::fsutil::create_private(&s.path_for(&rel)?)
                     .map_err(io_err(format!("cannot write staged {rel}")))?,
             )),
             None => Box::new(io::sink()),

@@ -13,8 +13,8 @@ use std::sync::Mutex;
 
 use abi_stable::std_types::RVec;
 use migrate_transaction::confine::Root;
-use migrate_transaction::fault;
 use migrate_transaction::staging::Staging;
+use migrate_transaction::{fault, fsutil};
 use plugin_api::ffi::CallError;
 use plugin_api::RuleError;
 
@@ -109,8 +109,10 @@ impl DataRun<'_> {
             |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
         // Small: batch outputs (hundreds of KiB) go straight to the file rather than through
         // the buffer, which only gathers the odd verbatim line.
-        let mut out =
-            BufWriter::with_capacity(64 << 10, File::create(&dst_path).map_err(write_err)?);
+        let mut out = BufWriter::with_capacity(
+            64 << 10,
+            fsutil::create_private(&dst_path).map_err(write_err)?,
+        );
         let mut quarantine = Quarantine::new(self, root, file, staging);
         let stats = self.pipeline(
             file,
@@ -425,8 +427,10 @@ impl DataRun<'_> {
         let dst_path = staging.path_for(&file.rel)?;
         let write_err =
             |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
-        let mut out =
-            BufWriter::with_capacity(1 << 20, File::create(&dst_path).map_err(write_err)?);
+        let mut out = BufWriter::with_capacity(
+            1 << 20,
+            fsutil::create_private(&dst_path).map_err(write_err)?,
+        );
         let shape = records.shape();
         let mut writer = document::Writer::new(shape, style);
         let stats = self.pipeline(
@@ -685,11 +689,7 @@ fn open_quarantine(root: &Path, rel: &str, staged: &Path) -> Result<BufWriter<Fi
     if let Some(parent) = staged.parent() {
         std::fs::create_dir_all(parent).map_err(err)?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(staged)
-        .map_err(err)?;
+    let mut file = fsutil::create_private(staged).map_err(err)?;
     let root = Root::open(root)?;
     if root.file_exists(rel)? {
         std::io::copy(&mut root.open_read(rel, None)?, &mut file).map_err(err)?;
