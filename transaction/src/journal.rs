@@ -646,3 +646,102 @@ fn write_journal(root: &Root, journal: &Journal) -> Result<()> {
     root.rename(&tmp, &path)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal(staging: &str, originals: &str, rel: &str, dir: &str) -> Journal {
+        Journal {
+            format: FORMAT,
+            pid: 1,
+            from: "0.1.0".into(),
+            to: "1.0.0".into(),
+            staging: staging.into(),
+            originals: originals.into(),
+            entries: vec![Entry {
+                rel: rel.into(),
+                action: Action::Replace,
+            }],
+            created_dirs: vec![dir.into()],
+            phase: Phase::Prepared,
+            backup: None,
+        }
+    }
+
+    #[test]
+    fn only_the_tools_own_paths_beneath_the_root_pass() {
+        let ok = journal(
+            ".migrate/staging-a",
+            ".migrate/staging-a.orig",
+            "data/x.jsonl",
+            "data/new",
+        );
+        assert!(check_paths(&ok).is_ok());
+        for (case, j) in [
+            (
+                "originals elsewhere",
+                journal(".migrate/staging-a", "../victim", "data/x", "d"),
+            ),
+            (
+                "other originals",
+                journal(
+                    ".migrate/staging-a",
+                    ".migrate/staging-b.orig",
+                    "data/x",
+                    "d",
+                ),
+            ),
+            (
+                "staging outside",
+                journal("staging-a", "staging-a.orig", "data/x", "d"),
+            ),
+            (
+                "absolute staging",
+                journal("/tmp/staging-a", "/tmp/staging-a.orig", "data/x", "d"),
+            ),
+            (
+                "nested staging",
+                journal(
+                    ".migrate/staging-a/../..",
+                    ".migrate/staging-a/../...orig",
+                    "data/x",
+                    "d",
+                ),
+            ),
+            (
+                "entry escapes",
+                journal(".migrate/staging-a", ".migrate/staging-a.orig", "../x", "d"),
+            ),
+            (
+                "absolute entry",
+                journal(
+                    ".migrate/staging-a",
+                    ".migrate/staging-a.orig",
+                    "/etc/passwd",
+                    "d",
+                ),
+            ),
+            (
+                "entry in .migrate",
+                journal(
+                    ".migrate/staging-a",
+                    ".migrate/staging-a.orig",
+                    ".migrate/lock",
+                    "d",
+                ),
+            ),
+            (
+                "dir escapes",
+                journal(
+                    ".migrate/staging-a",
+                    ".migrate/staging-a.orig",
+                    "data/x",
+                    "data/../..",
+                ),
+            ),
+        ] {
+            assert!(check_paths(&j).is_err(), "{case} accepted");
+        }
+    }
+}

@@ -61,7 +61,7 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
     let root = Root::open(&target_root(req, &meta)?)?;
     root.private_dir(TOOL_DIR)?;
     let _lock = InstallLock::acquire(&root.join(TOOL_DIR))?;
-    journal::recover(root.path(), false)?;
+    let recovered = journal::recover(root.path(), false)?;
     if meta.kind == "full" && !req.force {
         check_version(&root, &meta)?;
     }
@@ -128,8 +128,20 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
         "rollback",
         serde_json::json!({"backup": backup_path, "to_version": version, "from_version": meta.target_version, "restored_files": meta.files.len(), "removed_files": removed, "archive_sha256": meta.archive_sha256, "pre_rollback_backup": pre_rollback, "saved_files": changed, "kept_files": kept}),
     );
+    let mut warnings: Vec<String> = recorded.err().map(|e| e.to_string()).into_iter().collect();
+    match recovered {
+        Some(journal::Recovery::RolledBack { from, to }) => warnings.insert(
+            0,
+            format!("an interrupted migration {from} → {to} was found and rolled back first"),
+        ),
+        Some(journal::Recovery::Cleaned { removed }) => warnings.insert(
+            0,
+            format!("removed what a crashed run left: {}", removed.join(", ")),
+        ),
+        _ => {}
+    }
     Ok(RestoreReport {
-        warnings: recorded.err().map(|e| e.to_string()).into_iter().collect(),
+        warnings,
         backup: backup_path.to_path_buf(),
         root: root.path().to_path_buf(),
         restored_files: meta.files.len(),

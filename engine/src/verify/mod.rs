@@ -9,7 +9,11 @@ use semver::Version;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::discover::install::{DataKind, Installation, SERVER_TOML, VERSION_FILE};
+use migrate_transaction::confine::Root;
+
+use crate::discover::install::{
+    DataKind, Installation, MAX_CONFIG_BYTES, SERVER_TOML, VERSION_FILE,
+};
 use crate::discover::registry::LoadedHop;
 
 mod lines;
@@ -155,8 +159,7 @@ fn check_marker(
     schema: Option<Option<u64>>,
     v: &mut Validation,
 ) {
-    let path = install.path(VERSION_FILE);
-    match std::fs::read_to_string(&path) {
+    match read_confined(install, VERSION_FILE) {
         Ok(text) if text.trim() == version.to_string() => {}
         Ok(text) => v.error(
             "version_marker",
@@ -175,8 +178,7 @@ fn check_marker(
 }
 
 fn check_config(install: &Installation, v: &mut Validation) {
-    let path = install.path(SERVER_TOML);
-    match std::fs::read_to_string(&path) {
+    match read_confined(install, SERVER_TOML) {
         Err(e) => v.error(
             "config_present",
             RuleKind::ConfigurationSyntax,
@@ -195,6 +197,16 @@ fn check_config(install: &Installation, v: &mut Validation) {
             }
         }
     }
+}
+
+/// A small file of the installation, read beneath its root (a link is refused, never
+/// followed), as a regular file under the config size cap.
+fn read_confined(install: &Installation, rel: &str) -> Result<String, String> {
+    let root = Root::open(&install.root).map_err(|e| e.to_string())?;
+    let bytes = root
+        .read(rel, MAX_CONFIG_BYTES)
+        .map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))
 }
 
 fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Validation) {
