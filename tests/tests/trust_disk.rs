@@ -898,7 +898,7 @@ fn finding_12_a_failed_commit_record_is_reported_as_interrupted() {
     // Journal writes: prepare (1), backup done (2), committed (3).
     let out = migrate_with(
         &["--json", "version", "--path", p(root), "--to", "2.1.0"],
-        &[("TRUSTFORMERS_MIGRATE_ENOSPC", "journal_write:3")],
+        &[("TRUSTFORMERS_MIGRATE_FAULT", "journal_write:3:error")],
         None,
         None,
     );

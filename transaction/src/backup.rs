@@ -245,7 +245,7 @@ fn write_archive(req: &BackupRequest, path: &Path) -> Result<(Vec<FileRecord>, S
         builder
             .append_data(&mut header, rel, &mut reader)
             .map_err(err)?;
-        crate::fault::point("backup_entry");
+        crate::fault::point("backup_entry")?;
         records.push(FileRecord {
             path: rel.clone(),
             size: reader.count(),

@@ -198,7 +198,7 @@ impl Transaction {
             backup,
         };
         write_journal(&root, &journal)?;
-        fault::point("prepared");
+        fault::point("prepared")?;
         Ok(Transaction { root, journal })
     }
 
@@ -240,8 +240,9 @@ impl Transaction {
     /// Step 3: makes the swap final and cleans up.
     pub fn commit(mut self) -> Result<()> {
         self.journal.phase = Phase::Committed;
+        fault::point("commit")?;
         write_journal(&self.root, &self.journal)?;
-        fault::point("committed");
+        fault::point("committed")?;
         cleanup(&self.root, &self.journal)
     }
 
@@ -450,7 +451,7 @@ fn swap_forward(root: &Root, journal: &Journal) -> Result<()> {
                 }
             }
         }
-        fault::point("swap");
+        fault::point("swap")?;
     }
     Ok(())
 }
@@ -477,7 +478,7 @@ fn roll_back(root: &Root, journal: &Journal) -> Result<()> {
                 }
             }
         }
-        fault::point("rollback");
+        fault::point("rollback")?;
     }
     for dir in journal.created_dirs.iter().rev() {
         root.remove_empty_dir(dir)?;
@@ -490,7 +491,7 @@ fn roll_back(root: &Root, journal: &Journal) -> Result<()> {
 fn cleanup(root: &Root, journal: &Journal) -> Result<()> {
     for dir in [&journal.originals, &journal.staging] {
         root.remove_all(dir)?;
-        fault::point("cleanup");
+        fault::point("cleanup")?;
     }
     root.remove_file(&format!("{TOOL_DIR}/{JOURNAL_FILE}"))?;
     Ok(())
@@ -639,8 +640,8 @@ fn write_journal(root: &Root, journal: &Journal) -> Result<()> {
         .map_err(|e| io("cannot encode the journal")(e.into()))?;
     root.remove_file(&tmp)?;
     let mut file: File = root.create_new(&tmp, 0o600)?;
-    fault::disk_full("journal_write")
-        .and_then(|_| file.write_all(&bytes))
+    fault::point("journal_write")?;
+    file.write_all(&bytes)
         .and_then(|_| file.sync_all())
         .map_err(io(format!("cannot write {}", root.join(&tmp).display())))?;
     root.rename(&tmp, &path)?;

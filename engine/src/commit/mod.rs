@@ -75,7 +75,7 @@ pub fn back_up(
         return Ok(());
     };
     let path = journal::back_up(txn.root(), txn.journal(), dir, plan.target.kind)?;
-    fault::point("backup");
+    fault::point("backup")?;
     txn.backup_done(&path)?;
     let recorded = Audit::new(&plan.target.root).record("backup_created", serde_json::json!({"backup": path, "from": plan.from.to_string(), "to": plan.to.to_string()}));
     if let Err(e) = recorded {
