@@ -807,6 +807,7 @@ fn finding_10_special_files_are_errors() {
     std::fs::write(&outside, "{\"id\":\"x\",\"model\":\"m\"}\n").unwrap();
     type Plant = Box<dyn Fn(&Path)>;
     let outside2 = outside.clone();
+    let outside3 = outside.clone();
     let cases: Vec<(&str, Plant, &str)> = vec![
         (
             "fifo",
@@ -817,6 +818,14 @@ fn finding_10_special_files_are_errors() {
             "link",
             Box::new(move |root: &Path| {
                 std::os::unix::fs::symlink(&outside2, root.join("data/ext.jsonl")).unwrap()
+            }),
+            "symbolic link",
+        ),
+        (
+            "link in a model folder",
+            Box::new(move |root: &Path| {
+                std::os::unix::fs::symlink(&outside3, root.join("models/bert-tiny/extra.json"))
+                    .unwrap()
             }),
             "symbolic link",
         ),
@@ -1072,5 +1081,46 @@ fn finding_05_as_a_non_root_user() {
         tree_hash(&root),
         migrated,
         "the planted journal was acted on"
+    );
+}
+
+/// Finding 14, with the backup outside the installation (`--backup-dir`): a run killed while
+/// writing its backup leaves a `.partial` there; the recovery removes it (and only it: another
+/// backup in the same folder stays).
+#[test]
+fn finding_14_a_partial_backup_in_another_folder_is_removed() {
+    let dir = sample_install();
+    let root = dir.path();
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let shared = elsewhere.path().join("backups");
+    std::fs::create_dir_all(shared.join("full_backup_1.999999.partial")).unwrap();
+    let out = migrate_with(
+        &[
+            "version",
+            "--path",
+            p(root),
+            "--to",
+            "2.1.0",
+            "--backup-dir",
+            p(&shared),
+        ],
+        &[("TRUSTFORMERS_MIGRATE_FAULT", "backup_entry:2")],
+        None,
+        None,
+    );
+    assert!(was_killed(&out), "not killed: {}", both(&out));
+    let partials = |d: &Path| -> Vec<PathBuf> {
+        backups_in(d)
+            .into_iter()
+            .filter(|b| b.to_string_lossy().ends_with(".partial"))
+            .collect()
+    };
+    assert_eq!(partials(&shared).len(), 2, "{:?}", backups_in(&shared));
+    let text = ok(&migrate(&["recover", "--path", p(root)]));
+    assert!(text.contains("rolled back"), "{text}");
+    assert_eq!(
+        partials(&shared),
+        vec![shared.join("full_backup_1.999999.partial")],
+        "the killed run's .partial must go, another process's must stay"
     );
 }

@@ -133,7 +133,9 @@ pub fn create(req: &BackupRequest) -> Result<PathBuf> {
     let now = time::OffsetDateTime::now_utc();
     let ts = now.unix_timestamp().max(0) as u64;
     let final_dir = unique_dir(req.dir, &format!("{}_backup_{ts}", req.kind));
-    let partial = final_dir.with_extension("partial");
+    // The writer's PID in the name: the recovery of a run killed while writing it finds its
+    // own half-written backup (and no one else's) in a shared backup folder.
+    let partial = final_dir.with_extension(format!("{}.partial", std::process::id()));
     let _ = fs::remove_dir_all(&partial);
     private_dir(&partial)?;
     let filled = fill(req, &partial, now);
@@ -567,6 +569,24 @@ fn normalized_depth(path: &Path) -> i64 {
         }
     }
     depth
+}
+
+/// Removes the half-written backups that the process `pid` left in `dir` (it was killed while
+/// writing them); returns them.
+pub fn remove_partials(dir: &Path, pid: u32) -> Vec<PathBuf> {
+    let suffix = format!(".{pid}.partial");
+    let Ok(read) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    read.filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.contains("_backup_") && name.ends_with(&suffix)
+        })
+        .map(|e| e.path())
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+        .filter(|p| fs::remove_dir_all(p).is_ok())
+        .collect()
 }
 
 /// Backups in `dir`, oldest first.

@@ -239,6 +239,9 @@ fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Valid
     }
 }
 
+/// A model's `metadata.json` is read only as a regular file of at most this size.
+const MAX_MODEL_METADATA_BYTES: u64 = 64 << 20;
+
 /// At most this many findings per file; the rest are counted.
 const MAX_FINDINGS_PER_FILE: usize = 20;
 
@@ -365,25 +368,49 @@ fn check_models(
     v: &mut Validation,
 ) {
     let dir = install.path(crate::discover::install::MODELS_DIR);
-    let Ok(names) = install.model_dirs(&dir) else {
-        return;
+    let names = match install.model_dirs(&dir) {
+        Ok(names) => names,
+        Err(e) => {
+            return v.error(
+                "model_listing",
+                RuleKind::ModelCompatibility,
+                crate::discover::install::MODELS_DIR,
+                e.to_string(),
+            )
+        }
     };
     for name in names {
         let rel = format!(
             "{}/{name}/metadata.json",
             crate::discover::install::MODELS_DIR
         );
-        let path = install.root.join(&rel);
-        let Ok(text) = std::fs::read(&path) else {
-            if matches!(schema, Some(Some(_))) {
+        let read = Root::open(&install.root).and_then(|root| {
+            root.file_exists(&rel)?
+                .then(|| root.read(&rel, MAX_MODEL_METADATA_BYTES))
+                .transpose()
+        });
+        let text = match read {
+            Ok(Some(text)) => text,
+            Err(e) => {
                 v.error(
                     "model_metadata",
                     RuleKind::ModelCompatibility,
                     &rel,
-                    "missing",
+                    e.to_string(),
                 );
+                continue;
             }
-            continue;
+            Ok(None) => {
+                if matches!(schema, Some(Some(_))) {
+                    v.error(
+                        "model_metadata",
+                        RuleKind::ModelCompatibility,
+                        &rel,
+                        "missing",
+                    );
+                }
+                continue;
+            }
         };
         let meta: Value = match serde_json::from_slice(&text) {
             Ok(m) => m,
