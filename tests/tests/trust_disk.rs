@@ -214,7 +214,11 @@ fn finding_01_forward_recovery_completes_the_backup_first() {
     std::fs::write(root.join("backups"), "not a folder").unwrap();
     let out = migrate(&["recover", "--path", p(root), "--forward"]);
     let text = both(&out);
-    assert!(!out.status.success(), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "the journal is kept: interrupted; {text}"
+    );
     assert!(
         text.contains("no backup yet") && text.contains("without --forward"),
         "{text}"
@@ -400,6 +404,23 @@ fn finding_04_the_recorded_root_is_used_only_when_certain() {
     assert_eq!(out.status.code(), Some(3), "{}", both(&out));
     assert!(both(&out).contains("2.1.0"), "{}", both(&out));
     assert_eq!(tree_hash(fresh.path()), fresh_before);
+    // With --force it restores, and what it would overwrite is saved first: the fresh tree's
+    // own files differ from what the migration wrote.
+    let out = migrate(&[
+        "rollback",
+        "--backup-path",
+        p(&backup),
+        "--path",
+        p(fresh.path()),
+        "--force",
+    ]);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(both(&out).contains("saved"), "{}", both(&out));
+    assert_eq!(
+        tree_hash(fresh.path()),
+        fresh_before,
+        "a 0.1.0 tree restored to 0.1.0"
+    );
 
     // And the real one, without --path, from anywhere: the recorded root.
     let out = migrate_with(

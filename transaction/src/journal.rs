@@ -381,11 +381,10 @@ pub fn recover(root: &Path, forward: bool) -> Result<Option<Recovery>> {
                 let backup = match &journal.backup {
                     Some(b) if b.done.is_none() => {
                         let made = back_up(&root, &journal, Path::new(&b.dir), &b.kind)
-                            .map_err(|e| Error::invalid(
-                                root.join(TOOL_DIR).join(JOURNAL_FILE),
-                                format!("the interrupted migration has no backup yet, and it cannot be completed from the kept originals ({e}); finishing without one would make the migration irreversible: refused"),
-                                format!("run `migrate recover --path {}` without --forward to undo it (that loses nothing), then migrate again", root.path().display()),
-                            ))?;
+                            .map_err(|e| Error::Interrupted {
+                                root: root.path().to_path_buf(),
+                                reason: format!("the interrupted migration has no backup yet, and it cannot be completed from the kept originals ({e}); finishing without one would make the migration irreversible, so --forward is refused; run `migrate recover --path {}` without --forward to undo it (that loses nothing), then migrate again", root.path().display()),
+                            })?;
                         Some(made.display().to_string())
                     }
                     _ => None,
