@@ -1145,3 +1145,48 @@ fn finding_14_a_partial_backup_in_another_folder_is_removed() {
         "the killed run's .partial must go, another process's must stay"
     );
 }
+
+/// Finding 10, for the config: a FIFO or a link as `config/server.toml` is an error naming it
+/// (it used to be skipped: the migration went on without its config), and `validate` says so.
+#[test]
+fn finding_10_a_config_that_is_not_a_regular_file_is_an_error() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let outside = base.path().join("server.toml");
+    std::fs::copy(
+        workspace_root().join("samples/install-0.1.0/config/server.toml"),
+        &outside,
+    )
+    .unwrap();
+    for (case, why) in [("fifo", "special file"), ("link", "symbolic link")] {
+        let dir = sample_install();
+        let root = dir.path();
+        std::fs::remove_file(root.join("config/server.toml")).unwrap();
+        match case {
+            "fifo" => mkfifo(&root.join("config/server.toml")),
+            _ => std::os::unix::fs::symlink(&outside, root.join("config/server.toml")).unwrap(),
+        }
+        let out = migrate_or_hang(&[
+            "version",
+            "--path",
+            p(root),
+            "--from",
+            "0.1.0",
+            "--to",
+            "2.1.0",
+        ]);
+        let text = both(&out);
+        assert_eq!(out.status.code(), Some(3), "{case}: {text}");
+        assert!(
+            text.contains("config/server.toml") && text.contains(why),
+            "{case}: {text}"
+        );
+        assert!(!root.join("VERSION").exists(), "{case}: migrated anyway");
+        let out = migrate_or_hang(&["validate", "--path", p(root), "--version", "0.1.0"]);
+        assert!(
+            !out.status.success(),
+            "{case}: validate says valid: {}",
+            both(&out)
+        );
+        assert!(both(&out).contains(why), "{case}: {}", both(&out));
+    }
+}

@@ -194,6 +194,19 @@ impl Plan {
         let install = Installation {
             root: target.root.clone(),
         };
+        if let Some(p) = &target.config {
+            // A config that is there but is not a regular file (a FIFO, a link) is never
+            // skipped in silence.
+            if let Ok(meta) = std::fs::symlink_metadata(p) {
+                if !meta.is_file() {
+                    return Err(crate::error::MigrateError::invalid(
+                        p,
+                        "is not a regular file (a symbolic link, or a special file: FIFO, socket or device): refused",
+                        "nothing was changed; replace it with the real config file and run the command again",
+                    ));
+                }
+            }
+        }
         let config = target
             .config
             .as_ref()
