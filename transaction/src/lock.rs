@@ -32,6 +32,13 @@ impl InstallLock {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io(format!("cannot open the lock file {}", path.display())))?;
+        // A lock file an older version left with the umask's mode becomes 0600 when it is ours.
+        if let Ok(meta) = file.metadata() {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            if meta.uid() == crate::identity::current_uid() && meta.mode() & 0o077 != 0 {
+                let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+            }
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
