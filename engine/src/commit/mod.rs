@@ -14,7 +14,6 @@ use crate::error::{MigrateError, Result};
 use crate::observe::Observer;
 use crate::plan::Plan;
 use crate::report::{StepResult, StepStatus};
-use crate::verify::{self, Checksums, Severity};
 
 /// Writes `VERSION` into staging and records the swap in the journal (originals kept).
 pub fn prepare(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<Transaction> {
@@ -32,7 +31,7 @@ pub fn prepare(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<Tran
             .unwrap_or_else(|_| dir.clone())
             .display()
             .to_string(),
-        kind: plan.target.kind.to_owned(),
+        kind: plan.target.kind.as_str().to_owned(),
         done: None,
     });
     let txn = Transaction::prepare(
@@ -74,7 +73,7 @@ pub fn back_up(
         );
         return Ok(());
     };
-    let path = journal::back_up(txn.root(), txn.journal(), dir, plan.target.kind)?;
+    let path = journal::back_up(txn.root(), txn.journal(), dir, plan.target.kind.as_str())?;
     fault::point("backup")?;
     txn.backup_done(&path)?;
     let recorded = Audit::new(&plan.target.root).record("backup_created", serde_json::json!({"backup": path, "from": plan.from.to_string(), "to": plan.to.to_string()}));
@@ -91,7 +90,8 @@ pub fn back_up(
     Ok(())
 }
 
-/// Swaps the staged files in, validates, and makes it final (or rolls back).
+/// Swaps the staged files in and makes it final (or rolls back). The staging was verified
+/// before this point, so nothing invalid is ever in place, not even for a moment.
 pub fn commit(plan: &Plan, txn: Transaction, s: &mut StepResult) -> Result<()> {
     let root = &plan.target.root;
     s.files = txn.entries().len() as u64;
@@ -104,16 +104,6 @@ pub fn commit(plan: &Plan, txn: Transaction, s: &mut StepResult) -> Result<()> {
         .filter_map(|e| std::fs::metadata(root.join(&e.rel)).ok())
         .map(|m| m.len())
         .sum();
-    if let Some(problems) = validation_errors(plan) {
-        return Err(roll_back(
-            plan,
-            txn,
-            format!(
-                "the migrated installation failed validation as {}: {problems}",
-                plan.to
-            ),
-        ));
-    }
     txn.commit().map_err(|e| MigrateError::Interrupted {
         root: root.clone(),
         reason: format!("every file is in place, but the commit could not be recorded: {e}; `migrate recover --path {} --forward` finishes it, any other migrate command undoes it", root.display()),
@@ -130,28 +120,4 @@ pub fn roll_back(plan: &Plan, txn: Transaction, reason: String) -> MigrateError 
             reason: format!("{reason}; rolling back also failed ({undo})"),
         },
     }
-}
-
-/// With `validate_after_migration`, checks the swapped-in installation before it is final.
-fn validation_errors(plan: &Plan) -> Option<String> {
-    if !(plan.options.validate_after && plan.target.write_version) {
-        return None;
-    }
-    let report = verify::validate(
-        &plan.target.root,
-        &plan.to,
-        &plan.hops,
-        Checksums::SizesOnly,
-    );
-    if report.ok() {
-        return None;
-    }
-    let errors: Vec<String> = report
-        .findings
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .take(5)
-        .map(|f| format!("{}: {}", f.path, f.message))
-        .collect();
-    Some(errors.join("; "))
 }

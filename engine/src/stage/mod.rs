@@ -9,6 +9,7 @@ pub mod budget;
 pub mod data;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use migrate_transaction::confine::Root;
 use migrate_transaction::staging::Staging;
@@ -16,17 +17,47 @@ use plugin_api::ffi::CallError;
 use plugin_api::{ModelFolder, ModelOptions, OptimizeDtype};
 
 use crate::discover::install::MAX_CONFIG_BYTES;
-use crate::discover::registry::LoadedHop;
+use crate::discover::registry::{HopInfo, LoadedHop};
 use crate::error::{MigrateError, Result};
-use crate::observe::Observer;
+use crate::observe::{Observer, PluginCall};
 use crate::plan::Plan;
 use crate::report::{StepResult, StepStatus};
 use crate::settings::Dtype;
 pub use budget::Budget;
 use data::{Counters, DataRun};
 
+/// Announces a call into `hop`'s plugin, makes it, and says it returned.
+fn call<T>(
+    observer: &dyn Observer,
+    hop: &LoadedHop,
+    kind: &str,
+    file: &str,
+    places: Option<(u64, u64)>,
+    f: impl FnOnce() -> T,
+) -> T {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    observer.calling(&PluginCall {
+        id,
+        plugin: hop.descriptor.name.clone(),
+        hop: format!("{} → {}", hop.from, hop.to),
+        kind: kind.to_owned(),
+        file: file.to_owned(),
+        places,
+    });
+    let out = f();
+    observer.returned(id);
+    out
+}
+
 /// Stages `config/server.toml` through every hop with a config rule.
-pub fn config(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> {
+pub fn config(
+    plan: &Plan,
+    hops: &[LoadedHop],
+    staging: &Staging,
+    s: &mut StepResult,
+    observer: &dyn Observer,
+) -> Result<()> {
     for other in &plan.untouched_configs {
         s.warnings
             .push(format!("{other}: not migrated (left byte-identical)"));
@@ -46,11 +77,11 @@ pub fn config(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> 
     })?;
     // The same warning from several hops (an unknown key each hop keeps) is shown once.
     let mut warnings: Vec<(String, Vec<String>)> = Vec::new();
-    for hop in plan.hops.iter().filter(|h| h.descriptor.rules.config) {
-        let outcome = hop
-            .client
-            .migrate_config(&content)
-            .map_err(|e| rule_failure(hop, &path, e, "fix the file and run the migration again"))?;
+    for hop in hops.iter().filter(|h| h.descriptor.rules.config) {
+        let outcome = call(observer, hop, "config", &item.rel, None, || {
+            hop.client.migrate_config(&content)
+        })
+        .map_err(|e| rule_failure(hop, &path, e, "fix the file and run the migration again"))?;
         for w in outcome.warnings {
             let label = format!("{} → {}", hop.from, hop.to);
             match warnings.iter_mut().find(|(text, _)| *text == w) {
@@ -74,6 +105,7 @@ pub fn config(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> 
 /// Streams every data file of the plan through the data hops into staging.
 pub fn data(
     plan: &Plan,
+    hops: &[LoadedHop],
     staging: &mut Staging,
     s: &mut StepResult,
     budget: &Budget,
@@ -85,7 +117,7 @@ pub fn data(
     };
     let counters = Counters::default();
     let run = DataRun {
-        hops: &plan.hops,
+        hops,
         from: plan.from.to_string(),
         max_invalid_records: plan.options.max_invalid_records,
         on_invalid: plan.options.on_invalid,
@@ -115,6 +147,7 @@ pub fn data(
 /// installation overlaid by what earlier hops staged.
 pub fn models(
     plan: &Plan,
+    hops: &[LoadedHop],
     staging: &Staging,
     s: &mut StepResult,
     budget: &Budget,
@@ -136,8 +169,11 @@ pub fn models(
             plan.target.root.join(&model.rel),
             staging.path_for(&model.rel)?,
         );
-        for hop in plan.hops.iter().filter(|h| h.descriptor.rules.model) {
-            let outcome = hop.client.migrate_model(&folder, &options).map_err(|e| {
+        for hop in hops.iter().filter(|h| h.descriptor.rules.model) {
+            let outcome = call(observer, hop, "model", &model.rel, None, || {
+                hop.client.migrate_model(&folder, &options)
+            })
+            .map_err(|e| {
                 rule_failure(
                     hop,
                     &folder.source,
@@ -176,7 +212,7 @@ fn rule_failure(hop: &LoadedHop, input: &Path, e: CallError, fix: &str) -> Migra
 }
 
 /// The plugin author's bug, named with the plugin, its file and what it was migrating.
-fn plugin_failure(hop: &LoadedHop, input: &Path, detail: String) -> MigrateError {
+pub fn plugin_failure(hop: &HopInfo, input: &Path, detail: String) -> MigrateError {
     MigrateError::PluginFailed {
         plugin: hop.descriptor.name.clone(),
         hop: format!("{} → {}", hop.from, hop.to),
@@ -184,4 +220,32 @@ fn plugin_failure(hop: &LoadedHop, input: &Path, detail: String) -> MigrateError
         input: input.to_path_buf(),
         detail,
     }
+}
+
+/// The modes of the quarantine files the staging holds: each takes its data file's mode
+/// (`data/.quarantine/<path>.rejected.jsonl` ← `data/<path>`), so a quarantine is never more
+/// readable than the records it came from, whatever the umask of the process that wrote it
+/// (the worker). Applied by the journal before the swap.
+pub fn quarantine_modes(plan: &Plan, staging: &Staging) -> Result<Vec<(String, u32)>> {
+    let Some(data_dir) = &plan.target.data else {
+        return Ok(Vec::new());
+    };
+    let data_rel = plan.target.rel(data_dir);
+    let quarantine = format!("{data_rel}/{}", crate::discover::install::QUARANTINE);
+    let staged = staging.dir().join(&quarantine);
+    if !staged.is_dir() {
+        return Ok(Vec::new());
+    }
+    let root = Root::open(&plan.target.root)?;
+    let mut modes = Vec::new();
+    for inside in migrate_transaction::fsutil::list_files(&staged)? {
+        let Some(source) = inside.strip_suffix(".rejected.jsonl") else {
+            continue;
+        };
+        let source = format!("{data_rel}/{source}");
+        if let Some(found) = root.stat(&source)? {
+            modes.push((format!("{quarantine}/{inside}"), found.mode & 0o666));
+        }
+    }
+    Ok(modes)
 }
