@@ -269,6 +269,9 @@ Examples:
         /// ROOT/backups by default).
         #[arg(long, value_name = "DIR", conflicts_with = "backup_path")]
         backup_dir: Option<PathBuf>,
+        /// Restore even though the installation's VERSION is not the backup's target version.
+        #[arg(long)]
+        force: bool,
     },
     /// Finish or undo a migration that was interrupted (crash, kill -9, power loss). Every
     /// other command does this first on its own, rolling back.

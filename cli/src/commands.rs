@@ -95,10 +95,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backup_path,
             path,
             backup_dir,
+            force,
         } => rollback(
             backup_path.as_deref(),
             path.as_deref(),
             backup_dir.as_deref(),
+            force,
             global,
             observer.as_ref(),
         ),
@@ -207,12 +209,14 @@ fn history(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// `migrate rollback`: the backup named, or the newest of `--path` whose target is the
-/// installation's release, announced before anything is touched. Restoring over files changed
-/// since the migration loses those changes: asked first on a terminal.
+/// installation's release, announced before anything is touched. Files changed since the
+/// migration are replaced by the backup's versions (their current content is saved first into
+/// a pre-rollback backup): asked first on a terminal.
 fn rollback(
     backup_path: Option<&Path>,
     root: Option<&Path>,
     backup_dir: Option<&Path>,
+    force: bool,
     global: &GlobalArgs,
     observer: &dyn Observer,
 ) -> anyhow::Result<ExitCode> {
@@ -238,19 +242,36 @@ fn rollback(
     if !changed.is_empty() {
         let list = changed.join("\n  ");
         let question = format!(
-            "{} file(s) changed since the migration; the rollback overwrites or removes them, and those changes are lost:\n  {list}",
+            "{} file(s) changed since the migration; the rollback replaces or removes them (what it replaces is saved first into a pre-rollback backup):\n  {list}",
             changed.len()
         );
         match confirm(&question, global.yes)? {
             Answer::No => return Err(cancelled()),
-            // Nobody was asked: the log says what the rollback overwrote.
+            // Nobody was asked: the log says what the rollback replaced.
             Answer::NotAsked => observer.warning(&question),
             Answer::Yes => {}
         }
     }
-    let report = restore::restore(&backup, root)?;
+    let report = restore::restore(&restore::RestoreRequest {
+        backup: &backup,
+        root,
+        force,
+    })?;
     for w in &report.warnings {
         observer.warning(w);
+    }
+    if let Some(saved) = &report.pre_rollback_backup {
+        observer.notice(&format!(
+            "{} changed after the migration; their current content was saved first into {}",
+            report.saved_files.join(", "),
+            saved.display()
+        ));
+    }
+    if !report.kept_files.is_empty() {
+        observer.notice(&format!(
+            "{} were created by the migration but changed since: kept as they are",
+            report.kept_files.join(", ")
+        ));
     }
     if global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -276,7 +297,7 @@ fn recover(
     Installation::open(root)?;
     let tool_dir = root.join(trustformers_migrate::discover::install::TOOL_DIR);
     let _lock = lock::InstallLock::acquire(&tool_dir)?;
-    let recovered = recovery::recover_locked(root, forward)?;
+    let recovered = recovery::recover_locked(root, forward, true)?;
     for w in &recovered.warnings {
         observer.warning(w);
     }
@@ -285,11 +306,21 @@ fn recover(
         Some(journal::Recovery::RolledBack { from, to }) => {
             format!("rolled back the interrupted migration {from} → {to}")
         }
-        Some(journal::Recovery::Finished { from, to }) => {
+        Some(journal::Recovery::Finished {
+            from,
+            to,
+            backup: Some(b),
+        }) => {
+            format!("finished the interrupted migration {from} → {to}, after completing its backup {b} from the kept originals")
+        }
+        Some(journal::Recovery::Finished { from, to, .. }) => {
             format!("finished the interrupted migration {from} → {to}")
         }
-        Some(journal::Recovery::Cleaned) => {
-            "removed the staging of an interrupted migration; nothing had changed".to_owned()
+        Some(journal::Recovery::Cleaned { removed }) => {
+            format!(
+                "removed the staging of an interrupted migration; nothing had changed ({})",
+                removed.join(", ")
+            )
         }
     };
     if json {
@@ -357,6 +388,7 @@ fn options(
             .and_then(|m| m.optimize_dtype)
             .map_or(settings.model_migration.optimize_dtype, Into::into),
         batch_size: settings.data_migration.batch_size,
+        max_invalid_records: settings.data_migration.max_invalid_records,
         backup_dir: backup.then(|| target.backup_dir(run.backup_dir.as_deref())),
         timeout: (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
     }

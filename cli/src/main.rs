@@ -127,8 +127,8 @@ fn error_report(e: &anyhow::Error) -> ErrorReport {
         Some(t) => {
             let file = match t {
                 T::Invalid { path, .. } => Some(path.clone()),
-                T::Locked { root, .. } => Some(root.clone()),
-                T::Io { .. } => None,
+                T::Locked { root, .. } | T::Interrupted { root, .. } => Some(root.clone()),
+                T::Io { .. } | T::Usage { .. } => None,
             };
             ErrorReport::new(MigrateError::exit_code_of(t), &text, file)
         }

@@ -4,7 +4,6 @@
 //! since that backup was taken.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
 
 use migrate_transaction::audit::{self, HistoryItem};
 use migrate_transaction::backup::{self, BackupMetadata};
@@ -143,29 +142,25 @@ pub fn backup_for_rollback(root: &Path, backup_dir: &Path) -> Result<(PathBuf, B
         })
 }
 
-/// Files a rollback to `meta` would overwrite or remove that were modified after migrate last
-/// wrote the installation (by the operator, or the server): restoring loses those changes.
-/// A migration writes every file into staging before its backup starts, and every migration,
-/// rollback and recovery ends with an audit entry, so migrate's own files are older than the
-/// later of the two.
+/// Files a rollback to `meta` would replace or remove that are no longer what the migration
+/// wrote (edited by the operator, appended to by the server): the same test the restore
+/// makes, against the sha256 the backup recorded of every file the migration wrote. A backup
+/// without those records (format 1) counts every file it would touch as changed.
 pub fn changed_since_backup(root: &Path, meta: &BackupMetadata) -> Vec<String> {
-    let last_write = audit::read(root)
-        .iter()
-        .map(|e| u64::try_from(e.unix).unwrap_or(0))
-        .max()
-        .unwrap_or(0)
-        .max(meta.created_unix);
-    // Those times have whole seconds; a file written in the same second is not "after".
-    let taken = UNIX_EPOCH + Duration::from_secs(last_write + 1);
+    let still_written = |rel: &str| {
+        meta.written
+            .iter()
+            .find(|w| w.path == rel)
+            .is_some_and(|w| {
+                plugin_api::model::sha256_file(&root.join(rel))
+                    .is_ok_and(|(size, hex)| size == w.size && hex == w.sha256)
+            })
+    };
     meta.files
         .iter()
         .map(|f| f.path.as_str())
         .chain(meta.created_files.iter().map(String::as_str))
-        .filter(|rel| {
-            std::fs::metadata(root.join(rel))
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t > taken)
-        })
+        .filter(|rel| root.join(rel).is_file() && !still_written(rel))
         .map(str::to_owned)
         .collect()
 }
