@@ -61,7 +61,10 @@ impl Installation {
     /// and `backups/` into its root, which must never happen to an arbitrary folder (a typo in
     /// `--path`, the parent of the installation), even with `--from`.
     pub fn ensure_installation(&self) -> Result<()> {
-        if self.path(VERSION_FILE).is_file() || self.path(SERVER_TOML).is_file() {
+        // Any entry by those names counts (a link or a special file is refused later, by the
+        // check that reads it, naming it): only their absence says "not an installation".
+        let present = |rel: &str| std::fs::symlink_metadata(self.path(rel)).is_ok();
+        if present(VERSION_FILE) || present(SERVER_TOML) {
             return Ok(());
         }
         Err(MigrateError::invalid(
