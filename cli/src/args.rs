@@ -148,12 +148,17 @@ pub enum Command {
     /// Restore a backup: verifies every checksum first, then puts back the files the migration
     /// replaced (with their modes) and removes the files it created.
     Rollback {
-        /// The backup folder (holds backup.tar.zst and metadata.json).
+        /// The backup folder (holds backup.tar.zst or backup.tar.zst.age, and metadata.json),
+        /// or a remote copy: s3://bucket/prefix/<backup folder name> (downloaded into
+        /// ROOT/.migrate/ and verified in full first).
         #[arg(long, value_name = "PATH")]
         backup_path: PathBuf,
         /// Installation to restore into (default: the one the backup was taken from).
         #[arg(long, value_name = "ROOT")]
         path: Option<PathBuf>,
+        /// age identity file (from age-keygen) that opens an encrypted backup.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Finish or undo a migration that was interrupted (crash, kill -9, power loss). Every
     /// other command does this first on its own, rolling back.
@@ -194,17 +199,24 @@ pub enum LogFormat {
 pub enum BackupsCommand {
     /// The backups of an installation, oldest first.
     List {
-        #[arg(long, value_name = "ROOT")]
-        path: PathBuf,
+        #[arg(long, value_name = "ROOT", required_unless_present = "remote")]
+        path: Option<PathBuf>,
         /// Backup folder, if not the default ($TRUSTFORMERS_BACKUP_DIR or ROOT/backups).
         #[arg(long, value_name = "DIR")]
         backup_dir: Option<PathBuf>,
+        /// List the remote copies instead: at s3://bucket/prefix, or at [backup] remote of
+        /// migration_config.toml when no location is given.
+        #[arg(long, value_name = "S3_URL", num_args = 0..=1, default_missing_value = "")]
+        remote: Option<String>,
     },
     /// Check every file's checksum in a backup; writes nothing.
     Verify {
         /// The backup folder.
         #[arg(value_name = "PATH")]
         backup: PathBuf,
+        /// age identity file (from age-keygen) that opens an encrypted backup.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
 }
 
@@ -253,6 +265,10 @@ pub struct RunArgs {
     /// Where to put the backup [default: $TRUSTFORMERS_BACKUP_DIR, else ROOT/backups].
     #[arg(long, value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
+    /// Write Prometheus metrics of the run here (node_exporter textfile format, e.g.
+    /// /var/lib/node_exporter/textfile/migrate.prom) [default: [global] metrics_file].
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

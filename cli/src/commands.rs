@@ -1,18 +1,22 @@
 //! One small function per command, each over the engine: the CLI's whole behaviour. Plugins are
 //! discovered (and their code run) only by the commands that need them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use semver::Version;
 use trustformers_migrate::discover::install::Installation;
 use trustformers_migrate::discover::pins;
 use trustformers_migrate::discover::registry::{Discovery, Registry};
-use trustformers_migrate::plan::{Options, Target};
+use trustformers_migrate::metrics::{self, RunCounts, Snapshot};
+use trustformers_migrate::plan::{Options, RemoteCopy, Target};
 use trustformers_migrate::settings::Settings;
+use trustformers_migrate::transaction::encrypt::Identities;
+use trustformers_migrate::transaction::remote::{Location, Remote};
 use trustformers_migrate::transaction::{audit, backup, journal, lock, recovery, restore};
-use trustformers_migrate::{verify, ExitCode, Mode, Observer, VersionMigrator};
+use trustformers_migrate::{verify, ExitCode, MigrateError, Mode, Observer, VersionMigrator};
 
 use crate::args::{BackupsCommand, Cli, Command, GlobalArgs, ModelArgs, PluginsCommand, RunArgs};
 use crate::progress::{Progress, ProgressMode};
@@ -63,14 +67,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .render(&mut std::io::stdout())?;
             Ok(ExitCode::Ok)
         }
-        Command::Rollback { backup_path, path } => rollback(&backup_path, path.as_deref(), json),
+        Command::Rollback {
+            backup_path,
+            path,
+            identity,
+        } => rollback(&backup_path, path.as_deref(), identity.as_deref(), json),
         Command::Recover { path, forward } => recover(&path, forward, json, observer.as_ref()),
         Command::Backups {
-            command: BackupsCommand::List { path, backup_dir },
-        } => backups_list(&path, backup_dir.as_deref(), json),
+            command:
+                BackupsCommand::List {
+                    path,
+                    backup_dir,
+                    remote,
+                },
+        } => match (remote, path) {
+            (Some(url), _) => backups_list_remote(&url, global, json),
+            (None, Some(path)) => backups_list(&path, backup_dir.as_deref(), json),
+            (None, None) => Err(MigrateError::usage(
+                "backups list needs --path or --remote",
+                "pass --path ROOT for the local backups, --remote for the remote copies",
+            )
+            .into()),
+        },
         Command::Backups {
-            command: BackupsCommand::Verify { backup },
-        } => backups_verify(&backup, json),
+            command: BackupsCommand::Verify { backup, identity },
+        } => backups_verify(&backup, identity.as_deref(), json),
     }
 }
 
@@ -101,8 +122,17 @@ fn history(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
-fn rollback(backup: &Path, root: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
-    let report = restore::restore(backup, root)?;
+fn rollback(
+    backup: &Path,
+    root: Option<&Path>,
+    identity: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let keys = identity.map(Identities::from_file).transpose()?;
+    let report = match backup.to_str().filter(|s| s.starts_with("s3://")) {
+        Some(url) => rollback_remote(url, root, keys.as_ref())?,
+        None => restore::restore_with(backup, root, keys.as_ref())?,
+    };
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
@@ -119,6 +149,49 @@ fn rollback(backup: &Path, root: Option<&Path>, json: bool) -> anyhow::Result<Ex
         );
     }
     Ok(ExitCode::Ok)
+}
+
+/// `rollback --backup-path s3://…`: downloads the copy into ROOT/.migrate/downloads/, restores
+/// it exactly as a local backup (verified in full first), and removes the download.
+fn rollback_remote(
+    url: &str,
+    root: Option<&Path>,
+    keys: Option<&Identities>,
+) -> anyhow::Result<restore::RestoreReport> {
+    use trustformers_migrate::transaction::Error as T;
+    let location = Location::parse(url).map_err(T::from)?;
+    if location.prefix.is_empty() {
+        return Err(MigrateError::usage(
+            format!("{url} names a bucket, not a backup"),
+            "pass s3://bucket/prefix/<backup folder name>; `migrate backups list --remote` lists them",
+        )
+        .into());
+    }
+    let hint = "nothing was changed; check AWS_ENDPOINT_URL, the bucket and the credentials, or roll back from a local backup";
+    let remote = Remote::connect(&location, hint).map_err(T::from)?;
+    let meta = remote.metadata().map_err(T::from)?;
+    if let (Some(enc), None) = (&meta.encryption, keys) {
+        return Err(T::invalid(
+            url,
+            format!("this backup is encrypted with age (to {})", enc.recipients.join(", ")),
+            "pass --identity FILE with the age identity file of one of those recipients; nothing was changed",
+        )
+        .into());
+    }
+    let root: PathBuf = root.map_or_else(|| PathBuf::from(&meta.root), Path::to_path_buf);
+    Installation::open(&root)?;
+    let downloads = root
+        .join(trustformers_migrate::discover::install::TOOL_DIR)
+        .join("downloads");
+    let local = remote
+        .download(&meta, &downloads.join(location.name()))
+        .map_err(T::from)?;
+    let restored = restore::restore_with(&local, Some(&root), keys);
+    let _ = std::fs::remove_dir_all(&local);
+    let _ = std::fs::remove_dir(&downloads);
+    let mut report = restored?;
+    report.backup = PathBuf::from(url);
+    Ok(report)
 }
 
 fn recover(
@@ -161,7 +234,7 @@ fn backups_list(root: &Path, dir: Option<&Path>, json: bool) -> anyhow::Result<E
         let items: Vec<serde_json::Value> = backups
             .iter()
             .map(|(p, m)| match m {
-                Ok(m) => serde_json::json!({"path": p, "kind": m.kind, "source_version": m.source_version, "target_version": m.target_version, "created": m.created, "files": m.files.len()}),
+                Ok(m) => serde_json::json!({"path": p, "kind": m.kind, "source_version": m.source_version, "target_version": m.target_version, "created": m.created, "files": m.files.len(), "encrypted": m.encryption.is_some()}),
                 Err(e) => serde_json::json!({"path": p, "error": e.to_string()}),
             })
             .collect();
@@ -172,12 +245,48 @@ fn backups_list(root: &Path, dir: Option<&Path>, json: bool) -> anyhow::Result<E
     Ok(ExitCode::Ok)
 }
 
-fn backups_verify(backup: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let meta = backup::verify(backup)?;
+/// `backups list --remote [s3://…]`: the copies at that location, or at `[backup] remote`.
+fn backups_list_remote(url: &str, global: &GlobalArgs, json: bool) -> anyhow::Result<ExitCode> {
+    use trustformers_migrate::transaction::Error as T;
+    let url = match url {
+        "" => Settings::load(global.config_file.as_deref())?
+            .backup
+            .remote
+            .ok_or_else(|| {
+                MigrateError::usage(
+                    "no remote location to list",
+                    "pass --remote s3://bucket/prefix, or set [backup] remote in migration_config.toml",
+                )
+            })?,
+        given => given.to_owned(),
+    };
+    let location = Location::parse(&url).map_err(T::from)?;
+    let hint = "check AWS_ENDPOINT_URL, the bucket and the credentials";
+    let found = Remote::connect(&location, hint)
+        .and_then(|r| r.list())
+        .map_err(T::from)?;
+    if json {
+        let items: Vec<serde_json::Value> = found
+            .iter()
+            .map(|b| match &b.metadata {
+                Some(m) => serde_json::json!({"url": b.url, "kind": m.kind, "source_version": m.source_version, "target_version": m.target_version, "created": m.created, "files": m.files.len(), "encrypted": m.encryption.is_some()}),
+                None => serde_json::json!({"url": b.url, "error": b.problem}),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else {
+        print!("{}", render::remote_backups(&location.url(), &found));
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn backups_verify(backup: &Path, identity: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let keys = identity.map(Identities::from_file).transpose()?;
+    let meta = backup::verify_with(backup, keys.as_ref())?;
     if json {
         println!(
             "{}",
-            serde_json::json!({"path": backup, "ok": true, "files": meta.files.len()})
+            serde_json::json!({"path": backup, "ok": true, "files": meta.files.len(), "encrypted": meta.encryption.is_some()})
         );
     } else {
         println!(
@@ -197,10 +306,12 @@ fn options(
     target: &Target,
     run: &RunArgs,
     models: Option<&ModelArgs>,
-) -> Options {
+) -> anyhow::Result<Options> {
     let backup = settings.global.backup_before_migration && !run.dry_run;
     let timeout = settings.global.timeout_seconds;
-    Options {
+    let refused =
+        |e: String| MigrateError::usage(format!("[backup]: {e}"), "fix migration_config.toml");
+    Ok(Options {
         on_invalid: run
             .on_invalid
             .map_or(settings.data_migration.on_invalid, Into::into),
@@ -212,7 +323,16 @@ fn options(
         backup_dir: backup.then(|| target.backup_dir(run.backup_dir.as_deref())),
         validate_after: settings.global.validate_after_migration,
         timeout: (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
-    }
+        encrypt_to: settings.backup.recipients().map_err(refused)?,
+        remote: settings
+            .backup
+            .location()
+            .map_err(refused)?
+            .map(|location| RemoteCopy {
+                location,
+                required: settings.backup.require_remote,
+            }),
+    })
 }
 
 /// `version`, `config`, `data` and `models`: one migration over the engine, differing only in
@@ -226,6 +346,13 @@ async fn migrate(
     json: bool,
     observer: Arc<Progress>,
 ) -> anyhow::Result<ExitCode> {
+    let metrics_file = run
+        .metrics_file
+        .clone()
+        .or_else(|| settings.global.metrics_file.clone());
+    if let Some(file) = &metrics_file {
+        metrics::check_destination(file)?;
+    }
     check_target(&target)?;
     if !settings.config_migration.enabled {
         target.config = None;
@@ -242,7 +369,7 @@ async fn migrate(
         .map(Version::to_string)
         .unwrap_or_default();
     let migrator = VersionMigrator::with_registry(&from, &run.to.to_string(), registry.clone())?
-        .options(options(settings, &target, run, models))
+        .options(options(settings, &target, run, models)?)
         .force(run.force)
         .observer(observer);
     let mode = if run.dry_run {
@@ -250,7 +377,13 @@ async fn migrate(
     } else {
         Mode::Commit
     };
-    let result = migrator.execute(target, mode).await?;
+    let root = target.root.clone();
+    let started = Instant::now();
+    let outcome = migrator.execute(target, mode).await;
+    if let (Some(file), Mode::Commit) = (&metrics_file, mode) {
+        write_metrics(file, &root, started, outcome.as_ref().ok());
+    }
+    let result = outcome?;
     if let Some(file) = &run.report {
         let text = serde_json::to_string_pretty(&result)?;
         std::fs::write(file, text)
@@ -265,6 +398,28 @@ async fn migrate(
         eprintln!("error: {e}");
     }
     Ok(ExitCode::from_i32(result.exit_code))
+}
+
+/// The metrics of a run that was meant to commit (a dry run changes nothing to report). A
+/// failure to write them is a warning: it must not turn a good migration into a failed one.
+fn write_metrics(
+    file: &Path,
+    root: &Path,
+    started: Instant,
+    result: Option<&trustformers_migrate::MigrationResult>,
+) {
+    let finished_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let snapshot = Snapshot {
+        finished_unix,
+        duration_secs: started.elapsed().as_secs_f64(),
+        result,
+        runs: RunCounts::from_audit(root),
+    };
+    if let Err(e) = metrics::write(file, &snapshot.render()) {
+        eprintln!("warning: {e}");
+    }
 }
 
 /// The folder or file a command names must exist before anything else happens.

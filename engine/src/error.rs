@@ -178,6 +178,7 @@ impl MigrateError {
             T::Io { .. } => ExitCode::Failed,
             T::Invalid { .. } => ExitCode::Invalid,
             T::Locked { .. } => ExitCode::LockHeld,
+            T::Remote(_) => ExitCode::Failed,
         }
     }
 

@@ -13,6 +13,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::encrypt::{self, Encryption, Identities, Recipients, Sealed};
 use crate::error::{io as io_err, Error, Result};
 use crate::fsutil::{self, sync_parent, Hashing};
 use crate::identity::{host_name, user_name};
@@ -50,6 +51,10 @@ pub struct BackupMetadata {
     pub created_files: Vec<String>,
     /// Folders the migration created, parents first.
     pub created_dirs: Vec<String>,
+    /// Set when the archive is an age file (`backup.tar.zst.age`): to whom it is encrypted.
+    /// Absent in older backups, which read as unencrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
 }
 
 /// What to back up.
@@ -65,6 +70,8 @@ pub struct BackupRequest<'a> {
     pub files: Vec<String>,
     pub created_files: Vec<String>,
     pub created_dirs: Vec<String>,
+    /// Encrypt the archive to these age recipients (`[backup] encrypt_to`).
+    pub encrypt_to: Option<&'a Recipients>,
 }
 
 /// Writes the backup into a new `<kind>_backup_<unix-ts>/` folder; returns its path.
@@ -96,7 +103,11 @@ pub fn create(req: &BackupRequest) -> Result<PathBuf> {
 /// Writes the archive and `metadata.json` into the `.partial` folder.
 fn fill(req: &BackupRequest, partial: &Path, now: time::OffsetDateTime) -> Result<()> {
     let ts = now.unix_timestamp().max(0) as u64;
-    let (files, archive_sha256) = write_archive(req, &partial.join(ARCHIVE))?;
+    let archive = match req.encrypt_to {
+        Some(_) => encrypt::ENCRYPTED_ARCHIVE,
+        None => ARCHIVE,
+    };
+    let (files, archive_sha256) = write_archive(req, &partial.join(archive))?;
     let meta = BackupMetadata {
         format: FORMAT,
         kind: req.kind.to_owned(),
@@ -109,11 +120,12 @@ fn fill(req: &BackupRequest, partial: &Path, now: time::OffsetDateTime) -> Resul
         host: host_name(),
         user: user_name(),
         root: req.root.display().to_string(),
-        archive: ARCHIVE.to_owned(),
+        archive: archive.to_owned(),
         archive_sha256,
         files,
         created_files: req.created_files.clone(),
         created_dirs: req.created_dirs.clone(),
+        encryption: req.encrypt_to.map(Recipients::describe),
     };
     let bytes = serde_json::to_vec_pretty(&meta)
         .map_err(|e| io_err("cannot encode backup metadata")(e.into()))?;
@@ -144,6 +156,8 @@ fn write_archive(req: &BackupRequest, path: &Path) -> Result<(Vec<FileRecord>, S
         1 << 20,
         File::create(path).map_err(err)?,
     ));
+    // The zstd stream goes into the age stream, if any: no plaintext reaches the file.
+    let out = Sealed::new(out, req.encrypt_to).map_err(err)?;
     let mut builder = tar::Builder::new(Frames::new(out, LEVEL).map_err(err)?);
     let mut records = Vec::with_capacity(req.files.len());
     for rel in &req.files {
@@ -178,7 +192,7 @@ fn write_archive(req: &BackupRequest, path: &Path) -> Result<(Vec<FileRecord>, S
         });
     }
     let encoder = builder.into_inner().map_err(err)?;
-    let out = encoder.finish().map_err(err)?;
+    let out = encoder.finish().map_err(err)?.finish().map_err(err)?;
     let sha = out.hex();
     let file = out
         .into_inner()
@@ -326,20 +340,39 @@ fn check_metadata_paths(meta: &BackupMetadata) -> std::result::Result<(), String
 
 /// Checks every entry of the archive against the metadata; nothing is written.
 pub fn verify(backup: &Path) -> Result<BackupMetadata> {
+    verify_with(backup, None)
+}
+
+/// [`verify`], decrypting an encrypted archive with `keys` (refused without them).
+pub fn verify_with(backup: &Path, keys: Option<&Identities>) -> Result<BackupMetadata> {
     let meta = read_metadata(backup)?;
-    read_archive(backup, &meta, None)?;
+    read_archive(backup, &meta, None, keys)?;
     Ok(meta)
 }
 
 /// Extracts a verified backup into `staging`; any damaged, unexpected or unsafe entry refuses
 /// the whole backup, and the staging (never the installation) is all that was written.
 pub fn extract(backup: &Path, staging: &Staging) -> Result<BackupMetadata> {
+    extract_with(backup, staging, None)
+}
+
+/// [`extract`], decrypting an encrypted archive with `keys` (refused without them).
+pub fn extract_with(
+    backup: &Path,
+    staging: &Staging,
+    keys: Option<&Identities>,
+) -> Result<BackupMetadata> {
     let meta = read_metadata(backup)?;
-    read_archive(backup, &meta, Some(staging))?;
+    read_archive(backup, &meta, Some(staging), keys)?;
     Ok(meta)
 }
 
-fn read_archive(backup: &Path, meta: &BackupMetadata, staging: Option<&Staging>) -> Result<()> {
+fn read_archive(
+    backup: &Path,
+    meta: &BackupMetadata,
+    staging: Option<&Staging>,
+    keys: Option<&Identities>,
+) -> Result<()> {
     let path = backup.join(&meta.archive);
     let damaged = |what: String| {
         Error::invalid(&path, what, "the backup is damaged or not one made by migrate; nothing was changed; use another backup")
@@ -351,8 +384,13 @@ fn read_archive(backup: &Path, meta: &BackupMetadata, staging: Option<&Staging>)
         )));
     }
     let file = File::open(&path).map_err(|e| damaged(format!("cannot open: {e}")))?;
-    let decoder = zstd::Decoder::new(Hashing::new(BufReader::with_capacity(1 << 20, file)))
-        .map_err(|e| damaged(format!("not zstd: {e}")))?;
+    let plain = encrypt::open(
+        &path,
+        BufReader::with_capacity(1 << 20, Hashing::new(file)),
+        meta.encryption.as_ref(),
+        keys,
+    )?;
+    let decoder = zstd::Decoder::new(plain).map_err(|e| damaged(format!("not zstd: {e}")))?;
     let mut archive = tar::Archive::new(decoder);
     let mut seen = std::collections::BTreeSet::new();
     let entries = archive
@@ -550,6 +588,7 @@ mod tests {
             files,
             created_files: vec![],
             created_dirs: vec![],
+            encrypt_to: None,
         })
         .unwrap();
         let meta = verify(&backup).unwrap();

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::audit::Audit;
 use crate::backup::{self, BackupMetadata};
+use crate::encrypt::{self, Identities};
 use crate::error::{Error, Result};
 use crate::journal::{self, Modes, Transaction};
 use crate::layout::TOOL_DIR;
@@ -29,7 +30,22 @@ pub struct RestoreReport {
 
 /// Restores `backup` into `root` (default: the installation the backup was taken from).
 pub fn restore(backup_path: &Path, root: Option<&Path>) -> Result<RestoreReport> {
+    restore_with(backup_path, root, None)
+}
+
+/// [`restore`], decrypting an encrypted backup with `keys`. Without them, or with keys that do
+/// not open it, it is refused before the installation is locked or anything is written.
+pub fn restore_with(
+    backup_path: &Path,
+    root: Option<&Path>,
+    keys: Option<&Identities>,
+) -> Result<RestoreReport> {
     let meta = backup::read_metadata(backup_path)?;
+    encrypt::check_opens(
+        &backup_path.join(&meta.archive),
+        meta.encryption.as_ref(),
+        keys,
+    )?;
     let root: PathBuf = root
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(&meta.root));
@@ -44,7 +60,7 @@ pub fn restore(backup_path: &Path, root: Option<&Path>) -> Result<RestoreReport>
     let _lock = InstallLock::acquire(&tool_dir)?;
     journal::recover(&root, &tool_dir, false)?;
     let mut staging = Staging::create(&tool_dir)?;
-    let meta: BackupMetadata = backup::extract(backup_path, &staging)?;
+    let meta: BackupMetadata = backup::extract_with(backup_path, &staging, keys)?;
     let mut removed = 0;
     for rel in &meta.created_files {
         if root.join(rel).exists() {

@@ -10,12 +10,13 @@ use migrate_transaction::audit::Audit;
 use migrate_transaction::backup::{self, BackupRequest};
 use migrate_transaction::fault;
 use migrate_transaction::journal::{Action, Modes, Transaction};
+use migrate_transaction::remote::Remote;
 use migrate_transaction::staging::Staging;
 
 use crate::discover::install::VERSION_FILE;
 use crate::error::{MigrateError, Result};
 use crate::observe::Observer;
-use crate::plan::Plan;
+use crate::plan::{Plan, RemoteCopy};
 use crate::report::{StepResult, StepStatus};
 use crate::verify::{self, Checksums, Severity};
 
@@ -65,6 +66,9 @@ pub fn back_up(
     };
     let path = archive(plan, txn, dir)?;
     fault::point("backup");
+    if let Some(remote) = &plan.options.remote {
+        upload(plan, &path, remote, s, observer)?;
+    }
     let recorded = Audit::new(&plan.target.root).record("backup_created", serde_json::json!({"backup": path, "from": plan.from.to_string(), "to": plan.to.to_string()}));
     if let Err(e) = recorded {
         observer.warning(&e.to_string());
@@ -76,7 +80,59 @@ pub fn back_up(
         .count() as u64;
     s.bytes = replaced_bytes(plan, txn);
     s.warnings.push(format!("backup: {}", path.display()));
+    s.warnings.push(match &plan.options.encrypt_to {
+        Some(to) => format!(
+            "backup encrypted with age to {}",
+            to.public_keys().join(", ")
+        ),
+        None => "backup not encrypted (set [backup] encrypt_to to encrypt it)".into(),
+    });
     Ok(())
+}
+
+/// Uploads the backup just written to `[backup] remote`, verified, before anything in the
+/// installation changes. When the copy is required and fails, the local backup of a
+/// migration that will not happen is removed and the migration is refused.
+fn upload(
+    plan: &Plan,
+    path: &Path,
+    remote: &RemoteCopy,
+    s: &mut StepResult,
+    observer: &dyn Observer,
+) -> Result<()> {
+    let hint = if remote.required {
+        "nothing in the installation changed; check AWS_ENDPOINT_URL, the bucket and the credentials, and run the migration again (or set require_remote = false in [backup] to migrate with the local backup only)"
+    } else {
+        "the migration went on with the local backup only (require_remote = false); copy it off the box yourself"
+    };
+    let uploaded = backup::read_metadata(path)
+        .and_then(|meta| Ok(Remote::connect(&remote.location, hint)?.upload(path, &meta)?));
+    match uploaded {
+        Ok(up) => {
+            let recorded = Audit::new(&plan.target.root).record(
+                "backup_uploaded",
+                serde_json::json!({"backup": path, "remote": up.url, "bytes": up.archive_bytes, "parts": up.parts}),
+            );
+            if let Err(e) = recorded {
+                observer.warning(&e.to_string());
+            }
+            s.warnings.push(format!(
+                "remote copy: {} ({} archive bytes in {} part(s), read back and verified)",
+                up.url, up.archive_bytes, up.parts
+            ));
+            Ok(())
+        }
+        Err(e) if remote.required => {
+            let _ = std::fs::remove_dir_all(path);
+            Err(e.into())
+        }
+        Err(e) => {
+            let text = format!("remote copy failed: {e}");
+            observer.warning(&text);
+            s.warnings.push(text);
+            Ok(())
+        }
+    }
 }
 
 /// Swaps the staged files in, validates, and makes it final (or rolls back).
@@ -170,5 +226,6 @@ fn archive(plan: &Plan, txn: &Transaction, dir: &Path) -> Result<PathBuf> {
         files,
         created_files,
         created_dirs: txn.created_dirs().to_vec(),
+        encrypt_to: plan.options.encrypt_to.as_ref(),
     })?)
 }

@@ -10,6 +10,8 @@ pub mod preflight;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use migrate_transaction::encrypt::Recipients;
+use migrate_transaction::remote::Location;
 use semver::Version;
 use serde::Serialize;
 
@@ -123,6 +125,18 @@ pub struct Options {
     pub validate_after: bool,
     /// Give up (and roll back) after this long; `None`: no limit.
     pub timeout: Option<Duration>,
+    /// Encrypt the backup to these age recipients; `None`: not encrypted.
+    pub encrypt_to: Option<Recipients>,
+    /// Upload every backup here before the swap.
+    pub remote: Option<RemoteCopy>,
+}
+
+/// `[backup] remote` and `require_remote`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RemoteCopy {
+    pub location: Location,
+    /// A failed upload refuses the migration (`true`) or is only a warning.
+    pub required: bool,
 }
 
 impl Default for Options {
@@ -135,6 +149,8 @@ impl Default for Options {
             backup_dir: None,
             validate_after: true,
             timeout: None,
+            encrypt_to: None,
+            remote: None,
         }
     }
 }
