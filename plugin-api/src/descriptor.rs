@@ -3,8 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Which of the three rules a hop provides.
+/// Which of the three rules a hop provides. Filled in by [`Hop::descriptor`](crate::Hop::descriptor)
+/// from the rules the hop was given; non-exhaustive (since 1.4.0) so that a fourth kind of rule
+/// can be added.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RuleKinds {
     pub config: bool,
     pub data: bool,
@@ -12,7 +15,12 @@ pub struct RuleKinds {
 }
 
 /// A plugin's identity and hop, as shown by `migrate plugins list` and `migrate info`.
+///
+/// Built with [`HopDescriptor::new`] and the builder methods, never with a literal: it is JSON on
+/// the wire precisely so that it can gain fields, and it is non-exhaustive (since 1.4.0) so that
+/// a new field does not break plugins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct HopDescriptor {
     pub name: String,
     /// Source release, semver.

@@ -1,5 +1,8 @@
-//! The stable ABI. Plugin authors never use this module directly: [`crate::export_hop!`] wires
-//! it up, and the host talks to plugins through [`HopClient`].
+//! The stable ABI, and the host's client for it. **Not for plugin authors**, and hidden from the
+//! crate's documentation: [`crate::export_hop!`] wires the plugin side up, and the host talks to
+//! plugins through [`HopClient`]. Its items are public because the macro's expansion (in the
+//! plugin crate) and the host (another crate) must name them; their shape may change in any
+//! release, as long as the root module and the payloads below do not.
 //!
 //! # Why it looks like this
 //! * The root module is a prefix type that is **frozen**: abi_stable lets a plugin be newer than
@@ -22,8 +25,9 @@ use abi_stable::{declare_root_module_statics, package_version_strings, sabi_trai
 use serde::{Deserialize, Serialize};
 
 use crate::descriptor::HopDescriptor;
+use crate::error::RuleError;
 use crate::model::{ModelFolder, ModelOptions, ModelOutcome};
-use crate::rules::{ConfigOutcome, Hop, RuleError};
+use crate::rules::{ConfigOutcome, Hop};
 
 /// Callbacks from a plugin into the host (progress, log lines, cancellation).
 /// Payloads are JSON so that new event kinds need no ABI change.
@@ -171,10 +175,7 @@ fn guarded<T>(body: impl FnOnce() -> Result<T, RuleError>) -> RResult<T, RString
         Err(payload) => {
             let recorded = LAST_PANIC.with(|p| p.borrow_mut().take());
             let message = recorded.unwrap_or_else(|| panic_text(payload.as_ref()));
-            let e = RuleError {
-                panicked: true,
-                ..RuleError::new(format!("plugin panicked: {message}"))
-            };
+            let e = RuleError::new(format!("plugin panicked: {message}")).panicked();
             RResult::RErr(error_json(&e))
         }
     }

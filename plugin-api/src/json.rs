@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::rules::FieldError;
+use crate::error::FieldError;
 
 /// `"string"`, `"integer"`, … — for error messages.
 pub fn type_name(value: &Value) -> &'static str {

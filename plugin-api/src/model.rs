@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::rules::RuleError;
+use crate::error::RuleError;
 
 /// Target dtype of `--optimize`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +29,11 @@ impl OptimizeDtype {
     }
 }
 
+// ModelOptions, ModelOutcome, ModelFolder and FileEntry stay exhaustive within major 1:
+// plugins built against 1.x (and the host) build them with literals, and the crate promises
+// that such code keeps compiling. Their constructors (since 1.4.0) are the way to build them
+// that survives a new field.
+
 /// Options the operator chose for models.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelOptions {
@@ -37,13 +42,45 @@ pub struct ModelOptions {
     pub dtype: OptimizeDtype,
 }
 
-/// What a model rule did.
+impl ModelOptions {
+    /// Since 1.4.0.
+    pub fn new(optimize: bool, dtype: OptimizeDtype) -> Self {
+        ModelOptions { optimize, dtype }
+    }
+}
+
+/// What a model rule did: `ModelOutcome::new().written("metadata.json").warning("…")`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelOutcome {
     /// Relative paths written into staging.
     pub written: Vec<String>,
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+impl ModelOutcome {
+    /// Nothing written, no warnings. Since 1.4.0.
+    pub fn new() -> Self {
+        ModelOutcome::default()
+    }
+
+    /// Adds `rel`, a path relative to the model folder, to the files written. Since 1.4.0.
+    pub fn written(mut self, rel: impl Into<String>) -> Self {
+        self.written.push(rel.into());
+        self
+    }
+
+    /// Adds a warning for the operator. Since 1.4.0.
+    pub fn warning(mut self, warning: impl Into<String>) -> Self {
+        self.warnings.push(warning.into());
+        self
+    }
+
+    /// Adds warnings for the operator. Since 1.4.0.
+    pub fn warnings(mut self, warnings: impl IntoIterator<Item = String>) -> Self {
+        self.warnings.extend(warnings);
+        self
+    }
 }
 
 /// One model folder: `source` is read-only, `staging` receives every write.
@@ -62,7 +99,27 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
+impl FileEntry {
+    /// Since 1.4.0.
+    pub fn new(path: impl Into<String>, size: u64, sha256: impl Into<String>) -> Self {
+        FileEntry {
+            path: path.into(),
+            size,
+            sha256: sha256.into(),
+        }
+    }
+}
+
 impl ModelFolder {
+    /// The folder `name`, read from `source`, written into `staging`. Since 1.4.0.
+    pub fn new(name: impl Into<String>, source: PathBuf, staging: PathBuf) -> Self {
+        ModelFolder {
+            name: name.into(),
+            source,
+            staging,
+        }
+    }
+
     /// Where `rel` currently lives: the staged copy if an earlier hop wrote one.
     pub fn resolve(&self, rel: &str) -> PathBuf {
         let staged = self.staging.join(rel);

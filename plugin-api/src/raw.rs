@@ -12,14 +12,15 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
+use crate::error::{FieldError, RuleError};
 use crate::json::{type_name, walk_record_mut, wrong_type, ObjectVisitor};
-use crate::rules::{FieldError, RuleError};
 
 mod scan;
 
 /// Kept for semver: no API takes or returns it since 1.2.0, when a record's untouched values
 /// became plain text spans (see `Held`).
 #[deprecated(since = "1.2.0", note = "not used by any API of RawRecord")]
+#[doc(hidden)]
 #[derive(Debug, Clone)]
 pub enum Slot<'a> {
     Raw(&'a RawValue),
@@ -32,10 +33,10 @@ pub enum Slot<'a> {
 #[derive(Debug, Clone)]
 enum Held<'a> {
     Raw(&'a str),
-    /// JSON text set by a rule ([`RawRecord::set_raw`], [`RawRecord::set_json`]), checked and
-    /// written out as it is.
+    /// JSON text set by a rule ([`FieldValue::json`] or a [`RawValue`]), checked and written out
+    /// as it is.
     Text(Box<str>),
-    /// A number a rule set ([`RawRecord::set`]): kept unboxed, as rules set one per record
+    /// A number a rule set as a [`Value`]: kept unboxed, as rules set one per record
     /// (`schema_version`).
     Number(Number),
     /// Boxed: a `Value` is several times the size of the others, and every entry would pay.
@@ -73,6 +74,67 @@ impl Held<'_> {
 
 fn unreadable(key: &str, e: serde_json::Error) -> FieldError {
     FieldError::new(key, format!("unreadable value ({e})"))
+}
+
+/// A value given to [`RawRecord::insert`] or [`RawRecord::replace`]. Since 1.4.0.
+///
+/// * From a [`Value`] (`Value::from(2)`, `json!({…})`): kept parsed, written with serde_json.
+///   The right choice for what a `Map` caller of the rule reads back, such as computed floats
+///   (serde_json does not read every float back exactly from text).
+/// * [`FieldValue::json`]: JSON text the rule built (e.g. a small object with `push_str`),
+///   written out as it is, less any whitespace around it. Checked to be one JSON value when it
+///   is set, by the scanner that reads records (cheaper than [`RawValue::from_string`]).
+/// * From a [`Box<RawValue>`]: JSON text serde_json already checked, written out as it is.
+///
+/// Opaque, so that other kinds of value can be added.
+#[derive(Debug, Clone)]
+pub struct FieldValue(NewValue);
+
+#[derive(Debug, Clone)]
+enum NewValue {
+    Value(Value),
+    Text(String),
+    Raw(Box<RawValue>),
+}
+
+impl FieldValue {
+    /// JSON text a rule built, checked when it is set.
+    pub fn json(text: impl Into<String>) -> Self {
+        FieldValue(NewValue::Text(text.into()))
+    }
+
+    /// What the record holds for it; `key` names the entry in the error for text that is not
+    /// one JSON value.
+    fn into_held<'a>(self, key: &str) -> Result<Held<'a>, FieldError> {
+        Ok(match self.0 {
+            NewValue::Value(value) => Self::held_value(value),
+            NewValue::Text(text) => Held::Text(checked_json(key, text)?),
+            NewValue::Raw(raw) => Self::held_raw(raw),
+        })
+    }
+
+    fn held_value<'a>(value: Value) -> Held<'a> {
+        match value {
+            Value::Number(n) => Held::Number(n),
+            other => Held::Value(Box::new(other)),
+        }
+    }
+
+    fn held_raw<'a>(raw: Box<RawValue>) -> Held<'a> {
+        Held::Text(trimmed(raw.into()))
+    }
+}
+
+impl From<Value> for FieldValue {
+    fn from(value: Value) -> Self {
+        FieldValue(NewValue::Value(value))
+    }
+}
+
+impl From<Box<RawValue>> for FieldValue {
+    fn from(raw: Box<RawValue>) -> Self {
+        FieldValue(NewValue::Raw(raw))
+    }
 }
 
 /// A record's top-level entries, in order.
@@ -188,8 +250,8 @@ impl<'a> RawRecord<'a> {
         self.entries.iter().position(|(k, _)| k == key)
     }
 
-    /// The JSON text of `key`: as it arrived, or as set by [`set_raw`](Self::set_raw). `None`
-    /// when absent or replaced by a parsed [`Value`].
+    /// The JSON text of `key`: as it arrived, or as set as text. `None` when absent or set to a
+    /// parsed [`Value`].
     pub fn raw(&self, key: &str) -> Option<&str> {
         self.entries[self.position(key)?].1.text()
     }
@@ -277,64 +339,131 @@ impl<'a> RawRecord<'a> {
         crate::json::expect_schema_version(&map, expected)
     }
 
-    /// Sets `key`, keeping its position if present, else appending it.
-    pub fn set(&mut self, key: &str, value: Value) {
-        let held = match value {
-            Value::Number(n) => Held::Number(n),
-            other => Held::Value(Box::new(other)),
-        };
-        self.set_slot(key, held);
+    /// Sets `key` to `value`, keeping `key`'s position if present, else appending it: the one
+    /// way to set a key. `value` is a [`Value`], JSON text a rule built
+    /// ([`FieldValue::json`], the cheapest way to set a small object) or a [`RawValue`]; see
+    /// [`FieldValue`] for what each costs. A `&'static str` or `String` key is not copied; a
+    /// borrowed key is written `key.to_owned()`. Fails, naming `key` and leaving the record as
+    /// it was, only for JSON text that is not one JSON value. Since 1.4.0.
+    pub fn insert(
+        &mut self,
+        key: impl Into<Cow<'a, str>>,
+        value: impl Into<FieldValue>,
+    ) -> Result<(), FieldError> {
+        let key = key.into();
+        let held = value.into().into_held(&key)?;
+        self.put(key, held);
+        Ok(())
     }
 
-    /// Sets `key` to JSON text a rule wrote (e.g. a small object built with `push_str`),
-    /// written out as it is (less any whitespace around it); keeps `key`'s position if present, else appends it. The text is
-    /// checked to be one JSON value, more cheaply than [`RawValue::from_string`] checks it.
-    /// A `&'static str` key costs no allocation. Since 1.2.0.
+    /// Replaces `old` by `entries`, which take the position `old` had; nothing if `old` is
+    /// absent: the one way to replace a key (by one key, several, or — with
+    /// [`remove`](Self::remove) — none). Values and keys are taken as by
+    /// [`insert`](Self::insert); every value is checked before the record changes, so an error
+    /// (naming the entry's key) leaves it as it was, also when `old` is absent. Since 1.4.0.
+    pub fn replace<K, V>(
+        &mut self,
+        old: &str,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), FieldError>
+    where
+        K: Into<Cow<'a, str>>,
+        V: Into<FieldValue>,
+    {
+        let entries = entries
+            .into_iter()
+            .map(|(key, value)| {
+                let key = key.into();
+                let held = value.into().into_held(&key)?;
+                Ok((key, held))
+            })
+            .collect::<Result<Vec<_>, FieldError>>()?;
+        self.splice(old, entries);
+        Ok(())
+    }
+
+    /// Sets `key`, keeping its position if present, else appending it.
+    #[deprecated(
+        since = "1.4.0",
+        note = "use `RawRecord::insert`, which takes a `Value` too"
+    )]
+    pub fn set(&mut self, key: &str, value: Value) {
+        self.put(Cow::Owned(key.to_owned()), FieldValue::held_value(value));
+    }
+
+    /// Sets `key` to JSON text a rule wrote, checked to be one JSON value. Since 1.2.0.
+    #[deprecated(
+        since = "1.4.0",
+        note = "use `RawRecord::insert(key, FieldValue::json(text))`"
+    )]
     pub fn set_json(
         &mut self,
         key: impl Into<Cow<'a, str>>,
         json: String,
     ) -> Result<(), FieldError> {
-        let key = key.into();
-        let held = Held::Text(checked_json(&key, json)?);
-        match self.position(&key) {
-            Some(i) => self.entries[i].1 = held,
-            None => self.entries.push((key, held)),
-        }
-        Ok(())
+        self.insert(key, FieldValue::json(json))
     }
 
-    /// Replaces `old` by `key` with the JSON text `json` (checked as in
-    /// [`set_json`](Self::set_json)), at the position `old` had; nothing if `old` is absent.
-    /// Since 1.2.0.
+    /// Replaces `old` by `key` with the JSON text `json`, at the position `old` had; nothing if
+    /// `old` is absent. Since 1.2.0.
+    #[deprecated(
+        since = "1.4.0",
+        note = "use `RawRecord::replace(old, [(key, FieldValue::json(text))])`"
+    )]
     pub fn replace_key_json(
         &mut self,
         old: &str,
         key: impl Into<Cow<'a, str>>,
         json: String,
     ) -> Result<(), FieldError> {
-        let key = key.into();
-        let held = Held::Text(checked_json(&key, json)?);
-        if let Some(i) = self.position(old) {
-            self.entries[i] = (key, held);
-        }
-        Ok(())
+        self.replace(old, [(key, FieldValue::json(json))])
     }
 
-    /// Sets `key` to a value given as JSON text, written out as it is less any whitespace
-    /// around it (no tree is built; [`set_json`](Self::set_json) takes a `String` and checks
-    /// it more cheaply); keeps `key`'s position if
-    /// present, else appends it. [`to_map`](Self::to_map) and [`get`](Self::get) parse the text,
-    /// and serde_json does not read every float back exactly: a rule whose output a `Map` caller
-    /// reads may prefer [`set`](Self::set) for computed floats.
+    /// Sets `key` to a value given as JSON text.
+    #[deprecated(
+        since = "1.4.0",
+        note = "use `RawRecord::insert`, which takes a `Box<RawValue>` too"
+    )]
     pub fn set_raw(&mut self, key: &str, json: Box<RawValue>) {
-        self.set_slot(key, Held::Text(trimmed(json.into())));
+        self.put(Cow::Owned(key.to_owned()), FieldValue::held_raw(json));
     }
 
-    fn set_slot(&mut self, key: &str, slot: Held<'a>) {
-        match self.position(key) {
-            Some(i) => self.entries[i].1 = slot,
-            None => self.entries.push((Cow::Owned(key.to_owned()), slot)),
+    /// Replaces `old` by `entries` at the position `old` had; nothing if `old` is absent.
+    #[deprecated(
+        since = "1.4.0",
+        note = "use `RawRecord::replace`, which takes a `Value` too"
+    )]
+    pub fn replace_key(&mut self, old: &str, entries: Vec<(String, Value)>) {
+        let entries = entries
+            .into_iter()
+            .map(|(k, v)| (Cow::Owned(k), FieldValue::held_value(v)))
+            .collect();
+        self.splice(old, entries);
+    }
+
+    /// Like `replace_key`, with the new values given as JSON text.
+    #[deprecated(
+        since = "1.4.0",
+        note = "use `RawRecord::replace`, which takes a `Box<RawValue>` too"
+    )]
+    pub fn replace_key_raw(&mut self, old: &str, entries: Vec<(String, Box<RawValue>)>) {
+        let entries = entries
+            .into_iter()
+            .map(|(k, v)| (Cow::Owned(k), FieldValue::held_raw(v)))
+            .collect();
+        self.splice(old, entries);
+    }
+
+    fn put(&mut self, key: Cow<'a, str>, held: Held<'a>) {
+        match self.position(&key) {
+            Some(i) => self.entries[i].1 = held,
+            None => self.entries.push((key, held)),
+        }
+    }
+
+    fn splice(&mut self, old: &str, entries: Vec<(Cow<'a, str>, Held<'a>)>) {
+        if let Some(i) = self.position(old) {
+            self.entries.splice(i..=i, entries);
         }
     }
 
@@ -355,41 +484,32 @@ impl<'a> RawRecord<'a> {
         }
     }
 
-    /// Replaces `old` by `entries` at the position `old` had; nothing if `old` is absent.
-    pub fn replace_key(&mut self, old: &str, entries: Vec<(String, Value)>) {
-        let Some(i) = self.position(old) else { return };
-        let new = entries
-            .into_iter()
-            .map(|(k, v)| (Cow::Owned(k), Held::Value(Box::new(v))));
-        self.entries.splice(i..=i, new);
-    }
-
-    /// Like [`replace_key`](Self::replace_key), with the new values given as JSON text (see
-    /// [`set_raw`](Self::set_raw)).
-    pub fn replace_key_raw(&mut self, old: &str, entries: Vec<(String, Box<RawValue>)>) {
-        let Some(i) = self.position(old) else { return };
-        let new = entries
-            .into_iter()
-            .map(|(k, v)| (Cow::Owned(k), Held::Text(trimmed(v.into()))));
-        self.entries.splice(i..=i, new);
-    }
-
-    /// Parses every object or array value and hands it to `visit` (for rules that apply at any
-    /// depth); scalars stay raw.
+    /// Parses every object or array value and hands it to `visit`; scalars stay raw.
+    #[deprecated(
+        since = "1.4.0",
+        note = "use `RawRecord::walk_objects_if(|_| true, visit)`, which also reaches objects in arrays"
+    )]
     pub fn for_each_container(
         &mut self,
         visit: impl FnMut(&str, &mut Value) -> Result<(), FieldError>,
     ) -> Result<(), FieldError> {
-        self.for_each_container_if(|_| true, visit)
+        self.containers_if(|_| true, visit)
     }
 
-    /// Like [`for_each_container`](Self::for_each_container), but leaves raw every container
-    /// whose JSON text `may_hold` rejects: a cheap test on the text (e.g. "mentions the key
-    /// `scopes`") for rules that look for particular keys at any depth. The test must not reject
-    /// text that can hold what the rule looks for; keys may be written with escapes (`\u0073`),
-    /// so a test for a key name should accept any text with a backslash. Containers already
-    /// replaced by a [`Value`] are always visited.
+    /// Like `for_each_container`, but leaves raw every container whose JSON text `may_hold`
+    /// rejects.
+    #[deprecated(since = "1.4.0", note = "use `RawRecord::walk_objects_if`")]
     pub fn for_each_container_if(
+        &mut self,
+        may_hold: impl FnMut(&str) -> bool,
+        visit: impl FnMut(&str, &mut Value) -> Result<(), FieldError>,
+    ) -> Result<(), FieldError> {
+        self.containers_if(may_hold, visit)
+    }
+
+    /// Parses each top-level object or array whose JSON text `may_hold` accepts (and takes each
+    /// already replaced by a [`Value`]) and hands it to `visit` with its key.
+    fn containers_if(
         &mut self,
         mut may_hold: impl FnMut(&str) -> bool,
         mut visit: impl FnMut(&str, &mut Value) -> Result<(), FieldError>,
@@ -413,15 +533,22 @@ impl<'a> RawRecord<'a> {
 
     /// Calls `visit` on every object nested in the record's values (depth first, the record
     /// itself excluded: read its keys directly), with the path
-    /// [`walk_record_mut`](crate::json::walk_record_mut) gives it (`keys[0]`, `keys[0].client`).
-    /// Only containers whose JSON text `may_hold` accepts are parsed, as in
-    /// [`for_each_container_if`](Self::for_each_container_if).
+    /// [`walk_record_mut`] gives it (`keys[0]`, `keys[0].client`):
+    /// the one way to visit a record's nested values.
+    ///
+    /// Only top-level values whose JSON text `may_hold` accepts are parsed (the others stay raw
+    /// text and are not visited): a cheap test on the text (e.g. "mentions the key `scopes`")
+    /// for rules that look for particular keys at any depth; `|_| true` visits every object.
+    /// The test must not reject text that can hold what the rule looks for; keys may be written
+    /// with escapes (`\u0073`), so a test for a key name should accept any text with a
+    /// backslash. Values already replaced by a [`Value`] are always visited. After an error the
+    /// value is put back, as far as `visit` left it.
     pub fn walk_objects_if(
         &mut self,
         may_hold: impl FnMut(&str) -> bool,
         visit: &mut ObjectVisitor,
     ) -> Result<(), FieldError> {
-        self.for_each_container_if(may_hold, |key, value| {
+        self.containers_if(may_hold, |key, value| {
             // A record of this one entry, so that every path is the one walk_record_mut gives.
             let mut holder = Map::new();
             holder.insert(key.to_owned(), std::mem::take(value));
@@ -640,10 +767,10 @@ mod tests {
     #[test]
     fn edits_keep_positions() {
         let mut r = RawRecord::parse(br#"{"p":1,"c":2,"l":3}"#).unwrap();
-        r.replace_key("p", vec![("usage".into(), json!({"in": 1}))]);
+        r.replace("p", [("usage", json!({"in": 1}))]).unwrap();
         r.remove("c").unwrap();
-        r.set("s", json!(1));
-        r.set("l", json!(9));
+        r.insert("s", json!(1)).unwrap();
+        r.insert("l", json!(9)).unwrap();
         let mut out = Vec::new();
         r.write(&mut out).unwrap();
         assert_eq!(
@@ -705,15 +832,18 @@ mod tests {
     #[test]
     fn raw_text_values_are_written_as_they_are() {
         let mut r = RawRecord::parse(br#"{"a":1,"b":2}"#).unwrap();
-        r.replace_key_raw(
+        r.replace(
             "a",
-            vec![(
-                "m".into(),
+            [(
+                "m",
                 RawValue::from_string(r#"{"x":1.50,"y":null}"#.into()).unwrap(),
             )],
-        );
-        r.set_raw("b", RawValue::from_string("[1, 2]".into()).unwrap());
-        r.set_raw("c", RawValue::from_string("7".into()).unwrap());
+        )
+        .unwrap();
+        r.insert("b", RawValue::from_string("[1, 2]".into()).unwrap())
+            .unwrap();
+        r.insert("c", RawValue::from_string("7".into()).unwrap())
+            .unwrap();
         assert_eq!(r.raw("m"), Some(r#"{"x":1.50,"y":null}"#));
         assert!(r.is_container("m") && r.is_container("b") && !r.is_container("c"));
         assert_eq!(r.u64("c").unwrap(), Some(7));
@@ -733,11 +863,12 @@ mod tests {
     #[test]
     fn json_text_set_by_a_rule_is_checked_and_written_as_it_is() {
         let mut r = RawRecord::parse(br#"{"a":1,"b":2}"#).unwrap();
-        r.replace_key_json("a", "m", r#"{"x":1.50, "y":[null]}"#.to_owned())
+        r.replace("a", [("m", FieldValue::json(r#"{"x":1.50, "y":[null]}"#))])
             .unwrap();
-        r.set_json("b", "\"two\"".to_owned()).unwrap();
-        r.set_json(String::from("c"), " 7 ".to_owned()).unwrap();
-        r.replace_key_json("absent", "z", "1".to_owned()).unwrap();
+        r.insert("b", FieldValue::json("\"two\"")).unwrap();
+        r.insert(String::from("c"), FieldValue::json(" 7 "))
+            .unwrap();
+        r.replace("absent", [("z", FieldValue::json("1"))]).unwrap();
         assert_eq!(r.raw("m"), Some(r#"{"x":1.50, "y":[null]}"#));
         assert_eq!(r.u64("c").unwrap(), Some(7));
         assert_eq!(r.get("b").unwrap(), Some(json!("two")));
@@ -748,35 +879,44 @@ mod tests {
             r#"{"m":{"x":1.50, "y":[null]},"b":"two","c":7}"#
         );
         // Whitespace around a value would hide that it is a container.
-        r.set_json("o", " {\"k\":[]}\n".to_owned()).unwrap();
-        r.set_raw("p", RawValue::from_string(" [1] ".to_owned()).unwrap());
+        r.insert("o", FieldValue::json(" {\"k\":[]}\n")).unwrap();
+        r.insert("p", RawValue::from_string(" [1] ".to_owned()).unwrap())
+            .unwrap();
         assert!(r.is_container("o") && r.is_container("p"));
         assert_eq!((r.raw("o"), r.raw("p")), (Some(r#"{"k":[]}"#), Some("[1]")));
         // Valid however deep (the scanner leaves deep nesting to serde_json).
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
-        r.set_json("d", deep.clone()).unwrap();
+        r.insert("d", FieldValue::json(deep.clone())).unwrap();
         assert_eq!(r.raw("d"), Some(deep.as_str()));
         // Refused, naming the key, and the record is left as it was.
         for bad in ["", "{", "1 2", "[1,]", "\"\u{1}\"", "nul", "{\"a\":}"] {
-            let e = r.set_json("b", bad.to_owned()).unwrap_err();
+            let e = r.insert("b", FieldValue::json(bad)).unwrap_err();
             assert_eq!(e.field, "b", "{bad:?}");
             assert!(
                 e.message.contains("not valid JSON"),
                 "{bad:?}: {}",
                 e.message
             );
-            let e = r.replace_key_json("m", "n", bad.to_owned()).unwrap_err();
+            let e = r
+                .replace(
+                    "m",
+                    [
+                        ("k", FieldValue::from(json!(1))),
+                        ("n", FieldValue::json(bad)),
+                    ],
+                )
+                .unwrap_err();
             assert_eq!(e.field, "n", "{bad:?}");
         }
         assert_eq!(r.get("b").unwrap(), Some(json!("two")));
-        assert!(r.contains_key("m") && !r.contains_key("n"));
+        assert!(r.contains_key("m") && !r.contains_key("n") && !r.contains_key("k"));
     }
 
     #[test]
     fn numbers_set_by_a_rule_read_back_as_values() {
         let mut r = RawRecord::parse(br#"{"v":1}"#).unwrap();
-        r.set("v", json!(2));
-        r.set("f", json!(0.1));
+        r.insert("v", json!(2)).unwrap();
+        r.insert("f", json!(0.1)).unwrap();
         assert_eq!(r.raw("v"), None, "a value, not raw text");
         assert_eq!(r.get("v").unwrap(), Some(json!(2)));
         assert_eq!(r.u64("v").unwrap(), Some(2));
@@ -791,7 +931,10 @@ mod tests {
         assert_eq!(String::from_utf8(out).unwrap(), r#"{"v":2,"f":0.1}"#);
     }
 
+    /// The wrappers kept for plugins built against 1.0–1.3 do what they did: each gives the
+    /// record its single replacement gives.
     #[test]
+    #[allow(deprecated)]
     fn for_each_container_if_leaves_rejected_containers_raw() {
         let mut r =
             RawRecord::parse(br#"{"a":{"k": 1},"b":[{"k": 2}],"c":{"z": 3},"d":"k"}"#).unwrap();
@@ -815,6 +958,70 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"a":{"k":1,"seen":true},"b":[{"k":2}],"c":{"z": 3},"d":"k","e":{"z":4,"seen":true}}"#
         );
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn deprecated_setters_and_replacers_give_what_insert_and_replace_give() {
+        let line = br#"{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6}"#;
+        let raw = |text: &str| RawValue::from_string(text.to_owned()).unwrap();
+        let write = |r: &RawRecord| {
+            let mut out = Vec::new();
+            r.write(&mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let mut old = RawRecord::parse(line).unwrap();
+        old.set("a", json!({"x": 1}));
+        old.set("new", json!(7));
+        old.set_json("b", " [1, 2] ".to_owned()).unwrap();
+        old.set_raw("c", raw("{\"y\": 2.50}"));
+        old.replace_key(
+            "d",
+            vec![("d1".into(), json!(1)), ("d2".into(), json!("t"))],
+        );
+        old.replace_key_json("e", "e1", "{\"z\":null}".to_owned())
+            .unwrap();
+        old.replace_key_raw("f", vec![("f1".into(), raw(" 0.10 "))]);
+        old.replace_key("absent", vec![("no".into(), json!(1))]);
+        assert_eq!(
+            old.set_json("bad", "{".to_owned()).unwrap_err().field,
+            "bad"
+        );
+        assert_eq!(
+            old.replace_key_json("a", "bad", "[".to_owned())
+                .unwrap_err()
+                .field,
+            "bad"
+        );
+        let mut new = RawRecord::parse(line).unwrap();
+        new.insert("a", json!({"x": 1})).unwrap();
+        new.insert("new", json!(7)).unwrap();
+        new.insert("b", FieldValue::json(" [1, 2] ")).unwrap();
+        new.insert("c", raw("{\"y\": 2.50}")).unwrap();
+        new.replace("d", [("d1", json!(1)), ("d2", json!("t"))])
+            .unwrap();
+        new.replace("e", [("e1", FieldValue::json("{\"z\":null}"))])
+            .unwrap();
+        new.replace("f", [("f1", raw(" 0.10 "))]).unwrap();
+        new.replace("absent", [("no", json!(1))]).unwrap();
+        let want = r#"{"a":{"x":1},"b":[1, 2],"c":{"y": 2.50},"d1":1,"d2":"t","e1":{"z":null},"f1":0.10,"new":7}"#;
+        assert_eq!(write(&new), want);
+        assert_eq!(write(&old), want);
+        assert_eq!((old.raw("b"), old.raw("c")), (new.raw("b"), new.raw("c")));
+        assert!(old.is_container("b") && old.is_container("a") && !old.is_container("new"));
+
+        // `for_each_container` visits every top-level container, arrays included.
+        let mut seen = Vec::new();
+        old.for_each_container(|key, value| {
+            seen.push(key.to_owned());
+            if let Some(o) = value.as_object_mut() {
+                o.insert("v".into(), json!(1));
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, ["a", "b", "c", "e1"]);
+        assert!(write(&old).starts_with(r#"{"a":{"x":1,"v":1},"b":[1,2],"c":{"y":2.5,"v":1},"#));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The three rule interfaces a hop plugin implements, in plain Rust.
+//! The three rule interfaces a hop plugin implements, in plain Rust, and the [`Hop`] that bundles
+//! them for [`export_hop!`](crate::export_hop).
 //!
 //! Rules are synchronous and take no host types: each plugin links its own std, tokio and
 //! tracing, so anything shared with the host travels as data.
@@ -8,94 +9,49 @@ use serde_json::{Map, Value};
 
 use crate::descriptor::HopDescriptor;
 use crate::model::{ModelFolder, ModelOptions, ModelOutcome};
+use crate::raw::RawRecord;
 
-/// Why a rule refused its input. Serialised across the ABI; the host adds the file name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{}", self.render())]
-pub struct RuleError {
-    pub message: String,
-    /// The key or field concerned, e.g. `port` or `usage.output_tokens`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// 1-based line in the input, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line: Option<u64>,
-    /// True when the plugin panicked rather than refused the input.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub panicked: bool,
-}
+/// Defined in [`crate::error`], which every helper module imports; re-exported here, where they
+/// were until 1.4.0.
+pub use crate::error::{FieldError, RuleError};
 
-impl RuleError {
-    pub fn new(message: impl Into<String>) -> Self {
-        RuleError {
-            message: message.into(),
-            field: None,
-            line: None,
-            panicked: false,
-        }
-    }
+/// Moved to `batch` in 1.4.0; the host uses this path. Not for plugin authors.
+#[doc(hidden)]
+pub use crate::batch::split_records;
 
-    pub fn at_field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        RuleError {
-            field: Some(field.into()),
-            ..RuleError::new(message)
-        }
-    }
-
-    pub fn with_line(mut self, line: u64) -> Self {
-        self.line = Some(line);
-        self
-    }
-
-    fn render(&self) -> String {
-        let mut out = String::new();
-        if let Some(line) = self.line {
-            out.push_str(&format!("line {line}: "));
-        }
-        if let Some(field) = &self.field {
-            out.push_str(&format!("`{field}`: "));
-        }
-        out.push_str(&self.message);
-        out
-    }
-}
-
-impl From<FieldError> for RuleError {
-    fn from(e: FieldError) -> Self {
-        RuleError::at_field(e.field, e.message)
-    }
-}
-
-impl From<std::io::Error> for RuleError {
-    fn from(e: std::io::Error) -> Self {
-        RuleError::new(e.to_string())
-    }
-}
-
-/// A record refused by a data rule: which field, and what was wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("field `{field}`: {message}")]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// A migrated config file and what the operator should know about it.
+/// A migrated config file and what the operator should know about it:
+/// `ConfigOutcome::new(doc.to_string()).warning("…")`.
+///
+/// Exhaustive within major 1 (plugins built against 1.x build it with a literal); build it
+/// with [`ConfigOutcome::new`], which keeps working when it gains a field.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigOutcome {
     pub content: String,
     /// E.g. keys the hop does not know and kept as they were.
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+impl ConfigOutcome {
+    /// The migrated file, without warnings. Since 1.4.0.
+    pub fn new(content: impl Into<String>) -> Self {
+        ConfigOutcome {
+            content: content.into(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Adds a warning for the operator. Since 1.4.0.
+    pub fn warning(mut self, warning: impl Into<String>) -> Self {
+        self.warnings.push(warning.into());
+        self
+    }
+
+    /// Adds warnings for the operator. Since 1.4.0.
+    pub fn warnings(mut self, warnings: impl IntoIterator<Item = String>) -> Self {
+        self.warnings.extend(warnings);
+        self
+    }
 }
 
 /// Rewrites `config/server.toml` from one release's format to the next.
@@ -113,16 +69,16 @@ pub trait ConfigMigrationRule: Send + Sync {
 pub trait DataMigrationRule: Send + Sync {
     /// A refused record is left as the caller gave it.
     fn migrate_record(&self, record: &mut Map<String, Value>) -> Result<(), FieldError> {
-        let mut raw = crate::raw::RawRecord::from_map(record.clone());
+        let mut raw = RawRecord::from_map(record.clone());
         self.migrate_raw(&mut raw)?;
         *record = raw.to_map()?;
         Ok(())
     }
 
-    fn migrate_raw(&self, record: &mut crate::raw::RawRecord<'_>) -> Result<(), FieldError> {
+    fn migrate_raw(&self, record: &mut RawRecord<'_>) -> Result<(), FieldError> {
         let mut map = record.to_map()?;
         self.migrate_record(&mut map)?;
-        *record = crate::raw::RawRecord::from_map(map);
+        *record = RawRecord::from_map(map);
         Ok(())
     }
 
@@ -197,61 +153,12 @@ impl Hop {
     /// Runs the data rule over newline-separated records, as the host does through the ABI.
     /// Records that fail are left out of `out` and listed in the returned failures.
     pub fn migrate_data_batch(&self, batch: &[u8], out: &mut Vec<u8>) -> Vec<(u64, RuleError)> {
-        let mut failures = Vec::new();
-        let Some(rule) = self.data_rule() else {
-            out.extend_from_slice(batch);
-            return failures;
-        };
-        out.reserve(batch.len() + batch.len() / 4);
-        // One UTF-8 check for the whole batch costs ~1/50 of one per record; only a batch
-        // with a bad byte pays for the per-record check (which names the record).
-        let text = std::str::from_utf8(batch).ok();
-        let mut record = crate::raw::RawRecord::default();
-        for (index, line) in split_records(batch).enumerate() {
-            let mark = out.len();
-            // Lines split at `\n` (ASCII) from valid UTF-8 are valid UTF-8: slice the text.
-            let start = line.as_ptr() as usize - batch.as_ptr() as usize;
-            let line_text = text.and_then(|t| t.get(start..start + line.len()));
-            if let Err(e) = migrate_line_into(rule, &mut record, line, line_text, out) {
-                out.truncate(mark);
-                failures.push((index as u64, e));
+        match self.data_rule() {
+            Some(rule) => crate::batch::run(batch, out, &|record| rule.migrate_raw(record)),
+            None => {
+                out.extend_from_slice(batch);
+                Vec::new()
             }
         }
-        failures
     }
-}
-
-/// Splits a batch into records: one per `\n`, a trailing `\n` does not start a new record.
-pub fn split_records(batch: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let trimmed = batch.strip_suffix(b"\n").unwrap_or(batch);
-    let mut rest = (!batch.is_empty()).then_some(trimmed);
-    std::iter::from_fn(move || {
-        let current = rest?;
-        match memchr::memchr(b'\n', current) {
-            Some(i) => {
-                rest = Some(&current[i + 1..]);
-                Some(&current[..i])
-            }
-            None => rest.take(),
-        }
-    })
-}
-
-/// Reads one record into `record` (storage shared by a batch), applies the rule and appends
-/// the result plus `\n` to `out`. `text`: the line as text, when its batch was checked whole.
-fn migrate_line_into<'a>(
-    rule: &dyn DataMigrationRule,
-    record: &mut crate::raw::RawRecord<'a>,
-    line: &'a [u8],
-    text: Option<&'a str>,
-    out: &mut Vec<u8>,
-) -> Result<(), RuleError> {
-    match text {
-        Some(text) => record.read(text)?,
-        None => *record = crate::raw::RawRecord::parse(line)?,
-    }
-    rule.migrate_raw(record)?;
-    record.write(out)?;
-    out.push(b'\n');
-    Ok(())
 }

@@ -8,13 +8,15 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::rules::RuleError;
+use crate::error::RuleError;
 
 /// Headers larger than this are refused as corrupt (the reference implementation uses 100 MB).
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
 
-/// One tensor's entry in the header.
+/// One tensor's entry in the header. Read by [`read_header`], never built by a plugin;
+/// non-exhaustive (since 1.4.0) so that it can keep more of the header.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
 pub struct TensorInfo {
     #[serde(skip)]
     pub name: String,
@@ -30,8 +32,10 @@ impl TensorInfo {
     }
 }
 
-/// A parsed, validated header.
+/// A parsed, validated header, as [`read_header`] returns it; non-exhaustive since 1.4.0, like
+/// [`TensorInfo`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Header {
     /// Length of the JSON header in bytes (the data section starts at `8 + header_len`).
     pub header_len: u64,

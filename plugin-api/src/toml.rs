@@ -4,7 +4,7 @@
 
 use toml_edit::{DocumentMut, Item, Key, Table, Value};
 
-use crate::rules::RuleError;
+use crate::error::RuleError;
 
 /// Parses `server.toml`; the error carries toml_edit's line and column.
 pub fn parse(content: &str) -> Result<DocumentMut, RuleError> {

@@ -1,13 +1,29 @@
-//! Test support for hop plugins' data rules. A rule's fast path (`migrate_raw`, on raw
-//! records) must give what the `Map`-based rule it replaced (kept in the plugin as a
-//! reference) gives: the same bytes and the same failures for records in serde_json's
-//! canonical compact form, the same JSON up to layout for the rest. [`Equivalence`] checks
-//! that; the generators are the building blocks every hop's records are drawn from (each hop
-//! adds its own known fields and nested values).
+//! Test support for hop plugins' data rules: the one equivalence harness the plugins share.
+//!
+//! A rule's fast path (`migrate_raw`, on raw records) must give what the `Map`-based rule it
+//! replaced (kept in the plugin as a reference) gives: the same bytes and the same failures for
+//! records in serde_json's canonical compact form, the same JSON up to layout for the rest.
+//! [`Equivalence`] checks that, on generated batches ([`Equivalence::check_generated`]) and on
+//! hand-written lines ([`Equivalence::assert_agree_up_to_layout`]). The generators are the
+//! building blocks every hop's records are drawn from; each hop adds only its own known fields
+//! and nested objects:
+//!
+//! ```ignore
+//! fn value() -> BoxedStrategy<Value> {
+//!     plugin_testing::value(|inner| my_objects(inner))
+//! }
+//!
+//! #[test]
+//! fn raw_rule_matches_the_map_reference() {
+//!     let hop = crate::hop();
+//!     Equivalence::new(&hop, &reference::MyRule)
+//!         .check_generated(plugin_testing::record_line(known_fields(), value()));
+//! }
+//! ```
 
 use plugin_api::{DataMigrationRule, Hop, RuleError};
 use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
+use proptest::test_runner::{TestCaseError, TestError, TestRunner};
 use serde_json::{Map, Value};
 
 /// Cases per property; `PROPTEST_CASES` overrides it.
@@ -76,6 +92,53 @@ pub fn field(
     .boxed()
 }
 
+/// Any JSON value, nested up to three levels: scalars, arrays, objects with [`key_name`]s,
+/// and (as often as the other two together) the objects `hop_objects` builds from the values
+/// one level down — API key entries, objects holding timestamps, whatever the hop rewrites
+/// wherever it finds it.
+pub fn value(
+    hop_objects: impl Fn(BoxedStrategy<Value>) -> BoxedStrategy<Value> + 'static,
+) -> BoxedStrategy<Value> {
+    scalar()
+        .prop_recursive(3, 24, 4, move |inner| {
+            prop_oneof![
+                1 => prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                1 => prop::collection::vec((key_name(), inner.clone()), 0..4)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                2 => hop_objects(inner),
+            ]
+        })
+        .boxed()
+}
+
+/// An API key entry (`name`, plaintext `key`, `created_at`, `scopes`), as records of every
+/// release may hold at any depth; `inner` gives the nested values.
+pub fn api_key_entry(inner: BoxedStrategy<Value>) -> BoxedStrategy<Value> {
+    (
+        "[a-z0-9_é]{0,12}",
+        prop::collection::vec(inner.clone(), 0..2),
+        inner,
+    )
+        .prop_map(|(key, scopes, created)| {
+            serde_json::json!({"name": "k", "key": key, "created_at": created, "scopes": scopes})
+        })
+        .boxed()
+}
+
+/// A value where a count goes that is not a non-negative integer: negative, a float, a string,
+/// null, or any `value`.
+pub fn wrong_count(value: BoxedStrategy<Value>) -> BoxedStrategy<Value> {
+    prop_oneof![
+        Just(serde_json::json!(-1)),
+        Just(serde_json::json!(1.5)),
+        Just(serde_json::json!("12")),
+        Just(Value::Null),
+        any::<i64>().prop_map(Value::from),
+        value,
+    ]
+    .boxed()
+}
+
 pub fn count() -> impl Strategy<Value = Value> {
     prop_oneof![
         (0u64..5000).prop_map(Value::from),
@@ -132,7 +195,27 @@ pub struct Equivalence<'a> {
     pub reference: &'a dyn DataMigrationRule,
 }
 
-impl Equivalence<'_> {
+impl<'a> Equivalence<'a> {
+    pub fn new(hop: &'a Hop, reference: &'a dyn DataMigrationRule) -> Self {
+        Equivalence { hop, reference }
+    }
+
+    /// The property: for batches of one to four records drawn from `record` (canonical JSON
+    /// lines, see [`record_line`]), [`check`](Self::check) holds. Runs [`config`]'s cases and
+    /// panics with the smallest failing batch proptest finds.
+    pub fn check_generated(&self, record: impl Strategy<Value = String>) {
+        let mut runner = TestRunner::new(config());
+        match runner.run(&prop::collection::vec(record, 1..5), |lines| {
+            self.check(&lines)
+        }) {
+            Ok(()) => {}
+            Err(TestError::Fail(why, lines)) => {
+                panic!("the raw rule and its reference differ: {why}\nminimal batch: {lines:#?}")
+            }
+            Err(TestError::Abort(why)) => panic!("the property was aborted: {why}"),
+        }
+    }
+
     fn rule(&self) -> &dyn DataMigrationRule {
         self.hop.data_rule().expect("the hop has a data rule")
     }
@@ -201,5 +284,76 @@ impl Equivalence<'_> {
                 .collect()
         };
         assert_eq!(relaid(&out), relaid(&want_out));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_api::raw::RawRecord;
+    use plugin_api::{FieldError, HopDescriptor};
+
+    /// The reference: every record gets `"n": 1`.
+    struct Reference;
+
+    impl DataMigrationRule for Reference {
+        fn migrate_record(&self, record: &mut Map<String, Value>) -> Result<(), FieldError> {
+            record.insert("n".to_owned(), Value::from(1));
+            Ok(())
+        }
+
+        fn description(&self) -> String {
+            "adds n".to_owned()
+        }
+    }
+
+    /// A raw rule that agrees with [`Reference`] unless `wrong_from` keys or more are present.
+    struct Raw {
+        wrong_from: usize,
+    }
+
+    impl DataMigrationRule for Raw {
+        fn migrate_raw(&self, record: &mut RawRecord<'_>) -> Result<(), FieldError> {
+            let n = if record.keys().count() >= self.wrong_from {
+                2
+            } else {
+                1
+            };
+            record.insert("n", Value::from(n))
+        }
+
+        fn description(&self) -> String {
+            "adds n, wrongly for large records".to_owned()
+        }
+    }
+
+    fn hop(wrong_from: usize) -> Hop {
+        Hop::new(HopDescriptor::new("t", "1.0.0", "2.0.0", "test")).data(Raw { wrong_from })
+    }
+
+    fn records() -> impl Strategy<Value = String> {
+        record_line(Just(Vec::new()), scalar().boxed())
+    }
+
+    #[test]
+    fn a_raw_rule_that_agrees_with_its_reference_passes() {
+        let hop = hop(usize::MAX);
+        let equivalence = Equivalence::new(&hop, &Reference);
+        equivalence.check_generated(records());
+        equivalence.assert_agree_up_to_layout(&[r#" { "a" : 1.50 } "#, "{}"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "the raw rule and its reference differ")]
+    fn a_raw_rule_that_differs_from_its_reference_fails_the_property() {
+        let hop = hop(3);
+        Equivalence::new(&hop, &Reference).check_generated(records());
+    }
+
+    #[test]
+    #[should_panic(expected = "assertion `left == right` failed")]
+    fn a_difference_on_a_hand_written_line_fails() {
+        let hop = hop(1);
+        Equivalence::new(&hop, &Reference).assert_agree_up_to_layout(&[r#"{"a":1}"#]);
     }
 }

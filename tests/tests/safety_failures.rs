@@ -11,9 +11,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use common::*;
 
@@ -66,32 +65,6 @@ fn migrate_version(root: &Path, extra: &[&str]) -> Output {
 
 // ---------------------------------------------------------------------------------------------
 // A plugin that fails half-way
-
-/// `target/fixtures/debug/libfailing_hop.so`, built once.
-fn failing_hop() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        ensure_built();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let target = workspace_root().join("target/fixtures");
-        let out = Command::new(cargo)
-            .arg("build")
-            .arg("--manifest-path")
-            .arg(workspace_root().join("tests/fixtures/failing-hop/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .output()
-            .expect("run cargo build for the failing-hop fixture");
-        assert!(
-            out.status.success(),
-            "building tests/fixtures/failing-hop failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lib = target.join("debug/libfailing_hop.so");
-        assert!(lib.is_file(), "{} was not built", lib.display());
-        lib
-    })
-}
 
 /// A plugin folder with the real 0.1.0 → 1.0.0 and 2.0.0 → 2.1.0 hops and the failing
 /// 1.0.0 → 2.0.0 hop in between.

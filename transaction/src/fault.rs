@@ -1,32 +1,71 @@
-//! A test-only fault hook: with the `fault-injection` feature, `TRUSTFORMERS_MIGRATE_FAULT=
-//! <point>:<n>` makes the process kill itself with SIGKILL the n-th time it reaches `<point>`
-//! (1-based), so crash tests can stop a real migration at an exact journal step. Without the
-//! feature (every release build) [`point`] is empty and the variable is never read: the hook
-//! does not ship to operators.
+//! A test-only fault hook. With the `fault-injection` feature,
+//! `TRUSTFORMERS_MIGRATE_FAULT=<point>:<n>[:<action>]` acts the n-th time (1-based) the process
+//! reaches `<point>` (several faults: separate them with commas):
+//!
+//! - `kill` (the default): SIGKILL itself, so crash tests can stop a real migration at an exact
+//!   journal step;
+//! - `error`: return an I/O error from that point, as a full disk or a failing device would;
+//! - `panic`: panic there, as a bug in the host would.
+//!
+//! Without the feature (every release build) [`point`] is an empty function and the variable
+//! is never read: the hook does not ship to operators.
 
-/// Marks a crash point; see the module docs.
+use crate::error::Result;
+
+/// Marks a fault point; see the module docs.
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
-pub fn point(_name: &str) {}
+pub fn point(_name: &str) -> Result<()> {
+    Ok(())
+}
 
-/// Marks a crash point; see the module docs.
+/// Marks a fault point; see the module docs.
 #[cfg(feature = "fault-injection")]
-pub fn point(name: &str) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
+pub fn point(name: &str) -> Result<()> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
 
-    static HITS: AtomicU64 = AtomicU64::new(0);
-    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
-    let target = TARGET.get_or_init(|| {
-        let spec = std::env::var("TRUSTFORMERS_MIGRATE_FAULT").ok()?;
-        let (point, n) = spec.rsplit_once(':')?;
-        Some((point.to_owned(), n.parse().ok()?))
+    static TARGETS: OnceLock<Vec<(String, u64, String)>> = OnceLock::new();
+    static HITS: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
+    let targets = TARGETS.get_or_init(|| {
+        let spec = std::env::var("TRUSTFORMERS_MIGRATE_FAULT").unwrap_or_default();
+        spec.split(',')
+            .filter_map(|one| {
+                let mut parts = one.splitn(3, ':');
+                let point = parts.next()?.to_owned();
+                let n = parts.next()?.parse().ok()?;
+                let action = parts.next().unwrap_or("kill").to_owned();
+                Some((point, n, action))
+            })
+            .collect()
     });
-    let Some((point, n)) = target else { return };
-    if point == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
-        // SAFETY: kill(2) on our own PID with a constant signal has no memory-safety concern.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
+    if !targets.iter().any(|(p, _, _)| p == name) {
+        return Ok(());
+    }
+    let hit = {
+        let mut hits = HITS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = hits.entry(name.to_owned()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let Some((_, _, action)) = targets.iter().find(|(p, n, _)| p == name && *n == hit) else {
+        return Ok(());
+    };
+    match action.as_str() {
+        "error" => Err(crate::error::io(format!("injected fault at {name}"))(
+            std::io::Error::other("TRUSTFORMERS_MIGRATE_FAULT"),
+        )),
+        "panic" => panic!("injected panic at {name} (TRUSTFORMERS_MIGRATE_FAULT)"),
+        _ => {
+            // SAFETY: kill(2) on our own PID with a constant signal has no memory-safety
+            // concern.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            Ok(())
         }
     }
 }

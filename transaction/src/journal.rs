@@ -154,7 +154,7 @@ impl Transaction {
             phase: Phase::Prepared,
         };
         write_journal(tool_dir, &journal)?;
-        fault::point("prepared");
+        fault::point("prepared")?;
         Ok(Transaction {
             root: root.to_path_buf(),
             tool_dir: tool_dir.to_path_buf(),
@@ -180,8 +180,9 @@ impl Transaction {
     /// Step 3: makes the swap final and cleans up.
     pub fn commit(mut self) -> Result<()> {
         self.journal.phase = Phase::Committed;
+        fault::point("commit")?;
         write_journal(&self.tool_dir, &self.journal)?;
-        fault::point("committed");
+        fault::point("committed")?;
         cleanup(&self.root, &self.tool_dir, &self.journal)
     }
 
@@ -260,7 +261,7 @@ fn swap_forward(root: &Path, journal: &Journal) -> Result<()> {
                 }
             }
         }
-        fault::point("swap");
+        fault::point("swap")?;
     }
     Ok(())
 }
@@ -292,7 +293,7 @@ fn roll_back(root: &Path, tool_dir: &Path, journal: &Journal) -> Result<()> {
                 }
             }
         }
-        fault::point("rollback");
+        fault::point("rollback")?;
     }
     for dir in journal.created_dirs.iter().rev() {
         let _ = fs::remove_dir(root.join(dir));
@@ -308,7 +309,7 @@ fn cleanup(root: &Path, tool_dir: &Path, journal: &Journal) -> Result<()> {
         if d.exists() {
             fs::remove_dir_all(&d).map_err(io(format!("cannot remove {}", d.display())))?;
         }
-        fault::point("cleanup");
+        fault::point("cleanup")?;
     }
     let path = tool_dir.join(JOURNAL_FILE);
     match fs::remove_file(&path) {

@@ -65,7 +65,7 @@ pub fn back_up(
         return Ok(());
     };
     let path = archive(plan, txn, dir)?;
-    fault::point("backup");
+    fault::point("backup")?;
     if let Some(remote) = &plan.options.remote {
         upload(plan, &path, remote, s, observer)?;
     }

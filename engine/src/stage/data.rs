@@ -234,14 +234,14 @@ impl DataRun<'_> {
                     .budget
                     .check(&file.rel)
                     .and_then(|()| self.run_hops(&batch, file))
-                    .map(|(migrated, refusals)| {
-                        fault::point("batch");
-                        Done::Records {
+                    .and_then(|(migrated, refusals)| {
+                        fault::point("batch")?;
+                        Ok(Done::Records {
                             count: batch.places.len(),
                             bytes: batch.bytes.len() as u64,
                             migrated,
                             refusals,
-                        }
+                        })
                     }),
             };
             if done.send((seq, result)).is_err() {

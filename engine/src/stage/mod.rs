@@ -119,20 +119,18 @@ pub fn models(
         s.status = StepStatus::Skipped;
         return Ok(());
     }
-    let options = ModelOptions {
-        optimize: plan.options.optimize,
-        dtype: match plan.options.dtype {
-            Dtype::F16 => OptimizeDtype::F16,
-            Dtype::Bf16 => OptimizeDtype::BF16,
-        },
+    let dtype = match plan.options.dtype {
+        Dtype::F16 => OptimizeDtype::F16,
+        Dtype::Bf16 => OptimizeDtype::BF16,
     };
+    let options = ModelOptions::new(plan.options.optimize, dtype);
     for model in &plan.models {
         budget.check(&model.rel)?;
-        let folder = ModelFolder {
-            name: model.name.clone(),
-            source: plan.target.root.join(&model.rel),
-            staging: staging.path_for(&model.rel)?,
-        };
+        let folder = ModelFolder::new(
+            model.name.clone(),
+            plan.target.root.join(&model.rel),
+            staging.path_for(&model.rel)?,
+        );
         for hop in plan.hops.iter().filter(|h| h.descriptor.rules.model) {
             let outcome = hop.client.migrate_model(&folder, &options).map_err(|e| {
                 rule_failure(

@@ -34,10 +34,7 @@ impl ConfigMigrationRule for RenameRpm {
         };
         get_int(table, OLD, 1, i64::MAX).map_err(|e| qualified(e, OLD))?;
         rename_key(table, OLD, NEW).map_err(|e| qualified(e, NEW))?;
-        Ok(ConfigOutcome {
-            content: doc.to_string(),
-            warnings: Vec::new(),
-        })
+        Ok(ConfigOutcome::new(doc.to_string()))
     }
 
     fn description(&self) -> String {
@@ -46,16 +43,12 @@ impl ConfigMigrationRule for RenameRpm {
 }
 
 fn unchanged(content: &str) -> ConfigOutcome {
-    ConfigOutcome {
-        content: content.to_owned(),
-        warnings: Vec::new(),
-    }
+    ConfigOutcome::new(content)
 }
 
 /// Errors name the key as `rate_limit.key`, as the host shows it.
-fn qualified(mut e: RuleError, key: &str) -> RuleError {
-    e.field = Some(format!("{TABLE}.{key}"));
-    e
+fn qualified(e: RuleError, key: &str) -> RuleError {
+    e.with_field(format!("{TABLE}.{key}"))
 }
 
 #[cfg(test)]

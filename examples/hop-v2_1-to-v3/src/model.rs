@@ -35,10 +35,7 @@ impl ModelMigrationRule for SchemaVersion4 {
         model
             .write_json(METADATA, &Value::Object(metadata))
             .map_err(|e| RuleError::new(format!("cannot write {place}: {e}")))?;
-        Ok(ModelOutcome {
-            written: vec![METADATA.to_owned()],
-            warnings: Vec::new(),
-        })
+        Ok(ModelOutcome::new().written(METADATA))
     }
 
     fn description(&self) -> String {
@@ -60,11 +57,7 @@ mod tests {
             fs::write(source.join(METADATA), text).unwrap();
         }
         let staging = dir.path().join("staging/models/bert");
-        let folder = ModelFolder {
-            name: "bert".into(),
-            source,
-            staging,
-        };
+        let folder = ModelFolder::new("bert", source, staging);
         (dir, folder)
     }
 

@@ -23,7 +23,7 @@ impl DataMigrationRule for AddSchemaVersion {
     fn migrate_raw(&self, record: &mut RawRecord<'_>) -> Result<(), FieldError> {
         record.expect_schema_version(None)?;
         check_known_fields(record)?;
-        record.set("schema_version", Value::from(SCHEMA_VERSION));
+        record.insert("schema_version", Value::from(SCHEMA_VERSION))?;
         Ok(())
     }
 

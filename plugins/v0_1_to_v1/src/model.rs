@@ -52,10 +52,7 @@ impl ModelMigrationRule for CreateMetadata {
         model
             .write_json(METADATA, &metadata)
             .map_err(|e| RuleError::new(format!("cannot write {METADATA}: {e}")))?;
-        Ok(ModelOutcome {
-            written: vec![METADATA.to_owned()],
-            warnings,
-        })
+        Ok(ModelOutcome::new().written(METADATA).warnings(warnings))
     }
 
     fn description(&self) -> String {
@@ -173,11 +170,7 @@ mod tests {
             write(&source, rel, bytes);
         }
         fs::create_dir_all(&source).unwrap();
-        let folder = ModelFolder {
-            name: "bert".to_owned(),
-            source,
-            staging: dir.path().join("staging/models/bert"),
-        };
+        let folder = ModelFolder::new("bert", source, dir.path().join("staging/models/bert"));
         Fixture { _dir: dir, folder }
     }
 

@@ -62,10 +62,7 @@ impl ConfigMigrationRule for ConfigRule {
         arrange_tables(doc.as_table_mut(), &created);
         tidy_table_gaps(&mut doc, header_table.as_deref());
         put_header(&mut doc, &header);
-        Ok(ConfigOutcome {
-            content: doc.to_string(),
-            warnings,
-        })
+        Ok(ConfigOutcome::new(doc.to_string()).warnings(warnings))
     }
 
     fn description(&self) -> String {
@@ -112,10 +109,7 @@ fn check_workers(root: &Table) -> Result<(), RuleError> {
         )
     })?;
     for key in WORKERS_KEYS {
-        get_int(&workers, key, 1, i64::MAX).map_err(|e| RuleError {
-            field: Some(format!("workers.{key}")),
-            ..e
-        })?;
+        get_int(&workers, key, 1, i64::MAX).map_err(|e| e.with_field(format!("workers.{key}")))?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@
 //! value is written out as it came in.
 
 use plugin_api::json::{join, type_name};
-use plugin_api::raw::RawRecord;
+use plugin_api::raw::{FieldValue, RawRecord};
 use plugin_api::{DataMigrationRule, FieldError};
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
@@ -31,7 +31,7 @@ impl DataMigrationRule for DataRule {
         if let Some(usage) = usage {
             place_usage(record, usage)?;
         }
-        record.set("schema_version", Value::from(TO_SCHEMA));
+        record.insert("schema_version", Value::from(TO_SCHEMA))?;
         Ok(())
     }
 
@@ -62,7 +62,7 @@ fn convert_top_level_timestamps(record: &mut RawRecord<'_>) -> Result<(), FieldE
         }
     }
     for (key, text) in converted {
-        record.set_json(key, text)?;
+        record.insert(key, FieldValue::json(text))?;
     }
     Ok(())
 }
@@ -194,8 +194,8 @@ fn place_usage(record: &mut RawRecord<'_>, usage: String) -> Result<(), FieldErr
     } else {
         "completion_tokens"
     };
-    record.replace_key_json(anchor, "usage", usage)?;
-    record.replace_key("completion_tokens", Vec::new());
+    record.replace(anchor, [("usage", FieldValue::json(usage))])?;
+    record.remove("completion_tokens")?;
     Ok(())
 }
 

@@ -77,10 +77,9 @@ fn shown(model: &ModelFolder, rel: &str) -> String {
 /// The folder's `metadata.json`, which a 1.0.0 model folder must have, with schema_version 1.
 fn read_metadata(model: &ModelFolder) -> Result<Map<String, Value>, RuleError> {
     let field = shown(model, METADATA);
-    let value = model.read_json(METADATA).map_err(|e| RuleError {
-        field: Some(field.clone()),
-        ..e
-    })?;
+    let value = model
+        .read_json(METADATA)
+        .map_err(|e| e.with_field(field.clone()))?;
     let Some(value) = value else {
         return Err(RuleError::at_field(
             field,
@@ -123,10 +122,7 @@ fn read_weights(model: &ModelFolder) -> Result<Vec<(String, Header)>, RuleError>
 
 /// Reads and validates the header of `rel` (a truncated file is refused here).
 fn read_weights_header(model: &ModelFolder, rel: &str) -> Result<Header, RuleError> {
-    read_header(&model.resolve(rel)).map_err(|e| RuleError {
-        field: Some(shown(model, rel)),
-        ..e
-    })
+    read_header(&model.resolve(rel)).map_err(|e| e.with_field(shown(model, rel)))
 }
 
 /// `parameters`: every tensor's element count, summed; `null` without safetensors files.
@@ -193,11 +189,7 @@ fn optimize(
         let (converted, hashes) = convert(model, rel, header, target)?;
         *header = converted;
         let (size, sha256) = hashes.output;
-        let entry = FileEntry {
-            path: rel.clone(),
-            size,
-            sha256,
-        };
+        let entry = FileEntry::new(rel.clone(), size, sha256);
         update_file_entry(model, entry, metadata, outcome)?;
         outcome.written.push(rel.clone());
         sources.insert(rel.clone(), Value::String(hashes.source.1));

@@ -78,11 +78,7 @@ pub fn write_safetensors(
 pub fn folder(root: &Path, name: &str) -> ModelFolder {
     let source = root.join("install/models").join(name);
     fs::create_dir_all(&source).unwrap();
-    ModelFolder {
-        name: name.to_owned(),
-        source,
-        staging: root.join("staging/models").join(name),
-    }
+    ModelFolder::new(name, source, root.join("staging/models").join(name))
 }
 
 /// Writes the `metadata.json` the 0.1.0 → 1.0.0 hop would write for the folder's files.

@@ -111,10 +111,7 @@ impl ConfigMigrationRule for ServerToml {
             ],
         )?;
         put_header(&mut doc, &header);
-        Ok(ConfigOutcome {
-            content: doc.to_string(),
-            warnings,
-        })
+        Ok(ConfigOutcome::new(doc.to_string()).warnings(warnings))
     }
 
     fn description(&self) -> String {

@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 
 use plugin_api::json::{join, opt_u64, replace_key, type_name};
-use plugin_api::raw::RawRecord;
+use plugin_api::raw::{FieldValue, RawRecord};
 use plugin_api::{DataMigrationRule, FieldError};
 use serde_json::{json, Map, Number, Value};
 use sha2::{Digest, Sha256};
@@ -38,7 +38,7 @@ impl DataMigrationRule for MetricsAndHashedKeys {
         move_latency_into_metrics(record)?;
         hash_record_api_key(record)?;
         record.walk_objects_if(may_hold_api_key, &mut hash_api_key)?;
-        record.set("schema_version", Value::from(SCHEMA_VERSION));
+        record.insert("schema_version", Value::from(SCHEMA_VERSION))?;
         Ok(())
     }
 
@@ -65,7 +65,7 @@ fn move_latency_into_metrics(record: &mut RawRecord<'_>) -> Result<(), FieldErro
     let tokens_per_second = tokens_per_second(output_tokens, latency)?;
     match record.raw("latency_ms") {
         Some(kept_latency) => {
-            // Built in one buffer and checked once by `replace_key_json`, as `usage` is in the
+            // Built in one buffer and checked once by `replace`, as `usage` is in the
             // 1.0 → 2.0 hop (`format!` then `RawValue::from_string` cost more).
             let mut metrics = String::with_capacity(64);
             metrics.push_str(r#"{"latency_ms":"#);
@@ -74,7 +74,7 @@ fn move_latency_into_metrics(record: &mut RawRecord<'_>) -> Result<(), FieldErro
             // As `format!` wrote it (a `Value` displays as compact JSON); writing into a `String`
             // cannot fail.
             let _ = write!(metrics, "{tokens_per_second}}}");
-            record.replace_key_json("latency_ms", "metrics", metrics)?;
+            record.replace("latency_ms", [("metrics", FieldValue::json(metrics))])?;
         }
         // A parsed record (a `Map` caller) gets parsed values: JSON text would be parsed again
         // for it, and serde_json does not read every float back exactly.
@@ -82,7 +82,7 @@ fn move_latency_into_metrics(record: &mut RawRecord<'_>) -> Result<(), FieldErro
             let kept_latency = record.get("latency_ms")?.unwrap_or(Value::Null);
             let metrics =
                 json!({"latency_ms": kept_latency, "tokens_per_second": tokens_per_second});
-            record.replace_key("latency_ms", vec![("metrics".to_owned(), metrics)]);
+            record.replace("latency_ms", [("metrics", metrics)])?;
         }
     }
     Ok(())
@@ -159,7 +159,7 @@ fn hash_record_api_key(record: &mut RawRecord<'_>) -> Result<(), FieldError> {
         }
     }
     let key = record.str("key")?.unwrap_or_default();
-    record.replace_key("key", hashed_key(&key));
+    record.replace("key", hashed_key(&key))?;
     Ok(())
 }
 

@@ -48,10 +48,7 @@ impl ModelMigrationRule for ServingMetadata {
         model
             .write_json(METADATA, &Value::Object(metadata))
             .map_err(|e| RuleError::new(format!("cannot write {METADATA}: {e}")))?;
-        Ok(ModelOutcome {
-            written: vec![METADATA.to_owned()],
-            warnings: Vec::new(),
-        })
+        Ok(ModelOutcome::new().written(METADATA))
     }
 
     fn description(&self) -> String {
@@ -140,11 +137,7 @@ mod tests {
         for (rel, text) in files {
             fs::write(source.join(rel), text).unwrap();
         }
-        let folder = ModelFolder {
-            name: "bert".to_owned(),
-            source,
-            staging: dir.path().join("staging/models/bert"),
-        };
+        let folder = ModelFolder::new("bert", source, dir.path().join("staging/models/bert"));
         Fixture { _dir: dir, folder }
     }
 

@@ -1,44 +1,29 @@
-//! The raw rule against the Map-based rule it replaced ([`super::reference`]): for generated
-//! records whose values are in serde_json's canonical compact form (so that copying a value
-//! through and re-printing it agree), `migrate_data_batch` must give the same bytes and the
-//! same failures as the reference applied to a `Map` and printed with `serde_json::to_vec`.
+//! The raw rule against the Map-based rule it replaced ([`super::reference`]), through the
+//! harness the plugins share ([`plugin_testing::Equivalence`]): for generated records whose
+//! values are in serde_json's canonical compact form (so that copying a value through and
+//! re-printing it agree), `migrate_data_batch` must give the same bytes and the same failures
+//! as the reference applied to a `Map` and printed with `serde_json::to_vec`. This file holds
+//! only what is this hop's own: the objects it rewrites at any depth and its records' fields.
 
-use plugin_testing::{config, count, field, float, key_name, scalar, text, Equivalence};
+use plugin_testing::{api_key_entry, count, field, float, text, Equivalence};
 use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
 
 use super::reference;
 
-/// Any value, with objects that look like API keys or hold timestamps among the nested ones.
-fn value() -> impl Strategy<Value = Value> {
-    scalar().prop_recursive(3, 24, 4, |inner| {
+/// Any value, with API key entries and objects holding a `seen_at` among the nested ones.
+fn value() -> BoxedStrategy<Value> {
+    plugin_testing::value(|inner| {
         prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::vec((key_name(), inner.clone()), 0..4)
-                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            (
-                "[a-z0-9_é]{0,12}",
-                prop::collection::vec(inner.clone(), 0..2),
-                inner.clone()
-            )
-                .prop_map(|(key, scopes, created)| {
-                    json!({"name": "k", "key": key, "created_at": created, "scopes": scopes})
-                }),
+            api_key_entry(inner.clone()),
             (any::<i32>(), inner).prop_map(|(ts, other)| json!({"seen_at": ts, "x": other})),
         ]
+        .boxed()
     })
 }
 
-fn wrong_count() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        Just(json!(-1)),
-        Just(json!(1.5)),
-        Just(json!("12")),
-        Just(Value::Null),
-        any::<i64>().prop_map(Value::from),
-        value(),
-    ]
+fn wrong_count() -> BoxedStrategy<Value> {
+    plugin_testing::wrong_count(value())
 }
 
 /// The fields of a 0.1.0 record, present or not, right or wrong.
@@ -87,28 +72,11 @@ fn known_fields() -> impl Strategy<Value = Vec<(String, Value)>> {
         })
 }
 
-/// One record as a JSON line: this hop's known fields and random others.
-fn record_line() -> impl Strategy<Value = String> {
-    plugin_testing::record_line(known_fields(), value().boxed())
-}
-
-/// This hop's raw rule against the reference it replaced.
-fn check(lines: &[String]) -> Result<(), TestCaseError> {
+#[test]
+fn raw_rule_matches_the_map_reference() {
     let hop = crate::hop();
-    Equivalence {
-        hop: &hop,
-        reference: &reference::AddSchemaVersion,
-    }
-    .check(lines)
-}
-
-proptest! {
-    #![proptest_config(config())]
-
-    #[test]
-    fn raw_rule_matches_the_map_reference(lines in prop::collection::vec(record_line(), 1..5)) {
-        check(&lines)?;
-    }
+    Equivalence::new(&hop, &reference::AddSchemaVersion)
+        .check_generated(plugin_testing::record_line(known_fields(), value()));
 }
 
 /// Inputs outside the canonical form agree too, up to layout.
@@ -131,9 +99,5 @@ fn non_canonical_inputs_agree_up_to_layout() {
         r#"{"timestamp":18446744073709551616}"#,
     ];
     let hop = crate::hop();
-    Equivalence {
-        hop: &hop,
-        reference: &reference::AddSchemaVersion,
-    }
-    .assert_agree_up_to_layout(&lines);
+    Equivalence::new(&hop, &reference::AddSchemaVersion).assert_agree_up_to_layout(&lines);
 }

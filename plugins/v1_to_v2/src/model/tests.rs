@@ -50,7 +50,7 @@ fn run(
     optimize: bool,
     dtype: OptimizeDtype,
 ) -> Result<ModelOutcome, RuleError> {
-    ModelRule.migrate(model, &ModelOptions { optimize, dtype })
+    ModelRule.migrate(model, &ModelOptions::new(optimize, dtype))
 }
 
 fn keys(meta: &Value) -> Vec<&str> {

@@ -1,0 +1,28 @@
+//! The README's "Programmatic use", as a program the test suite builds and runs: migrating an
+//! installation from Rust through the engine's API, with no CLI in between.
+//!
+//! `cargo run -p trustformers-migrate --example programmatic -- ROOT` migrates ROOT to 2.1.0
+//! with the plugins of the default search path (`TRUSTFORMERS_PLUGIN_DIR` among them).
+
+use std::path::PathBuf;
+
+use trustformers_migrate::{OverallStatus, VersionMigrator};
+
+#[tokio::main]
+async fn main() -> Result<(), trustformers_migrate::MigrateError> {
+    let root = PathBuf::from(std::env::args().nth(1).expect("usage: programmatic ROOT"));
+
+    let migrator = VersionMigrator::new("0.1.0", "2.1.0")?; // "" as `from` detects it
+    let info = migrator.get_migration_info()?; // path, steps, breaking changes
+    println!(
+        "{} hops, {} breaking changes",
+        info.steps.len(),
+        info.breaking_changes.len()
+    );
+    let result = migrator.execute_full_migration(&root).await?; // MigrationResult
+    assert_eq!(result.overall_status, OverallStatus::Completed);
+    for step in &result.steps {
+        println!("{} {:?} {} ms", step.name, step.status, step.duration_ms);
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! What each command runs and what its exit status says: true statuses for a run that stops
+//! between two states (interrupted, 8) and for a bug in the host (internal, 9, never blamed on
+//! a plugin), and no plugin code at all for the commands that need none. Faults are injected
+//! through the `TRUSTFORMERS_MIGRATE_FAULT` hook (`<point>:<n>:error|panic`), which exists only
+//! in the test build.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+const FAULT: &str = "TRUSTFORMERS_MIGRATE_FAULT";
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+fn describe(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    )
+}
+
+/// A migration whose every file is in place but whose commit cannot be recorded (the disk
+/// fills up as the journal is marked committed) is neither "failed, left as it was" nor done:
+/// it exits 8, says that the next command finishes or undoes it, and that is what happens.
+#[test]
+fn a_commit_that_cannot_be_recorded_is_interrupted_and_recover_undoes_it() {
+    let install = sample_install();
+    let root = install.path();
+    let before = tree_hash(root);
+    let o = migrate_env(
+        &["--json", "version", "--path", p(root), "--to", "2.1.0"],
+        &[(FAULT, "commit:1:error")],
+    );
+    assert_eq!(o.status.code(), Some(8), "{}", describe(&o));
+    let result: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json result");
+    assert_eq!(result["overall_status"], "Interrupted", "{result}");
+    assert_eq!(result["exit_code"], 8);
+    let error = result["error"].as_str().expect("error text");
+    assert!(
+        error.contains("migrate recover --path") && error.contains("journal is kept"),
+        "{error}"
+    );
+    assert!(
+        root.join(".migrate/journal.json").is_file(),
+        "the journal is what lets the next command undo the run"
+    );
+    assert_eq!(
+        read(root, "VERSION").trim(),
+        "2.1.0",
+        "every file was in place"
+    );
+
+    let o = migrate(&["recover", "--path", p(root)]);
+    assert!(
+        ok(&o).contains("rolled back the interrupted migration 0.1.0 → 2.1.0"),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(
+        tree_hash(root),
+        before,
+        "recover gives back the original tree"
+    );
+    assert_no_leftovers(root, "after recover");
+}
+
+/// A swap that fails part-way is rolled back; when the rollback fails too, the installation
+/// is between two states: exit 8 (not 1, "left as it was"), and the next command finishes the
+/// rollback.
+#[test]
+fn a_rollback_that_fails_after_a_failed_swap_is_interrupted() {
+    let install = sample_install();
+    let root = install.path();
+    let before = tree_hash(root);
+    let o = migrate_env(
+        &["version", "--path", p(root), "--to", "2.1.0"],
+        &[(FAULT, "swap:2:error,rollback:1:error")],
+    );
+    assert_eq!(o.status.code(), Some(8), "{}", describe(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("rolling back also failed") && err.contains("migrate recover --path"),
+        "{err}"
+    );
+    assert_ne!(
+        tree_hash(root),
+        before,
+        "the run stopped between two states"
+    );
+
+    // Any command on the installation finishes the undo first.
+    let o = migrate(&["validate", "--path", p(root), "--version", "0.1.0"]);
+    assert!(
+        stderr(&o).contains("was found in") && stderr(&o).contains("rolled back"),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(tree_hash(root), before);
+    assert_no_leftovers(root, "after the next command");
+}
+
+/// A panic in the host's own code (here in the data pipeline) is a bug in migrate, exit 9,
+/// and is not reported as a plugin error; nothing in the installation changed.
+#[test]
+fn a_panic_in_the_host_is_an_internal_error_not_a_plugin_error() {
+    let install = sample_install();
+    let root = install.path();
+    let before = tree_hash(root);
+    let o = migrate_env(
+        &["version", "--path", p(root), "--to", "2.1.0"],
+        &[(FAULT, "batch:1:panic")],
+    );
+    assert_eq!(o.status.code(), Some(9), "{}", describe(&o));
+    let err = stderr(&o);
+    assert!(err.contains("internal error in migrate"), "{err}");
+    assert!(err.contains("nothing was swapped"), "{err}");
+    assert!(!err.contains("plugin error"), "{err}");
+    assert_eq!(tree_hash(root), before);
+    assert_no_leftovers(root, "after the panic");
+}
+
+/// Plugins run code as soon as they are loaded (building their hop). `completions`, `man`,
+/// `history`, `backups` and `rollback` need no plugin, so none is loaded: the probe plugin
+/// never writes its marker for them, and does for `plugins list` (the control).
+#[test]
+fn commands_that_need_no_plugin_run_no_plugin_code() {
+    let plugins = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(failing_hop(), plugins.path().join("libfailing_hop.so")).expect("copy");
+    let install = sample_install();
+    let root = install.path();
+    let marker = plugins.path().join("loaded.txt");
+    let env = [("FAILING_HOP_LOAD_MARKER", p(&marker))];
+    let dir = p(plugins.path());
+    let missing_backup = root.join("backups/none");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["completions", "bash"],
+        vec!["man"],
+        vec!["history", "--path", p(root)],
+        vec!["backups", "list", "--path", p(root)],
+        vec!["backups", "verify", p(&missing_backup)],
+        vec![
+            "rollback",
+            "--backup-path",
+            p(&missing_backup),
+            "--path",
+            p(root),
+        ],
+        vec!["recover", "--path", p(root)],
+    ];
+    for command in commands {
+        let mut args = vec!["--plugin-dir", dir];
+        args.extend(command.iter().copied());
+        let o = migrate_env(&args, &env);
+        assert!(
+            !marker.exists(),
+            "`migrate {}` loaded a plugin\n{}",
+            command.join(" "),
+            describe(&o)
+        );
+    }
+    let o = migrate_env(&["--plugin-dir", dir, "plugins", "list"], &env);
+    assert!(ok(&o).contains("failing_v1_to_v2"), "{}", describe(&o));
+    assert!(marker.exists(), "the probe works: plugins list loads it");
+}
