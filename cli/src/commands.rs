@@ -33,8 +33,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }));
     if let Some((target, run, models)) = cli.command.migration() {
         let settings = Settings::load(global.config_file.as_deref())?;
-        let registry = discover(global)?;
-        return migrate(&registry, &settings, target, run, models, json, observer).await;
+        // A dry run changes nothing, so it has no metrics to report.
+        let metrics_file = run
+            .metrics_file
+            .clone()
+            .or_else(|| settings.global.metrics_file.clone())
+            .filter(|_| !run.dry_run);
+        if let Some(file) = &metrics_file {
+            metrics::check_destination(file)?;
+        }
+        let (root, started) = (target.root.clone(), Instant::now());
+        let migrated = match discover(global) {
+            Ok(registry) => migrate(&registry, &settings, target, run, models, observer).await,
+            Err(e) => Err(e),
+        };
+        if let Some(file) = &metrics_file {
+            // Also when it ended before a result (no plugin, no path, …): the fleet must see a
+            // failed run, not the previous run's success.
+            write_metrics(file, &root, started, migrated.as_ref().ok());
+        }
+        return show(&migrated?, run, json);
     }
     match cli.command {
         Command::Version { .. }
@@ -343,16 +361,8 @@ async fn migrate(
     mut target: Target,
     run: &RunArgs,
     models: Option<&ModelArgs>,
-    json: bool,
     observer: Arc<Progress>,
-) -> anyhow::Result<ExitCode> {
-    let metrics_file = run
-        .metrics_file
-        .clone()
-        .or_else(|| settings.global.metrics_file.clone());
-    if let Some(file) = &metrics_file {
-        metrics::check_destination(file)?;
-    }
+) -> anyhow::Result<trustformers_migrate::MigrationResult> {
     check_target(&target)?;
     if !settings.config_migration.enabled {
         target.config = None;
@@ -377,22 +387,24 @@ async fn migrate(
     } else {
         Mode::Commit
     };
-    let root = target.root.clone();
-    let started = Instant::now();
-    let outcome = migrator.execute(target, mode).await;
-    if let (Some(file), Mode::Commit) = (&metrics_file, mode) {
-        write_metrics(file, &root, started, outcome.as_ref().ok());
-    }
-    let result = outcome?;
+    Ok(migrator.execute(target, mode).await?)
+}
+
+/// A migration's result: to `--report`, then as JSON or text; its exit code.
+fn show(
+    result: &trustformers_migrate::MigrationResult,
+    run: &RunArgs,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     if let Some(file) = &run.report {
         let text = serde_json::to_string_pretty(&result)?;
         std::fs::write(file, text)
             .with_context(|| format!("cannot write the report to {}", file.display()))?;
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        println!("{}", serde_json::to_string_pretty(result)?);
     } else {
-        print!("{}", render::result(&result));
+        print!("{}", render::result(result));
     }
     if let Some(e) = &result.error {
         eprintln!("error: {e}");
@@ -400,7 +412,7 @@ async fn migrate(
     Ok(ExitCode::from_i32(result.exit_code))
 }
 
-/// The metrics of a run that was meant to commit (a dry run changes nothing to report). A
+/// The metrics of a migration; `result` is `None` when it ended before producing one. A
 /// failure to write them is a warning: it must not turn a good migration into a failed one.
 fn write_metrics(
     file: &Path,

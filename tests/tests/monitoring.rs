@@ -243,3 +243,44 @@ fn a_metrics_path_in_a_missing_folder_is_refused_before_the_migration() {
     );
     assert_eq!(full_tree_hash(root), before, "nothing changed");
 }
+
+/// A run that ends before it has a result (no migration path to 9.9.9) still replaces the
+/// previous run's success with a failure; a dry run writes no metrics.
+#[test]
+fn a_run_without_a_result_reports_failure_and_a_dry_run_writes_nothing() {
+    let install = sample_install();
+    let root = install.path();
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let file = out_dir.path().join("trustformers_migrate.prom");
+    std::fs::write(
+        &file,
+        "# HELP trustformers_migrate_last_run_success x\n# TYPE trustformers_migrate_last_run_success gauge\ntrustformers_migrate_last_run_success 1\n",
+    )
+    .expect("a previous run's file");
+    let out = migrate(&[
+        "version",
+        "--path",
+        p(root),
+        "--to",
+        "9.9.9",
+        "--metrics-file",
+        p(&file),
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let (samples, _) = parse(&file);
+    promtool(&file);
+    assert_eq!(get(&samples, "trustformers_migrate_last_run_success"), 0.0);
+
+    let dry = out_dir.path().join("dry.prom");
+    ok(&migrate(&[
+        "version",
+        "--path",
+        p(root),
+        "--to",
+        "2.1.0",
+        "--dry-run",
+        "--metrics-file",
+        p(&dry),
+    ]));
+    assert!(!dry.exists(), "a dry run writes no metrics");
+}

@@ -62,6 +62,12 @@ pub fn back_up(
 ) -> Result<()> {
     let Some(dir) = &plan.options.backup_dir else {
         s.status = StepStatus::Skipped;
+        if let Some(remote) = &plan.options.remote {
+            s.warnings.push(format!(
+                "[backup] remote is {}, but backup_before_migration = false: no backup was taken, so none was uploaded",
+                remote.location
+            ));
+        }
         return Ok(());
     };
     let path = archive(plan, txn, dir)?;
