@@ -809,3 +809,39 @@ fn unreachable_and_forbidden_endpoints_are_refused_naming_endpoint_and_bucket() 
     assert_eq!(read(root, "VERSION").trim(), "2.1.0");
     assert_eq!(backups_in(root).len(), 1, "the local backup is kept");
 }
+
+/// A mistyped recipient or a remote that is not an `s3://` location is refused when the
+/// settings are read, naming the value and the file, before anything is written.
+#[test]
+fn a_mistyped_recipient_or_remote_is_refused_before_anything() {
+    let install = sample_install();
+    let root = install.path();
+    let before = full_tree_hash(root);
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (text, named) in [
+        ("[backup]\nencrypt_to = [\"age1typo\"]\n", "age1typo"),
+        (
+            "[backup]\nremote = \"/mnt/nas/backups\"\n",
+            "/mnt/nas/backups",
+        ),
+    ] {
+        let cfg = config(dir.path(), text);
+        let out = migrate(&[
+            "version",
+            "--path",
+            p(root),
+            "--to",
+            "2.1.0",
+            "--config-file",
+            p(&cfg),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+        assert!(stderr(&out).contains(named), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(p(&cfg)),
+            "names the file: {}",
+            stderr(&out)
+        );
+        assert_eq!(full_tree_hash(root), before, "nothing was written");
+    }
+}
