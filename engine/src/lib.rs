@@ -16,6 +16,7 @@ pub mod commit;
 pub mod discover;
 pub mod document;
 pub mod error;
+pub mod isolation;
 pub mod metrics;
 pub mod migrator;
 pub mod observe;
@@ -26,6 +27,7 @@ pub mod settings;
 pub mod size;
 pub mod stage;
 pub mod verify;
+pub mod worker;
 
 pub use migrate_transaction as transaction;
 

@@ -236,6 +236,7 @@ mod tests {
             preview: None,
             duration_ms: 2000,
             peak_rss_bytes: 123_456,
+            isolation: None,
         }
     }
 

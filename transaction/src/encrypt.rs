@@ -86,6 +86,15 @@ impl Serialize for Recipients {
     }
 }
 
+/// The public keys, parsed again: a plan sent to the plugin worker keeps its recipients
+/// rather than silently losing them.
+impl<'de> Deserialize<'de> for Recipients {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let keys = Vec::<String>::deserialize(d)?;
+        Recipients::parse(&keys).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The sink a backup archive is written to: the file itself, or an age stream over it.
 pub enum Sealed<W: Write> {
     Plain(W),

@@ -29,7 +29,7 @@ use object_store::path::Path as Key;
 use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig, WriteMultipart,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::backup::{BackupMetadata, METADATA};
@@ -44,7 +44,7 @@ const MAX_PARTS: u64 = 9_000;
 const CONCURRENCY: usize = 4;
 
 /// Where remote backups live: `s3://bucket/prefix`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Location {
     pub bucket: String,
     /// Without leading or trailing `/`; may be empty.

@@ -17,7 +17,7 @@ use migrate_transaction::staging::Staging;
 use plugin_api::ffi::CallError;
 use plugin_api::RuleError;
 
-use super::{plugin_failure, Budget};
+use super::{call, plugin_failure, Budget};
 use crate::discover::install::{DataFile, DataKind, QUARANTINE};
 use crate::discover::registry::LoadedHop;
 use crate::document;
@@ -293,10 +293,15 @@ impl DataRun<'_> {
         let mut current: Option<RVec<u8>> = None;
         for hop in self.data_hops() {
             let input: &[u8] = current.as_deref().unwrap_or(&batch.bytes);
-            let (output, refused) = hop
-                .client
-                .migrate_data(input)
-                .map_err(|e| data_failure(hop, file, e))?;
+            let places = batch
+                .places
+                .first()
+                .copied()
+                .zip(batch.places.last().copied());
+            let (output, refused) = call(self.observer, hop, "data", &file.rel, places, || {
+                hop.client.migrate_data(input)
+            })
+            .map_err(|e| data_failure(hop, file, e))?;
             let mut dropped: Vec<usize> = refused.iter().map(|r| r.index as usize).collect();
             dropped.sort_unstable();
             for r in refused {
