@@ -157,9 +157,13 @@ pub enum Command {
         /// ROOT/.migrate/ and verified in full first).
         #[arg(long, value_name = "PATH")]
         backup_path: PathBuf,
-        /// Installation to restore into (default: the one the backup was taken from).
+        /// Installation to restore into (default: the one the backup was taken from, when the
+        /// backup lies under it).
         #[arg(long, value_name = "ROOT")]
         path: Option<PathBuf>,
+        /// Restore even though the installation's VERSION is not the backup's target version.
+        #[arg(long)]
+        force: bool,
         /// age identity file (from age-keygen) that opens an encrypted backup.
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,

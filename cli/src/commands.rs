@@ -97,8 +97,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback {
             backup_path,
             path,
+            force,
             identity,
-        } => rollback(&backup_path, path.as_deref(), identity.as_deref(), json),
+        } => rollback(
+            &backup_path,
+            path.as_deref(),
+            force,
+            identity.as_deref(),
+            json,
+        ),
         Command::Recover { path, forward } => recover(&path, forward, json, observer.as_ref()),
         Command::Backups {
             command:
@@ -178,16 +185,37 @@ fn history(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
 fn rollback(
     backup: &Path,
     root: Option<&Path>,
+    force: bool,
     identity: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let keys = identity.map(Identities::from_file).transpose()?;
     let report = match backup.to_str().filter(|s| s.starts_with("s3://")) {
-        Some(url) => rollback_remote(url, root, keys.as_ref())?,
-        None => restore::restore_with(backup, root, keys.as_ref())?,
+        Some(url) => rollback_remote(url, root, force, keys.as_ref())?,
+        None => restore::restore_with(
+            &restore::RestoreRequest {
+                backup,
+                root,
+                force,
+            },
+            keys.as_ref(),
+        )?,
     };
     for w in &report.warnings {
         eprintln!("warning: {w}");
+    }
+    if let Some(saved) = &report.pre_rollback_backup {
+        eprintln!(
+            "note: {} changed after the migration; their current content was saved first into {}",
+            report.saved_files.join(", "),
+            saved.display()
+        );
+    }
+    if !report.kept_files.is_empty() {
+        eprintln!(
+            "note: {} were created by the migration but changed since: kept as they are",
+            report.kept_files.join(", ")
+        );
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -209,6 +237,7 @@ fn rollback(
 fn rollback_remote(
     url: &str,
     root: Option<&Path>,
+    force: bool,
     keys: Option<&Identities>,
 ) -> anyhow::Result<restore::RestoreReport> {
     use trustformers_migrate::transaction::Error as T;
@@ -239,7 +268,14 @@ fn rollback_remote(
     let local = remote
         .download(&meta, &downloads.join(location.name()))
         .map_err(T::from)?;
-    let restored = restore::restore_with(&local, Some(&root), keys);
+    let restored = restore::restore_with(
+        &restore::RestoreRequest {
+            backup: &local,
+            root: Some(&root),
+            force,
+        },
+        keys,
+    );
     let _ = std::fs::remove_dir_all(&local);
     let _ = std::fs::remove_dir(&downloads);
     let mut report = restored?;
@@ -256,7 +292,7 @@ fn recover(
     Installation::open(root)?;
     let tool_dir = root.join(trustformers_migrate::discover::install::TOOL_DIR);
     let _lock = lock::InstallLock::acquire(&tool_dir)?;
-    let recovered = recovery::recover_locked(root, forward)?;
+    let recovered = recovery::recover_locked(root, forward, true)?;
     for w in &recovered.warnings {
         observer.warning(w);
     }
@@ -265,11 +301,21 @@ fn recover(
         Some(journal::Recovery::RolledBack { from, to }) => {
             format!("rolled back the interrupted migration {from} → {to}")
         }
-        Some(journal::Recovery::Finished { from, to }) => {
+        Some(journal::Recovery::Finished {
+            from,
+            to,
+            backup: Some(b),
+        }) => {
+            format!("finished the interrupted migration {from} → {to}, after completing its backup {b} from the kept originals")
+        }
+        Some(journal::Recovery::Finished { from, to, .. }) => {
             format!("finished the interrupted migration {from} → {to}")
         }
-        Some(journal::Recovery::Cleaned) => {
-            "removed the staging of an interrupted migration; nothing had changed".to_owned()
+        Some(journal::Recovery::Cleaned { removed }) => {
+            format!(
+                "removed the staging of an interrupted migration; nothing had changed ({})",
+                removed.join(", ")
+            )
         }
     };
     if json {
@@ -373,6 +419,7 @@ fn options(
             .and_then(|m| m.optimize_dtype)
             .map_or(settings.model_migration.optimize_dtype, Into::into),
         batch_size: settings.data_migration.batch_size,
+        max_invalid_records: settings.data_migration.max_invalid_records,
         backup_dir: backup.then(|| target.backup_dir(run.backup_dir.as_deref())),
         timeout: (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
         encrypt_to: settings.backup.recipients().map_err(refused)?,

@@ -349,17 +349,19 @@ mod tests {
         let secret = "api_key = \"tfk_0123456789\"\n".repeat(1000);
         std::fs::write(root.path().join("keys.toml"), &secret).unwrap();
         let r = root.path().to_path_buf();
-        let source_of = move |rel: &str| r.join(rel);
+        let open = move |rel: &str| crate::confine::open_regular(&r.join(rel), None);
         let made = backup::create(&BackupRequest {
             root: root.path(),
             dir: &root.path().join("backups"),
             kind: "full",
             from: "0.1.0",
             to: "2.1.0",
-            source_of: &source_of,
+            open_source: &open,
             files: vec!["keys.toml".into()],
             created_files: vec![],
             created_dirs: vec![],
+            written: vec![],
+            open_written: &open,
             encrypt_to: Some(&to),
         })
         .unwrap();

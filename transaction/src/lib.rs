@@ -16,6 +16,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod confine;
 pub mod encrypt;
 pub mod error;
 pub mod fault;
