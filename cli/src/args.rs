@@ -258,11 +258,14 @@ Examples:
   migrate rollback --backup-path /srv/trustformers/backups/full_backup_1795517413
   migrate rollback --path /srv/trustformers --backup-dir /mnt/backups --yes")]
     Rollback {
-        /// The backup folder (holds backup.tar.zst and metadata.json) [default: the newest
-        /// backup of --path whose target is its current release].
+        /// The backup folder (holds backup.tar.zst or backup.tar.zst.age, and metadata.json),
+        /// or a remote copy: s3://bucket/prefix/<backup folder name> (downloaded into
+        /// ROOT/.migrate/ and verified in full first) [default: the newest backup of --path
+        /// whose target is its current release].
         #[arg(long, value_name = "PATH", required_unless_present = "path")]
         backup_path: Option<PathBuf>,
-        /// Installation to restore into (default: the one the backup was taken from).
+        /// Installation to restore into (default: the one the backup was taken from, when the
+        /// backup lies under it).
         #[arg(long, value_name = "ROOT")]
         path: Option<PathBuf>,
         /// Where to look for backups without --backup-path ($TRUSTFORMERS_BACKUP_DIR or
@@ -272,6 +275,9 @@ Examples:
         /// Restore even though the installation's VERSION is not the backup's target version.
         #[arg(long)]
         force: bool,
+        /// age identity file (from age-keygen) that opens an encrypted backup.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Finish or undo a migration that was interrupted (crash, kill -9, power loss). Every
     /// other command does this first on its own, rolling back.
@@ -344,11 +350,15 @@ Examples:
   migrate backups list --path /srv/trustformers --backup-dir /mnt/backups --json")]
     List {
         /// Installation root whose backups to list.
-        #[arg(long, value_name = "ROOT")]
-        path: PathBuf,
+        #[arg(long, value_name = "ROOT", required_unless_present = "remote")]
+        path: Option<PathBuf>,
         /// Backup folder, if not the default ($TRUSTFORMERS_BACKUP_DIR or ROOT/backups).
         #[arg(long, value_name = "DIR")]
         backup_dir: Option<PathBuf>,
+        /// List the remote copies instead: at s3://bucket/prefix, or at [backup] remote of
+        /// migration_config.toml when no location is given.
+        #[arg(long, value_name = "S3_URL", num_args = 0..=1, default_missing_value = "")]
+        remote: Option<String>,
     },
     /// Check every file's checksum in a backup; writes nothing.
     #[command(after_help = "\
@@ -358,6 +368,9 @@ Examples:
         /// The backup folder.
         #[arg(value_name = "PATH")]
         backup: PathBuf,
+        /// age identity file (from age-keygen) that opens an encrypted backup.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
 }
 
@@ -420,6 +433,10 @@ pub struct RunArgs {
     /// Where to put the backup [default: $TRUSTFORMERS_BACKUP_DIR, else ROOT/backups].
     #[arg(long, value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
+    /// Write Prometheus metrics of the run here (node_exporter textfile format, e.g.
+    /// /var/lib/node_exporter/textfile/migrate.prom) [default: [global] metrics_file].
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use semver::Version;
@@ -10,10 +11,13 @@ use trustformers_migrate::discover::install::Installation;
 use trustformers_migrate::discover::pins;
 use trustformers_migrate::discover::registry::{Discovery, Registry};
 use trustformers_migrate::isolation::Isolation;
+use trustformers_migrate::metrics::{self, RunCounts, Snapshot};
 use trustformers_migrate::plan::graph::VersionGraph;
 use trustformers_migrate::plan::release::TargetRelease;
-use trustformers_migrate::plan::{Options, Target};
+use trustformers_migrate::plan::{Options, RemoteCopy, Target};
 use trustformers_migrate::settings::Settings;
+use trustformers_migrate::transaction::encrypt::Identities;
+use trustformers_migrate::transaction::remote::{Location, Remote};
 use trustformers_migrate::transaction::{audit, backup, journal, lock, recovery, restore};
 use trustformers_migrate::worker::{WorkerLoader, WorkerSpec};
 use trustformers_migrate::{
@@ -41,11 +45,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(global.config_file.as_deref())?;
     let worker = worker_spec(global, &settings);
     if let Some((target, run, models)) = cli.command.migration() {
-        let registry = discover(global, &worker)?;
-        return migrate(
-            &registry, &settings, target, run, models, global, observer, worker,
-        )
-        .await;
+        // A dry run changes nothing, so it has no metrics to report.
+        let metrics_file = run
+            .metrics_file
+            .clone()
+            .or_else(|| settings.global.metrics_file.clone())
+            .filter(|_| !run.dry_run);
+        if let Some(file) = &metrics_file {
+            metrics::check_destination(file)?;
+        }
+        let (root, started) = (target.root.clone(), Instant::now());
+        let migrated = match discover(global, &worker) {
+            Ok(registry) => {
+                migrate(
+                    &registry, &settings, target, run, models, global, observer, worker,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Some(file) = &metrics_file {
+            // Also when it ended before a result (no plugin, no path, …): the fleet must see a
+            // failed run, not the previous run's success.
+            write_metrics(file, &root, started, migrated.as_ref().ok());
+        }
+        return show(&migrated?, run, global.json);
     }
     match cli.command {
         Command::Worker => unreachable!("served above"),
@@ -96,21 +120,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             path,
             backup_dir,
             force,
+            identity,
         } => rollback(
             backup_path.as_deref(),
             path.as_deref(),
             backup_dir.as_deref(),
             force,
+            identity.as_deref(),
             global,
             observer.as_ref(),
         ),
         Command::Recover { path, forward } => recover(&path, forward, json, observer.as_ref()),
         Command::Backups {
-            command: BackupsCommand::List { path, backup_dir },
-        } => backups_list(&path, backup_dir.as_deref(), json),
+            command:
+                BackupsCommand::List {
+                    path,
+                    backup_dir,
+                    remote,
+                },
+        } => match (remote, path) {
+            (Some(url), _) => backups_list_remote(&url, global, json),
+            (None, Some(path)) => backups_list(&path, backup_dir.as_deref(), json),
+            (None, None) => Err(MigrateError::usage(
+                "backups list needs --path or --remote",
+                "pass --path ROOT for the local backups, --remote for the remote copies",
+            )
+            .into()),
+        },
         Command::Backups {
-            command: BackupsCommand::Verify { backup },
-        } => backups_verify(&backup, json),
+            command: BackupsCommand::Verify { backup, identity },
+        } => backups_verify(&backup, identity.as_deref(), json),
     }
 }
 
@@ -217,9 +256,18 @@ fn rollback(
     root: Option<&Path>,
     backup_dir: Option<&Path>,
     force: bool,
+    identity: Option<&Path>,
     global: &GlobalArgs,
     observer: &dyn Observer,
 ) -> anyhow::Result<ExitCode> {
+    let keys = identity.map(Identities::from_file).transpose()?;
+    let remote = backup_path
+        .and_then(Path::to_str)
+        .filter(|s| s.starts_with("s3://"));
+    if let Some(url) = remote {
+        let report = rollback_remote(url, root, force, keys.as_ref())?;
+        return report_rollback(&report, global, observer);
+    }
     let (backup, meta) = match (backup_path, root) {
         (Some(b), _) => (b.to_path_buf(), backup::read_metadata(b)?),
         (None, Some(root)) => {
@@ -252,11 +300,23 @@ fn rollback(
             Answer::Yes => {}
         }
     }
-    let report = restore::restore(&restore::RestoreRequest {
-        backup: &backup,
-        root,
-        force,
-    })?;
+    let report = restore::restore_with(
+        &restore::RestoreRequest {
+            backup: &backup,
+            root,
+            force,
+        },
+        keys.as_ref(),
+    )?;
+    report_rollback(&report, global, observer)
+}
+
+/// What a rollback did: its warnings and notices, then the result as JSON or text.
+fn report_rollback(
+    report: &restore::RestoreReport,
+    global: &GlobalArgs,
+    observer: &dyn Observer,
+) -> anyhow::Result<ExitCode> {
     for w in &report.warnings {
         observer.warning(w);
     }
@@ -274,7 +334,7 @@ fn rollback(
         ));
     }
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         println!(
             "restored {} from {}: {} files put back, {} created files removed; the installation is at {} again",
@@ -286,6 +346,57 @@ fn rollback(
         );
     }
     Ok(ExitCode::Ok)
+}
+
+/// `rollback --backup-path s3://…`: downloads the copy into ROOT/.migrate/downloads/, restores
+/// it exactly as a local backup (verified in full first), and removes the download.
+fn rollback_remote(
+    url: &str,
+    root: Option<&Path>,
+    force: bool,
+    keys: Option<&Identities>,
+) -> anyhow::Result<restore::RestoreReport> {
+    use trustformers_migrate::transaction::Error as T;
+    let location = Location::parse(url).map_err(T::from)?;
+    if location.prefix.is_empty() {
+        return Err(MigrateError::usage(
+            format!("{url} names a bucket, not a backup"),
+            "pass s3://bucket/prefix/<backup folder name>; `migrate backups list --remote` lists them",
+        )
+        .into());
+    }
+    let hint = "nothing was changed; check AWS_ENDPOINT_URL, the bucket and the credentials, or roll back from a local backup";
+    let remote = Remote::connect(&location, hint).map_err(T::from)?;
+    let meta = remote.metadata().map_err(T::from)?;
+    if let (Some(enc), None) = (&meta.encryption, keys) {
+        return Err(T::invalid(
+            url,
+            format!("this backup is encrypted with age (to {})", enc.recipients.join(", ")),
+            "pass --identity FILE with the age identity file of one of those recipients; nothing was changed",
+        )
+        .into());
+    }
+    let root: PathBuf = root.map_or_else(|| PathBuf::from(&meta.root), Path::to_path_buf);
+    Installation::open(&root)?;
+    let downloads = root
+        .join(trustformers_migrate::discover::install::TOOL_DIR)
+        .join("downloads");
+    let local = remote
+        .download(&meta, &downloads.join(location.name()))
+        .map_err(T::from)?;
+    let restored = restore::restore_with(
+        &restore::RestoreRequest {
+            backup: &local,
+            root: Some(&root),
+            force,
+        },
+        keys,
+    );
+    let _ = std::fs::remove_dir_all(&local);
+    let _ = std::fs::remove_dir(&downloads);
+    let mut report = restored?;
+    report.backup = PathBuf::from(url);
+    Ok(report)
 }
 
 fn recover(
@@ -338,7 +449,7 @@ fn backups_list(root: &Path, dir: Option<&Path>, json: bool) -> anyhow::Result<E
         let items: Vec<serde_json::Value> = backups
             .iter()
             .map(|(p, m)| match m {
-                Ok(m) => serde_json::json!({"path": p, "kind": m.kind, "source_version": m.source_version, "target_version": m.target_version, "created": m.created, "files": m.files.len()}),
+                Ok(m) => serde_json::json!({"path": p, "kind": m.kind, "source_version": m.source_version, "target_version": m.target_version, "created": m.created, "files": m.files.len(), "encrypted": m.encryption.is_some()}),
                 Err(e) => serde_json::json!({"path": p, "error": e.to_string()}),
             })
             .collect();
@@ -349,12 +460,48 @@ fn backups_list(root: &Path, dir: Option<&Path>, json: bool) -> anyhow::Result<E
     Ok(ExitCode::Ok)
 }
 
-fn backups_verify(backup: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let meta = backup::verify(backup)?;
+/// `backups list --remote [s3://…]`: the copies at that location, or at `[backup] remote`.
+fn backups_list_remote(url: &str, global: &GlobalArgs, json: bool) -> anyhow::Result<ExitCode> {
+    use trustformers_migrate::transaction::Error as T;
+    let url = match url {
+        "" => Settings::load(global.config_file.as_deref())?
+            .backup
+            .remote
+            .ok_or_else(|| {
+                MigrateError::usage(
+                    "no remote location to list",
+                    "pass --remote s3://bucket/prefix, or set [backup] remote in migration_config.toml",
+                )
+            })?,
+        given => given.to_owned(),
+    };
+    let location = Location::parse(&url).map_err(T::from)?;
+    let hint = "check AWS_ENDPOINT_URL, the bucket and the credentials";
+    let found = Remote::connect(&location, hint)
+        .and_then(|r| r.list())
+        .map_err(T::from)?;
+    if json {
+        let items: Vec<serde_json::Value> = found
+            .iter()
+            .map(|b| match &b.metadata {
+                Some(m) => serde_json::json!({"url": b.url, "kind": m.kind, "source_version": m.source_version, "target_version": m.target_version, "created": m.created, "files": m.files.len(), "encrypted": m.encryption.is_some()}),
+                None => serde_json::json!({"url": b.url, "error": b.problem}),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else {
+        print!("{}", render::remote_backups(&location.url(), &found));
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn backups_verify(backup: &Path, identity: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let keys = identity.map(Identities::from_file).transpose()?;
+    let meta = backup::verify_with(backup, keys.as_ref())?;
     if json {
         println!(
             "{}",
-            serde_json::json!({"path": backup, "ok": true, "files": meta.files.len()})
+            serde_json::json!({"path": backup, "ok": true, "files": meta.files.len(), "encrypted": meta.encryption.is_some()})
         );
     } else {
         println!(
@@ -374,12 +521,14 @@ fn options(
     target: &Target,
     run: &RunArgs,
     models: Option<&ModelArgs>,
-) -> Options {
+) -> anyhow::Result<Options> {
     // A dry run takes no backup (it writes nothing), but plans one as the real run would: its
     // pre-flight then checks the backup's space and folder, and says what it will need.
     let backup = settings.global.backup_before_migration;
     let timeout = settings.global.timeout_seconds;
-    Options {
+    let refused =
+        |e: String| MigrateError::usage(format!("[backup]: {e}"), "fix migration_config.toml");
+    Ok(Options {
         on_invalid: run
             .on_invalid
             .map_or(settings.data_migration.on_invalid, Into::into),
@@ -391,7 +540,16 @@ fn options(
         max_invalid_records: settings.data_migration.max_invalid_records,
         backup_dir: backup.then(|| target.backup_dir(run.backup_dir.as_deref())),
         timeout: (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
-    }
+        encrypt_to: settings.backup.recipients().map_err(refused)?,
+        remote: settings
+            .backup
+            .location()
+            .map_err(refused)?
+            .map(|location| RemoteCopy {
+                location,
+                required: settings.backup.require_remote,
+            }),
+    })
 }
 
 /// `version`, `config`, `data` and `models`: one migration over the engine, differing only in
@@ -406,7 +564,7 @@ async fn migrate(
     global: &GlobalArgs,
     observer: Arc<Progress>,
     worker: WorkerSpec,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<trustformers_migrate::MigrationResult> {
     check_target(&target)?;
     if !settings.config_migration.enabled {
         target.config = None;
@@ -431,7 +589,7 @@ async fn migrate(
         ));
     }
     if !run.dry_run {
-        let backup = options(settings, &target, run, models).backup_dir;
+        let backup = options(settings, &target, run, models)?.backup_dir;
         if let Some(from) = &source {
             confirm_irreversible(registry, from, &to, backup.as_deref(), global.yes)?;
         }
@@ -442,7 +600,7 @@ async fn migrate(
         .map(Version::to_string)
         .unwrap_or_default();
     let migrator = VersionMigrator::with_registry(&from, &to.to_string(), registry.clone())?
-        .options(options(settings, &target, run, models))
+        .options(options(settings, &target, run, models)?)
         .force(run.force)
         .observer(observer)
         .worker(worker);
@@ -451,21 +609,51 @@ async fn migrate(
     } else {
         Mode::Commit
     };
-    let result = migrator.execute(target, mode).await?;
+    Ok(migrator.execute(target, mode).await?)
+}
+
+/// A migration's result: to `--report`, then as JSON or text; its exit code.
+fn show(
+    result: &trustformers_migrate::MigrationResult,
+    run: &RunArgs,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     if let Some(file) = &run.report {
-        let text = serde_json::to_string_pretty(&result)?;
+        let text = serde_json::to_string_pretty(result)?;
         std::fs::write(file, text)
             .with_context(|| format!("cannot write the report to {}", file.display()))?;
     }
-    if global.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+    if json {
+        println!("{}", serde_json::to_string_pretty(result)?);
     } else {
-        print!("{}", render::result(&result));
+        print!("{}", render::result(result));
     }
     if let Some(e) = &result.error {
         render::eprint_error(&e.text());
     }
     Ok(ExitCode::from_i32(result.exit_code))
+}
+
+/// The metrics of a migration; `result` is `None` when it ended before producing one. A
+/// failure to write them is a warning: it must not turn a good migration into a failed one.
+fn write_metrics(
+    file: &Path,
+    root: &Path,
+    started: Instant,
+    result: Option<&trustformers_migrate::MigrationResult>,
+) {
+    let finished_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let snapshot = Snapshot {
+        finished_unix,
+        duration_secs: started.elapsed().as_secs_f64(),
+        result,
+        runs: RunCounts::from_audit(root),
+    };
+    if let Err(e) = metrics::write(file, &snapshot.render()) {
+        eprintln!("warning: {e}");
+    }
 }
 
 /// The source release as the migration will see it, and the target: `--to`, or the newest

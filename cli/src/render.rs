@@ -13,6 +13,7 @@ use trustformers_migrate::size::human;
 use trustformers_migrate::status::InstallStatus;
 use trustformers_migrate::transaction::audit::HistoryItem;
 use trustformers_migrate::transaction::backup::BackupMetadata;
+use trustformers_migrate::transaction::remote::RemoteBackup;
 use trustformers_migrate::verify::Validation;
 use trustformers_migrate::{MigrationInfo, MigrationResult};
 
@@ -223,15 +224,54 @@ pub fn backups<E: std::fmt::Display>(
         let _ = match m {
             Ok(m) => writeln!(
                 out,
-                "{}  {} {} → {}  {} files  {}",
+                "{}  {} {} → {}  {} files  {}  {}",
                 m.created,
                 m.kind,
                 m.source_version,
                 m.target_version,
                 m.files.len(),
+                encrypted(m),
                 p.display()
             ),
             Err(e) => writeln!(out, "{}  UNREADABLE: {e}", p.display()),
+        };
+    }
+    out
+}
+
+fn encrypted(m: &BackupMetadata) -> &'static str {
+    if m.encryption.is_some() {
+        "encrypted"
+    } else {
+        "not encrypted"
+    }
+}
+
+/// `migrate backups list --remote`.
+pub fn remote_backups(url: &str, backups: &[RemoteBackup]) -> String {
+    let mut out = String::new();
+    if backups.is_empty() {
+        let _ = writeln!(out, "no backups at {url}");
+    }
+    for b in backups {
+        let _ = match (&b.metadata, &b.problem) {
+            (Some(m), _) => writeln!(
+                out,
+                "{}  {} {} → {}  {} files  {}  {}",
+                m.created,
+                m.kind,
+                m.source_version,
+                m.target_version,
+                m.files.len(),
+                encrypted(m),
+                b.url
+            ),
+            (None, problem) => writeln!(
+                out,
+                "{}  INCOMPLETE OR UNREADABLE: {}",
+                b.url,
+                problem.as_deref().unwrap_or("no metadata.json")
+            ),
         };
     }
     out

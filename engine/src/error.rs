@@ -285,6 +285,7 @@ impl MigrateError {
             T::Locked { .. } => ExitCode::LockHeld,
             T::Usage { .. } => ExitCode::Usage,
             T::Interrupted { .. } => ExitCode::Interrupted,
+            T::Remote(_) => ExitCode::Failed,
         }
     }
 
@@ -317,6 +318,7 @@ impl MigrateError {
             | MigrateError::StagedInvalid { .. }
             | MigrateError::Staged { .. }
             | MigrateError::Transaction(T::Io { .. })
+            | MigrateError::Transaction(T::Remote(_))
             | MigrateError::Transaction(T::Usage { .. }) => None,
         }
     }

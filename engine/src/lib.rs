@@ -6,7 +6,8 @@
 //! [`discover`] (the installation and the plugins) → [`plan`] (source version, hop path, files,
 //! preflight) → [`stage`] (every file through every hop into staging) → [`verify`] (an
 //! installation against a release) → [`commit`] (journal, backup, swap) → [`report`].
-//! [`run`] drives one migration through them. How files change on disk — staging, journal,
+//! [`run`] drives one migration through them; [`metrics`] turns its result into Prometheus
+//! metrics. How files change on disk — staging, journal,
 //! backup, restore, lock, audit — is the `migrate_transaction` crate's, re-exported as
 //! [`transaction`].
 #![allow(non_local_definitions, non_camel_case_types)]
@@ -16,6 +17,7 @@ pub mod discover;
 pub mod document;
 pub mod error;
 pub mod isolation;
+pub mod metrics;
 pub mod migrator;
 pub mod observe;
 pub mod plan;

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use migrate_transaction::encrypt::Recipients;
+use migrate_transaction::remote::Location;
 use serde::Deserialize;
 
 use crate::error::{MigrateError, Result};
@@ -14,6 +16,7 @@ pub struct Settings {
     pub config_migration: ConfigMigration,
     pub data_migration: DataMigration,
     pub model_migration: ModelMigration,
+    pub backup: Backup,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -30,6 +33,48 @@ pub struct Global {
     pub stall_seconds: u64,
     /// Memory limit of a plugin worker; 0 = half of this machine's memory.
     pub max_worker_memory_mb: u64,
+    /// Write Prometheus metrics (node_exporter textfile format) here after each migration.
+    pub metrics_file: Option<PathBuf>,
+}
+
+/// `[backup]`: where backups go beyond the box, and who can read them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backup {
+    /// age recipients (`age1…` public keys); empty: the archive is not encrypted.
+    pub encrypt_to: Vec<String>,
+    /// `s3://bucket/prefix`: every backup is uploaded there before the swap.
+    pub remote: Option<String>,
+    /// A failed or unverified upload refuses the migration (`true`) or is a warning.
+    pub require_remote: bool,
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Backup {
+            encrypt_to: Vec::new(),
+            remote: None,
+            require_remote: true,
+        }
+    }
+}
+
+impl Backup {
+    /// The parsed recipients, `None` when the backup is not encrypted.
+    pub fn recipients(&self) -> std::result::Result<Option<Recipients>, String> {
+        if self.encrypt_to.is_empty() {
+            return Ok(None);
+        }
+        Recipients::parse(&self.encrypt_to).map(Some)
+    }
+
+    /// The parsed remote location, if any.
+    pub fn location(&self) -> std::result::Result<Option<Location>, String> {
+        self.remote
+            .as_deref()
+            .map(|u| Location::parse(u).map_err(|e| e.to_string()))
+            .transpose()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -87,6 +132,7 @@ impl Default for Global {
             timeout_seconds: 0,
             stall_seconds: 300,
             max_worker_memory_mb: 0,
+            metrics_file: None,
         }
     }
 }
@@ -153,6 +199,18 @@ impl Settings {
                 detail: "data_migration.batch_size must be at least 1".into(),
             });
         }
+        // A mistyped key or bucket is refused now, not after everything was staged.
+        let checked = settings
+            .backup
+            .recipients()
+            .map(drop)
+            .and_then(|()| settings.backup.location().map(drop));
+        if let Err(e) = checked {
+            return Err(MigrateError::Settings {
+                path: path.to_path_buf(),
+                detail: format!("[backup]: {e}"),
+            });
+        }
         Ok(settings)
     }
 }
@@ -177,6 +235,30 @@ mod tests {
         assert!(!s.global.backup_before_migration);
         assert_eq!(s.global.timeout_seconds, 60);
         assert!(s.model_migration.optimize_models);
+    }
+
+    #[test]
+    fn backup_keys_parse_and_bad_ones_are_refused() {
+        let key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        let s = load(&format!(
+            "[global]\nmetrics_file = \"/var/lib/node_exporter/migrate.prom\"\n[backup]\nencrypt_to = [\"{key}\"]\nremote = \"s3://fleet-backups/box-1\"\nrequire_remote = false\n"
+        ))
+        .unwrap();
+        assert_eq!(s.backup.recipients().unwrap().unwrap().public_keys(), [key]);
+        assert_eq!(
+            s.backup.location().unwrap().unwrap().url(),
+            "s3://fleet-backups/box-1"
+        );
+        assert!(!s.backup.require_remote);
+        assert!(Settings::default().backup.require_remote);
+        let e = load("[backup]\nencrypt_to = [\"age1nope\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("age1nope"), "{e}");
+        let e = load("[backup]\nremote = \"/mnt/nas\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/mnt/nas") && e.contains("s3://"), "{e}");
     }
 
     #[test]

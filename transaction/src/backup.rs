@@ -20,6 +20,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::confine;
+use crate::encrypt::{self, Encryption, Identities, Recipients, Sealed};
 use crate::error::{io as io_err, Error, Result};
 use crate::fsutil::{sync_parent, Hashing};
 use crate::identity::{host_name, user_name};
@@ -64,6 +65,10 @@ pub struct BackupMetadata {
     /// backups have none, and every file they would touch counts as changed since.
     #[serde(default)]
     pub written: Vec<FileRecord>,
+    /// Set when the archive is an age file (`backup.tar.zst.age`): to whom it is encrypted.
+    /// Absent in older backups, which read as unencrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
 }
 
 /// What to back up.
@@ -80,6 +85,8 @@ pub struct BackupRequest<'a> {
     pub files: Vec<String>,
     pub created_files: Vec<String>,
     pub created_dirs: Vec<String>,
+    /// Encrypt the archive to these age recipients (`[backup] encrypt_to`).
+    pub encrypt_to: Option<&'a Recipients>,
     /// Files the migration writes, and how to open their new content (to record its sha256).
     pub written: Vec<String>,
     pub open_written: &'a dyn Fn(&str) -> Result<File>,
@@ -155,7 +162,11 @@ pub fn create(req: &BackupRequest) -> Result<PathBuf> {
 /// Writes the archive and `metadata.json` into the `.partial` folder.
 fn fill(req: &BackupRequest, partial: &Path, now: time::OffsetDateTime) -> Result<()> {
     let ts = now.unix_timestamp().max(0) as u64;
-    let (files, archive_sha256) = write_archive(req, &partial.join(ARCHIVE))?;
+    let archive = match req.encrypt_to {
+        Some(_) => encrypt::ENCRYPTED_ARCHIVE,
+        None => ARCHIVE,
+    };
+    let (files, archive_sha256) = write_archive(req, &partial.join(archive))?;
     let mut written = Vec::with_capacity(req.written.len());
     for rel in &req.written {
         let file = (req.open_written)(rel)?;
@@ -187,12 +198,13 @@ fn fill(req: &BackupRequest, partial: &Path, now: time::OffsetDateTime) -> Resul
         host: host_name(),
         user: user_name(),
         root: req.root.display().to_string(),
-        archive: ARCHIVE.to_owned(),
+        archive: archive.to_owned(),
         archive_sha256,
         files,
         created_files: req.created_files.clone(),
         created_dirs: req.created_dirs.clone(),
         written,
+        encryption: req.encrypt_to.map(Recipients::describe),
     };
     let bytes = serde_json::to_vec_pretty(&meta)
         .map_err(|e| io_err("cannot encode backup metadata")(e.into()))?;
@@ -225,6 +237,8 @@ fn write_archive(req: &BackupRequest, path: &Path) -> Result<(Vec<FileRecord>, S
         1 << 20,
         create_private(path).map_err(err)?,
     ));
+    // The zstd stream goes into the age stream, if any: no plaintext reaches the file.
+    let out = Sealed::new(out, req.encrypt_to).map_err(err)?;
     let mut builder = tar::Builder::new(Frames::new(out, LEVEL).map_err(err)?);
     let mut records = Vec::with_capacity(req.files.len());
     for rel in &req.files {
@@ -256,7 +270,7 @@ fn write_archive(req: &BackupRequest, path: &Path) -> Result<(Vec<FileRecord>, S
         });
     }
     let encoder = builder.into_inner().map_err(err)?;
-    let out = encoder.finish().map_err(err)?;
+    let out = encoder.finish().map_err(err)?.finish().map_err(err)?;
     let sha = out.hex();
     let file = out
         .into_inner()
@@ -409,20 +423,39 @@ fn check_metadata_paths(meta: &BackupMetadata) -> std::result::Result<(), String
 
 /// Checks every entry of the archive against the metadata; nothing is written.
 pub fn verify(backup: &Path) -> Result<BackupMetadata> {
+    verify_with(backup, None)
+}
+
+/// [`verify`], decrypting an encrypted archive with `keys` (refused without them).
+pub fn verify_with(backup: &Path, keys: Option<&Identities>) -> Result<BackupMetadata> {
     let meta = read_metadata(backup)?;
-    read_archive(backup, &meta, None)?;
+    read_archive(backup, &meta, None, keys)?;
     Ok(meta)
 }
 
 /// Extracts a verified backup into `staging`; any damaged, unexpected or unsafe entry refuses
 /// the whole backup, and the staging (never the installation) is all that was written.
 pub fn extract(backup: &Path, staging: &Staging) -> Result<BackupMetadata> {
+    extract_with(backup, staging, None)
+}
+
+/// [`extract`], decrypting an encrypted archive with `keys` (refused without them).
+pub fn extract_with(
+    backup: &Path,
+    staging: &Staging,
+    keys: Option<&Identities>,
+) -> Result<BackupMetadata> {
     let meta = read_metadata(backup)?;
-    read_archive(backup, &meta, Some(staging))?;
+    read_archive(backup, &meta, Some(staging), keys)?;
     Ok(meta)
 }
 
-fn read_archive(backup: &Path, meta: &BackupMetadata, staging: Option<&Staging>) -> Result<()> {
+fn read_archive(
+    backup: &Path,
+    meta: &BackupMetadata,
+    staging: Option<&Staging>,
+    keys: Option<&Identities>,
+) -> Result<()> {
     let path = backup.join(&meta.archive);
     let damaged = |what: String| {
         Error::invalid(&path, what, "the backup is damaged or not one made by migrate; nothing was changed; use another backup")
@@ -435,8 +468,13 @@ fn read_archive(backup: &Path, meta: &BackupMetadata, staging: Option<&Staging>)
     }
     let file =
         confine::open_regular(&path, None).map_err(|e| damaged(format!("cannot open: {e}")))?;
-    let decoder = zstd::Decoder::new(Hashing::new(BufReader::with_capacity(1 << 20, file)))
-        .map_err(|e| damaged(format!("not zstd: {e}")))?;
+    let plain = encrypt::open(
+        &path,
+        BufReader::with_capacity(1 << 20, Hashing::new(file)),
+        meta.encryption.as_ref(),
+        keys,
+    )?;
+    let decoder = zstd::Decoder::new(plain).map_err(|e| damaged(format!("not zstd: {e}")))?;
     let mut archive = tar::Archive::new(decoder);
     let mut seen = std::collections::BTreeSet::new();
     let entries = archive
@@ -671,6 +709,7 @@ mod tests {
             created_dirs: vec![],
             written: vec![],
             open_written: &open,
+            encrypt_to: None,
         })
         .unwrap();
         let meta = verify(&backup).unwrap();

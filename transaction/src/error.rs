@@ -1,6 +1,7 @@
 //! What can go wrong while files change on disk, typed by what the caller does about it: an
-//! I/O failure, a refused input (a damaged backup or journal: use another one), or a lock held
-//! by another process (wait).
+//! I/O failure, a refused input (a damaged backup or journal: use another one), a lock held
+//! by another process (wait), or a remote copy that failed ([`RemoteError`], defined here so
+//! that every module can name it without depending on the S3 client).
 
 use std::path::PathBuf;
 
@@ -31,6 +32,51 @@ pub enum Error {
     /// Another process holds the installation's lock.
     #[error("{root} is being migrated by another migrate process (PID {holder})\n  next step: wait for it to finish; the lock is released automatically when that process ends")]
     Locked { root: PathBuf, holder: String },
+    /// A remote copy of a backup could not be written, verified or read back.
+    #[error(transparent)]
+    Remote(Box<RemoteError>),
+}
+
+impl From<RemoteError> for Error {
+    fn from(e: RemoteError) -> Self {
+        Error::Remote(Box::new(e))
+    }
+}
+
+/// What went wrong with a remote copy. Every message names the endpoint and the bucket, and
+/// never a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// `[backup] remote` or `--backup-path` is not an `s3://` location.
+    #[error("`{url}` is not an S3 location: {why}\n  next step: write it as s3://bucket/prefix")]
+    BadUrl { url: String, why: String },
+    /// The store could not be reached, refused the request (credentials, permissions, no such
+    /// bucket) or failed part-way.
+    #[error("cannot {action} s3://{}/{} at {}: {detail}\n  next step: {}", at.bucket, at.key, at.endpoint, at.hint)]
+    Store {
+        action: &'static str,
+        at: Box<Place>,
+        detail: String,
+    },
+    /// The store accepted the upload, but what it holds is not what was sent.
+    #[error("the copy at s3://{}/{} ({}) is not verified: {detail}\n  next step: {}", at.bucket, at.key, at.endpoint, at.hint)]
+    Unverified { at: Box<Place>, detail: String },
+    /// A local file could not be read or written.
+    #[error("{context}: {source}")]
+    Local {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where a remote operation went wrong, and what the operator can do about it.
+#[derive(Debug)]
+pub struct Place {
+    pub endpoint: String,
+    pub bucket: String,
+    pub key: String,
+    pub hint: String,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

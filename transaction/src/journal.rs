@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup::{self, BackupRequest};
 use crate::confine::{self, Kind, Root};
+use crate::encrypt::Recipients;
 use crate::error::{io, Error, Result};
 use crate::fault;
 pub use crate::layout::JOURNAL_FILE;
@@ -94,6 +95,10 @@ pub struct BackupPlan {
     pub kind: String,
     /// The finished, verified backup; `None` until then.
     pub done: Option<String>,
+    /// age recipients to encrypt the backup to (public keys), so that `recover --forward`
+    /// never writes in plaintext a backup the run would have encrypted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encrypt_to: Vec<String>,
 }
 
 /// A journal is at most this large (a real one lists paths: kilobytes).
@@ -267,6 +272,16 @@ pub fn back_up(root: &Root, journal: &Journal, dir: &Path, kind: &str) -> Result
     };
     let open_source = |rel: &str| root.open_read(&confine::join(&journal.originals, rel), None);
     let open_written = |rel: &str| root.open_read(&confine::join(&journal.staging, rel), None);
+    let to = match journal.backup.as_ref().filter(|b| !b.encrypt_to.is_empty()) {
+        Some(b) => Some(Recipients::parse(&b.encrypt_to).map_err(|why| {
+            Error::invalid(
+                root.join(TOOL_DIR),
+                format!("{JOURNAL_FILE}: {why}"),
+                "the journal is damaged; run `migrate recover` without --forward to undo the run",
+            )
+        })?),
+        None => None,
+    };
     let path = backup::create(&BackupRequest {
         root: root.path(),
         dir,
@@ -279,9 +294,41 @@ pub fn back_up(root: &Root, journal: &Journal, dir: &Path, kind: &str) -> Result
         created_dirs: journal.created_dirs.clone(),
         written: of(&|a| a != Action::Remove),
         open_written: &open_written,
+        encrypt_to: to.as_ref(),
     })?;
-    backup::verify(&path)?;
+    match &to {
+        // The box holds only public keys: what it can check is that the file on disk is
+        // the ciphertext that was written.
+        Some(_) => check_ciphertext(&path)?,
+        None => {
+            backup::verify(&path)?;
+        }
+    }
     Ok(path)
+}
+
+/// An encrypted backup as far as a box without its identity can check it: `metadata.json`
+/// reads, and the archive on disk hashes to the `archive_sha256` recorded as it was written.
+fn check_ciphertext(backup_dir: &Path) -> Result<()> {
+    let meta = backup::read_metadata(backup_dir)?;
+    let path = backup_dir.join(&meta.archive);
+    let mut reader = crate::fsutil::Hashing::new(
+        File::open(&path).map_err(io(format!("cannot read {}", path.display())))?,
+    );
+    std::io::copy(&mut reader, &mut std::io::sink())
+        .map_err(io(format!("cannot read {}", path.display())))?;
+    if reader.hex() != meta.archive_sha256 {
+        return Err(Error::invalid(
+            &path,
+            format!(
+                "the archive on disk (sha256 {}) is not the one just written ({})",
+                reader.hex(),
+                meta.archive_sha256
+            ),
+            "the backup disk is failing; nothing in the installation changed; use another --backup-dir",
+        ));
+    }
+    Ok(())
 }
 
 /// Reads and checks the journal of `root`, if there is one: a regular file owned by this user

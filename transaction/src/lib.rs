@@ -6,6 +6,8 @@
 //!   or undone ([`journal::recover`]);
 //! - [`backup`]: a verified archive of exactly the files a swap replaces or removes;
 //!   [`restore`] brings it back through the same journal;
+//! - [`encrypt`]: backups written as age files, readable by the `age` tool; [`remote`]: their
+//!   copies on S3-compatible storage, uploaded and read back before the swap;
 //! - [`lock`]: one writer per installation; [`recovery`] finishes or undoes an interrupted run;
 //! - [`audit`]: the append-only trail of what was done, by whom;
 //! - [`fsutil`], [`identity`], [`layout`]: the small pieces they share.
@@ -15,6 +17,7 @@
 pub mod audit;
 pub mod backup;
 pub mod confine;
+pub mod encrypt;
 pub mod error;
 pub mod fault;
 pub mod fsutil;
@@ -23,6 +26,7 @@ pub mod journal;
 pub mod layout;
 pub mod lock;
 pub mod recovery;
+pub mod remote;
 pub mod restore;
 pub mod staging;
 

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::audit::Audit;
 use crate::backup::{self, BackupMetadata, BackupRequest};
 use crate::confine::Root;
+use crate::encrypt::{self, Identities, Recipients};
 use crate::error::{io, Error, Result};
 use crate::journal::{self, Modes, Transaction};
 use crate::layout::{BACKUPS_DIR, TOOL_DIR};
@@ -56,8 +57,19 @@ const MAX_VERSION_BYTES: u64 = 4096;
 
 /// Restores the backup into its installation.
 pub fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
+    restore_with(req, None)
+}
+
+/// [`restore`], decrypting an encrypted backup with `keys`. Without them, or with keys that do
+/// not open it, it is refused before the installation is locked or anything is written.
+pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<RestoreReport> {
     let backup_path = req.backup;
     let meta = backup::read_metadata(backup_path)?;
+    encrypt::check_opens(
+        &backup_path.join(&meta.archive),
+        meta.encryption.as_ref(),
+        keys,
+    )?;
     let root = Root::open(&target_root(req, &meta)?)?;
     root.private_dir(TOOL_DIR)?;
     let _lock = InstallLock::acquire(&root.join(TOOL_DIR))?;
@@ -66,7 +78,7 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
         check_version(&root, &meta)?;
     }
     let mut staging = Staging::create(&root.join(TOOL_DIR))?;
-    let meta: BackupMetadata = backup::extract(backup_path, &staging)?;
+    let meta: BackupMetadata = backup::extract_with(backup_path, &staging, keys)?;
     let written = |rel: &str| meta.written.iter().find(|w| w.path == rel);
     // Files whose current content is not what the migration left: saved before anything.
     let mut changed = Vec::new();
@@ -91,7 +103,7 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
     let pre_rollback = if changed.is_empty() {
         None
     } else {
-        Some(save_changed(&root, backup_path, &meta, &changed)?)
+        Some(save_changed(&root, backup_path, &meta, &changed, keys)?)
     };
     let txn = Transaction::prepare(
         root.path(),
@@ -223,13 +235,25 @@ fn still_written(root: &Root, rel: &str, written: Option<&backup::FileRecord>) -
     Ok(hashing.count() == w.size && hashing.hex() == w.sha256)
 }
 
-/// Archives `changed` (as they are now) into a `pre_rollback_backup_<ts>/` beside the backup.
+/// Archives `changed` (as they are now) into a `pre_rollback_backup_<ts>/` beside the backup;
+/// encrypted to the same recipients when the backup was (`keys` opened it, so they open this).
 fn save_changed(
     root: &Root,
     backup_path: &Path,
     meta: &BackupMetadata,
     changed: &[String],
+    keys: Option<&Identities>,
 ) -> Result<PathBuf> {
+    let to = match &meta.encryption {
+        Some(e) => Some(Recipients::parse(&e.recipients).map_err(|why| {
+            Error::invalid(
+                backup_path.join(backup::METADATA),
+                why,
+                "the backup's metadata is damaged; nothing was changed; use another backup",
+            )
+        })?),
+        None => None,
+    };
     let dir = backup_path
         .canonicalize()
         .ok()
@@ -248,7 +272,8 @@ fn save_changed(
         created_dirs: Vec::new(),
         written: Vec::new(),
         open_written: &open,
+        encrypt_to: to.as_ref(),
     })?;
-    backup::verify(&path)?;
+    backup::verify_with(&path, keys)?;
     Ok(path)
 }

@@ -4,15 +4,19 @@
 //! A failure after the swap began is rolled back; a rollback that fails too leaves the journal
 //! for the next command, and says so.
 
+use std::path::Path;
+
 use migrate_transaction::audit::Audit;
+use migrate_transaction::backup;
 use migrate_transaction::fault;
 use migrate_transaction::journal::{self, Action, BackupPlan, Modes, Transaction};
+use migrate_transaction::remote::Remote;
 use migrate_transaction::staging::Staging;
 
 use crate::discover::install::VERSION_FILE;
 use crate::error::{MigrateError, Result};
 use crate::observe::Observer;
-use crate::plan::Plan;
+use crate::plan::{Plan, RemoteCopy};
 use crate::report::{StepResult, StepStatus};
 
 /// Writes `VERSION` into staging and records the swap in the journal (originals kept).
@@ -33,6 +37,12 @@ pub fn prepare(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<Tran
             .to_string(),
         kind: plan.target.kind.as_str().to_owned(),
         done: None,
+        encrypt_to: plan
+            .options
+            .encrypt_to
+            .as_ref()
+            .map(|to| to.public_keys())
+            .unwrap_or_default(),
     });
     let txn = Transaction::prepare(
         &plan.target.root,
@@ -71,10 +81,19 @@ pub fn back_up(
             "no backup: backup_before_migration = false; `migrate rollback` cannot undo this migration"
                 .into(),
         );
+        if let Some(remote) = &plan.options.remote {
+            s.warnings.push(format!(
+                "[backup] remote is {}, but backup_before_migration = false: no backup was taken, so none was uploaded",
+                remote.location
+            ));
+        }
         return Ok(());
     };
     let path = journal::back_up(txn.root(), txn.journal(), dir, plan.target.kind.as_str())?;
     fault::point("backup")?;
+    if let Some(remote) = &plan.options.remote {
+        upload(plan, &path, remote, s, observer)?;
+    }
     txn.backup_done(&path)?;
     let recorded = Audit::new(&plan.target.root).record("backup_created", serde_json::json!({"backup": path, "from": plan.from.to_string(), "to": plan.to.to_string()}));
     if let Err(e) = recorded {
@@ -87,7 +106,59 @@ pub fn back_up(
         .count() as u64;
     s.bytes = replaced_bytes(plan, txn);
     s.warnings.push(format!("backup: {}", path.display()));
+    s.warnings.push(match &plan.options.encrypt_to {
+        Some(to) => format!(
+            "backup encrypted with age to {}",
+            to.public_keys().join(", ")
+        ),
+        None => "backup not encrypted (set [backup] encrypt_to to encrypt it)".into(),
+    });
     Ok(())
+}
+
+/// Uploads the backup just written to `[backup] remote`, verified, before anything in the
+/// installation changes. When the copy is required and fails, the local backup of a
+/// migration that will not happen is removed and the migration is refused.
+fn upload(
+    plan: &Plan,
+    path: &Path,
+    remote: &RemoteCopy,
+    s: &mut StepResult,
+    observer: &dyn Observer,
+) -> Result<()> {
+    let hint = if remote.required {
+        "nothing in the installation changed; check AWS_ENDPOINT_URL, the bucket and the credentials, and run the migration again (or set require_remote = false in [backup] to migrate with the local backup only)"
+    } else {
+        "the migration went on with the local backup only (require_remote = false); copy it off the box yourself"
+    };
+    let uploaded = backup::read_metadata(path)
+        .and_then(|meta| Ok(Remote::connect(&remote.location, hint)?.upload(path, &meta)?));
+    match uploaded {
+        Ok(up) => {
+            let recorded = Audit::new(&plan.target.root).record(
+                "backup_uploaded",
+                serde_json::json!({"backup": path, "remote": up.url, "bytes": up.archive_bytes, "parts": up.parts}),
+            );
+            if let Err(e) = recorded {
+                observer.warning(&e.to_string());
+            }
+            s.warnings.push(format!(
+                "remote copy: {} ({} archive bytes in {} part(s), read back and verified)",
+                up.url, up.archive_bytes, up.parts
+            ));
+            Ok(())
+        }
+        Err(e) if remote.required => {
+            let _ = std::fs::remove_dir_all(path);
+            Err(e.into())
+        }
+        Err(e) => {
+            let text = format!("remote copy failed: {e}");
+            observer.warning(&text);
+            s.warnings.push(text);
+            Ok(())
+        }
+    }
 }
 
 /// Swaps the staged files in and makes it final (or rolls back). The staging was verified

@@ -11,6 +11,8 @@ pub mod release;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use migrate_transaction::encrypt::Recipients;
+use migrate_transaction::remote::Location;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
@@ -158,6 +160,18 @@ pub struct Options {
     pub backup_dir: Option<PathBuf>,
     /// Give up (and roll back) after this long; `None`: no limit.
     pub timeout: Option<Duration>,
+    /// Encrypt the backup to these age recipients; `None`: not encrypted.
+    pub encrypt_to: Option<Recipients>,
+    /// Upload every backup here before the swap.
+    pub remote: Option<RemoteCopy>,
+}
+
+/// `[backup] remote` and `require_remote`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteCopy {
+    pub location: Location,
+    /// A failed upload refuses the migration (`true`) or is only a warning.
+    pub required: bool,
 }
 
 impl Default for Options {
@@ -170,6 +184,8 @@ impl Default for Options {
             batch_size: 4096,
             backup_dir: None,
             timeout: None,
+            encrypt_to: None,
+            remote: None,
         }
     }
 }
