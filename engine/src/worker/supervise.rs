@@ -4,7 +4,7 @@
 //! (`stall_seconds`) and a cancellation (SIGINT/SIGTERM) by killing the worker, and when the
 //! worker dies it says which plugin was running on what.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, BufWriter};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -70,18 +70,24 @@ pub fn half_of_physical_memory() -> u64 {
 enum Event {
     Reply(Reply),
     Stderr(String),
+    /// The worker's stderr reached its end: every line it wrote has been delivered.
+    StderrClosed,
     Closed(Option<String>),
 }
 
-/// Lines of the worker's stderr kept to explain its death (a Rust "memory allocation … failed"
-/// is the only word an out-of-memory abort leaves).
-const STDERR_TAIL: usize = 20;
+/// How long the supervisor waits, once the worker is gone, for the last lines of its stderr.
+/// Bounded: a plugin may have started a process of its own that keeps the pipe open.
+const STDERR_GRACE: Duration = Duration::from_secs(2);
 
 struct Worker {
     child: Child,
     _input: BufWriter<ChildStdin>,
     events: Receiver<Event>,
-    tail: VecDeque<String>,
+    /// A Rust "memory allocation of N bytes failed" was seen on stderr: the only word an
+    /// out-of-memory abort leaves. Remembered as the line arrives, not looked for in the last
+    /// lines: a backtrace (RUST_BACKTRACE=1) follows it with dozens more.
+    out_of_memory: bool,
+    stderr_open: bool,
 }
 
 /// Set in every worker's environment: a worker that starts workers of its own is a program
@@ -148,13 +154,41 @@ impl Worker {
             child,
             _input: input,
             events,
-            tail: VecDeque::new(),
+            out_of_memory: false,
+            stderr_open: true,
         })
     }
 
-    fn stop(&mut self) -> Option<ExitStatus> {
+    fn stop(&mut self, observer: &dyn Observer) -> Option<ExitStatus> {
         let _ = self.child.kill();
-        self.child.wait().ok()
+        let status = self.child.wait().ok();
+        self.drain_stderr(observer);
+        status
+    }
+
+    /// Relays a line of the worker's stderr.
+    fn stderr_line(&mut self, observer: &dyn Observer, line: &str) {
+        observer.worker_output(line);
+        if line.contains("memory allocation of") && line.contains("failed") {
+            self.out_of_memory = true;
+        }
+    }
+
+    /// Once the worker has exited: relays what is left of its stderr, up to its end (or
+    /// [`STDERR_GRACE`]). Its stderr travels on a pipe of its own, so its last lines (a
+    /// plugin's diagnostics, Rust's out-of-memory message) may still be on the way after its
+    /// answer or its end of stdout has arrived.
+    fn drain_stderr(&mut self, observer: &dyn Observer) {
+        let until = Instant::now() + STDERR_GRACE;
+        while self.stderr_open {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(Event::Stderr(line)) => self.stderr_line(observer, &line),
+                Ok(Event::StderrClosed) => self.stderr_open = false,
+                Ok(Event::Reply(_) | Event::Closed(_)) => {}
+                Err(_) => return,
+            }
+        }
     }
 }
 
@@ -193,6 +227,7 @@ fn spawn_stderr(stderr: std::process::ChildStderr, tx: Sender<Event>) {
                 return;
             }
         }
+        let _ = tx.send(Event::StderrClosed);
     });
 }
 
@@ -224,7 +259,7 @@ fn run(
                 cause: StopCause,
                 in_flight: &BTreeMap<u64, PluginCall>,
                 step: &Option<String>| {
-        let status = worker.stop();
+        let status = worker.stop(observer);
         stopped(cause, status, worker, in_flight, step, hops)
     };
     loop {
@@ -255,20 +290,11 @@ fn run(
             Err(RecvTimeoutError::Disconnected) => Event::Closed(None),
         };
         match event {
-            Event::Stderr(line) => {
-                observer.worker_output(&line);
-                if worker.tail.len() == STDERR_TAIL {
-                    worker.tail.pop_front();
-                }
-                worker.tail.push_back(line);
-            }
+            Event::Stderr(line) => worker.stderr_line(observer, &line),
+            Event::StderrClosed => worker.stderr_open = false,
             Event::Closed(problem) => {
-                // Let the stderr reader drain what the worker said last.
                 let status = worker.child.wait().ok();
-                while let Ok(Event::Stderr(line)) = worker.events.recv_timeout(TICK) {
-                    observer.worker_output(&line);
-                    worker.tail.push_back(line);
-                }
+                worker.drain_stderr(observer);
                 // Ctrl-C reaches the worker too (same process group): that is a cancellation.
                 let signal = spec.cancel.load(Ordering::SeqCst);
                 let cause = match problem {
@@ -309,7 +335,7 @@ fn run(
                     Reply::Progress { bytes, records } => {
                         // The crash tests' `batch` point: the supervisor, as each batch lands.
                         migrate_transaction::fault::point("batch")
-                            .map_err(|e| stop_for(&mut worker, e))?;
+                            .map_err(|e| stop_for(&mut worker, observer, e))?;
                         observer.step_progress(bytes, records)
                     }
                     Reply::Calling { call } => {
@@ -327,6 +353,7 @@ fn run(
                         }
                         if on_reply(other) {
                             let _ = worker.child.wait();
+                            worker.drain_stderr(observer);
                             return Ok(Finished { isolation });
                         }
                     }
@@ -337,8 +364,12 @@ fn run(
 }
 
 /// Stops the worker because the supervisor itself failed.
-fn stop_for(worker: &mut Worker, e: migrate_transaction::Error) -> MigrateError {
-    worker.stop();
+fn stop_for(
+    worker: &mut Worker,
+    observer: &dyn Observer,
+    e: migrate_transaction::Error,
+) -> MigrateError {
+    worker.stop(observer);
     e.into()
 }
 
@@ -351,12 +382,8 @@ fn stopped(
     step: &Option<String>,
     hops: &[HopInfo],
 ) -> MigrateError {
-    let out_of_memory = worker
-        .tail
-        .iter()
-        .any(|l| l.contains("memory allocation of") && l.contains("failed"));
     let cause = match cause {
-        StopCause::Died if out_of_memory => StopCause::MemoryLimit,
+        StopCause::Died if worker.out_of_memory => StopCause::MemoryLimit,
         StopCause::Died => match status {
             Some(s) => match s.signal() {
                 Some(signal) => StopCause::Signal { signal },
