@@ -196,8 +196,7 @@ fn run_steps(
     };
     steps.run(result, "preflight", 0, &mut |s| check_preflight(plan, s))?;
     let mut staging = Staging::create(&parent)?;
-    let (removals, isolation) = stage_in_worker(plan, worker, &staging, deadline, &steps, result)?;
-    result.isolation = isolation;
+    let removals = stage_in_worker(plan, worker, &staging, deadline, &steps, result)?;
     for rel in removals {
         staging.remove_at_commit(&rel);
     }
@@ -288,7 +287,8 @@ impl Steps<'_> {
 }
 
 /// Config, data and models, staged by a worker process; their step results come back as the
-/// worker finishes each. A worker that dies leaves a failed step naming why.
+/// worker finishes each. A worker that dies leaves a failed step naming why. The result says
+/// how the worker was confined, whether or not the staging succeeded.
 fn stage_in_worker(
     plan: &Plan,
     worker: &WorkerSpec,
@@ -296,18 +296,21 @@ fn stage_in_worker(
     deadline: Option<(Instant, std::time::Duration)>,
     steps: &Steps,
     result: &mut MigrationResult,
-) -> Result<(Vec<String>, Option<crate::isolation::Isolation>)> {
+) -> Result<Vec<String>> {
+    let mut isolation = None;
     let staged = supervise::stage(
         worker,
         plan,
         staging.dir(),
         steps.observer,
         deadline,
+        &mut isolation,
         &mut |s| {
             steps.record(&s);
             result.steps.push(s);
         },
     );
+    result.isolation = isolation;
     if let Err(
         e @ MigrateError::WorkerStopped {
             step: Some(name), ..

@@ -234,24 +234,20 @@ fn spawn_stderr(stderr: std::process::ChildStderr, tx: Sender<Event>) {
 /// How often the watchdog looks at the clock and the cancel flag while waiting.
 const TICK: Duration = Duration::from_millis(100);
 
-/// What the supervisor learned from a worker that ran to the end of its request.
-struct Finished {
-    isolation: Option<Isolation>,
-}
-
 /// Runs `request` in a worker and feeds every reply to `on_reply` until it returns `true`
 /// (the final answer). Stops the worker on the deadline, a stall or a cancellation, and
-/// explains a worker that died.
+/// explains a worker that died. What confined the worker is put in `isolation` as soon as the
+/// worker says, so that a run that fails afterwards still reports it.
 fn run(
     spec: &WorkerSpec,
     request: &Request,
     deadline: Option<(Instant, Duration)>,
     observer: &dyn Observer,
     hops: &[HopInfo],
+    isolation: &mut Option<Isolation>,
     on_reply: &mut dyn FnMut(Reply) -> bool,
-) -> Result<Finished, MigrateError> {
+) -> Result<(), MigrateError> {
     let mut worker = Worker::start(spec, request)?;
-    let mut isolation = None;
     let mut in_flight: BTreeMap<u64, PluginCall> = BTreeMap::new();
     let mut last_heard = Instant::now();
     let mut step: Option<String> = None;
@@ -324,7 +320,7 @@ fn run(
                             ));
                         }
                     }
-                    Reply::Isolation { isolation: i } => isolation = Some(i),
+                    Reply::Isolation { isolation: i } => *isolation = Some(i),
                     Reply::StepStarted {
                         step: name,
                         total_bytes,
@@ -354,7 +350,7 @@ fn run(
                         if on_reply(other) {
                             let _ = worker.child.wait();
                             worker.drain_stderr(observer);
-                            return Ok(Finished { isolation });
+                            return Ok(());
                         }
                     }
                 }
@@ -428,16 +424,18 @@ fn describe_call(call: &PluginCall, hops: &[HopInfo]) -> String {
 }
 
 /// Stages `plan` into `staging` in a worker. Each finished step's result is pushed to
-/// `steps` as it arrives; returns the installation files the commit must delete, and what
-/// confined the worker.
+/// `steps` as it arrives; returns the installation files the commit must delete. What
+/// confined the worker is put in `isolation` whatever the outcome: a run that failed ran
+/// plugin code too, and its report says how it was confined.
 pub fn stage(
     spec: &WorkerSpec,
     plan: &Plan,
     staging: &Path,
     observer: &dyn Observer,
     deadline: Option<(Instant, Duration)>,
+    isolation: &mut Option<Isolation>,
     steps: &mut dyn FnMut(StepResult),
-) -> Result<(Vec<String>, Option<Isolation>), MigrateError> {
+) -> Result<Vec<String>, MigrateError> {
     let confinement = Confinement {
         sandbox: spec.sandbox,
         read: std::iter::once(plan.target.root.clone())
@@ -456,12 +454,13 @@ pub fn stage(
         confinement,
     };
     let mut outcome = None;
-    let finished = run(
+    run(
         spec,
         &request,
         deadline,
         observer,
         &plan.hops,
+        isolation,
         &mut |reply| match reply {
             Reply::Step { result } => {
                 steps(result);
@@ -475,7 +474,7 @@ pub fn stage(
         },
     )?;
     match outcome {
-        Some(Ok(removals)) => Ok((removals, finished.isolation)),
+        Some(Ok(removals)) => Ok(removals),
         Some(Err(e)) => Err(MigrateError::Staged {
             exit_code: e.exit_code,
             message: e.message,
@@ -521,17 +520,26 @@ impl Loader for WorkerLoader {
         let mut described = None;
         let silent = crate::observe::Silent;
         let deadline = Some((Instant::now() + DESCRIBE_LIMIT, DESCRIBE_LIMIT));
-        let finished = run(&self.spec, &request, deadline, &silent, &[], &mut |reply| {
-            if let Reply::Described { result } = reply {
-                described = Some(result);
-                return true;
-            }
-            false
-        })
-        .map_err(|e| format!("loading it in a worker failed: {e}"))?;
-        if let (Ok(mut slot), Some(i)) = (self.isolation.lock(), finished.isolation) {
+        let mut isolation = None;
+        let ran = run(
+            &self.spec,
+            &request,
+            deadline,
+            &silent,
+            &[],
+            &mut isolation,
+            &mut |reply| {
+                if let Reply::Described { result } = reply {
+                    described = Some(result);
+                    return true;
+                }
+                false
+            },
+        );
+        if let (Ok(mut slot), Some(i)) = (self.isolation.lock(), isolation) {
             *slot = Some(i);
         }
+        ran.map_err(|e| format!("loading it in a worker failed: {e}"))?;
         described.unwrap_or_else(|| Err("the worker gave no descriptor".into()))
     }
 }
