@@ -3,7 +3,8 @@
 //! stands in for the real 2.0.0 → 2.1.0 plugin, next to the real 0.1.0 → 1.0.0 and
 //! 1.0.0 → 2.0.0 plugins, and misbehaves as `HOSTILE_MODE` says: panic, abort, segfault,
 //! endless loop, memory bomb, invalid TOML, a non-object record, a wrong schema_version,
-//! lying checksums, a write outside the staging, a TCP connect, a file planted in the staging.
+//! lying checksums, a write outside the staging, a TCP connect, a file planted in the staging
+//! outside the plugin's own output.
 //!
 //! For each mode, and for `version`, `version --dry-run` and the single-kind command
 //! (`config`, `data`, `models`) whose rule misbehaves:
@@ -770,6 +771,25 @@ fn lying_checksums_in_metadata_json_are_never_swapped_in() {
         extra_env: Vec::new(),
         worker_died: false,
     });
+}
+
+/// The sandbox lets a plugin write anywhere in the staging, and everything in the staging is
+/// swapped in: a file written there outside the plugin's own output (an installation file the
+/// run does not migrate, or a new file) must be refused before the swap, never put in place.
+#[test]
+fn a_file_planted_in_the_staging_is_never_swapped_in() {
+    let settings = default_settings();
+    for target in ["config/logging.toml", "planted/run-me.sh"] {
+        check_everywhere(&Case {
+            mode: "plant",
+            rule: "model",
+            settings: &settings,
+            code: 6,
+            words: words(&[target, "not a file this run migrates"]),
+            extra_env: vec![("HOSTILE_TARGET", target.to_owned())],
+            worker_died: false,
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
