@@ -792,6 +792,26 @@ fn a_file_planted_in_the_staging_is_never_swapped_in() {
     }
 }
 
+/// A symlink in the staging is refused before the swap: the swap moves regular files only, so
+/// the model's `metadata.json` would list the checksum of the link's target (outside the
+/// installation) for a file that stays as it was.
+#[test]
+fn a_symlink_in_the_staging_is_never_swapped_in() {
+    let settings = default_settings();
+    // A file the sandbox lets the worker read (the system's), outside the installation.
+    let target = Path::new("/etc/passwd");
+    assert!(target.is_file(), "this test needs {}", target.display());
+    check_everywhere(&Case {
+        mode: "symlink",
+        rule: "model",
+        settings: &settings,
+        code: 6,
+        words: words(&["models/bert-tiny/tokenizer.json", "not a regular file"]),
+        extra_env: vec![("HOSTILE_TARGET", p(target).to_owned())],
+        worker_died: false,
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Breaches: the sandbox denies them
 
