@@ -331,6 +331,7 @@ fn stage_in_worker(
 fn verify_staging(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> {
     let models: Vec<String> = plan.models.iter().map(|m| m.rel.clone()).collect();
     let data = plan.target.data.as_ref().map(|d| plan.target.rel(d));
+    let data_files: Vec<String> = plan.data_files.iter().map(|f| f.rel.clone()).collect();
     let violations = staged::check(&staged::Staged {
         staging: staging.dir(),
         root: &plan.target.root,
@@ -338,6 +339,7 @@ fn verify_staging(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<
         hops: &plan.hops,
         config: plan.config.as_ref().map(|c| c.rel.as_str()),
         data: data.as_deref(),
+        data_files: &data_files,
         models: &models,
     });
     s.files = (plan.config.is_some() as u64) + plan.data_files.len() as u64 + models.len() as u64;
