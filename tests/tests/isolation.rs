@@ -201,6 +201,7 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Started {
         .env_remove("HOSTILE_MODE")
         .env_remove("HOSTILE_RULE")
         .env_remove("HOSTILE_TARGET")
+        .env_remove("HOSTILE_FORGE_THEN")
         .env("HOME", home.path())
         .env("XDG_DATA_HOME", home.path().join("share"))
         .stdin(Stdio::null())
@@ -905,6 +906,47 @@ fn a_tcp_connect_is_denied() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         Ok((_, from)) => panic!("the listener accepted a connection from {from}"),
         Err(e) => panic!("the listener failed: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A forged answer: plugin code shares the worker's process and can write on its protocol pipe
+
+/// The plugin writes the worker's final answer itself ("staged, all done") asking the commit
+/// to delete a file: one outside the installation (absolute), one of the installation the run
+/// does not migrate, and a data file of the run that was not quarantined. The supervisor must
+/// not take the worker's word for it: nothing is deleted, nothing changes, exit 6. With
+/// `HOSTILE_FORGE_THEN=loop` the plugin keeps the worker running after its forged answer:
+/// the supervisor must not wait for it forever.
+#[test]
+fn a_forged_answer_cannot_delete_files() {
+    let settings = default_settings();
+    let plugins = Plugins::new();
+    let outside = tempfile::tempdir().expect("tempdir");
+    let victim = outside.path().join("victim.txt");
+    for then in ["exit", "loop"] {
+        for target in [p(&victim), "config/logging.toml", "data/api_keys.json"] {
+            std::fs::write(&victim, "precious\n").expect("write the victim");
+            let case = Case {
+                mode: "forge",
+                rule: "data",
+                settings: &settings,
+                code: 6,
+                words: words(&[target, "not a data file this run set aside"]),
+                extra_env: vec![
+                    ("HOSTILE_TARGET", target.to_owned()),
+                    ("HOSTILE_FORGE_THEN", then.to_owned()),
+                ],
+                worker_died: false,
+            };
+            case.check(&plugins, Cmd::Version, false);
+            case.check(&plugins, Cmd::Data, false);
+            assert_eq!(
+                std::fs::read_to_string(&victim).ok().as_deref(),
+                Some("precious\n"),
+                "{then}, {target}: the file outside the installation was touched"
+            );
+        }
     }
 }
 
