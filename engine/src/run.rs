@@ -197,9 +197,6 @@ fn run_steps(
     steps.run(result, "preflight", 0, &mut |s| check_preflight(plan, s))?;
     let mut staging = Staging::create(&parent)?;
     let removals = stage_in_worker(plan, worker, &staging, deadline, &steps, result)?;
-    for rel in removals {
-        staging.remove_at_commit(&rel);
-    }
     let signal = worker.cancel.load(std::sync::atomic::Ordering::SeqCst);
     if signal != 0 {
         return Err(MigrateError::WorkerStopped {
@@ -212,8 +209,11 @@ fn run_steps(
         });
     }
     steps.run(result, "verify", plan.data_bytes(), &mut |s| {
-        verify_staging(plan, &staging, s)
+        verify_staging(plan, &staging, &removals, s)
     })?;
+    for rel in &removals {
+        staging.remove_at_commit(rel);
+    }
     match mode {
         Mode::Commit => {
             let mut staging = Some(staging);
@@ -328,7 +328,13 @@ fn stage_in_worker(
 
 /// Proves the staging good before anything in the installation changes: see
 /// [`crate::verify::staged`]. A violation is the plugin's fault (exit 6), named with its file.
-fn verify_staging(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> {
+/// The deletions the worker asked for are checked too, before any is accepted.
+fn verify_staging(
+    plan: &Plan,
+    staging: &Staging,
+    removals: &[String],
+    s: &mut StepResult,
+) -> Result<()> {
     let models: Vec<String> = plan.models.iter().map(|m| m.rel.clone()).collect();
     let data = plan.target.data.as_ref().map(|d| plan.target.rel(d));
     let data_files: Vec<String> = plan.data_files.iter().map(|f| f.rel.clone()).collect();
@@ -340,6 +346,7 @@ fn verify_staging(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<
         config: plan.config.as_ref().map(|c| c.rel.as_str()),
         data: data.as_deref(),
         data_files: &data_files,
+        removals,
         models: &models,
     });
     s.files = (plan.config.is_some() as u64) + plan.data_files.len() as u64 + models.len() as u64;

@@ -30,6 +30,8 @@ pub struct Staged<'a> {
     pub data: Option<&'a str>,
     /// Each data file the run migrates, relative.
     pub data_files: &'a [String],
+    /// The installation files the worker says the commit must delete.
+    pub removals: &'a [String],
     /// Each model folder, relative.
     pub models: &'a [String],
 }
@@ -128,6 +130,7 @@ pub fn check(s: &Staged) -> Vec<Violation> {
         }
     }
     out.extend(foreign(s));
+    out.extend(unwarranted_removals(s));
     let plugin = last(|h| h.descriptor.rules.model);
     for rel in s.models {
         let staged_dir = s.staging.join(rel);
@@ -166,6 +169,33 @@ fn expected(s: &Staged, rel: &str) -> bool {
 fn quarantine_of(data: &str, file: &str) -> String {
     let inside = file.strip_prefix(&format!("{data}/")).unwrap_or(file);
     format!("{data}/{QUARANTINE}/{inside}.rejected.jsonl")
+}
+
+/// The worker's word on what the commit deletes is not taken as it is: plugin code shares the
+/// worker's process and can write on its protocol pipe. A deletion is legitimate only for a
+/// data file of this run that was set aside whole: its quarantine file is staged and the file
+/// itself is not.
+fn unwarranted_removals(s: &Staged) -> Vec<Violation> {
+    let plugins: Vec<&str> = s.hops.iter().map(|h| h.descriptor.name.as_str()).collect();
+    s.removals
+        .iter()
+        .filter(|rel| {
+            let set_aside = s.data.is_some_and(|data| {
+                s.data_files.iter().any(|f| f == *rel)
+                    && !s.staging.join(rel).exists()
+                    && s.staging.join(quarantine_of(data, rel)).is_file()
+            });
+            !set_aside
+        })
+        .map(|rel| Violation {
+            file: rel.clone(),
+            problem: format!(
+                "the worker asked for it to be deleted, but it is not a data file this run set aside in the quarantine: a plugin of this run ({}) forged the worker's answer",
+                plugins.join(", ")
+            ),
+            plugin: None,
+        })
+        .collect()
 }
 
 /// Whatever is in the staging that this run does not write, and anything in it that is not a

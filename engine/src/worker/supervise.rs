@@ -166,6 +166,17 @@ impl Worker {
         status
     }
 
+    /// After the worker's final answer: it exits at once, so it is given [`STDERR_GRACE`] and
+    /// then killed. Waiting for it unbounded would let plugin code (which can write on the
+    /// protocol pipe too) hold the supervisor, and the installation's lock, forever.
+    fn reap(&mut self, observer: &dyn Observer) {
+        let until = Instant::now() + STDERR_GRACE;
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.stop(observer);
+    }
+
     /// Relays a line of the worker's stderr.
     fn stderr_line(&mut self, observer: &dyn Observer, line: &str) {
         observer.worker_output(line);
@@ -348,8 +359,7 @@ fn run(
                             step = None;
                         }
                         if on_reply(other) {
-                            let _ = worker.child.wait();
-                            worker.drain_stderr(observer);
+                            worker.reap(observer);
                             return Ok(());
                         }
                     }
