@@ -55,7 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Validate { path, version } => {
             trustformers_migrate::recover_if_interrupted(&path, observer.as_ref())?;
-            validate(&discover(global, &worker)?.0, &path, &version, json)
+            validate(&discover(global, &worker)?, &path, &version, json)
         }
         Command::Plugins { command } => plugins(&command, &discovery(global), &worker, json),
         Command::History { path } => history(&path, json),
@@ -348,7 +348,7 @@ fn info(
 }
 
 fn validate(
-    registry: &Registry,
+    (registry, isolation): &(Arc<Registry>, Option<Isolation>),
     path: &Path,
     version: &Version,
     json: bool,
@@ -361,7 +361,9 @@ fn validate(
         verify::Checksums::Verify,
     );
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut doc = serde_json::to_value(&report)?;
+        doc["isolation"] = serde_json::to_value(isolation)?;
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", render::validation(&report));
     }

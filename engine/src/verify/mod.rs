@@ -396,6 +396,15 @@ fn check_models(
     }
 }
 
+/// `(path, size, sha256)` of one entry of `metadata.json`'s `files`, if it has that shape.
+fn file_entry(entry: &Value) -> Option<(&str, u64, &str)> {
+    Some((
+        entry.get("path")?.as_str()?,
+        entry.get("size")?.as_u64()?,
+        entry.get("sha256")?.as_str()?,
+    ))
+}
+
 /// Every file `metadata.json` lists must exist with the recorded size and sha256.
 fn check_checksums(
     model_dir: &Path,
@@ -408,11 +417,7 @@ fn check_checksums(
         return;
     };
     for entry in files {
-        let (Some(path), Some(size), Some(sha)) = (
-            entry.get("path").and_then(Value::as_str),
-            entry.get("size").and_then(Value::as_u64),
-            entry.get("sha256").and_then(Value::as_str),
-        ) else {
+        let Some((path, size, sha)) = file_entry(entry) else {
             v.error(
                 "model_files_entry",
                 RuleKind::ModelCompatibility,

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{check_document, check_lines, expected_schema, Validation};
+use super::{check_document, check_lines, expected_schema, file_entry, Validation};
 use crate::discover::install::{Installation, QUARANTINE};
 use crate::discover::registry::HopInfo;
 
@@ -277,11 +277,7 @@ fn model_metadata(
         return problems;
     };
     for entry in files {
-        let (Some(path), Some(size), Some(sha)) = (
-            entry.get("path").and_then(Value::as_str),
-            entry.get("size").and_then(Value::as_u64),
-            entry.get("sha256").and_then(Value::as_str),
-        ) else {
+        let Some((path, size, sha)) = file_entry(entry) else {
             problems.push(format!("malformed files entry {entry}"));
             continue;
         };

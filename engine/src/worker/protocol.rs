@@ -96,6 +96,11 @@ pub enum Reply {
     Returned {
         id: u64,
     },
+    /// The worker did I/O since its last message (a long model conversion is alive even
+    /// though no batch completes); `io_bytes` is its running total of file reads and writes.
+    Alive {
+        io_bytes: u64,
+    },
     Notice {
         message: String,
     },
@@ -109,8 +114,8 @@ pub enum Reply {
     },
 }
 
-/// Writes one frame.
-pub fn write_frame<T: Serialize>(out: &mut impl Write, message: &T) -> io::Result<()> {
+/// Writes one frame; returns its size in bytes.
+pub fn write_frame<T: Serialize>(out: &mut impl Write, message: &T) -> io::Result<usize> {
     let body = serde_json::to_vec(message).map_err(io::Error::other)?;
     if body.len() > MAX_FRAME {
         return Err(io::Error::other(format!(
@@ -122,7 +127,8 @@ pub fn write_frame<T: Serialize>(out: &mut impl Write, message: &T) -> io::Resul
     frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
     frame.extend_from_slice(&body);
     out.write_all(&frame)?;
-    out.flush()
+    out.flush()?;
+    Ok(frame.len())
 }
 
 /// Reads one frame; `None` at a clean end of stream.

@@ -4,9 +4,10 @@
 //! worker for each, so a crash takes down one request and nothing else.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use migrate_transaction::staging::Staging;
@@ -31,7 +32,8 @@ pub fn serve() -> i32 {
         }
     };
     let mut input = BufReader::new(input);
-    let out = Channel(Mutex::new(BufWriter::new(output)));
+    // Lives as long as the process: the heartbeat thread shares it.
+    let out: &'static Channel = Box::leak(Box::new(Channel::new(output)));
     match protocol::read_frame::<Request>(&mut input) {
         Ok(Some(Request::Hello { protocol, version }))
             if protocol::compatible(&protocol, &version) => {}
@@ -50,7 +52,7 @@ pub fn serve() -> i32 {
             sha256,
             confinement,
         })) => {
-            confine(&out, &confinement);
+            confine(out, &confinement);
             let result = load_verified(&path, &sha256)
                 .map(|(_, descriptor)| descriptor)
                 .map_err(|e| e.to_string());
@@ -61,11 +63,12 @@ pub fn serve() -> i32 {
             staging,
             confinement,
         })) => {
-            confine(&out, &confinement);
+            confine(out, &confinement);
+            heartbeat(out);
             // Plugin panics are caught at the ABI; a panic that reaches here is the host's own
             // bug, and is reported as such, never as the plugin's.
             let staged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                stage_all(&plan, &staging, &out)
+                stage_all(&plan, &staging, out)
             }));
             let result = match staged {
                 Ok(done) => done.map_err(|e| WireError {
@@ -118,17 +121,67 @@ fn confine(out: &Channel, confinement: &Confinement) {
 
 /// The protocol's write side, shared by the pipeline's threads; also the engine's observer
 /// in the worker, so that progress and plugin calls reach the supervisor as they happen.
-struct Channel(Mutex<BufWriter<File>>);
+struct Channel {
+    out: Mutex<BufWriter<File>>,
+    /// Bytes this channel wrote: not the plugin's I/O, so not a sign that it is alive.
+    sent: AtomicU64,
+}
 
 impl Channel {
+    fn new(out: File) -> Self {
+        Channel {
+            out: Mutex::new(BufWriter::new(out)),
+            sent: AtomicU64::new(0),
+        }
+    }
+
     /// Sends a message; if the supervisor has gone, there is no one left to tell.
     fn send(&self, reply: &Reply) {
-        if let Ok(mut out) = self.0.lock() {
-            if protocol::write_frame(&mut *out, reply).is_err() {
-                let _ = out.flush();
+        if let Ok(mut out) = self.out.lock() {
+            if let Ok(n) = protocol::write_frame(&mut *out, reply) {
+                self.sent.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
     }
+}
+
+/// How often the worker looks at its own I/O counters.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Tells the supervisor the worker is alive whenever it did file I/O since the last look: a
+/// long model conversion reports no batches but reads and writes all the time, while a plugin
+/// stuck in a loop does neither, and is stopped after `stall_seconds`.
+fn heartbeat(out: &'static Channel) {
+    std::thread::spawn(move || {
+        let mut last = io_bytes(out, PROCESS_IO);
+        loop {
+            std::thread::sleep(HEARTBEAT);
+            let now = io_bytes(out, PROCESS_IO);
+            if now != last {
+                last = now;
+                out.send(&Reply::Alive { io_bytes: now });
+            }
+        }
+    });
+}
+
+/// The whole process's I/O counters (all the pipeline's threads).
+const PROCESS_IO: &str = "/proc/self/io";
+
+/// Reads and writes (`rchar` + `wchar` of `counters`), less what the protocol itself wrote
+/// and what reading these counters read.
+fn io_bytes(out: &Channel, counters: &str) -> u64 {
+    static SELF_READS: AtomicU64 = AtomicU64::new(0);
+    let text = std::fs::read_to_string(counters).unwrap_or_default();
+    let before = SELF_READS.fetch_add(text.len() as u64, Ordering::Relaxed);
+    let total: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("rchar:") || l.starts_with("wchar:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    total
+        .saturating_sub(out.sent.load(Ordering::Relaxed))
+        .saturating_sub(before)
 }
 
 impl Observer for Channel {
@@ -219,4 +272,31 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Looking at the counters is not I/O of the plugin's: with nothing else happening the
+    /// heartbeat sees no change, and a real write shows. (This thread's own counters: other
+    /// tests run in parallel in this process.)
+    #[test]
+    fn the_heartbeat_counts_only_real_io() {
+        let io = |out: &Channel| io_bytes(out, "/proc/thread-self/io");
+        let file = tempfile::tempfile().unwrap();
+        let out = Channel::new(file);
+        let first = io(&out);
+        let second = io(&out);
+        let third = io(&out);
+        assert_eq!(first, second);
+        assert_eq!(second, third);
+        out.send(&Reply::Returned { id: 1 });
+        let _ = out.out.lock().map(|mut o| o.flush());
+        assert_eq!(io(&out), third, "protocol writes are not the plugin's I/O");
+        let mut scratch = tempfile::tempfile().unwrap();
+        scratch.write_all(&[7u8; 4096]).unwrap();
+        assert!(io(&out) >= third + 4096, "a real write shows");
+    }
 }

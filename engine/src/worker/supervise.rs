@@ -144,7 +144,7 @@ impl Worker {
             version: protocol::VERSION.into(),
         };
         let sent = protocol::write_frame(&mut input, &hello)
-            .and_then(|()| protocol::write_frame(&mut input, request));
+            .and_then(|_| protocol::write_frame(&mut input, request));
         if let Err(e) = sent {
             let _ = child.kill();
             let _ = child.wait();
