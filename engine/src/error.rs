@@ -172,7 +172,7 @@ pub enum MigrateError {
     #[error("the staged output is not a valid {version} installation, so nothing was swapped in:{}\n  next step: nothing was changed; report this to the plugin's author", violations.iter().map(|v| format!("\n    - {v}")).collect::<String>())]
     StagedInvalid {
         version: String,
-        violations: Vec<crate::verify::staged::Violation>,
+        violations: Vec<Violation>,
     },
 
     /// An error the worker met and reported (a refused record, a plugin's failure, …), with
@@ -297,6 +297,25 @@ impl MigrateError {
         MigrateError::Usage {
             message: message.into(),
             hint: hint.into(),
+        }
+    }
+}
+
+/// One problem in the staging, with the file and the plugin that wrote it: what the check
+/// before the swap (`verify::staged`) finds, carried by [`MigrateError::StagedInvalid`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub file: String,
+    pub problem: String,
+    /// The last hop whose rule writes this kind of file: its output is what was staged.
+    pub plugin: Option<String>,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.plugin {
+            Some(p) => write!(f, "{}: {} (written by plugin {p})", self.file, self.problem),
+            None => write!(f, "{}: {}", self.file, self.problem),
         }
     }
 }

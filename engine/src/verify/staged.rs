@@ -36,23 +36,8 @@ pub struct Staged<'a> {
     pub models: &'a [String],
 }
 
-/// One problem in the staging, with the file and the plugin that wrote it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    pub file: String,
-    pub problem: String,
-    /// The last hop whose rule writes this kind of file: its output is what was staged.
-    pub plugin: Option<String>,
-}
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.plugin {
-            Some(p) => write!(f, "{}: {} (written by plugin {p})", self.file, self.problem),
-            None => write!(f, "{}: {}", self.file, self.problem),
-        }
-    }
-}
+/// Defined with the error that carries it, so that `error` needs nothing from `verify`.
+pub use crate::error::Violation;
 
 /// Every violation in the staging; empty when it may be swapped in.
 pub fn check(s: &Staged) -> Vec<Violation> {
