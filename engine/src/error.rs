@@ -91,6 +91,16 @@ pub enum MigrateError {
         detected: semver::Version,
     },
 
+    /// Records are at a later release than the run starts from: the installation is at
+    /// another version. Never quarantined: the whole run is refused.
+    #[error("{}: the record has schema_version {schema}, which release {detected} writes, but the migration starts from {from}: the installation is at another version than the run assumes; refused, nothing was changed\n  next step: run the migration without --from and --force (the installation's files say {detected}), and check that --path is the installation you mean", path.display())]
+    WrongVersion {
+        path: PathBuf,
+        schema: u64,
+        detected: String,
+        from: String,
+    },
+
     /// Two plugins of the same precedence claim one hop.
     #[error("two plugins provide the hop {hop}: {} and {}\n  next step: remove one of them, or choose one with --use-plugin NAME|PATH", first.display(), second.display())]
     PluginConflict {
@@ -245,7 +255,8 @@ impl MigrateError {
             MigrateError::Invalid { .. } => ExitCode::Invalid,
             MigrateError::NoPath { .. }
             | MigrateError::UnknownVersion { .. }
-            | MigrateError::VersionMismatch { .. } => ExitCode::NoPath,
+            | MigrateError::VersionMismatch { .. }
+            | MigrateError::WrongVersion { .. } => ExitCode::NoPath,
             MigrateError::PluginConflict { .. }
             | MigrateError::PluginFailed { .. }
             | MigrateError::StagedInvalid { .. } => ExitCode::Plugin,
@@ -270,6 +281,8 @@ impl MigrateError {
             T::Io { .. } => ExitCode::Failed,
             T::Invalid { .. } => ExitCode::Invalid,
             T::Locked { .. } => ExitCode::LockHeld,
+            T::Usage { .. } => ExitCode::Usage,
+            T::Interrupted { .. } => ExitCode::Interrupted,
         }
     }
 
@@ -301,8 +314,9 @@ impl MigrateError {
     }
 }
 
-/// One problem in the staging, with the file and the plugin that wrote it: what the check
-/// before the swap (`verify::staged`) finds, carried by [`MigrateError::StagedInvalid`].
+pub type Result<T, E = MigrateError> = std::result::Result<T, E>;
+
+/// One problem in the staging, with the file and the plugin that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     pub file: String,
@@ -319,5 +333,3 @@ impl std::fmt::Display for Violation {
         }
     }
 }
-
-pub type Result<T, E = MigrateError> = std::result::Result<T, E>;

@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::{check_document, check_lines, expected_schema, file_entry, Validation};
 use crate::discover::install::{Installation, QUARANTINE};
 use crate::discover::registry::HopInfo;
+pub use crate::error::Violation;
 
 /// What a worker staged for one run.
 pub struct Staged<'a> {
@@ -35,9 +36,6 @@ pub struct Staged<'a> {
     /// Each model folder, relative.
     pub models: &'a [String],
 }
-
-/// Defined with the error that carries it, so that `error` needs nothing from `verify`.
-pub use crate::error::Violation;
 
 /// Every violation in the staging; empty when it may be swapped in.
 pub fn check(s: &Staged) -> Vec<Violation> {
