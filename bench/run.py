@@ -114,7 +114,7 @@ def one_round(src, work, jq_out):
     shutil.rmtree(inst, ignore_errors=True)
     subprocess.run(["cp", "-a", src, inst], check=True)
     report = os.path.join(work, "report.json")
-    wall, rss = timed_rss([MIGRATE, "--quiet", "version", "--path", inst, "--to", "2.1.0", "--report", report])
+    wall, rss = timed_rss([MIGRATE, "--quiet", "--yes", "version", "--path", inst, "--to", "2.1.0", "--report", report])
     rep = json.load(open(report))
     steps = {s["name"]: s for s in rep["steps"]}
     r.update(migrate_s=wall, peak_rss=rss, data_s=steps["data"]["duration_ms"] / 1000,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use semver::Version;
+use trustformers_migrate::plan::release::{parse_release, parse_target, TargetRelease};
 use trustformers_migrate::plan::Target;
 use trustformers_migrate::settings::{Dtype, OnInvalid};
 
@@ -12,19 +13,21 @@ use crate::progress::ProgressMode;
 
 const AFTER_HELP: &str = "\
 Examples:
-  migrate version --path /srv/trustformers --to 2.1.0 --dry-run
-  migrate version --path /srv/trustformers --to 2.1.0
+  migrate status --path /srv/trustformers
+  migrate version --path /srv/trustformers --dry-run
+  migrate version --path /srv/trustformers
   migrate info --from 0.1.0 --to 2.1.0
+  migrate rollback --path /srv/trustformers
   migrate plugins list
 
 Plugins are searched in: --plugin-dir (in order), $TRUSTFORMERS_PLUGIN_DIR, the folder of the
 migrate executable and its plugins/ subfolder, ~/.local/share/trustformers-migrate/plugins, and
 /usr/lib/trustformers-migrate/plugins. A folder listed earlier wins over a later one.
 
-Exit codes: 0 ok, 1 failed (installation unchanged), 2 bad usage, 3 invalid input,
-4 rolled back, 5 lock held, 6 plugin error, 7 no migration path / unknown version,
-8 interrupted (the next migrate command or `migrate recover` finishes or undoes it),
-9 internal error (a bug in migrate).";
+Exit codes: 0 ok, 1 failed or cancelled (installation unchanged), 2 bad usage, 3 invalid input
+(or not an installation), 4 rolled back, 5 lock held, 6 plugin error, 7 no migration path,
+unknown version, or a --from that disagrees with the installation, 8 interrupted (the next
+migrate command or `migrate recover` finishes or undoes it), 9 internal error (a bug in migrate).";
 
 /// Upgrades a TrustformeRS Serve installation — configuration, data and models — from one
 /// release to another, through version-hop plugins. Nothing in the installation changes until
@@ -38,21 +41,27 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Options every command takes, shown under their own heading in each command's help.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Folder to load hop plugins from; repeat to add more (searched before the defaults).
+    /// A folder that does not exist is an error.
     #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
     pub plugin_dirs: Vec<PathBuf>,
     /// Load plugins only from --plugin-dir folders.
     #[arg(long, global = true)]
     pub no_default_plugins: bool,
-    /// When two plugins in one folder provide the same hop, use this one (plugin name or file).
-    #[arg(long = "use-plugin", global = true, value_name = "NAME|PATH")]
+    /// When two plugins in one folder provide the same hop, use this one: its name (as
+    /// `plugins list` shows it), its file name, or its path. One that matches no plugin is
+    /// an error.
+    #[arg(long = "use-plugin", global = true, value_name = "NAME|FILE|PATH")]
     pub use_plugin: Vec<String>,
     /// migration_config.toml with your defaults [env: TRUSTFORMERS_MIGRATION_CONFIG]
     #[arg(long, global = true, value_name = "FILE")]
     pub config_file: Option<PathBuf>,
-    /// Print results as JSON on stdout.
+    /// Print results as JSON on stdout; a failure prints
+    /// {"error": {"exit_code", "message", "next_step", "file"}}.
     #[arg(long, global = true)]
     pub json: bool,
     /// Progress display on stderr: bars on a terminal, plain lines otherwise (auto).
@@ -64,7 +73,7 @@ pub struct GlobalArgs {
         value_name = "MODE"
     )]
     pub progress: ProgressMode,
-    /// Log format on stderr (level set by RUST_LOG, default warn).
+    /// Log format on stderr (level from -v, or RUST_LOG, which wins; default warn).
     #[arg(
         long,
         global = true,
@@ -73,9 +82,25 @@ pub struct GlobalArgs {
         value_name = "FORMAT"
     )]
     pub log_format: LogFormat,
+    /// More log output on stderr: -v info, -vv debug, -vvv trace (RUST_LOG wins).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Colour on stderr: auto uses it only on a terminal and never when NO_COLOR is set.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        value_name = "WHEN"
+    )]
+    pub color: ColorWhen,
     /// No progress output (same as --progress none).
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Answer yes to the confirmations before irreversible steps (hashing API keys, a rollback
+    /// over files changed since the migration). Without a terminal on stdin nothing is asked.
+    #[arg(long, short = 'y', global = true)]
+    pub yes: bool,
     /// Load plugins even if they or their folder are writable by group/others or owned by
     /// another user (they are refused by default); each is reported with a warning.
     #[arg(long, global = true)]
@@ -86,9 +111,54 @@ pub struct GlobalArgs {
     pub no_sandbox: bool,
 }
 
+/// `--color`: when stderr gets ANSI colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    Always,
+    Never,
+}
+
+/// `--from`, `--version`: a release number; `2.1` means `2.1.0`.
+fn release(text: &str) -> Result<Version, String> {
+    parse_release(text)
+        .map_err(|_| "not a release number: write it like 2.1.0 (2.1 means 2.1.0)".to_owned())
+}
+
+/// `--to`: a release number or `latest`.
+fn target_release(text: &str) -> Result<TargetRelease, String> {
+    parse_target(text).map_err(|_| {
+        "not a release number: write it like 2.1.0 (2.1 means 2.1.0), or latest".to_owned()
+    })
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Where an installation stands: its version, the latest release the plugins reach, the
+    /// pending hops, the last migration and its backups. Changes nothing.
+    #[command(after_help = "\
+Examples:
+  migrate status --path /srv/trustformers
+  migrate status --path /srv/trustformers --json
+  migrate status --path /srv/trustformers --plugin-dir /opt/hops")]
+    Status {
+        /// Installation root: the folder holding config/, data/, models/.
+        #[arg(long, value_name = "ROOT")]
+        path: PathBuf,
+        /// Backup folder, if not the default ($TRUSTFORMERS_BACKUP_DIR or ROOT/backups).
+        #[arg(long, value_name = "DIR")]
+        backup_dir: Option<PathBuf>,
+    },
     /// Migrate a whole installation (config, data, models, VERSION).
+    #[command(after_help = "\
+Examples:
+  migrate version --path /srv/trustformers --dry-run
+  migrate version --path /srv/trustformers
+  migrate version --path /srv/trustformers --to 2.0
+  migrate version --path /srv/trustformers --to 2.1.0 --optimize --optimize-dtype bf16
+  migrate version --path /srv/trustformers --on-invalid quarantine --report report.json
+  migrate --json --quiet version --path /srv/trustformers --yes")]
     Version {
         /// Installation root: the folder holding config/, data/, models/.
         #[arg(long, value_name = "ROOT")]
@@ -99,6 +169,10 @@ pub enum Command {
         models: ModelArgs,
     },
     /// Migrate only a server.toml.
+    #[command(after_help = "\
+Examples:
+  migrate config --config /srv/trustformers/config/server.toml --to 1.0.0
+  migrate config --config config/server.toml --from 1.0.0 --to 2.0.0 --dry-run")]
     Config {
         /// The config file to migrate (usually ROOT/config/server.toml).
         #[arg(long = "config", value_name = "FILE")]
@@ -107,6 +181,10 @@ pub enum Command {
         run: RunArgs,
     },
     /// Migrate only the data files of a data folder.
+    #[command(after_help = "\
+Examples:
+  migrate data --data-path /srv/trustformers/data --from 0.1.0 --to 1.0.0
+  migrate data --data-path data --from 0.1.0 --on-invalid quarantine")]
     Data {
         /// The data folder (usually ROOT/data).
         #[arg(long, value_name = "DIR")]
@@ -115,6 +193,10 @@ pub enum Command {
         run: RunArgs,
     },
     /// Migrate only the model folders of a models folder.
+    #[command(after_help = "\
+Examples:
+  migrate models --models-path /srv/trustformers/models --from 1.0.0 --to 2.0.0
+  migrate models --models-path models --from 1.0.0 --to 2.0.0 --optimize")]
     Models {
         /// The models folder (usually ROOT/models).
         #[arg(long, value_name = "DIR")]
@@ -125,47 +207,80 @@ pub enum Command {
         models: ModelArgs,
     },
     /// Show the migration path, its steps, breaking changes and an estimated duration.
+    #[command(after_help = "\
+Examples:
+  migrate info --from 0.1.0 --to 2.1.0
+  migrate info --from 1.0
+  migrate info --path /srv/trustformers --json")]
     Info {
         /// Source release (detected from --path when omitted).
-        #[arg(long)]
+        #[arg(long, value_parser = release, value_name = "VERSION")]
         from: Option<Version>,
-        #[arg(long)]
-        to: Version,
-        /// Estimate from this installation's real sizes.
+        /// Target release: 2.1.0, 2.1 (= 2.1.0) or latest [default: latest, the newest
+        /// release the loaded plugins reach].
+        #[arg(long, value_parser = target_release, value_name = "VERSION")]
+        to: Option<TargetRelease>,
+        /// Estimate from this installation's real sizes (and detect --from from it).
         #[arg(long, value_name = "ROOT")]
         path: Option<PathBuf>,
     },
     /// Check an installation against a release: VERSION, config syntax, every record's
     /// schema_version, model metadata checksums.
+    #[command(after_help = "\
+Examples:
+  migrate validate --path /srv/trustformers --version 2.1.0
+  migrate validate --path /srv/trustformers --version 2.1 --json")]
     Validate {
+        /// Installation root to check.
         #[arg(long, value_name = "ROOT")]
         path: PathBuf,
         /// The release the installation should be.
-        #[arg(long)]
+        #[arg(long, value_parser = release, value_name = "VERSION")]
         version: Version,
     },
     /// Inspect hop plugins.
+    #[command(after_help = "\
+Examples:
+  migrate plugins list
+  migrate plugins list --json
+  migrate plugins pin /usr/lib/trustformers-migrate/plugins
+  migrate plugins verify")]
     Plugins {
         #[command(subcommand)]
         command: PluginsCommand,
     },
     /// Restore a backup: verifies every checksum first, then puts back the files the migration
-    /// replaced (with their modes) and removes the files it created.
+    /// replaced (with their modes) and removes the files it created. With --path alone it uses
+    /// the newest backup of that installation whose target is its current release.
+    #[command(after_help = "\
+Examples:
+  migrate rollback --path /srv/trustformers
+  migrate rollback --backup-path /srv/trustformers/backups/full_backup_1795517413
+  migrate rollback --path /srv/trustformers --backup-dir /mnt/backups --yes")]
     Rollback {
-        /// The backup folder (holds backup.tar.zst and metadata.json).
-        #[arg(long, value_name = "PATH")]
-        backup_path: PathBuf,
-        /// Installation to restore into (default: the one the backup was taken from, when the
-        /// backup lies under it).
+        /// The backup folder (holds backup.tar.zst and metadata.json) [default: the newest
+        /// backup of --path whose target is its current release].
+        #[arg(long, value_name = "PATH", required_unless_present = "path")]
+        backup_path: Option<PathBuf>,
+        /// Installation to restore into (default: the one the backup was taken from).
         #[arg(long, value_name = "ROOT")]
         path: Option<PathBuf>,
+        /// Where to look for backups without --backup-path ($TRUSTFORMERS_BACKUP_DIR or
+        /// ROOT/backups by default).
+        #[arg(long, value_name = "DIR", conflicts_with = "backup_path")]
+        backup_dir: Option<PathBuf>,
         /// Restore even though the installation's VERSION is not the backup's target version.
         #[arg(long)]
         force: bool,
     },
     /// Finish or undo a migration that was interrupted (crash, kill -9, power loss). Every
     /// other command does this first on its own, rolling back.
+    #[command(after_help = "\
+Examples:
+  migrate recover --path /srv/trustformers
+  migrate recover --path /srv/trustformers --forward")]
     Recover {
+        /// Installation root holding the interrupted migration (its .migrate/journal.json).
         #[arg(long, value_name = "ROOT")]
         path: PathBuf,
         /// Complete the interrupted migration instead of rolling it back.
@@ -173,21 +288,38 @@ pub enum Command {
         forward: bool,
     },
     /// List or verify backups.
+    #[command(after_help = "\
+Examples:
+  migrate backups list --path /srv/trustformers
+  migrate backups verify /srv/trustformers/backups/full_backup_1795517413")]
     Backups {
         #[command(subcommand)]
         command: BackupsCommand,
     },
     /// Past migrations of an installation (from its audit trail, .migrate/audit.jsonl).
+    #[command(after_help = "\
+Examples:
+  migrate history --path /srv/trustformers
+  migrate history --path /srv/trustformers --json")]
     History {
+        /// Installation root whose audit trail to read.
         #[arg(long, value_name = "ROOT")]
         path: PathBuf,
     },
-    /// Print a shell completion script, e.g. `migrate completions bash > /etc/bash_completion.d/migrate`.
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  migrate completions bash > /etc/bash_completion.d/migrate
+  migrate completions zsh > ~/.zfunc/_migrate")]
     Completions {
+        /// The shell to write the script for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), e.g. `migrate man > /usr/share/man/man1/migrate.1`.
+    /// Print the man page (roff).
+    #[command(after_help = "\
+Examples:
+  migrate man > /usr/share/man/man1/migrate.1")]
     Man,
     /// Internal: serve one request as a sandboxed plugin worker over stdin/stdout. Started by
     /// migrate itself; never run by hand.
@@ -197,6 +329,7 @@ pub enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines.
     Text,
     /// One JSON object per line.
     Json,
@@ -205,7 +338,12 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum BackupsCommand {
     /// The backups of an installation, oldest first.
+    #[command(after_help = "\
+Examples:
+  migrate backups list --path /srv/trustformers
+  migrate backups list --path /srv/trustformers --backup-dir /mnt/backups --json")]
     List {
+        /// Installation root whose backups to list.
         #[arg(long, value_name = "ROOT")]
         path: PathBuf,
         /// Backup folder, if not the default ($TRUSTFORMERS_BACKUP_DIR or ROOT/backups).
@@ -213,6 +351,9 @@ pub enum BackupsCommand {
         backup_dir: Option<PathBuf>,
     },
     /// Check every file's checksum in a backup; writes nothing.
+    #[command(after_help = "\
+Examples:
+  migrate backups verify /srv/trustformers/backups/full_backup_1795517413")]
     Verify {
         /// The backup folder.
         #[arg(value_name = "PATH")]
@@ -223,18 +364,31 @@ pub enum BackupsCommand {
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
     /// Every plugin file found: name, hop, rules, ABI, file, status.
+    #[command(after_help = "\
+Examples:
+  migrate plugins list
+  migrate plugins list --plugin-dir /opt/hops --json")]
     List,
     /// Pin the sha256 of each plugin of a folder in its plugins.lock.
     ///
     /// From then on a plugin in that folder that is not listed, or whose hash differs, is
     /// refused before it is loaded. Run it again after installing or upgrading a plugin.
+    #[command(after_help = "\
+Examples:
+  migrate plugins pin
+  migrate plugins pin /usr/lib/trustformers-migrate/plugins")]
     Pin {
         /// Plugin folders [default: every folder of the search path that holds plugins].
         #[arg(value_name = "DIR")]
         dirs: Vec<PathBuf>,
     },
     /// Check plugins against plugins.lock and their permissions, loading nothing; exit 6 on
-    /// any problem.
+    /// any problem. A search path without any plugins.lock has nothing pinned: that is said,
+    /// and is not a failure.
+    #[command(after_help = "\
+Examples:
+  migrate plugins verify
+  migrate plugins verify /usr/lib/trustformers-migrate/plugins --json")]
     Verify {
         /// Plugin folders [default: every folder of the search path with plugins or a lock].
         #[arg(value_name = "DIR")]
@@ -245,11 +399,12 @@ pub enum PluginsCommand {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Source release; detected from VERSION (or a 0.1.0 server.toml) when omitted.
-    #[arg(long)]
+    #[arg(long, value_parser = release, value_name = "VERSION")]
     pub from: Option<Version>,
-    /// Target release.
-    #[arg(long)]
-    pub to: Version,
+    /// Target release: 2.1.0, 2.1 (= 2.1.0) or latest [default: latest, the newest release
+    /// the loaded plugins reach from the source].
+    #[arg(long, value_parser = target_release, value_name = "VERSION")]
+    pub to: Option<TargetRelease>,
     /// Run the whole migration in a scratch folder and report; writes nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -298,7 +453,9 @@ impl From<OnInvalidArg> for OnInvalid {
 /// `--optimize-dtype`: the engine's [`Dtype`], spelled for the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DtypeArg {
+    /// IEEE half precision.
     F16,
+    /// bfloat16: the range of f32, less precision.
     Bf16,
 }
 
@@ -328,5 +485,137 @@ impl Command {
             } => Some((Target::models_dir(models_path), run, Some(models))),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every command and subcommand, with its path of names (`["backups", "list"]`).
+    fn commands() -> Vec<(Vec<String>, clap::Command)> {
+        fn walk(
+            prefix: &[String],
+            cmd: &clap::Command,
+            out: &mut Vec<(Vec<String>, clap::Command)>,
+        ) {
+            // clap's own `help` subcommand is not ours to document, nor is the hidden
+            // `worker` that migrate starts itself.
+            for sub in cmd
+                .get_subcommands()
+                .filter(|s| s.get_name() != "help" && !s.is_hide_set())
+            {
+                let mut path = prefix.to_vec();
+                path.push(sub.get_name().to_owned());
+                out.push((path.clone(), sub.clone()));
+                walk(&path, sub, out);
+            }
+        }
+        let mut out = Vec::new();
+        let mut root = Cli::command();
+        root.build();
+        walk(&[], &root, &mut out);
+        out
+    }
+
+    #[test]
+    fn every_command_ends_its_help_with_examples_that_parse() {
+        let mut checked = 0;
+        for (path, cmd) in commands() {
+            let after = cmd
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                after.starts_with("Examples:\n"),
+                "`migrate {}` has no Examples section",
+                path.join(" ")
+            );
+            let examples: Vec<&str> = after
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("migrate "))
+                .collect();
+            assert!(!examples.is_empty(), "`migrate {}`", path.join(" "));
+            for example in examples {
+                // A redirection is the shell's, not migrate's.
+                let line = example.split(" > ").next().unwrap_or(example);
+                let words = std::iter::once("migrate").chain(line.split_whitespace());
+                let parsed = Cli::command().try_get_matches_from(words);
+                assert!(
+                    parsed.is_ok(),
+                    "example `migrate {example}` of `migrate {}` does not parse: {}",
+                    path.join(" "),
+                    parsed.unwrap_err()
+                );
+                let used = line.split_whitespace().collect::<Vec<_>>();
+                assert!(
+                    used.windows(path.len()).any(|w| w == path.as_slice()),
+                    "example `migrate {example}` of `migrate {}` runs another command",
+                    path.join(" ")
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "only {checked} examples");
+    }
+
+    #[test]
+    fn no_option_is_left_without_a_description() {
+        for (path, cmd) in commands() {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help()
+                        .is_some_and(|h| !h.to_string().trim().is_empty()),
+                    "`migrate {}`: {id} has no description",
+                    path.join(" ")
+                );
+                for value in arg.get_possible_values() {
+                    if value.is_hide_set() {
+                        continue;
+                    }
+                    let documented = value.get_help().is_some()
+                        || [
+                            "auto",
+                            "always",
+                            "never",
+                            "bash",
+                            "elvish",
+                            "fish",
+                            "powershell",
+                            "zsh",
+                            "fail",
+                            "quarantine",
+                        ]
+                        .contains(&value.get_name());
+                    assert!(
+                        documented,
+                        "`migrate {}`: {id}={} has no description",
+                        path.join(" "),
+                        value.get_name()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn global_options_are_listed_apart() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let help = cmd
+            .find_subcommand_mut("version")
+            .expect("version")
+            .render_help()
+            .to_string();
+        let global = help.find("Global options:").expect(&help);
+        let own = help.find("--path").expect(&help);
+        let plugin_dir = help.find("--plugin-dir").expect(&help);
+        assert!(own < global && global < plugin_dir, "{help}");
     }
 }

@@ -1,7 +1,7 @@
 //! One small function per command, each over the engine: the CLI's whole behaviour. Plugins are
 //! discovered (and their code run) only by the commands that need them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -10,13 +10,18 @@ use trustformers_migrate::discover::install::Installation;
 use trustformers_migrate::discover::pins;
 use trustformers_migrate::discover::registry::{Discovery, Registry};
 use trustformers_migrate::isolation::Isolation;
+use trustformers_migrate::plan::graph::VersionGraph;
+use trustformers_migrate::plan::release::TargetRelease;
 use trustformers_migrate::plan::{Options, Target};
 use trustformers_migrate::settings::Settings;
 use trustformers_migrate::transaction::{audit, backup, journal, lock, recovery, restore};
 use trustformers_migrate::worker::{WorkerLoader, WorkerSpec};
-use trustformers_migrate::{verify, ExitCode, Mode, Observer, VersionMigrator};
+use trustformers_migrate::{
+    status, verify, ExitCode, MigrateError, Mode, Observer, VersionMigrator,
+};
 
 use crate::args::{BackupsCommand, Cli, Command, GlobalArgs, ModelArgs, PluginsCommand, RunArgs};
+use crate::confirm::{cancelled, confirm, Answer};
 use crate::progress::{Progress, ProgressMode};
 use crate::render;
 
@@ -24,6 +29,7 @@ use crate::render;
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let global = &cli.global;
     let json = global.json;
+    check_plugin_dirs(global)?;
     let observer = Arc::new(Progress::new(if global.quiet {
         ProgressMode::None
     } else {
@@ -37,7 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some((target, run, models)) = cli.command.migration() {
         let registry = discover(global, &worker)?;
         return migrate(
-            &registry, &settings, target, run, models, json, observer, worker,
+            &registry, &settings, target, run, models, global, observer, worker,
         )
         .await;
     }
@@ -47,6 +53,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Config { .. }
         | Command::Data { .. }
         | Command::Models { .. } => unreachable!("migrations are handled above"),
+        Command::Status { path, backup_dir } => {
+            trustformers_migrate::recover_if_interrupted(&path, observer.as_ref())?;
+            let (registry, _) = discover(global, &worker)?;
+            let dir = Target::installation(&path).backup_dir(backup_dir.as_deref());
+            let status = status::status(&std::path::absolute(&path)?, &registry, &dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", render::status(&status));
+            }
+            Ok(ExitCode::Ok)
+        }
         Command::Info { from, to, path } => {
             if let Some(p) = &path {
                 trustformers_migrate::recover_if_interrupted(p, observer.as_ref())?;
@@ -57,7 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             trustformers_migrate::recover_if_interrupted(&path, observer.as_ref())?;
             validate(&discover(global, &worker)?, &path, &version, json)
         }
-        Command::Plugins { command } => plugins(&command, &discovery(global), &worker, json),
+        Command::Plugins { command } => plugins(&command, global, &worker),
         Command::History { path } => history(&path, json),
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -76,8 +94,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback {
             backup_path,
             path,
+            backup_dir,
             force,
-        } => rollback(&backup_path, path.as_deref(), force, json),
+        } => rollback(
+            backup_path.as_deref(),
+            path.as_deref(),
+            backup_dir.as_deref(),
+            force,
+            global,
+            observer.as_ref(),
+        ),
         Command::Recover { path, forward } => recover(&path, forward, json, observer.as_ref()),
         Command::Backups {
             command: BackupsCommand::List { path, backup_dir },
@@ -85,6 +111,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backups {
             command: BackupsCommand::Verify { backup },
         } => backups_verify(&backup, json),
+    }
+}
+
+/// A `--plugin-dir` that does not exist is a typo, not an empty folder: saying nothing would
+/// let a migration run with other plugins than the operator meant.
+fn check_plugin_dirs(global: &GlobalArgs) -> Result<(), MigrateError> {
+    match global.plugin_dirs.iter().find(|d| !d.is_dir()) {
+        Some(dir) => Err(MigrateError::usage(
+            format!("--plugin-dir {}: no such folder", dir.display()),
+            "check the path (relative paths start at the current folder), or drop the option",
+        )),
+        None => Ok(()),
     }
 }
 
@@ -120,14 +158,43 @@ fn worker_spec(global: &GlobalArgs, settings: &Settings) -> WorkerSpec {
 }
 
 /// Finds the plugins and has workers describe them: only the commands that run plugin code
-/// call this. Also returns what confined those workers.
+/// call this. Also returns what confined those workers. A `--use-plugin` that names none of
+/// the plugins found is an error, not a silent no-op.
 fn discover(
     global: &GlobalArgs,
     worker: &WorkerSpec,
 ) -> anyhow::Result<(Arc<Registry>, Option<Isolation>)> {
     let loader = WorkerLoader::new(worker.clone());
     let registry = Registry::discover(&discovery(global), &loader)?;
+    check_choices(&registry, global)?;
     Ok((Arc::new(registry), loader.isolation()))
+}
+
+fn check_choices(registry: &Registry, global: &GlobalArgs) -> Result<(), MigrateError> {
+    for choice in &global.use_plugin {
+        if !registry.entries.iter().any(|e| e.is_named(choice)) {
+            let known: Vec<String> = registry
+                .entries
+                .iter()
+                .map(|e| {
+                    let name = e.descriptor.as_ref().map_or("-", |d| d.name.as_str());
+                    format!("{name} ({})", e.path.display())
+                })
+                .collect();
+            return Err(MigrateError::usage(
+                format!(
+                    "--use-plugin {choice} names none of the plugins found ({})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+                "pass a plugin's name, file name or path as `migrate plugins list` shows them",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn history(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
@@ -141,34 +208,72 @@ fn history(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
+/// `migrate rollback`: the backup named, or the newest of `--path` whose target is the
+/// installation's release, announced before anything is touched. Files changed since the
+/// migration are replaced by the backup's versions (their current content is saved first into
+/// a pre-rollback backup): asked first on a terminal.
 fn rollback(
-    backup: &Path,
+    backup_path: Option<&Path>,
     root: Option<&Path>,
+    backup_dir: Option<&Path>,
     force: bool,
-    json: bool,
+    global: &GlobalArgs,
+    observer: &dyn Observer,
 ) -> anyhow::Result<ExitCode> {
+    let (backup, meta) = match (backup_path, root) {
+        (Some(b), _) => (b.to_path_buf(), backup::read_metadata(b)?),
+        (None, Some(root)) => {
+            trustformers_migrate::recover_if_interrupted(root, observer)?;
+            let dir = Target::installation(root).backup_dir(backup_dir);
+            status::backup_for_rollback(&std::path::absolute(root)?, &dir)?
+        }
+        (None, None) => unreachable!("clap requires --backup-path or --path"),
+    };
+    let into = root.map_or_else(|| PathBuf::from(&meta.root), Path::to_path_buf);
+    observer.notice(&format!(
+        "rolling {} back from {} to {} with the backup {} (taken {})",
+        into.display(),
+        meta.target_version,
+        meta.source_version,
+        backup.display(),
+        meta.created
+    ));
+    let changed = status::changed_since_backup(&into, &meta);
+    if !changed.is_empty() {
+        let list = changed.join("\n  ");
+        let question = format!(
+            "{} file(s) changed since the migration; the rollback replaces or removes them (what it replaces is saved first into a pre-rollback backup):\n  {list}",
+            changed.len()
+        );
+        match confirm(&question, global.yes)? {
+            Answer::No => return Err(cancelled()),
+            // Nobody was asked: the log says what the rollback replaced.
+            Answer::NotAsked => observer.warning(&question),
+            Answer::Yes => {}
+        }
+    }
     let report = restore::restore(&restore::RestoreRequest {
-        backup,
+        backup: &backup,
         root,
         force,
     })?;
     for w in &report.warnings {
-        eprintln!("warning: {w}");
+        observer.warning(w);
     }
     if let Some(saved) = &report.pre_rollback_backup {
-        eprintln!(
-            "note: {} changed after the migration; their current content was saved first into {}",
+        observer.notice(&format!(
+            "{} changed after the migration; their current content was saved first into {}",
             report.saved_files.join(", "),
             saved.display()
-        );
+        ));
     }
     if !report.kept_files.is_empty() {
-        eprintln!(
-            "note: {} were created by the migration but changed since: kept as they are",
+        observer.notice(&format!(
+            "{} were created by the migration but changed since: kept as they are",
             report.kept_files.join(", ")
-        );
+        ));
     }
-    if json {
+    if global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
@@ -270,7 +375,9 @@ fn options(
     run: &RunArgs,
     models: Option<&ModelArgs>,
 ) -> Options {
-    let backup = settings.global.backup_before_migration && !run.dry_run;
+    // A dry run takes no backup (it writes nothing), but plans one as the real run would: its
+    // pre-flight then checks the backup's space and folder, and says what it will need.
+    let backup = settings.global.backup_before_migration;
     let timeout = settings.global.timeout_seconds;
     Options {
         on_invalid: run
@@ -296,7 +403,7 @@ async fn migrate(
     mut target: Target,
     run: &RunArgs,
     models: Option<&ModelArgs>,
-    json: bool,
+    global: &GlobalArgs,
     observer: Arc<Progress>,
     worker: WorkerSpec,
 ) -> anyhow::Result<ExitCode> {
@@ -310,12 +417,31 @@ async fn migrate(
     if !settings.model_migration.enabled {
         target.models = None;
     }
+    // Version detection below must see the installation, not half a swap.
+    if run.dry_run {
+        trustformers_migrate::run::refuse_if_interrupted(&target)?;
+    } else {
+        trustformers_migrate::recover_if_interrupted(&target.root, observer.as_ref())?;
+    }
+    registry.ensure_no_conflicts()?;
+    let (source, to) = resolve_target(registry, &target, run)?;
+    if run.to.is_none() {
+        observer.notice(&format!(
+            "no --to given: migrating to {to}, the newest release the loaded plugins reach"
+        ));
+    }
+    if !run.dry_run {
+        let backup = options(settings, &target, run, models).backup_dir;
+        if let Some(from) = &source {
+            confirm_irreversible(registry, from, &to, backup.as_deref(), global.yes)?;
+        }
+    }
     let from = run
         .from
         .as_ref()
         .map(Version::to_string)
         .unwrap_or_default();
-    let migrator = VersionMigrator::with_registry(&from, &run.to.to_string(), registry.clone())?
+    let migrator = VersionMigrator::with_registry(&from, &to.to_string(), registry.clone())?
         .options(options(settings, &target, run, models))
         .force(run.force)
         .observer(observer)
@@ -331,21 +457,90 @@ async fn migrate(
         std::fs::write(file, text)
             .with_context(|| format!("cannot write the report to {}", file.display()))?;
     }
-    if json {
+    if global.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         print!("{}", render::result(&result));
     }
     if let Some(e) = &result.error {
-        eprintln!("error: {e}");
+        render::eprint_error(&e.text());
     }
     Ok(ExitCode::from_i32(result.exit_code))
+}
+
+/// The source release as the migration will see it, and the target: `--to`, or the newest
+/// release the loaded hops reach from the source (`latest`, the default). The source is
+/// `None` only when `--to` is explicit and the source cannot be known yet: the migration then
+/// reports why.
+fn resolve_target(
+    registry: &Registry,
+    target: &Target,
+    run: &RunArgs,
+) -> Result<(Option<Version>, Version), MigrateError> {
+    let install = Installation {
+        root: target.root.clone(),
+    };
+    let source = match (&run.from, target.write_version) {
+        (from, true) => install.source_version(from.as_ref(), run.force),
+        (Some(from), false) => Ok(from.clone()),
+        (None, false) => install.detect_version(),
+    };
+    match &run.to {
+        Some(TargetRelease::Exact(to)) => Ok((source.ok(), to.clone())),
+        None | Some(TargetRelease::Latest) => {
+            let from = source?;
+            let latest = VersionGraph::new(registry.active_hops()).latest(&from)?;
+            Ok((Some(from), latest))
+        }
+    }
+}
+
+/// Hops whose breaking changes say they are irreversible (2.0.0 → 2.1.0 hashes API keys and
+/// drops the plaintext) are confirmed first on a terminal.
+fn confirm_irreversible(
+    registry: &Registry,
+    from: &Version,
+    to: &Version,
+    backup: Option<&Path>,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let Ok(path) = VersionGraph::new(registry.active_hops()).path(from, to) else {
+        return Ok(());
+    };
+    let irreversible: Vec<String> = path
+        .iter()
+        .flat_map(|h| {
+            h.descriptor
+                .breaking_changes
+                .iter()
+                .filter(|c| c.to_lowercase().contains("irreversib"))
+                .map(move |c| format!("{} → {}: {c}", h.from, h.to))
+        })
+        .collect();
+    if irreversible.is_empty() {
+        return Ok(());
+    }
+    let undo = match backup {
+        Some(dir) => format!(
+            "a backup is taken into {} first; `migrate rollback` brings the old files back from it",
+            dir.display()
+        ),
+        None => "no backup will be taken (backup_before_migration = false): nothing can bring the old values back".to_owned(),
+    };
+    let question = format!(
+        "This migration makes irreversible changes:\n  - {}\n{undo}.",
+        irreversible.join("\n  - ")
+    );
+    match confirm(&question, yes)? {
+        Answer::No => Err(cancelled()),
+        Answer::Yes | Answer::NotAsked => Ok(()),
+    }
 }
 
 /// The folder or file a command names must exist before anything else happens.
 fn check_target(target: &Target) -> anyhow::Result<()> {
     if target.write_version {
-        Installation::open(&target.root)?;
+        Installation::open(&target.root)?.ensure_installation()?;
         return Ok(());
     }
     let parts = [&target.config, &target.data, &target.models];
@@ -362,13 +557,37 @@ fn check_target(target: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `migrate info`: `--to` defaults to the newest release the plugins reach from the source
+/// (`--from`, or the version detected at `--path`).
 fn info(
     (registry, isolation): (Arc<Registry>, Option<Isolation>),
     from: Option<Version>,
-    to: Version,
+    to: Option<TargetRelease>,
     path: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    registry.ensure_no_conflicts()?;
+    let to = match to {
+        Some(TargetRelease::Exact(v)) => v,
+        None | Some(TargetRelease::Latest) => {
+            let source = match (&from, path) {
+                (Some(f), _) => f.clone(),
+                (None, Some(p)) => {
+                    let install = Installation::open(p)?;
+                    install.ensure_installation()?;
+                    install.detect_version()?
+                }
+                (None, None) => {
+                    return Err(MigrateError::usage(
+                        "migrate info needs --from or --path",
+                        "pass --from VERSION, or --path with the installation",
+                    )
+                    .into())
+                }
+            };
+            VersionGraph::new(registry.active_hops()).latest(&source)?
+        }
+    };
     let from = from.map(|v| v.to_string()).unwrap_or_default();
     let migrator = VersionMigrator::with_registry(&from, &to.to_string(), registry)?;
     let mut info = match path {
@@ -415,14 +634,15 @@ fn validate(
 /// the existing locks; `verify` loads nothing.
 fn plugins(
     command: &PluginsCommand,
-    discovery: &Discovery,
+    global: &GlobalArgs,
     worker: &WorkerSpec,
-    json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let discovery = &discovery(global);
     let loader = WorkerLoader::new(worker.clone());
     let (text, doc, ok) = match command {
         PluginsCommand::List => {
             let registry = Registry::discover(discovery, &loader)?;
+            check_choices(&registry, global)?;
             let isolation = loader.isolation();
             let doc = serde_json::json!({ "search_path": registry.search_path, "plugins": registry.entries, "isolation": isolation });
             (render::plugins(&registry, isolation.as_ref()), doc, true)
@@ -437,12 +657,17 @@ fn plugins(
         }
         PluginsCommand::Verify { dirs } => {
             let verified = pins::verify(discovery, dirs)?;
-            let ok = verified.iter().all(pins::VerifiedFolder::ok);
-            let doc = serde_json::json!({ "ok": ok, "folders": verified });
-            (render::verified(&verified), doc, ok)
+            // With no plugins.lock anywhere nothing is pinned, so nothing can mismatch: that
+            // is said, not failed. Once one folder is pinned, an unpinned one is a problem.
+            let pinned = verified.iter().any(|f| f.lock.is_some());
+            let ok = verified
+                .iter()
+                .all(|f| f.ok() || (!pinned && f.files.iter().all(|v| v.problem.is_none())));
+            let doc = serde_json::json!({ "ok": ok, "pinned": pinned, "folders": verified });
+            (render::verified(&verified, pinned), doc, ok)
         }
     };
-    if json {
+    if global.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{text}");

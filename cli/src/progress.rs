@@ -15,8 +15,11 @@ use trustformers_migrate::Observer;
 pub enum ProgressMode {
     /// Bars on a terminal, plain lines otherwise.
     Auto,
+    /// Progress bars with bytes, records/s and ETA.
     Bars,
+    /// One line per step start and end, and a percentage every 5 s: for logs.
     Plain,
+    /// Nothing but notices and warnings.
     None,
 }
 
@@ -122,11 +125,11 @@ impl Observer for Progress {
     }
 
     fn notice(&self, message: &str) {
-        eprintln!("note: {message}");
+        crate::render::eprint_note(message);
     }
 
     fn warning(&self, message: &str) {
-        eprintln!("warning: {message}");
+        crate::render::eprint_warning(message);
     }
 
     /// What plugin code wrote to stderr, passed through as it was written.

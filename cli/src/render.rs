@@ -1,5 +1,6 @@
-//! How results look to a person: every text the CLI prints for a command's result. `--json`
-//! prints the engine's own types instead, so this file is the whole of the text interface.
+//! How results look to a person: every text the CLI prints for a command's result, and the
+//! colour of the `error:`/`warning:`/`note:` labels on stderr. `--json` prints the engine's own
+//! types instead, so this file is the whole of the text interface.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -9,10 +10,38 @@ use trustformers_migrate::discover::registry::{Registry, Status};
 use trustformers_migrate::isolation::Isolation;
 use trustformers_migrate::report::preview::Preview;
 use trustformers_migrate::size::human;
+use trustformers_migrate::status::InstallStatus;
 use trustformers_migrate::transaction::audit::HistoryItem;
 use trustformers_migrate::transaction::backup::BackupMetadata;
 use trustformers_migrate::verify::Validation;
 use trustformers_migrate::{MigrationInfo, MigrationResult};
+
+const ERROR: anstyle::Style = anstyle::AnsiColor::Red.on_default().bold();
+const WARNING: anstyle::Style = anstyle::AnsiColor::Yellow.on_default().bold();
+const NOTE: anstyle::Style = anstyle::AnsiColor::Cyan.on_default().bold();
+
+/// `--color`: applies to everything printed through anstream. `Auto` leaves it to anstream,
+/// which colours a terminal only and honours `NO_COLOR` (and `CLICOLOR_FORCE`).
+pub fn set_color(choice: anstream::ColorChoice) {
+    choice.write_global();
+}
+
+/// Whether stderr gets colour under the `--color` choice: the logger writes it itself.
+pub fn stderr_has_color() -> bool {
+    anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never
+}
+
+pub fn eprint_error(text: &str) {
+    anstream::eprintln!("{ERROR}error:{ERROR:#} {text}");
+}
+
+pub fn eprint_warning(text: &str) {
+    anstream::eprintln!("{WARNING}warning:{WARNING:#} {text}");
+}
+
+pub fn eprint_note(text: &str) {
+    anstream::eprintln!("{NOTE}note:{NOTE:#} {text}");
+}
 
 /// The operator-facing summary of a migration.
 pub fn result(r: &MigrationResult) -> String {
@@ -28,9 +57,13 @@ pub fn result(r: &MigrationResult) -> String {
     for s in &r.steps {
         let _ = write!(
             out,
-            "  {:<9} {:?} in {} ms: {} files, {} bytes",
-            s.name, s.status, s.duration_ms, s.files, s.bytes
+            "  {:<9} {:?} in {} ms",
+            s.name, s.status, s.duration_ms
         );
+        // Steps that move no files (preflight, journal, commit) say only how long they took.
+        if s.files > 0 || s.bytes > 0 {
+            let _ = write!(out, ": {} files, {} bytes", s.files, s.bytes);
+        }
         if s.records > 0 {
             let _ = write!(out, ", {} records", s.records);
         }
@@ -45,12 +78,19 @@ pub fn result(r: &MigrationResult) -> String {
             let _ = writeln!(out, "    error: {}", e.replace('\n', "\n    "));
         }
     }
-    let warnings: Vec<&String> = r.warnings().collect();
+    // The backup has a line of its own; its step also reports it as a warning.
+    let warnings: Vec<&String> = r
+        .warnings()
+        .filter(|w| r.backup_path.is_none() || !w.starts_with("backup: "))
+        .collect();
     if !warnings.is_empty() {
         let _ = writeln!(out, "  warnings:");
         for w in warnings {
             let _ = writeln!(out, "    - {w}");
         }
+    }
+    if let Some(p) = &r.backup_path {
+        let _ = writeln!(out, "  backup: {p}");
     }
     if let Some(p) = &r.preview {
         out.push_str(&preview(p));
@@ -114,14 +154,23 @@ pub fn pinned(pinned: &[Pinned]) -> String {
     out
 }
 
-/// Human-readable `plugins verify` output.
-pub fn verified(folders: &[VerifiedFolder]) -> String {
+/// Human-readable `plugins verify` output. Without any lock (`pinned` false) a folder's
+/// missing lock is a note, not a failure.
+pub fn verified(folders: &[VerifiedFolder], pinned: bool) -> String {
     let mut out = String::new();
     if folders.is_empty() {
         out.push_str("no plugin folder to verify\n");
     }
+    if !pinned && !folders.is_empty() {
+        out.push_str("nothing is pinned (no plugins.lock): permissions checked only; `migrate plugins pin` pins the plugins found\n");
+    }
     for f in folders {
-        let verdict = if f.ok() { "ok" } else { "FAILED" };
+        let files_ok = f.files.iter().all(|v| v.problem.is_none());
+        let verdict = match (f.ok(), pinned) {
+            (true, _) => "ok",
+            (false, false) if files_ok => "not pinned",
+            _ => "FAILED",
+        };
         out.push_str(&format!("{}: {verdict}\n", f.dir.display()));
         for v in &f.files {
             match &v.problem {
@@ -132,8 +181,9 @@ pub fn verified(folders: &[VerifiedFolder]) -> String {
                 out.push_str(&format!("  warning  {w}\n"));
             }
         }
+        let label = if pinned { "PROBLEM" } else { "note   " };
         for p in &f.problems {
-            out.push_str(&format!("  PROBLEM  {p}\n"));
+            out.push_str(&format!("  {label}  {p}\n"));
         }
     }
     out
@@ -300,6 +350,65 @@ pub fn plugins(registry: &Registry, isolation: Option<&Isolation>) -> String {
             "{name:<14} {hop:<18} rules={rules:<18} abi={abi:<7} {}  [{status}]",
             e.path.display()
         );
+    }
+    out
+}
+
+/// `migrate status`.
+pub fn status(s: &InstallStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "installation: {}", s.path.display());
+    let _ = writeln!(out, "version:      {}", s.version);
+    let _ = writeln!(
+        out,
+        "latest:       {} (the newest release the loaded plugins reach)",
+        s.latest
+    );
+    if s.pending.is_empty() {
+        let _ = writeln!(out, "pending:      none, up to date");
+    } else {
+        let _ = writeln!(out, "pending:      {} hop(s)", s.pending.len());
+        for h in &s.pending {
+            let _ = writeln!(
+                out,
+                "  {} → {}  [{}] {}",
+                h.from,
+                h.to,
+                h.plugin,
+                h.file.display()
+            );
+        }
+    }
+    match &s.last_migration {
+        Some(m) => {
+            let _ = writeln!(
+                out,
+                "last migration: {} → {} {} at {} by {}@{}",
+                m.from, m.to, m.status, m.time, m.user, m.host
+            );
+        }
+        None => {
+            let _ = writeln!(out, "last migration: none recorded");
+        }
+    }
+    let _ = write!(
+        out,
+        "backups:      {} in {}",
+        s.backups.count,
+        s.backups.dir.display()
+    );
+    match &s.backups.newest {
+        Some(b) => {
+            let _ = writeln!(
+                out,
+                "; newest: {} ({} → {}, {})",
+                b.path.display(),
+                b.source_version,
+                b.target_version,
+                b.created
+            );
+        }
+        None => out.push('\n'),
     }
     out
 }

@@ -77,9 +77,11 @@ pub enum MigrateError {
         hint: String,
     },
 
-    /// The installation's release cannot be determined from its files.
+    /// The installation's release cannot be determined from its files. The next step must
+    /// hold for every command that detects it, `status` and `rollback` included, which take
+    /// no `--from`.
     #[error(
-        "cannot detect the installation's version: {reason}\n  next step: pass --from VERSION"
+        "cannot detect the installation's version: {reason}\n  next step: pass --from VERSION to the migration command, or write the release into {}/VERSION (e.g. 2.0.0)", root.display()
     )]
     UnknownVersion { root: PathBuf, reason: String },
 
@@ -120,7 +122,7 @@ pub enum MigrateError {
     },
 
     /// A `--from`/`--to`/`--version` value that is not a release number.
-    #[error("{flag} {text}: not a semver version ({source}); write it like 2.1.0")]
+    #[error("{flag} {text}: not a release number ({source})\n  next step: write it like 2.1.0 (2.1 means 2.1.0)")]
     BadVersion {
         flag: &'static str,
         text: String,
@@ -286,6 +288,39 @@ impl MigrateError {
         }
     }
 
+    /// The file or folder the error is about, when it is about one: what a script shows or
+    /// opens first.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        use migrate_transaction::Error as T;
+        match self {
+            MigrateError::Invalid { path, .. }
+            | MigrateError::Settings { path, .. }
+            | MigrateError::WrongVersion { path, .. } => Some(path),
+            MigrateError::UnknownVersion { root, .. }
+            | MigrateError::VersionMismatch { root, .. }
+            | MigrateError::Interrupted { root, .. } => Some(root),
+            MigrateError::PluginConflict { first, .. } => Some(first),
+            MigrateError::PluginFailed { input, .. } => Some(input),
+            MigrateError::Transaction(T::Invalid { path, .. }) => Some(path),
+            MigrateError::Transaction(T::Locked { root, .. })
+            | MigrateError::Transaction(T::Interrupted { root, .. }) => Some(root),
+            MigrateError::NoPath { .. }
+            | MigrateError::BadVersion { .. }
+            | MigrateError::Usage { .. }
+            | MigrateError::Io { .. }
+            | MigrateError::RolledBack { .. }
+            | MigrateError::TimedOut { .. }
+            | MigrateError::Internal { .. }
+            // The worker's errors cross the process boundary as text: their file is named in
+            // the message.
+            | MigrateError::WorkerStopped { .. }
+            | MigrateError::StagedInvalid { .. }
+            | MigrateError::Staged { .. }
+            | MigrateError::Transaction(T::Io { .. })
+            | MigrateError::Transaction(T::Usage { .. }) => None,
+        }
+    }
+
     /// An I/O error with what was being done and to which path.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         MigrateError::Io {
@@ -311,6 +346,18 @@ impl MigrateError {
             message: message.into(),
             hint: hint.into(),
         }
+    }
+}
+
+/// How every error's text gives its next step: `message` + this + `next step`. The one
+/// place that splits an error's text into its two parts ([`split_next_step`]) relies on it.
+pub const NEXT_STEP: &str = "\n  next step: ";
+
+/// An error's text split into what went wrong and the next step (if it names one).
+pub fn split_next_step(text: &str) -> (String, Option<String>) {
+    match text.split_once(NEXT_STEP) {
+        Some((message, next)) => (message.to_owned(), Some(next.trim().to_owned())),
+        None => (text.to_owned(), None),
     }
 }
 

@@ -24,6 +24,7 @@ pub mod run;
 pub mod settings;
 pub mod size;
 pub mod stage;
+pub mod status;
 pub mod verify;
 pub mod worker;
 

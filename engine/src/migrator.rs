@@ -113,6 +113,8 @@ impl VersionMigrator {
 
     /// Path, steps and breaking changes, without an installation.
     pub fn get_migration_info(&self) -> Result<MigrationInfo> {
+        // A hop claimed twice is not "no path": name both files.
+        self.registry.ensure_no_conflicts()?;
         let from = self.from.clone().ok_or_else(|| {
             MigrateError::usage(
                 "--from is needed without --path",
@@ -131,6 +133,9 @@ impl VersionMigrator {
 
     /// Builds the plan for `target`: resolves the source version and the hop path.
     pub fn plan(&self, target: Target) -> Result<Plan> {
+        if target.write_version {
+            Installation::open(&target.root)?.ensure_installation()?;
+        }
         self.registry.ensure_no_conflicts()?;
         let from = self.source_version(&target)?;
         let hops = self.path(&from)?;
@@ -252,7 +257,7 @@ fn info(from: &Version, to: &Version, hops: &[HopInfo], plan: Option<&Plan>) -> 
 }
 
 fn parse_version(text: &str, flag: &'static str) -> Result<Version> {
-    Version::parse(text.trim()).map_err(|source| MigrateError::BadVersion {
+    plan::release::parse_release(text).map_err(|source| MigrateError::BadVersion {
         flag,
         text: text.to_owned(),
         source,

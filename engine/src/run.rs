@@ -17,7 +17,7 @@ use crate::error::{ExitCode, MigrateError, Result};
 use crate::observe::Observer;
 use crate::plan::{preflight, Plan, Target};
 use crate::report::preview;
-use crate::report::{MigrationResult, OverallStatus, StepResult, StepStatus};
+use crate::report::{ErrorReport, MigrationResult, OverallStatus, StepResult, StepStatus};
 use crate::size::{human, peak_rss_bytes};
 use crate::verify::staged;
 use crate::verify::Severity;
@@ -55,6 +55,7 @@ pub fn execute(
             .collect(),
         steps: Vec::new(),
         error: None,
+        backup_path: None,
         exit_code: ExitCode::Ok as i32,
         preview: None,
         duration_ms: 0,
@@ -86,6 +87,7 @@ pub fn execute(
     } else if plan.hops.is_empty() {
         result.overall_status = OverallStatus::UpToDate;
     }
+    result.backup_path = backup_of(&result).map(str::to_owned);
     result.duration_ms = started.elapsed().as_millis() as u64;
     result.peak_rss_bytes = peak_rss_bytes();
     if let Some(audit) = audit {
@@ -107,7 +109,7 @@ pub fn fail(result: &mut MigrationResult, e: &MigrateError) {
         ExitCode::Interrupted => OverallStatus::Interrupted,
         _ => OverallStatus::Failed,
     };
-    result.error = Some(e.to_string());
+    result.error = Some(e.into());
 }
 
 /// Appends to the audit trail; a failure to do so is a warning, never a failed migration.
@@ -118,12 +120,17 @@ fn record(audit: &Audit, observer: &dyn Observer, action: &str, details: serde_j
 }
 
 /// The `migration_finished` audit entry: what `migrate history` shows.
-fn finished_entry(result: &MigrationResult) -> serde_json::Value {
-    let backup = result
+/// The backup a run took: its backup step reports it as `backup: PATH`.
+fn backup_of(result: &MigrationResult) -> Option<&str> {
+    result
         .steps
         .iter()
         .flat_map(|s| &s.warnings)
-        .find_map(|w| w.strip_prefix("backup: "));
+        .find_map(|w| w.strip_prefix("backup: "))
+}
+
+fn finished_entry(result: &MigrationResult) -> serde_json::Value {
+    let backup = backup_of(result);
     let steps: Vec<serde_json::Value> = result
         .steps
         .iter()
@@ -132,7 +139,7 @@ fn finished_entry(result: &MigrationResult) -> serde_json::Value {
     serde_json::json!({
         "from": result.from, "to": result.to, "status": result.overall_status, "exit_code": result.exit_code,
         "duration_ms": result.duration_ms, "backup": backup, "steps": steps,
-        "peak_rss_bytes": result.peak_rss_bytes, "error": result.error,
+        "peak_rss_bytes": result.peak_rss_bytes, "error": result.error.as_ref().map(ErrorReport::text),
     })
 }
 
@@ -384,10 +391,13 @@ pub fn refuse_if_interrupted(target: &Target) -> Result<()> {
 fn check_preflight(plan: &Plan, s: &mut StepResult) -> Result<()> {
     let report = preflight::check(plan);
     if let Some(space) = &report.space {
+        let backup = match plan.options.backup_dir {
+            Some(_) => format!("the backup about {}", human(space.backup_bytes)),
+            None => "no backup is taken".to_owned(),
+        };
         s.warnings.push(format!(
-            "disk space: staging needs about {}, the backup about {}; {} free",
+            "disk space: staging needs about {}, {backup}; {} free",
             human(space.staging_bytes),
-            human(space.backup_bytes),
             human(space.available_bytes)
         ));
     }

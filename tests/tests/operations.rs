@@ -168,7 +168,11 @@ fn audit_and_history_of_a_rolled_back_migration() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let result: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(result["overall_status"], "RolledBack");
-    assert!(result["error"].as_str().unwrap().contains("timed out"));
+    assert!(result["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("timed out"));
+    assert_eq!(result["error"]["exit_code"], 4);
     assert_eq!(tree_hash(root), before);
     let h = history(root);
     assert_eq!(h.len(), 1);

@@ -41,7 +41,13 @@ fn a_commit_that_cannot_be_recorded_is_interrupted_and_recover_undoes_it() {
     let result: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json result");
     assert_eq!(result["overall_status"], "Interrupted", "{result}");
     assert_eq!(result["exit_code"], 8);
-    let error = result["error"].as_str().expect("error text");
+    // The result's error is {exit_code, message, next_step, file} (issue 16).
+    assert_eq!(result["error"]["exit_code"], 8, "{result}");
+    let error = format!(
+        "{}\n  next step: {}",
+        result["error"]["message"].as_str().expect("error message"),
+        result["error"]["next_step"].as_str().expect("next step")
+    );
     assert!(
         error.contains("migrate recover --path") && error.contains("journal is kept"),
         "{error}"

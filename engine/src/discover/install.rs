@@ -56,6 +56,24 @@ impl Installation {
         })
     }
 
+    /// A folder is taken for an installation only if it holds `VERSION` or
+    /// `config/server.toml` (spec section 1). A whole-installation migration writes `.migrate/`
+    /// and `backups/` into its root, which must never happen to an arbitrary folder (a typo in
+    /// `--path`, the parent of the installation), even with `--from`.
+    pub fn ensure_installation(&self) -> Result<()> {
+        // Any entry by those names counts (a link or a special file is refused later, by the
+        // check that reads it, naming it): only their absence says "not an installation".
+        let present = |rel: &str| std::fs::symlink_metadata(self.path(rel)).is_ok();
+        if present(VERSION_FILE) || present(SERVER_TOML) {
+            return Ok(());
+        }
+        Err(MigrateError::invalid(
+            &self.root,
+            format!("not a TrustformeRS Serve installation: it holds neither {VERSION_FILE} nor {SERVER_TOML}"),
+            "pass --path with the installation's root (the folder holding config/server.toml); nothing was written",
+        ))
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }

@@ -683,8 +683,17 @@ fn resolve_duplicates(entries: &mut [PluginEntry], preferred: &[String]) {
 }
 
 fn is_preferred(entry: &PluginEntry, preferred: &[String]) -> bool {
-    preferred.iter().any(|p| {
-        entry.descriptor.as_ref().is_some_and(|d| &d.name == p)
-            || Path::new(p).canonicalize().is_ok_and(|c| c == entry.path)
-    })
+    preferred.iter().any(|p| entry.is_named(p))
+}
+
+impl PluginEntry {
+    /// Whether `--use-plugin CHOICE` names this plugin: by its descriptor's name, its file
+    /// name in its folder (`libdup.so`), or its path.
+    pub fn is_named(&self, choice: &str) -> bool {
+        self.descriptor.as_ref().is_some_and(|d| d.name == choice)
+            || self.file_name == choice
+            || Path::new(choice)
+                .canonicalize()
+                .is_ok_and(|c| c == self.path)
+    }
 }

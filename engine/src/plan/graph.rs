@@ -35,6 +35,45 @@ impl VersionGraph {
         }
     }
 
+    /// [`Self::latest_from`], refusing a release no loaded hop starts or ends at: "up to date"
+    /// would then be a guess (no plugins found, or an installation newer than every plugin).
+    pub fn latest(&self, from: &Version) -> Result<Version> {
+        if self.hops.iter().any(|h| &h.from == from || &h.to == from) {
+            return Ok(self.latest_from(from));
+        }
+        let hops: Vec<String> = self
+            .hops
+            .iter()
+            .map(|h| format!("{} → {}", h.from, h.to))
+            .collect();
+        let reason = if hops.is_empty() {
+            "no hop plugins were loaded, so the latest release is unknown".to_owned()
+        } else {
+            format!(
+                "no loaded hop starts or ends at {from}, so the latest release is unknown; loaded hops: {}",
+                hops.join(", ")
+            )
+        };
+        Err(MigrateError::NoPath {
+            from: from.to_string(),
+            to: "latest".to_owned(),
+            reason,
+            hint: "run `migrate plugins list` to see which hops are loaded, and add the hop plugins for this release to a plugin folder".to_owned(),
+        })
+    }
+
+    /// The newest release reachable from `from` through the loaded hops: what `--to` defaults
+    /// to, like `sqlx migrate run` or Flyway applying every pending migration. `from` itself
+    /// when no hop leads on (the installation is up to date).
+    pub fn latest_from(&self, from: &Version) -> Version {
+        let edges: Vec<(Version, Version)> = self
+            .hops
+            .iter()
+            .map(|h| (h.from.clone(), h.to.clone()))
+            .collect();
+        latest_reachable(&edges, from)
+    }
+
     fn no_path(&self, from: &Version, to: &Version) -> MigrateError {
         let hops: Vec<String> = self
             .hops
@@ -96,6 +135,21 @@ pub fn shortest_path(
     None
 }
 
+/// The highest version reachable from `from` over `edges` (`from` if none is).
+pub fn latest_reachable(edges: &[(Version, Version)], from: &Version) -> Version {
+    let mut seen = vec![from.clone()];
+    let mut queue = VecDeque::from([from.clone()]);
+    while let Some(at) = queue.pop_front() {
+        for (_, next) in edges.iter().filter(|(f, _)| *f == at) {
+            if !seen.contains(next) {
+                seen.push(next.clone());
+                queue.push_back(next.clone());
+            }
+        }
+    }
+    seen.into_iter().max().unwrap_or_else(|| from.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +198,23 @@ mod tests {
         let e = edges(&[("0.1.0", "1.0.0"), ("2.0.0", "2.1.0")]);
         assert_eq!(shortest_path(&e, &v("0.1.0"), &v("2.1.0")), None);
         assert_eq!(shortest_path(&e, &v("1.0.0"), &v("0.1.0")), None);
+    }
+
+    #[test]
+    fn latest_is_the_newest_release_a_chain_reaches() {
+        let e = edges(&[
+            ("0.1.0", "1.0.0"),
+            ("1.0.0", "2.0.0"),
+            ("2.0.0", "2.1.0"),
+            ("5.0.0", "6.0.0"),
+        ]);
+        assert_eq!(latest_reachable(&e, &v("0.1.0")), v("2.1.0"));
+        assert_eq!(latest_reachable(&e, &v("2.0.0")), v("2.1.0"));
+        assert_eq!(latest_reachable(&e, &v("2.1.0")), v("2.1.0"), "up to date");
+        assert_eq!(
+            latest_reachable(&e, &v("3.0.0")),
+            v("3.0.0"),
+            "unknown: itself"
+        );
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod graph;
 pub mod preflight;
+pub mod release;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,8 +59,9 @@ pub struct Target {
 
 impl Target {
     pub fn installation(root: &Path) -> Target {
+        let root = absolute(root);
         Target {
-            root: root.to_path_buf(),
+            root: root.clone(),
             config: Some(root.join(SERVER_TOML)),
             data: Some(root.join(DATA_DIR)),
             models: Some(root.join(MODELS_DIR)),
@@ -70,9 +72,10 @@ impl Target {
 
     /// A single config file; its installation root is guessed from `…/config/server.toml`.
     pub fn config_file(file: &Path) -> Target {
-        let dir = file.parent().unwrap_or(Path::new("."));
+        let file = absolute(file);
+        let dir = file.parent().unwrap_or(Path::new("/"));
         Target {
-            config: Some(file.to_path_buf()),
+            config: Some(file.clone()),
             data: None,
             models: None,
             write_version: false,
@@ -82,6 +85,7 @@ impl Target {
     }
 
     pub fn data_dir(dir: &Path) -> Target {
+        let dir = &absolute(dir);
         Target {
             data: Some(dir.to_path_buf()),
             config: None,
@@ -93,6 +97,7 @@ impl Target {
     }
 
     pub fn models_dir(dir: &Path) -> Target {
+        let dir = &absolute(dir);
         Target {
             models: Some(dir.to_path_buf()),
             config: None,
@@ -124,11 +129,20 @@ impl Target {
     }
 }
 
+/// `path` made absolute against the working directory (without resolving links): every path of
+/// a target is taken relative to its root, so a relative `d3/config/server.toml` beside a
+/// canonical root would otherwise be joined to it a second time (`…/d3/d3/config`). Backups
+/// also record the root, which must name the same folder from any working directory.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// The installation root for a part folder (`config/`, `data/`, `models/`): its parent, so
 /// that staging shares the part's filesystem and relative paths read `data/…` as usual.
+/// `dir` is absolute (not canonical: the part's own path must stay below the root).
 fn part_root(dir: &Path) -> PathBuf {
-    let abs = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    abs.parent().map(Path::to_path_buf).unwrap_or(abs)
+    dir.parent()
+        .map_or_else(|| dir.to_path_buf(), Path::to_path_buf)
 }
 
 /// Operator choices that shape the run.

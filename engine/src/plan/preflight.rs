@@ -75,8 +75,18 @@ fn check_config_syntax(plan: &Plan, p: &mut Preflight) {
     let read = migrate_transaction::confine::Root::open(&plan.target.root)
         .and_then(|root| root.read(&item.rel, crate::discover::install::MAX_CONFIG_BYTES));
     match read.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()) {
-        Ok(text) => {
-            if let Err(e) = text.parse::<toml_edit::DocumentMut>() {
+        Ok(text) => match text.parse::<toml_edit::DocumentMut>() {
+            // No key at all: every hop would add its defaults around nothing and write a
+            // config without [server] or [models], which no release can start with.
+            Ok(doc) if doc.as_table().is_empty() => p.add(
+                "config_syntax",
+                RuleKind::ConfigurationSyntax,
+                Severity::Error,
+                item.rel.clone(),
+                "holds no settings at all (empty, or only comments): it may have been truncated; restore it from your copy before migrating".to_owned(),
+            ),
+            Ok(_) => {}
+            Err(e) => {
                 let msg = format!("invalid TOML: {}", e.to_string().trim_end());
                 p.add(
                     "config_syntax",
@@ -86,7 +96,7 @@ fn check_config_syntax(plan: &Plan, p: &mut Preflight) {
                     msg,
                 );
             }
-        }
+        },
         Err(e) => p.add(
             "config_syntax",
             RuleKind::ConfigurationSyntax,

@@ -1,9 +1,12 @@
 //! What happened: the result of a migration, as the API returns it, as JSON for scripts and as
 //! text for the operator.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::error::{split_next_step, ExitCode, MigrateError};
 
 pub mod preview;
 
@@ -83,7 +86,10 @@ pub struct MigrationResult {
     pub path: String,
     pub hops: Vec<String>,
     pub steps: Vec<StepResult>,
-    pub error: Option<String>,
+    /// Why the run did not complete; `None` when it did.
+    pub error: Option<ErrorReport>,
+    /// The backup this run took, if it took one: what `migrate rollback --backup-path` takes.
+    pub backup_path: Option<String>,
     /// The process exit code this outcome maps to (see [`crate::ExitCode`]).
     pub exit_code: i32,
     /// High-water mark of the process's resident memory.
@@ -99,5 +105,49 @@ pub struct MigrationResult {
 impl MigrationResult {
     pub fn warnings(&self) -> impl Iterator<Item = &String> {
         self.steps.iter().flat_map(|s| s.warnings.iter())
+    }
+}
+
+/// A failure as scripts read it: the same four fields whether a migration failed or the
+/// command never started one (`{"error": {...}}` on stdout with `--json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorReport {
+    pub exit_code: i32,
+    /// What went wrong, without the next step.
+    pub message: String,
+    /// What to do next; nothing is lost by doing it.
+    pub next_step: Option<String>,
+    /// The file or folder it is about, when there is one.
+    pub file: Option<PathBuf>,
+}
+
+impl ErrorReport {
+    /// From any error's text, with its exit code and file.
+    pub fn new(exit_code: ExitCode, text: &str, file: Option<PathBuf>) -> ErrorReport {
+        let (message, next_step) = split_next_step(text);
+        ErrorReport {
+            exit_code: exit_code as i32,
+            message,
+            next_step,
+            file,
+        }
+    }
+
+    /// The text as the error itself prints it.
+    pub fn text(&self) -> String {
+        match &self.next_step {
+            Some(next) => format!("{}\n  next step: {next}", self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
+impl From<&MigrateError> for ErrorReport {
+    fn from(e: &MigrateError) -> ErrorReport {
+        ErrorReport::new(
+            e.exit_code(),
+            &e.to_string(),
+            e.file().map(std::path::Path::to_path_buf),
+        )
     }
 }

@@ -134,18 +134,21 @@ pub fn validate(
 fn expected_schema(version: &Version, hops: &[HopInfo], v: &mut Validation) -> Option<Option<u64>> {
     if let Some(hop) = hops.iter().find(|h| &h.to == version) {
         if hop.descriptor.target_schema_version.is_none() {
-            v.warning("schema_version", RuleKind::DataIntegrity, "", format!("plugin {} does not declare the schema_version of {version}; records' schema_version not checked", hop.descriptor.name));
+            let plugin = hop.path.display().to_string();
+            v.warning("schema_version", RuleKind::DataIntegrity, &plugin, format!("plugin {} does not declare the schema_version of {version}; records' schema_version not checked", hop.descriptor.name));
         }
         return hop.descriptor.target_schema_version.map(Some);
     }
     if hops.iter().any(|h| &h.from == version) {
         return Some(None);
     }
+    // Named after the installation: it is what was checked only generically.
+    let root = v.path.clone();
     v.warning(
         "schema_version",
         RuleKind::DataIntegrity,
-        "",
-        format!("no loaded plugin knows release {version}; only generic checks were made"),
+        &root,
+        format!("no loaded plugin knows release {version}; only generic checks were made; run `migrate plugins list` to see the releases the plugins know"),
     );
     None
 }

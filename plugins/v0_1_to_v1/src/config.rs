@@ -213,13 +213,43 @@ fn timeout_to_ms(root: &mut Table, seconds: i64) -> Result<(), RuleError> {
             format!("{seconds} seconds is too large to express in milliseconds"),
         )
     })?;
-    let item = keep_decor(root.get("timeout"), value(ms));
+    let mut item = keep_decor(root.get("timeout"), value(ms));
+    if let Some(v) = item.as_value_mut() {
+        let suffix = v
+            .decor()
+            .suffix()
+            .and_then(|s| s.as_str())
+            .map(str::to_owned);
+        if let Some(suffix) = suffix {
+            v.decor_mut()
+                .set_suffix(rename_unit(&suffix, "seconds", "milliseconds"));
+        }
+    }
     replace_key(
         root,
         "timeout",
         vec![(Key::new("request_timeout_ms"), item)],
     );
     Ok(())
+}
+
+/// `comment` with the unit word `old` (a whole word: `seconds` inside `milliseconds` is not
+/// one) replaced by `new`: a comment trailing a value names the unit the value had, and a
+/// hop that converts the value's unit must not leave it naming the old one.
+fn rename_unit(comment: &str, old: &str, new: &str) -> String {
+    let mut out = String::with_capacity(comment.len());
+    let mut rest = comment;
+    while let Some(at) = rest.find(old) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + old.len()..].chars().next();
+        let whole =
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric);
+        out.push_str(&rest[..at]);
+        out.push_str(if whole { new } else { old });
+        rest = &rest[at + old.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `new` with the whitespace and inline comment around `old`'s value, so that a comment
@@ -288,7 +318,7 @@ model_dir = "models"
 default_model = "bert-base"
 max_batch_size = 32
 # how long a request may take
-request_timeout_ms = 30000              # seconds, integer
+request_timeout_ms = 30000              # milliseconds, integer
 log_level = "info"        # trace|debug|info|warn|error
 
 [workers]
@@ -372,6 +402,21 @@ max_queue = 1024
         assert!(out.starts_with("request_timeout_ms = 0\n"), "{out}");
         let out = migrated("timeout = 45\n");
         assert!(out.starts_with("request_timeout_ms = 45000\n"), "{out}");
+    }
+
+    #[test]
+    fn a_comment_naming_the_unit_follows_the_conversion() {
+        let out = migrated("timeout = 30  # seconds\n");
+        assert!(
+            out.starts_with("request_timeout_ms = 30000  # milliseconds\n"),
+            "{out}"
+        );
+        let out = migrated("timeout = 30  # in seconds; milliseconds elsewhere\n");
+        assert!(
+            out.contains("# in milliseconds; milliseconds elsewhere"),
+            "{out}"
+        );
+        assert_eq!(rename_unit("# secondsish", "seconds", "ms"), "# secondsish");
     }
 
     #[test]

@@ -374,13 +374,41 @@ fn address_entry(root: &mut Table, address: &str) -> Moved {
 /// `[server] request_timeout` from `request_timeout_ms`, with its comments.
 fn timeout_entry(root: &mut Table, timeout: &str) -> Option<Moved> {
     let (key, item) = take_key(root, "request_timeout_ms")?;
-    let trailing = item.as_value().and_then(trailing_comment);
+    // `"30s"` or `"1500ms"`: a comment naming milliseconds now names the unit written.
+    let unit = if timeout.ends_with("ms") {
+        "milliseconds"
+    } else {
+        "seconds"
+    };
+    let trailing = item
+        .as_value()
+        .and_then(trailing_comment)
+        .map(|c| rename_unit(&c, "milliseconds", unit));
     let key = tidy_key(renamed(&key, "request_timeout"));
     Some(Moved {
         from: "request_timeout_ms",
         key,
         item: new_value(timeout, trailing),
     })
+}
+
+/// `comment` with the unit word `old` (a whole word: `seconds` inside `milliseconds` is not
+/// one) replaced by `new`: a comment trailing a value names the unit the value had, and a
+/// hop that converts the value's unit must not leave it naming the old one.
+fn rename_unit(comment: &str, old: &str, new: &str) -> String {
+    let mut out = String::with_capacity(comment.len());
+    let mut rest = comment;
+    while let Some(at) = rest.find(old) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + old.len()..].chars().next();
+        let whole =
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric);
+        out.push_str(&rest[..at]);
+        out.push_str(if whole { new } else { old });
+        rest = &rest[at + old.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A string value written `key = "text"`, followed by `trailing` (spaces and a comment).

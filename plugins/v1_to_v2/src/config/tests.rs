@@ -422,3 +422,17 @@ fn arrays_of_tables_keep_their_order() {
     assert_eq!(urls, [1, 2]);
     assert!(out.find("[batching]") < out.find("[[backend]]"), "{out}");
 }
+
+#[test]
+fn a_comment_naming_milliseconds_follows_the_duration_unit() {
+    let out = content("request_timeout_ms = 30000 # milliseconds\n");
+    assert!(
+        out.contains("request_timeout = \"30s\" # seconds\n"),
+        "{out}"
+    );
+    let out = content("request_timeout_ms = 1500 # milliseconds\n");
+    assert!(
+        out.contains("request_timeout = \"1500ms\" # milliseconds\n"),
+        "{out}"
+    );
+}

@@ -1,0 +1,166 @@
+//! Where an installation stands, without changing it: the `migrate status` query (like
+//! `sqlx migrate info` or `flyway info`), and the choices `migrate rollback` makes from the
+//! same facts — which backup brings the installation back, and which of its files changed
+//! since that backup was taken.
+
+use std::path::{Path, PathBuf};
+
+use migrate_transaction::audit::{self, HistoryItem};
+use migrate_transaction::backup::{self, BackupMetadata};
+use semver::Version;
+use serde::Serialize;
+
+use crate::discover::install::Installation;
+use crate::discover::registry::Registry;
+use crate::error::{MigrateError, Result};
+use crate::plan::graph::VersionGraph;
+
+/// What `migrate status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallStatus {
+    pub path: PathBuf,
+    /// The installation's release, as detected.
+    pub version: String,
+    /// The newest release the loaded plugins reach from `version` (`version` if none).
+    pub latest: String,
+    /// The hops a migration to `latest` would run, in order.
+    pub pending: Vec<PendingHop>,
+    /// The last finished migration in the audit trail.
+    pub last_migration: Option<HistoryItem>,
+    pub backups: Backups,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingHop {
+    pub from: String,
+    pub to: String,
+    pub plugin: String,
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Backups {
+    pub dir: PathBuf,
+    pub count: usize,
+    pub newest: Option<BackupSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupSummary {
+    pub path: PathBuf,
+    pub kind: String,
+    pub source_version: String,
+    pub target_version: String,
+    pub created: String,
+}
+
+impl BackupSummary {
+    fn new(path: &Path, m: &BackupMetadata) -> BackupSummary {
+        BackupSummary {
+            path: path.to_path_buf(),
+            kind: m.kind.clone(),
+            source_version: m.source_version.clone(),
+            target_version: m.target_version.clone(),
+            created: m.created.clone(),
+        }
+    }
+}
+
+/// The status of the installation at `root`, its backups looked for in `backup_dir`.
+pub fn status(root: &Path, registry: &Registry, backup_dir: &Path) -> Result<InstallStatus> {
+    let install = Installation::open(root)?;
+    install.ensure_installation()?;
+    registry.ensure_no_conflicts()?;
+    let version = install.detect_version()?;
+    let graph = VersionGraph::new(registry.active_hops());
+    let latest = graph.latest(&version)?;
+    let pending = graph
+        .path(&version, &latest)?
+        .iter()
+        .map(|h| PendingHop {
+            from: h.from.to_string(),
+            to: h.to.to_string(),
+            plugin: h.descriptor.name.clone(),
+            file: h.path.clone(),
+        })
+        .collect();
+    let mine = backups_of(root, backup_dir);
+    Ok(InstallStatus {
+        path: root.to_path_buf(),
+        version: version.to_string(),
+        latest: latest.to_string(),
+        pending,
+        last_migration: audit::history(root).pop(),
+        backups: Backups {
+            dir: backup_dir.to_path_buf(),
+            count: mine.len(),
+            newest: mine.last().map(|(p, m)| BackupSummary::new(p, m)),
+        },
+    })
+}
+
+/// The readable backups in `dir` taken from the installation at `root`, oldest first. A
+/// shared `TRUSTFORMERS_BACKUP_DIR` holds other installations' backups too.
+fn backups_of(root: &Path, dir: &Path) -> Vec<(PathBuf, BackupMetadata)> {
+    let root = same_path(root);
+    backup::list(dir)
+        .into_iter()
+        .filter_map(|(p, m)| m.ok().map(|m| (p, m)))
+        .filter(|(_, m)| same_path(Path::new(&m.root)) == root)
+        .collect()
+}
+
+fn same_path(p: &Path) -> PathBuf {
+    p.canonicalize()
+        .or_else(|_| std::path::absolute(p))
+        .unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The backup `migrate rollback --path ROOT` uses without `--backup-path`: the newest backup of
+/// `root` whose target is the installation's current release, i.e. the one taken by the
+/// migration that brought it there.
+pub fn backup_for_rollback(root: &Path, backup_dir: &Path) -> Result<(PathBuf, BackupMetadata)> {
+    let install = Installation::open(root)?;
+    install.ensure_installation()?;
+    let version: Version = install.detect_version()?;
+    backups_of(root, backup_dir)
+        .into_iter()
+        .rev()
+        .find(|(_, m)| m.target_version == version.to_string())
+        .ok_or_else(|| {
+            MigrateError::invalid(
+                backup_dir,
+                format!(
+                    "no backup of {} whose target is its current release {version}",
+                    root.display()
+                ),
+                format!(
+                    "list the backups with `migrate backups list --path {}` and pass one with --backup-path; nothing was changed",
+                    root.display()
+                ),
+            )
+        })
+}
+
+/// Files a rollback to `meta` would replace or remove that are no longer what the migration
+/// wrote (edited by the operator, appended to by the server): the same test the restore
+/// makes, against the sha256 the backup recorded of every file the migration wrote. A backup
+/// without those records (format 1) counts every file it would touch as changed.
+pub fn changed_since_backup(root: &Path, meta: &BackupMetadata) -> Vec<String> {
+    let still_written = |rel: &str| {
+        meta.written
+            .iter()
+            .find(|w| w.path == rel)
+            .is_some_and(|w| {
+                plugin_api::model::sha256_file(&root.join(rel))
+                    .is_ok_and(|(size, hex)| size == w.size && hex == w.sha256)
+            })
+    };
+    meta.files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(meta.created_files.iter().map(String::as_str))
+        .filter(|rel| root.join(rel).is_file() && !still_written(rel))
+        .map(str::to_owned)
+        .collect()
+}

@@ -1,0 +1,260 @@
+//! `migrate status`, `migrate rollback --path` without a backup path, and the confirmations
+//! before irreversible steps: asked on a terminal only, skipped with `--yes`.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Runs `migrate args` with a pseudo-terminal as its stdin, stdout and stderr (Python's `pty`,
+/// as a person at a terminal would), answering `answer` to the first `Continue? [y/N]`.
+/// Returns the exit code, everything printed, and whether a question was asked.
+fn migrate_on_terminal(args: &[&str], answer: &str) -> (i32, String, bool) {
+    const DRIVER: &str = r#"
+import os, pty, sys
+answer, argv = sys.argv[1], sys.argv[2:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+out, asked = b"", False
+while True:
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        break
+    if not data:
+        break
+    out += data
+    if not asked and b"Continue? [y/N]" in out:
+        os.write(fd, answer.encode() + b"\n")
+        asked = True
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+sys.stderr.write("asked" if asked else "not asked")
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let home = tempfile::tempdir().expect("tempdir");
+    let bin = migrate_bin();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(DRIVER)
+        .arg(answer)
+        .arg(&bin)
+        .args(args)
+        .env_remove("TRUSTFORMERS_PLUGIN_DIR")
+        .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
+        .env_remove("TRUSTFORMERS_BACKUP_DIR")
+        .env_remove("RUST_LOG")
+        .env("HOME", home.path())
+        .env("XDG_DATA_HOME", home.path().join("share"))
+        .output()
+        .expect("python3 (scripts/test needs it for the test assets too)");
+    (
+        out.status.code().expect("exit code"),
+        stdout(&out),
+        stderr(&out) == "asked",
+    )
+}
+
+fn json(args: &[&str]) -> Value {
+    serde_json::from_str(&ok(&migrate(args))).expect("JSON")
+}
+
+#[test]
+fn status_shows_version_latest_pending_hops_last_migration_and_backups() {
+    let install = sample_install();
+    let root = install.path().to_str().unwrap();
+    let s = json(&["status", "--path", root, "--json"]);
+    assert_eq!(s["version"], "0.1.0");
+    assert_eq!(s["latest"], "2.1.0");
+    assert_eq!(s["pending"].as_array().unwrap().len(), 3);
+    assert!(s["last_migration"].is_null());
+    assert_eq!(s["backups"]["count"], 0);
+
+    ok(&migrate(&["version", "--path", root, "--to", "1.0.0"]));
+    let s = json(&["status", "--path", root, "--json"]);
+    assert_eq!(s["version"], "1.0.0");
+    assert_eq!(s["latest"], "2.1.0");
+    let pending: Vec<(&str, &str, &str)> = s["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["from"].as_str().unwrap(),
+                h["to"].as_str().unwrap(),
+                h["plugin"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pending,
+        [
+            ("1.0.0", "2.0.0", "v1_to_v2"),
+            ("2.0.0", "2.1.0", "v2_to_v2_1")
+        ]
+    );
+    assert_eq!(s["last_migration"]["from"], "0.1.0");
+    assert_eq!(s["last_migration"]["to"], "1.0.0");
+    assert_eq!(s["last_migration"]["status"], "Completed");
+    assert_eq!(s["backups"]["count"], 1);
+    assert_eq!(s["backups"]["newest"]["target_version"], "1.0.0");
+    let newest = s["backups"]["newest"]["path"].as_str().unwrap();
+    assert!(Path::new(newest).join("metadata.json").is_file());
+
+    let text = ok(&migrate(&["status", "--path", root]));
+    for needle in [
+        "1.0.0 → 2.0.0",
+        "v2_to_v2_1",
+        "0.1.0 → 1.0.0 Completed",
+        newest,
+    ] {
+        assert!(text.contains(needle), "{needle}:\n{text}");
+    }
+
+    ok(&migrate(&["version", "--path", root, "--yes"]));
+    let s = json(&["status", "--path", root, "--json"]);
+    assert_eq!(s["version"], "2.1.0");
+    assert_eq!(s["latest"], "2.1.0");
+    assert!(s["pending"].as_array().unwrap().is_empty());
+    assert_eq!(s["backups"]["count"], 2);
+}
+
+#[test]
+fn rollback_without_a_backup_path_uses_the_newest_backup_to_the_current_release() {
+    let install = sample_install();
+    let root = install.path().to_str().unwrap();
+    let at_0_1 = tree_hash(install.path());
+    ok(&migrate(&["version", "--path", root, "--to", "1.0.0"]));
+    let at_1_0 = tree_hash(install.path());
+    ok(&migrate(&["version", "--path", root, "--to", "2.1.0"]));
+    let backups = json(&["backups", "list", "--path", root, "--json"]);
+    let to_2_1 = backups
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["target_version"] == "2.1.0")
+        .unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let out = migrate(&["rollback", "--path", root]);
+    ok(&out);
+    let err = stderr(&out);
+    assert!(err.contains(&to_2_1), "the backup is named first:\n{err}");
+    assert!(!err.contains("changed since"), "nothing was changed: {err}");
+    assert_eq!(tree_hash(install.path()), at_1_0);
+
+    // Again: now the backup that leads to 1.0.0, although restored files are newer than it.
+    let out = migrate(&["rollback", "--path", root]);
+    ok(&out);
+    assert!(!stderr(&out).contains("changed since"), "{}", stderr(&out));
+    assert_eq!(tree_hash(install.path()), at_0_1);
+
+    // At 0.1.0 no backup leads here: said, and nothing changes.
+    let out = migrate(&["--json", "rollback", "--path", root]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("0.1.0"),
+        "{v}"
+    );
+    assert!(v["error"]["next_step"]
+        .as_str()
+        .unwrap()
+        .contains("backups list"));
+    assert_eq!(tree_hash(install.path()), at_0_1);
+
+    // Neither --path nor --backup-path: a usage error.
+    assert_eq!(migrate(&["rollback"]).status.code(), Some(2));
+}
+
+#[test]
+fn a_rollback_over_changed_files_is_confirmed_on_a_terminal_only() {
+    let install = sample_install();
+    let root = install.path().to_str().unwrap();
+    let at_0_1 = tree_hash(install.path());
+    ok(&migrate(&["version", "--path", root, "--to", "1.0.0"]));
+    // The operator edits the migrated config afterwards: no longer what the migration wrote.
+    let config = install.path().join("config/server.toml");
+    let edited = format!(
+        "{}# tuned after the upgrade\n",
+        read(install.path(), "config/server.toml")
+    );
+    std::fs::write(&config, &edited).unwrap();
+
+    // On a terminal, "n" keeps everything.
+    let (code, text, asked) = migrate_on_terminal(&["rollback", "--path", root], "n");
+    assert!(asked, "{text}");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("config/server.toml"), "{text}");
+    assert!(text.contains("nothing was changed"), "{text}");
+    assert_eq!(read(install.path(), "config/server.toml"), edited);
+
+    // Without a terminal nothing is asked: the rollback goes on and says what it overwrote.
+    let out = migrate(&["rollback", "--path", root]);
+    ok(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("changed since the migration") && err.contains("config/server.toml"),
+        "{err}"
+    );
+    assert_eq!(tree_hash(install.path()), at_0_1);
+    // ... and the edit is not lost: the rollback saved it first.
+    assert!(err.contains("saved first into"), "{err}");
+}
+
+#[test]
+fn hashing_api_keys_is_confirmed_on_a_terminal_and_never_asked_with_yes_or_without_one() {
+    let install = sample_install();
+    let root = install.path().to_str().unwrap();
+    ok(&migrate(&["version", "--path", root, "--to", "2.0.0"]));
+    let at_2_0 = tree_hash(install.path());
+
+    let (code, text, asked) = migrate_on_terminal(&["version", "--path", root], "n");
+    assert!(asked, "{text}");
+    assert!(
+        text.contains("irreversib") && text.contains("API keys"),
+        "{text}"
+    );
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(tree_hash(install.path()), at_2_0);
+
+    // A dry run changes nothing, so asks nothing.
+    let (code, text, asked) = migrate_on_terminal(&["version", "--path", root, "--dry-run"], "n");
+    assert!(!asked && code == 0, "{text}");
+
+    let (code, text, asked) = migrate_on_terminal(&["version", "--path", root, "--yes"], "n");
+    assert!(!asked, "{text}");
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(read(install.path(), "VERSION"), "2.1.0\n");
+
+    // stdin not a terminal (Ansible, cron, a pipe): never asked, never blocked.
+    let other = sample_install();
+    let other_root = other.path().to_str().unwrap();
+    let out = migrate(&["version", "--path", other_root]);
+    ok(&out);
+    assert!(!stderr(&out).contains("Continue?"), "{}", stderr(&out));
+    assert_eq!(read(other.path(), "VERSION"), "2.1.0\n");
+}
+
+#[test]
+fn status_of_an_installation_of_unknown_version_says_how_to_tell_it() {
+    let install = sample_install();
+    write(install.path(), "config/server.toml", "port = 1\n");
+    let out = migrate(&[
+        "--json",
+        "status",
+        "--path",
+        install.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let next = v["error"]["next_step"].as_str().unwrap();
+    // status takes no --from: the next step must name something status can use.
+    assert!(next.contains("/VERSION"), "{next}");
+}
