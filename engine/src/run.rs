@@ -208,11 +208,7 @@ fn run_steps(
     };
     steps.run(result, "preflight", 0, &mut |s| check_preflight(plan, s))?;
     let mut staging = Staging::create(&parent)?;
-    let (removals, isolation) = stage_in_worker(plan, worker, &staging, deadline, &steps, result)?;
-    result.isolation = isolation;
-    for rel in removals {
-        staging.remove_at_commit(&rel);
-    }
+    let removals = stage_in_worker(plan, worker, &staging, deadline, &steps, result)?;
     for (rel, mode) in crate::stage::quarantine_modes(plan, &staging)? {
         staging.set_mode(&rel, mode);
     }
@@ -228,8 +224,11 @@ fn run_steps(
         });
     }
     steps.run(result, "verify", plan.data_bytes(), &mut |s| {
-        verify_staging(plan, &staging, s)
+        verify_staging(plan, &staging, &removals, s)
     })?;
+    for rel in &removals {
+        staging.remove_at_commit(rel);
+    }
     match mode {
         Mode::Commit => {
             let mut staging = Some(staging);
@@ -303,7 +302,8 @@ impl Steps<'_> {
 }
 
 /// Config, data and models, staged by a worker process; their step results come back as the
-/// worker finishes each. A worker that dies leaves a failed step naming why.
+/// worker finishes each. A worker that dies leaves a failed step naming why. The result says
+/// how the worker was confined, whether or not the staging succeeded.
 fn stage_in_worker(
     plan: &Plan,
     worker: &WorkerSpec,
@@ -311,18 +311,21 @@ fn stage_in_worker(
     deadline: Option<(Instant, std::time::Duration)>,
     steps: &Steps,
     result: &mut MigrationResult,
-) -> Result<(Vec<String>, Option<crate::isolation::Isolation>)> {
+) -> Result<Vec<String>> {
+    let mut isolation = None;
     let staged = supervise::stage(
         worker,
         plan,
         staging.dir(),
         steps.observer,
         deadline,
+        &mut isolation,
         &mut |s| {
             steps.record(&s);
             result.steps.push(s);
         },
     );
+    result.isolation = isolation;
     if let Err(
         e @ MigrateError::WorkerStopped {
             step: Some(name), ..
@@ -340,9 +343,16 @@ fn stage_in_worker(
 
 /// Proves the staging good before anything in the installation changes: see
 /// [`crate::verify::staged`]. A violation is the plugin's fault (exit 6), named with its file.
-fn verify_staging(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> {
+/// The deletions the worker asked for are checked too, before any is accepted.
+fn verify_staging(
+    plan: &Plan,
+    staging: &Staging,
+    removals: &[String],
+    s: &mut StepResult,
+) -> Result<()> {
     let models: Vec<String> = plan.models.iter().map(|m| m.rel.clone()).collect();
     let data = plan.target.data.as_ref().map(|d| plan.target.rel(d));
+    let data_files: Vec<String> = plan.data_files.iter().map(|f| f.rel.clone()).collect();
     let violations = staged::check(&staged::Staged {
         staging: staging.dir(),
         root: &plan.target.root,
@@ -350,6 +360,8 @@ fn verify_staging(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<
         hops: &plan.hops,
         config: plan.config.as_ref().map(|c| c.rel.as_str()),
         data: data.as_deref(),
+        data_files: &data_files,
+        removals,
         models: &models,
     });
     s.files = (plan.config.is_some() as u64) + plan.data_files.len() as u64 + models.len() as u64;

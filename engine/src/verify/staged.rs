@@ -4,13 +4,18 @@
 //! `schema_version`, and every staged `metadata.json` must have the spec's shape, with sizes
 //! and checksums that match the files (the staged ones, or the installation's where the hop
 //! left a file alone). A violation names the file and the plugin that wrote it last.
+//!
+//! The staging is swapped in whole, and the sandbox lets plugin code write anywhere in it: so
+//! the staging must also hold nothing but this run's own output (the config, the data files
+//! and their quarantine files, the model folders), all of it regular files. Anything else (a
+//! file planted over one the run leaves alone, a new file, a symlink) is a violation.
 
 use std::path::Path;
 
 use serde_json::Value;
 
 use super::{check_document, check_lines, expected_schema, file_entry, Validation};
-use crate::discover::install::Installation;
+use crate::discover::install::{Installation, QUARANTINE};
 use crate::discover::registry::HopInfo;
 pub use crate::error::Violation;
 
@@ -24,6 +29,10 @@ pub struct Staged<'a> {
     pub config: Option<&'a str>,
     /// The data folder, relative, when the run migrated data.
     pub data: Option<&'a str>,
+    /// Each data file the run migrates, relative.
+    pub data_files: &'a [String],
+    /// The installation files the worker says the commit must delete.
+    pub removals: &'a [String],
     /// Each model folder, relative.
     pub models: &'a [String],
 }
@@ -103,6 +112,8 @@ pub fn check(s: &Staged) -> Vec<Violation> {
             }));
         }
     }
+    out.extend(foreign(s));
+    out.extend(unwarranted_removals(s));
     let plugin = last(|h| h.descriptor.rules.model);
     for rel in s.models {
         let staged_dir = s.staging.join(rel);
@@ -116,6 +127,106 @@ pub fn check(s: &Staged) -> Vec<Violation> {
             problem,
             plugin: plugin.clone(),
         }));
+    }
+    out
+}
+
+/// Whether `rel` (relative to the staging root) is something this run writes: the config,
+/// a data file or its quarantine file, or a file of a model folder.
+fn expected(s: &Staged, rel: &str) -> bool {
+    if s.config == Some(rel) || s.data_files.iter().any(|f| f == rel) {
+        return true;
+    }
+    if let Some(data) = s.data {
+        if s.data_files.iter().any(|f| rel == quarantine_of(data, f)) {
+            return true;
+        }
+    }
+    s.models.iter().any(|m| {
+        rel.strip_prefix(m.as_str())
+            .is_some_and(|r| r.starts_with('/'))
+    })
+}
+
+/// The quarantine file of the data file `file`, relative.
+fn quarantine_of(data: &str, file: &str) -> String {
+    let inside = file.strip_prefix(&format!("{data}/")).unwrap_or(file);
+    format!("{data}/{QUARANTINE}/{inside}.rejected.jsonl")
+}
+
+/// The worker's word on what the commit deletes is not taken as it is: plugin code shares the
+/// worker's process and can write on its protocol pipe. A deletion is legitimate only for a
+/// data file of this run that was set aside whole: its quarantine file is staged and the file
+/// itself is not.
+fn unwarranted_removals(s: &Staged) -> Vec<Violation> {
+    let plugins: Vec<&str> = s.hops.iter().map(|h| h.descriptor.name.as_str()).collect();
+    s.removals
+        .iter()
+        .filter(|rel| {
+            let set_aside = s.data.is_some_and(|data| {
+                s.data_files.iter().any(|f| f == *rel)
+                    && !s.staging.join(rel).exists()
+                    && s.staging.join(quarantine_of(data, rel)).is_file()
+            });
+            !set_aside
+        })
+        .map(|rel| Violation {
+            file: rel.clone(),
+            problem: format!(
+                "the worker asked for it to be deleted, but it is not a data file this run set aside in the quarantine: a plugin of this run ({}) forged the worker's answer",
+                plugins.join(", ")
+            ),
+            plugin: None,
+        })
+        .collect()
+}
+
+/// Whatever is in the staging that this run does not write, and anything in it that is not a
+/// regular file or a folder: the swap would put it in the installation.
+fn foreign(s: &Staged) -> Vec<Violation> {
+    let plugins: Vec<&str> = s.hops.iter().map(|h| h.descriptor.name.as_str()).collect();
+    let by = format!("a plugin of this run ({})", plugins.join(", "));
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(s.staging).min_depth(1) {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                out.push(Violation {
+                    file: e
+                        .path()
+                        .map_or_else(String::new, |p| p.display().to_string()),
+                    problem: format!("the staging cannot be listed: {e}"),
+                    plugin: None,
+                });
+                continue;
+            }
+        };
+        let rel = entry
+            .path()
+            .strip_prefix(s.staging)
+            .unwrap_or(entry.path())
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            continue;
+        }
+        let problem = if !kind.is_file() {
+            format!("not a regular file (a symlink or a special file), written by {by}")
+        } else if !expected(s, &rel) {
+            format!(
+                "not a file this run migrates (the config, the data files, the model folders): {by} wrote it into the staging, outside its own output"
+            )
+        } else {
+            continue;
+        };
+        out.push(Violation {
+            file: rel,
+            problem,
+            plugin: None,
+        });
     }
     out
 }

@@ -4,7 +4,7 @@
 //! (`stall_seconds`) and a cancellation (SIGINT/SIGTERM) by killing the worker, and when the
 //! worker dies it says which plugin was running on what.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, BufWriter};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -70,18 +70,24 @@ pub fn half_of_physical_memory() -> u64 {
 enum Event {
     Reply(Reply),
     Stderr(String),
+    /// The worker's stderr reached its end: every line it wrote has been delivered.
+    StderrClosed,
     Closed(Option<String>),
 }
 
-/// Lines of the worker's stderr kept to explain its death (a Rust "memory allocation … failed"
-/// is the only word an out-of-memory abort leaves).
-const STDERR_TAIL: usize = 20;
+/// How long the supervisor waits, once the worker is gone, for the last lines of its stderr.
+/// Bounded: a plugin may have started a process of its own that keeps the pipe open.
+const STDERR_GRACE: Duration = Duration::from_secs(2);
 
 struct Worker {
     child: Child,
     _input: BufWriter<ChildStdin>,
     events: Receiver<Event>,
-    tail: VecDeque<String>,
+    /// A Rust "memory allocation of N bytes failed" was seen on stderr: the only word an
+    /// out-of-memory abort leaves. Remembered as the line arrives, not looked for in the last
+    /// lines: a backtrace (RUST_BACKTRACE=1) follows it with dozens more.
+    out_of_memory: bool,
+    stderr_open: bool,
 }
 
 /// Set in every worker's environment: a worker that starts workers of its own is a program
@@ -148,13 +154,52 @@ impl Worker {
             child,
             _input: input,
             events,
-            tail: VecDeque::new(),
+            out_of_memory: false,
+            stderr_open: true,
         })
     }
 
-    fn stop(&mut self) -> Option<ExitStatus> {
+    fn stop(&mut self, observer: &dyn Observer) -> Option<ExitStatus> {
         let _ = self.child.kill();
-        self.child.wait().ok()
+        let status = self.child.wait().ok();
+        self.drain_stderr(observer);
+        status
+    }
+
+    /// After the worker's final answer: it exits at once, so it is given [`STDERR_GRACE`] and
+    /// then killed. Waiting for it unbounded would let plugin code (which can write on the
+    /// protocol pipe too) hold the supervisor, and the installation's lock, forever.
+    fn reap(&mut self, observer: &dyn Observer) {
+        let until = Instant::now() + STDERR_GRACE;
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.stop(observer);
+    }
+
+    /// Relays a line of the worker's stderr.
+    fn stderr_line(&mut self, observer: &dyn Observer, line: &str) {
+        observer.worker_output(line);
+        if line.contains("memory allocation of") && line.contains("failed") {
+            self.out_of_memory = true;
+        }
+    }
+
+    /// Once the worker has exited: relays what is left of its stderr, up to its end (or
+    /// [`STDERR_GRACE`]). Its stderr travels on a pipe of its own, so its last lines (a
+    /// plugin's diagnostics, Rust's out-of-memory message) may still be on the way after its
+    /// answer or its end of stdout has arrived.
+    fn drain_stderr(&mut self, observer: &dyn Observer) {
+        let until = Instant::now() + STDERR_GRACE;
+        while self.stderr_open {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(Event::Stderr(line)) => self.stderr_line(observer, &line),
+                Ok(Event::StderrClosed) => self.stderr_open = false,
+                Ok(Event::Reply(_) | Event::Closed(_)) => {}
+                Err(_) => return,
+            }
+        }
     }
 }
 
@@ -193,30 +238,27 @@ fn spawn_stderr(stderr: std::process::ChildStderr, tx: Sender<Event>) {
                 return;
             }
         }
+        let _ = tx.send(Event::StderrClosed);
     });
 }
 
 /// How often the watchdog looks at the clock and the cancel flag while waiting.
 const TICK: Duration = Duration::from_millis(100);
 
-/// What the supervisor learned from a worker that ran to the end of its request.
-struct Finished {
-    isolation: Option<Isolation>,
-}
-
 /// Runs `request` in a worker and feeds every reply to `on_reply` until it returns `true`
 /// (the final answer). Stops the worker on the deadline, a stall or a cancellation, and
-/// explains a worker that died.
+/// explains a worker that died. What confined the worker is put in `isolation` as soon as the
+/// worker says, so that a run that fails afterwards still reports it.
 fn run(
     spec: &WorkerSpec,
     request: &Request,
     deadline: Option<(Instant, Duration)>,
     observer: &dyn Observer,
     hops: &[HopInfo],
+    isolation: &mut Option<Isolation>,
     on_reply: &mut dyn FnMut(Reply) -> bool,
-) -> Result<Finished, MigrateError> {
+) -> Result<(), MigrateError> {
     let mut worker = Worker::start(spec, request)?;
-    let mut isolation = None;
     let mut in_flight: BTreeMap<u64, PluginCall> = BTreeMap::new();
     let mut last_heard = Instant::now();
     let mut step: Option<String> = None;
@@ -224,7 +266,7 @@ fn run(
                 cause: StopCause,
                 in_flight: &BTreeMap<u64, PluginCall>,
                 step: &Option<String>| {
-        let status = worker.stop();
+        let status = worker.stop(observer);
         stopped(cause, status, worker, in_flight, step, hops)
     };
     loop {
@@ -255,20 +297,11 @@ fn run(
             Err(RecvTimeoutError::Disconnected) => Event::Closed(None),
         };
         match event {
-            Event::Stderr(line) => {
-                observer.worker_output(&line);
-                if worker.tail.len() == STDERR_TAIL {
-                    worker.tail.pop_front();
-                }
-                worker.tail.push_back(line);
-            }
+            Event::Stderr(line) => worker.stderr_line(observer, &line),
+            Event::StderrClosed => worker.stderr_open = false,
             Event::Closed(problem) => {
-                // Let the stderr reader drain what the worker said last.
                 let status = worker.child.wait().ok();
-                while let Ok(Event::Stderr(line)) = worker.events.recv_timeout(TICK) {
-                    observer.worker_output(&line);
-                    worker.tail.push_back(line);
-                }
+                worker.drain_stderr(observer);
                 // Ctrl-C reaches the worker too (same process group): that is a cancellation.
                 let signal = spec.cancel.load(Ordering::SeqCst);
                 let cause = match problem {
@@ -298,7 +331,7 @@ fn run(
                             ));
                         }
                     }
-                    Reply::Isolation { isolation: i } => isolation = Some(i),
+                    Reply::Isolation { isolation: i } => *isolation = Some(i),
                     Reply::StepStarted {
                         step: name,
                         total_bytes,
@@ -309,7 +342,7 @@ fn run(
                     Reply::Progress { bytes, records } => {
                         // The crash tests' `batch` point: the supervisor, as each batch lands.
                         migrate_transaction::fault::point("batch")
-                            .map_err(|e| stop_for(&mut worker, e))?;
+                            .map_err(|e| stop_for(&mut worker, observer, e))?;
                         observer.step_progress(bytes, records)
                     }
                     Reply::Calling { call } => {
@@ -326,8 +359,8 @@ fn run(
                             step = None;
                         }
                         if on_reply(other) {
-                            let _ = worker.child.wait();
-                            return Ok(Finished { isolation });
+                            worker.reap(observer);
+                            return Ok(());
                         }
                     }
                 }
@@ -337,8 +370,12 @@ fn run(
 }
 
 /// Stops the worker because the supervisor itself failed.
-fn stop_for(worker: &mut Worker, e: migrate_transaction::Error) -> MigrateError {
-    worker.stop();
+fn stop_for(
+    worker: &mut Worker,
+    observer: &dyn Observer,
+    e: migrate_transaction::Error,
+) -> MigrateError {
+    worker.stop(observer);
     e.into()
 }
 
@@ -351,12 +388,8 @@ fn stopped(
     step: &Option<String>,
     hops: &[HopInfo],
 ) -> MigrateError {
-    let out_of_memory = worker
-        .tail
-        .iter()
-        .any(|l| l.contains("memory allocation of") && l.contains("failed"));
     let cause = match cause {
-        StopCause::Died if out_of_memory => StopCause::MemoryLimit,
+        StopCause::Died if worker.out_of_memory => StopCause::MemoryLimit,
         StopCause::Died => match status {
             Some(s) => match s.signal() {
                 Some(signal) => StopCause::Signal { signal },
@@ -401,16 +434,18 @@ fn describe_call(call: &PluginCall, hops: &[HopInfo]) -> String {
 }
 
 /// Stages `plan` into `staging` in a worker. Each finished step's result is pushed to
-/// `steps` as it arrives; returns the installation files the commit must delete, and what
-/// confined the worker.
+/// `steps` as it arrives; returns the installation files the commit must delete. What
+/// confined the worker is put in `isolation` whatever the outcome: a run that failed ran
+/// plugin code too, and its report says how it was confined.
 pub fn stage(
     spec: &WorkerSpec,
     plan: &Plan,
     staging: &Path,
     observer: &dyn Observer,
     deadline: Option<(Instant, Duration)>,
+    isolation: &mut Option<Isolation>,
     steps: &mut dyn FnMut(StepResult),
-) -> Result<(Vec<String>, Option<Isolation>), MigrateError> {
+) -> Result<Vec<String>, MigrateError> {
     let confinement = Confinement {
         sandbox: spec.sandbox,
         read: std::iter::once(plan.target.root.clone())
@@ -429,12 +464,13 @@ pub fn stage(
         confinement,
     };
     let mut outcome = None;
-    let finished = run(
+    run(
         spec,
         &request,
         deadline,
         observer,
         &plan.hops,
+        isolation,
         &mut |reply| match reply {
             Reply::Step { result } => {
                 steps(result);
@@ -448,7 +484,7 @@ pub fn stage(
         },
     )?;
     match outcome {
-        Some(Ok(removals)) => Ok((removals, finished.isolation)),
+        Some(Ok(removals)) => Ok(removals),
         Some(Err(e)) => Err(MigrateError::Staged {
             exit_code: e.exit_code,
             message: e.message,
@@ -494,17 +530,26 @@ impl Loader for WorkerLoader {
         let mut described = None;
         let silent = crate::observe::Silent;
         let deadline = Some((Instant::now() + DESCRIBE_LIMIT, DESCRIBE_LIMIT));
-        let finished = run(&self.spec, &request, deadline, &silent, &[], &mut |reply| {
-            if let Reply::Described { result } = reply {
-                described = Some(result);
-                return true;
-            }
-            false
-        })
-        .map_err(|e| format!("loading it in a worker failed: {e}"))?;
-        if let (Ok(mut slot), Some(i)) = (self.isolation.lock(), finished.isolation) {
+        let mut isolation = None;
+        let ran = run(
+            &self.spec,
+            &request,
+            deadline,
+            &silent,
+            &[],
+            &mut isolation,
+            &mut |reply| {
+                if let Reply::Described { result } = reply {
+                    described = Some(result);
+                    return true;
+                }
+                false
+            },
+        );
+        if let (Ok(mut slot), Some(i)) = (self.isolation.lock(), isolation) {
             *slot = Some(i);
         }
+        ran.map_err(|e| format!("loading it in a worker failed: {e}"))?;
         described.unwrap_or_else(|| Err("the worker gave no descriptor".into()))
     }
 }

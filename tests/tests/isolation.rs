@@ -1,0 +1,1120 @@
+//! Hostile plugins (issue 13): no plugin can crash, hang or escape the host. The fixture
+//! `tests/fixtures/hostile-hop` (built here like a third party's plugin, out of the workspace)
+//! stands in for the real 2.0.0 → 2.1.0 plugin, next to the real 0.1.0 → 1.0.0 and
+//! 1.0.0 → 2.0.0 plugins, and misbehaves as `HOSTILE_MODE` says: panic, abort, segfault,
+//! endless loop, memory bomb, invalid TOML, a non-object record, a wrong schema_version,
+//! lying checksums, a write outside the staging, a TCP connect, a file planted in the staging
+//! outside the plugin's own output.
+//!
+//! For each mode, and for `version`, `version --dry-run` and the single-kind command
+//! (`config`, `data`, `models`) whose rule misbehaves:
+//! * the exit status is the documented one (6: a plugin's fault; 4: `timeout_seconds`);
+//! * the message names the plugin (for a dead worker: its file and sha256, and the file it was
+//!   migrating, with the line range for data) and says nothing was changed;
+//! * the installation is unchanged. What a failed run may legitimately write is its audit
+//!   trail (`.migrate/audit.jsonl`, which must record the failure) and its lock file
+//!   (`.migrate/lock`, and the `.migrate/` folder holding both): every other path, `.migrate/`
+//!   included, must hash the same before and after ([`assert_unchanged`]), and no staging,
+//!   journal or backup may be left. A dry run writes nothing at all, not even `.migrate/`;
+//! * nothing happened outside: the escape target does not exist, the listener accepted nothing;
+//! * the command finished: every run has a watchdog ([`WATCHDOG`]) that kills it and fails.
+//!
+//! Control runs prove the tests can fail: the fixture in its default mode migrates the
+//! installation, and with `--no-sandbox` the escape and the connect do happen.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// The plugin's name, as the fixture declares it.
+const NAME: &str = "hostile_v2_to_v2_1";
+
+/// No run may take longer than this: a run that does is killed and the test fails. Far above
+/// what any run here needs (a few seconds), so that a slow, shared machine never trips it.
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+/// Records in data/requests.jsonl: the data rule misbehaves on the 1000th it sees.
+const RECORDS: usize = 2500;
+
+type Tree = BTreeMap<String, (u32, String)>;
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fixture, the plugin folder and the installation
+
+/// `target/fixtures/debug/libhostile_hop.so`, built once per test process.
+fn hostile_hop() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        ensure_built();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let target = workspace_root().join("target/fixtures");
+        let out = Command::new(cargo)
+            .arg("build")
+            .arg("--manifest-path")
+            .arg(workspace_root().join("tests/fixtures/hostile-hop/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .output()
+            .expect("run cargo build for the hostile-hop fixture");
+        assert!(
+            out.status.success(),
+            "building tests/fixtures/hostile-hop failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lib = target.join("debug/libhostile_hop.so");
+        assert!(lib.is_file(), "{} was not built", lib.display());
+        lib
+    })
+}
+
+/// A plugin folder: the real 0.1.0 → 1.0.0 and 1.0.0 → 2.0.0 plugins and the hostile
+/// 2.0.0 → 2.1.0 one, in place of the real v2_to_v2_1.
+struct Plugins {
+    dir: tempfile::TempDir,
+}
+
+impl Plugins {
+    fn new() -> Plugins {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = |from: &Path, name: &str| {
+            let dest = dir.path().join(name);
+            std::fs::copy(from, &dest).expect("copy plugin");
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))
+                .expect("chmod plugin");
+        };
+        copy(hostile_hop(), "libhostile_hop.so");
+        for name in ["libv0_1_to_v1.so", "libv1_to_v2.so"] {
+            copy(&target_dir().join(name), name);
+        }
+        Plugins { dir }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("libhostile_hop.so")
+    }
+
+    fn sha256(&self) -> String {
+        sha256_hex(&std::fs::read(self.file()).expect("read the hostile plugin"))
+    }
+}
+
+/// The 0.1.0 sample installation with `RECORDS` generated records in data/requests.jsonl.
+fn install() -> tempfile::TempDir {
+    let dir = sample_install();
+    let mut text = String::with_capacity(RECORDS * 130);
+    for i in 0..RECORDS {
+        text.push_str(&format!(
+            "{{\"id\":\"req-{i:07}\",\"model\":\"bert-tiny\",\"prompt_tokens\":{},\"completion_tokens\":{},\"latency_ms\":{},\"timestamp\":{}}}\n",
+            (i * 37) % 512,
+            (i * 53) % 300,
+            (i * 13) % 900 + 1,
+            1_640_995_200 + 7 * i as u64
+        ));
+    }
+    write(dir.path(), "data/requests.jsonl", &text);
+    dir
+}
+
+/// A `migration_config.toml` in a folder of its own (outside the installation).
+struct Settings {
+    dir: tempfile::TempDir,
+}
+
+impl Settings {
+    fn new(global: &str) -> Settings {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("migration_config.toml"),
+            format!("[global]\n{global}"),
+        )
+        .expect("write migration_config.toml");
+        Settings { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("migration_config.toml")
+    }
+}
+
+/// The settings of most runs: a memory limit small enough for the memory bomb to hit it at
+/// once, and a deadline far above any run's needs.
+fn default_settings() -> Settings {
+    Settings::new("max_worker_memory_mb = 512\ntimeout_seconds = 100\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running migrate under a watchdog
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A `migrate` started with the isolated environment of `common::migrate_env`, its output
+/// going to files (no pipe can fill up and block it).
+struct Started {
+    child: Child,
+    out: tempfile::NamedTempFile,
+    err: tempfile::NamedTempFile,
+    _home: tempfile::TempDir,
+    started: Instant,
+}
+
+fn start(args: &[&str], env: &[(&str, &str)]) -> Started {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::NamedTempFile::new().expect("stdout file");
+    let err = tempfile::NamedTempFile::new().expect("stderr file");
+    let mut cmd = Command::new(migrate_bin());
+    cmd.args(args)
+        .env_remove("TRUSTFORMERS_PLUGIN_DIR")
+        .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
+        .env_remove("TRUSTFORMERS_BACKUP_DIR")
+        .env_remove("RUST_LOG")
+        .env_remove("HOSTILE_MODE")
+        .env_remove("HOSTILE_RULE")
+        .env_remove("HOSTILE_TARGET")
+        .env_remove("HOSTILE_FORGE_THEN")
+        .env("HOME", home.path())
+        .env("XDG_DATA_HOME", home.path().join("share"))
+        .stdin(Stdio::null())
+        .stdout(out.reopen().expect("reopen stdout file"))
+        .stderr(err.reopen().expect("reopen stderr file"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Started {
+        child: cmd.spawn().expect("start migrate"),
+        out,
+        err,
+        _home: home,
+        started: Instant::now(),
+    }
+}
+
+impl Started {
+    fn stderr_so_far(&self) -> String {
+        let mut text = String::new();
+        let _ = self
+            .err
+            .reopen()
+            .and_then(|mut f| f.read_to_string(&mut text));
+        text
+    }
+
+    /// Waits for the end of the run; past [`WATCHDOG`], kills it and fails the test.
+    fn finish(mut self, what: &str) -> Run {
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for migrate") {
+                break status;
+            }
+            if self.started.elapsed() > WATCHDOG {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{what}: migrate was still running after {} s and was killed\nstderr:\n{}",
+                    WATCHDOG.as_secs(),
+                    self.stderr_so_far()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stdout = String::new();
+        self.out
+            .reopen()
+            .and_then(|mut f| f.read_to_string(&mut stdout))
+            .expect("read stdout");
+        Run {
+            code: status.code(),
+            stdout,
+            stderr: self.stderr_so_far(),
+        }
+    }
+}
+
+fn run(args: &[&str], env: &[(&str, &str)], what: &str) -> Run {
+    start(args, env).finish(what)
+}
+
+// ---------------------------------------------------------------------------------------------
+// What every hostile run must show
+
+/// The commands a mode is run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmd {
+    Version,
+    Config,
+    Data,
+    Models,
+}
+
+impl Cmd {
+    /// The command line (after the global flags) on the installation at `root`.
+    fn args(self, root: &Path) -> Vec<String> {
+        let s = |x: &str| x.to_owned();
+        let at = |rel: &str| p(&root.join(rel)).to_owned();
+        match self {
+            Cmd::Version => vec![s("version"), s("--path"), at(""), s("--to"), s("2.1.0")],
+            Cmd::Config => vec![
+                s("config"),
+                s("--config"),
+                at("config/server.toml"),
+                s("--from"),
+                s("0.1.0"),
+                s("--to"),
+                s("2.1.0"),
+            ],
+            Cmd::Data => vec![
+                s("data"),
+                s("--data-path"),
+                at("data"),
+                s("--from"),
+                s("0.1.0"),
+                s("--to"),
+                s("2.1.0"),
+            ],
+            Cmd::Models => vec![
+                s("models"),
+                s("--models-path"),
+                at("models"),
+                s("--from"),
+                s("0.1.0"),
+                s("--to"),
+                s("2.1.0"),
+            ],
+        }
+    }
+
+    /// The single-kind command that runs only `rule`.
+    fn of_rule(rule: &str) -> Cmd {
+        match rule {
+            "config" => Cmd::Config,
+            "data" => Cmd::Data,
+            "model" => Cmd::Models,
+            other => panic!("no rule {other}"),
+        }
+    }
+
+    /// What the plugin was migrating when its `rule` misbehaved, as the message names it.
+    fn input_of(rule: &str) -> &'static str {
+        match rule {
+            "config" => "config/server.toml",
+            "data" => "data/requests.jsonl",
+            "model" => "models/bert-tiny",
+            other => panic!("no rule {other}"),
+        }
+    }
+}
+
+/// One hostile scenario: a mode, the rule that misbehaves, its settings and what a run of it
+/// must say.
+struct Case<'a> {
+    mode: &'a str,
+    rule: &'a str,
+    settings: &'a Settings,
+    code: i32,
+    /// Words the output must hold, besides the plugin's name and "nothing was changed".
+    words: Vec<String>,
+    extra_env: Vec<(&'a str, String)>,
+    /// The worker died (or was killed): the message names the plugin's file and sha256, and
+    /// the audit trail records it.
+    worker_died: bool,
+}
+
+impl Case<'_> {
+    /// Runs the case with `cmd` (and `--dry-run` when asked), on a fresh installation, and
+    /// checks everything the module docs list.
+    fn check(&self, plugins: &Plugins, cmd: Cmd, dry_run: bool) {
+        let what = format!(
+            "{} in the {} rule, {cmd:?}{}",
+            self.mode,
+            self.rule,
+            if dry_run { " --dry-run" } else { "" }
+        );
+        let dir = install();
+        let root = dir.path();
+        let before = full_tree_hash(root);
+        let mut args: Vec<String> = [
+            "--no-default-plugins",
+            "--plugin-dir",
+            p(plugins.dir.path()),
+            "--config-file",
+            p(&self.settings.path()),
+            "--progress",
+            "none",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(cmd.args(root));
+        if dry_run {
+            args.push("--dry-run".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut env: Vec<(&str, &str)> =
+            vec![("HOSTILE_MODE", self.mode), ("HOSTILE_RULE", self.rule)];
+        env.extend(self.extra_env.iter().map(|(k, v)| (*k, v.as_str())));
+        let out = run(&args, &env, &what);
+        let text = out.text();
+
+        assert_eq!(out.code, Some(self.code), "{what}: {}", out.describe());
+        assert!(
+            text.contains(&format!("{NAME}: misbehaving now ({}", self.mode)),
+            "{what}: the plugin never reached its misbehaviour, so this run proves nothing:\n{}",
+            out.describe()
+        );
+        let mut words = vec![NAME.to_owned()];
+        words.extend(self.words.iter().cloned());
+        if self.worker_died {
+            words.push(p(&plugins.file()).to_owned());
+            words.push(plugins.sha256());
+            words.push(Cmd::input_of(self.rule).to_owned());
+        }
+        for w in &words {
+            assert!(
+                text.contains(w.as_str()),
+                "{what}: the message does not say {w:?}:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("nothing was changed") || text.contains("installation is unchanged"),
+            "{what}: the message does not say that nothing was changed:\n{text}"
+        );
+        if self.worker_died && self.rule == "data" {
+            assert!(
+                has_line_range(&text),
+                "{what}: the message does not give the data lines being migrated:\n{text}"
+            );
+        }
+
+        if dry_run {
+            assert_eq!(
+                full_tree_hash(root),
+                before,
+                "{what}: a dry run must write nothing at all, not even .migrate/"
+            );
+        } else {
+            assert_unchanged(root, &before, &what);
+            let audit = audit(root);
+            assert_eq!(
+                audit.last().map(|e| e["action"].as_str()),
+                Some(Some("migration_finished")),
+                "{what}: the audit trail does not end with the run: {audit:?}"
+            );
+            assert_eq!(audit.last().unwrap()["exit_code"], self.code, "{what}");
+            if self.worker_died {
+                assert!(
+                    audit
+                        .iter()
+                        .any(|e| e["action"] == "worker_stopped" && e["plugin"] == NAME),
+                    "{what}: no worker_stopped entry naming the plugin: {audit:?}"
+                );
+            }
+        }
+    }
+}
+
+/// `lines/records A–B` (or `lines A–B`): the batch the data rule was on.
+fn has_line_range(text: &str) -> bool {
+    text.split("lines").skip(1).any(|rest| {
+        let rest = rest.trim_start_matches("/records").trim_start();
+        let mut parts = rest.splitn(2, '–');
+        let a = parts.next().unwrap_or("");
+        let b: String = parts
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        matches!((a.parse::<u64>(), b.parse::<u64>()), (Ok(a), Ok(b)) if a >= 1 && b >= a)
+    })
+}
+
+/// The installation is as it was. Only `.migrate/` (the folder), `.migrate/audit.jsonl` (the
+/// failed run's audit trail) and `.migrate/lock` (its lock file) may have appeared or changed;
+/// no staging, journal or backup may be left.
+fn assert_unchanged(root: &Path, before: &Tree, what: &str) {
+    const RUN_WRITES: [&str; 3] = [".migrate", ".migrate/audit.jsonl", ".migrate/lock"];
+    let after = full_tree_hash(root);
+    let changed: Vec<&String> = after
+        .keys()
+        .chain(before.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .filter(|k| !RUN_WRITES.contains(&k.as_str()))
+        .collect();
+    assert!(changed.is_empty(), "{what}: changed: {changed:?}");
+    assert!(
+        !root.join("backups").exists(),
+        "{what}: a backup was written"
+    );
+    assert_no_leftovers(root, what);
+}
+
+fn audit(root: &Path) -> Vec<Value> {
+    std::fs::read_to_string(root.join(".migrate/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
+
+/// Every command a misbehaving `rule` is checked with: `version`, `version --dry-run`, and the
+/// single-kind command that runs the rule (and its `--dry-run`).
+fn check_everywhere(case: &Case) {
+    let plugins = Plugins::new();
+    for (cmd, dry) in [
+        (Cmd::Version, false),
+        (Cmd::Version, true),
+        (Cmd::of_rule(case.rule), false),
+        (Cmd::of_rule(case.rule), true),
+    ] {
+        case.check(&plugins, cmd, dry);
+    }
+}
+
+fn words(w: &[&str]) -> Vec<String> {
+    w.iter().map(|s| s.to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Controls: the fixture behaves by default, and unsandboxed its breaches happen
+
+/// Without `HOSTILE_MODE` the fixture is a working 2.0.0 → 2.1.0 plugin: every failure below
+/// is its misbehaviour, nothing else.
+#[test]
+fn the_hostile_fixture_migrates_correctly_when_it_behaves() {
+    let plugins = Plugins::new();
+    let settings = default_settings();
+    let dir = install();
+    let root = dir.path();
+    let out = run(
+        &[
+            "--no-default-plugins",
+            "--plugin-dir",
+            p(plugins.dir.path()),
+            "--config-file",
+            p(&settings.path()),
+            "--progress",
+            "none",
+            "--json",
+            "version",
+            "--path",
+            p(root),
+            "--to",
+            "2.1.0",
+        ],
+        &[],
+        "default mode",
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let result: Value = serde_json::from_str(&out.stdout).expect("json result");
+    assert!(
+        result["hops"].to_string().contains(NAME),
+        "the hostile plugin was not in the chain: {result}"
+    );
+    assert_eq!(read(root, "VERSION").trim(), "2.1.0");
+    let records = jsonl(root, "data/requests.jsonl");
+    assert_eq!(records.len(), RECORDS);
+    assert!(records.iter().all(|r| r["schema_version"] == 3));
+    read(root, "config/server.toml")
+        .parse::<toml_edit::DocumentMut>()
+        .expect("valid TOML");
+    let meta: Value =
+        serde_json::from_str(&read(root, "models/bert-tiny/metadata.json")).expect("metadata");
+    assert_eq!(meta["schema_version"], 3);
+    assert_no_leftovers(root, "default mode");
+}
+
+/// The same escape and connect, with `--no-sandbox`: the file is written and the listener
+/// gets its connection. This is what the sandboxed tests below prove does not happen.
+#[test]
+fn unsandboxed_the_escape_and_the_connect_do_happen() {
+    let plugins = Plugins::new();
+    let settings = default_settings();
+    let outside = tempfile::tempdir().expect("tempdir");
+    let target = outside.path().join("escaped.txt");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let address = listener.local_addr().expect("address").to_string();
+    for (mode, to) in [("escape", p(&target).to_owned()), ("connect", address)] {
+        let dir = install();
+        let out = run(
+            &[
+                "--no-default-plugins",
+                "--plugin-dir",
+                p(plugins.dir.path()),
+                "--config-file",
+                p(&settings.path()),
+                "--progress",
+                "none",
+                "--no-sandbox",
+                "--json",
+                "version",
+                "--path",
+                p(dir.path()),
+                "--to",
+                "2.1.0",
+                "--dry-run",
+            ],
+            &[("HOSTILE_MODE", mode), ("HOSTILE_TARGET", &to)],
+            mode,
+        );
+        assert_eq!(out.code, Some(0), "{mode}: {}", out.describe());
+        let result: Value = serde_json::from_str(&out.stdout).expect("json result");
+        assert_eq!(result["isolation"]["sandbox"], "disabled", "{result}");
+        assert_eq!(result["isolation"]["network_denied"], false, "{result}");
+    }
+    assert!(target.is_file(), "unsandboxed, the plugin wrote its file");
+    assert!(
+        listener.accept().is_ok(),
+        "unsandboxed, the plugin connected to the listener"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crashes
+
+#[test]
+fn a_panicking_plugin_changes_nothing() {
+    let settings = default_settings();
+    for rule in ["config", "data", "model"] {
+        check_everywhere(&Case {
+            mode: "panic",
+            rule,
+            settings: &settings,
+            code: 6,
+            words: words(&[
+                &format!("{NAME} panics on purpose in its {rule} rule"),
+                "libhostile_hop.so",
+                Cmd::input_of(rule),
+            ]),
+            extra_env: Vec::new(),
+            worker_died: false,
+        });
+    }
+}
+
+#[test]
+fn an_aborting_plugin_changes_nothing() {
+    let settings = default_settings();
+    for rule in ["config", "data", "model"] {
+        check_everywhere(&Case {
+            mode: "abort",
+            rule,
+            settings: &settings,
+            code: 6,
+            words: words(&["SIGABRT"]),
+            extra_env: Vec::new(),
+            worker_died: true,
+        });
+    }
+}
+
+#[test]
+fn a_segfaulting_plugin_changes_nothing() {
+    let settings = default_settings();
+    for rule in ["config", "data", "model"] {
+        check_everywhere(&Case {
+            mode: "segfault",
+            rule,
+            settings: &settings,
+            code: 6,
+            words: words(&["SIGSEGV"]),
+            extra_env: Vec::new(),
+            worker_died: true,
+        });
+    }
+}
+
+/// The memory bomb hits `max_worker_memory_mb` and is reported as such, whatever the
+/// environment makes the plugin print on its way out (RUST_BACKTRACE=1 adds a backtrace of
+/// dozens of lines after Rust's "memory allocation … failed").
+#[test]
+fn a_memory_bomb_hits_the_memory_limit_and_changes_nothing() {
+    let settings = default_settings();
+    for backtrace in ["0", "1"] {
+        for rule in ["config", "data", "model"] {
+            check_everywhere(&Case {
+                mode: "membomb",
+                rule,
+                settings: &settings,
+                code: 6,
+                words: words(&["memory limit", "max_worker_memory_mb"]),
+                extra_env: vec![("RUST_BACKTRACE", backtrace.to_owned())],
+                worker_died: true,
+            });
+        }
+    }
+}
+
+/// An endless loop is stopped at `timeout_seconds` (exit 4, "timed out") when that comes
+/// first, and by `stall_seconds` (exit 6) when no deadline is set.
+#[test]
+fn an_endless_loop_is_stopped_by_the_deadline_or_the_stall_limit() {
+    let deadline = Settings::new("timeout_seconds = 3\nstall_seconds = 300\n");
+    let stall = Settings::new("stall_seconds = 2\n");
+    for rule in ["config", "data", "model"] {
+        check_everywhere(&Case {
+            mode: "loop",
+            rule,
+            settings: &deadline,
+            code: 4,
+            words: words(&["timed out", "timeout_seconds"]),
+            extra_env: Vec::new(),
+            worker_died: true,
+        });
+        check_everywhere(&Case {
+            mode: "loop",
+            rule,
+            settings: &stall,
+            code: 6,
+            words: words(&["no progress", "stall_seconds"]),
+            extra_env: Vec::new(),
+            worker_died: true,
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad output, caught before the swap
+
+#[test]
+fn invalid_toml_from_the_config_rule_is_never_swapped_in() {
+    let settings = default_settings();
+    check_everywhere(&Case {
+        mode: "toml",
+        rule: "config",
+        settings: &settings,
+        code: 6,
+        words: words(&["config/server.toml", "not valid TOML"]),
+        extra_env: Vec::new(),
+        worker_died: false,
+    });
+}
+
+#[test]
+fn a_record_that_is_not_an_object_is_never_swapped_in() {
+    let settings = default_settings();
+    check_everywhere(&Case {
+        mode: "nonobject",
+        rule: "data",
+        settings: &settings,
+        code: 6,
+        words: words(&["data/requests.jsonl:", "must be a JSON object"]),
+        extra_env: Vec::new(),
+        worker_died: false,
+    });
+}
+
+#[test]
+fn a_wrong_schema_version_is_never_swapped_in() {
+    let settings = default_settings();
+    check_everywhere(&Case {
+        mode: "schema",
+        rule: "data",
+        settings: &settings,
+        code: 6,
+        words: words(&["data/requests.jsonl:", "schema_version is 99"]),
+        extra_env: Vec::new(),
+        worker_died: false,
+    });
+    check_everywhere(&Case {
+        mode: "schema",
+        rule: "model",
+        settings: &settings,
+        code: 6,
+        words: words(&["models/bert-tiny/metadata.json", "schema_version is not 3"]),
+        extra_env: Vec::new(),
+        worker_died: false,
+    });
+}
+
+#[test]
+fn lying_checksums_in_metadata_json_are_never_swapped_in() {
+    let settings = default_settings();
+    check_everywhere(&Case {
+        mode: "checksums",
+        rule: "model",
+        settings: &settings,
+        code: 6,
+        words: words(&[
+            "models/bert-tiny/metadata.json",
+            "metadata.json says",
+            &"0".repeat(64),
+        ]),
+        extra_env: Vec::new(),
+        worker_died: false,
+    });
+}
+
+/// The sandbox lets a plugin write anywhere in the staging, and everything in the staging is
+/// swapped in: a file written there outside the plugin's own output (an installation file the
+/// run does not migrate, or a new file) must be refused before the swap, never put in place.
+#[test]
+fn a_file_planted_in_the_staging_is_never_swapped_in() {
+    let settings = default_settings();
+    for target in ["config/logging.toml", "planted/run-me.sh"] {
+        check_everywhere(&Case {
+            mode: "plant",
+            rule: "model",
+            settings: &settings,
+            code: 6,
+            words: words(&[target, "not a file this run migrates"]),
+            extra_env: vec![("HOSTILE_TARGET", target.to_owned())],
+            worker_died: false,
+        });
+    }
+}
+
+/// A symlink in the staging is refused before the swap: the swap moves regular files only, so
+/// the model's `metadata.json` would list the checksum of the link's target (outside the
+/// installation) for a file that stays as it was.
+#[test]
+fn a_symlink_in_the_staging_is_never_swapped_in() {
+    let settings = default_settings();
+    // A file the sandbox lets the worker read (the system's), outside the installation.
+    let target = Path::new("/etc/passwd");
+    assert!(target.is_file(), "this test needs {}", target.display());
+    check_everywhere(&Case {
+        mode: "symlink",
+        rule: "model",
+        settings: &settings,
+        code: 6,
+        words: words(&["models/bert-tiny/tokenizer.json", "not a regular file"]),
+        extra_env: vec![("HOSTILE_TARGET", p(target).to_owned())],
+        worker_died: false,
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Breaches: the sandbox denies them
+
+/// A write outside the staging is refused by the sandbox, both outside the installation and
+/// into it (the plugin may read the installation, never write it).
+#[test]
+fn a_write_outside_the_staging_is_denied() {
+    let settings = default_settings();
+    let outside = tempfile::tempdir().expect("tempdir");
+    for rule in ["config", "data", "model"] {
+        let target = outside.path().join(format!("escaped-by-the-{rule}-rule"));
+        check_everywhere(&Case {
+            mode: "escape",
+            rule,
+            settings: &settings,
+            code: 6,
+            words: words(&["Permission denied", p(&target)]),
+            extra_env: vec![("HOSTILE_TARGET", p(&target).to_owned())],
+            worker_died: false,
+        });
+        assert!(
+            !target.exists(),
+            "{rule}: the plugin wrote {}",
+            target.display()
+        );
+    }
+}
+
+/// The same, aimed at the installation itself: its own files are read-only to plugins.
+#[test]
+fn a_write_into_the_installation_outside_the_staging_is_denied() {
+    let settings = default_settings();
+    let plugins = Plugins::new();
+    // The target is computed per installation: `check` builds a fresh one each run, so the
+    // plugin is pointed at a file of the sample that every installation has.
+    for cmd in [Cmd::Version, Cmd::Data] {
+        let dir = install();
+        let root = dir.path();
+        let before = full_tree_hash(root);
+        let target = root.join("config/logging.toml");
+        let mut args = vec![
+            "--no-default-plugins".to_owned(),
+            "--plugin-dir".to_owned(),
+            p(plugins.dir.path()).to_owned(),
+            "--config-file".to_owned(),
+            p(&settings.path()).to_owned(),
+            "--progress".to_owned(),
+            "none".to_owned(),
+        ];
+        args.extend(cmd.args(root));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(
+            &args,
+            &[("HOSTILE_MODE", "escape"), ("HOSTILE_TARGET", p(&target))],
+            "escape into the installation",
+        );
+        assert_eq!(out.code, Some(6), "{cmd:?}: {}", out.describe());
+        assert!(
+            out.text().contains("Permission denied") && out.text().contains(NAME),
+            "{cmd:?}: {}",
+            out.describe()
+        );
+        assert_unchanged(
+            root,
+            &before,
+            &format!("escape into the installation, {cmd:?}"),
+        );
+    }
+}
+
+/// A TCP connect to a listener on 127.0.0.1 is refused by the sandbox: the listener accepts
+/// nothing.
+#[test]
+fn a_tcp_connect_is_denied() {
+    let settings = default_settings();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let address = listener.local_addr().expect("address").to_string();
+    for rule in ["config", "data", "model"] {
+        check_everywhere(&Case {
+            mode: "connect",
+            rule,
+            settings: &settings,
+            code: 6,
+            words: words(&["Permission denied", &address]),
+            extra_env: vec![("HOSTILE_TARGET", address.clone())],
+            worker_died: false,
+        });
+    }
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((_, from)) => panic!("the listener accepted a connection from {from}"),
+        Err(e) => panic!("the listener failed: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A forged answer: plugin code shares the worker's process and can write on its protocol pipe
+
+/// The plugin writes the worker's final answer itself ("staged, all done") asking the commit
+/// to delete a file: one outside the installation (absolute), one of the installation the run
+/// does not migrate, and a data file of the run that was not quarantined. The supervisor must
+/// not take the worker's word for it: nothing is deleted, nothing changes, exit 6. With
+/// `HOSTILE_FORGE_THEN=loop` the plugin keeps the worker running after its forged answer:
+/// the supervisor must not wait for it forever.
+#[test]
+fn a_forged_answer_cannot_delete_files() {
+    let settings = default_settings();
+    let plugins = Plugins::new();
+    let outside = tempfile::tempdir().expect("tempdir");
+    let victim = outside.path().join("victim.txt");
+    for then in ["exit", "loop"] {
+        for target in [p(&victim), "config/logging.toml", "data/api_keys.json"] {
+            std::fs::write(&victim, "precious\n").expect("write the victim");
+            let case = Case {
+                mode: "forge",
+                rule: "data",
+                settings: &settings,
+                code: 6,
+                words: words(&[target, "not a data file this run set aside"]),
+                extra_env: vec![
+                    ("HOSTILE_TARGET", target.to_owned()),
+                    ("HOSTILE_FORGE_THEN", then.to_owned()),
+                ],
+                worker_died: false,
+            };
+            case.check(&plugins, Cmd::Version, false);
+            case.check(&plugins, Cmd::Data, false);
+            assert_eq!(
+                std::fs::read_to_string(&victim).ok().as_deref(),
+                Some("precious\n"),
+                "{then}, {target}: the file outside the installation was touched"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signals to the supervisor
+
+/// SIGINT (130) or SIGTERM (143) to the supervisor while its plugin loops: the worker is
+/// stopped, the run says nothing was changed, and the installation is as it was, without
+/// staging. The signal goes to the supervisor alone (not its process group), as `kill PID`
+/// does: stopping the worker is the supervisor's job.
+#[test]
+fn sigint_and_sigterm_stop_a_running_supervisor_and_change_nothing() {
+    let plugins = Plugins::new();
+    let settings = Settings::new("stall_seconds = 300\n");
+    for (signal, code, name) in [
+        (libc::SIGINT, 130, "SIGINT"),
+        (libc::SIGTERM, 143, "SIGTERM"),
+    ] {
+        let dir = install();
+        let root = dir.path();
+        let before = full_tree_hash(root);
+        let started = start(
+            &[
+                "--no-default-plugins",
+                "--plugin-dir",
+                p(plugins.dir.path()),
+                "--config-file",
+                p(&settings.path()),
+                "--progress",
+                "none",
+                "version",
+                "--path",
+                p(root),
+                "--to",
+                "2.1.0",
+            ],
+            &[("HOSTILE_MODE", "loop")],
+        );
+        // Wait until the plugin is in its loop (it says so on stderr), under the watchdog.
+        while !started.stderr_so_far().contains("misbehaving now (loop") {
+            assert!(
+                started.started.elapsed() < WATCHDOG,
+                "{name}: the plugin never started looping:\n{}",
+                started.stderr_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let pid = started.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on the pid of a child we started and have not reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {name}");
+        let out = started.finish(name);
+        assert_eq!(out.code, Some(code), "{name}: {}", out.describe());
+        let text = out.text();
+        assert!(
+            text.contains(&format!("stopped by {name}"))
+                && text.contains("installation is unchanged"),
+            "{name}: {text}"
+        );
+        assert_unchanged(root, &before, name);
+        // The worker is gone with it: no `migrate worker` is left with this installation.
+        assert!(
+            !worker_running_for(root),
+            "{name}: a worker outlived its supervisor"
+        );
+    }
+}
+
+/// Whether a `migrate worker` process is still running a request for `root`'s staging
+/// (its open files point into `root`).
+fn worker_running_for(root: &Path) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.filter_map(Result::ok).any(|e| {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let is_worker = cmdline
+            .split(|b| *b == 0)
+            .nth(1)
+            .is_some_and(|arg| arg == b"worker");
+        is_worker
+            && std::fs::read_dir(e.path().join("fd"))
+                .map(|fds| {
+                    fds.filter_map(Result::ok)
+                        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(root)))
+                })
+                .unwrap_or(false)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sandbox state in every --json output that runs plugins
+
+/// `plugins list --json`, `info --json` and a migration's result (completed or failed,
+/// whichever way its worker ended) carry "isolation": enforced by default (this kernel has
+/// Landlock), "disabled" with `--no-sandbox`, with the configured memory limit.
+#[test]
+fn every_json_output_that_runs_plugins_reports_the_isolation() {
+    let plugins = Plugins::new();
+    let settings = default_settings();
+    let limit = 512u64 << 20;
+    let landlock = kernel_has_landlock();
+    let settings_path = settings.path();
+    for sandbox in [true, false] {
+        let mut global = vec![
+            "--no-default-plugins",
+            "--plugin-dir",
+            p(plugins.dir.path()),
+            "--config-file",
+            p(&settings_path),
+            "--progress",
+            "none",
+            "--json",
+        ];
+        if !sandbox {
+            global.push("--no-sandbox");
+        }
+        let check = |what: &str, doc: &Value| {
+            let i = &doc["isolation"];
+            assert_eq!(i["worker_process"], true, "{what}: {doc}");
+            assert_eq!(i["memory_limit_bytes"], limit, "{what}: {doc}");
+            let expected = match (sandbox, landlock) {
+                (false, _) => "disabled",
+                (true, true) => "fully_enforced",
+                (true, false) => "not_enforced",
+            };
+            assert_eq!(i["sandbox"], expected, "{what} (sandbox {sandbox}): {doc}");
+            assert_eq!(i["network_denied"], sandbox && landlock, "{what}: {doc}");
+        };
+        let json = |out: &Run, what: &str| -> Value {
+            serde_json::from_str(&out.stdout)
+                .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", out.describe()))
+        };
+
+        let mut args = global.clone();
+        args.extend(["plugins", "list"]);
+        let out = run(&args, &[], "plugins list");
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        check("plugins list", &json(&out, "plugins list"));
+
+        let mut args = global.clone();
+        args.extend(["info", "--from", "0.1.0", "--to", "2.1.0"]);
+        let out = run(&args, &[], "info");
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        check("info", &json(&out, "info"));
+
+        // A migration that completes, one whose plugin fails in the worker (a panic, reported
+        // by the worker) and one whose worker dies (abort): each ran plugins.
+        for (mode, code) in [("", 0), ("panic", 6), ("abort", 6), ("toml", 6)] {
+            let dir = install();
+            let mut args = global.clone();
+            args.extend(["version", "--path", p(dir.path()), "--to", "2.1.0"]);
+            let out = run(&args, &[("HOSTILE_MODE", mode)], mode);
+            assert_eq!(out.code, Some(code), "{mode}: {}", out.describe());
+            check(&format!("migration ({mode:?})"), &json(&out, mode));
+        }
+    }
+}
+
+/// Whether this kernel offers Landlock (the sandbox can be enforced here).
+fn kernel_has_landlock() -> bool {
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns
+    // the ABI version, or -1.
+    unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            1u32,
+        ) > 0
+    }
+}
