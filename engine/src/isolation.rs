@@ -14,7 +14,8 @@ pub struct Isolation {
     pub sandbox: SandboxStatus,
     /// The Landlock ABI the kernel offers, when it has one.
     pub landlock_abi: Option<i32>,
-    /// Whether TCP connect and bind were denied (Landlock ABI 4 and later).
+    /// Whether TCP connect and bind were denied (Landlock ABI 4 and later). Landlock does not
+    /// restrict UDP on this ABI, and no seccomp filter does yet: said in the summary.
     pub network_denied: bool,
     /// The worker's memory limit (`max_worker_memory_mb`), in bytes.
     pub memory_limit_bytes: Option<u64>,
@@ -43,7 +44,7 @@ impl Isolation {
         };
         let mut text = format!("plugins ran in a worker process; {sandbox}");
         if self.network_denied {
-            text.push_str(", network denied");
+            text.push_str(", TCP denied (UDP is not restricted)");
         }
         if let Some(limit) = self.memory_limit_bytes {
             text.push_str(&format!(", memory limit {}", crate::size::human(limit)));

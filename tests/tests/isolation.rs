@@ -950,6 +950,34 @@ fn a_forged_answer_cannot_delete_files() {
     }
 }
 
+/// A forged "all done" with nothing to delete, sent half-way through the data: the worker's
+/// word is not taken — the staged data file misses lines the installation has, and nothing
+/// is swapped in (it once replaced data/requests.jsonl with an empty file and exited 0).
+#[test]
+fn a_forged_early_answer_cannot_swap_in_half_the_data() {
+    let settings = default_settings();
+    let plugins = Plugins::new();
+    for then in ["exit", "loop"] {
+        let case = Case {
+            mode: "forge",
+            rule: "data",
+            settings: &settings,
+            code: 6,
+            words: words(&[
+                "data/requests.jsonl",
+                "reported its work done, but it is not",
+            ]),
+            extra_env: vec![
+                ("HOSTILE_TARGET", String::new()),
+                ("HOSTILE_FORGE_THEN", then.to_owned()),
+            ],
+            worker_died: false,
+        };
+        case.check(&plugins, Cmd::Version, false);
+        case.check(&plugins, Cmd::Data, false);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Signals to the supervisor
 

@@ -114,6 +114,7 @@ pub fn check(s: &Staged) -> Vec<Violation> {
     }
     out.extend(foreign(s));
     out.extend(unwarranted_removals(s));
+    out.extend(incomplete(s));
     let plugin = last(|h| h.descriptor.rules.model);
     for rel in s.models {
         let staged_dir = s.staging.join(rel);
@@ -179,6 +180,74 @@ fn unwarranted_removals(s: &Staged) -> Vec<Violation> {
             plugin: None,
         })
         .collect()
+}
+
+/// What the worker says it finished is not taken on its word either (a plugin can forge the
+/// answer after half a file): every file the run migrates must be staged, and a `*.jsonl`
+/// file must keep every line — each one either staged or added to its quarantine file.
+fn incomplete(s: &Staged) -> Vec<Violation> {
+    let plugins: Vec<&str> = s.hops.iter().map(|h| h.descriptor.name.as_str()).collect();
+    let by = format!(
+        "the worker reported its work done, but it is not: a plugin of this run ({}) stopped it early or forged its answer",
+        plugins.join(", ")
+    );
+    let mut out = Vec::new();
+    let mut missing = |rel: &str, what: String| {
+        out.push(Violation {
+            file: rel.to_owned(),
+            problem: format!("{what}; {by}"),
+            plugin: None,
+        })
+    };
+    if let Some(rel) = s.config {
+        if s.root.join(rel).is_file() && !s.staging.join(rel).is_file() {
+            missing(rel, "the migrated config was never staged".into());
+        }
+    }
+    for rel in s.data_files {
+        if s.removals.contains(rel) {
+            continue;
+        }
+        let staged = s.staging.join(rel);
+        if !staged.is_file() {
+            missing(rel, "the migrated data file was never staged".into());
+            continue;
+        }
+        if !rel.ends_with(".jsonl") {
+            continue;
+        }
+        let quarantine = s.data.map(|data| quarantine_of(data, rel));
+        let lines_of = |path: &Path| lines(path).unwrap_or(0);
+        let source = lines_of(&s.root.join(rel));
+        let kept = lines_of(&staged);
+        let refused = quarantine.map_or(0, |q| {
+            lines_of(&s.staging.join(&q)).saturating_sub(lines_of(&s.root.join(&q)))
+        });
+        if kept + refused != source {
+            missing(
+                rel,
+                format!("{source} lines in the installation, but {kept} staged and {refused} quarantined"),
+            );
+        }
+    }
+    out
+}
+
+/// Lines of a file, a last line without its newline included.
+fn lines(path: &Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut count, mut last) = (0u64, b'\n');
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        count += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+        last = buf[n - 1];
+    }
+    Ok(count + u64::from(last != b'\n'))
 }
 
 /// Whatever is in the staging that this run does not write, and anything in it that is not a
