@@ -527,10 +527,12 @@ impl ViewBatch {
             // only the valid ones' bytes.
             Err(e) => return Self::read_checked(e.into_bytes()),
         };
+        // Sized for records of ~100 bytes with ~6 entries, and room for the entries a first
+        // hop appends: growing from small cost a copy of the index or two per batch.
         let mut vb = ViewBatch {
+            entries: Vec::with_capacity(text.len() / 10),
+            records: Vec::with_capacity(text.len() / 64),
             text,
-            entries: Vec::with_capacity(4096),
-            records: Vec::with_capacity(1024),
             scratch: Vec::new(),
         };
         let mut refused = Vec::new();
@@ -765,6 +767,12 @@ impl ViewBatch {
         let mark = self.text.len();
         let result = self.apply_ops(&mut scratch, ops);
         match &result {
+            // In its own slot when it fits (records' slots never overlap), else at the end.
+            Ok(Ok(())) if scratch.len() <= rec.count as usize => {
+                let first = rec.first as usize;
+                self.entries[first..first + scratch.len()].copy_from_slice(&scratch);
+                self.records[index].count = scratch.len() as u32;
+            }
             Ok(Ok(())) => {
                 let first = self.entries.len() as u32;
                 self.entries.extend_from_slice(&scratch);

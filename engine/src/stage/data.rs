@@ -304,11 +304,29 @@ impl DataRun<'_> {
     /// once at the end, every byte no hop touched copied as it was. Hops built against older
     /// releases get text, as before: the index is written out for them and read again after.
     fn run_hops(&self, batch: &Batch, file: &DataFile) -> Result<(Migrated, Vec<Refusal>)> {
+        // A worker's view buffers, kept from batch to batch: allocated afresh, each was
+        // page-faulted in again for every batch and hop.
+        thread_local! {
+            static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const {
+                std::cell::RefCell::new((Vec::new(), Vec::new()))
+            };
+        }
+        let (mut table, mut payload) = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let result = self.run_hops_with(batch, file, &mut table, &mut payload);
+        BUFFERS.with(|b| *b.borrow_mut() = (table, payload));
+        result
+    }
+
+    fn run_hops_with(
+        &self,
+        batch: &Batch,
+        file: &DataFile,
+        table: &mut Vec<u8>,
+        payload: &mut Vec<u8>,
+    ) -> Result<(Migrated, Vec<Refusal>)> {
         let mut alive: Vec<usize> = (0..batch.places.len()).collect();
         let mut refusals = Vec::new();
         let mut state = Records::Source;
-        let mut table = Vec::new();
-        let mut payload = Vec::new();
         let views = !hop_by_hop();
         for hop in self.data_hops() {
             if views && hop.descriptor.rules.data_edits {
@@ -323,10 +341,10 @@ impl DataRun<'_> {
                         view
                     }
                 };
-                view.encode_table(&mut table);
+                view.encode_table(table);
                 let (edits, refused) = hop
                     .client
-                    .migrate_view(view.text(), &table, &mut payload)
+                    .migrate_view(view.text(), table, payload)
                     .map_err(|e| data_failure(hop, file, e))?;
                 let unchecked = view.apply(&edits).map_err(|e| {
                     plugin_failure(
