@@ -569,7 +569,7 @@ impl<'a> RawRecord<'a> {
         })
     }
 
-    /// Each entry's key and value text, for the host's span index (`crate::view`), which reads
+    /// Each entry's key and value text, for the host's span index (the `view` module), which reads
     /// through this type the records its scanner leaves to serde_json. `None` for a value a
     /// rule set as a parsed [`Value`] (a record just read has none).
     pub(crate) fn entry_texts(&self) -> impl Iterator<Item = (&str, Option<&str>)> {

@@ -555,7 +555,14 @@ impl ViewBatch {
     fn read_checked(bytes: Vec<u8>) -> (ViewBatch, Vec<Refused>) {
         let mut vb = ViewBatch::default();
         let mut refused = Vec::new();
-        for (index, line) in crate::batch::split_records(&bytes).enumerate() {
+        // Split as `batch::split_records` splits (which imports this module): one record per
+        // `\n`, a trailing `\n` starts none.
+        let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let lines = (!bytes.is_empty())
+            .then(|| body.split(|b| *b == b'\n'))
+            .into_iter()
+            .flatten();
+        for (index, line) in lines.enumerate() {
             match std::str::from_utf8(line) {
                 Ok(text) => {
                     let start = vb.text.len();

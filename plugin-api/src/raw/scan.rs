@@ -27,7 +27,7 @@ pub(super) fn entries<'a>(text: &'a str, entries: &mut Entries<'a>) -> Option<()
 /// The scan behind [`entries`], for any consumer: hands `entry` the byte ranges of each
 /// top-level key (its body, without the quotes) and value, in order, and returns `Some` if
 /// `text` is exactly one valid object whose keys have no escapes. `entry` may give up too
-/// (`None`). The host's span index (`crate::view`) is built with it, so that records are
+/// (`None`). The host's span index (the `view` module) is built with it, so that records are
 /// accepted and refused by one scanner on every path.
 #[inline(always)]
 pub(crate) fn spans(

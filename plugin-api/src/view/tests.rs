@@ -12,7 +12,8 @@ use crate::raw::FieldValue;
 fn reference(batch: &[u8]) -> (Vec<u8>, Vec<(u64, String)>) {
     let mut out = Vec::new();
     let mut failures = Vec::new();
-    for (i, line) in crate::batch::split_records(batch).enumerate() {
+    let body = batch.strip_suffix(b"\n").unwrap_or(batch);
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
         match RawRecord::parse(line) {
             Ok(r) => {
                 r.write(&mut out).unwrap();
