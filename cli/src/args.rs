@@ -80,6 +80,10 @@ pub struct GlobalArgs {
     /// another user (they are refused by default); each is reported with a warning.
     #[arg(long, global = true)]
     pub allow_insecure_plugins: bool,
+    /// Run plugin workers without the Landlock sandbox (for debugging a plugin; every output
+    /// says the run was unsandboxed). Plugins still run in a separate worker process.
+    #[arg(long, global = true)]
+    pub no_sandbox: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +185,10 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `migrate man > /usr/share/man/man1/migrate.1`.
     Man,
+    /// Internal: serve one request as a sandboxed plugin worker over stdin/stdout. Started by
+    /// migrate itself; never run by hand.
+    #[command(hide = true)]
+    Worker,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

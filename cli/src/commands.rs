@@ -9,9 +9,11 @@ use semver::Version;
 use trustformers_migrate::discover::install::Installation;
 use trustformers_migrate::discover::pins;
 use trustformers_migrate::discover::registry::{Discovery, Registry};
+use trustformers_migrate::isolation::Isolation;
 use trustformers_migrate::plan::{Options, Target};
 use trustformers_migrate::settings::Settings;
 use trustformers_migrate::transaction::{audit, backup, journal, lock, recovery, restore};
+use trustformers_migrate::worker::{WorkerLoader, WorkerSpec};
 use trustformers_migrate::{verify, ExitCode, Mode, Observer, VersionMigrator};
 
 use crate::args::{BackupsCommand, Cli, Command, GlobalArgs, ModelArgs, PluginsCommand, RunArgs};
@@ -27,12 +29,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         global.progress
     }));
+    if let Command::Worker = cli.command {
+        return Ok(ExitCode::from_i32(trustformers_migrate::worker::serve()));
+    }
+    let settings = Settings::load(global.config_file.as_deref())?;
+    let worker = worker_spec(global, &settings);
     if let Some((target, run, models)) = cli.command.migration() {
-        let settings = Settings::load(global.config_file.as_deref())?;
-        let registry = discover(global)?;
-        return migrate(&registry, &settings, target, run, models, json, observer).await;
+        let registry = discover(global, &worker)?;
+        return migrate(
+            &registry, &settings, target, run, models, json, observer, worker,
+        )
+        .await;
     }
     match cli.command {
+        Command::Worker => unreachable!("served above"),
         Command::Version { .. }
         | Command::Config { .. }
         | Command::Data { .. }
@@ -41,13 +51,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(p) = &path {
                 trustformers_migrate::recover_if_interrupted(p, observer.as_ref())?;
             }
-            info(discover(global)?, from, to, path.as_deref(), json)
+            info(discover(global, &worker)?, from, to, path.as_deref(), json)
         }
         Command::Validate { path, version } => {
             trustformers_migrate::recover_if_interrupted(&path, observer.as_ref())?;
-            validate(&*discover(global)?, &path, &version, json)
+            validate(&discover(global, &worker)?, &path, &version, json)
         }
-        Command::Plugins { command } => plugins(&command, &discovery(global), json),
+        Command::Plugins { command } => plugins(&command, &discovery(global), &worker, json),
         Command::History { path } => history(&path, json),
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -85,9 +95,35 @@ fn discovery(global: &GlobalArgs) -> Discovery {
     }
 }
 
-/// Finds and loads the plugins: only the commands that run plugin code call this.
-fn discover(global: &GlobalArgs) -> anyhow::Result<Arc<Registry>> {
-    Ok(Arc::new(Registry::discover(&discovery(global))?))
+/// How plugin workers run: the sandbox unless `--no-sandbox`, the limits from
+/// `migration_config.toml`, and SIGINT/SIGTERM turned into a request to stop them (the
+/// supervisor then discards the staging and exits 130 or 143).
+fn worker_spec(global: &GlobalArgs, settings: &Settings) -> WorkerSpec {
+    let mut spec = WorkerSpec {
+        sandbox: !global.no_sandbox,
+        stall: std::time::Duration::from_secs(settings.global.stall_seconds),
+        ..WorkerSpec::default()
+    };
+    if settings.global.max_worker_memory_mb > 0 {
+        spec.memory_limit = Some(settings.global.max_worker_memory_mb << 20);
+    }
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A failure leaves the default action (the process ends, the staging stays until
+        // the next command removes it): worse, but not unsafe.
+        let _ = signal_hook::flag::register_usize(signal, spec.cancel.clone(), signal as usize);
+    }
+    spec
+}
+
+/// Finds the plugins and has workers describe them: only the commands that run plugin code
+/// call this. Also returns what confined those workers.
+fn discover(
+    global: &GlobalArgs,
+    worker: &WorkerSpec,
+) -> anyhow::Result<(Arc<Registry>, Option<Isolation>)> {
+    let loader = WorkerLoader::new(worker.clone());
+    let registry = Registry::discover(&discovery(global), &loader)?;
+    Ok((Arc::new(registry), loader.isolation()))
 }
 
 fn history(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
@@ -210,21 +246,22 @@ fn options(
             .map_or(settings.model_migration.optimize_dtype, Into::into),
         batch_size: settings.data_migration.batch_size,
         backup_dir: backup.then(|| target.backup_dir(run.backup_dir.as_deref())),
-        validate_after: settings.global.validate_after_migration,
         timeout: (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
     }
 }
 
 /// `version`, `config`, `data` and `models`: one migration over the engine, differing only in
 /// the target they name.
+#[allow(clippy::too_many_arguments)]
 async fn migrate(
-    registry: &Arc<Registry>,
+    (registry, _): &(Arc<Registry>, Option<Isolation>),
     settings: &Settings,
     mut target: Target,
     run: &RunArgs,
     models: Option<&ModelArgs>,
     json: bool,
     observer: Arc<Progress>,
+    worker: WorkerSpec,
 ) -> anyhow::Result<ExitCode> {
     check_target(&target)?;
     if !settings.config_migration.enabled {
@@ -244,7 +281,8 @@ async fn migrate(
     let migrator = VersionMigrator::with_registry(&from, &run.to.to_string(), registry.clone())?
         .options(options(settings, &target, run, models))
         .force(run.force)
-        .observer(observer);
+        .observer(observer)
+        .worker(worker);
     let mode = if run.dry_run {
         Mode::DryRun
     } else {
@@ -288,7 +326,7 @@ fn check_target(target: &Target) -> anyhow::Result<()> {
 }
 
 fn info(
-    registry: Arc<Registry>,
+    (registry, isolation): (Arc<Registry>, Option<Isolation>),
     from: Option<Version>,
     to: Version,
     path: Option<&Path>,
@@ -296,10 +334,11 @@ fn info(
 ) -> anyhow::Result<ExitCode> {
     let from = from.map(|v| v.to_string()).unwrap_or_default();
     let migrator = VersionMigrator::with_registry(&from, &to.to_string(), registry)?;
-    let info = match path {
+    let mut info = match path {
         Some(p) => migrator.get_migration_info_for(p)?,
         None => migrator.get_migration_info()?,
     };
+    info.isolation = isolation;
     if json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
@@ -309,7 +348,7 @@ fn info(
 }
 
 fn validate(
-    registry: &Registry,
+    (registry, isolation): &(Arc<Registry>, Option<Isolation>),
     path: &Path,
     version: &Version,
     json: bool,
@@ -322,7 +361,9 @@ fn validate(
         verify::Checksums::Verify,
     );
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut doc = serde_json::to_value(&report)?;
+        doc["isolation"] = serde_json::to_value(isolation)?;
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", render::validation(&report));
     }
@@ -338,16 +379,19 @@ fn validate(
 fn plugins(
     command: &PluginsCommand,
     discovery: &Discovery,
+    worker: &WorkerSpec,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let loader = WorkerLoader::new(worker.clone());
     let (text, doc, ok) = match command {
         PluginsCommand::List => {
-            let registry = Registry::discover(discovery)?;
-            let doc = serde_json::json!({ "search_path": registry.search_path, "plugins": registry.entries });
-            (render::plugins(&registry), doc, true)
+            let registry = Registry::discover(discovery, &loader)?;
+            let isolation = loader.isolation();
+            let doc = serde_json::json!({ "search_path": registry.search_path, "plugins": registry.entries, "isolation": isolation });
+            (render::plugins(&registry, isolation.as_ref()), doc, true)
         }
         PluginsCommand::Pin { dirs } => {
-            let pinned = pins::pin(discovery, dirs)?;
+            let pinned = pins::pin(discovery, &loader, dirs)?;
             (
                 render::pinned(&pinned),
                 serde_json::to_value(&pinned)?,

@@ -128,4 +128,9 @@ impl Observer for Progress {
     fn warning(&self, message: &str) {
         eprintln!("warning: {message}");
     }
+
+    /// What plugin code wrote to stderr, passed through as it was written.
+    fn worker_output(&self, line: &str) {
+        eprintln!("{line}");
+    }
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use trustformers_migrate::discover::pins::{Pinned, VerifiedFolder};
 use trustformers_migrate::discover::registry::{Registry, Status};
+use trustformers_migrate::isolation::Isolation;
 use trustformers_migrate::report::preview::Preview;
 use trustformers_migrate::size::human;
 use trustformers_migrate::transaction::audit::HistoryItem;
@@ -53,6 +54,9 @@ pub fn result(r: &MigrationResult) -> String {
     }
     if let Some(p) = &r.preview {
         out.push_str(&preview(p));
+    }
+    if let Some(i) = &r.isolation {
+        let _ = writeln!(out, "  isolation: {}", i.summary());
     }
     let _ = writeln!(
         out,
@@ -210,6 +214,9 @@ pub fn info(info: &MigrationInfo) -> String {
             let _ = writeln!(out, "  - {c}");
         }
     }
+    if let Some(i) = &info.isolation {
+        let _ = writeln!(out, "isolation: {}", i.summary());
+    }
     let _ = match (info.estimated_duration_secs, info.data_bytes, info.model_bytes) {
         (Some(secs), Some(d), Some(m)) => writeln!(out, "estimated duration: {secs:.1} s ({d} bytes of data, {m} bytes of models)"),
         _ => writeln!(out, "estimated duration: about 25 s per GB of data and 3 s per GB of models (pass --path for this installation's sizes)"),
@@ -237,8 +244,11 @@ pub fn validation(report: &Validation) -> String {
 }
 
 /// `migrate plugins list`.
-pub fn plugins(registry: &Registry) -> String {
+pub fn plugins(registry: &Registry, isolation: Option<&Isolation>) -> String {
     let mut out = String::new();
+    if let Some(i) = isolation {
+        let _ = writeln!(out, "isolation: {}", i.summary());
+    }
     let search: Vec<String> = registry
         .search_path
         .iter()

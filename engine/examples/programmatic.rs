@@ -10,6 +10,8 @@ use trustformers_migrate::{OverallStatus, VersionMigrator};
 
 #[tokio::main]
 async fn main() -> Result<(), trustformers_migrate::MigrateError> {
+    // Plugin code runs in worker processes started as this same program: serve if we are one.
+    trustformers_migrate::worker::serve_if_worker();
     let root = PathBuf::from(std::env::args().nth(1).expect("usage: programmatic ROOT"));
 
     let migrator = VersionMigrator::new("0.1.0", "2.1.0")?; // "" as `from` detects it

@@ -27,10 +27,14 @@ pub enum ExitCode {
     Interrupted = 8,
     /// A bug in migrate itself (a panic in the host, not in a plugin).
     Internal = 9,
+    /// Stopped by SIGINT (Ctrl-C) before anything changed (128 + 2, as shells report it).
+    Cancelled = 130,
+    /// Stopped by SIGTERM before anything changed (128 + 15).
+    Terminated = 143,
 }
 
 impl ExitCode {
-    const ALL: [ExitCode; 10] = [
+    const ALL: [ExitCode; 12] = [
         ExitCode::Ok,
         ExitCode::Failed,
         ExitCode::Usage,
@@ -41,6 +45,8 @@ impl ExitCode {
         ExitCode::NoPath,
         ExitCode::Interrupted,
         ExitCode::Internal,
+        ExitCode::Cancelled,
+        ExitCode::Terminated,
     ];
 
     /// The code for a number carried in a report; unknown numbers read as `Failed`.
@@ -147,6 +153,90 @@ pub enum MigrateError {
     /// Staging, journal, backup, restore, lock or audit trail.
     #[error(transparent)]
     Transaction(#[from] migrate_transaction::Error),
+
+    /// The worker running plugin code died, or was stopped, before it finished: the staging is
+    /// discarded, nothing in the installation changed.
+    #[error("{cause} {during}\n  the installation is unchanged: nothing was swapped in, and the staged work was removed\n  next step: {}", cause.next_step())]
+    WorkerStopped {
+        cause: StopCause,
+        /// What it was doing: the plugin, its file and sha256, the hop, the file and lines.
+        during: String,
+        /// The plugin whose call was running, when one was.
+        plugin: Option<String>,
+        /// The step that was running.
+        step: Option<String>,
+    },
+
+    /// What a plugin staged is not what the target release looks like: refused before the
+    /// swap.
+    #[error("the staged output is not a valid {version} installation, so nothing was swapped in:{}\n  next step: nothing was changed; report this to the plugin's author", violations.iter().map(|v| format!("\n    - {v}")).collect::<String>())]
+    StagedInvalid {
+        version: String,
+        violations: Vec<crate::verify::staged::Violation>,
+    },
+
+    /// An error the worker met and reported (a refused record, a plugin's failure, …), with
+    /// the exit code it means.
+    #[error("{message}")]
+    Staged { exit_code: i32, message: String },
+}
+
+/// Why a worker is gone before it finished.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StopCause {
+    #[error("the plugin worker was killed by signal {} ({signal})", signal_name(*signal))]
+    Signal { signal: i32 },
+    #[error("the plugin worker exited with status {code}")]
+    Exit { code: i32 },
+    #[error("the plugin worker went over its memory limit (max_worker_memory_mb) and was stopped")]
+    MemoryLimit,
+    #[error("the plugin worker reported no progress for {secs} s (stall_seconds) and was stopped")]
+    Stalled { secs: u64 },
+    #[error("timed out after {secs} s (timeout_seconds): the plugin worker was stopped")]
+    Deadline { secs: u64 },
+    #[error("stopped by {}: the plugin worker was stopped", signal_name(*signal))]
+    Cancelled { signal: i32 },
+    #[error("the plugin worker broke the protocol ({detail}) and was stopped")]
+    Protocol { detail: String },
+    #[error("the plugin worker died")]
+    Died,
+}
+
+impl StopCause {
+    /// The exit code a run stopped this way ends with.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            StopCause::Deadline { .. } => ExitCode::RolledBack,
+            StopCause::Cancelled { signal } if *signal == libc::SIGTERM => ExitCode::Terminated,
+            StopCause::Cancelled { .. } => ExitCode::Cancelled,
+            _ => ExitCode::Plugin,
+        }
+    }
+
+    fn next_step(&self) -> &'static str {
+        match self {
+            StopCause::Deadline { .. } => "raise timeout_seconds in migration_config.toml, or find out why the plugin is slow",
+            StopCause::Stalled { .. } => "report this to the plugin's author; raise stall_seconds in migration_config.toml only if the plugin is known to be slow but working",
+            StopCause::MemoryLimit => "report this to the plugin's author; raise max_worker_memory_mb in migration_config.toml only if the installation needs that much",
+            StopCause::Cancelled { .. } => "run the migration again when you are ready",
+            _ => "report this to the plugin's author, or remove the plugin file from the plugin folder",
+        }
+    }
+}
+
+/// `SIGSEGV`-style names for the signals a worker dies of.
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        _ => "a signal",
+    }
 }
 
 impl MigrateError {
@@ -156,9 +246,9 @@ impl MigrateError {
             MigrateError::NoPath { .. }
             | MigrateError::UnknownVersion { .. }
             | MigrateError::VersionMismatch { .. } => ExitCode::NoPath,
-            MigrateError::PluginConflict { .. } | MigrateError::PluginFailed { .. } => {
-                ExitCode::Plugin
-            }
+            MigrateError::PluginConflict { .. }
+            | MigrateError::PluginFailed { .. }
+            | MigrateError::StagedInvalid { .. } => ExitCode::Plugin,
             MigrateError::BadVersion { .. }
             | MigrateError::Settings { .. }
             | MigrateError::Usage { .. } => ExitCode::Usage,
@@ -167,6 +257,8 @@ impl MigrateError {
             MigrateError::Interrupted { .. } => ExitCode::Interrupted,
             MigrateError::Internal { .. } => ExitCode::Internal,
             MigrateError::Transaction(t) => Self::exit_code_of(t),
+            MigrateError::WorkerStopped { cause, .. } => cause.exit_code(),
+            MigrateError::Staged { exit_code, .. } => ExitCode::from_i32(*exit_code),
         }
     }
 

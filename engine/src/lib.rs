@@ -15,6 +15,7 @@ pub mod commit;
 pub mod discover;
 pub mod document;
 pub mod error;
+pub mod isolation;
 pub mod migrator;
 pub mod observe;
 pub mod plan;
@@ -24,6 +25,7 @@ pub mod settings;
 pub mod size;
 pub mod stage;
 pub mod verify;
+pub mod worker;
 
 pub use migrate_transaction as transaction;
 

@@ -18,13 +18,14 @@ use semver::Version;
 use serde::Serialize;
 
 use crate::discover::install::Installation;
-use crate::discover::registry::{Discovery, LoadedHop, Registry, Status};
+use crate::discover::registry::{Discovery, HopInfo, Registry, Status};
 use crate::error::{MigrateError, Result};
 use crate::observe::{Observer, Silent};
 use crate::plan::graph::VersionGraph;
 use crate::plan::{self, Options, Plan, PlannedHop, Target};
 use crate::report::MigrationResult;
 use crate::run::{execute, recover_if_interrupted, refuse_if_interrupted, Mode};
+use crate::worker::{WorkerLoader, WorkerSpec};
 
 /// What `migrate info` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +38,8 @@ pub struct MigrationInfo {
     pub estimated_duration_secs: Option<f64>,
     pub data_bytes: Option<u64>,
     pub model_bytes: Option<u64>,
+    /// How the plugins that were described were confined (set by the caller that loaded them).
+    pub isolation: Option<crate::isolation::Isolation>,
 }
 
 /// Migrates installations from one release to another through the loaded hop plugins.
@@ -47,14 +50,19 @@ pub struct VersionMigrator {
     options: Options,
     force: bool,
     observer: Arc<dyn Observer>,
+    worker: WorkerSpec,
 }
 
 impl VersionMigrator {
     /// Discovers plugins in the default folders. `from` may be `""` to detect it from the
-    /// installation at execution time.
+    /// installation at execution time. Plugin code runs in worker processes started as this
+    /// same program with the argument `worker`: a program that embeds the engine calls
+    /// [`crate::worker::serve_if_worker`] first thing in its `main` (or sets another program
+    /// with [`VersionMigrator::worker`]).
     pub fn new(from: &str, to: &str) -> Result<Self> {
-        let registry = Registry::discover(&Discovery::default())?;
-        Self::with_registry(from, to, Arc::new(registry))
+        let spec = WorkerSpec::default();
+        let registry = Registry::discover(&Discovery::default(), &WorkerLoader::new(spec.clone()))?;
+        Ok(Self::with_registry(from, to, Arc::new(registry))?.worker(spec))
     }
 
     pub fn with_registry(from: &str, to: &str, registry: Arc<Registry>) -> Result<Self> {
@@ -71,7 +79,14 @@ impl VersionMigrator {
             options: Options::default(),
             force: false,
             observer: Arc::new(Silent),
+            worker: WorkerSpec::default(),
         })
+    }
+
+    /// How plugin workers are started and watched (program, sandbox, limits, cancellation).
+    pub fn worker(mut self, spec: WorkerSpec) -> Self {
+        self.worker = spec;
+        self
     }
 
     pub fn options(mut self, options: Options) -> Self {
@@ -139,7 +154,8 @@ impl VersionMigrator {
         let plan = self.plan(target)?;
         let observer = self.observer.clone();
         let tool_dir = plan.target.tool_dir();
-        tokio::task::spawn_blocking(move || execute(&plan, mode, observer.as_ref()))
+        let worker = self.worker.clone();
+        tokio::task::spawn_blocking(move || execute(&plan, mode, observer.as_ref(), &worker))
             .await
             .map_err(|e| MigrateError::Internal {
                 detail: format!("the migration thread died: {e}"),
@@ -162,7 +178,7 @@ impl VersionMigrator {
         }
     }
 
-    fn path(&self, from: &Version) -> Result<Vec<LoadedHop>> {
+    fn path(&self, from: &Version) -> Result<Vec<HopInfo>> {
         VersionGraph::new(self.registry.active_hops())
             .path(from, &self.to)
             .map_err(|e| match e {
@@ -203,7 +219,7 @@ impl VersionMigrator {
     }
 }
 
-fn info(from: &Version, to: &Version, hops: &[LoadedHop], plan: Option<&Plan>) -> MigrationInfo {
+fn info(from: &Version, to: &Version, hops: &[HopInfo], plan: Option<&Plan>) -> MigrationInfo {
     let steps: Vec<PlannedHop> = hops.iter().map(plan::planned_hop).collect();
     let breaking_changes = steps
         .iter()
@@ -221,6 +237,7 @@ fn info(from: &Version, to: &Version, hops: &[LoadedHop], plan: Option<&Plan>) -
         estimated_duration_secs: plan.map(|p| p.estimate().as_secs_f64()),
         data_bytes: plan.map(Plan::data_bytes),
         model_bytes: plan.map(Plan::model_bytes),
+        isolation: None,
     }
 }
 

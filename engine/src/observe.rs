@@ -16,6 +16,12 @@ pub trait Observer: Send + Sync {
     fn notice(&self, _message: &str) {}
     /// Something went wrong without failing the run (an audit entry that was not written).
     fn warning(&self, _message: &str) {}
+    /// Plugin code is about to run.
+    fn calling(&self, _call: &PluginCall) {}
+    /// The call announced with this id returned.
+    fn returned(&self, _id: u64) {}
+    /// A line the plugin worker wrote to its stderr (a plugin's own messages, a panic).
+    fn worker_output(&self, _line: &str) {}
 }
 
 /// Shows nothing: the default of [`crate::VersionMigrator`].
@@ -23,3 +29,20 @@ pub trait Observer: Send + Sync {
 pub struct Silent;
 
 impl Observer for Silent {}
+
+/// A call into plugin code, announced before it is made so that, if the plugin takes its
+/// process down, the supervisor can say exactly what it was doing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PluginCall {
+    /// Unique within a run; [`Observer::returned`] names it again.
+    pub id: u64,
+    pub plugin: String,
+    /// `1.0.0 → 2.0.0`.
+    pub hop: String,
+    /// `config`, `data` or `model`.
+    pub kind: String,
+    /// The file or folder being migrated, relative to the installation root.
+    pub file: String,
+    /// For data: the first and last line (or record, in a `*.json` document) of the batch.
+    pub places: Option<(u64, u64)>,
+}

@@ -1,7 +1,8 @@
-//! Runs a [`Plan`] one way through: preflight → stage (config, data, models) → journal →
-//! backup → commit, recording every step in the result and the audit trail. Nothing in the
-//! installation changes before the commit step; a dry run stages into a scratch folder and
-//! stops there.
+//! Runs a [`Plan`] one way through: preflight → stage (config, data, models, in a worker
+//! process) → verify the staging → journal → backup → commit, recording every step in the
+//! result and the audit trail. Nothing in the installation changes before the commit step,
+//! and nothing is swapped in before the staging is proven good; a dry run stages into a
+//! scratch folder and stops after the verification.
 
 use std::time::Instant;
 
@@ -18,8 +19,9 @@ use crate::plan::{preflight, Plan, Target};
 use crate::report::preview;
 use crate::report::{MigrationResult, OverallStatus, StepResult, StepStatus};
 use crate::size::{human, peak_rss_bytes};
-use crate::stage::{self, Budget};
+use crate::verify::staged;
 use crate::verify::Severity;
+use crate::worker::{supervise, WorkerSpec};
 
 /// Whether the staged result is committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +31,14 @@ pub enum Mode {
     DryRun,
 }
 
-/// Executes `plan`; never panics on user input, and reports every step.
-pub fn execute(plan: &Plan, mode: Mode, observer: &dyn Observer) -> MigrationResult {
+/// Executes `plan`, its plugin code in workers started as `worker` says; never panics on
+/// user input, and reports every step.
+pub fn execute(
+    plan: &Plan,
+    mode: Mode,
+    observer: &dyn Observer,
+    worker: &WorkerSpec,
+) -> MigrationResult {
     let started = Instant::now();
     let mut result = MigrationResult {
         overall_status: OverallStatus::Completed,
@@ -48,9 +56,27 @@ pub fn execute(plan: &Plan, mode: Mode, observer: &dyn Observer) -> MigrationRes
         preview: None,
         duration_ms: 0,
         peak_rss_bytes: 0,
+        isolation: None,
     };
     let mut audit = None;
-    if let Err(e) = run_steps(plan, mode, observer, &mut result, &mut audit) {
+    if let Err(e) = run_steps(plan, mode, observer, worker, &mut result, &mut audit) {
+        if let (
+            Some(audit),
+            MigrateError::WorkerStopped {
+                cause,
+                during,
+                plugin,
+                ..
+            },
+        ) = (&audit, &e)
+        {
+            record(
+                audit,
+                observer,
+                "worker_stopped",
+                serde_json::json!({"cause": cause.to_string(), "during": during, "plugin": plugin}),
+            );
+        }
         fail(&mut result, &e);
     } else if mode == Mode::DryRun {
         result.overall_status = OverallStatus::DryRun;
@@ -129,12 +155,18 @@ fn run_steps(
     plan: &Plan,
     mode: Mode,
     observer: &dyn Observer,
+    worker: &WorkerSpec,
     result: &mut MigrationResult,
     audit_slot: &mut Option<Audit>,
 ) -> Result<()> {
     if plan.hops.is_empty() {
         return Ok(());
     }
+    // `timeout_seconds` bounds the whole run; the worker is killed when it passes.
+    let deadline = plan
+        .options
+        .timeout
+        .map(|limit| (Instant::now() + limit, limit));
     let scratch;
     let parent = match mode {
         Mode::Commit => plan.target.tool_dir(),
@@ -158,38 +190,36 @@ fn run_steps(
         }
         Mode::DryRun => refuse_if_interrupted(&plan.target)?,
     }
-    let audit = audit_slot.clone();
-    let budget = Budget::new(plan.options.timeout);
-    let mut step = |name: &str, bytes: u64, body: &mut dyn FnMut(&mut StepResult) -> Result<()>| {
-        let outcome = run_step(result, observer, name, bytes, body);
-        if let (Some(audit), Some(s)) = (&audit, result.steps.last()) {
-            record(
-                audit,
-                observer,
-                "step_finished",
-                serde_json::json!({"step": s.name, "status": s.status, "duration_ms": s.duration_ms, "bytes": s.bytes, "records": s.records, "error": s.error}),
-            );
-        }
-        outcome
+    let steps = Steps {
+        audit: audit_slot.clone(),
+        observer,
     };
-    step("preflight", 0, &mut |s| check_preflight(plan, s))?;
+    steps.run(result, "preflight", 0, &mut |s| check_preflight(plan, s))?;
     let mut staging = Staging::create(&parent)?;
-    let config_bytes = plan.config.as_ref().map_or(0, |c| c.size);
-    step("config", config_bytes, &mut |s| {
-        stage::config(plan, &staging, s)
-    })?;
-    budget.check("config")?;
-    step("data", plan.data_bytes(), &mut |s| {
-        stage::data(plan, &mut staging, s, &budget, observer)
-    })?;
-    step("models", plan.model_bytes(), &mut |s| {
-        stage::models(plan, &staging, s, &budget, observer)
+    let (removals, isolation) = stage_in_worker(plan, worker, &staging, deadline, &steps, result)?;
+    result.isolation = isolation;
+    for rel in removals {
+        staging.remove_at_commit(&rel);
+    }
+    let signal = worker.cancel.load(std::sync::atomic::Ordering::SeqCst);
+    if signal != 0 {
+        return Err(MigrateError::WorkerStopped {
+            cause: crate::error::StopCause::Cancelled {
+                signal: signal as i32,
+            },
+            during: "after staging, before anything was swapped in".into(),
+            plugin: None,
+            step: None,
+        });
+    }
+    steps.run(result, "verify", plan.data_bytes(), &mut |s| {
+        verify_staging(plan, &staging, s)
     })?;
     match mode {
         Mode::Commit => {
             let mut staging = Some(staging);
             let mut txn = None;
-            step("journal", 0, &mut |s| {
+            steps.run(result, "journal", 0, &mut |s| {
                 txn = staging
                     .take()
                     .map(|st| commit::prepare(plan, st, s))
@@ -198,7 +228,7 @@ fn run_steps(
             })?;
             let Some(txn) = txn else { return Ok(()) };
             let backup_bytes = commit::replaced_bytes(plan, &txn);
-            if let Err(e) = step("backup", backup_bytes, &mut |s| {
+            if let Err(e) = steps.run(result, "backup", backup_bytes, &mut |s| {
                 commit::back_up(plan, &txn, s, observer)
             }) {
                 // Nothing was swapped yet: undoing the journal puts back exactly what was.
@@ -211,7 +241,7 @@ fn run_steps(
                 };
             }
             let mut txn = Some(txn);
-            step("commit", 0, &mut |s| match txn.take() {
+            steps.run(result, "commit", 0, &mut |s| match txn.take() {
                 Some(t) => commit::commit(plan, t, s),
                 None => Ok(()),
             })
@@ -221,6 +251,100 @@ fn run_steps(
             Ok(())
         }
     }
+}
+
+/// Runs steps in the supervisor, recording each in the result and the audit trail.
+struct Steps<'a> {
+    audit: Option<Audit>,
+    observer: &'a dyn Observer,
+}
+
+impl Steps<'_> {
+    fn run(
+        &self,
+        result: &mut MigrationResult,
+        name: &str,
+        bytes: u64,
+        body: &mut dyn FnMut(&mut StepResult) -> Result<()>,
+    ) -> Result<()> {
+        let outcome = run_step(result, self.observer, name, bytes, body);
+        if let Some(s) = result.steps.last() {
+            self.record(s);
+        }
+        outcome
+    }
+
+    /// The `step_finished` audit entry of a step, run here or in a worker.
+    fn record(&self, s: &StepResult) {
+        if let Some(audit) = &self.audit {
+            record(
+                audit,
+                self.observer,
+                "step_finished",
+                serde_json::json!({"step": s.name, "status": s.status, "duration_ms": s.duration_ms, "bytes": s.bytes, "records": s.records, "error": s.error}),
+            );
+        }
+    }
+}
+
+/// Config, data and models, staged by a worker process; their step results come back as the
+/// worker finishes each. A worker that dies leaves a failed step naming why.
+fn stage_in_worker(
+    plan: &Plan,
+    worker: &WorkerSpec,
+    staging: &Staging,
+    deadline: Option<(Instant, std::time::Duration)>,
+    steps: &Steps,
+    result: &mut MigrationResult,
+) -> Result<(Vec<String>, Option<crate::isolation::Isolation>)> {
+    let staged = supervise::stage(
+        worker,
+        plan,
+        staging.dir(),
+        steps.observer,
+        deadline,
+        &mut |s| {
+            steps.record(&s);
+            result.steps.push(s);
+        },
+    );
+    if let Err(
+        e @ MigrateError::WorkerStopped {
+            step: Some(name), ..
+        },
+    ) = &staged
+    {
+        let mut s = StepResult::new(name);
+        s.status = StepStatus::Failed;
+        s.error = Some(e.to_string());
+        steps.record(&s);
+        result.steps.push(s);
+    }
+    staged
+}
+
+/// Proves the staging good before anything in the installation changes: see
+/// [`crate::verify::staged`]. A violation is the plugin's fault (exit 6), named with its file.
+fn verify_staging(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> {
+    let models: Vec<String> = plan.models.iter().map(|m| m.rel.clone()).collect();
+    let data = plan.target.data.as_ref().map(|d| plan.target.rel(d));
+    let violations = staged::check(&staged::Staged {
+        staging: staging.dir(),
+        root: &plan.target.root,
+        version: &plan.to,
+        hops: &plan.hops,
+        config: plan.config.as_ref().map(|c| c.rel.as_str()),
+        data: data.as_deref(),
+        models: &models,
+    });
+    s.files = (plan.config.is_some() as u64) + plan.data_files.len() as u64 + models.len() as u64;
+    if violations.is_empty() {
+        return Ok(());
+    }
+    Err(MigrateError::StagedInvalid {
+        version: plan.to.to_string(),
+        violations,
+    })
 }
 
 /// A dry run writes nothing, so it cannot recover an interrupted migration: it says so.

@@ -20,10 +20,16 @@ pub struct Settings {
 #[serde(deny_unknown_fields, default)]
 pub struct Global {
     pub backup_before_migration: bool,
+    /// Accepted for older configs. The staged output is always verified before the swap now
+    /// (a trust boundary cannot be switched off), so it changes nothing.
     pub validate_after_migration: bool,
     pub rollback_on_failure: bool,
-    /// 0 = no limit.
+    /// Wall-clock limit of the whole run, enforced by stopping the plugin worker; 0 = none.
     pub timeout_seconds: u64,
+    /// A plugin worker that reports no progress for this long is stopped.
+    pub stall_seconds: u64,
+    /// Memory limit of a plugin worker; 0 = half of this machine's memory.
+    pub max_worker_memory_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -76,6 +82,8 @@ impl Default for Global {
             validate_after_migration: true,
             rollback_on_failure: true,
             timeout_seconds: 0,
+            stall_seconds: 300,
+            max_worker_memory_mb: 0,
         }
     }
 }
@@ -129,6 +137,12 @@ impl Settings {
             path: path.to_path_buf(),
             detail: e.to_string().trim_end().to_owned(),
         })?;
+        if settings.global.stall_seconds == 0 {
+            return Err(MigrateError::Settings {
+                path: path.to_path_buf(),
+                detail: "global.stall_seconds must be at least 1".into(),
+            });
+        }
         if settings.data_migration.batch_size == 0 {
             return Err(MigrateError::Settings {
                 path: path.to_path_buf(),

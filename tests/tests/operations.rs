@@ -80,6 +80,7 @@ fn audit_and_history_of_a_successful_migration() {
             "config",
             "data",
             "models",
+            "verify",
             "journal",
             "backup",
             "commit"

@@ -15,9 +15,14 @@ fn pin(dir: &Path) -> Value {
     pin_env(dir, &[])
 }
 
+/// With the load marker (see `run_in`), unsandboxed: the marker is a write outside staging.
 fn pin_env(dir: &Path, env: &[(&str, &str)]) -> Value {
     let d = dir.to_str().unwrap();
-    let out = migrate_env(&["--json", "plugins", "pin", d], env);
+    let mut args = vec!["--json", "plugins", "pin", d];
+    if env.iter().any(|(k, _)| *k == "PLATFORM_HOP_LOAD_MARKER") {
+        args.insert(0, "--no-sandbox");
+    }
+    let out = migrate_env(&args, env);
     serde_json::from_str(&ok(&out)).expect("pin --json")
 }
 

@@ -69,3 +69,22 @@ pub fn point(name: &str) -> Result<()> {
         }
     }
 }
+
+/// Faults for a child process (a plugin worker): without the feature, nothing. With it, the
+/// child does not inherit this process's faults (a `batch` point meant for the supervisor
+/// would fire in the worker); `TRUSTFORMERS_MIGRATE_WORKER_FAULT` becomes the child's
+/// `TRUSTFORMERS_MIGRATE_FAULT` instead.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn route_to_child(_command: &mut std::process::Command) {}
+
+/// See the other definition.
+#[cfg(feature = "fault-injection")]
+pub fn route_to_child(command: &mut std::process::Command) {
+    command.env_remove("TRUSTFORMERS_MIGRATE_FAULT");
+    if let Some(spec) = std::env::var_os("TRUSTFORMERS_MIGRATE_WORKER_FAULT") {
+        command
+            .env("TRUSTFORMERS_MIGRATE_FAULT", spec)
+            .env_remove("TRUSTFORMERS_MIGRATE_WORKER_FAULT");
+    }
+}

@@ -36,6 +36,16 @@ impl Staging {
         })
     }
 
+    /// A staging folder another process created and owns (the supervisor, for a worker that
+    /// writes into it): never removed from here.
+    pub fn adopt(dir: &Path) -> Staging {
+        Staging {
+            dir: dir.to_path_buf(),
+            cleanup: false,
+            removals: Vec::new(),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

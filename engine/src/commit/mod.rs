@@ -17,7 +17,6 @@ use crate::error::{MigrateError, Result};
 use crate::observe::Observer;
 use crate::plan::Plan;
 use crate::report::{StepResult, StepStatus};
-use crate::verify::{self, Checksums, Severity};
 
 /// Writes `VERSION` into staging and records the swap in the journal (originals kept).
 pub fn prepare(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<Transaction> {
@@ -79,7 +78,8 @@ pub fn back_up(
     Ok(())
 }
 
-/// Swaps the staged files in, validates, and makes it final (or rolls back).
+/// Swaps the staged files in and makes it final (or rolls back). The staging was verified
+/// before this point, so nothing invalid is ever in place, not even for a moment.
 pub fn commit(plan: &Plan, txn: Transaction, s: &mut StepResult) -> Result<()> {
     let root = &plan.target.root;
     s.files = txn.entries().len() as u64;
@@ -92,16 +92,6 @@ pub fn commit(plan: &Plan, txn: Transaction, s: &mut StepResult) -> Result<()> {
         .filter_map(|e| std::fs::metadata(root.join(&e.rel)).ok())
         .map(|m| m.len())
         .sum();
-    if let Some(problems) = validation_errors(plan) {
-        return Err(roll_back(
-            plan,
-            txn,
-            format!(
-                "the migrated installation failed validation as {}: {problems}",
-                plan.to
-            ),
-        ));
-    }
     txn.commit().map_err(|e| MigrateError::Interrupted {
         root: root.clone(),
         reason: format!("every file is in place, but the commit could not be recorded: {e}"),
@@ -118,30 +108,6 @@ pub fn roll_back(plan: &Plan, txn: Transaction, reason: String) -> MigrateError 
             reason: format!("{reason}; rolling back also failed ({undo})"),
         },
     }
-}
-
-/// With `validate_after_migration`, checks the swapped-in installation before it is final.
-fn validation_errors(plan: &Plan) -> Option<String> {
-    if !(plan.options.validate_after && plan.target.write_version) {
-        return None;
-    }
-    let report = verify::validate(
-        &plan.target.root,
-        &plan.to,
-        &plan.hops,
-        Checksums::SizesOnly,
-    );
-    if report.ok() {
-        return None;
-    }
-    let errors: Vec<String> = report
-        .findings
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .take(5)
-        .map(|f| format!("{}: {}", f.path, f.message))
-        .collect();
-    Some(errors.join("; "))
 }
 
 /// Archives the files the swap will replace or remove, before any of them changes.
@@ -163,7 +129,7 @@ fn archive(plan: &Plan, txn: &Transaction, dir: &Path) -> Result<PathBuf> {
     Ok(backup::create(&BackupRequest {
         root: &plan.target.root,
         dir,
-        kind: plan.target.kind,
+        kind: plan.target.kind.as_str(),
         from: &plan.from.to_string(),
         to: &plan.to.to_string(),
         source_of: &source_of,

@@ -22,7 +22,7 @@ pub struct Installation {
 }
 
 /// A data file and how its records are laid out.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DataFile {
     /// Relative to the installation root, `/`-separated.
     pub rel: String,
@@ -30,7 +30,7 @@ pub struct DataFile {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DataKind {
     /// One JSON object per line.
     Lines,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::lockfile::{LockFile, Pin, ALGORITHM, FORMAT, LOCK_FILE};
-use super::registry::{self, Discovery, Folder, Registry, Status};
+use super::registry::{self, Discovery, Folder, Loader, Registry, Status};
 use crate::error::{MigrateError, Result};
 
 /// A file `plugins pin` left out of the lock, and why.
@@ -45,14 +45,14 @@ fn folders(discovery: &Discovery, named: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// `migrate plugins pin`: loads each folder's plugins (ignoring any existing lock, still
 /// applying the trust checks) and writes a lock listing those that loaded as valid plugins.
-pub fn pin(discovery: &Discovery, named: &[PathBuf]) -> Result<Vec<Pinned>> {
+pub fn pin(discovery: &Discovery, loader: &dyn Loader, named: &[PathBuf]) -> Result<Vec<Pinned>> {
     folders(discovery, named)?
         .iter()
-        .map(|dir| pin_folder(discovery, dir))
+        .map(|dir| pin_folder(discovery, loader, dir))
         .collect()
 }
 
-fn pin_folder(discovery: &Discovery, dir: &Path) -> Result<Pinned> {
+fn pin_folder(discovery: &Discovery, loader: &dyn Loader, dir: &Path) -> Result<Pinned> {
     let only_here = Discovery {
         plugin_dirs: vec![dir.to_path_buf()],
         no_default_dirs: true,
@@ -60,7 +60,7 @@ fn pin_folder(discovery: &Discovery, dir: &Path) -> Result<Pinned> {
         ignore_locks: true,
         ..discovery.clone()
     };
-    let registry = Registry::discover(&only_here)?;
+    let registry = Registry::discover(&only_here, loader)?;
     let mut lock = LockFile {
         format: FORMAT,
         algorithm: ALGORITHM.to_owned(),

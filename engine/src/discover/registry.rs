@@ -1,4 +1,8 @@
-//! Finding and loading hop plugins.
+//! Finding hop plugins, deciding which may run, and — in the worker process only — loading
+//! them. The supervisor (the process the operator started) never maps a plugin: it inspects
+//! each file (trust checks, `plugins.lock`, sha256) and asks a [`Loader`] (a sandboxed worker
+//! process) for the descriptor of each file that passed; the worker verifies that the file it
+//! opens still has that sha256 before it loads it.
 //!
 //! Each candidate file is opened once, hashed from the open descriptor, and loaded through
 //! `/proc/self/fd/N`, so the bytes hashed are the bytes loaded. Each plugin is loaded on its own
@@ -121,8 +125,13 @@ pub struct PluginEntry {
     /// Index of the folder in the search path (0 = highest precedence).
     #[serde(skip)]
     pub rank: usize,
-    #[serde(skip)]
-    pub client: Option<HopClient>,
+}
+
+/// Loads a plugin file somewhere safe and returns what it says about itself. The engine's
+/// worker module implements it with a sandboxed worker process; the file must still have
+/// `sha256` when it is opened there, or it is refused.
+pub trait Loader: Sync {
+    fn describe(&self, path: &Path, sha256: &str) -> std::result::Result<HopDescriptor, String>;
 }
 
 impl std::fmt::Debug for PluginEntry {
@@ -134,16 +143,70 @@ impl std::fmt::Debug for PluginEntry {
     }
 }
 
-/// A usable hop: its versions and how to call it.
-#[derive(Clone)]
-pub struct LoadedHop {
+/// A usable hop: its versions, what its plugin says, and which file (by content) it is.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct HopInfo {
     pub from: Version,
     pub to: Version,
     pub descriptor: HopDescriptor,
     pub path: PathBuf,
-    /// Of the file that was loaded (hashed from the same descriptor).
+    /// Of the file that was inspected, and that the worker checks again before loading it.
     pub sha256: String,
+}
+
+/// A hop whose plugin is mapped into this process (a worker's) and can be called.
+#[derive(Clone)]
+pub struct LoadedHop {
+    pub info: HopInfo,
     pub client: HopClient,
+}
+
+impl std::ops::Deref for LoadedHop {
+    type Target = HopInfo;
+
+    fn deref(&self) -> &HopInfo {
+        &self.info
+    }
+}
+
+impl LoadedHop {
+    /// Loads the hop's plugin file into this process, refusing it unless the file opened has
+    /// the sha256 the supervisor inspected. Only a worker process calls this.
+    pub fn load(info: HopInfo) -> std::result::Result<LoadedHop, LoadFailure> {
+        let (client, descriptor) = load_verified(&info.path, &info.sha256)?;
+        if descriptor != info.descriptor {
+            return Err(LoadFailure::Descriptor(format!(
+                "{} describes itself differently than when it was inspected",
+                info.path.display()
+            )));
+        }
+        Ok(LoadedHop { info, client })
+    }
+}
+
+/// Opens `path`, checks its content against `sha256`, and loads that very file (through its
+/// descriptor). Returns the client and the descriptor the plugin gives.
+pub fn load_verified(
+    path: &Path,
+    sha256: &str,
+) -> std::result::Result<(HopClient, HopDescriptor), LoadFailure> {
+    let unreadable = |action| {
+        move |e: std::io::Error| LoadFailure::Unreadable {
+            action,
+            detail: e.to_string(),
+        }
+    };
+    let mut file = File::open(path).map_err(unreadable("open"))?;
+    let found = plugin_api::model::sha256_reader(&mut file)
+        .map(|(_, hex)| hex)
+        .map_err(unreadable("read"))?;
+    if found != sha256 {
+        return Err(LoadFailure::Changed {
+            expected: sha256.to_owned(),
+            found,
+        });
+    }
+    load_open(file, path)
 }
 
 /// Every plugin found, usable or not.
@@ -154,8 +217,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Scans the search path and loads every candidate.
-    pub fn discover(discovery: &Discovery) -> Result<Registry> {
+    /// Scans the search path, inspects every candidate and has `loader` describe each one that
+    /// passed the checks.
+    pub fn discover(discovery: &Discovery, loader: &dyn Loader) -> Result<Registry> {
         let search = discovery.search_path();
         let mut entries = Vec::new();
         for (rank, dir) in search.dirs.iter().enumerate() {
@@ -165,7 +229,7 @@ impl Registry {
             }
             let folder = Folder::inspect(dir, discovery);
             for path in files {
-                entries.push(load_entry(&path, rank, &folder));
+                entries.push(load_entry(&path, rank, &folder, loader));
             }
         }
         resolve_duplicates(&mut entries, &discovery.preferred);
@@ -177,19 +241,18 @@ impl Registry {
     }
 
     /// The hops that take part in path finding.
-    pub fn active_hops(&self) -> Vec<LoadedHop> {
+    pub fn active_hops(&self) -> Vec<HopInfo> {
         self.entries
             .iter()
             .filter(|e| e.status == Status::Active)
             .filter_map(|e| {
                 let d = e.descriptor.clone()?;
-                Some(LoadedHop {
+                Some(HopInfo {
                     from: Version::parse(&d.from).ok()?,
                     to: Version::parse(&d.to).ok()?,
                     descriptor: d,
                     path: e.path.clone(),
                     sha256: e.sha256.clone(),
-                    client: e.client?,
                 })
             })
             .collect()
@@ -296,7 +359,6 @@ impl Folder {
 
 /// A candidate file opened and hashed, with the verdict of the checks made before loading.
 pub(crate) struct Inspected {
-    pub file: File,
     pub sha256: String,
     /// Why the file must not be loaded, if it must not.
     pub refusal: Option<String>,
@@ -325,6 +387,8 @@ pub enum LoadFailure {
     Backwards { from: Version, to: Version },
     #[error("speaks payload version {0}, this host understands up to {max}: upgrade migrate", max = plugin_api::PAYLOAD_VERSION)]
     NewerPayload(u32),
+    #[error("changed since it was inspected (sha256 {found}, inspected {expected}): refused")]
+    Changed { expected: String, found: String },
 }
 
 /// Opens `path` (canonical) and hashes it; trust and lock checks use the open descriptor.
@@ -347,7 +411,6 @@ pub(crate) fn inspect(
         .map_err(unreadable("read"))?;
     let (refusal, warnings) = verdict(path, name, &meta, &sha256, folder);
     Ok(Inspected {
-        file,
         sha256,
         refusal,
         warnings,
@@ -384,7 +447,7 @@ fn verdict(
     (pin, insecure)
 }
 
-fn load_entry(listed: &Path, rank: usize, folder: &Folder) -> PluginEntry {
+fn load_entry(listed: &Path, rank: usize, folder: &Folder, loader: &dyn Loader) -> PluginEntry {
     let mut entry = PluginEntry::new(listed, rank);
     match inspect(&entry.path, &entry.file_name, folder) {
         Err(e) => {
@@ -397,7 +460,7 @@ fn load_entry(listed: &Path, rank: usize, folder: &Folder) -> PluginEntry {
             entry.warnings = inspected.warnings;
             match inspected.refusal {
                 Some(reason) => entry.status = Status::Refused { reason },
-                None => entry.load(inspected.file),
+                None => entry.describe(loader),
             }
         }
     }
@@ -419,15 +482,14 @@ impl PluginEntry {
             loaded: false,
             file_name: file_name.into_owned(),
             rank,
-            client: None,
         }
     }
 
-    /// Loads the inspected file and checks its descriptor.
-    fn load(&mut self, file: File) {
+    /// Has the inspected file loaded by `loader` and checks the descriptor it gives.
+    fn describe(&mut self, loader: &dyn Loader) {
         self.loaded = true;
-        self.status = match load_open(file, &self.path) {
-            Ok((client, descriptor)) => {
+        self.status = match loader.describe(&self.path, &self.sha256) {
+            Ok(descriptor) => {
                 let status = match check_descriptor(&descriptor) {
                     Ok(()) => Status::Active,
                     Err(e) => Status::Invalid {
@@ -435,12 +497,9 @@ impl PluginEntry {
                     },
                 };
                 self.descriptor = Some(descriptor);
-                self.client = Some(client);
                 status
             }
-            Err(e) => Status::Invalid {
-                reason: e.to_string(),
-            },
+            Err(reason) => Status::Invalid { reason },
         };
     }
 }

@@ -5,25 +5,25 @@ use std::collections::{BTreeMap, VecDeque};
 
 use semver::Version;
 
-use crate::discover::registry::LoadedHop;
+use crate::discover::registry::HopInfo;
 use crate::error::{MigrateError, Result};
 
 pub struct VersionGraph {
-    hops: Vec<LoadedHop>,
+    hops: Vec<HopInfo>,
 }
 
 impl VersionGraph {
-    pub fn new(mut hops: Vec<LoadedHop>) -> Self {
+    pub fn new(mut hops: Vec<HopInfo>) -> Self {
         hops.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
         VersionGraph { hops }
     }
 
-    pub fn hops(&self) -> &[LoadedHop] {
+    pub fn hops(&self) -> &[HopInfo] {
         &self.hops
     }
 
     /// The path with the fewest hops from `from` to `to`. Empty when `from == to`.
-    pub fn path(&self, from: &Version, to: &Version) -> Result<Vec<LoadedHop>> {
+    pub fn path(&self, from: &Version, to: &Version) -> Result<Vec<HopInfo>> {
         let edges: Vec<(Version, Version)> = self
             .hops
             .iter()

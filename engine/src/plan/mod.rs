@@ -11,18 +11,39 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use semver::Version;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::discover::install::{
     DataFile, Installation, BACKUPS_DIR, DATA_DIR, MODELS_DIR, SERVER_TOML, TOOL_DIR,
 };
-use crate::discover::registry::LoadedHop;
+use crate::discover::registry::HopInfo;
 use crate::error::Result;
 use crate::settings::{Dtype, OnInvalid};
 
+/// What a command migrates, which names its backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Full,
+    Config,
+    Data,
+    Model,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Full => "full",
+            TargetKind::Config => "config",
+            TargetKind::Data => "data",
+            TargetKind::Model => "model",
+        }
+    }
+}
+
 /// What a command migrates. `version` takes a whole installation; `config`, `data` and
 /// `models` take one part of it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Target {
     /// Where `.migrate/` (staging) lives; every staged path is relative to it.
     pub root: PathBuf,
@@ -31,8 +52,8 @@ pub struct Target {
     pub models: Option<PathBuf>,
     /// Only a whole-installation migration moves the `VERSION` marker.
     pub write_version: bool,
-    /// `full`, `config`, `data` or `model`: names the backup.
-    pub kind: &'static str,
+    /// Names the backup.
+    pub kind: TargetKind,
 }
 
 impl Target {
@@ -43,7 +64,7 @@ impl Target {
             data: Some(root.join(DATA_DIR)),
             models: Some(root.join(MODELS_DIR)),
             write_version: true,
-            kind: "full",
+            kind: TargetKind::Full,
         }
     }
 
@@ -55,7 +76,7 @@ impl Target {
             data: None,
             models: None,
             write_version: false,
-            kind: "config",
+            kind: TargetKind::Config,
             root: part_root(dir),
         }
     }
@@ -66,7 +87,7 @@ impl Target {
             config: None,
             models: None,
             write_version: false,
-            kind: "data",
+            kind: TargetKind::Data,
             root: part_root(dir),
         }
     }
@@ -77,7 +98,7 @@ impl Target {
             config: None,
             data: None,
             write_version: false,
-            kind: "model",
+            kind: TargetKind::Model,
             root: part_root(dir),
         }
     }
@@ -111,7 +132,7 @@ fn part_root(dir: &Path) -> PathBuf {
 }
 
 /// Operator choices that shape the run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Options {
     pub on_invalid: OnInvalid,
     pub optimize: bool,
@@ -119,8 +140,6 @@ pub struct Options {
     pub batch_size: usize,
     /// Where the backup goes; `None`: no backup.
     pub backup_dir: Option<PathBuf>,
-    /// Check the swapped-in installation before committing; roll back if it fails.
-    pub validate_after: bool,
     /// Give up (and roll back) after this long; `None`: no limit.
     pub timeout: Option<Duration>,
 }
@@ -133,13 +152,12 @@ impl Default for Options {
             dtype: Dtype::F16,
             batch_size: 4096,
             backup_dir: None,
-            validate_after: true,
             timeout: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelItem {
     pub name: String,
     /// Relative to the target root.
@@ -147,14 +165,14 @@ pub struct ModelItem {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConfigItem {
     pub rel: String,
     pub size: u64,
 }
 
 /// One planned hop, for display.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlannedHop {
     pub plugin: String,
     pub from: String,
@@ -164,13 +182,13 @@ pub struct PlannedHop {
     pub file: PathBuf,
 }
 
-#[derive(Clone, Serialize)]
+/// Serializable: the supervisor hands it to the worker process that stages it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub target: Target,
     pub from: Version,
     pub to: Version,
-    #[serde(skip)]
-    pub hops: Vec<LoadedHop>,
+    pub hops: Vec<HopInfo>,
     pub steps: Vec<PlannedHop>,
     pub config: Option<ConfigItem>,
     /// Other `config/*.toml`, left byte-identical.
@@ -185,7 +203,7 @@ impl Plan {
         target: Target,
         from: Version,
         to: Version,
-        hops: Vec<LoadedHop>,
+        hops: Vec<HopInfo>,
         options: Options,
     ) -> Result<Plan> {
         let install = Installation {
@@ -263,7 +281,7 @@ impl Plan {
     }
 }
 
-pub fn planned_hop(h: &LoadedHop) -> PlannedHop {
+pub fn planned_hop(h: &HopInfo) -> PlannedHop {
     PlannedHop {
         plugin: h.descriptor.name.clone(),
         from: h.from.to_string(),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub mod preview;
 
@@ -24,7 +24,7 @@ pub enum OverallStatus {
     UpToDate,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StepStatus {
     Completed,
     Failed,
@@ -32,7 +32,7 @@ pub enum StepStatus {
 }
 
 /// One step: a kind of file (config, data, models) through every hop, or the commit.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepResult {
     pub name: String,
     pub status: StepStatus,
@@ -91,6 +91,8 @@ pub struct MigrationResult {
     /// `--dry-run` only: what would change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preview: Option<preview::Preview>,
+    /// How plugin code was confined (absent when no plugin ran).
+    pub isolation: Option<crate::isolation::Isolation>,
     pub duration_ms: u64,
 }
 

@@ -18,7 +18,7 @@ use plugin_api::ffi::{CallError, RefusedRecord};
 use plugin_api::view::ViewBatch;
 use plugin_api::RuleError;
 
-use super::{plugin_failure, Budget};
+use super::{call, plugin_failure, Budget};
 use crate::discover::install::{DataFile, DataKind, QUARANTINE};
 use crate::discover::registry::LoadedHop;
 use crate::document;
@@ -328,6 +328,12 @@ impl DataRun<'_> {
         let mut refusals = Vec::new();
         let mut state = Records::Source;
         let views = !hop_by_hop();
+        // The places the batch covers, for the supervisor's account of what a plugin was on.
+        let places = batch
+            .places
+            .first()
+            .copied()
+            .zip(batch.places.last().copied());
         for hop in self.data_hops() {
             if views && hop.descriptor.rules.data_edits {
                 let mut view = match state {
@@ -342,10 +348,10 @@ impl DataRun<'_> {
                     }
                 };
                 view.encode_table(table);
-                let (edits, refused) = hop
-                    .client
-                    .migrate_view(view.text(), table, payload)
-                    .map_err(|e| data_failure(hop, file, e))?;
+                let (edits, refused) = call(self.observer, hop, "data", &file.rel, places, || {
+                    hop.client.migrate_view(view.text(), table, payload)
+                })
+                .map_err(|e| data_failure(hop, file, e))?;
                 let unchecked = view.apply(&edits).map_err(|e| {
                     plugin_failure(
                         hop,
@@ -368,10 +374,10 @@ impl DataRun<'_> {
                 state = Records::View(view);
             } else {
                 let input = state.into_text();
-                let (output, refused) = hop
-                    .client
-                    .migrate_data(input.bytes(batch))
-                    .map_err(|e| data_failure(hop, file, e))?;
+                let (output, refused) = call(self.observer, hop, "data", &file.rel, places, || {
+                    hop.client.migrate_data(input.bytes(batch))
+                })
+                .map_err(|e| data_failure(hop, file, e))?;
                 self.drop_refused(hop, file, batch, refused, &mut alive, &mut refusals)?;
                 state = Records::Plugin(output);
             }

@@ -9,22 +9,53 @@ pub mod budget;
 pub mod data;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use migrate_transaction::staging::Staging;
 use plugin_api::ffi::CallError;
 use plugin_api::{ModelFolder, ModelOptions, OptimizeDtype};
 
-use crate::discover::registry::LoadedHop;
+use crate::discover::registry::{HopInfo, LoadedHop};
 use crate::error::{MigrateError, Result};
-use crate::observe::Observer;
+use crate::observe::{Observer, PluginCall};
 use crate::plan::Plan;
 use crate::report::{StepResult, StepStatus};
 use crate::settings::Dtype;
 pub use budget::Budget;
 use data::{Counters, DataRun};
 
+/// Announces a call into `hop`'s plugin, makes it, and says it returned.
+fn call<T>(
+    observer: &dyn Observer,
+    hop: &LoadedHop,
+    kind: &str,
+    file: &str,
+    places: Option<(u64, u64)>,
+    f: impl FnOnce() -> T,
+) -> T {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    observer.calling(&PluginCall {
+        id,
+        plugin: hop.descriptor.name.clone(),
+        hop: format!("{} → {}", hop.from, hop.to),
+        kind: kind.to_owned(),
+        file: file.to_owned(),
+        places,
+    });
+    let out = f();
+    observer.returned(id);
+    out
+}
+
 /// Stages `config/server.toml` through every hop with a config rule.
-pub fn config(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> {
+pub fn config(
+    plan: &Plan,
+    hops: &[LoadedHop],
+    staging: &Staging,
+    s: &mut StepResult,
+    observer: &dyn Observer,
+) -> Result<()> {
     for other in &plan.untouched_configs {
         s.warnings
             .push(format!("{other}: not migrated (left byte-identical)"));
@@ -43,11 +74,11 @@ pub fn config(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> 
     })?;
     // The same warning from several hops (an unknown key each hop keeps) is shown once.
     let mut warnings: Vec<(String, Vec<String>)> = Vec::new();
-    for hop in plan.hops.iter().filter(|h| h.descriptor.rules.config) {
-        let outcome = hop
-            .client
-            .migrate_config(&content)
-            .map_err(|e| rule_failure(hop, &path, e, "fix the file and run the migration again"))?;
+    for hop in hops.iter().filter(|h| h.descriptor.rules.config) {
+        let outcome = call(observer, hop, "config", &item.rel, None, || {
+            hop.client.migrate_config(&content)
+        })
+        .map_err(|e| rule_failure(hop, &path, e, "fix the file and run the migration again"))?;
         for w in outcome.warnings {
             let label = format!("{} → {}", hop.from, hop.to);
             match warnings.iter_mut().find(|(text, _)| *text == w) {
@@ -71,6 +102,7 @@ pub fn config(plan: &Plan, staging: &Staging, s: &mut StepResult) -> Result<()> 
 /// Streams every data file of the plan through the data hops into staging.
 pub fn data(
     plan: &Plan,
+    hops: &[LoadedHop],
     staging: &mut Staging,
     s: &mut StepResult,
     budget: &Budget,
@@ -82,7 +114,7 @@ pub fn data(
     };
     let counters = Counters::default();
     let run = DataRun {
-        hops: &plan.hops,
+        hops,
         on_invalid: plan.options.on_invalid,
         batch_size: plan.options.batch_size,
         data_rel: plan.target.rel(data_dir),
@@ -110,6 +142,7 @@ pub fn data(
 /// installation overlaid by what earlier hops staged.
 pub fn models(
     plan: &Plan,
+    hops: &[LoadedHop],
     staging: &Staging,
     s: &mut StepResult,
     budget: &Budget,
@@ -131,8 +164,11 @@ pub fn models(
             plan.target.root.join(&model.rel),
             staging.path_for(&model.rel)?,
         );
-        for hop in plan.hops.iter().filter(|h| h.descriptor.rules.model) {
-            let outcome = hop.client.migrate_model(&folder, &options).map_err(|e| {
+        for hop in hops.iter().filter(|h| h.descriptor.rules.model) {
+            let outcome = call(observer, hop, "model", &model.rel, None, || {
+                hop.client.migrate_model(&folder, &options)
+            })
+            .map_err(|e| {
                 rule_failure(
                     hop,
                     &folder.source,
@@ -171,7 +207,7 @@ fn rule_failure(hop: &LoadedHop, input: &Path, e: CallError, fix: &str) -> Migra
 }
 
 /// The plugin author's bug, named with the plugin, its file and what it was migrating.
-fn plugin_failure(hop: &LoadedHop, input: &Path, detail: String) -> MigrateError {
+pub fn plugin_failure(hop: &HopInfo, input: &Path, detail: String) -> MigrateError {
     MigrateError::PluginFailed {
         plugin: hop.descriptor.name.clone(),
         hop: format!("{} → {}", hop.from, hop.to),

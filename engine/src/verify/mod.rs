@@ -10,9 +10,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::discover::install::{DataKind, Installation, SERVER_TOML, VERSION_FILE};
-use crate::discover::registry::LoadedHop;
+use crate::discover::registry::HopInfo;
 
 mod lines;
+pub mod staged;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Severity {
@@ -103,7 +104,7 @@ pub enum Checksums {
 pub fn validate(
     root: &Path,
     version: &Version,
-    hops: &[LoadedHop],
+    hops: &[HopInfo],
     checksums: Checksums,
 ) -> Validation {
     let install = Installation {
@@ -126,11 +127,7 @@ pub fn validate(
 
 /// `Some(None)`: records carry no schema_version (a release no hop leads to, like 0.1.0);
 /// `Some(Some(n))`: they carry `n`; `None`: unknown, not checked.
-fn expected_schema(
-    version: &Version,
-    hops: &[LoadedHop],
-    v: &mut Validation,
-) -> Option<Option<u64>> {
+fn expected_schema(version: &Version, hops: &[HopInfo], v: &mut Validation) -> Option<Option<u64>> {
     if let Some(hop) = hops.iter().find(|h| &h.to == version) {
         if hop.descriptor.target_schema_version.is_none() {
             v.warning("schema_version", RuleKind::DataIntegrity, "", format!("plugin {} does not declare the schema_version of {version}; records' schema_version not checked", hop.descriptor.name));
@@ -399,6 +396,15 @@ fn check_models(
     }
 }
 
+/// `(path, size, sha256)` of one entry of `metadata.json`'s `files`, if it has that shape.
+fn file_entry(entry: &Value) -> Option<(&str, u64, &str)> {
+    Some((
+        entry.get("path")?.as_str()?,
+        entry.get("size")?.as_u64()?,
+        entry.get("sha256")?.as_str()?,
+    ))
+}
+
 /// Every file `metadata.json` lists must exist with the recorded size and sha256.
 fn check_checksums(
     model_dir: &Path,
@@ -411,11 +417,7 @@ fn check_checksums(
         return;
     };
     for entry in files {
-        let (Some(path), Some(size), Some(sha)) = (
-            entry.get("path").and_then(Value::as_str),
-            entry.get("size").and_then(Value::as_u64),
-            entry.get("sha256").and_then(Value::as_str),
-        ) else {
+        let Some((path, size, sha)) = file_entry(entry) else {
             v.error(
                 "model_files_entry",
                 RuleKind::ModelCompatibility,

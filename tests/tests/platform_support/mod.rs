@@ -139,12 +139,20 @@ pub fn install(so: &Path, dir: &Path, name: &str) -> PathBuf {
 }
 
 /// `migrate --no-default-plugins --plugin-dir DIR ARGS…` with `env`.
+///
+/// With `PLATFORM_HOP_LOAD_MARKER` set, the fixture plugin appends to that file as it loads:
+/// the probe by which these tests see which files were loaded. The worker's sandbox (rightly)
+/// forbids plugin code to write anywhere outside its staging, so those runs use
+/// `--no-sandbox`; tests/tests/isolation.rs covers the sandbox itself.
 pub fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut all = vec![
         "--no-default-plugins",
         "--plugin-dir",
         dir.to_str().unwrap(),
     ];
+    if env.iter().any(|(k, _)| *k == "PLATFORM_HOP_LOAD_MARKER") {
+        all.push("--no-sandbox");
+    }
     all.extend_from_slice(args);
     migrate_env(&all, env)
 }

@@ -1,0 +1,23 @@
+//! Plugin code runs only in worker processes: the process the operator started (the
+//! supervisor) never loads a third-party library. A worker is this same program started as
+//! `migrate worker` ([`serve`]); it confines itself ([`sandbox`]: Landlock and a memory
+//! limit), then answers one request over the [`protocol`]: describe a plugin file, or stage a
+//! whole plan. The supervisor side ([`supervise`]) watches it: deadline, stall limit,
+//! cancellation, and a report naming the plugin and the file when a worker dies.
+
+pub mod protocol;
+pub mod sandbox;
+pub mod serve;
+pub mod supervise;
+
+pub use serve::serve;
+pub use supervise::{WorkerLoader, WorkerSpec};
+
+/// For a program that embeds the engine: when this process was started as a plugin worker
+/// (its first argument is `worker`), serves the request and exits; otherwise returns. Call it
+/// first thing in `main`.
+pub fn serve_if_worker() {
+    if std::env::args().nth(1).as_deref() == Some("worker") {
+        std::process::exit(serve());
+    }
+}

@@ -1,0 +1,514 @@
+//! The supervisor side: start a worker (this same program, `migrate worker`), hand it one
+//! request, and watch it. The supervisor never loads plugin code; it relays the worker's
+//! progress to the observer, enforces the deadline (`timeout_seconds`), the stall limit
+//! (`stall_seconds`) and a cancellation (SIGINT/SIGTERM) by killing the worker, and when the
+//! worker dies it says which plugin was running on what.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, BufReader, BufWriter};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use plugin_api::HopDescriptor;
+
+use super::protocol::{self, Confinement, Reply, Request};
+use crate::discover::registry::{HopInfo, Loader};
+use crate::error::{MigrateError, StopCause};
+use crate::isolation::Isolation;
+use crate::observe::{Observer, PluginCall};
+use crate::plan::Plan;
+use crate::report::StepResult;
+
+/// How workers are started and watched.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// The program to run as a worker, with its arguments: by default this very executable
+    /// with the `worker` subcommand.
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Apply the Landlock sandbox (off only with `--no-sandbox`, for debugging).
+    pub sandbox: bool,
+    /// The worker's memory limit (`max_worker_memory_mb`).
+    pub memory_limit: Option<u64>,
+    /// A worker that reports nothing for this long is stopped (`stall_seconds`).
+    pub stall: Duration,
+    /// Set to a signal number (SIGINT, SIGTERM) to stop the worker and discard its work.
+    pub cancel: Arc<AtomicUsize>,
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        WorkerSpec {
+            program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("migrate")),
+            args: vec!["worker".into()],
+            sandbox: true,
+            memory_limit: Some(half_of_physical_memory()),
+            stall: Duration::from_secs(300),
+            cancel: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// The default memory limit: half of this machine's memory.
+pub fn half_of_physical_memory() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages.max(0) as u64).saturating_mul(size.max(0) as u64) / 2
+}
+
+/// What a worker sent, or that it closed its side.
+enum Event {
+    Reply(Reply),
+    Stderr(String),
+    Closed(Option<String>),
+}
+
+/// Lines of the worker's stderr kept to explain its death (a Rust "memory allocation … failed"
+/// is the only word an out-of-memory abort leaves).
+const STDERR_TAIL: usize = 20;
+
+struct Worker {
+    child: Child,
+    _input: BufWriter<ChildStdin>,
+    events: Receiver<Event>,
+    tail: VecDeque<String>,
+}
+
+/// Set in every worker's environment: a worker that starts workers of its own is a program
+/// that forgot to serve (see [`super::serve_if_worker`]), and would recurse.
+const WORKER_ENV: &str = "TRUSTFORMERS_MIGRATE_WORKER";
+
+impl Worker {
+    fn start(spec: &WorkerSpec, request: &Request) -> Result<Worker, MigrateError> {
+        if std::env::var_os(WORKER_ENV).is_some() {
+            return Err(MigrateError::usage(
+                format!(
+                    "{} was started as a plugin worker but did not serve the request",
+                    spec.program.display()
+                ),
+                "call trustformers_migrate::worker::serve_if_worker() first thing in main, or set the worker program with VersionMigrator::worker",
+            ));
+        }
+        let mut command = Command::new(&spec.program);
+        command
+            .args(&spec.args)
+            .env(WORKER_ENV, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        migrate_transaction::fault::route_to_child(&mut command);
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory: a worker
+        // must not outlive a supervisor that was killed.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|e| {
+            MigrateError::io(
+                format!("cannot start the plugin worker {}", spec.program.display()),
+                e,
+            )
+        })?;
+        let (tx, events) = mpsc::channel();
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            unreachable!("all three standard streams are piped")
+        };
+        spawn_reader(stdout, tx.clone());
+        spawn_stderr(stderr, tx);
+        let mut input = BufWriter::new(stdin);
+        let hello = Request::Hello {
+            protocol: protocol::PROTOCOL.into(),
+            version: protocol::VERSION.into(),
+        };
+        let sent = protocol::write_frame(&mut input, &hello)
+            .and_then(|_| protocol::write_frame(&mut input, request));
+        if let Err(e) = sent {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(MigrateError::io("cannot talk to the plugin worker", e));
+        }
+        Ok(Worker {
+            child,
+            _input: input,
+            events,
+            tail: VecDeque::new(),
+        })
+    }
+
+    fn stop(&mut self) -> Option<ExitStatus> {
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+/// A worker never outlives the request it was started for: whatever ends the supervisor's
+/// wait (an answer, an error, a panic), the worker is killed and reaped.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn spawn_reader(stdout: std::process::ChildStdout, tx: Sender<Event>) {
+    std::thread::spawn(move || {
+        let mut input = BufReader::new(stdout);
+        loop {
+            match protocol::read_frame::<Reply>(&mut input) {
+                Ok(Some(reply)) => {
+                    if tx.send(Event::Reply(reply)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return drop(tx.send(Event::Closed(None))),
+                Err(e) => return drop(tx.send(Event::Closed(Some(e.to_string())))),
+            }
+        }
+    });
+}
+
+fn spawn_stderr(stderr: std::process::ChildStderr, tx: Sender<Event>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(Event::Stderr(line)).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// How often the watchdog looks at the clock and the cancel flag while waiting.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What the supervisor learned from a worker that ran to the end of its request.
+struct Finished {
+    isolation: Option<Isolation>,
+}
+
+/// Runs `request` in a worker and feeds every reply to `on_reply` until it returns `true`
+/// (the final answer). Stops the worker on the deadline, a stall or a cancellation, and
+/// explains a worker that died.
+fn run(
+    spec: &WorkerSpec,
+    request: &Request,
+    deadline: Option<(Instant, Duration)>,
+    observer: &dyn Observer,
+    hops: &[HopInfo],
+    on_reply: &mut dyn FnMut(Reply) -> bool,
+) -> Result<Finished, MigrateError> {
+    let mut worker = Worker::start(spec, request)?;
+    let mut isolation = None;
+    let mut in_flight: BTreeMap<u64, PluginCall> = BTreeMap::new();
+    let mut last_heard = Instant::now();
+    let mut step: Option<String> = None;
+    let stop = |worker: &mut Worker,
+                cause: StopCause,
+                in_flight: &BTreeMap<u64, PluginCall>,
+                step: &Option<String>| {
+        let status = worker.stop();
+        stopped(cause, status, worker, in_flight, step, hops)
+    };
+    loop {
+        let signal = spec.cancel.load(Ordering::SeqCst);
+        if signal != 0 {
+            let cause = StopCause::Cancelled {
+                signal: signal as i32,
+            };
+            return Err(stop(&mut worker, cause, &in_flight, &step));
+        }
+        if let Some((at, limit)) = deadline {
+            if Instant::now() >= at {
+                let cause = StopCause::Deadline {
+                    secs: limit.as_secs(),
+                };
+                return Err(stop(&mut worker, cause, &in_flight, &step));
+            }
+        }
+        if last_heard.elapsed() >= spec.stall {
+            let cause = StopCause::Stalled {
+                secs: spec.stall.as_secs(),
+            };
+            return Err(stop(&mut worker, cause, &in_flight, &step));
+        }
+        let event = match worker.events.recv_timeout(TICK) {
+            Ok(event) => event,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => Event::Closed(None),
+        };
+        match event {
+            Event::Stderr(line) => {
+                observer.worker_output(&line);
+                if worker.tail.len() == STDERR_TAIL {
+                    worker.tail.pop_front();
+                }
+                worker.tail.push_back(line);
+            }
+            Event::Closed(problem) => {
+                // Let the stderr reader drain what the worker said last.
+                let status = worker.child.wait().ok();
+                while let Ok(Event::Stderr(line)) = worker.events.recv_timeout(TICK) {
+                    observer.worker_output(&line);
+                    worker.tail.push_back(line);
+                }
+                // Ctrl-C reaches the worker too (same process group): that is a cancellation.
+                let signal = spec.cancel.load(Ordering::SeqCst);
+                let cause = match problem {
+                    _ if signal != 0 => StopCause::Cancelled {
+                        signal: signal as i32,
+                    },
+                    Some(detail) => StopCause::Protocol { detail },
+                    None => StopCause::Died,
+                };
+                return Err(stopped(cause, status, &worker, &in_flight, &step, hops));
+            }
+            Event::Reply(reply) => {
+                last_heard = Instant::now();
+                match reply {
+                    Reply::Hello { protocol, version } => {
+                        if !protocol::compatible(&protocol, &version) {
+                            let detail = format!(
+                                "the worker speaks {protocol} {version}, this supervisor {} {}",
+                                protocol::PROTOCOL,
+                                protocol::VERSION
+                            );
+                            return Err(stop(
+                                &mut worker,
+                                StopCause::Protocol { detail },
+                                &in_flight,
+                                &step,
+                            ));
+                        }
+                    }
+                    Reply::Isolation { isolation: i } => isolation = Some(i),
+                    Reply::StepStarted {
+                        step: name,
+                        total_bytes,
+                    } => {
+                        observer.step_started(&name, total_bytes);
+                        step = Some(name);
+                    }
+                    Reply::Progress { bytes, records } => {
+                        // The crash tests' `batch` point: the supervisor, as each batch lands.
+                        migrate_transaction::fault::point("batch")
+                            .map_err(|e| stop_for(&mut worker, e))?;
+                        observer.step_progress(bytes, records)
+                    }
+                    Reply::Calling { call } => {
+                        in_flight.insert(call.id, call);
+                    }
+                    Reply::Returned { id } => {
+                        in_flight.remove(&id);
+                    }
+                    Reply::Notice { message } => observer.notice(&message),
+                    Reply::Warning { message } => observer.warning(&message),
+                    other => {
+                        if let Reply::Step { result } = &other {
+                            observer.step_finished(&result.name, result.error.is_none());
+                            step = None;
+                        }
+                        if on_reply(other) {
+                            let _ = worker.child.wait();
+                            return Ok(Finished { isolation });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stops the worker because the supervisor itself failed.
+fn stop_for(worker: &mut Worker, e: migrate_transaction::Error) -> MigrateError {
+    worker.stop();
+    e.into()
+}
+
+/// The error for a worker that is gone: why, and what it was doing.
+fn stopped(
+    cause: StopCause,
+    status: Option<ExitStatus>,
+    worker: &Worker,
+    in_flight: &BTreeMap<u64, PluginCall>,
+    step: &Option<String>,
+    hops: &[HopInfo],
+) -> MigrateError {
+    let out_of_memory = worker
+        .tail
+        .iter()
+        .any(|l| l.contains("memory allocation of") && l.contains("failed"));
+    let cause = match cause {
+        StopCause::Died if out_of_memory => StopCause::MemoryLimit,
+        StopCause::Died => match status {
+            Some(s) => match s.signal() {
+                Some(signal) => StopCause::Signal { signal },
+                None => StopCause::Exit {
+                    code: s.code().unwrap_or(-1),
+                },
+            },
+            None => StopCause::Died,
+        },
+        other => other,
+    };
+    let calls: Vec<String> = in_flight.values().map(|c| describe_call(c, hops)).collect();
+    let during = match (calls.as_slice(), step) {
+        ([], Some(step)) => format!("during the {step} step, between plugin calls"),
+        ([], None) => "before any plugin call".to_owned(),
+        _ => format!("while {}", calls.join("; and while ")),
+    };
+    let plugin = in_flight.values().next().map(|c| c.plugin.clone());
+    MigrateError::WorkerStopped {
+        cause,
+        during,
+        plugin,
+        step: step.clone(),
+    }
+}
+
+/// `plugin X (hop A → B; file F, sha256 S) was migrating data data/x.jsonl, lines 1–4096`.
+fn describe_call(call: &PluginCall, hops: &[HopInfo]) -> String {
+    let file = hops
+        .iter()
+        .find(|h| h.descriptor.name == call.plugin)
+        .map(|h| format!("; file {}, sha256 {}", h.path.display(), h.sha256))
+        .unwrap_or_default();
+    let places = match call.places {
+        Some((a, b)) if call.kind == "data" => format!(", lines/records {a}–{b}"),
+        _ => String::new(),
+    };
+    format!(
+        "plugin {} (hop {}{file}) was migrating the {} {}{places}",
+        call.plugin, call.hop, call.kind, call.file
+    )
+}
+
+/// Stages `plan` into `staging` in a worker. Each finished step's result is pushed to
+/// `steps` as it arrives; returns the installation files the commit must delete, and what
+/// confined the worker.
+pub fn stage(
+    spec: &WorkerSpec,
+    plan: &Plan,
+    staging: &Path,
+    observer: &dyn Observer,
+    deadline: Option<(Instant, Duration)>,
+    steps: &mut dyn FnMut(StepResult),
+) -> Result<(Vec<String>, Option<Isolation>), MigrateError> {
+    let confinement = Confinement {
+        sandbox: spec.sandbox,
+        read: std::iter::once(plan.target.root.clone())
+            .chain(
+                plan.hops
+                    .iter()
+                    .filter_map(|h| h.path.parent().map(Path::to_path_buf)),
+            )
+            .collect(),
+        write: vec![staging.to_path_buf()],
+        memory_limit: spec.memory_limit,
+    };
+    let request = Request::Stage {
+        plan: Box::new(plan.clone()),
+        staging: staging.to_path_buf(),
+        confinement,
+    };
+    let mut outcome = None;
+    let finished = run(
+        spec,
+        &request,
+        deadline,
+        observer,
+        &plan.hops,
+        &mut |reply| match reply {
+            Reply::Step { result } => {
+                steps(result);
+                false
+            }
+            Reply::Staged { result } => {
+                outcome = Some(result);
+                true
+            }
+            _ => false,
+        },
+    )?;
+    match outcome {
+        Some(Ok(removals)) => Ok((removals, finished.isolation)),
+        Some(Err(e)) => Err(MigrateError::Staged {
+            exit_code: e.exit_code,
+            message: e.message,
+        }),
+        None => unreachable!("run returns Ok only after the final reply"),
+    }
+}
+
+/// Describes plugin files by loading each in a worker of its own, so that a plugin that
+/// crashes while it loads takes down only its own worker and is listed as invalid.
+pub struct WorkerLoader {
+    spec: WorkerSpec,
+    isolation: Mutex<Option<Isolation>>,
+}
+
+impl WorkerLoader {
+    pub fn new(spec: WorkerSpec) -> Self {
+        WorkerLoader {
+            spec,
+            isolation: Mutex::new(None),
+        }
+    }
+
+    /// What confined the workers that loaded plugins, once one has run.
+    pub fn isolation(&self) -> Option<Isolation> {
+        self.isolation.lock().ok().and_then(|i| i.clone())
+    }
+}
+
+impl Loader for WorkerLoader {
+    fn describe(&self, path: &Path, sha256: &str) -> Result<HopDescriptor, String> {
+        let confinement = Confinement {
+            sandbox: self.spec.sandbox,
+            read: path.parent().map(Path::to_path_buf).into_iter().collect(),
+            write: Vec::new(),
+            memory_limit: self.spec.memory_limit,
+        };
+        let request = Request::Describe {
+            path: path.to_path_buf(),
+            sha256: sha256.to_owned(),
+            confinement,
+        };
+        let mut described = None;
+        let silent = crate::observe::Silent;
+        let deadline = Some((Instant::now() + DESCRIBE_LIMIT, DESCRIBE_LIMIT));
+        let finished = run(&self.spec, &request, deadline, &silent, &[], &mut |reply| {
+            if let Reply::Described { result } = reply {
+                described = Some(result);
+                return true;
+            }
+            false
+        })
+        .map_err(|e| format!("loading it in a worker failed: {e}"))?;
+        if let (Ok(mut slot), Some(i)) = (self.isolation.lock(), finished.isolation) {
+            *slot = Some(i);
+        }
+        described.unwrap_or_else(|| Err("the worker gave no descriptor".into()))
+    }
+}
+
+/// Loading a plugin and reading its descriptor takes milliseconds; one that takes longer is
+/// stuck in its initialisers.
+const DESCRIBE_LIMIT: Duration = Duration::from_secs(30);
