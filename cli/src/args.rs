@@ -155,9 +155,13 @@ pub enum Command {
         /// The backup folder (holds backup.tar.zst and metadata.json).
         #[arg(long, value_name = "PATH")]
         backup_path: PathBuf,
-        /// Installation to restore into (default: the one the backup was taken from).
+        /// Installation to restore into (default: the one the backup was taken from, when the
+        /// backup lies under it).
         #[arg(long, value_name = "ROOT")]
         path: Option<PathBuf>,
+        /// Restore even though the installation's VERSION is not the backup's target version.
+        #[arg(long)]
+        force: bool,
     },
     /// Finish or undo a migration that was interrupted (crash, kill -9, power loss). Every
     /// other command does this first on its own, rolling back.

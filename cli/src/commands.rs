@@ -73,7 +73,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .render(&mut std::io::stdout())?;
             Ok(ExitCode::Ok)
         }
-        Command::Rollback { backup_path, path } => rollback(&backup_path, path.as_deref(), json),
+        Command::Rollback {
+            backup_path,
+            path,
+            force,
+        } => rollback(&backup_path, path.as_deref(), force, json),
         Command::Recover { path, forward } => recover(&path, forward, json, observer.as_ref()),
         Command::Backups {
             command: BackupsCommand::List { path, backup_dir },
@@ -137,10 +141,32 @@ fn history(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Ok)
 }
 
-fn rollback(backup: &Path, root: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
-    let report = restore::restore(backup, root)?;
+fn rollback(
+    backup: &Path,
+    root: Option<&Path>,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let report = restore::restore(&restore::RestoreRequest {
+        backup,
+        root,
+        force,
+    })?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
+    }
+    if let Some(saved) = &report.pre_rollback_backup {
+        eprintln!(
+            "note: {} changed after the migration; their current content was saved first into {}",
+            report.saved_files.join(", "),
+            saved.display()
+        );
+    }
+    if !report.kept_files.is_empty() {
+        eprintln!(
+            "note: {} were created by the migration but changed since: kept as they are",
+            report.kept_files.join(", ")
+        );
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -166,7 +192,7 @@ fn recover(
     Installation::open(root)?;
     let tool_dir = root.join(trustformers_migrate::discover::install::TOOL_DIR);
     let _lock = lock::InstallLock::acquire(&tool_dir)?;
-    let recovered = recovery::recover_locked(root, forward)?;
+    let recovered = recovery::recover_locked(root, forward, true)?;
     for w in &recovered.warnings {
         observer.warning(w);
     }
@@ -175,11 +201,21 @@ fn recover(
         Some(journal::Recovery::RolledBack { from, to }) => {
             format!("rolled back the interrupted migration {from} → {to}")
         }
-        Some(journal::Recovery::Finished { from, to }) => {
+        Some(journal::Recovery::Finished {
+            from,
+            to,
+            backup: Some(b),
+        }) => {
+            format!("finished the interrupted migration {from} → {to}, after completing its backup {b} from the kept originals")
+        }
+        Some(journal::Recovery::Finished { from, to, .. }) => {
             format!("finished the interrupted migration {from} → {to}")
         }
-        Some(journal::Recovery::Cleaned) => {
-            "removed the staging of an interrupted migration; nothing had changed".to_owned()
+        Some(journal::Recovery::Cleaned { removed }) => {
+            format!(
+                "removed the staging of an interrupted migration; nothing had changed ({})",
+                removed.join(", ")
+            )
         }
     };
     if json {
@@ -245,6 +281,7 @@ fn options(
             .and_then(|m| m.optimize_dtype)
             .map_or(settings.model_migration.optimize_dtype, Into::into),
         batch_size: settings.data_migration.batch_size,
+        max_invalid_records: settings.data_migration.max_invalid_records,
         backup_dir: backup.then(|| target.backup_dir(run.backup_dir.as_deref())),
         timeout: (timeout > 0).then(|| std::time::Duration::from_secs(timeout)),
     }

@@ -91,6 +91,16 @@ pub enum MigrateError {
         detected: semver::Version,
     },
 
+    /// Records are at a later release than the run starts from: the installation is at
+    /// another version. Never quarantined: the whole run is refused.
+    #[error("{}: the record has schema_version {schema}, which release {detected} writes, but the migration starts from {from}: the installation is at another version than the run assumes; refused, nothing was changed\n  next step: run the migration without --from and --force (the installation's files say {detected}), and check that --path is the installation you mean", path.display())]
+    WrongVersion {
+        path: PathBuf,
+        schema: u64,
+        detected: String,
+        from: String,
+    },
+
     /// Two plugins of the same precedence claim one hop.
     #[error("two plugins provide the hop {hop}: {} and {}\n  next step: remove one of them, or choose one with --use-plugin NAME|PATH", first.display(), second.display())]
     PluginConflict {
@@ -172,7 +182,7 @@ pub enum MigrateError {
     #[error("the staged output is not a valid {version} installation, so nothing was swapped in:{}\n  next step: nothing was changed; report this to the plugin's author", violations.iter().map(|v| format!("\n    - {v}")).collect::<String>())]
     StagedInvalid {
         version: String,
-        violations: Vec<crate::verify::staged::Violation>,
+        violations: Vec<Violation>,
     },
 
     /// An error the worker met and reported (a refused record, a plugin's failure, …), with
@@ -245,7 +255,8 @@ impl MigrateError {
             MigrateError::Invalid { .. } => ExitCode::Invalid,
             MigrateError::NoPath { .. }
             | MigrateError::UnknownVersion { .. }
-            | MigrateError::VersionMismatch { .. } => ExitCode::NoPath,
+            | MigrateError::VersionMismatch { .. }
+            | MigrateError::WrongVersion { .. } => ExitCode::NoPath,
             MigrateError::PluginConflict { .. }
             | MigrateError::PluginFailed { .. }
             | MigrateError::StagedInvalid { .. } => ExitCode::Plugin,
@@ -270,6 +281,8 @@ impl MigrateError {
             T::Io { .. } => ExitCode::Failed,
             T::Invalid { .. } => ExitCode::Invalid,
             T::Locked { .. } => ExitCode::LockHeld,
+            T::Usage { .. } => ExitCode::Usage,
+            T::Interrupted { .. } => ExitCode::Interrupted,
         }
     }
 
@@ -302,3 +315,21 @@ impl MigrateError {
 }
 
 pub type Result<T, E = MigrateError> = std::result::Result<T, E>;
+
+/// One problem in the staging, with the file and the plugin that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub file: String,
+    pub problem: String,
+    /// The last hop whose rule writes this kind of file: its output is what was staged.
+    pub plugin: Option<String>,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.plugin {
+            Some(p) => write!(f, "{}: {} (written by plugin {p})", self.file, self.problem),
+            None => write!(f, "{}: {}", self.file, self.problem),
+        }
+    }
+}

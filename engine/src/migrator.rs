@@ -13,7 +13,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use migrate_transaction::journal;
+use migrate_transaction::lock::InstallLock;
+use migrate_transaction::{journal, recovery};
 use semver::Version;
 use serde::Serialize;
 
@@ -24,7 +25,7 @@ use crate::observe::{Observer, Silent};
 use crate::plan::graph::VersionGraph;
 use crate::plan::{self, Options, Plan, PlannedHop, Target};
 use crate::report::MigrationResult;
-use crate::run::{execute, recover_if_interrupted, refuse_if_interrupted, Mode};
+use crate::run::{announce, execute, refuse_if_interrupted, Mode};
 use crate::worker::{WorkerLoader, WorkerSpec};
 
 /// What `migrate info` shows.
@@ -144,18 +145,27 @@ impl VersionMigrator {
 
     /// Runs `target` in `mode` on a blocking thread: hops are synchronous FFI calls.
     pub async fn execute(&self, target: Target, mode: Mode) -> Result<MigrationResult> {
-        // Before planning: version detection must see the installation, not a half swap.
-        match mode {
+        // Before planning, under the lock: version detection must see the installation, not
+        // a half swap, and no rollback may change it between detection and migration.
+        let lock = match mode {
             Mode::Commit => {
-                recover_if_interrupted(&target.root, self.observer.as_ref())?;
+                let lock = InstallLock::acquire(&target.tool_dir())?;
+                let recovered = recovery::recover_locked(&target.root, false, false)?;
+                announce(&target.root, &recovered, self.observer.as_ref());
+                Some(lock)
             }
-            Mode::DryRun => refuse_if_interrupted(&target)?,
-        }
+            Mode::DryRun => {
+                refuse_if_interrupted(&target)?;
+                None
+            }
+        };
         let plan = self.plan(target)?;
         let observer = self.observer.clone();
         let tool_dir = plan.target.tool_dir();
         let worker = self.worker.clone();
-        tokio::task::spawn_blocking(move || execute(&plan, mode, observer.as_ref(), &worker))
+        tokio::task::spawn_blocking(move || {
+            execute(&plan, mode, observer.as_ref(), &worker, lock)
+        })
             .await
             .map_err(|e| MigrateError::Internal {
                 detail: format!("the migration thread died: {e}"),

@@ -32,12 +32,15 @@ pub enum Mode {
 }
 
 /// Executes `plan`, its plugin code in workers started as `worker` says; never panics on
-/// user input, and reports every step.
+/// user input, and reports every step. `held`: the installation's lock, when the caller took
+/// it before planning (so that the version it detected cannot change under it); otherwise it
+/// is taken here.
 pub fn execute(
     plan: &Plan,
     mode: Mode,
     observer: &dyn Observer,
     worker: &WorkerSpec,
+    held: Option<InstallLock>,
 ) -> MigrationResult {
     let started = Instant::now();
     let mut result = MigrationResult {
@@ -59,7 +62,7 @@ pub fn execute(
         isolation: None,
     };
     let mut audit = None;
-    if let Err(e) = run_steps(plan, mode, observer, worker, &mut result, &mut audit) {
+    if let Err(e) = run_steps(plan, mode, observer, worker, &mut result, &mut audit, held) {
         if let (
             Some(audit),
             MigrateError::WorkerStopped {
@@ -158,6 +161,7 @@ fn run_steps(
     worker: &WorkerSpec,
     result: &mut MigrationResult,
     audit_slot: &mut Option<Audit>,
+    held: Option<InstallLock>,
 ) -> Result<()> {
     if plan.hops.is_empty() {
         return Ok(());
@@ -177,9 +181,10 @@ fn run_steps(
             scratch.path().to_path_buf()
         }
     };
-    let _lock = match mode {
-        Mode::Commit => Some(InstallLock::acquire(&parent)?),
-        Mode::DryRun => None,
+    let _lock = match (mode, held) {
+        (Mode::Commit, Some(lock)) => Some(lock),
+        (Mode::Commit, None) => Some(InstallLock::acquire(&parent)?),
+        (Mode::DryRun, _) => None,
     };
     match mode {
         Mode::Commit => {
@@ -200,6 +205,9 @@ fn run_steps(
     result.isolation = isolation;
     for rel in removals {
         staging.remove_at_commit(&rel);
+    }
+    for (rel, mode) in crate::stage::quarantine_modes(plan, &staging)? {
+        staging.set_mode(&rel, mode);
     }
     let signal = worker.cancel.load(std::sync::atomic::Ordering::SeqCst);
     if signal != 0 {
@@ -226,10 +234,10 @@ fn run_steps(
                     .transpose()?;
                 Ok(())
             })?;
-            let Some(txn) = txn else { return Ok(()) };
+            let Some(mut txn) = txn else { return Ok(()) };
             let backup_bytes = commit::replaced_bytes(plan, &txn);
             if let Err(e) = steps.run(result, "backup", backup_bytes, &mut |s| {
-                commit::back_up(plan, &txn, s, observer)
+                commit::back_up(plan, &mut txn, s, observer)
             }) {
                 // Nothing was swapped yet: undoing the journal puts back exactly what was.
                 return match txn.rollback() {
@@ -395,7 +403,7 @@ fn check_preflight(plan: &Plan, s: &mut StepResult) -> Result<()> {
 
 /// An unfinished migration found on the installation is rolled back before anything else.
 fn recover_first(plan: &Plan, result: &mut MigrationResult, observer: &dyn Observer) -> Result<()> {
-    let recovered = recovery::recover_locked(&plan.target.root, false)?;
+    let recovered = recovery::recover_locked(&plan.target.root, false, false)?;
     announce(&plan.target.root, &recovered, observer);
     if let Some(Recovery::RolledBack { from, to }) = recovered.outcome {
         let mut s = StepResult::new("recover");
@@ -412,11 +420,17 @@ pub fn announce(root: &std::path::Path, recovered: &recovery::Recovered, observe
     for w in &recovered.warnings {
         observer.warning(w);
     }
-    if let Some(Recovery::RolledBack { from, to }) = &recovered.outcome {
-        observer.notice(&format!(
+    match &recovered.outcome {
+        Some(Recovery::RolledBack { from, to }) => observer.notice(&format!(
             "an interrupted migration {from} → {to} was found in {} and rolled back",
             root.display()
-        ));
+        )),
+        Some(Recovery::Cleaned { removed }) => observer.notice(&format!(
+            "removed what a crashed run left in {} (nothing of the installation had changed): {}",
+            root.display(),
+            removed.join(", ")
+        )),
+        _ => {}
     }
 }
 

@@ -46,6 +46,9 @@ pub struct DataMigration {
     pub batch_size: usize,
     /// `fail` (default) or `quarantine`.
     pub on_invalid: OnInvalid,
+    /// Past this many refused records in one run, the run is refused: that many invalid
+    /// records more likely means a wrong `--from` than bad data.
+    pub max_invalid_records: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -100,6 +103,7 @@ impl Default for DataMigration {
             enabled: true,
             batch_size: 4096,
             on_invalid: OnInvalid::Fail,
+            max_invalid_records: 1000,
         }
     }
 }

@@ -252,7 +252,24 @@ fn backups_go_where_backup_dir_or_the_environment_says() {
         &[("TRUSTFORMERS_BACKUP_DIR", p(env_dir.path()))],
     ));
     assert!(list.contains(p(&backups[0])), "{list}");
-    ok(&migrate(&["rollback", "--backup-path", p(&backups[0])]));
+    // The backup does not lie under the installation it records: which installation to
+    // restore is not certain without --path (issue 14, finding 4), and nothing changes.
+    let migrated = tree_hash(root);
+    let asked = migrate(&["rollback", "--backup-path", p(&backups[0])]);
+    assert_eq!(asked.status.code(), Some(2), "{}", both(&asked));
+    assert!(both(&asked).contains("--path"), "{}", both(&asked));
+    assert_eq!(
+        tree_hash(root),
+        migrated,
+        "a refused rollback changed the tree"
+    );
+    ok(&migrate(&[
+        "rollback",
+        "--backup-path",
+        p(&backups[0]),
+        "--path",
+        p(root),
+    ]));
     assert_eq!(
         tree_hash(root),
         original,

@@ -4,6 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -74,8 +75,21 @@ impl Audit {
         let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let path = Audit::file(&self.root);
-        std::fs::create_dir_all(path.parent().unwrap_or(&self.root))?;
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        // Private whatever the umask: `.migrate/` 0700, the trail 0600, never through a link.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path.parent().unwrap_or(&self.root))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?;
+        let meta = file.metadata()?;
+        if meta.uid() == identity::current_uid() && meta.mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
         file.write_all(&line)?;
         file.sync_data()
     }
@@ -108,11 +122,40 @@ pub struct HistoryItem {
     pub error: Option<String>,
 }
 
-/// The migrations recorded in the audit trail (their `migration_finished` entries).
+/// The migrations recorded in the audit trail: their `migration_finished` entries, and the
+/// runs that started and never finished (killed or crashed: the next command finished or
+/// undid them), shown as `Interrupted`.
 pub fn history(root: &Path) -> Vec<HistoryItem> {
-    read(root)
+    let entries = read(root);
+    let mut shown = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        match e.action.as_str() {
+            "migration_finished" => shown.push(e.clone()),
+            "migration_started" => {
+                let finished = entries[i + 1..]
+                    .iter()
+                    .take_while(|n| !(n.action == "migration_started" && n.pid != e.pid))
+                    .any(|n| n.action == "migration_finished" && n.pid == e.pid);
+                if !finished {
+                    let mut crashed = e.clone();
+                    crashed
+                        .details
+                        .insert("status".into(), Value::from("Interrupted"));
+                    crashed.details.insert(
+                        "error".into(),
+                        Value::from(format!(
+                            "the run (PID {}) ended without finishing: it was killed or crashed; the next migrate command on the installation finished or undid it (see the `recovery` entries in .migrate/audit.jsonl)",
+                            e.pid
+                        )),
+                    );
+                    shown.push(crashed);
+                }
+            }
+            _ => {}
+        }
+    }
+    shown
         .into_iter()
-        .filter(|e| e.action == "migration_finished")
         .map(|e| {
             let get = |k: &str| e.details.get(k).cloned().unwrap_or(Value::Null);
             let text = |k: &str| get(k).as_str().map(str::to_owned);

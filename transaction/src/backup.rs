@@ -5,6 +5,12 @@
 //! Why that is enough to restore: a migration only ever replaces, removes or creates the files
 //! its journal lists; every other file is left untouched. Restoring the archived files and
 //! deleting the created ones therefore gives back the tree as it was, byte for byte.
+//!
+//! The metadata also records the sha256 of every file the migration wrote (`written`), so that
+//! a rollback can tell what changed since and never destroys what the migration did not write.
+//! Backups hold secrets (API keys in plaintext): folders are 0700 and files 0600 whatever the
+//! umask. Reading one is bounded: `metadata.json` is a regular file under [`MAX_METADATA`], an
+//! archive entry is refused as soon as it passes the size the metadata declares.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -13,14 +19,17 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::confine;
 use crate::error::{io as io_err, Error, Result};
-use crate::fsutil::{self, sync_parent, Hashing};
+use crate::fsutil::{sync_parent, Hashing};
 use crate::identity::{host_name, user_name};
 use crate::staging::Staging;
 
 pub const ARCHIVE: &str = "backup.tar.zst";
 pub const METADATA: &str = "metadata.json";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+/// `metadata.json` is refused past this size, before it is read.
+pub const MAX_METADATA: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileRecord {
@@ -50,35 +59,85 @@ pub struct BackupMetadata {
     pub created_files: Vec<String>,
     /// Folders the migration created, parents first.
     pub created_dirs: Vec<String>,
+    /// What the migration wrote: every file it replaced or created, with the sha256 of the new
+    /// content. A rollback replaces or removes a file only while it is still this; format 1
+    /// backups have none, and every file they would touch counts as changed since.
+    #[serde(default)]
+    pub written: Vec<FileRecord>,
 }
 
 /// What to back up.
 pub struct BackupRequest<'a> {
+    /// The installation, canonical (what `metadata.json` records as `root`).
     pub root: &'a Path,
     /// The folder that holds backups (`<root>/backups`, `TRUSTFORMERS_BACKUP_DIR`, `--backup-dir`).
     pub dir: &'a Path,
     pub kind: &'a str,
     pub from: &'a str,
     pub to: &'a str,
-    /// Read the content of `rel` from here instead of `root` (the journal's kept originals).
-    pub source_of: &'a dyn Fn(&str) -> PathBuf,
+    /// Opens the content of `rel` to archive (confined: the journal's kept originals).
+    pub open_source: &'a dyn Fn(&str) -> Result<File>,
     pub files: Vec<String>,
     pub created_files: Vec<String>,
     pub created_dirs: Vec<String>,
+    /// Files the migration writes, and how to open their new content (to record its sha256).
+    pub written: Vec<String>,
+    pub open_written: &'a dyn Fn(&str) -> Result<File>,
+}
+
+/// Creates `dir` (and its missing parents) with mode 0700 whatever the umask; an existing
+/// folder is tightened to 0700 when it is ours.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(format!(
+            "cannot create the backup folder {}",
+            dir.display()
+        )))?;
+    let meta =
+        fs::symlink_metadata(dir).map_err(io_err(format!("cannot stat {}", dir.display())))?;
+    if !meta.is_dir() {
+        return Err(Error::invalid(
+            dir,
+            "is not a folder (a link?): refused",
+            "pass --backup-dir with a real folder",
+        ));
+    }
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() == crate::identity::current_uid() && meta.mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("cannot chmod {}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// A new file with exactly `mode` (never more open, whatever the umask).
+fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// Writes the backup into a new `<kind>_backup_<unix-ts>/` folder; returns its path.
 pub fn create(req: &BackupRequest) -> Result<PathBuf> {
-    fs::create_dir_all(req.dir).map_err(io_err(format!(
-        "cannot create the backup folder {}",
-        req.dir.display()
-    )))?;
+    private_dir(req.dir)?;
     let now = time::OffsetDateTime::now_utc();
     let ts = now.unix_timestamp().max(0) as u64;
     let final_dir = unique_dir(req.dir, &format!("{}_backup_{ts}", req.kind));
-    let partial = final_dir.with_extension("partial");
+    // The writer's PID in the name: the recovery of a run killed while writing it finds its
+    // own half-written backup (and no one else's) in a shared backup folder.
+    let partial = final_dir.with_extension(format!("{}.partial", std::process::id()));
     let _ = fs::remove_dir_all(&partial);
-    fs::create_dir_all(&partial).map_err(io_err(format!("cannot create {}", partial.display())))?;
+    private_dir(&partial)?;
     let filled = fill(req, &partial, now);
     if filled.is_err() {
         // A full backup disk must not keep half a backup.
@@ -97,6 +156,25 @@ pub fn create(req: &BackupRequest) -> Result<PathBuf> {
 fn fill(req: &BackupRequest, partial: &Path, now: time::OffsetDateTime) -> Result<()> {
     let ts = now.unix_timestamp().max(0) as u64;
     let (files, archive_sha256) = write_archive(req, &partial.join(ARCHIVE))?;
+    let mut written = Vec::with_capacity(req.written.len());
+    for rel in &req.written {
+        let file = (req.open_written)(rel)?;
+        let mode = file
+            .metadata()
+            .map_err(io_err(format!("cannot stat the new {rel}")))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        let mut reader = Hashing::new(BufReader::with_capacity(1 << 20, file));
+        io::copy(&mut reader, &mut io::sink())
+            .map_err(io_err(format!("cannot read the new {rel}")))?;
+        written.push(FileRecord {
+            path: rel.clone(),
+            size: reader.count(),
+            mode,
+            sha256: reader.hex(),
+        });
+    }
     let meta = BackupMetadata {
         format: FORMAT,
         kind: req.kind.to_owned(),
@@ -114,11 +192,14 @@ fn fill(req: &BackupRequest, partial: &Path, now: time::OffsetDateTime) -> Resul
         files,
         created_files: req.created_files.clone(),
         created_dirs: req.created_dirs.clone(),
+        written,
     };
     let bytes = serde_json::to_vec_pretty(&meta)
         .map_err(|e| io_err("cannot encode backup metadata")(e.into()))?;
     let meta_path = partial.join(METADATA);
-    fsutil::write_synced(&meta_path, &bytes)?;
+    create_private(&meta_path)
+        .and_then(|mut f| f.write_all(&bytes).and_then(|_| f.sync_all()))
+        .map_err(io_err(format!("cannot write {}", meta_path.display())))?;
     sync_parent(&meta_path);
     Ok(())
 }
@@ -142,25 +223,21 @@ fn write_archive(req: &BackupRequest, path: &Path) -> Result<(Vec<FileRecord>, S
     };
     let out = Hashing::new(BufWriter::with_capacity(
         1 << 20,
-        File::create(path).map_err(err)?,
+        create_private(path).map_err(err)?,
     ));
     let mut builder = tar::Builder::new(Frames::new(out, LEVEL).map_err(err)?);
     let mut records = Vec::with_capacity(req.files.len());
     for rel in &req.files {
-        let source = (req.source_of)(rel);
-        let file = File::open(&source).map_err(io_err(format!(
-            "cannot read {} for the backup",
-            source.display()
-        )))?;
+        let file = (req.open_source)(rel)?;
         let meta = file
             .metadata()
-            .map_err(io_err(format!("cannot stat {}", source.display())))?;
+            .map_err(io_err(format!("cannot stat {rel} for the backup")))?;
         let mut header = tar::Header::new_gnu();
         header.set_size(meta.len());
         header.set_mode(meta.permissions().mode() & 0o7777);
         header.set_mtime(0);
         header.set_entry_type(tar::EntryType::Regular);
-        let level = if compresses(&source) {
+        let level = if compresses(&file) {
             LEVEL
         } else {
             INCOMPRESSIBLE_LEVEL
@@ -170,6 +247,7 @@ fn write_archive(req: &BackupRequest, path: &Path) -> Result<(Vec<FileRecord>, S
         builder
             .append_data(&mut header, rel, &mut reader)
             .map_err(err)?;
+        crate::fault::point("backup_entry")?;
         records.push(FileRecord {
             path: rel.clone(),
             size: reader.count(),
@@ -196,23 +274,16 @@ const INCOMPRESSIBLE_LEVEL: i32 = -7;
 /// Bytes sampled to decide whether a file compresses.
 const SAMPLE: usize = 1 << 20;
 
-/// Whether `path` is worth compressing: a 1 MiB sample from its middle must shrink by 10% at
-/// zstd level 1. Small files always are.
-fn compresses(path: &Path) -> bool {
-    use std::io::{Seek, SeekFrom};
-    let Ok(mut file) = File::open(path) else {
-        return true;
-    };
+/// Whether `file` is worth compressing: a 1 MiB sample from its middle must shrink by 10% at
+/// zstd level 1. Small files always are. Reads with `pread`: the file's offset stays at 0.
+fn compresses(file: &File) -> bool {
+    use std::os::unix::fs::FileExt;
     let len = file.metadata().map_or(0, |m| m.len());
     if len < 2 * SAMPLE as u64 {
         return true;
     }
     let mut sample = vec![0u8; SAMPLE];
-    if file
-        .seek(SeekFrom::Start(len / 2))
-        .and_then(|_| file.read_exact(&mut sample))
-        .is_err()
-    {
+    if file.read_exact_at(&mut sample, len / 2).is_err() {
         return true;
     }
     zstd::bulk::compress(&sample, 1).map_or(true, |c| c.len() < SAMPLE * 9 / 10)
@@ -282,7 +353,7 @@ impl<W: Write> Write for Frames<W> {
 /// Reads `metadata.json` of a backup folder.
 pub fn read_metadata(backup: &Path) -> Result<BackupMetadata> {
     let path = backup.join(METADATA);
-    let bytes = fs::read(&path).map_err(|e| {
+    let bytes = confine::read_regular(&path, MAX_METADATA).map_err(|e| {
         Error::invalid(
             &path,
             format!("cannot read ({e})"),
@@ -311,6 +382,7 @@ pub fn read_metadata(backup: &Path) -> Result<BackupMetadata> {
 fn check_metadata_paths(meta: &BackupMetadata) -> std::result::Result<(), String> {
     let listed = meta.files.iter().map(|f| f.path.as_str());
     for p in listed
+        .chain(meta.written.iter().map(|f| f.path.as_str()))
         .chain(meta.created_files.iter().map(String::as_str))
         .chain(meta.created_dirs.iter().map(String::as_str))
     {
@@ -318,6 +390,17 @@ fn check_metadata_paths(meta: &BackupMetadata) -> std::result::Result<(), String
         if clean != p {
             return Err(format!(
                 "metadata.json: path `{p}` is not in normal form: refused"
+            ));
+        }
+    }
+    if meta.format >= 2 {
+        if let Some(c) = meta
+            .created_files
+            .iter()
+            .find(|c| !meta.written.iter().any(|w| &w.path == *c))
+        {
+            return Err(format!(
+                "metadata.json: created file `{c}` has no sha256 of what the migration wrote: refused"
             ));
         }
     }
@@ -350,7 +433,8 @@ fn read_archive(backup: &Path, meta: &BackupMetadata, staging: Option<&Staging>)
             meta.archive
         )));
     }
-    let file = File::open(&path).map_err(|e| damaged(format!("cannot open: {e}")))?;
+    let file =
+        confine::open_regular(&path, None).map_err(|e| damaged(format!("cannot open: {e}")))?;
     let decoder = zstd::Decoder::new(Hashing::new(BufReader::with_capacity(1 << 20, file)))
         .map_err(|e| damaged(format!("not zstd: {e}")))?;
     let mut archive = tar::Archive::new(decoder);
@@ -369,14 +453,26 @@ fn read_archive(backup: &Path, meta: &BackupMetadata, staging: Option<&Staging>)
         if !matches!(entry.header().entry_type(), tar::EntryType::Regular) {
             return Err(damaged(link_refusal(&entry, &rel)));
         }
+        if seen.contains(&rel) {
+            return Err(damaged(format!("entry `{rel}` appears twice: refused")));
+        }
+        // Bounded: an entry is never read past the size metadata.json declares for it, so
+        // the whole extraction is capped at the declared total.
+        let declared = entry.size();
+        if declared > record.size {
+            return Err(damaged(format!(
+                "entry `{rel}` declares {declared} bytes, larger than the {} bytes metadata.json lists: refused before reading it",
+                record.size
+            )));
+        }
         let mut sink: Box<dyn Write> = match staging {
             Some(s) => Box::new(BufWriter::new(
-                File::create(s.path_for(&rel)?)
+                crate::fsutil::create_private(&s.path_for(&rel)?)
                     .map_err(io_err(format!("cannot write staged {rel}")))?,
             )),
             None => Box::new(io::sink()),
         };
-        let mut hashing = Hashing::new(&mut entry);
+        let mut hashing = Hashing::new((&mut entry).take(record.size + 1));
         io::copy(&mut hashing, &mut sink)
             .map_err(|e| damaged(format!("`{rel}`: truncated or corrupt data ({e})")))?;
         sink.flush()
@@ -393,7 +489,8 @@ fn read_archive(backup: &Path, meta: &BackupMetadata, staging: Option<&Staging>)
         }
         if let Some(s) = staging {
             let staged = s.path_for(&rel)?;
-            fs::set_permissions(&staged, fs::Permissions::from_mode(record.mode))
+            // No set-id or sticky bit from a backup: a crafted one must not plant a setuid file.
+            fs::set_permissions(&staged, fs::Permissions::from_mode(record.mode & 0o777))
                 .map_err(io_err(format!("cannot set the mode of staged {rel}")))?;
         }
         seen.insert(rel);
@@ -474,6 +571,24 @@ fn normalized_depth(path: &Path) -> i64 {
     depth
 }
 
+/// Removes the half-written backups that the process `pid` left in `dir` (it was killed while
+/// writing them); returns them.
+pub fn remove_partials(dir: &Path, pid: u32) -> Vec<PathBuf> {
+    let suffix = format!(".{pid}.partial");
+    let Ok(read) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    read.filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.contains("_backup_") && name.ends_with(&suffix)
+        })
+        .map(|e| e.path())
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+        .filter(|p| fs::remove_dir_all(p).is_ok())
+        .collect()
+}
+
 /// Backups in `dir`, oldest first.
 pub fn list(dir: &Path) -> Vec<(PathBuf, Result<BackupMetadata>)> {
     let Ok(read) = fs::read_dir(dir) else {
@@ -482,7 +597,10 @@ pub fn list(dir: &Path) -> Vec<(PathBuf, Result<BackupMetadata>)> {
     let mut out: Vec<(PathBuf, Result<BackupMetadata>)> = read
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.is_dir() && p.extension().is_none_or(|e| e != "partial"))
+        .filter(|p| {
+            fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+                && p.extension().is_none_or(|e| e != "partial")
+        })
         .filter(|p| {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().contains("_backup_"))
@@ -532,10 +650,11 @@ mod tests {
         std::fs::write(root.path().join("a.jsonl"), &text).unwrap();
         std::fs::write(root.path().join("w.safetensors"), &weights).unwrap();
         std::fs::write(root.path().join("z.jsonl"), &text).unwrap();
-        assert!(compresses(&root.path().join("a.jsonl")));
-        assert!(!compresses(&root.path().join("w.safetensors")));
+        let compresses_at = |rel: &str| compresses(&File::open(root.path().join(rel)).unwrap());
+        assert!(compresses_at("a.jsonl"));
+        assert!(!compresses_at("w.safetensors"));
         let r = root.path().to_path_buf();
-        let source_of = move |rel: &str| r.join(rel);
+        let open = move |rel: &str| confine::open_regular(&r.join(rel), None);
         let dir = root.path().join("backups");
         let files: Vec<String> = ["a.jsonl", "w.safetensors", "z.jsonl"]
             .map(String::from)
@@ -546,10 +665,12 @@ mod tests {
             kind: "full",
             from: "0.1.0",
             to: "1.0.0",
-            source_of: &source_of,
+            open_source: &open,
             files,
             created_files: vec![],
             created_dirs: vec![],
+            written: vec![],
+            open_written: &open,
         })
         .unwrap();
         let meta = verify(&backup).unwrap();

@@ -21,6 +21,13 @@ pub enum Error {
         message: String,
         hint: String,
     },
+    /// A command that cannot be acted on as given; `hint` says what to pass.
+    #[error("{message}\n  next step: {hint}")]
+    Usage { message: String, hint: String },
+    /// Stopped half-way through a swap or a recovery: the journal is kept, and the next
+    /// command (or `migrate recover`) will finish or undo it.
+    #[error("{reason}\n  the installation at {} is between two states; its journal is kept\n  next step: run `migrate recover --path {}` (or any migrate command on it) to finish or undo it", root.display(), root.display())]
+    Interrupted { root: PathBuf, reason: String },
     /// Another process holds the installation's lock.
     #[error("{root} is being migrated by another migrate process (PID {holder})\n  next step: wait for it to finish; the lock is released automatically when that process ends")]
     Locked { root: PathBuf, holder: String },

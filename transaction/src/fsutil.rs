@@ -9,12 +9,26 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{io, Result};
 
-/// Writes `bytes` to a new `path` and syncs it: what is announced as written survives a
-/// power loss.
+/// Writes `bytes` to a new `path` (0600: the journal gives it its final mode before the swap)
+/// and syncs it: what is announced as written survives a power loss.
 pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    File::create(path)
+    create_private(path)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
         .map_err(io(format!("cannot write {}", path.display())))
+}
+
+/// Creates (or truncates) `path` readable by its owner only, whatever the umask: staged files
+/// hold migrated data (API keys) until the journal gives them their final mode.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
 /// Makes a rename or unlink durable. Best effort: some filesystems refuse to sync a folder.

@@ -12,15 +12,18 @@
 //! still exists has not been moved; an original link that exists can be moved back), so
 //! [`recover`] can roll back (the default) or finish (`--forward`) from any crash point.
 
-use std::fs::{self, File};
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backup::{self, BackupRequest};
+use crate::confine::{self, Kind, Root};
 use crate::error::{io, Error, Result};
 use crate::fault;
-use crate::fsutil::{self, sync_parent, sync_tree};
 pub use crate::layout::JOURNAL_FILE;
+use crate::layout::TOOL_DIR;
 use crate::staging::Staging;
 
 const FORMAT: u32 = 1;
@@ -67,21 +70,39 @@ pub struct Journal {
     pub pid: u32,
     pub from: String,
     pub to: String,
-    /// Folder of the new files, relative to the root.
+    /// Folder of the new files, relative to the root: `.migrate/staging-…`.
     pub staging: String,
-    /// Folder of the hard-linked originals, relative to the root.
+    /// Folder of the hard-linked originals, relative to the root: the staging folder's name
+    /// with `.orig`.
     pub originals: String,
     pub entries: Vec<Entry>,
     /// Folders the swap creates, parents first; removed again on rollback.
     pub created_dirs: Vec<String>,
     pub phase: Phase,
+    /// The backup this swap must have before it may become final; `None`: backups are off.
+    #[serde(default)]
+    pub backup: Option<BackupPlan>,
 }
+
+/// Where the backup of a swap goes, and whether it is done: what `recover --forward` needs to
+/// complete it from the kept originals before finishing the swap.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupPlan {
+    /// The folder holding backups (absolute).
+    pub dir: String,
+    /// `full`, `config`, `data` or `model`.
+    pub kind: String,
+    /// The finished, verified backup; `None` until then.
+    pub done: Option<String>,
+}
+
+/// A journal is at most this large (a real one lists paths: kilobytes).
+const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
 /// A prepared swap. Dropping it without [`Transaction::commit`] or [`Transaction::rollback`]
 /// leaves the journal for [`recover`].
 pub struct Transaction {
-    root: PathBuf,
-    tool_dir: PathBuf,
+    root: Root,
     journal: Journal,
 }
 
@@ -90,76 +111,115 @@ pub struct Transaction {
 pub enum Recovery {
     /// An unfinished migration was undone: the installation is as before it.
     RolledBack { from: String, to: String },
-    /// An unfinished migration was completed.
-    Finished { from: String, to: String },
-    /// Only leftovers (staging of a run that never reached its journal) were removed.
-    Cleaned,
+    /// An unfinished migration was completed; `backup` is the backup completed first from the
+    /// kept originals, when the run died before its own was done.
+    Finished {
+        from: String,
+        to: String,
+        backup: Option<String>,
+    },
+    /// Only leftovers (staging of a run that never reached its journal, half-written
+    /// backups) were removed.
+    Cleaned { removed: Vec<String> },
 }
 
 impl Transaction {
     /// Step 1: keeps the originals and writes the journal. `last` (the `VERSION` file) is
-    /// swapped after everything else.
+    /// swapped after everything else. `backup`: where the backup of this swap goes.
     pub fn prepare(
         root: &Path,
-        tool_dir: &Path,
         staging: Staging,
         from: &str,
         to: &str,
         last: Option<&str>,
         modes: Modes,
+        backup: Option<BackupPlan>,
     ) -> Result<Transaction> {
-        let (staging_dir, removals) = staging.into_parts();
-        let originals_dir = staging_dir.with_extension("orig");
+        let root = Root::open(root)?;
+        let parts = staging.into_parts();
+        let name = parts
+            .dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.starts_with("staging-"))
+            .map(str::to_owned);
+        let in_tool_dir = parts
+            .dir
+            .parent()
+            .and_then(|p| p.canonicalize().ok())
+            .is_some_and(|p| p == root.join(TOOL_DIR));
+        let Some(name) = name.filter(|_| in_tool_dir) else {
+            return Err(Error::invalid(
+                &parts.dir,
+                "a staging folder outside the installation's .migrate/ cannot be swapped in",
+                "report this as a bug in migrate; nothing was changed",
+            ));
+        };
+        let staging_rel = format!("{TOOL_DIR}/{name}");
+        let originals_rel = format!("{staging_rel}.orig");
         let mut entries = Vec::new();
-        for rel in fsutil::list_files(&staging_dir)? {
-            let action = if root.join(&rel).exists() {
+        for rel in root.files_below(&staging_rel)? {
+            let action = if root.file_exists(&rel)? {
                 Action::Replace
             } else {
                 Action::Create
             };
             entries.push(Entry { rel, action });
         }
-        let existing = removals.into_iter().filter(|rel| root.join(rel).exists());
-        entries.extend(existing.map(|rel| Entry {
-            rel,
-            action: Action::Remove,
-        }));
+        for rel in parts.removals {
+            if root.file_exists(&rel)? {
+                entries.push(Entry {
+                    rel,
+                    action: Action::Remove,
+                });
+            }
+        }
         if let Some(last) = last {
             if let Some(i) = entries.iter().position(|e| e.rel == last) {
                 let e = entries.remove(i);
                 entries.push(e);
             }
         }
-        let created_dirs = dirs_to_create(root, &entries);
+        let created_dirs = dirs_to_create(&root, &entries)?;
+        root.create_dir(&originals_rel, 0o700)?;
         for e in &entries {
-            keep_original(root, &staging_dir, &originals_dir, e, modes)?;
+            keep_original(&root, &staging_rel, &originals_rel, e, modes, &parts.modes)?;
         }
-        sync_tree(&staging_dir);
-        sync_tree(&originals_dir);
-        let rel_of = |p: &Path| {
-            p.strip_prefix(root)
-                .unwrap_or(p)
-                .to_string_lossy()
-                .into_owned()
-        };
         let journal = Journal {
             format: FORMAT,
             pid: std::process::id(),
             from: from.to_owned(),
             to: to.to_owned(),
-            staging: rel_of(&staging_dir),
-            originals: rel_of(&originals_dir),
+            staging: staging_rel,
+            originals: originals_rel,
             entries,
             created_dirs,
             phase: Phase::Prepared,
+            backup,
         };
-        write_journal(tool_dir, &journal)?;
+        write_journal(&root, &journal)?;
         fault::point("prepared")?;
-        Ok(Transaction {
-            root: root.to_path_buf(),
-            tool_dir: tool_dir.to_path_buf(),
-            journal,
-        })
+        Ok(Transaction { root, journal })
+    }
+
+    /// The installation, opened beneath its canonical root.
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    /// The journal as written.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Records that the backup is done (and verified): from now on `recover --forward` may
+    /// finish the swap without making one.
+    pub fn backup_done(&mut self, path: &Path) -> Result<()> {
+        if let Some(b) = &mut self.journal.backup {
+            b.done = Some(path.display().to_string());
+            write_journal(&self.root, &self.journal)?;
+        }
+        Ok(())
     }
 
     /// Step 2: moves every staged file into place.
@@ -181,83 +241,216 @@ impl Transaction {
     pub fn commit(mut self) -> Result<()> {
         self.journal.phase = Phase::Committed;
         fault::point("commit")?;
-        write_journal(&self.tool_dir, &self.journal)?;
+        write_journal(&self.root, &self.journal)?;
         fault::point("committed")?;
-        cleanup(&self.root, &self.tool_dir, &self.journal)
+        cleanup(&self.root, &self.journal)
     }
 
     /// Undoes whatever part of the swap happened.
     pub fn rollback(self) -> Result<()> {
-        roll_back(&self.root, &self.tool_dir, &self.journal)
+        roll_back(&self.root, &self.journal)
     }
 }
 
-/// Finishes or undoes an interrupted migration found in `tool_dir`, and removes staging left by
+/// The backup of a prepared swap: the files it replaces or removes, read from the journal's
+/// kept originals (hard links to them), and the sha256 of everything it writes, read from its
+/// staging. Used by the migration before the swap and by `recover --forward` when the run died
+/// before its backup was done. The backup is verified before its path is returned.
+pub fn back_up(root: &Root, journal: &Journal, dir: &Path, kind: &str) -> Result<PathBuf> {
+    let of = |action: &dyn Fn(Action) -> bool| -> Vec<String> {
+        journal
+            .entries
+            .iter()
+            .filter(|e| action(e.action))
+            .map(|e| e.rel.clone())
+            .collect()
+    };
+    let open_source = |rel: &str| root.open_read(&confine::join(&journal.originals, rel), None);
+    let open_written = |rel: &str| root.open_read(&confine::join(&journal.staging, rel), None);
+    let path = backup::create(&BackupRequest {
+        root: root.path(),
+        dir,
+        kind,
+        from: &journal.from,
+        to: &journal.to,
+        open_source: &open_source,
+        files: of(&|a| a != Action::Create),
+        created_files: of(&|a| a == Action::Create),
+        created_dirs: journal.created_dirs.clone(),
+        written: of(&|a| a != Action::Remove),
+        open_written: &open_written,
+    })?;
+    backup::verify(&path)?;
+    Ok(path)
+}
+
+/// Reads and checks the journal of `root`, if there is one: a regular file owned by this user
+/// or root and writable by nobody else, whose every path lies beneath the root, with its
+/// staging and originals inside the root's own `.migrate/`.
+pub fn read(root: &Root) -> Result<Option<Journal>> {
+    let rel = format!("{TOOL_DIR}/{JOURNAL_FILE}");
+    if root.stat(&rel)?.is_none() {
+        return Ok(None);
+    }
+    root.private_dir(TOOL_DIR)?;
+    let path = root.join(&rel);
+    let mut file = root.open_read(&rel, Some(MAX_JOURNAL_BYTES))?;
+    confine::check_private_file(&file, &path)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes)
+        .map_err(io(format!("cannot read {}", path.display())))?;
+    let journal: Journal = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::invalid(
+            &path,
+            format!("unreadable journal ({e})"),
+            "nothing was changed; look at the file: if no migration was running, move it out of .migrate/ and check the installation with `migrate validate`",
+        )
+    })?;
+    check_paths(&journal).map_err(|why| {
+        Error::invalid(
+            &path,
+            format!("{why}: refused, nothing was changed"),
+            "this journal was not written by migrate for this installation: move it out of .migrate/ and check the installation with `migrate validate`",
+        )
+    })?;
+    Ok(Some(journal))
+}
+
+/// Every path of a journal stays beneath the root; staging and originals are the tool's own.
+fn check_paths(j: &Journal) -> std::result::Result<(), String> {
+    let staging_name = j.staging.strip_prefix(&format!("{TOOL_DIR}/"));
+    let own = staging_name.is_some_and(|n| {
+        n.starts_with("staging-") && !n.contains('/') && confine::is_clean(&j.staging)
+    });
+    if !own {
+        return Err(format!(
+            "its staging `{}` is not a staging folder inside {TOOL_DIR}/",
+            j.staging
+        ));
+    }
+    if j.originals != format!("{}.orig", j.staging) {
+        return Err(format!(
+            "its originals `{}` are not the staging's own `{}.orig`",
+            j.originals, j.staging
+        ));
+    }
+    for p in j
+        .entries
+        .iter()
+        .map(|e| &e.rel)
+        .chain(j.created_dirs.iter())
+    {
+        confine::components(p).map_err(|why| format!("it names {why}"))?;
+        if p == TOOL_DIR || p.starts_with(&format!("{TOOL_DIR}/")) {
+            return Err(format!("it names `{p}`, inside {TOOL_DIR}/"));
+        }
+    }
+    Ok(())
+}
+
+/// Finishes or undoes an interrupted migration found in `root`, and removes staging left by
 /// runs killed before their journal existed. `None` when there was nothing to do.
-pub fn recover(root: &Path, tool_dir: &Path, forward: bool) -> Result<Option<Recovery>> {
-    let path = tool_dir.join(JOURNAL_FILE);
-    let outcome = match fs::read(&path) {
-        Ok(bytes) => {
-            let journal: Journal = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::invalid(
-                    &path,
-                    format!("unreadable journal ({e})"),
-                    "restore from a backup with `migrate rollback`",
-                )
-            })?;
+/// A forward recovery of a run that died before its backup was done first completes that
+/// backup from the kept originals (and verifies it), or refuses: a migration never becomes
+/// irreversible without the backup it was asked to make.
+pub fn recover(root: &Path, forward: bool) -> Result<Option<Recovery>> {
+    let root = Root::open(root)?;
+    // Past this point a failure leaves the journal for the next command: it says so.
+    let stuck = |e: Error| match e {
+        Error::Io { .. } => Error::Interrupted {
+            root: root.path().to_path_buf(),
+            reason: format!("recovering the interrupted run failed: {e}"),
+        },
+        other => other,
+    };
+    let outcome = match read(&root)? {
+        Some(journal) => {
+            if let Some(plan) = &journal.backup {
+                // The run may have died while writing its backup: that half is never a backup.
+                backup::remove_partials(Path::new(&plan.dir), journal.pid);
+            }
             let (from, to) = (journal.from.clone(), journal.to.clone());
             if journal.phase == Phase::Committed {
-                cleanup(root, tool_dir, &journal)?;
-                Some(Recovery::Finished { from, to })
+                cleanup(&root, &journal).map_err(stuck)?;
+                Some(Recovery::Finished {
+                    from,
+                    to,
+                    backup: None,
+                })
             } else if forward && journal.phase == Phase::Prepared {
-                swap_forward(root, &journal)?;
+                let backup = match &journal.backup {
+                    Some(b) if b.done.is_none() => {
+                        let made = back_up(&root, &journal, Path::new(&b.dir), &b.kind)
+                            .map_err(|e| Error::Interrupted {
+                                root: root.path().to_path_buf(),
+                                reason: format!("the interrupted migration has no backup yet, and it cannot be completed from the kept originals ({e}); finishing without one would make the migration irreversible, so --forward is refused; run `migrate recover --path {}` without --forward to undo it (that loses nothing), then migrate again", root.path().display()),
+                            })?;
+                        Some(made.display().to_string())
+                    }
+                    _ => None,
+                };
+                swap_forward(&root, &journal).map_err(stuck)?;
                 let mut done = journal;
                 done.phase = Phase::Committed;
-                write_journal(tool_dir, &done)?;
-                cleanup(root, tool_dir, &done)?;
-                Some(Recovery::Finished { from, to })
+                write_journal(&root, &done).map_err(stuck)?;
+                cleanup(&root, &done).map_err(stuck)?;
+                Some(Recovery::Finished { from, to, backup })
             } else {
-                roll_back(root, tool_dir, &journal)?;
+                roll_back(&root, &journal).map_err(stuck)?;
                 Some(Recovery::RolledBack { from, to })
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io(format!("cannot read {}", path.display()))(e)),
+        None => None,
     };
-    let cleaned = remove_leftovers(tool_dir)?;
-    Ok(outcome.or(cleaned.then_some(Recovery::Cleaned)))
+    let removed = remove_leftovers(&root)?;
+    Ok(outcome.or((!removed.is_empty()).then_some(Recovery::Cleaned { removed })))
 }
 
 /// Whether `tool_dir` holds the journal of an interrupted migration or restore.
 pub fn is_interrupted(tool_dir: &Path) -> bool {
-    tool_dir.join(JOURNAL_FILE).exists()
+    std::fs::symlink_metadata(tool_dir.join(JOURNAL_FILE)).is_ok()
 }
 
-fn swap_forward(root: &Path, journal: &Journal) -> Result<()> {
-    let staging = root.join(&journal.staging);
-    let originals = root.join(&journal.originals);
+/// Whether `root` holds anything a crash left: a journal, staging, or a half-written backup.
+pub fn has_leftovers(root: &Path) -> bool {
+    let tool_dir = root.join(TOOL_DIR);
+    let named = |dir: &Path, f: &dyn Fn(&str) -> bool| {
+        std::fs::read_dir(dir).is_ok_and(|r| {
+            r.filter_map(|e| e.ok())
+                .any(|e| f(&e.file_name().to_string_lossy()))
+        })
+    };
+    is_interrupted(&tool_dir)
+        || named(&tool_dir, &|n| {
+            n.starts_with("staging-") || n == "journal.json.tmp"
+        })
+        || named(&root.join(crate::layout::BACKUPS_DIR), &|n| {
+            n.ends_with(".partial")
+        })
+}
+
+fn join(a: &str, b: &str) -> String {
+    confine::join(a, b)
+}
+
+fn swap_forward(root: &Root, journal: &Journal) -> Result<()> {
     for dir in &journal.created_dirs {
-        let d = root.join(dir);
-        if !d.is_dir() {
-            fs::create_dir(&d).map_err(io(format!("cannot create {}", d.display())))?;
-        }
+        let mode = parent_mode(root, dir)?;
+        root.create_dir(dir, mode)?;
     }
     for e in &journal.entries {
-        let target = root.join(&e.rel);
         match e.action {
             Action::Replace | Action::Create => {
-                let staged = staging.join(&e.rel);
-                if staged.exists() {
-                    fs::rename(&staged, &target)
-                        .map_err(io(format!("cannot move {} into place", target.display())))?;
-                    sync_parent(&target);
+                let staged = join(&journal.staging, &e.rel);
+                if root.file_exists(&staged)? {
+                    root.rename(&staged, &e.rel)?;
                 }
             }
             Action::Remove => {
-                if target.exists() && originals.join(&e.rel).exists() {
-                    fs::remove_file(&target)
-                        .map_err(io(format!("cannot remove {}", target.display())))?;
-                    sync_parent(&target);
+                if root.file_exists(&e.rel)?
+                    && root.file_exists(&join(&journal.originals, &e.rel))?
+                {
+                    root.remove_file(&e.rel)?;
                 }
             }
         }
@@ -266,130 +459,171 @@ fn swap_forward(root: &Path, journal: &Journal) -> Result<()> {
     Ok(())
 }
 
-fn roll_back(root: &Path, tool_dir: &Path, journal: &Journal) -> Result<()> {
+fn roll_back(root: &Root, journal: &Journal) -> Result<()> {
     if journal.phase != Phase::RollingBack {
         let mut marked = journal.clone();
         marked.phase = Phase::RollingBack;
-        write_journal(tool_dir, &marked)?;
+        write_journal(root, &marked)?;
     }
-    let staging = root.join(&journal.staging);
-    let originals = root.join(&journal.originals);
     for e in journal.entries.iter().rev() {
-        let target = root.join(&e.rel);
         match e.action {
             Action::Replace | Action::Remove => {
-                let orig = originals.join(&e.rel);
-                if orig.exists() {
-                    fs::rename(&orig, &target)
-                        .map_err(io(format!("cannot restore {}", target.display())))?;
-                    sync_parent(&target);
+                let orig = join(&journal.originals, &e.rel);
+                if root.file_exists(&orig)? {
+                    root.rename(&orig, &e.rel)?;
                 }
             }
             Action::Create => {
-                if !staging.join(&e.rel).exists() && target.exists() {
-                    fs::remove_file(&target)
-                        .map_err(io(format!("cannot remove {}", target.display())))?;
-                    sync_parent(&target);
+                if !root.file_exists(&join(&journal.staging, &e.rel))?
+                    && root.file_exists(&e.rel)?
+                {
+                    root.remove_file(&e.rel)?;
                 }
             }
         }
         fault::point("rollback")?;
     }
     for dir in journal.created_dirs.iter().rev() {
-        let _ = fs::remove_dir(root.join(dir));
+        root.remove_empty_dir(dir)?;
     }
-    cleanup(root, tool_dir, journal)
+    cleanup(root, journal)
 }
 
 /// Deletes staging, originals and the journal, in that order: while the journal exists, the
 /// work can be redone.
-fn cleanup(root: &Path, tool_dir: &Path, journal: &Journal) -> Result<()> {
+fn cleanup(root: &Root, journal: &Journal) -> Result<()> {
     for dir in [&journal.originals, &journal.staging] {
-        let d = root.join(dir);
-        if d.exists() {
-            fs::remove_dir_all(&d).map_err(io(format!("cannot remove {}", d.display())))?;
-        }
+        root.remove_all(dir)?;
         fault::point("cleanup")?;
     }
-    let path = tool_dir.join(JOURNAL_FILE);
-    match fs::remove_file(&path) {
-        Ok(()) => sync_parent(&path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(format!("cannot remove {}", path.display()))(e)),
-    }
+    root.remove_file(&format!("{TOOL_DIR}/{JOURNAL_FILE}"))?;
     Ok(())
 }
 
-/// Staging folders of runs that died before writing a journal: never part of the installation.
-fn remove_leftovers(tool_dir: &Path) -> Result<bool> {
-    let Ok(read) = fs::read_dir(tool_dir) else {
-        return Ok(false);
-    };
-    let mut any = false;
-    for entry in read.filter_map(|e| e.ok()) {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("staging-") || name == "journal.json.tmp" {
-            let p = entry.path();
-            let r = if p.is_dir() {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
+/// What a crash left and no journal owns: staging folders of runs that died before writing
+/// their journal, a half-written journal, and `.partial` backups in `<root>/backups/`. Never
+/// part of the installation. Returns what was removed, relative to the root.
+fn remove_leftovers(root: &Root) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    if root.dir_exists(TOOL_DIR)? {
+        for (name, _) in root.list(TOOL_DIR)?.unwrap_or_default() {
+            let Ok(name) = String::from_utf8(name) else {
+                continue;
             };
-            r.map_err(io(format!("cannot remove leftover {}", p.display())))?;
-            any = true;
+            if name.starts_with("staging-") || name == "journal.json.tmp" {
+                let rel = format!("{TOOL_DIR}/{name}");
+                root.remove_all(&rel)?;
+                removed.push(rel);
+            }
         }
     }
-    Ok(any)
+    let backups = crate::layout::BACKUPS_DIR;
+    if root.stat(backups)?.is_some_and(|f| f.kind == Kind::Dir) {
+        for (name, kind) in root.list(backups)?.unwrap_or_default() {
+            let Ok(name) = String::from_utf8(name) else {
+                continue;
+            };
+            if kind == Kind::Dir && name.ends_with(".partial") && name.contains("_backup_") {
+                let rel = format!("{backups}/{name}");
+                root.remove_all(&rel)?;
+                removed.push(rel);
+            }
+        }
+    }
+    Ok(removed)
 }
 
-/// Gives the staged file its original's mode, syncs it, and hard-links the original aside.
+/// A new file or folder's mode when nothing else gives one: its installation folder's, without
+/// the execute bits for a file. Never more open than the folder that holds it, whatever the
+/// umask.
+fn parent_mode(root: &Root, rel: &str) -> Result<u32> {
+    let mut at = Path::new(rel).parent();
+    while let Some(dir) = at {
+        let d = dir.to_string_lossy();
+        if d.is_empty() {
+            break;
+        }
+        if let Some(f) = root.stat(&d)?.filter(|f| f.kind == Kind::Dir) {
+            return Ok(f.mode & 0o777);
+        }
+        at = dir.parent();
+    }
+    let top = std::fs::metadata(root.path())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap_or(0o700);
+    Ok(top)
+}
+
+/// Gives the staged file its final mode, syncs it, and hard-links the original aside.
 fn keep_original(
-    root: &Path,
-    staging: &Path,
-    originals: &Path,
+    root: &Root,
+    staging: &str,
+    originals: &str,
     e: &Entry,
     modes: Modes,
+    requested: &[(String, u32)],
 ) -> Result<()> {
-    let target = root.join(&e.rel);
     if e.action != Action::Remove {
-        let staged = staging.join(&e.rel);
-        if let (Modes::FromTarget, Ok(meta)) = (modes, fs::metadata(&target)) {
-            fs::set_permissions(&staged, meta.permissions())
-                .map_err(io(format!("cannot set the mode of {}", staged.display())))?;
+        let staged = join(staging, &e.rel);
+        let mode = match (modes, e.action) {
+            (Modes::Staged, _) => None,
+            (Modes::FromTarget, Action::Replace) => root.stat(&e.rel)?.map(|f| f.mode),
+            (Modes::FromTarget, _) => {
+                Some(match requested.iter().rev().find(|(r, _)| *r == e.rel) {
+                    Some((_, m)) => *m,
+                    None => parent_mode(root, &e.rel)? & 0o666,
+                })
+            }
+        };
+        if let Some(mode) = mode {
+            root.set_mode(&staged, mode)?;
         }
-        File::open(&staged)
-            .and_then(|f| f.sync_all())
-            .map_err(io(format!("cannot sync {}", staged.display())))?;
+        root.open_read(&staged, None)?
+            .sync_all()
+            .map_err(io(format!("cannot sync {}", root.join(&staged).display())))?;
     }
     if e.action == Action::Create {
         return Ok(());
     }
-    let orig = originals.join(&e.rel);
-    if let Some(parent) = orig.parent() {
-        fs::create_dir_all(parent).map_err(io(format!("cannot create {}", parent.display())))?;
+    let orig = join(originals, &e.rel);
+    let mut parent = String::new();
+    for part in confine::components(&e.rel)
+        .unwrap_or_default()
+        .iter()
+        .rev()
+        .skip(1)
+        .rev()
+    {
+        parent = join(&parent, part);
+        root.create_dir(&join(originals, &parent), 0o700)?;
     }
-    if fs::hard_link(&target, &orig).is_err() {
+    if root.hard_link(&e.rel, &orig).is_err() {
         // Filesystems without hard links: a synced copy does the same job, slower.
-        fs::copy(&target, &orig)
-            .map_err(io(format!("cannot keep a copy of {}", target.display())))?;
-        File::open(&orig)
-            .and_then(|f| f.sync_all())
-            .map_err(io(format!("cannot sync {}", orig.display())))?;
+        let mut src = root.open_read(&e.rel, None)?;
+        let mode = root.stat(&e.rel)?.map_or(0o600, |f| f.mode);
+        let mut dst = root.create_new(&orig, mode)?;
+        std::io::copy(&mut src, &mut dst)
+            .and_then(|_| dst.sync_all())
+            .map_err(io(format!(
+                "cannot keep a copy of {}",
+                root.join(&e.rel).display()
+            )))?;
     }
     Ok(())
 }
 
 /// Folders that must be created for `entries`, parents first.
-fn dirs_to_create(root: &Path, entries: &[Entry]) -> Vec<String> {
+fn dirs_to_create(root: &Root, entries: &[Entry]) -> Result<Vec<String>> {
     let mut dirs = Vec::new();
     for e in entries.iter().filter(|e| e.action == Action::Create) {
         let mut missing = Vec::new();
         let mut at = Path::new(&e.rel).parent();
         while let Some(dir) = at.filter(|d| !d.as_os_str().is_empty()) {
-            if root.join(dir).is_dir() {
+            let d = dir.to_string_lossy().into_owned();
+            if root.dir_exists(&d)? {
                 break;
             }
-            missing.push(dir.to_string_lossy().into_owned());
+            missing.push(d);
             at = dir.parent();
         }
         for d in missing.into_iter().rev() {
@@ -398,16 +632,120 @@ fn dirs_to_create(root: &Path, entries: &[Entry]) -> Vec<String> {
             }
         }
     }
-    dirs
+    Ok(dirs)
 }
 
-fn write_journal(tool_dir: &Path, journal: &Journal) -> Result<()> {
-    let tmp = tool_dir.join("journal.json.tmp");
-    let path = tool_dir.join(JOURNAL_FILE);
+/// Writes the journal atomically (a new 0600 file, synced, renamed over the old one).
+fn write_journal(root: &Root, journal: &Journal) -> Result<()> {
+    let tmp = format!("{TOOL_DIR}/journal.json.tmp");
+    let path = format!("{TOOL_DIR}/{JOURNAL_FILE}");
     let bytes = serde_json::to_vec_pretty(journal)
         .map_err(|e| io("cannot encode the journal")(e.into()))?;
-    fsutil::write_synced(&tmp, &bytes)?;
-    fs::rename(&tmp, &path).map_err(io(format!("cannot write {}", path.display())))?;
-    sync_parent(&path);
+    root.remove_file(&tmp)?;
+    let mut file: File = root.create_new(&tmp, 0o600)?;
+    fault::point("journal_write")?;
+    file.write_all(&bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(io(format!("cannot write {}", root.join(&tmp).display())))?;
+    root.rename(&tmp, &path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal(staging: &str, originals: &str, rel: &str, dir: &str) -> Journal {
+        Journal {
+            format: FORMAT,
+            pid: 1,
+            from: "0.1.0".into(),
+            to: "1.0.0".into(),
+            staging: staging.into(),
+            originals: originals.into(),
+            entries: vec![Entry {
+                rel: rel.into(),
+                action: Action::Replace,
+            }],
+            created_dirs: vec![dir.into()],
+            phase: Phase::Prepared,
+            backup: None,
+        }
+    }
+
+    #[test]
+    fn only_the_tools_own_paths_beneath_the_root_pass() {
+        let ok = journal(
+            ".migrate/staging-a",
+            ".migrate/staging-a.orig",
+            "data/x.jsonl",
+            "data/new",
+        );
+        assert!(check_paths(&ok).is_ok());
+        for (case, j) in [
+            (
+                "originals elsewhere",
+                journal(".migrate/staging-a", "../victim", "data/x", "d"),
+            ),
+            (
+                "other originals",
+                journal(
+                    ".migrate/staging-a",
+                    ".migrate/staging-b.orig",
+                    "data/x",
+                    "d",
+                ),
+            ),
+            (
+                "staging outside",
+                journal("staging-a", "staging-a.orig", "data/x", "d"),
+            ),
+            (
+                "absolute staging",
+                journal("/tmp/staging-a", "/tmp/staging-a.orig", "data/x", "d"),
+            ),
+            (
+                "nested staging",
+                journal(
+                    ".migrate/staging-a/../..",
+                    ".migrate/staging-a/../...orig",
+                    "data/x",
+                    "d",
+                ),
+            ),
+            (
+                "entry escapes",
+                journal(".migrate/staging-a", ".migrate/staging-a.orig", "../x", "d"),
+            ),
+            (
+                "absolute entry",
+                journal(
+                    ".migrate/staging-a",
+                    ".migrate/staging-a.orig",
+                    "/etc/passwd",
+                    "d",
+                ),
+            ),
+            (
+                "entry in .migrate",
+                journal(
+                    ".migrate/staging-a",
+                    ".migrate/staging-a.orig",
+                    ".migrate/lock",
+                    "d",
+                ),
+            ),
+            (
+                "dir escapes",
+                journal(
+                    ".migrate/staging-a",
+                    ".migrate/staging-a.orig",
+                    "data/x",
+                    "data/../..",
+                ),
+            ),
+        ] {
+            assert!(check_paths(&j).is_err(), "{case} accepted");
+        }
+    }
 }

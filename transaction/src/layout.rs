@@ -11,3 +11,5 @@ pub const AUDIT_FILE: &str = "audit.jsonl";
 pub const LOCK_FILE: &str = "lock";
 /// Default backup folder, below the installation root.
 pub const BACKUPS_DIR: &str = "backups";
+/// The release marker at the root of an installation.
+pub const VERSION_FILE: &str = "VERSION";

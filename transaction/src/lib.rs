@@ -14,6 +14,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod confine;
 pub mod error;
 pub mod fault;
 pub mod fsutil;

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{io, Error, Result};
@@ -14,18 +15,30 @@ pub struct InstallLock {
 }
 
 impl InstallLock {
-    /// Takes the lock in `tool_dir` (created if needed) or says who holds it.
+    /// Takes the lock in `tool_dir` (created 0700 if needed, refused when another user could
+    /// write it) or says who holds it. The lock file is 0600 and never opened through a link.
     pub fn acquire(tool_dir: &Path) -> Result<InstallLock> {
-        std::fs::create_dir_all(tool_dir)
-            .map_err(io(format!("cannot create {}", tool_dir.display())))?;
+        if let (Some(root), Some(name)) = (tool_dir.parent(), tool_dir.file_name()) {
+            let root = crate::confine::Root::open(root)?;
+            root.private_dir(&name.to_string_lossy())?;
+        }
         let path = tool_dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io(format!("cannot open the lock file {}", path.display())))?;
+        // A lock file an older version left with the umask's mode becomes 0600 when it is ours.
+        if let Ok(meta) = file.metadata() {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            if meta.uid() == crate::identity::current_uid() && meta.mode() & 0o077 != 0 {
+                let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+            }
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {

@@ -18,30 +18,43 @@ pub struct Recovered {
     pub warnings: Vec<String>,
 }
 
-/// Rolls back an interrupted migration of `root`, if there is one, taking the installation's
-/// lock only then: a read-only command on a clean installation takes no lock.
+/// Rolls back an interrupted migration of `root`, and removes what a crash left (staging,
+/// `.partial` backups), if there is any; it takes the installation's lock only then: a
+/// read-only command on a clean installation takes no lock.
 pub fn roll_back_if_interrupted(root: &Path) -> Result<Recovered> {
-    let tool_dir = root.join(TOOL_DIR);
-    if !journal::is_interrupted(&tool_dir) {
+    if !journal::has_leftovers(root) {
         return Ok(Recovered {
             outcome: None,
             warnings: Vec::new(),
         });
     }
-    let _lock = InstallLock::acquire(&tool_dir)?;
-    recover_locked(root, false)
+    let _lock = InstallLock::acquire(&root.join(TOOL_DIR))?;
+    recover_locked(root, false, false)
 }
 
-/// Finishes (`forward`) or undoes an interrupted migration and records it in the audit trail.
-/// The caller holds the installation's lock.
-pub fn recover_locked(root: &Path, forward: bool) -> Result<Recovered> {
-    let outcome = journal::recover(root, &root.join(TOOL_DIR), forward)?;
+/// Finishes (`forward`) or undoes an interrupted migration, removes leftovers, and records
+/// it in the audit trail; `explicit` (`migrate recover`) records even that there was nothing
+/// to do. The caller holds the installation's lock.
+pub fn recover_locked(root: &Path, forward: bool, explicit: bool) -> Result<Recovered> {
+    let outcome = journal::recover(root, forward)?;
     let mut warnings = Vec::new();
-    if let Some(r) = &outcome {
-        let recorded = Audit::new(root).record(
-            "recovery",
-            serde_json::json!({"outcome": format!("{r:?}"), "forward": forward}),
-        );
+    if outcome.is_some() || explicit {
+        let details = match &outcome {
+            Some(Recovery::RolledBack { from, to }) => {
+                serde_json::json!({"outcome": "rolled_back", "from": from, "to": to})
+            }
+            Some(Recovery::Finished { from, to, backup }) => {
+                serde_json::json!({"outcome": "finished", "from": from, "to": to, "backup": backup})
+            }
+            Some(Recovery::Cleaned { removed }) => {
+                serde_json::json!({"outcome": "cleaned", "removed": removed})
+            }
+            None => serde_json::json!({"outcome": "nothing_to_recover"}),
+        };
+        let mut details = details;
+        details["forward"] = forward.into();
+        details["explicit"] = explicit.into();
+        let recorded = Audit::new(root).record("recovery", details);
         warnings.extend(recorded.err().map(|e| e.to_string()));
     }
     Ok(Recovered { outcome, warnings })

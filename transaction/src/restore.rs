@@ -2,16 +2,24 @@
 //! is extracted into staging and verified entry by entry first, so a damaged or malicious
 //! backup is refused before the installation is touched; the swap then goes through the same
 //! journal as a migration, so a crash during the restore is recoverable too.
+//!
+//! A rollback never destroys what the migration did not write: a file it would replace or
+//! remove is compared with the sha256 the backup recorded of what the migration wrote. A file
+//! changed since (a record appended after the migration, a file a damaged `created_files`
+//! names) is first saved into a `pre_rollback` backup, and the report names it; a created
+//! file that changed since is kept where it is.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::audit::Audit;
-use crate::backup::{self, BackupMetadata};
-use crate::error::{Error, Result};
+use crate::backup::{self, BackupMetadata, BackupRequest};
+use crate::confine::Root;
+use crate::error::{io, Error, Result};
 use crate::journal::{self, Modes, Transaction};
-use crate::layout::TOOL_DIR;
+use crate::layout::{BACKUPS_DIR, TOOL_DIR};
 use crate::lock::InstallLock;
 use crate::staging::Staging;
 
@@ -21,64 +29,226 @@ pub struct RestoreReport {
     pub root: PathBuf,
     pub restored_files: usize,
     pub removed_files: usize,
-    /// The release the installation is back at.
+    /// The release the installation is back at (what its `VERSION` says after the restore,
+    /// else the backup's source version).
     pub version: String,
+    /// Files that changed after the migration, saved here before they were replaced.
+    pub pre_rollback_backup: Option<PathBuf>,
+    /// Files that changed after the migration and were saved into the pre-rollback backup.
+    pub saved_files: Vec<String>,
+    /// Files the migration created that changed since: kept where they are.
+    pub kept_files: Vec<String>,
     /// What went wrong without undoing the restore (an audit entry that could not be written).
     pub warnings: Vec<String>,
 }
 
-/// Restores `backup` into `root` (default: the installation the backup was taken from).
-pub fn restore(backup_path: &Path, root: Option<&Path>) -> Result<RestoreReport> {
+/// What the operator asked for.
+pub struct RestoreRequest<'a> {
+    pub backup: &'a Path,
+    /// `--path`; without it the backup's recorded root, when the backup lies under it.
+    pub root: Option<&'a Path>,
+    /// Restore even when the installation's `VERSION` is not the backup's target version.
+    pub force: bool,
+}
+
+/// A file is at most this large to be read as `VERSION`.
+const MAX_VERSION_BYTES: u64 = 4096;
+
+/// Restores the backup into its installation.
+pub fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
+    let backup_path = req.backup;
     let meta = backup::read_metadata(backup_path)?;
-    let root: PathBuf = root
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(&meta.root));
-    if !root.is_dir() {
-        return Err(Error::invalid(
-            &root,
-            "not a folder",
-            "pass --path with the installation to restore into",
-        ));
+    let root = Root::open(&target_root(req, &meta)?)?;
+    root.private_dir(TOOL_DIR)?;
+    let _lock = InstallLock::acquire(&root.join(TOOL_DIR))?;
+    let recovered = journal::recover(root.path(), false)?;
+    if meta.kind == "full" && !req.force {
+        check_version(&root, &meta)?;
     }
-    let tool_dir = root.join(TOOL_DIR);
-    let _lock = InstallLock::acquire(&tool_dir)?;
-    journal::recover(&root, &tool_dir, false)?;
-    let mut staging = Staging::create(&tool_dir)?;
+    let mut staging = Staging::create(&root.join(TOOL_DIR))?;
     let meta: BackupMetadata = backup::extract(backup_path, &staging)?;
-    let mut removed = 0;
-    for rel in &meta.created_files {
-        if root.join(rel).exists() {
-            staging.remove_at_commit(rel);
-            removed += 1;
+    let written = |rel: &str| meta.written.iter().find(|w| w.path == rel);
+    // Files whose current content is not what the migration left: saved before anything.
+    let mut changed = Vec::new();
+    for f in &meta.files {
+        if root.file_exists(&f.path)? && !still_written(&root, &f.path, written(&f.path))? {
+            changed.push(f.path.clone());
         }
     }
+    let mut removed = 0;
+    let mut kept = Vec::new();
+    for rel in &meta.created_files {
+        if !root.file_exists(rel)? {
+            continue;
+        }
+        if still_written(&root, rel, written(rel))? {
+            staging.remove_at_commit(rel);
+            removed += 1;
+        } else {
+            kept.push(rel.clone());
+        }
+    }
+    let pre_rollback = if changed.is_empty() {
+        None
+    } else {
+        Some(save_changed(&root, backup_path, &meta, &changed)?)
+    };
     let txn = Transaction::prepare(
-        &root,
-        &tool_dir,
+        root.path(),
         staging,
         &meta.target_version,
         &meta.source_version,
         None,
         Modes::Staged,
+        None,
     )?;
     if let Err(e) = txn.swap() {
-        txn.rollback()?;
-        return Err(e);
+        return Err(match txn.rollback() {
+            Ok(()) => e,
+            Err(undo) => Error::Interrupted {
+                root: root.path().to_path_buf(),
+                reason: format!("{e}; undoing the partial restore also failed ({undo})"),
+            },
+        });
     }
-    txn.commit()?;
+    txn.commit().map_err(|e| Error::Interrupted {
+        root: root.path().to_path_buf(),
+        reason: format!(
+            "every file is restored, but the end of the restore could not be recorded: {e}"
+        ),
+    })?;
     for dir in meta.created_dirs.iter().rev() {
-        let _ = std::fs::remove_dir(root.join(dir));
+        let _ = root.remove_empty_dir(dir);
     }
-    let recorded = Audit::new(&root).record(
+    let version = match meta.kind.as_str() {
+        "full" => read_version(&root)?.unwrap_or_else(|| meta.source_version.clone()),
+        _ => meta.source_version.clone(),
+    };
+    let recorded = Audit::new(root.path()).record(
         "rollback",
-        serde_json::json!({"backup": backup_path, "to_version": meta.source_version, "from_version": meta.target_version, "restored_files": meta.files.len(), "removed_files": removed, "archive_sha256": meta.archive_sha256}),
+        serde_json::json!({"backup": backup_path, "to_version": version, "from_version": meta.target_version, "restored_files": meta.files.len(), "removed_files": removed, "archive_sha256": meta.archive_sha256, "pre_rollback_backup": pre_rollback, "saved_files": changed, "kept_files": kept}),
     );
+    let mut warnings: Vec<String> = recorded.err().map(|e| e.to_string()).into_iter().collect();
+    match recovered {
+        Some(journal::Recovery::RolledBack { from, to }) => warnings.insert(
+            0,
+            format!("an interrupted migration {from} → {to} was found and rolled back first"),
+        ),
+        Some(journal::Recovery::Cleaned { removed }) => warnings.insert(
+            0,
+            format!("removed what a crashed run left: {}", removed.join(", ")),
+        ),
+        _ => {}
+    }
     Ok(RestoreReport {
-        warnings: recorded.err().map(|e| e.to_string()).into_iter().collect(),
+        warnings,
         backup: backup_path.to_path_buf(),
-        root,
+        root: root.path().to_path_buf(),
         restored_files: meta.files.len(),
         removed_files: removed,
-        version: meta.source_version,
+        version,
+        pre_rollback_backup: pre_rollback,
+        saved_files: changed,
+        kept_files: kept,
     })
+}
+
+/// `--path`, or the recorded root when the backup lies under it (the default layout): a
+/// backup copied elsewhere, or a recorded root that is not absolute, must be told where to go.
+fn target_root(req: &RestoreRequest, meta: &BackupMetadata) -> Result<PathBuf> {
+    if let Some(root) = req.root {
+        return Ok(root.to_path_buf());
+    }
+    let recorded = Path::new(&meta.root);
+    let backup = req.backup.canonicalize().ok();
+    let under = recorded.is_absolute()
+        && recorded
+            .canonicalize()
+            .ok()
+            .zip(backup)
+            .is_some_and(|(r, b)| b.starts_with(&r));
+    if under {
+        Ok(recorded.to_path_buf())
+    } else {
+        Err(Error::Usage {
+            message: format!(
+                "{}: the backup does not lie under the installation it records (`{}`), so which installation to restore is not certain",
+                req.backup.display(),
+                meta.root
+            ),
+            hint: format!(
+                "pass --path with the installation to restore into (it must be at {})",
+                meta.target_version
+            ),
+        })
+    }
+}
+
+/// A full backup restores an installation at its target version only.
+fn check_version(root: &Root, meta: &BackupMetadata) -> Result<()> {
+    let found = read_version(root)?;
+    if found.as_deref() == Some(meta.target_version.as_str()) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        root.join(crate::layout::VERSION_FILE),
+        format!(
+            "the installation is at {}, but the backup restores an installation at {} (to {}): refused, nothing was changed",
+            found.as_deref().unwrap_or("an unknown version (no VERSION)"),
+            meta.target_version,
+            meta.source_version
+        ),
+        "check that --path and --backup-path are the ones you mean; pass --force only if you are sure",
+    ))
+}
+
+fn read_version(root: &Root) -> Result<Option<String>> {
+    let rel = crate::layout::VERSION_FILE;
+    if !root.file_exists(rel)? {
+        return Ok(None);
+    }
+    let bytes = root.read(rel, MAX_VERSION_BYTES)?;
+    Ok(Some(String::from_utf8_lossy(&bytes).trim().to_owned()))
+}
+
+/// Whether the file at `rel` is still byte for byte what the migration wrote.
+fn still_written(root: &Root, rel: &str, written: Option<&backup::FileRecord>) -> Result<bool> {
+    let Some(w) = written else {
+        return Ok(false);
+    };
+    let file = root.open_read(rel, None)?;
+    let mut hashing = crate::fsutil::Hashing::new(std::io::BufReader::new(file));
+    std::io::copy(&mut (&mut hashing).take(u64::MAX), &mut std::io::sink())
+        .map_err(io(format!("cannot read {}", root.join(rel).display())))?;
+    Ok(hashing.count() == w.size && hashing.hex() == w.sha256)
+}
+
+/// Archives `changed` (as they are now) into a `pre_rollback_backup_<ts>/` beside the backup.
+fn save_changed(
+    root: &Root,
+    backup_path: &Path,
+    meta: &BackupMetadata,
+    changed: &[String],
+) -> Result<PathBuf> {
+    let dir = backup_path
+        .canonicalize()
+        .ok()
+        .and_then(|b| b.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| root.join(BACKUPS_DIR));
+    let open = |rel: &str| root.open_read(rel, None);
+    let path = backup::create(&BackupRequest {
+        root: root.path(),
+        dir: &dir,
+        kind: "pre_rollback",
+        from: &meta.target_version,
+        to: &meta.source_version,
+        open_source: &open,
+        files: changed.to_vec(),
+        created_files: Vec::new(),
+        created_dirs: Vec::new(),
+        written: Vec::new(),
+        open_written: &open,
+    })?;
+    backup::verify(&path)?;
+    Ok(path)
 }

@@ -15,6 +15,16 @@ pub struct Staging {
     cleanup: bool,
     /// Files to delete from the installation at commit (e.g. a quarantined document).
     removals: Vec<String>,
+    /// Final modes of new files that take another file's mode (a quarantine file takes its
+    /// data file's): applied before the swap, whatever the umask was when they were written.
+    modes: Vec<(String, u32)>,
+}
+
+/// What the commit journal takes over from a [`Staging`].
+pub struct Parts {
+    pub dir: PathBuf,
+    pub removals: Vec<String>,
+    pub modes: Vec<(String, u32)>,
 }
 
 impl Staging {
@@ -33,6 +43,7 @@ impl Staging {
             dir,
             cleanup: true,
             removals: Vec::new(),
+            modes: Vec::new(),
         })
     }
 
@@ -43,6 +54,7 @@ impl Staging {
             dir: dir.to_path_buf(),
             cleanup: false,
             removals: Vec::new(),
+            modes: Vec::new(),
         }
     }
 
@@ -70,10 +82,21 @@ impl Staging {
         self.removals.push(rel.to_owned());
     }
 
-    /// Hands the folder and the removals over to the commit journal, which owns them from now.
-    pub fn into_parts(mut self) -> (PathBuf, Vec<String>) {
+    /// Gives the new file `rel` the mode `mode` at commit (instead of one derived from its
+    /// folder's).
+    pub fn set_mode(&mut self, rel: &str, mode: u32) {
+        self.modes.push((rel.to_owned(), mode & 0o7777));
+    }
+
+    /// Hands the folder, the removals and the modes over to the commit journal, which owns
+    /// them from now.
+    pub fn into_parts(mut self) -> Parts {
         self.cleanup = false;
-        (self.dir.clone(), std::mem::take(&mut self.removals))
+        Parts {
+            dir: self.dir.clone(),
+            removals: std::mem::take(&mut self.removals),
+            modes: std::mem::take(&mut self.modes),
+        }
     }
 }
 

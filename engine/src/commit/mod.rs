@@ -4,12 +4,9 @@
 //! A failure after the swap began is rolled back; a rollback that fails too leaves the journal
 //! for the next command, and says so.
 
-use std::path::{Path, PathBuf};
-
 use migrate_transaction::audit::Audit;
-use migrate_transaction::backup::{self, BackupRequest};
 use migrate_transaction::fault;
-use migrate_transaction::journal::{Action, Modes, Transaction};
+use migrate_transaction::journal::{self, Action, BackupPlan, Modes, Transaction};
 use migrate_transaction::staging::Staging;
 
 use crate::discover::install::VERSION_FILE;
@@ -28,14 +25,23 @@ pub fn prepare(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<Tran
         None
     };
     let (from, to) = (plan.from.to_string(), plan.to.to_string());
+    // The journal says where the backup goes, so that `recover --forward` can complete it.
+    let backup = plan.options.backup_dir.as_ref().map(|dir| BackupPlan {
+        dir: std::path::absolute(dir)
+            .unwrap_or_else(|_| dir.clone())
+            .display()
+            .to_string(),
+        kind: plan.target.kind.as_str().to_owned(),
+        done: None,
+    });
     let txn = Transaction::prepare(
         &plan.target.root,
-        &plan.target.tool_dir(),
         staging,
         &from,
         &to,
         last,
         Modes::FromTarget,
+        backup,
     )?;
     s.files = txn.entries().len() as u64;
     Ok(txn)
@@ -51,19 +57,25 @@ pub fn replaced_bytes(plan: &Plan, txn: &Transaction) -> u64 {
         .sum()
 }
 
-/// The backup, when one is wanted; taken before any file in the installation changes.
+/// The backup, when one is wanted; taken (and verified) before any file in the installation
+/// changes, and recorded in the journal: the swap never starts without it.
 pub fn back_up(
     plan: &Plan,
-    txn: &Transaction,
+    txn: &mut Transaction,
     s: &mut StepResult,
     observer: &dyn Observer,
 ) -> Result<()> {
     let Some(dir) = &plan.options.backup_dir else {
         s.status = StepStatus::Skipped;
+        s.warnings.push(
+            "no backup: backup_before_migration = false; `migrate rollback` cannot undo this migration"
+                .into(),
+        );
         return Ok(());
     };
-    let path = archive(plan, txn, dir)?;
+    let path = journal::back_up(txn.root(), txn.journal(), dir, plan.target.kind.as_str())?;
     fault::point("backup")?;
+    txn.backup_done(&path)?;
     let recorded = Audit::new(&plan.target.root).record("backup_created", serde_json::json!({"backup": path, "from": plan.from.to_string(), "to": plan.to.to_string()}));
     if let Err(e) = recorded {
         observer.warning(&e.to_string());
@@ -94,7 +106,7 @@ pub fn commit(plan: &Plan, txn: Transaction, s: &mut StepResult) -> Result<()> {
         .sum();
     txn.commit().map_err(|e| MigrateError::Interrupted {
         root: root.clone(),
-        reason: format!("every file is in place, but the commit could not be recorded: {e}"),
+        reason: format!("every file is in place, but the commit could not be recorded: {e}; `migrate recover --path {} --forward` finishes it, any other migrate command undoes it", root.display()),
     })
 }
 
@@ -108,33 +120,4 @@ pub fn roll_back(plan: &Plan, txn: Transaction, reason: String) -> MigrateError 
             reason: format!("{reason}; rolling back also failed ({undo})"),
         },
     }
-}
-
-/// Archives the files the swap will replace or remove, before any of them changes.
-fn archive(plan: &Plan, txn: &Transaction, dir: &Path) -> Result<PathBuf> {
-    let root = plan.target.root.clone();
-    let files = txn
-        .entries()
-        .iter()
-        .filter(|e| e.action != Action::Create)
-        .map(|e| e.rel.clone())
-        .collect();
-    let created_files = txn
-        .entries()
-        .iter()
-        .filter(|e| e.action == Action::Create)
-        .map(|e| e.rel.clone())
-        .collect();
-    let source_of = move |rel: &str| root.join(rel);
-    Ok(backup::create(&BackupRequest {
-        root: &plan.target.root,
-        dir,
-        kind: plan.target.kind.as_str(),
-        from: &plan.from.to_string(),
-        to: &plan.to.to_string(),
-        source_of: &source_of,
-        files,
-        created_files,
-        created_dirs: txn.created_dirs().to_vec(),
-    })?)
 }

@@ -1,13 +1,16 @@
 //! An installation on disk: where its files are and which release it is (spec section 1).
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use semver::Version;
 
+use migrate_transaction::confine::{self, Kind, Root};
+
 use crate::error::{MigrateError, Result};
 
-pub const VERSION_FILE: &str = "VERSION";
+pub use migrate_transaction::layout::VERSION_FILE;
+/// A config file is read only when it is a regular file of at most this size.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 pub const SERVER_TOML: &str = "config/server.toml";
 pub const DATA_DIR: &str = "data";
 pub const MODELS_DIR: &str = "models";
@@ -61,7 +64,10 @@ impl Installation {
     /// `model_path` key in `config/server.toml` means 0.1.0.
     pub fn detect_version(&self) -> Result<Version> {
         let version_file = self.path(VERSION_FILE);
-        if let Ok(text) = fs::read_to_string(&version_file) {
+        let root = Root::open(&self.root)?;
+        if root.file_exists(VERSION_FILE)? {
+            let bytes = root.read(VERSION_FILE, 4096)?;
+            let text = String::from_utf8_lossy(&bytes);
             return Version::parse(text.trim()).map_err(|e| {
                 MigrateError::invalid(
                     &version_file,
@@ -71,7 +77,7 @@ impl Installation {
             });
         }
         let toml_path = self.path(SERVER_TOML);
-        let text = fs::read_to_string(&toml_path).map_err(|e| MigrateError::UnknownVersion {
+        let text = read_text(&root, SERVER_TOML).map_err(|e| MigrateError::UnknownVersion {
             root: self.root.clone(),
             reason: format!(
                 "no {} and {} cannot be read ({e})",
@@ -119,49 +125,88 @@ impl Installation {
     }
 
     /// Every data file, sorted, skipping the quarantine. Files that are neither `.jsonl` nor
-    /// `.json` are left as they are and not listed.
+    /// `.json` are left as they are and not listed. Nothing is skipped in silence: a link, a
+    /// FIFO, a socket or a device below `dir`, or a name that is not UTF-8, is an error naming
+    /// it, since migrating around it would leave data behind (or follow a link out).
     pub fn data_files(&self, dir: &Path) -> Result<Vec<DataFile>> {
-        if !dir.is_dir() {
+        let root = Root::open(&self.root)?;
+        let Some(base) = rel_in(&root, dir) else {
+            return Ok(Vec::new());
+        };
+        if !root.dir_exists(&base)? {
             return Ok(Vec::new());
         }
-        let quarantine = dir.join(QUARANTINE);
         let mut out = Vec::new();
-        for entry in walkdir::WalkDir::new(dir)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_entry(|e| e.path() != quarantine)
-        {
-            let entry = entry.map_err(|e| {
-                MigrateError::io(format!("cannot list {}", dir.display()), e.into())
-            })?;
-            if !entry.file_type().is_file() {
-                continue;
-            }
-            let kind = match entry.path().extension().and_then(|e| e.to_str()) {
-                Some("jsonl") => DataKind::Lines,
-                Some("json") => DataKind::Document,
-                _ => continue,
-            };
-            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            out.push(DataFile {
-                rel: self.rel(entry.path()),
-                kind,
-                size,
-            });
-        }
+        self.walk_data(&root, &base, "", &mut out)?;
+        out.sort_by(|a, b| a.rel.cmp(&b.rel));
         Ok(out)
     }
 
-    /// Model folders (`models/<name>/`), sorted by name.
+    fn walk_data(&self, root: &Root, base: &str, sub: &str, out: &mut Vec<DataFile>) -> Result<()> {
+        let here = confine::join(base, sub);
+        for (name, kind) in root.list(&here)?.unwrap_or_default() {
+            let name =
+                confine::utf8_name(&name).map_err(|why| special(&self.root.join(&here), why))?;
+            let inside = confine::join(sub, name);
+            let rel = confine::join(base, &inside);
+            match kind {
+                Kind::Dir if inside == QUARANTINE => {}
+                Kind::Dir => self.walk_data(root, base, &inside, out)?,
+                Kind::File => {
+                    let kind = match Path::new(name).extension().and_then(|e| e.to_str()) {
+                        Some("jsonl") => DataKind::Lines,
+                        Some("json") => DataKind::Document,
+                        _ => continue,
+                    };
+                    let size = root.stat(&rel)?.map_or(0, |f| f.size);
+                    out.push(DataFile { rel, kind, size });
+                }
+                other => {
+                    return Err(special(
+                        &self.root.join(&rel),
+                        format!(
+                            "is {}: migrate does not read special files or follow links in data/",
+                            other.describe()
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Model folders (`models/<name>/`), sorted by name. A link or special file in `models/`
+    /// or in a model folder is an error naming it.
     pub fn model_dirs(&self, dir: &Path) -> Result<Vec<String>> {
-        let Ok(read) = fs::read_dir(dir) else {
+        let root = Root::open(&self.root)?;
+        let Some(base) = rel_in(&root, dir) else {
             return Ok(Vec::new());
         };
-        let mut names: Vec<String> = read
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
+        let Some(entries) = root.list(&base)? else {
+            return Ok(Vec::new());
+        };
+        let mut names = Vec::new();
+        for (name, kind) in entries {
+            let name = confine::utf8_name(&name).map_err(|why| special(dir, why))?;
+            let rel = confine::join(&base, name);
+            match kind {
+                Kind::Dir => {
+                    // Every file of the folder is reached without following a link.
+                    root.files_below(&rel)?;
+                    names.push(name.to_owned());
+                }
+                Kind::File => {}
+                other => {
+                    return Err(special(
+                        &self.root.join(&rel),
+                        format!(
+                            "is {}: migrate does not read special files or follow links in models/",
+                            other.describe()
+                        ),
+                    ))
+                }
+            }
+        }
         names.sort();
         Ok(names)
     }
@@ -185,4 +230,36 @@ impl Installation {
             .collect::<Vec<_>>()
             .join("/")
     }
+}
+
+/// A special file, a link or a name that is not UTF-8 where data or models are read.
+fn special(path: &Path, why: String) -> MigrateError {
+    MigrateError::invalid(
+        path,
+        why,
+        "nothing was changed; move it out of the installation (or replace a link by the real file or folder) and run the command again",
+    )
+}
+
+/// `dir` relative to the (canonical) root; `None` when its parent does not exist. Its own last
+/// component is not resolved: a `data` that is a link is then refused by the confined walk.
+fn rel_in(root: &Root, dir: &Path) -> Option<String> {
+    let parent = match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => p.canonicalize().ok()?,
+        None => std::env::current_dir().ok()?,
+    };
+    let dir = parent.join(dir.file_name()?);
+    let rel = dir.strip_prefix(root.path()).ok()?;
+    Some(
+        rel.components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/"),
+    )
+}
+
+/// A small text file beneath the root, read confined and bounded.
+fn read_text(root: &Root, rel: &str) -> std::result::Result<String, migrate_transaction::Error> {
+    let bytes = root.read(rel, MAX_CONFIG_BYTES)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }

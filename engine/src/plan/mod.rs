@@ -135,6 +135,8 @@ fn part_root(dir: &Path) -> PathBuf {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Options {
     pub on_invalid: OnInvalid,
+    /// Refused records allowed in one run before the run is refused.
+    pub max_invalid_records: u64,
     pub optimize: bool,
     pub dtype: Dtype,
     pub batch_size: usize,
@@ -148,6 +150,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             on_invalid: OnInvalid::Fail,
+            max_invalid_records: 1000,
             optimize: false,
             dtype: Dtype::F16,
             batch_size: 4096,
@@ -209,6 +212,19 @@ impl Plan {
         let install = Installation {
             root: target.root.clone(),
         };
+        if let Some(p) = &target.config {
+            // A config that is there but is not a regular file (a FIFO, a link) is never
+            // skipped in silence.
+            if let Ok(meta) = std::fs::symlink_metadata(p) {
+                if !meta.is_file() {
+                    return Err(crate::error::MigrateError::invalid(
+                        p,
+                        "is not a regular file (a symbolic link, or a special file: FIFO, socket or device): refused",
+                        "nothing was changed; replace it with the real config file and run the command again",
+                    ));
+                }
+            }
+        }
         let config = target
             .config
             .as_ref()

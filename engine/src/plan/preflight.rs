@@ -72,8 +72,9 @@ pub fn check(plan: &Plan) -> Preflight {
 
 fn check_config_syntax(plan: &Plan, p: &mut Preflight) {
     let Some(item) = &plan.config else { return };
-    let path = plan.target.root.join(&item.rel);
-    match std::fs::read_to_string(&path) {
+    let read = migrate_transaction::confine::Root::open(&plan.target.root)
+        .and_then(|root| root.read(&item.rel, crate::discover::install::MAX_CONFIG_BYTES));
+    match read.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()) {
         Ok(text) => {
             if let Err(e) = text.parse::<toml_edit::DocumentMut>() {
                 let msg = format!("invalid TOML: {}", e.to_string().trim_end());

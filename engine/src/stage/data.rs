@@ -12,8 +12,9 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Mutex;
 
 use abi_stable::std_types::RVec;
-use migrate_transaction::fault;
+use migrate_transaction::confine::Root;
 use migrate_transaction::staging::Staging;
+use migrate_transaction::{fault, fsutil};
 use plugin_api::ffi::{CallError, RefusedRecord};
 use plugin_api::view::ViewBatch;
 use plugin_api::RuleError;
@@ -43,6 +44,10 @@ pub struct FileStats {
 /// How data files are migrated in this run.
 pub struct DataRun<'a> {
     pub hops: &'a [LoadedHop],
+    /// The release the run starts from.
+    pub from: String,
+    /// Refused records allowed in the whole run (quarantine has a ceiling).
+    pub max_invalid_records: u64,
     pub on_invalid: OnInvalid,
     pub batch_size: usize,
     /// The data folder's path relative to the staging root (`data`), for quarantine paths.
@@ -57,6 +62,7 @@ pub struct DataRun<'a> {
 pub struct Counters {
     bytes: AtomicU64,
     records: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl Counters {
@@ -101,15 +107,16 @@ impl DataRun<'_> {
         staging: &mut Staging,
     ) -> Result<FileStats> {
         let src_path = root.join(&file.rel);
-        let src = File::open(&src_path)
-            .map_err(|e| MigrateError::io(format!("cannot open {}", src_path.display()), e))?;
+        let src = open_source(root, file)?;
         let dst_path = staging.path_for(&file.rel)?;
         let write_err =
             |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
         // Small: batch outputs (hundreds of KiB) go straight to the file rather than through
         // the buffer, which only gathers the odd verbatim line.
-        let mut out =
-            BufWriter::with_capacity(64 << 10, File::create(&dst_path).map_err(write_err)?);
+        let mut out = BufWriter::with_capacity(
+            64 << 10,
+            fsutil::create_private(&dst_path).map_err(write_err)?,
+        );
         let mut quarantine = Quarantine::new(self, root, file, staging);
         let stats = self.pipeline(
             file,
@@ -128,7 +135,7 @@ impl DataRun<'_> {
         )?;
         let f = out.into_inner().map_err(|e| write_err(e.into_error()))?;
         f.sync_all().map_err(write_err)?;
-        quarantine.finish()?;
+        quarantine.finish(root, file, staging)?;
         Ok(stats)
     }
 
@@ -433,6 +440,24 @@ impl DataRun<'_> {
         stats: &mut FileStats,
     ) -> Result<()> {
         refusals.sort_by_key(|r| r.place);
+        for r in &refusals {
+            self.refuse_wrong_version(file, r)?;
+        }
+        let refused = self
+            .counters
+            .refused
+            .fetch_add(refusals.len() as u64, Ordering::Relaxed)
+            + refusals.len() as u64;
+        if refused > self.max_invalid_records && self.on_invalid == OnInvalid::Quarantine {
+            return Err(MigrateError::Invalid {
+                path: file.rel.clone().into(),
+                message: format!(
+                    "more than {} records were refused in this run (max_invalid_records): refused, nothing was changed",
+                    self.max_invalid_records
+                ),
+                hint: "that many invalid records usually means the installation is not at the version the run assumes: check its VERSION and --from; if the records really are invalid, raise max_invalid_records in migration_config.toml".into(),
+            });
+        }
         if let (OnInvalid::Fail, Some(first)) = (self.on_invalid, refusals.first()) {
             return Err(refused_error(file, first));
         }
@@ -441,6 +466,39 @@ impl DataRun<'_> {
             stats.quarantined += 1;
         }
         Ok(())
+    }
+
+    /// A refused record whose `schema_version` is one a hop of this run writes (or newer than
+    /// any): the installation is at a later release than the run starts from. The whole run
+    /// is refused, naming that release; such a record is never quarantined.
+    fn refuse_wrong_version(&self, file: &DataFile, r: &Refusal) -> Result<()> {
+        let Some(schema) = serde_json::from_slice::<serde_json::Value>(&r.raw)
+            .ok()
+            .and_then(|v| v.get("schema_version").and_then(serde_json::Value::as_u64))
+        else {
+            return Ok(());
+        };
+        let writers: Vec<(u64, String)> = self
+            .hops
+            .iter()
+            .filter_map(|h| Some((h.descriptor.target_schema_version?, h.to.to_string())))
+            .collect();
+        let detected = match writers.iter().find(|(s, _)| *s == schema) {
+            Some((_, to)) => to.clone(),
+            None if writers.iter().all(|(s, _)| *s < schema) && !writers.is_empty() => {
+                format!(
+                    "a release newer than {}",
+                    writers.last().map_or("", |w| w.1.as_str())
+                )
+            }
+            None => return Ok(()),
+        };
+        Err(MigrateError::WrongVersion {
+            path: place_name(file, r.place).into(),
+            schema,
+            detected,
+            from: self.from.clone(),
+        })
     }
 
     /// A `*.json` document, record by record ([`document`]); memory follows the largest
@@ -454,19 +512,21 @@ impl DataRun<'_> {
     ) -> Result<FileStats> {
         let src_path = root.join(&file.rel);
         let read_err = |e| MigrateError::io(format!("cannot read {}", src_path.display()), e);
-        let open = || File::open(&src_path).map_err(read_err);
+        let open = || open_source(root, file);
         let mut quarantine = Quarantine::new(self, root, file, staging);
         let style = match document::check(open()?) {
             Ok(style) => style,
             Err(e) if e.is_io() => return Err(read_err(e.into())),
-            Err(e) => return self.refuse_document(&src_path, file, e, staging, quarantine),
+            Err(e) => return self.refuse_document(root, file, e, staging, quarantine),
         };
         let records = document::Records::new(open()?).map_err(read_err)?;
         let dst_path = staging.path_for(&file.rel)?;
         let write_err =
             |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
-        let mut out =
-            BufWriter::with_capacity(1 << 20, File::create(&dst_path).map_err(write_err)?);
+        let mut out = BufWriter::with_capacity(
+            1 << 20,
+            fsutil::create_private(&dst_path).map_err(write_err)?,
+        );
         let shape = records.shape();
         let mut writer = document::Writer::new(shape, style);
         let stats = self.pipeline(
@@ -487,7 +547,7 @@ impl DataRun<'_> {
             },
             &mut quarantine,
         )?;
-        quarantine.finish()?;
+        quarantine.finish(root, file, staging)?;
         if shape == document::Shape::Single && stats.quarantined > 0 {
             // The document was its one record, now in the quarantine: nothing stays.
             drop(out);
@@ -531,14 +591,16 @@ impl DataRun<'_> {
     /// line is where the JSON breaks), and leaves the installation at commit.
     fn refuse_document(
         &self,
-        src_path: &Path,
+        root: &Path,
         file: &DataFile,
         e: serde_json::Error,
         staging: &mut Staging,
         mut quarantine: Quarantine,
     ) -> Result<FileStats> {
-        let text = std::fs::read(src_path)
-            .map_err(|e| MigrateError::io(format!("cannot read {}", src_path.display()), e))?;
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut open_source(root, file)?, &mut text).map_err(|e| {
+            MigrateError::io(format!("cannot read {}", root.join(&file.rel).display()), e)
+        })?;
         let mut stats = FileStats {
             bytes_in: text.len() as u64,
             ..FileStats::default()
@@ -551,7 +613,7 @@ impl DataRun<'_> {
         };
         self.handle_refusals(vec![refusal], file, &mut quarantine, &mut stats)?;
         staging.remove_at_commit(&file.rel);
-        quarantine.finish()?;
+        quarantine.finish(root, file, staging)?;
         Ok(stats)
     }
 }
@@ -565,6 +627,11 @@ fn hop_by_hop() -> bool {
     *HOP_BY_HOP.get_or_init(|| {
         std::env::var_os("TRUSTFORMERS_MIGRATE_HOP_BY_HOP").is_some_and(|v| v == "1")
     })
+}
+
+/// Opens a data file beneath the installation: never through a link, never a FIFO.
+fn open_source(root: &Path, file: &DataFile) -> Result<File> {
+    Ok(Root::open(root)?.open_read(&file.rel, None)?)
 }
 
 fn hop_label(hop: &LoadedHop) -> String {
@@ -730,7 +797,8 @@ impl Batch {
 /// already there from earlier runs are kept.
 struct Quarantine {
     rel: String,
-    existing: std::path::PathBuf,
+    /// The installation's root, where the existing quarantine file is read (confined).
+    root: std::path::PathBuf,
     staged: std::path::PathBuf,
     /// Opened on the first refused record, so a clean file creates nothing.
     out: Option<BufWriter<File>>,
@@ -744,7 +812,7 @@ impl Quarantine {
             .unwrap_or(&file.rel);
         let rel = format!("{}/{QUARANTINE}/{inside}.rejected.jsonl", run.data_rel);
         Quarantine {
-            existing: root.join(&rel),
+            root: root.to_path_buf(),
             staged: staging.dir().join(&rel),
             rel,
             out: None,
@@ -766,33 +834,39 @@ impl Quarantine {
             Some(out) => out,
             None => self
                 .out
-                .insert(open_quarantine(&self.existing, &self.staged).map_err(err)?),
+                .insert(open_quarantine(&self.root, &self.rel, &self.staged)?),
         };
         serde_json::to_writer(&mut *out, &entry).map_err(|e| err(e.into()))?;
         out.write_all(b"\n").map_err(err)
     }
 
-    fn finish(self) -> Result<()> {
+    /// Syncs the quarantine file and gives it the mode of the data file its records came
+    /// from: a quarantine is never more readable than its source, whatever the umask.
+    fn finish(self, root: &Path, source: &DataFile, staging: &mut Staging) -> Result<()> {
         let Some(out) = self.out else { return Ok(()) };
         let err = |e: std::io::Error| {
             MigrateError::io(format!("cannot write the quarantine {}", self.rel), e)
         };
         let file = out.into_inner().map_err(|e| err(e.into_error()))?;
-        file.sync_all().map_err(err)
+        file.sync_all().map_err(err)?;
+        let mode = Root::open(root)?
+            .stat(&source.rel)?
+            .map_or(0o600, |f| f.mode & 0o666);
+        staging.set_mode(&self.rel, mode);
+        Ok(())
     }
 }
 
 /// The staged quarantine file, starting with the entries earlier runs left (they are kept).
-fn open_quarantine(existing: &Path, staged: &Path) -> std::io::Result<BufWriter<File>> {
+fn open_quarantine(root: &Path, rel: &str, staged: &Path) -> Result<BufWriter<File>> {
+    let err = |e: std::io::Error| MigrateError::io(format!("cannot write the quarantine {rel}"), e);
     if let Some(parent) = staged.parent() {
-        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(parent).map_err(err)?;
     }
-    if existing.is_file() {
-        std::fs::copy(existing, staged)?;
+    let mut file = fsutil::create_private(staged).map_err(err)?;
+    let root = Root::open(root)?;
+    if root.file_exists(rel)? {
+        std::io::copy(&mut root.open_read(rel, None)?, &mut file).map_err(err)?;
     }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(staged)?;
     Ok(BufWriter::new(file))
 }

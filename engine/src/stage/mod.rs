@@ -11,10 +11,12 @@ pub mod data;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use migrate_transaction::confine::Root;
 use migrate_transaction::staging::Staging;
 use plugin_api::ffi::CallError;
 use plugin_api::{ModelFolder, ModelOptions, OptimizeDtype};
 
+use crate::discover::install::MAX_CONFIG_BYTES;
 use crate::discover::registry::{HopInfo, LoadedHop};
 use crate::error::{MigrateError, Result};
 use crate::observe::{Observer, PluginCall};
@@ -65,7 +67,8 @@ pub fn config(
         return Ok(());
     };
     let path = plan.target.root.join(&item.rel);
-    let mut content = std::fs::read_to_string(&path).map_err(|e| {
+    let bytes = Root::open(&plan.target.root)?.read(&item.rel, MAX_CONFIG_BYTES)?;
+    let mut content = String::from_utf8(bytes).map_err(|e| {
         MigrateError::invalid(
             &path,
             format!("cannot read as UTF-8 text: {e}"),
@@ -115,6 +118,8 @@ pub fn data(
     let counters = Counters::default();
     let run = DataRun {
         hops,
+        from: plan.from.to_string(),
+        max_invalid_records: plan.options.max_invalid_records,
         on_invalid: plan.options.on_invalid,
         batch_size: plan.options.batch_size,
         data_rel: plan.target.rel(data_dir),
@@ -215,4 +220,32 @@ pub fn plugin_failure(hop: &HopInfo, input: &Path, detail: String) -> MigrateErr
         input: input.to_path_buf(),
         detail,
     }
+}
+
+/// The modes of the quarantine files the staging holds: each takes its data file's mode
+/// (`data/.quarantine/<path>.rejected.jsonl` ← `data/<path>`), so a quarantine is never more
+/// readable than the records it came from, whatever the umask of the process that wrote it
+/// (the worker). Applied by the journal before the swap.
+pub fn quarantine_modes(plan: &Plan, staging: &Staging) -> Result<Vec<(String, u32)>> {
+    let Some(data_dir) = &plan.target.data else {
+        return Ok(Vec::new());
+    };
+    let data_rel = plan.target.rel(data_dir);
+    let quarantine = format!("{data_rel}/{}", crate::discover::install::QUARANTINE);
+    let staged = staging.dir().join(&quarantine);
+    if !staged.is_dir() {
+        return Ok(Vec::new());
+    }
+    let root = Root::open(&plan.target.root)?;
+    let mut modes = Vec::new();
+    for inside in migrate_transaction::fsutil::list_files(&staged)? {
+        let Some(source) = inside.strip_suffix(".rejected.jsonl") else {
+            continue;
+        };
+        let source = format!("{data_rel}/{source}");
+        if let Some(found) = root.stat(&source)? {
+            modes.push((format!("{quarantine}/{inside}"), found.mode & 0o666));
+        }
+    }
+    Ok(modes)
 }

@@ -9,7 +9,11 @@ use semver::Version;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::discover::install::{DataKind, Installation, SERVER_TOML, VERSION_FILE};
+use migrate_transaction::confine::Root;
+
+use crate::discover::install::{
+    DataKind, Installation, MAX_CONFIG_BYTES, SERVER_TOML, VERSION_FILE,
+};
 use crate::discover::registry::HopInfo;
 
 mod lines;
@@ -152,8 +156,7 @@ fn check_marker(
     schema: Option<Option<u64>>,
     v: &mut Validation,
 ) {
-    let path = install.path(VERSION_FILE);
-    match std::fs::read_to_string(&path) {
+    match read_confined(install, VERSION_FILE) {
         Ok(text) if text.trim() == version.to_string() => {}
         Ok(text) => v.error(
             "version_marker",
@@ -172,8 +175,7 @@ fn check_marker(
 }
 
 fn check_config(install: &Installation, v: &mut Validation) {
-    let path = install.path(SERVER_TOML);
-    match std::fs::read_to_string(&path) {
+    match read_confined(install, SERVER_TOML) {
         Err(e) => v.error(
             "config_present",
             RuleKind::ConfigurationSyntax,
@@ -192,6 +194,16 @@ fn check_config(install: &Installation, v: &mut Validation) {
             }
         }
     }
+}
+
+/// A small file of the installation, read beneath its root (a link is refused, never
+/// followed), as a regular file under the config size cap.
+fn read_confined(install: &Installation, rel: &str) -> Result<String, String> {
+    let root = Root::open(&install.root).map_err(|e| e.to_string())?;
+    let bytes = root
+        .read(rel, MAX_CONFIG_BYTES)
+        .map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))
 }
 
 fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Validation) {
@@ -223,6 +235,9 @@ fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Valid
         }
     }
 }
+
+/// A model's `metadata.json` is read only as a regular file of at most this size.
+const MAX_MODEL_METADATA_BYTES: u64 = 64 << 20;
 
 /// At most this many findings per file; the rest are counted.
 const MAX_FINDINGS_PER_FILE: usize = 20;
@@ -350,25 +365,49 @@ fn check_models(
     v: &mut Validation,
 ) {
     let dir = install.path(crate::discover::install::MODELS_DIR);
-    let Ok(names) = install.model_dirs(&dir) else {
-        return;
+    let names = match install.model_dirs(&dir) {
+        Ok(names) => names,
+        Err(e) => {
+            return v.error(
+                "model_listing",
+                RuleKind::ModelCompatibility,
+                crate::discover::install::MODELS_DIR,
+                e.to_string(),
+            )
+        }
     };
     for name in names {
         let rel = format!(
             "{}/{name}/metadata.json",
             crate::discover::install::MODELS_DIR
         );
-        let path = install.root.join(&rel);
-        let Ok(text) = std::fs::read(&path) else {
-            if matches!(schema, Some(Some(_))) {
+        let read = Root::open(&install.root).and_then(|root| {
+            root.file_exists(&rel)?
+                .then(|| root.read(&rel, MAX_MODEL_METADATA_BYTES))
+                .transpose()
+        });
+        let text = match read {
+            Ok(Some(text)) => text,
+            Err(e) => {
                 v.error(
                     "model_metadata",
                     RuleKind::ModelCompatibility,
                     &rel,
-                    "missing",
+                    e.to_string(),
                 );
+                continue;
             }
-            continue;
+            Ok(None) => {
+                if matches!(schema, Some(Some(_))) {
+                    v.error(
+                        "model_metadata",
+                        RuleKind::ModelCompatibility,
+                        &rel,
+                        "missing",
+                    );
+                }
+                continue;
+            }
         };
         let meta: Value = match serde_json::from_slice(&text) {
             Ok(m) => m,

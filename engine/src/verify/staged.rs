@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::{check_document, check_lines, expected_schema, file_entry, Validation};
 use crate::discover::install::Installation;
 use crate::discover::registry::HopInfo;
+pub use crate::error::Violation;
 
 /// What a worker staged for one run.
 pub struct Staged<'a> {
@@ -25,24 +26,6 @@ pub struct Staged<'a> {
     pub data: Option<&'a str>,
     /// Each model folder, relative.
     pub models: &'a [String],
-}
-
-/// One problem in the staging, with the file and the plugin that wrote it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    pub file: String,
-    pub problem: String,
-    /// The last hop whose rule writes this kind of file: its output is what was staged.
-    pub plugin: Option<String>,
-}
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.plugin {
-            Some(p) => write!(f, "{}: {} (written by plugin {p})", self.file, self.problem),
-            None => write!(f, "{}: {}", self.file, self.problem),
-        }
-    }
 }
 
 /// Every violation in the staging; empty when it may be swapped in.

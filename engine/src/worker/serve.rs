@@ -241,7 +241,7 @@ fn stage_all(plan: &Plan, staging_dir: &Path, out: &Channel) -> Result<Vec<Strin
     step(out, "models", plan.model_bytes(), |s| {
         stage::models(plan, &hops, &staging, s, &budget, out)
     })?;
-    Ok(staging.into_parts().1)
+    Ok(staging.into_parts().removals)
 }
 
 /// Runs one step and sends its result, figures and error included.

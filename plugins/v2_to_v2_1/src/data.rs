@@ -134,8 +134,12 @@ fn is_kind(record: &RecordView<'_>, field: &str, first: char) -> bool {
 
 /// [`hash_api_key`] for the record itself, which may be an API key entry too.
 fn hash_record_api_key(record: &RecordView<'_>, edits: &mut Edits) -> Result<(), FieldError> {
-    if !is_kind(record, "key", '"') || !is_kind(record, "scopes", '[') {
+    if !is_kind(record, "scopes", '[') || !record.contains_key("key") {
         return Ok(());
+    }
+    if !is_kind(record, "key", '"') {
+        let found = record.get("key")?.unwrap_or(Value::Null);
+        return Err(key_not_a_string("key", &found));
     }
     for taken in ["key_sha256", "key_prefix"] {
         if record.contains_key(taken) {
@@ -180,8 +184,13 @@ fn hash_nested_api_key(
         return Ok(());
     };
     let key_text = object.raw(key);
-    if !key_text.starts_with('"') || !object.raw(scopes).starts_with('[') {
+    if !object.raw(scopes).starts_with('[') {
         return Ok(());
+    }
+    if !key_text.starts_with('"') {
+        let found: Value = serde_json::from_str(key_text)
+            .map_err(|e| FieldError::new(join(object.path(), "key"), e.to_string()))?;
+        return Err(key_not_a_string(&join(object.path(), "key"), &found));
     }
     for taken in ["key_sha256", "key_prefix"] {
         if object.contains_key(taken) {
@@ -199,10 +208,12 @@ fn hash_nested_api_key(
 /// Visitor for a parsed value (see [`hash_nested_api_keys`]): replaces the plaintext of an API
 /// key entry.
 fn hash_api_key(object: &mut Map<String, Value>, path: &str) -> Result<(), FieldError> {
-    let (Some(Value::String(key)), Some(Value::Array(_))) =
-        (object.get("key"), object.get("scopes"))
-    else {
-        return Ok(());
+    let key = match (object.get("key"), object.get("scopes")) {
+        (Some(Value::String(key)), Some(Value::Array(_))) => key,
+        (Some(other), Some(Value::Array(_))) => {
+            return Err(key_not_a_string(&join(path, "key"), other))
+        }
+        _ => return Ok(()),
     };
     for taken in ["key_sha256", "key_prefix"] {
         if object.contains_key(taken) {
@@ -212,6 +223,19 @@ fn hash_api_key(object: &mut Map<String, Value>, path: &str) -> Result<(), Field
     let entries = hashed_key(key);
     replace_key(object, "key", entries);
     Ok(())
+}
+
+/// An API key entry (it has a `scopes` array) whose `key` is not a string: its plaintext must
+/// not stay in place, and no hash of it can be defined, so the record is refused (and can be
+/// quarantined).
+fn key_not_a_string(field: &str, found: &Value) -> FieldError {
+    FieldError::new(
+        field,
+        format!(
+            "an API key entry's `key` must be a string, found {} `{found}`; it cannot be hashed, and its plaintext must not be kept",
+            type_name(found)
+        ),
+    )
 }
 
 fn already_hashed(field: &str) -> FieldError {
@@ -443,12 +467,31 @@ mod tests {
 
     #[test]
     fn objects_that_are_not_api_keys_are_left_alone() {
-        let input = json!({"a":{"key":"k"},"b":{"key":"k","scopes":"infer"},"c":{"key":1,"scopes":[]},"schema_version":2});
+        let input = json!({"a":{"key":"k"},"b":{"key":"k","scopes":"infer"},"schema_version":2});
         let out = migrate(input).unwrap();
         assert_eq!(
             out,
-            r#"{"a":{"key":"k"},"b":{"key":"k","scopes":"infer"},"c":{"key":1,"scopes":[]},"schema_version":3}"#
+            r#"{"a":{"key":"k"},"b":{"key":"k","scopes":"infer"},"schema_version":3}"#
         );
+    }
+
+    /// Issue 14, finding 8: an API key entry whose `key` is a number, an object or null is an
+    /// error naming the field, never migrated with the plaintext left in it.
+    #[test]
+    fn an_api_key_that_is_not_a_string_is_refused_with_its_path() {
+        for key in [json!(12345678), json!({"v": "tfk_secret"}), json!(null)] {
+            let nested = migrate(json!({"keys":[{"name":"ci","key":key.clone(),"scopes":["infer"]}],"schema_version":2}))
+                .unwrap_err();
+            assert_eq!(nested.field, "keys[0].key", "{key}");
+            assert!(
+                nested.message.contains("must be a string"),
+                "{}",
+                nested.message
+            );
+            let top =
+                migrate(json!({"key":key.clone(),"scopes":[],"schema_version":2})).unwrap_err();
+            assert_eq!(top.field, "key", "{key}");
+        }
     }
 
     #[test]

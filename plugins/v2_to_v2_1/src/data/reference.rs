@@ -85,12 +85,22 @@ fn tokens_per_second(output_tokens: Option<u64>, latency_ms: f64) -> Result<Valu
     })
 }
 
-/// Visitor for [`walk_record_mut`]: replaces the plaintext of an API key entry.
+/// Visitor for [`walk_record_mut`]: replaces the plaintext of an API key entry. (Changed
+/// from the original in one way, with the raw rule: a `key` that is not a string next to a
+/// `scopes` array is refused, never left in place — issue 14.)
 fn hash_api_key(object: &mut Map<String, Value>, path: &str) -> Result<(), FieldError> {
-    let (Some(Value::String(key)), Some(Value::Array(_))) =
-        (object.get("key"), object.get("scopes"))
-    else {
-        return Ok(());
+    let key = match (object.get("key"), object.get("scopes")) {
+        (Some(Value::String(key)), Some(Value::Array(_))) => key,
+        (Some(other), Some(Value::Array(_))) => {
+            return Err(FieldError::new(
+                join(path, "key"),
+                format!(
+                    "an API key entry's `key` must be a string, found {} `{other}`; it cannot be hashed, and its plaintext must not be kept",
+                    type_name(other)
+                ),
+            ))
+        }
+        _ => return Ok(()),
     };
     for taken in ["key_sha256", "key_prefix"] {
         if object.contains_key(taken) {
