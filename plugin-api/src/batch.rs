@@ -5,6 +5,7 @@
 
 use crate::error::{FieldError, RuleError};
 use crate::raw::RawRecord;
+use crate::view::{Edits, RecordView, ViewBatch};
 
 /// Splits a batch into records: one per `\n`, a trailing `\n` does not start a new record.
 /// The host splits what plugins return with it; not for plugin authors.
@@ -46,6 +47,38 @@ pub(crate) fn run(
             failures.push((index as u64, e));
         }
     }
+    failures
+}
+
+/// [`run`] for an edit rule: the batch is indexed once ([`ViewBatch`]), every record edited,
+/// and written once. Failures are listed by index in `batch`, as [`run`] lists them.
+pub(crate) fn run_edits(
+    batch: &[u8],
+    out: &mut Vec<u8>,
+    edit: &dyn Fn(&RecordView<'_>, &mut Edits) -> Result<(), FieldError>,
+) -> Vec<(u64, RuleError)> {
+    let (mut view, mut failures) = ViewBatch::read(batch.to_vec());
+    let read = failures.iter().map(|f| f.0).collect::<Vec<_>>();
+    let edited = match view.run(edit) {
+        Ok(refused) => refused,
+        Err(e) => {
+            // Cannot happen (the edits come from this crate's own encoder); refuse the
+            // batch's records rather than write unchecked ones.
+            let all = (0..view.len() as u64).map(|i| (i, RuleError::new(e.to_string())));
+            let refused = all.collect::<Vec<_>>();
+            view.remove(&refused);
+            refused
+        }
+    };
+    // Indices among the records that were read back to indices in the batch.
+    if !edited.is_empty() {
+        let alive: Vec<u64> = (0..split_records(batch).count() as u64)
+            .filter(|i| !read.contains(i))
+            .collect();
+        failures.extend(edited.into_iter().map(|(i, e)| (alive[i as usize], e)));
+    }
+    failures.sort_by_key(|f| f.0);
+    view.write(out);
     failures
 }
 

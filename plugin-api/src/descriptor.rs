@@ -12,6 +12,11 @@ pub struct RuleKinds {
     pub config: bool,
     pub data: bool,
     pub model: bool,
+    /// The data rule is a [`DataEditRule`](crate::DataEditRule): the host may send it views
+    /// of records and apply its edits. Absent (false) in plugins built before 1.5.0, which the
+    /// host runs on text. Since 1.5.0.
+    #[serde(default)]
+    pub data_edits: bool,
 }
 
 /// A plugin's identity and hop, as shown by `migrate plugins list` and `migrate info`.

@@ -28,6 +28,7 @@ use crate::descriptor::HopDescriptor;
 use crate::error::RuleError;
 use crate::model::{ModelFolder, ModelOptions, ModelOutcome};
 use crate::rules::{ConfigOutcome, Hop};
+use crate::view::DecodedView;
 
 /// Callbacks from a plugin into the host (progress, log lines, cancellation).
 /// Payloads are JSON so that new event kinds need no ABI change.
@@ -99,6 +100,19 @@ pub struct ConfigRequest {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct DataRequest {
     pub payload_version: u32,
+    /// Set (since 1.5.0, only for plugins whose descriptor says `rules.data_edits`): the
+    /// records are a view — the batch's text, then the table of
+    /// [`ViewBatch::encode_table`](crate::view::ViewBatch::encode_table) — and the reply's
+    /// `records` are the rule's encoded edits. Plugins built before 1.5.0 never get it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<ViewRequest>,
+}
+
+/// How a view payload is laid out.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ViewRequest {
+    /// Bytes of text before the table.
+    pub text_len: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -226,7 +240,10 @@ extern "C" fn migrate_data(
     records: RSlice<'_, u8>,
 ) -> RResult<BatchOutput, RString> {
     guarded(|| {
-        let _req: DataRequest = from_json(request.as_str(), "data request")?;
+        let req: DataRequest = from_json(request.as_str(), "data request")?;
+        if let Some(view) = req.view {
+            return migrate_view(view, records.as_slice());
+        }
         // `migrate_data_batch` reserves what the batch needs.
         let mut out = Vec::new();
         let failures = hop()?
@@ -241,6 +258,31 @@ extern "C" fn migrate_data(
             records: out.into(),
             failures,
         })
+    })
+}
+
+/// The view path: decode the host's view, run the edit rule, reply with the edits.
+fn migrate_view(view: ViewRequest, payload: &[u8]) -> Result<BatchOutput, RuleError> {
+    let rule = hop()?
+        .data_edit_rule()
+        .ok_or_else(|| missing("data edit"))?;
+    let malformed = || RuleError::new("malformed record view from host");
+    let n = usize::try_from(view.text_len).map_err(|_| malformed())?;
+    let text = payload
+        .get(..n)
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .ok_or_else(malformed)?;
+    let decoded = DecodedView::decode(text, &payload[n..]).map_err(|_| malformed())?;
+    let (edits, refused) = decoded.run(&|record, edits| rule.edit(record, edits));
+    Ok(BatchOutput {
+        records: edits.into(),
+        failures: refused
+            .into_iter()
+            .map(|(index, e)| RecordFailure {
+                index,
+                error: error_json(&e),
+            })
+            .collect(),
     })
 }
 
@@ -344,6 +386,41 @@ impl HopClient {
         let batch = (self.module.migrate_data())(RStr::from(REQUEST), RSlice::from_slice(records))
             .into_result()
             .map_err(CallError::from_rerr)?;
+        let refused = batch
+            .failures
+            .iter()
+            .map(|f| RefusedRecord {
+                index: f.index,
+                error: serde_json::from_str(f.error.as_str())
+                    .unwrap_or_else(|_| RuleError::new(f.error.as_str())),
+            })
+            .collect();
+        Ok((batch.records, refused))
+    }
+
+    /// Sends a view of a batch (its `text` and the table of
+    /// [`ViewBatch::encode_table`](crate::view::ViewBatch::encode_table)) to the plugin's edit
+    /// rule and returns the encoded edits. `payload` is scratch space the caller reuses. Only
+    /// for plugins whose descriptor says `rules.data_edits` (1.5.0 and later).
+    pub fn migrate_view(
+        &self,
+        text: &str,
+        table: &[u8],
+        payload: &mut Vec<u8>,
+    ) -> Result<(RVec<u8>, Vec<RefusedRecord>), CallError> {
+        let request = format!(
+            "{{\"payload_version\":{},\"view\":{{\"text_len\":{}}}}}",
+            crate::PAYLOAD_VERSION,
+            text.len()
+        );
+        payload.clear();
+        payload.reserve(text.len() + table.len());
+        payload.extend_from_slice(text.as_bytes());
+        payload.extend_from_slice(table);
+        let batch =
+            (self.module.migrate_data())(RStr::from(request.as_str()), RSlice::from_slice(payload))
+                .into_result()
+                .map_err(CallError::from_rerr)?;
         let refused = batch
             .failures
             .iter()

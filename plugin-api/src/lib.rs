@@ -62,7 +62,9 @@
 //! outcomes, [`ModelFolder`], [`ModelOptions`], [`model::FileEntry`] and [`RuleError`];
 //! `#[non_exhaustive]` on [`HopDescriptor`], [`RuleKinds`], [`safetensors::Header`] and
 //! [`safetensors::TensorInfo`]; the [`error`] module, where the two error types now live
-//! (still re-exported from [`rules`]).
+//! (still re-exported from [`rules`]). Since 1.5.0: [`DataEditRule`] with [`Hop::data_edits`],
+//! the [`view`] module ([`RecordView`], [`Edits`]): the host parses each record once and hops
+//! return edits; `RuleKinds::data_edits` tells the host a plugin has such a rule.
 #![allow(non_local_definitions, non_camel_case_types)]
 
 pub mod descriptor;
@@ -75,6 +77,7 @@ pub mod raw;
 pub mod rules;
 pub mod safetensors;
 pub mod toml;
+pub mod view;
 
 mod batch;
 mod export;
@@ -82,7 +85,10 @@ mod export;
 pub use descriptor::{HopDescriptor, RuleKinds};
 pub use error::{FieldError, RuleError};
 pub use model::{ModelFolder, ModelOptions, ModelOutcome, OptimizeDtype};
-pub use rules::{ConfigMigrationRule, ConfigOutcome, DataMigrationRule, Hop, ModelMigrationRule};
+pub use rules::{
+    ConfigMigrationRule, ConfigOutcome, DataEditRule, DataMigrationRule, Hop, ModelMigrationRule,
+};
+pub use view::{Edits, RecordView};
 
 /// Re-exported so that [`export_hop!`] expands in plugin crates without naming versions; not
 /// for authors, who depend on `abi_stable` themselves.

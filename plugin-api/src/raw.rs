@@ -15,7 +15,7 @@ use serde_json::{Map, Number, Value};
 use crate::error::{FieldError, RuleError};
 use crate::json::{type_name, walk_record_mut, wrong_type, ObjectVisitor};
 
-mod scan;
+pub(crate) mod scan;
 
 /// Kept for semver: no API takes or returns it since 1.2.0, when a record's untouched values
 /// became plain text spans (see `Held`).
@@ -567,6 +567,13 @@ impl<'a> RawRecord<'a> {
                 .unwrap_or_default();
             result
         })
+    }
+
+    /// Each entry's key and value text, for the host's span index (the `view` module), which reads
+    /// through this type the records its scanner leaves to serde_json. `None` for a value a
+    /// rule set as a parsed [`Value`] (a record just read has none).
+    pub(crate) fn entry_texts(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.entries.iter().map(|(k, v)| (k.as_ref(), v.text()))
     }
 
     /// The whole record as a map (the slow path, for rules written against `Map`).

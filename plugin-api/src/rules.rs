@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::descriptor::HopDescriptor;
 use crate::model::{ModelFolder, ModelOptions, ModelOutcome};
 use crate::raw::RawRecord;
+use crate::view::{Edits, RecordView};
 
 /// Defined in [`crate::error`], which every helper module imports; re-exported here, where they
 /// were until 1.4.0.
@@ -85,6 +86,34 @@ pub trait DataMigrationRule: Send + Sync {
     fn description(&self) -> String;
 }
 
+/// Rewrites data records by returning edits of a view of each record the host has parsed and
+/// validated once, rather than text: see [`crate::view`]. The interface the host runs fastest
+/// (one read and one write of each record however many hops there are). Since 1.5.0.
+///
+/// ```ignore
+/// impl DataEditRule for AddFlag {
+///     fn edit(&self, record: &RecordView<'_>, edits: &mut Edits) -> Result<(), FieldError> {
+///         record.expect_schema_version(Some(3))?;
+///         edits.set("schema_version", "4");
+///         Ok(())
+///     }
+///     fn description(&self) -> String { "schema_version 3 → 4".into() }
+/// }
+/// ```
+pub trait DataEditRule: Send + Sync {
+    /// Reads `record` and says what changes in `edits`. A refused record (an error) is left
+    /// as it was: its edits are dropped.
+    fn edit(&self, record: &RecordView<'_>, edits: &mut Edits) -> Result<(), FieldError>;
+
+    fn description(&self) -> String;
+
+    /// Runs the rule on a parsed record (tests, tools): printed, edited, read back. A refused
+    /// record is left as it was.
+    fn edit_map(&self, record: &mut Map<String, Value>) -> Result<(), FieldError> {
+        crate::view::edit_map(&|view, edits| self.edit(view, edits), record)
+    }
+}
+
 /// Migrates one model folder. Reads through `model` and writes only via `model.write*`,
 /// which land in the staging folder the host owns.
 pub trait ModelMigrationRule: Send + Sync {
@@ -101,6 +130,7 @@ pub struct Hop {
     pub(crate) descriptor: HopDescriptor,
     pub(crate) config: Option<Box<dyn ConfigMigrationRule>>,
     pub(crate) data: Option<Box<dyn DataMigrationRule>>,
+    pub(crate) data_edits: Option<Box<dyn DataEditRule>>,
     pub(crate) model: Option<Box<dyn ModelMigrationRule>>,
 }
 
@@ -110,6 +140,7 @@ impl Hop {
             descriptor,
             config: None,
             data: None,
+            data_edits: None,
             model: None,
         }
     }
@@ -124,6 +155,13 @@ impl Hop {
         self
     }
 
+    /// The data rule, as edits of the host's view of each record (since 1.5.0). It replaces a
+    /// [`data`](Self::data) rule given too: a hop has one data rule.
+    pub fn data_edits(mut self, rule: impl DataEditRule + 'static) -> Self {
+        self.data_edits = Some(Box::new(rule));
+        self
+    }
+
     pub fn model(mut self, rule: impl ModelMigrationRule + 'static) -> Self {
         self.model = Some(Box::new(rule));
         self
@@ -133,7 +171,8 @@ impl Hop {
     pub fn descriptor(&self) -> HopDescriptor {
         let mut d = self.descriptor.clone();
         d.rules.config = self.config.is_some();
-        d.rules.data = self.data.is_some();
+        d.rules.data = self.data.is_some() || self.data_edits.is_some();
+        d.rules.data_edits = self.data_edits.is_some();
         d.rules.model = self.model.is_some();
         d
     }
@@ -146,13 +185,21 @@ impl Hop {
         self.data.as_deref()
     }
 
+    pub fn data_edit_rule(&self) -> Option<&dyn DataEditRule> {
+        self.data_edits.as_deref()
+    }
+
     pub fn model_rule(&self) -> Option<&dyn ModelMigrationRule> {
         self.model.as_deref()
     }
 
     /// Runs the data rule over newline-separated records, as the host does through the ABI.
     /// Records that fail are left out of `out` and listed in the returned failures.
+    /// An edit rule runs as the host runs it: each record indexed once, edited, written once.
     pub fn migrate_data_batch(&self, batch: &[u8], out: &mut Vec<u8>) -> Vec<(u64, RuleError)> {
+        if let Some(rule) = self.data_edit_rule() {
+            return crate::batch::run_edits(batch, out, &|view, edits| rule.edit(view, edits));
+        }
         match self.data_rule() {
             Some(rule) => crate::batch::run(batch, out, &|record| rule.migrate_raw(record)),
             None => {

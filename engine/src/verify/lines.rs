@@ -121,12 +121,13 @@ fn check_chunks(rx: &Mutex<Receiver<Chunk>>, schema: Option<Option<u64>>) -> Che
 }
 
 /// The problem with one record, if any. The record is read by plugin-api's scanner, as the
-/// hops read it: the whole record is validated without building a tree, and a record it
-/// refuses gets the message the hops give.
+/// data path reads it (`plugin_api::view::check_record`): the whole record is validated
+/// without building a tree or allocating, and a record it refuses gets the message the hops
+/// give.
 fn check_record(line: &[u8], schema: Option<Option<u64>>) -> Option<(&'static str, String)> {
-    let found = match plugin_api::raw::RawRecord::parse(line) {
+    let found = match plugin_api::view::check_record(line) {
         Err(e) => return Some(("record_json", e.message)),
-        Ok(record) => record.u64("schema_version").ok().flatten(),
+        Ok(found) => found,
     };
     super::schema_problem(found, schema).map(|m| ("record_schema_version", m))
 }

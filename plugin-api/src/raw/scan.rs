@@ -18,6 +18,22 @@ const MAX_DEPTH: u32 = 64;
 /// `Some` if `text` is exactly one valid object (JSON whitespace around it allowed) whose keys
 /// have no escapes. On `None` the entries added so far are to be discarded.
 pub(super) fn entries<'a>(text: &'a str, entries: &mut Entries<'a>) -> Option<()> {
+    spans(text, |key, value| {
+        entries.push(Cow::Borrowed(text.get(key)?), Held::Raw(text.get(value)?));
+        Some(())
+    })
+}
+
+/// The scan behind [`entries`], for any consumer: hands `entry` the byte ranges of each
+/// top-level key (its body, without the quotes) and value, in order, and returns `Some` if
+/// `text` is exactly one valid object whose keys have no escapes. `entry` may give up too
+/// (`None`). The host's span index (the `view` module) is built with it, so that records are
+/// accepted and refused by one scanner on every path.
+#[inline(always)]
+pub(crate) fn spans(
+    text: &str,
+    mut entry: impl FnMut(std::ops::Range<usize>, std::ops::Range<usize>) -> Option<()>,
+) -> Option<()> {
     let b = text.as_bytes();
     let mut i = ws(b, 0);
     if b.get(i) != Some(&b'{') {
@@ -35,14 +51,14 @@ pub(super) fn entries<'a>(text: &'a str, entries: &mut Entries<'a>) -> Option<()
             if escaped {
                 return None;
             }
-            let key = text.get(i + 1..end - 1)?;
+            let key = i + 1..end - 1;
             i = ws(b, end);
             if b.get(i) != Some(&b':') {
                 return None;
             }
             let start = ws(b, i + 1);
             i = value(b, start)?;
-            entries.push(Cow::Borrowed(key), Held::Raw(text.get(start..i)?));
+            entry(key, start..i)?;
             i = ws(b, i);
             match b.get(i)? {
                 b',' => i = ws(b, i + 1),
@@ -59,9 +75,75 @@ pub(super) fn entries<'a>(text: &'a str, entries: &mut Entries<'a>) -> Option<()
 
 /// Whether `text` is exactly one JSON value, whitespace around it allowed (`false` also for
 /// nesting deeper than [`MAX_DEPTH`]).
-pub(super) fn is_one_value(text: &str) -> bool {
+pub(crate) fn is_one_value(text: &str) -> bool {
     let b = text.as_bytes();
     value(b, ws(b, 0)).is_some_and(|end| ws(b, end) == b.len())
+}
+
+/// A member of an object as [`members`] finds it: the byte ranges of its key's body (without
+/// the quotes) and of its value, whether the key has escapes, and where the member starts (its
+/// key's opening quote).
+pub(crate) struct Member {
+    pub start: usize,
+    pub key: std::ops::Range<usize>,
+    pub escaped: bool,
+    pub value: std::ops::Range<usize>,
+}
+
+/// The members of the object that starts at `i` in `b` (text the scanner already accepted),
+/// in order; `None` if it is not an object.
+pub(crate) fn members(b: &[u8], i: usize, mut member: impl FnMut(Member)) -> Option<()> {
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    let mut i = ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return Some(());
+    }
+    loop {
+        let start = i;
+        let (end, escaped) = string(b, i + 1)?;
+        let value = member_value(b, i)?;
+        let after = self::value(b, value)?;
+        member(Member {
+            start,
+            key: start + 1..end - 1,
+            escaped,
+            value: value..after,
+        });
+        i = ws(b, after);
+        match b.get(i)? {
+            b',' => i = ws(b, i + 1),
+            b'}' => return Some(()),
+            _ => return None,
+        }
+    }
+}
+
+/// The byte ranges of the elements of the array that starts at `i` in `b` (text the scanner
+/// already accepted); `None` if it is not an array.
+pub(crate) fn elements(
+    b: &[u8],
+    i: usize,
+    mut element: impl FnMut(std::ops::Range<usize>),
+) -> Option<()> {
+    if b.get(i) != Some(&b'[') {
+        return None;
+    }
+    let mut i = ws(b, i + 1);
+    if b.get(i) == Some(&b']') {
+        return Some(());
+    }
+    loop {
+        let end = value(b, i)?;
+        element(i..end);
+        i = ws(b, end);
+        match b.get(i)? {
+            b',' => i = ws(b, i + 1),
+            b']' => return Some(()),
+            _ => return None,
+        }
+    }
 }
 
 /// The index after the JSON value that starts at `i` (no whitespace before it). Scalars, most

@@ -6,12 +6,12 @@
 //! number, `timestamp` an integer (unix seconds), a string or null. Only top-level fields are
 //! checked: nested objects belong to other documents (e.g. API keys) with their own meaning.
 //!
-//! The rule works on the raw record: the checks read the raw text of the known fields (a value
-//! is parsed only to word an error), and every value is written out as it came in.
+//! The rule is a [`DataEditRule`]: it reads the host's view of the record (the raw text of the
+//! known fields; a value is parsed only to word an error) and returns one edit, so every value
+//! is written out as it came in.
 
 use plugin_api::json::wrong_type;
-use plugin_api::raw::RawRecord;
-use plugin_api::{DataMigrationRule, FieldError};
+use plugin_api::{DataEditRule, Edits, FieldError, RecordView};
 use serde_json::Value;
 
 use crate::SCHEMA_VERSION;
@@ -19,11 +19,11 @@ use crate::SCHEMA_VERSION;
 /// The data rule of this hop.
 pub struct AddSchemaVersion;
 
-impl DataMigrationRule for AddSchemaVersion {
-    fn migrate_raw(&self, record: &mut RawRecord<'_>) -> Result<(), FieldError> {
+impl DataEditRule for AddSchemaVersion {
+    fn edit(&self, record: &RecordView<'_>, edits: &mut Edits) -> Result<(), FieldError> {
         record.expect_schema_version(None)?;
         check_known_fields(record)?;
-        record.insert("schema_version", Value::from(SCHEMA_VERSION))?;
+        edits.set_u64("schema_version", SCHEMA_VERSION);
         Ok(())
     }
 
@@ -33,7 +33,7 @@ impl DataMigrationRule for AddSchemaVersion {
 }
 
 /// Type-checks the known fields of a 0.1.0 request-log record that are present.
-fn check_known_fields(record: &RawRecord<'_>) -> Result<(), FieldError> {
+fn check_known_fields(record: &RecordView<'_>) -> Result<(), FieldError> {
     check_str(record, "id")?;
     check_str(record, "model")?;
     record.u64("prompt_tokens")?;
@@ -43,7 +43,7 @@ fn check_known_fields(record: &RawRecord<'_>) -> Result<(), FieldError> {
 }
 
 /// A string field, if present: raw text that starts with a quote is a JSON string.
-fn check_str(record: &RawRecord<'_>, field: &str) -> Result<(), FieldError> {
+fn check_str(record: &RecordView<'_>, field: &str) -> Result<(), FieldError> {
     match record.raw(field) {
         Some(raw) if raw.starts_with('"') => Ok(()),
         _ => record.str(field).map(drop),
@@ -52,7 +52,7 @@ fn check_str(record: &RawRecord<'_>, field: &str) -> Result<(), FieldError> {
 
 /// `timestamp` is unix seconds (an integer), already a string, or null; the 1.0.0 → 2.0.0 hop
 /// converts the first and keeps the others.
-fn check_timestamp(record: &RawRecord<'_>) -> Result<(), FieldError> {
+fn check_timestamp(record: &RecordView<'_>) -> Result<(), FieldError> {
     if let Some(raw) = record.raw("timestamp") {
         if raw == "null" || raw.starts_with('"') || is_integer(raw) {
             return Ok(());
@@ -93,7 +93,7 @@ mod tests {
 
     fn migrate(v: Value) -> Result<String, FieldError> {
         let mut r = record(v);
-        AddSchemaVersion.migrate_record(&mut r)?;
+        AddSchemaVersion.edit_map(&mut r)?;
         Ok(serde_json::to_string(&r).unwrap())
     }
 

@@ -41,7 +41,7 @@ pub fn hop() -> Hop {
     );
     Hop::new(descriptor)
         .config(config::ServerToml)
-        .data(data::AddSchemaVersion)
+        .data_edits(data::AddSchemaVersion)
         .model(model::CreateMetadata)
 }
 

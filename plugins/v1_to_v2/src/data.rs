@@ -5,13 +5,14 @@
 //! the batch path drops the half-migrated raw record and keeps the input line, and a `Map`
 //! caller's record is only replaced once the rule has succeeded.
 //!
-//! The rule works on the raw record: the record's own keys are read from their raw text, and
-//! only objects and arrays that may hold a timestamp key are parsed (and walked); every other
-//! value is written out as it came in.
+//! The rule is a [`DataEditRule`]: the record's own keys are read from the host's view, nested
+//! timestamps are found in the objects of the values that may hold one and replaced in place
+//! (only the converted value changes, every other byte is copied through), and every other value
+//! is written out as it came in.
 
 use plugin_api::json::{join, type_name};
-use plugin_api::raw::{FieldValue, RawRecord};
-use plugin_api::{DataMigrationRule, FieldError};
+use plugin_api::view::walk_objects_at;
+use plugin_api::{DataEditRule, Edits, FieldError, RecordView};
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -22,16 +23,16 @@ pub struct DataRule;
 const FROM_SCHEMA: u64 = 1;
 const TO_SCHEMA: u64 = 2;
 
-impl DataMigrationRule for DataRule {
-    fn migrate_raw(&self, record: &mut RawRecord<'_>) -> Result<(), FieldError> {
+impl DataEditRule for DataRule {
+    fn edit(&self, record: &RecordView<'_>, edits: &mut Edits) -> Result<(), FieldError> {
         record.expect_schema_version(Some(FROM_SCHEMA))?;
         let usage = usage_of(record)?;
-        convert_top_level_timestamps(record)?;
-        record.walk_objects_if(may_hold_timestamps, &mut convert_timestamps)?;
+        convert_top_level_timestamps(record, edits)?;
+        convert_nested_timestamps(record, edits)?;
         if let Some(usage) = usage {
-            place_usage(record, usage)?;
+            place_usage(record, usage, edits);
         }
-        record.insert("schema_version", Value::from(TO_SCHEMA))?;
+        edits.set_u64("schema_version", TO_SCHEMA);
         Ok(())
     }
 
@@ -53,40 +54,68 @@ fn may_hold_timestamps(text: &str) -> bool {
     text.contains("_at\"") || text.contains("\"timestamp\"") || text.contains('\\')
 }
 
-/// Converts the record's own timestamps; checks them all before it changes any.
-fn convert_top_level_timestamps(record: &mut RawRecord<'_>) -> Result<(), FieldError> {
-    let mut converted = Vec::new();
-    for key in record.keys().filter(|k| is_timestamp_key(k)) {
-        if let Some(text) = top_level_timestamp(record, key)? {
-            converted.push((key.to_owned(), text));
+/// Converts the record's own timestamps (a refusal drops every edit, so the order of checks is
+/// the order of the keys).
+fn convert_top_level_timestamps(
+    record: &RecordView<'_>,
+    edits: &mut Edits,
+) -> Result<(), FieldError> {
+    for (key, raw) in record.entries() {
+        if is_timestamp_key(key) {
+            if let Some(text) = timestamp_json(raw, key)? {
+                edits.set(key, &text);
+            }
         }
-    }
-    for (key, text) in converted {
-        record.insert(key, FieldValue::json(text))?;
     }
     Ok(())
 }
 
-/// The JSON text (a quoted string) a top-level timestamp becomes, `None` for values kept as they
-/// are. Read from the raw text when it is a string, null or an integer with an RFC 3339 form
-/// (anything else is parsed, to be refused in the same words as [`timestamp_text`]).
-fn top_level_timestamp(record: &RawRecord<'_>, key: &str) -> Result<Option<String>, FieldError> {
-    if let Some(raw) = record.raw(key) {
-        if raw == "null" || raw.starts_with('"') {
-            return Ok(None);
+/// The JSON text (a quoted string) a timestamp whose JSON text is `raw` becomes, `None` for
+/// values kept as they are. Read from the text when it is a string, null or an integer with an
+/// RFC 3339 form (anything else is parsed, to be refused in the same words as
+/// [`timestamp_text`]).
+fn timestamp_json(raw: &str, field: &str) -> Result<Option<String>, FieldError> {
+    if raw == "null" || raw.starts_with('"') {
+        return Ok(None);
+    }
+    // serde_json reads `-0` as a float.
+    if let (Ok(seconds), false) = (raw.parse::<i64>(), raw == "-0") {
+        if let Some(json) = rfc3339_json(seconds) {
+            return Ok(Some(json));
         }
-        // serde_json reads `-0` as a float.
-        if let (Ok(seconds), false) = (raw.parse::<i64>(), raw == "-0") {
-            if let Some(json) = rfc3339_json(seconds) {
-                return Ok(Some(json));
+    }
+    let value: Value = serde_json::from_str(raw)
+        .map_err(|e| FieldError::new(field, format!("unreadable value ({e})")))?;
+    let text = timestamp_text(&value, field)?;
+    Ok(text.map(|t| Value::String(t).to_string()))
+}
+
+/// Converts timestamps at any depth in the containers that may hold one, in place: only the
+/// converted values' text changes. A container with an object that repeats a key is parsed
+/// and set whole, as a `Map` sees it.
+fn convert_nested_timestamps(record: &RecordView<'_>, edits: &mut Edits) -> Result<(), FieldError> {
+    for (key, text) in record.entries() {
+        if !text.starts_with(['{', '[']) || !may_hold_timestamps(text) {
+            continue;
+        }
+        let Some(objects) = record.objects_in(key) else {
+            let mut value = record.get(key)?.unwrap_or_default();
+            walk_objects_at(key, &mut value, &mut convert_timestamps)?;
+            edits.set(key, &value.to_string());
+            continue;
+        };
+        for object in &objects {
+            for member in object.members() {
+                if is_timestamp_key(&member.key) {
+                    let field = join(object.path(), &member.key);
+                    if let Some(json) = timestamp_json(object.raw(member), &field)? {
+                        edits.replace_at(key, member.value.clone(), &json);
+                    }
+                }
             }
         }
     }
-    let text = match record.get(key)? {
-        Some(value) => timestamp_text(&value, key)?,
-        None => None,
-    };
-    Ok(text.map(|t| Value::String(t).to_string()))
+    Ok(())
 }
 
 /// Replaces integer timestamps by their RFC 3339 form; strings and nulls are left as they are.
@@ -158,7 +187,7 @@ fn out_of_range(field: &str, value: &Value) -> FieldError {
 /// The `usage` object the token counts make (as JSON text), `None` when the record has neither
 /// count. Refuses counts that are not non-negative integers, and a record that already has a
 /// `usage` beside the counts (merging the two could silently drop one of them).
-fn usage_of(record: &RawRecord<'_>) -> Result<Option<String>, FieldError> {
+fn usage_of(record: &RecordView<'_>) -> Result<Option<String>, FieldError> {
     let input = record.u64("prompt_tokens")?;
     let output = record.u64("completion_tokens")?;
     if input.is_none() && output.is_none() {
@@ -188,15 +217,14 @@ fn usage_of(record: &RawRecord<'_>) -> Result<Option<String>, FieldError> {
 
 /// Puts `usage` where `prompt_tokens` was (or `completion_tokens`, when there was no
 /// `prompt_tokens`) and removes both counts.
-fn place_usage(record: &mut RawRecord<'_>, usage: String) -> Result<(), FieldError> {
+fn place_usage(record: &RecordView<'_>, usage: String, edits: &mut Edits) {
     let anchor = if record.contains_key("prompt_tokens") {
         "prompt_tokens"
     } else {
         "completion_tokens"
     };
-    record.replace(anchor, [("usage", FieldValue::json(usage))])?;
-    record.remove("completion_tokens")?;
-    Ok(())
+    edits.replace(anchor, &[("usage", &usage)]);
+    edits.remove("completion_tokens");
 }
 
 #[cfg(test)]

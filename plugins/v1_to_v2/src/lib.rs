@@ -43,7 +43,7 @@ pub fn hop() -> Hop {
         );
     Hop::new(descriptor)
         .config(ConfigRule)
-        .data(DataRule)
+        .data_edits(DataRule)
         .model(ModelRule)
 }
 

@@ -12,16 +12,17 @@
 //!   backup brings the plaintext back.
 //! * `schema_version` must be 2 and becomes 3, keeping its position.
 //!
-//! The rule works on the raw record: the record's own keys are read from their raw text, and
-//! only objects and arrays that may hold an API key entry are parsed (and walked); every other
-//! value is written out as it came in.
+//! The rule is a [`DataEditRule`]: the record's own keys are read from the host's view, API key
+//! entries at depth are found in the objects of the values that may hold one and their `key`
+//! member replaced in place, and every other value is written out as it came in.
 
 use std::fmt::Write as _;
 
 use plugin_api::json::{join, opt_u64, replace_key, type_name};
-use plugin_api::raw::{FieldValue, RawRecord};
-use plugin_api::{DataMigrationRule, FieldError};
-use serde_json::{json, Map, Number, Value};
+use plugin_api::raw::RawRecord;
+use plugin_api::view::{walk_objects_at, NestedObject};
+use plugin_api::{DataEditRule, Edits, FieldError, RecordView};
+use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 
 use crate::{SCHEMA_VERSION, SOURCE_SCHEMA_VERSION};
@@ -32,13 +33,13 @@ const KEY_PREFIX_CHARS: usize = 8;
 /// The data rule of this hop.
 pub struct MetricsAndHashedKeys;
 
-impl DataMigrationRule for MetricsAndHashedKeys {
-    fn migrate_raw(&self, record: &mut RawRecord<'_>) -> Result<(), FieldError> {
+impl DataEditRule for MetricsAndHashedKeys {
+    fn edit(&self, record: &RecordView<'_>, edits: &mut Edits) -> Result<(), FieldError> {
         record.expect_schema_version(Some(SOURCE_SCHEMA_VERSION))?;
-        move_latency_into_metrics(record)?;
-        hash_record_api_key(record)?;
-        record.walk_objects_if(may_hold_api_key, &mut hash_api_key)?;
-        record.insert("schema_version", Value::from(SCHEMA_VERSION))?;
+        move_latency_into_metrics(record, edits)?;
+        hash_record_api_key(record, edits)?;
+        hash_nested_api_keys(record, edits)?;
+        edits.set_u64("schema_version", SCHEMA_VERSION);
         Ok(())
     }
 
@@ -51,7 +52,7 @@ impl DataMigrationRule for MetricsAndHashedKeys {
 
 /// Replaces a top-level `latency_ms` by the `metrics` object, in its place. `latency_ms` goes
 /// into it as the text it was written as.
-fn move_latency_into_metrics(record: &mut RawRecord<'_>) -> Result<(), FieldError> {
+fn move_latency_into_metrics(record: &RecordView<'_>, edits: &mut Edits) -> Result<(), FieldError> {
     let output_tokens = output_tokens(record)?;
     let Some(latency) = record.f64("latency_ms")? else {
         return Ok(());
@@ -63,34 +64,22 @@ fn move_latency_into_metrics(record: &mut RawRecord<'_>) -> Result<(), FieldErro
         ));
     }
     let tokens_per_second = tokens_per_second(output_tokens, latency)?;
-    match record.raw("latency_ms") {
-        Some(kept_latency) => {
-            // Built in one buffer and checked once by `replace`, as `usage` is in the
-            // 1.0 → 2.0 hop (`format!` then `RawValue::from_string` cost more).
-            let mut metrics = String::with_capacity(64);
-            metrics.push_str(r#"{"latency_ms":"#);
-            metrics.push_str(kept_latency);
-            metrics.push_str(r#","tokens_per_second":"#);
-            // As `format!` wrote it (a `Value` displays as compact JSON); writing into a `String`
-            // cannot fail.
-            let _ = write!(metrics, "{tokens_per_second}}}");
-            record.replace("latency_ms", [("metrics", FieldValue::json(metrics))])?;
-        }
-        // A parsed record (a `Map` caller) gets parsed values: JSON text would be parsed again
-        // for it, and serde_json does not read every float back exactly.
-        None => {
-            let kept_latency = record.get("latency_ms")?.unwrap_or(Value::Null);
-            let metrics =
-                json!({"latency_ms": kept_latency, "tokens_per_second": tokens_per_second});
-            record.replace("latency_ms", [("metrics", metrics)])?;
-        }
-    }
+    let kept_latency = record.raw("latency_ms").unwrap_or("null");
+    // Built in one buffer and checked once by the host, as `usage` is in the 1.0 → 2.0 hop.
+    let mut metrics = String::with_capacity(64);
+    metrics.push_str(r#"{"latency_ms":"#);
+    metrics.push_str(kept_latency);
+    metrics.push_str(r#","tokens_per_second":"#);
+    // As `format!` wrote it (a `Value` displays as compact JSON); writing into a `String`
+    // cannot fail.
+    let _ = write!(metrics, "{tokens_per_second}}}");
+    edits.replace("latency_ms", &[("metrics", &metrics)]);
     Ok(())
 }
 
 /// `usage.output_tokens`, checked: `usage` must be an object, the count a non-negative integer.
 /// An object is read as a raw record of its own (no tree).
-fn output_tokens(record: &RawRecord<'_>) -> Result<Option<u64>, FieldError> {
+fn output_tokens(record: &RecordView<'_>) -> Result<Option<u64>, FieldError> {
     let in_usage = |mut e: FieldError| {
         e.field = join("usage", &e.field);
         e
@@ -135,25 +124,20 @@ fn may_hold_api_key(text: &str) -> bool {
     text.contains("\"scopes\"") || text.contains('\\')
 }
 
-/// Whether `field` is present and its value is of the kind whose JSON text starts with `first`
-/// (`"` a string, `[` an array).
-fn is_kind(record: &RawRecord<'_>, field: &str, first: char) -> Result<bool, FieldError> {
-    if let Some(text) = record.raw(field) {
-        return Ok(text.starts_with(first));
-    }
-    Ok(match record.get(field)? {
-        Some(Value::String(_)) => first == '"',
-        Some(Value::Array(_)) => first == '[',
-        _ => false,
-    })
+/// Whether `field` is present and its value's JSON text starts with `first` (`"` a string,
+/// `[` an array).
+fn is_kind(record: &RecordView<'_>, field: &str, first: char) -> bool {
+    record
+        .raw(field)
+        .is_some_and(|text| text.starts_with(first))
 }
 
 /// [`hash_api_key`] for the record itself, which may be an API key entry too.
-fn hash_record_api_key(record: &mut RawRecord<'_>) -> Result<(), FieldError> {
-    if !is_kind(record, "scopes", '[')? || !record.contains_key("key") {
+fn hash_record_api_key(record: &RecordView<'_>, edits: &mut Edits) -> Result<(), FieldError> {
+    if !is_kind(record, "scopes", '[') || !record.contains_key("key") {
         return Ok(());
     }
-    if !is_kind(record, "key", '"')? {
+    if !is_kind(record, "key", '"') {
         let found = record.get("key")?.unwrap_or(Value::Null);
         return Err(key_not_a_string("key", &found));
     }
@@ -163,11 +147,66 @@ fn hash_record_api_key(record: &mut RawRecord<'_>) -> Result<(), FieldError> {
         }
     }
     let key = record.str("key")?.unwrap_or_default();
-    record.replace("key", hashed_key(&key))?;
+    let [(k1, v1), (k2, v2)] = hashed_key_json(&key);
+    edits.replace("key", &[(k1, &v1), (k2, &v2)]);
     Ok(())
 }
 
-/// Visitor for [`RawRecord::walk_objects_if`]: replaces the plaintext of an API key entry.
+/// Hashes the API key entries at any depth in the containers that may hold one, in place: only
+/// the `key` member's text changes. A container with an object that repeats a key is parsed and
+/// set whole, as a `Map` sees it.
+fn hash_nested_api_keys(record: &RecordView<'_>, edits: &mut Edits) -> Result<(), FieldError> {
+    for (key, text) in record.entries() {
+        if !text.starts_with(['{', '[']) || !may_hold_api_key(text) {
+            continue;
+        }
+        let Some(objects) = record.objects_in(key) else {
+            let mut value = record.get(key)?.unwrap_or_default();
+            walk_objects_at(key, &mut value, &mut hash_api_key)?;
+            edits.set(key, &value.to_string());
+            continue;
+        };
+        for object in &objects {
+            hash_nested_api_key(key, object, edits)?;
+        }
+    }
+    Ok(())
+}
+
+/// One object of [`hash_nested_api_keys`]: an API key entry has a string `key` and an array
+/// `scopes`.
+fn hash_nested_api_key(
+    top: &str,
+    object: &NestedObject<'_>,
+    edits: &mut Edits,
+) -> Result<(), FieldError> {
+    let (Some(key), Some(scopes)) = (object.member("key"), object.member("scopes")) else {
+        return Ok(());
+    };
+    let key_text = object.raw(key);
+    if !object.raw(scopes).starts_with('[') {
+        return Ok(());
+    }
+    if !key_text.starts_with('"') {
+        let found: Value = serde_json::from_str(key_text)
+            .map_err(|e| FieldError::new(join(object.path(), "key"), e.to_string()))?;
+        return Err(key_not_a_string(&join(object.path(), "key"), &found));
+    }
+    for taken in ["key_sha256", "key_prefix"] {
+        if object.contains_key(taken) {
+            return Err(already_hashed(&join(object.path(), taken)));
+        }
+    }
+    let plaintext: String = serde_json::from_str(key_text)
+        .map_err(|e| FieldError::new(join(object.path(), "key"), e.to_string()))?;
+    let [(k1, v1), (k2, v2)] = hashed_key_json(&plaintext);
+    let members = format!("\"{k1}\":{v1},\"{k2}\":{v2}");
+    edits.replace_at(top, key.span.clone(), &members);
+    Ok(())
+}
+
+/// Visitor for a parsed value (see [`hash_nested_api_keys`]): replaces the plaintext of an API
+/// key entry.
 fn hash_api_key(object: &mut Map<String, Value>, path: &str) -> Result<(), FieldError> {
     let key = match (object.get("key"), object.get("scopes")) {
         (Some(Value::String(key)), Some(Value::Array(_))) => key,
@@ -206,6 +245,16 @@ fn already_hashed(field: &str) -> FieldError {
     )
 }
 
+/// The entries that take the place of a plaintext `key`, as JSON text.
+fn hashed_key_json(key: &str) -> [(&'static str, String); 2] {
+    let sha256 = hex::encode(Sha256::digest(key.as_bytes()));
+    let prefix: String = key.chars().take(KEY_PREFIX_CHARS).collect();
+    [
+        ("key_sha256", format!("\"{sha256}\"")),
+        ("key_prefix", Value::String(prefix).to_string()),
+    ]
+}
+
 /// The entries that take the place of a plaintext `key`.
 fn hashed_key(key: &str) -> Vec<(String, Value)> {
     let sha256 = hex::encode(Sha256::digest(key.as_bytes()));
@@ -224,6 +273,7 @@ mod reference;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// `printf %s tfk_8c1d0e5f9a7b4c2e | sha256sum`
     const SPEC_KEY_SHA256: &str =
@@ -233,7 +283,7 @@ mod tests {
         let Value::Object(mut record) = v else {
             panic!("test input must be an object")
         };
-        MetricsAndHashedKeys.migrate_record(&mut record)?;
+        MetricsAndHashedKeys.edit_map(&mut record)?;
         Ok(serde_json::to_string(&record).unwrap())
     }
 

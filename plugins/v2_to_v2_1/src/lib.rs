@@ -41,7 +41,7 @@ pub fn hop() -> Hop {
     .breaking_change("data records: top-level latency_ms moves to metrics.latency_ms");
     Hop::new(descriptor)
         .config(config::ServerToml)
-        .data(data::MetricsAndHashedKeys)
+        .data_edits(data::MetricsAndHashedKeys)
         .model(model::ServingMetadata)
 }
 

@@ -4,7 +4,7 @@ use super::*;
 fn migrate(line: &str) -> Result<String, FieldError> {
     let mut record: Map<String, Value> =
         serde_json::from_str(line).expect("test input is an object");
-    DataRule.migrate_record(&mut record)?;
+    DataRule.edit_map(&mut record)?;
     Ok(serde_json::to_string(&record).expect("serialisable"))
 }
 
@@ -13,7 +13,7 @@ fn refuse(line: &str) -> (FieldError, String) {
     let mut record: Map<String, Value> =
         serde_json::from_str(line).expect("test input is an object");
     let err = DataRule
-        .migrate_record(&mut record)
+        .edit_map(&mut record)
         .expect_err("the rule should refuse this record");
     (err, serde_json::to_string(&record).expect("serialisable"))
 }
