@@ -58,27 +58,7 @@ fn p(path: &Path) -> &str {
 /// `target/fixtures/debug/libhostile_hop.so`, built once per test process.
 fn hostile_hop() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        ensure_built();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let target = workspace_root().join("target/fixtures");
-        let out = Command::new(cargo)
-            .arg("build")
-            .arg("--manifest-path")
-            .arg(workspace_root().join("tests/fixtures/hostile-hop/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .output()
-            .expect("run cargo build for the hostile-hop fixture");
-        assert!(
-            out.status.success(),
-            "building tests/fixtures/hostile-hop failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lib = target.join("debug/libhostile_hop.so");
-        assert!(lib.is_file(), "{} was not built", lib.display());
-        lib
-    })
+    LIB.get_or_init(|| build_fixture("hostile-hop", "hostile_hop"))
 }
 
 /// A plugin folder: the real 0.1.0 → 1.0.0 and 1.0.0 → 2.0.0 plugins and the hostile

@@ -229,28 +229,32 @@ pub fn assert_no_leftovers(root: &Path, context: &str) {
     );
 }
 
+/// Builds the fixture plugin crate `tests/fixtures/<dir>` on its own (out of the workspace,
+/// as a third party would) into `target/fixtures`; returns its `lib<lib>.so`.
+pub fn build_fixture(dir: &str, lib: &str) -> PathBuf {
+    ensure_built();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = workspace_root().join("target/fixtures");
+    let out = Command::new(cargo)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(workspace_root().join(format!("tests/fixtures/{dir}/Cargo.toml")))
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .unwrap_or_else(|e| panic!("run cargo build for the {dir} fixture: {e}"));
+    assert!(
+        out.status.success(),
+        "building tests/fixtures/{dir} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lib = target.join(format!("debug/lib{lib}.so"));
+    assert!(lib.is_file(), "{} was not built", lib.display());
+    lib
+}
+
 /// `target/fixtures/debug/libfailing_hop.so`, built once.
 pub fn failing_hop() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        ensure_built();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let target = workspace_root().join("target/fixtures");
-        let out = Command::new(cargo)
-            .arg("build")
-            .arg("--manifest-path")
-            .arg(workspace_root().join("tests/fixtures/failing-hop/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .output()
-            .expect("run cargo build for the failing-hop fixture");
-        assert!(
-            out.status.success(),
-            "building tests/fixtures/failing-hop failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lib = target.join("debug/libfailing_hop.so");
-        assert!(lib.is_file(), "{} was not built", lib.display());
-        lib
-    })
+    LIB.get_or_init(|| build_fixture("failing-hop", "failing_hop"))
 }
