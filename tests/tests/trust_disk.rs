@@ -1473,3 +1473,33 @@ fn issue14_staged_files_have_their_final_mode_while_staging() {
         }
     }
 }
+
+/// Issue 14: a dry run's preview reads the installation's config and data confined. The
+/// config replaced by a link to a FIFO outside after it was staged (the worker paused at its
+/// first data batch) is left out of the preview, not waited on (a plain read would hang).
+#[test]
+fn issue14_the_dry_run_preview_reads_no_link() {
+    let dir = sample_install();
+    let root = dir.path();
+    let outside = tempfile::tempdir().unwrap();
+    let fifo = outside.path().join("server.toml");
+    mkfifo(&fifo);
+    let config = root.join("config/server.toml");
+    let out = migrate_paused_in(
+        "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
+        None,
+        &["version", "--path", p(root), "--to", "2.1.0", "--dry-run"],
+        "batch",
+        || {
+            std::fs::rename(&config, outside.path().join("kept.toml")).unwrap();
+            std::os::unix::fs::symlink(&fifo, &config).unwrap();
+        },
+    );
+    let text = both(&out);
+    assert!(
+        !text.contains("a/config/server.toml"),
+        "a config diff was made through the link: {text}"
+    );
+    assert!(!root.join("VERSION").exists(), "a dry run migrated: {text}");
+    assert_no_leftovers(root, "a dry run");
+}

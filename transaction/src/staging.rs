@@ -103,6 +103,11 @@ impl Staging {
         self.root.create_parents(rel, 0o700)
     }
 
+    /// Removes the staged file `rel` (the link itself, were it one); `false` if none was there.
+    pub fn remove_file(&self, rel: &str) -> Result<bool> {
+        self.root.remove_file(rel)
+    }
+
     /// Marks `rel` for deletion from the installation at commit.
     pub fn remove_at_commit(&mut self, rel: &str) {
         self.removals.push(rel.to_owned());

@@ -547,7 +547,7 @@ impl DataRun<'_> {
         if shape == document::Shape::Single && stats.quarantined > 0 {
             // The document was its one record, now in the quarantine: nothing stays.
             drop(out);
-            std::fs::remove_file(&dst_path).map_err(write_err)?;
+            staging.remove_file(&file.rel)?;
             staging.remove_at_commit(&file.rel);
             return Ok(stats);
         }
