@@ -396,7 +396,11 @@ pub type Result<T, E = MigrateError> = std::result::Result<T, E>;
 /// One problem in the staging, with the file and the plugin that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
+    /// The staged file, relative to the installation: what [`MigrateError::file`] names.
     pub file: String,
+    /// The record in `file` the problem is about (`data/requests.jsonl:12`,
+    /// `data/x.json (record 3)`), shown instead of the file; `None` when it is the whole file.
+    pub place: Option<String>,
     pub problem: String,
     /// The last hop whose rule writes this kind of file: its output is what was staged.
     pub plugin: Option<String>,
@@ -404,9 +408,10 @@ pub struct Violation {
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = self.place.as_deref().unwrap_or(&self.file);
         match &self.plugin {
-            Some(p) => write!(f, "{}: {} (written by plugin {p})", self.file, self.problem),
-            None => write!(f, "{}: {}", self.file, self.problem),
+            Some(p) => write!(f, "{at}: {} (written by plugin {p})", self.problem),
+            None => write!(f, "{at}: {}", self.problem),
         }
     }
 }

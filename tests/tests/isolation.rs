@@ -709,6 +709,8 @@ fn with_json_a_refused_staging_names_its_file() {
     for (mode, file) in [
         ("toml", "config/server.toml"),
         ("checksums", "models/bert-tiny/metadata.json"),
+        // The record is in the message (data/requests.jsonl:1000); the file is the file.
+        ("schema", "data/requests.jsonl"),
     ] {
         let dir = install();
         let args = [
