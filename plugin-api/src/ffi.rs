@@ -28,7 +28,7 @@ use crate::descriptor::HopDescriptor;
 use crate::error::RuleError;
 use crate::model::{ModelFolder, ModelOptions, ModelOutcome};
 use crate::rules::{ConfigOutcome, Hop};
-use crate::view::DecodedView;
+use crate::view::{DecodedView, ViewBuffers};
 
 /// Callbacks from a plugin into the host (progress, log lines, cancellation).
 /// Payloads are JSON so that new event kinds need no ABI change.
@@ -272,8 +272,14 @@ fn migrate_view(view: ViewRequest, payload: &[u8]) -> Result<BatchOutput, RuleEr
         .get(..n)
         .and_then(|t| std::str::from_utf8(t).ok())
         .ok_or_else(malformed)?;
-    let decoded = DecodedView::decode(text, &payload[n..]).map_err(|_| malformed())?;
+    thread_local! {
+        static BUFFERS: RefCell<ViewBuffers> = RefCell::default();
+    }
+    let buffers = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let decoded =
+        DecodedView::decode_into(text, &payload[n..], buffers).map_err(|_| malformed())?;
     let (edits, refused) = decoded.run(&|record, edits| rule.edit(record, edits));
+    BUFFERS.with(|b| *b.borrow_mut() = decoded.into_buffers());
     Ok(BatchOutput {
         records: edits.into(),
         failures: refused
@@ -398,25 +404,21 @@ impl HopClient {
         Ok((batch.records, refused))
     }
 
-    /// Sends a view of a batch (its `text` and the table of
-    /// [`ViewBatch::encode_table`](crate::view::ViewBatch::encode_table)) to the plugin's edit
-    /// rule and returns the encoded edits. `payload` is scratch space the caller reuses. Only
-    /// for plugins whose descriptor says `rules.data_edits` (1.5.0 and later).
+    /// Sends a view of a batch to the plugin's edit rule and returns the encoded edits:
+    /// `payload` is the batch's text (its first `text_len` bytes) then the table of
+    /// [`ViewBatch::encode_table`](crate::view::ViewBatch::encode_table), as
+    /// [`ViewBatch::with_payload`](crate::view::ViewBatch::with_payload) lends them. Only for
+    /// plugins whose descriptor says `rules.data_edits` (1.5.0 and later).
     pub fn migrate_view(
         &self,
-        text: &str,
-        table: &[u8],
-        payload: &mut Vec<u8>,
+        payload: &[u8],
+        text_len: usize,
     ) -> Result<(RVec<u8>, Vec<RefusedRecord>), CallError> {
         let request = format!(
             "{{\"payload_version\":{},\"view\":{{\"text_len\":{}}}}}",
             crate::PAYLOAD_VERSION,
-            text.len()
+            text_len
         );
-        payload.clear();
-        payload.reserve(text.len() + table.len());
-        payload.extend_from_slice(text.as_bytes());
-        payload.extend_from_slice(table);
         let batch =
             (self.module.migrate_data())(RStr::from(request.as_str()), RSlice::from_slice(payload))
                 .into_result()

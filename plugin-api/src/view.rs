@@ -452,6 +452,81 @@ impl Edits {
     }
 }
 
+/// One edit as the host reads it back from a plugin's buffer, borrowing its strings.
+#[derive(Debug, Clone)]
+enum Op<'a> {
+    Set {
+        key: &'a str,
+        json: &'a str,
+    },
+    Remove {
+        key: &'a str,
+    },
+    /// `with`: the range of the new entries in the list of pairs read beside the ops.
+    Replace {
+        old: &'a str,
+        with: Range<usize>,
+    },
+    Insert {
+        after: bool,
+        anchor: &'a str,
+        key: &'a str,
+        json: &'a str,
+    },
+    ReplaceAt {
+        key: &'a str,
+        start: usize,
+        end: usize,
+        text: &'a str,
+    },
+}
+
+impl<'a> Op<'a> {
+    /// Reads the op after its record index; a `Replace`'s entries go into `pairs`.
+    fn read(
+        r: &mut OpReader<'a>,
+        pairs: &mut Vec<(&'a str, &'a str)>,
+    ) -> Result<Op<'a>, ProtocolError> {
+        Ok(match r.u8()? {
+            OP_SET => Op::Set {
+                key: r.str()?,
+                json: r.str()?,
+            },
+            OP_REMOVE => Op::Remove { key: r.str()? },
+            OP_REPLACE => {
+                let old = r.str()?;
+                let n = r.u32()?;
+                // Each pair takes at least 8 bytes: a count past the buffer is a broken plugin.
+                if n > r.b.len().saturating_sub(r.i) / 8 {
+                    return Err(ProtocolError);
+                }
+                let first = pairs.len();
+                for _ in 0..n {
+                    let k = r.str()?;
+                    pairs.push((k, r.str()?));
+                }
+                Op::Replace {
+                    old,
+                    with: first..pairs.len(),
+                }
+            }
+            op @ (OP_INSERT_BEFORE | OP_INSERT_AFTER) => Op::Insert {
+                after: op == OP_INSERT_AFTER,
+                anchor: r.str()?,
+                key: r.str()?,
+                json: r.str()?,
+            },
+            OP_REPLACE_AT => Op::ReplaceAt {
+                key: r.str()?,
+                start: r.u32()?,
+                end: r.u32()?,
+                text: r.str()?,
+            },
+            _ => return Err(ProtocolError),
+        })
+    }
+}
+
 /// Reads the edits buffer back; every read is bounds-checked, since on the host it comes from a
 /// plugin.
 struct OpReader<'a> {
@@ -472,10 +547,23 @@ impl<'a> OpReader<'a> {
         Ok(b)
     }
 
+    fn peek_u32(&self) -> Result<usize, ProtocolError> {
+        OpReader {
+            b: self.b,
+            i: self.i,
+        }
+        .u32()
+    }
+
     fn str(&mut self) -> Result<&'a str, ProtocolError> {
         let n = self.u32()?;
         let bytes = self.b.get(self.i..self.i + n).ok_or(ProtocolError)?;
         self.i += n;
+        if bytes.is_ascii() {
+            // SAFETY: ASCII is UTF-8. Keys and values are short and nearly always ASCII, and
+            // `from_utf8`'s call per string was a tenth of applying edits.
+            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+        }
         std::str::from_utf8(bytes).map_err(|_| ProtocolError)
     }
 
@@ -521,19 +609,35 @@ impl ViewBatch {
     /// whole; records that are not a JSON object are left out, listed with the error a hop
     /// would have given them, by index.
     pub fn read(batch: Vec<u8>) -> (ViewBatch, Vec<Refused>) {
+        Self::read_into(batch, ViewBatch::default())
+    }
+
+    /// [`Self::read`] into the tables of an earlier batch ([`Self::recycle`]): a worker keeps
+    /// them from batch to batch, since fresh ones had their pages faulted in every time.
+    pub fn read_into(batch: Vec<u8>, tables: ViewBatch) -> (ViewBatch, Vec<Refused>) {
         let text = match String::from_utf8(batch) {
             Ok(text) => text,
             // Rare: each record is checked on its own (and the bad ones named); the text keeps
             // only the valid ones' bytes.
             Err(e) => return Self::read_checked(e.into_bytes()),
         };
+        let ViewBatch {
+            mut entries,
+            mut records,
+            scratch,
+            ..
+        } = tables;
+        entries.clear();
+        records.clear();
         // Sized for records of ~100 bytes with ~6 entries, and room for the entries a first
         // hop appends: growing from small cost a copy of the index or two per batch.
+        entries.reserve(text.len() / 10);
+        records.reserve(text.len() / 64);
         let mut vb = ViewBatch {
-            entries: Vec::with_capacity(text.len() / 10),
-            records: Vec::with_capacity(text.len() / 64),
+            entries,
+            records,
             text,
-            scratch: Vec::new(),
+            scratch,
         };
         let mut refused = Vec::new();
         let mut start = 0;
@@ -646,6 +750,22 @@ impl ViewBatch {
         Span::new(start..self.text.len())
     }
 
+    /// Empties the batch for [`Self::read_into`], keeping the room of its tables and text;
+    /// [`Self::take_text`] lends the text's room out for the next batch's bytes.
+    pub fn recycle(mut self) -> ViewBatch {
+        self.text.clear();
+        self.entries.clear();
+        self.records.clear();
+        self
+    }
+
+    /// The (recycled) batch's text buffer, emptied, to read the next batch's bytes into.
+    pub fn take_text(&mut self) -> Vec<u8> {
+        let mut text = std::mem::take(&mut self.text).into_bytes();
+        text.clear();
+        text
+    }
+
     /// Records still in the batch.
     pub fn len(&self) -> usize {
         self.records.len()
@@ -710,31 +830,32 @@ impl ViewBatch {
 
     /// Applies a plugin's edits; records whose edits the host refuses (bad JSON text) are
     /// listed. The caller removes them (with the plugin's refusals) through [`Self::remove`].
+    ///
+    /// Each op is decoded once, into a list reused for every record: decoding a record's ops
+    /// again to find where they end, and once more per pass, was most of the host's cost.
     pub fn apply(&mut self, edits: &[u8]) -> Result<Vec<Refused>, ProtocolError> {
         let mut r = OpReader { b: edits, i: 0 };
         let mut refused = Vec::new();
+        let mut ops: Vec<Op<'_>> = Vec::new();
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        let mut last = None;
         while !r.done() {
-            let start = r.i;
-            let index = r.u32()?;
-            // The record's ops run to the first op of another record.
-            let mut end = start;
-            let mut probe = OpReader { b: edits, i: start };
-            while !probe.done() {
-                let at = probe.i;
-                if probe.u32()? != index {
-                    end = at;
-                    break;
-                }
-                skip_op(&mut probe)?;
-                end = probe.i;
-            }
-            if index >= self.records.len() {
+            let index = r.peek_u32()?;
+            // A record's ops are contiguous and records come in order: anything else is a
+            // broken plugin (and would let one record's ops be applied twice).
+            if last.is_some_and(|l| index <= l) || index >= self.records.len() {
                 return Err(ProtocolError);
             }
-            if let Err(e) = self.apply_record(index, &edits[start..end])? {
+            last = Some(index);
+            ops.clear();
+            pairs.clear();
+            while !r.done() && r.peek_u32()? == index {
+                r.u32()?;
+                ops.push(Op::read(&mut r, &mut pairs)?);
+            }
+            if let Err(e) = self.apply_record(index, &ops, &pairs) {
                 refused.push((index as u64, e));
             }
-            r.i = end;
         }
         Ok(refused)
     }
@@ -759,28 +880,29 @@ impl ViewBatch {
         });
     }
 
-    /// One record's ops: `Ok(Err(e))` when the host refuses the record (a bad value), and the
-    /// record is then left as it was.
+    /// One record's ops: an error when the host refuses the record (a bad value), which is
+    /// then left as it was.
     fn apply_record(
         &mut self,
         index: usize,
-        ops: &[u8],
-    ) -> Result<Result<(), RuleError>, ProtocolError> {
+        ops: &[Op<'_>],
+        pairs: &[(&str, &str)],
+    ) -> Result<(), RuleError> {
         let rec = self.records[index];
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         scratch
             .extend_from_slice(&self.entries[rec.first as usize..(rec.first + rec.count) as usize]);
         let mark = self.text.len();
-        let result = self.apply_ops(&mut scratch, ops);
+        let result = self.apply_ops(&mut scratch, ops, pairs);
         match &result {
             // In its own slot when it fits (records' slots never overlap), else at the end.
-            Ok(Ok(())) if scratch.len() <= rec.count as usize => {
+            Ok(()) if scratch.len() <= rec.count as usize => {
                 let first = rec.first as usize;
                 self.entries[first..first + scratch.len()].copy_from_slice(&scratch);
                 self.records[index].count = scratch.len() as u32;
             }
-            Ok(Ok(())) => {
+            Ok(()) => {
                 let first = self.entries.len() as u32;
                 self.entries.extend_from_slice(&scratch);
                 self.records[index] = Rec {
@@ -788,74 +910,62 @@ impl ViewBatch {
                     count: scratch.len() as u32,
                 };
             }
-            _ => self.text.truncate(mark),
+            Err(_) => self.text.truncate(mark),
         }
         self.scratch = scratch;
-        result
+        result.map_err(RuleError::from)
     }
 
     fn apply_ops(
         &mut self,
         entries: &mut Vec<Entry>,
-        ops: &[u8],
-    ) -> Result<Result<(), RuleError>, ProtocolError> {
+        ops: &[Op<'_>],
+        pairs: &[(&str, &str)],
+    ) -> Result<(), FieldError> {
         // First the ranges within values, relative to the values the rule saw.
-        let mut splices: Vec<(&str, usize, usize, &str)> = Vec::new();
-        let mut r = OpReader { b: ops, i: 0 };
-        while !r.done() {
-            r.u32()?;
-            let op_at = r.i;
-            if r.u8()? == OP_REPLACE_AT {
-                let key = r.str()?;
-                let (a, b) = (r.u32()?, r.u32()?);
-                splices.push((key, a, b, r.str()?));
-            } else {
-                r.i = op_at;
-                skip_op(&mut r)?;
-            }
-        }
+        let mut splices: Vec<(&str, usize, usize, &str)> = ops
+            .iter()
+            .filter_map(|op| match *op {
+                Op::ReplaceAt {
+                    key,
+                    start,
+                    end,
+                    text,
+                } => Some((key, start, end, text)),
+                _ => None,
+            })
+            .collect();
         if !splices.is_empty() {
             splices.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
             let mut i = 0;
             while i < splices.len() {
                 let key = splices[i].0;
                 let j = i + splices[i..].iter().take_while(|s| s.0 == key).count();
-                if let Err(e) = self.splice(entries, &splices[i..j]) {
-                    return Ok(Err(e.into()));
-                }
+                self.splice(entries, &splices[i..j])?;
                 i = j;
             }
         }
-        let mut r = OpReader { b: ops, i: 0 };
-        while !r.done() {
-            r.u32()?;
-            let op = r.u8()?;
-            let step = match op {
-                OP_SET => {
-                    let (key, json) = (r.str()?, r.str()?);
-                    self.checked(key, json)
-                        .map(|value| match self.position(entries, key) {
-                            Some(i) => entries[i].value = value,
-                            None => {
-                                let key = self.push_text(key);
-                                entries.push(Entry { key, value });
-                            }
-                        })
+        for op in ops {
+            match *op {
+                Op::Set { key, json } => {
+                    let value = self.checked(key, json)?;
+                    match self.position(entries, key) {
+                        Some(i) => entries[i].value = value,
+                        None => {
+                            let key = self.push_text(key);
+                            entries.push(Entry { key, value });
+                        }
+                    }
                 }
-                OP_REMOVE => {
-                    let key = r.str()?;
+                Op::Remove { key } => {
                     if let Some(i) = self.position(entries, key) {
                         entries.remove(i);
                     }
-                    Ok(())
                 }
-                OP_REPLACE => {
-                    let old = r.str()?;
-                    let n = r.u32()?;
-                    let mut new = Vec::with_capacity(n.min(64));
+                Op::Replace { old, ref with } => {
+                    let mut new = Vec::with_capacity(with.len());
                     let mut bad = None;
-                    for _ in 0..n {
-                        let (k, v) = (r.str()?, r.str()?);
+                    for &(k, v) in &pairs[with.clone()] {
                         match self.checked(k, v) {
                             Ok(value) if bad.is_none() => {
                                 let key = self.push_text(k);
@@ -865,44 +975,34 @@ impl ViewBatch {
                             Err(e) => bad = bad.or(Some(e)),
                         }
                     }
-                    match bad {
-                        Some(e) => Err(e),
-                        None => {
-                            if let Some(i) = self.position(entries, old) {
-                                entries.splice(i..=i, new);
-                            }
-                            Ok(())
-                        }
+                    if let Some(e) = bad {
+                        return Err(e);
+                    }
+                    if let Some(i) = self.position(entries, old) {
+                        entries.splice(i..=i, new);
                     }
                 }
-                OP_INSERT_BEFORE | OP_INSERT_AFTER => {
-                    let (anchor, key, json) = (r.str()?, r.str()?, r.str()?);
-                    self.checked(key, json).map(|value| {
-                        if self.position(entries, anchor).is_some() && anchor != key {
-                            if let Some(i) = self.position(entries, key) {
-                                entries.remove(i);
-                            }
-                            let a = self.position(entries, anchor).unwrap_or(entries.len());
-                            let at = if op == OP_INSERT_AFTER { a + 1 } else { a };
-                            let key = self.push_text(key);
-                            entries.insert(at, Entry { key, value });
+                Op::Insert {
+                    after,
+                    anchor,
+                    key,
+                    json,
+                } => {
+                    let value = self.checked(key, json)?;
+                    if self.position(entries, anchor).is_some() && anchor != key {
+                        if let Some(i) = self.position(entries, key) {
+                            entries.remove(i);
                         }
-                    })
+                        let a = self.position(entries, anchor).unwrap_or(entries.len());
+                        let at = if after { a + 1 } else { a };
+                        let key = self.push_text(key);
+                        entries.insert(at, Entry { key, value });
+                    }
                 }
-                OP_REPLACE_AT => {
-                    r.str()?;
-                    r.u32()?;
-                    r.u32()?;
-                    r.str()?;
-                    Ok(())
-                }
-                _ => return Err(ProtocolError),
-            };
-            if let Err(e) = step {
-                return Ok(Err(e.into()));
+                Op::ReplaceAt { .. } => {}
             }
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
     fn position(&self, entries: &[Entry], key: &str) -> Option<usize> {
@@ -969,6 +1069,27 @@ impl ViewBatch {
     /// appended to `out`. The text travels beside it as a `str`.
     pub fn encode_table(&self, out: &mut Vec<u8>) {
         out.clear();
+        self.append_table(out);
+    }
+
+    /// Lends the view as one payload — the batch's text, then its table — with the text's
+    /// length. The table is written after the text in the text's own buffer and taken off
+    /// again: copying the text and the table into a payload for each hop was a tenth of the
+    /// host's work.
+    pub fn with_payload<R>(&mut self, f: impl FnOnce(&[u8], usize) -> R) -> R {
+        let n = self.text.len();
+        let mut bytes = std::mem::take(&mut self.text).into_bytes();
+        self.append_table(&mut bytes);
+        let r = f(&bytes, n);
+        bytes.truncate(n);
+        // SAFETY: the first `n` bytes are the text's, untouched (the table was only appended
+        // after them and is cut off again), so they are still valid UTF-8. If `f` panics the
+        // text is lost with the batch, and `self.text` is empty, which is valid.
+        self.text = unsafe { String::from_utf8_unchecked(bytes) };
+        r
+    }
+
+    fn append_table(&self, out: &mut Vec<u8>) {
         let live: usize = self.records.iter().map(|r| r.count as usize).sum();
         out.reserve(4 + self.records.len() * 8 + live * 16);
         out.extend_from_slice(&(self.records.len() as u32).to_le_bytes());
@@ -991,34 +1112,6 @@ impl ViewBatch {
     pub fn text(&self) -> &str {
         &self.text
     }
-}
-
-fn skip_op(r: &mut OpReader<'_>) -> Result<(), ProtocolError> {
-    match r.u8()? {
-        OP_SET | OP_INSERT_BEFORE | OP_INSERT_AFTER => {
-            let n = if r.b[r.i - 1] == OP_SET { 2 } else { 3 };
-            for _ in 0..n {
-                r.str()?;
-            }
-        }
-        OP_REMOVE => {
-            r.str()?;
-        }
-        OP_REPLACE => {
-            r.str()?;
-            for _ in 0..r.u32()? * 2 {
-                r.str()?;
-            }
-        }
-        OP_REPLACE_AT => {
-            r.str()?;
-            r.u32()?;
-            r.u32()?;
-            r.str()?;
-        }
-        _ => return Err(ProtocolError),
-    }
-    Ok(())
 }
 
 /// Whether a key must be escaped to be a JSON string body.
@@ -1052,16 +1145,40 @@ pub struct DecodedView<'a> {
     entries: Vec<Entry>,
 }
 
+/// A decoded view's tables, kept by a plugin from batch to batch: allocated afresh for each
+/// batch and hop, their pages were faulted in again every time (a tenth of a hop's cost).
+#[doc(hidden)]
+#[derive(Default)]
+pub struct ViewBuffers {
+    records: Vec<Rec>,
+    entries: Vec<Entry>,
+}
+
 impl<'a> DecodedView<'a> {
     /// Decodes [`ViewBatch::encode_table`]'s table over `text`; every span is checked to lie
     /// in `text` on character boundaries.
     pub fn decode(text: &'a str, table: &[u8]) -> Result<DecodedView<'a>, ProtocolError> {
+        Self::decode_into(text, table, ViewBuffers::default())
+    }
+
+    /// [`Self::decode`] into the tables of an earlier view ([`Self::into_buffers`]).
+    pub fn decode_into(
+        text: &'a str,
+        table: &[u8],
+        buffers: ViewBuffers,
+    ) -> Result<DecodedView<'a>, ProtocolError> {
+        let ViewBuffers {
+            mut records,
+            mut entries,
+        } = buffers;
+        records.clear();
+        entries.clear();
         let mut r = OpReader { b: table, i: 0 };
         let n = r.u32()?;
         if n > table.len() / 8 {
             return Err(ProtocolError);
         }
-        let mut records = Vec::with_capacity(n);
+        records.reserve(n);
         let mut total = 0usize;
         for _ in 0..n {
             let (first, count) = (r.u32()?, r.u32()?);
@@ -1077,7 +1194,7 @@ impl<'a> DecodedView<'a> {
         if total > (table.len() - r.i) / 16 {
             return Err(ProtocolError);
         }
-        let mut entries = Vec::with_capacity(total);
+        entries.reserve(total);
         for _ in 0..total {
             let span = |r: &mut OpReader<'_>| -> Result<Span, ProtocolError> {
                 let (start, len) = (r.u32()?, r.u32()?);
@@ -1095,13 +1212,23 @@ impl<'a> DecodedView<'a> {
         })
     }
 
+    /// Gives the tables back for the next batch.
+    pub fn into_buffers(self) -> ViewBuffers {
+        ViewBuffers {
+            records: self.records,
+            entries: self.entries,
+        }
+    }
+
     /// Runs `rule` on every record; returns the encoded edits and the refused records.
     pub fn run(
         &self,
         rule: &dyn Fn(&RecordView<'_>, &mut Edits) -> Result<(), FieldError>,
     ) -> (Vec<u8>, Vec<Refused>) {
         let mut edits = Edits {
-            buf: Vec::with_capacity(self.records.len() * 32),
+            // A hop's edits run to about a hundred bytes a record: grown from less, the buffer
+            // was copied three or four times a batch.
+            buf: Vec::with_capacity(self.records.len() * 128),
             record: 0,
         };
         let mut refused = Vec::new();

@@ -311,16 +311,14 @@ impl DataRun<'_> {
     /// once at the end, every byte no hop touched copied as it was. Hops built against older
     /// releases get text, as before: the index is written out for them and read again after.
     fn run_hops(&self, batch: &Batch, file: &DataFile) -> Result<(Migrated, Vec<Refusal>)> {
-        // A worker's view buffers, kept from batch to batch: allocated afresh, each was
+        // A worker's buffers, kept from batch to batch: allocated afresh, each was
         // page-faulted in again for every batch and hop.
         thread_local! {
-            static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const {
-                std::cell::RefCell::new((Vec::new(), Vec::new()))
-            };
+            static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
         }
-        let (mut table, mut payload) = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
-        let result = self.run_hops_with(batch, file, &mut table, &mut payload);
-        BUFFERS.with(|b| *b.borrow_mut() = (table, payload));
+        let mut buffers = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let result = self.run_hops_with(batch, file, &mut buffers);
+        BUFFERS.with(|b| *b.borrow_mut() = buffers);
         result
     }
 
@@ -328,9 +326,9 @@ impl DataRun<'_> {
         &self,
         batch: &Batch,
         file: &DataFile,
-        table: &mut Vec<u8>,
-        payload: &mut Vec<u8>,
+        buffers: &mut Buffers,
     ) -> Result<(Migrated, Vec<Refusal>)> {
+        let spare = &mut buffers.spare;
         let mut alive: Vec<usize> = (0..batch.places.len()).collect();
         let mut refusals = Vec::new();
         let mut state = Records::Source;
@@ -346,7 +344,9 @@ impl DataRun<'_> {
                 let mut view = match state {
                     Records::View(view) => view,
                     other => {
-                        let (view, unread) = ViewBatch::read(other.into_bytes(batch));
+                        let mut tables = std::mem::take(spare);
+                        let text = other.into_bytes(batch, tables.take_text());
+                        let (view, unread) = ViewBatch::read_into(text, tables);
                         let unread = unread
                             .into_iter()
                             .map(|(i, e)| RefusedRecord { index: i, error: e });
@@ -354,11 +354,13 @@ impl DataRun<'_> {
                         view
                     }
                 };
-                view.encode_table(table);
-                let (edits, refused) = call(self.observer, hop, "data", &file.rel, places, || {
-                    hop.client.migrate_view(view.text(), table, payload)
-                })
-                .map_err(|e| data_failure(hop, file, e))?;
+                let (edits, refused) = view
+                    .with_payload(|payload, text_len| {
+                        call(self.observer, hop, "data", &file.rel, places, || {
+                            hop.client.migrate_view(payload, text_len)
+                        })
+                    })
+                    .map_err(|e| data_failure(hop, file, e))?;
                 let unchecked = view.apply(&edits).map_err(|e| {
                     plugin_failure(
                         hop,
@@ -380,7 +382,7 @@ impl DataRun<'_> {
                 view.remove(&listed);
                 state = Records::View(view);
             } else {
-                let input = state.into_text();
+                let input = state.into_text(spare);
                 let (output, refused) = call(self.observer, hop, "data", &file.rel, places, || {
                     hop.client.migrate_data(input.bytes(batch))
                 })
@@ -389,7 +391,7 @@ impl DataRun<'_> {
                 state = Records::Plugin(output);
             }
         }
-        Ok((state.into_migrated(batch), refusals))
+        Ok((state.into_migrated(batch, spare), refusals))
     }
 
     /// Takes the records `hop` refused (indices among those still in the batch) out of `alive`
@@ -697,13 +699,20 @@ enum Records {
     View(ViewBatch),
 }
 
+/// What a worker keeps from batch to batch: the last batch's index, emptied, for the next one.
+#[derive(Default)]
+struct Buffers {
+    spare: ViewBatch,
+}
+
 impl Records {
-    /// As text, for a hop that takes text.
-    fn into_text(self) -> Records {
+    /// As text, for a hop that takes text; a view's index goes back into `spare`.
+    fn into_text(self, spare: &mut ViewBatch) -> Records {
         match self {
             Records::View(view) => {
                 let mut out = Vec::with_capacity(view.text().len());
                 view.write(&mut out);
+                *spare = view.recycle();
                 Records::Text(out)
             }
             other => other,
@@ -719,16 +728,19 @@ impl Records {
         }
     }
 
-    /// As owned text, for the index to read.
-    fn into_bytes(self, batch: &Batch) -> Vec<u8> {
-        match self.into_text() {
+    /// As owned text, for the index to read; copied into `room` when it must be copied.
+    fn into_bytes(self, batch: &Batch, mut room: Vec<u8>) -> Vec<u8> {
+        match self {
             Records::Text(out) => out,
-            other => other.bytes(batch).to_vec(),
+            other => {
+                room.extend_from_slice(other.bytes(batch));
+                room
+            }
         }
     }
 
-    fn into_migrated(self, batch: &Batch) -> Migrated {
-        match self.into_text() {
+    fn into_migrated(self, batch: &Batch, spare: &mut ViewBatch) -> Migrated {
+        match self.into_text(spare) {
             Records::Plugin(out) => Migrated::Plugin(out),
             Records::Text(out) => Migrated::Host(out),
             other => Migrated::Host(other.bytes(batch).to_vec()),

@@ -300,6 +300,19 @@ fn malformed_edits_and_views_are_protocol_errors() {
         vb.apply(&[0, 0, 0, 0, OP_SET, 9, 0, 0, 0]),
         Err(ProtocolError)
     );
+    // A record's ops come together and records in order: a record seen again is refused,
+    // whatever its ops (or its edits would apply twice).
+    let (mut two, _) = ViewBatch::read(b"{\"a\":1}\n{\"b\":2}\n".to_vec());
+    let remove = |i: u8, k: u8| [i, 0, 0, 0, OP_REMOVE, 1, 0, 0, 0, k];
+    let mut repeated = remove(0, b'a').to_vec();
+    repeated.extend(remove(1, b'b'));
+    repeated.extend(remove(0, b'a'));
+    assert_eq!(two.apply(&repeated), Err(ProtocolError));
+    // A replacement claiming more entries than the buffer could hold.
+    assert_eq!(
+        vb.apply(&[0, 0, 0, 0, OP_REPLACE, 1, 0, 0, 0, b'a', 255, 255, 255, 255]),
+        Err(ProtocolError)
+    );
     assert!(DecodedView::decode(
         "{}",
         &[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
