@@ -388,20 +388,7 @@ impl HopClient {
         &self,
         records: &[u8],
     ) -> Result<(RVec<u8>, Vec<RefusedRecord>), CallError> {
-        const REQUEST: &str = "{\"payload_version\":1}";
-        let batch = (self.module.migrate_data())(RStr::from(REQUEST), RSlice::from_slice(records))
-            .into_result()
-            .map_err(CallError::from_rerr)?;
-        let refused = batch
-            .failures
-            .iter()
-            .map(|f| RefusedRecord {
-                index: f.index,
-                error: serde_json::from_str(f.error.as_str())
-                    .unwrap_or_else(|_| RuleError::new(f.error.as_str())),
-            })
-            .collect();
-        Ok((batch.records, refused))
+        self.data_call("{\"payload_version\":1}", records)
     }
 
     /// Sends a view of a batch to the plugin's edit rule and returns the encoded edits:
@@ -419,10 +406,19 @@ impl HopClient {
             crate::PAYLOAD_VERSION,
             text_len
         );
-        let batch =
-            (self.module.migrate_data())(RStr::from(request.as_str()), RSlice::from_slice(payload))
-                .into_result()
-                .map_err(CallError::from_rerr)?;
+        self.data_call(&request, payload)
+    }
+
+    /// The plugin's `migrate_data` entry, which both the text and the view paths go through:
+    /// its output, and the records it refused with their errors read back.
+    fn data_call(
+        &self,
+        request: &str,
+        payload: &[u8],
+    ) -> Result<(RVec<u8>, Vec<RefusedRecord>), CallError> {
+        let batch = (self.module.migrate_data())(RStr::from(request), RSlice::from_slice(payload))
+            .into_result()
+            .map_err(CallError::from_rerr)?;
         let refused = batch
             .failures
             .iter()

@@ -145,6 +145,33 @@ pub fn walk_objects_mut(value: &mut Value, visit: &mut ObjectVisitor) -> Result<
     walk(value, &mut String::new(), visit)
 }
 
+/// Calls `visit` on every object in `value`, the value of a record's key `key` (itself included
+/// when it is an object), with the paths [`walk_record_mut`] gives for that record: the one
+/// walk under a single entry, which both the text and the view interfaces offer.
+pub(crate) fn walk_objects_under(
+    key: &str,
+    value: &mut Value,
+    visit: &mut ObjectVisitor,
+) -> Result<(), FieldError> {
+    // A record of this one entry, so that every path is the one walk_record_mut gives.
+    let mut holder = Map::new();
+    holder.insert(key.to_owned(), std::mem::take(value));
+    let mut is_holder = true;
+    let result = walk_record_mut(&mut holder, &mut |object, path| {
+        if std::mem::take(&mut is_holder) {
+            Ok(())
+        } else {
+            visit(object, path)
+        }
+    });
+    *value = holder
+        .into_iter()
+        .next()
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    result
+}
+
 /// Like [`walk_objects_mut`], starting at a record.
 pub fn walk_record_mut(
     record: &mut Map<String, Value>,

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use crate::error::{FieldError, RuleError};
-use crate::json::{type_name, walk_record_mut, wrong_type, ObjectVisitor};
+use crate::json::{type_name, walk_objects_under, wrong_type, ObjectVisitor};
 
 pub(crate) mod scan;
 
@@ -548,25 +548,7 @@ impl<'a> RawRecord<'a> {
         may_hold: impl FnMut(&str) -> bool,
         visit: &mut ObjectVisitor,
     ) -> Result<(), FieldError> {
-        self.containers_if(may_hold, |key, value| {
-            // A record of this one entry, so that every path is the one walk_record_mut gives.
-            let mut holder = Map::new();
-            holder.insert(key.to_owned(), std::mem::take(value));
-            let mut is_holder = true;
-            let result = walk_record_mut(&mut holder, &mut |object, path| {
-                if std::mem::take(&mut is_holder) {
-                    Ok(())
-                } else {
-                    visit(object, path)
-                }
-            });
-            *value = holder
-                .into_iter()
-                .next()
-                .map(|(_, v)| v)
-                .unwrap_or_default();
-            result
-        })
+        self.containers_if(may_hold, |key, value| walk_objects_under(key, value, visit))
     }
 
     /// Each entry's key and value text, for the host's span index (the `view` module), which reads
@@ -753,6 +735,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::walk_record_mut;
     use serde_json::json;
 
     fn roundtrip(text: &str) -> String {

@@ -247,6 +247,25 @@ pub fn value(v: impl Into<Value>) -> Item {
     Item::Value(v.into())
 }
 
+/// `comment` with the unit word `old` replaced by `new`, as whole words only (`seconds` inside
+/// `milliseconds` is not one): a comment trailing a value names the value's unit, and a hop
+/// that converts the unit must not leave the comment naming the old one. Since 1.6.0.
+pub fn rename_unit(comment: &str, old: &str, new: &str) -> String {
+    let mut out = String::with_capacity(comment.len());
+    let mut rest = comment;
+    while let Some(at) = rest.find(old) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + old.len()..].chars().next();
+        let whole =
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric);
+        out.push_str(&rest[..at]);
+        out.push_str(if whole { new } else { old });
+        rest = &rest[at + old.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,5 +323,19 @@ mod tests {
     fn invalid_toml_reports_line() {
         let e = parse("a = 1\nb = = 2\n").unwrap_err();
         assert!(e.message.contains("line 2"), "{}", e.message);
+    }
+
+    #[test]
+    fn rename_unit_replaces_whole_words_only() {
+        assert_eq!(
+            rename_unit(" # seconds; 30 seconds max", "seconds", "milliseconds"),
+            " # milliseconds; 30 milliseconds max"
+        );
+        assert_eq!(
+            rename_unit("# milliseconds", "seconds", "ms"),
+            "# milliseconds"
+        );
+        assert_eq!(rename_unit("# secondsish", "seconds", "ms"), "# secondsish");
+        assert_eq!(rename_unit("# (seconds)", "seconds", "ms"), "# (ms)");
     }
 }

@@ -20,7 +20,7 @@ use std::ops::Range;
 use serde_json::{Map, Value};
 
 use crate::error::{FieldError, RuleError};
-use crate::json::{walk_record_mut, wrong_type, ObjectVisitor};
+use crate::json::{walk_objects_under, wrong_type, ObjectVisitor};
 use crate::raw::scan;
 use crate::raw::RawRecord;
 
@@ -1278,22 +1278,7 @@ pub fn walk_objects_at(
     value: &mut Value,
     visit: &mut ObjectVisitor,
 ) -> Result<(), FieldError> {
-    let mut holder = Map::new();
-    holder.insert(key.to_owned(), std::mem::take(value));
-    let mut is_holder = true;
-    let result = walk_record_mut(&mut holder, &mut |object, path| {
-        if std::mem::take(&mut is_holder) {
-            Ok(())
-        } else {
-            visit(object, path)
-        }
-    });
-    *value = holder
-        .into_iter()
-        .next()
-        .map(|(_, v)| v)
-        .unwrap_or_default();
-    result
+    walk_objects_under(key, value, visit)
 }
 
 /// Reads one record as the data path does (UTF-8, then the strict scanner; serde_json for what

@@ -21,8 +21,8 @@
 //! * The file's leading comment block stays at the top whatever moves below it.
 
 use plugin_api::toml::{
-    get_enum, get_int, get_str, parse, put_header, renamed, replace_key, table_mut, take_header,
-    take_key, unknown_keys, value,
+    get_enum, get_int, get_str, parse, put_header, rename_unit, renamed, replace_key, table_mut,
+    take_header, take_key, unknown_keys, value,
 };
 use plugin_api::{ConfigMigrationRule, ConfigOutcome, RuleError};
 use toml_edit::{Item, Key, Table};
@@ -231,25 +231,6 @@ fn timeout_to_ms(root: &mut Table, seconds: i64) -> Result<(), RuleError> {
         vec![(Key::new("request_timeout_ms"), item)],
     );
     Ok(())
-}
-
-/// `comment` with the unit word `old` (a whole word: `seconds` inside `milliseconds` is not
-/// one) replaced by `new`: a comment trailing a value names the unit the value had, and a
-/// hop that converts the value's unit must not leave it naming the old one.
-fn rename_unit(comment: &str, old: &str, new: &str) -> String {
-    let mut out = String::with_capacity(comment.len());
-    let mut rest = comment;
-    while let Some(at) = rest.find(old) {
-        let before = rest[..at].chars().next_back();
-        let after = rest[at + old.len()..].chars().next();
-        let whole =
-            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric);
-        out.push_str(&rest[..at]);
-        out.push_str(if whole { new } else { old });
-        rest = &rest[at + old.len()..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// `new` with the whitespace and inline comment around `old`'s value, so that a comment
