@@ -67,7 +67,7 @@
 //! return edits; `RuleKinds::data_edits` tells the host a plugin has such a rule. Since
 //! 1.6.0: [`HopDescriptor::irreversible_change`] and the descriptor's `irreversible` flag, which
 //! the host reads (through [`HopDescriptor::is_irreversible`]) instead of the text of a
-//! breaking change.
+//! breaking change; [`toml::rename_unit`].
 #![allow(non_local_definitions, non_camel_case_types)]
 
 pub mod descriptor;
