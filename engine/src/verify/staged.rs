@@ -62,6 +62,7 @@ pub fn check(s: &Staged) -> Vec<Violation> {
                 if let Err(e) = text.parse::<toml_edit::DocumentMut>() {
                     out.push(Violation {
                         file: rel.to_owned(),
+                        place: None,
                         problem: format!(
                             "staged config is not valid TOML: {}",
                             e.to_string().trim_end()
@@ -73,6 +74,7 @@ pub fn check(s: &Staged) -> Vec<Violation> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => out.push(Violation {
                 file: rel.to_owned(),
+                place: None,
                 problem: format!("staged config cannot be read as UTF-8 text: {e}"),
                 plugin,
             }),
@@ -101,12 +103,14 @@ pub fn check(s: &Staged) -> Vec<Violation> {
             if let Err(e) = read {
                 out.push(Violation {
                     file: file.rel.clone(),
+                    place: None,
                     problem: e.to_string(),
                     plugin: plugin.clone(),
                 });
             }
             out.extend(found.findings.into_iter().map(|f| Violation {
-                file: f.path,
+                place: (f.path != file.rel).then_some(f.path),
+                file: file.rel.clone(),
                 problem: f.message,
                 plugin: plugin.clone(),
             }));
@@ -125,6 +129,7 @@ pub fn check(s: &Staged) -> Vec<Violation> {
         let problems = model_metadata(&bytes, &staged_dir, &s.root.join(rel), schema);
         out.extend(problems.into_iter().map(|problem| Violation {
             file: meta_rel.clone(),
+            place: None,
             problem,
             plugin: plugin.clone(),
         }));
@@ -173,6 +178,7 @@ fn unwarranted_removals(s: &Staged) -> Vec<Violation> {
         })
         .map(|rel| Violation {
             file: rel.clone(),
+            place: None,
             problem: format!(
                 "the worker asked for it to be deleted, but it is not a data file this run set aside in the quarantine: a plugin of this run ({}) forged the worker's answer",
                 plugins.join(", ")
@@ -195,6 +201,7 @@ fn incomplete(s: &Staged) -> Vec<Violation> {
     let mut missing = |rel: &str, what: String| {
         out.push(Violation {
             file: rel.to_owned(),
+            place: None,
             problem: format!("{what}; {by}"),
             plugin: None,
         })
@@ -264,6 +271,7 @@ fn foreign(s: &Staged) -> Vec<Violation> {
                     file: e
                         .path()
                         .map_or_else(String::new, |p| p.display().to_string()),
+                    place: None,
                     problem: format!("the staging cannot be listed: {e}"),
                     plugin: None,
                 });
@@ -293,6 +301,7 @@ fn foreign(s: &Staged) -> Vec<Violation> {
         };
         out.push(Violation {
             file: rel,
+            place: None,
             problem,
             plugin: None,
         });
