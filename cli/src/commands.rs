@@ -683,8 +683,9 @@ fn resolve_target(
     }
 }
 
-/// Hops whose breaking changes say they are irreversible (2.0.0 → 2.1.0 hashes API keys and
-/// drops the plaintext) are confirmed first on a terminal.
+/// Hops that are irreversible (2.0.0 → 2.1.0 hashes API keys and drops the plaintext) are
+/// confirmed first on a terminal. The descriptor's flag says so; a plugin built before
+/// plugin-api 1.6.0 has none and is judged by its text (`HopDescriptor::is_irreversible`).
 fn confirm_irreversible(
     registry: &Registry,
     from: &Version,
@@ -699,9 +700,8 @@ fn confirm_irreversible(
         .iter()
         .flat_map(|h| {
             h.descriptor
-                .breaking_changes
-                .iter()
-                .filter(|c| c.to_lowercase().contains("irreversib"))
+                .irreversible_changes()
+                .into_iter()
                 .map(move |c| format!("{} → {}: {c}", h.from, h.to))
         })
         .collect();

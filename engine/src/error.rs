@@ -95,12 +95,28 @@ pub enum MigrateError {
 
     /// Records are at a later release than the run starts from: the installation is at
     /// another version. Never quarantined: the whole run is refused.
-    #[error("{}: the record has schema_version {schema}, which release {detected} writes, but the migration starts from {from}: the installation is at another version than the run assumes; refused, nothing was changed\n  next step: run the migration without --from and --force (the installation's files say {detected}), and check that --path is the installation you mean", path.display())]
+    #[error("{place}: the record has schema_version {schema}, which release {detected} writes, but the migration starts from {from}: the installation is at another version than the run assumes; refused, nothing was changed\n  next step: run the migration without --from and --force (the installation's files say {detected}), and check that --path is the installation you mean")]
     WrongVersion {
-        path: PathBuf,
+        /// The data file, relative to the installation: what [`MigrateError::file`] names.
+        file: PathBuf,
+        /// The record in it: `data/requests.jsonl:12` or `data/x.json (record 3)`.
+        place: String,
         schema: u64,
         detected: String,
         from: String,
+    },
+
+    /// A record refused by a hop (or unreadable) while `on_invalid` is `fail`. Kept apart
+    /// from [`MigrateError::Invalid`] because the record's place (`data/requests.jsonl:12`)
+    /// is not a path a script can open: `file` is the data file itself.
+    #[error("{place}: {message}\n  next step: {hint}")]
+    RecordRefused {
+        /// The data file, relative to the installation.
+        file: PathBuf,
+        /// The record in it, as the message names it.
+        place: String,
+        message: String,
+        hint: String,
     },
 
     /// Two plugins of the same precedence claim one hop.
@@ -187,10 +203,16 @@ pub enum MigrateError {
         violations: Vec<Violation>,
     },
 
-    /// An error the worker met and reported (a refused record, a plugin's failure, …), with
-    /// the exit code it means.
+    /// An error the worker met and reported that has no typed form on the worker protocol
+    /// (an I/O or transaction error, a bug in the worker), with the exit code it means and
+    /// the file it is about. The errors a caller acts on (a refused record, a plugin's
+    /// failure, …) cross the protocol typed and come back as their own variant.
     #[error("{message}")]
-    Staged { exit_code: i32, message: String },
+    Staged {
+        exit_code: i32,
+        message: String,
+        file: Option<PathBuf>,
+    },
 }
 
 /// Why a worker is gone before it finished.
@@ -254,7 +276,7 @@ fn signal_name(signal: i32) -> &'static str {
 impl MigrateError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            MigrateError::Invalid { .. } => ExitCode::Invalid,
+            MigrateError::Invalid { .. } | MigrateError::RecordRefused { .. } => ExitCode::Invalid,
             MigrateError::NoPath { .. }
             | MigrateError::UnknownVersion { .. }
             | MigrateError::VersionMismatch { .. }
@@ -294,9 +316,17 @@ impl MigrateError {
     pub fn file(&self) -> Option<&std::path::Path> {
         use migrate_transaction::Error as T;
         match self {
-            MigrateError::Invalid { path, .. }
-            | MigrateError::Settings { path, .. }
-            | MigrateError::WrongVersion { path, .. } => Some(path),
+            MigrateError::Invalid { path, .. } | MigrateError::Settings { path, .. } => {
+                Some(path)
+            }
+            MigrateError::WrongVersion { file, .. } | MigrateError::RecordRefused { file, .. } => {
+                Some(file)
+            }
+            MigrateError::Staged { file, .. } => file.as_deref(),
+            // The first problem found: a refused staging names every one in its message.
+            MigrateError::StagedInvalid { violations, .. } => {
+                violations.first().map(|v| std::path::Path::new(v.file.as_str()))
+            }
             MigrateError::UnknownVersion { root, .. }
             | MigrateError::VersionMismatch { root, .. }
             | MigrateError::Interrupted { root, .. } => Some(root),
@@ -312,11 +342,9 @@ impl MigrateError {
             | MigrateError::RolledBack { .. }
             | MigrateError::TimedOut { .. }
             | MigrateError::Internal { .. }
-            // The worker's errors cross the process boundary as text: their file is named in
-            // the message.
+            // A dead worker's last call is named in `during` (plugin, hop and input): the
+            // worker is about the run, not about one file.
             | MigrateError::WorkerStopped { .. }
-            | MigrateError::StagedInvalid { .. }
-            | MigrateError::Staged { .. }
             | MigrateError::Transaction(T::Io { .. })
             | MigrateError::Transaction(T::Remote(_))
             | MigrateError::Transaction(T::Usage { .. }) => None,
@@ -368,7 +396,11 @@ pub type Result<T, E = MigrateError> = std::result::Result<T, E>;
 /// One problem in the staging, with the file and the plugin that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
+    /// The staged file, relative to the installation: what [`MigrateError::file`] names.
     pub file: String,
+    /// The record in `file` the problem is about (`data/requests.jsonl:12`,
+    /// `data/x.json (record 3)`), shown instead of the file; `None` when it is the whole file.
+    pub place: Option<String>,
     pub problem: String,
     /// The last hop whose rule writes this kind of file: its output is what was staged.
     pub plugin: Option<String>,
@@ -376,9 +408,10 @@ pub struct Violation {
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = self.place.as_deref().unwrap_or(&self.file);
         match &self.plugin {
-            Some(p) => write!(f, "{}: {} (written by plugin {p})", self.file, self.problem),
-            None => write!(f, "{}: {}", self.file, self.problem),
+            Some(p) => write!(f, "{at}: {} (written by plugin {p})", self.problem),
+            None => write!(f, "{at}: {}", self.problem),
         }
     }
 }

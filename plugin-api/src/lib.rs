@@ -64,7 +64,10 @@
 //! [`safetensors::TensorInfo`]; the [`error`] module, where the two error types now live
 //! (still re-exported from [`rules`]). Since 1.5.0: [`DataEditRule`] with [`Hop::data_edits`],
 //! the [`view`] module ([`RecordView`], [`Edits`]): the host parses each record once and hops
-//! return edits; `RuleKinds::data_edits` tells the host a plugin has such a rule.
+//! return edits; `RuleKinds::data_edits` tells the host a plugin has such a rule. Since
+//! 1.6.0: [`HopDescriptor::irreversible_change`] and the descriptor's `irreversible` flag, which
+//! the host reads (through [`HopDescriptor::is_irreversible`]) instead of the text of a
+//! breaking change; [`toml::rename_unit`].
 #![allow(non_local_definitions, non_camel_case_types)]
 
 pub mod descriptor;

@@ -320,6 +320,43 @@ fn with_json_every_failure_is_one_json_object_on_stdout() {
     assert!(result["error"]["next_step"].is_string(), "{result}");
 }
 
+/// Errors met in the plugin worker name their file with `--json` as errors met in the
+/// supervisor do (issue 16): a malformed record, refused with the default `on_invalid =
+/// fail`, names its data file as the installation names it; its place is in the message.
+#[test]
+fn with_json_a_malformed_record_names_its_data_file() {
+    for (file, text, place) in [
+        (
+            "data/requests.jsonl",
+            "{\"id\": \"b\",\n",
+            "data/requests.jsonl:1",
+        ),
+        (
+            "data/log.json",
+            "[{\"id\": 1}, {\"id\":",
+            "data/log.json (record",
+        ),
+    ] {
+        let install = sample_install();
+        let root = install.path().to_str().unwrap();
+        write(install.path(), file, text);
+        let out = migrate(&["--json", "--quiet", "version", "--path", root]);
+        assert_eq!(out.status.code(), Some(3), "{file}: {}", stderr(&out));
+        let result: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let error = &result["error"];
+        assert_eq!(error["exit_code"], 3, "{result}");
+        assert_eq!(error["file"], file, "{result}");
+        assert!(
+            error["message"].as_str().unwrap().starts_with(place),
+            "{result}"
+        );
+        assert!(error["next_step"]
+            .as_str()
+            .unwrap()
+            .contains("--on-invalid quarantine"));
+    }
+}
+
 #[test]
 fn colour_only_where_asked_and_never_in_a_log_file() {
     let install = sample_install();

@@ -4,6 +4,7 @@
 mod common;
 use common::*;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -13,6 +14,15 @@ use serde_json::Value;
 /// as a person at a terminal would), answering `answer` to the first `Continue? [y/N]`.
 /// Returns the exit code, everything printed, and whether a question was asked.
 fn migrate_on_terminal(args: &[&str], answer: &str) -> (i32, String, bool) {
+    migrate_on_terminal_env(args, answer, &[])
+}
+
+/// [`migrate_on_terminal`] with more environment variables.
+fn migrate_on_terminal_env(
+    args: &[&str],
+    answer: &str,
+    env: &[(&str, &str)],
+) -> (i32, String, bool) {
     const DRIVER: &str = r#"
 import os, pty, sys
 answer, argv = sys.argv[1], sys.argv[2:]
@@ -50,6 +60,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
         .env_remove("RUST_LOG")
         .env("HOME", home.path())
         .env("XDG_DATA_HOME", home.path().join("share"))
+        .envs(env.iter().copied())
         .output()
         .expect("python3 (scripts/test needs it for the test assets too)");
     (
@@ -240,6 +251,60 @@ fn hashing_api_keys_is_confirmed_on_a_terminal_and_never_asked_with_yes_or_witho
     ok(&out);
     assert!(!stderr(&out).contains("Continue?"), "{}", stderr(&out));
     assert_eq!(read(other.path(), "VERSION"), "2.1.0\n");
+}
+
+/// The question is asked because of the descriptor's flag (plugin-api 1.6.0), not the
+/// wording: the failing hop's 1.0.0 → 2.0.0, flagged by a breaking change that never says
+/// "irreversible", is asked about, and the same hop unflagged is not.
+#[test]
+fn a_hop_flagged_irreversible_is_confirmed_whatever_its_text_says() {
+    let plugins = tempfile::tempdir().expect("tempdir");
+    for (from, name) in [
+        (failing_hop().to_path_buf(), "libfailing_hop.so"),
+        (target_dir().join("libv0_1_to_v1.so"), "libv0_1_to_v1.so"),
+    ] {
+        let dest = plugins.path().join(name);
+        std::fs::copy(from, &dest).expect("copy plugin");
+        // Whatever the umask: migrate refuses group- or world-writable plugins.
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod plugin");
+    }
+    let install = sample_install();
+    let root = install.path().to_str().unwrap();
+    let before = tree_hash(install.path());
+    let args = [
+        "--no-default-plugins",
+        "--plugin-dir",
+        plugins.path().to_str().unwrap(),
+        "version",
+        "--path",
+        root,
+        "--to",
+        "2.0.0",
+    ];
+
+    let flagged = [("FAILING_HOP_IRREVERSIBLE", "1")];
+    let (code, text, asked) = migrate_on_terminal_env(&args, "n", &flagged);
+    assert!(asked, "{text}");
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("irreversible changes")
+            && text.contains("1.0.0 → 2.0.0: records: the fixture's field is dropped for good"),
+        "{text}"
+    );
+    assert_eq!(tree_hash(install.path()), before);
+
+    // Unflagged, the same hop is not asked about: the run goes on, to the staging (which this
+    // fixture, touching only records, leaves invalid for 2.0.0: refused before the swap).
+    let (code, text, asked) = migrate_on_terminal_env(&args, "n", &[]);
+    assert!(!asked, "{text}");
+    assert!(!text.contains("irreversible changes"), "{text}");
+    assert_eq!(code, 6, "{text}");
+    assert!(
+        text.contains("staged output is not a valid 2.0.0"),
+        "{text}"
+    );
+    assert_eq!(tree_hash(install.path()), before);
 }
 
 #[test]

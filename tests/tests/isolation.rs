@@ -699,6 +699,51 @@ fn invalid_toml_from_the_config_rule_is_never_swapped_in() {
     });
 }
 
+/// With `--json`, a staging refused before the swap names the file the check found wrong,
+/// as the installation names it (issue 16), and keeps its exit code.
+#[test]
+fn with_json_a_refused_staging_names_its_file() {
+    let plugins = Plugins::new();
+    let settings = default_settings();
+    let settings = settings.path();
+    for (mode, file) in [
+        ("toml", "config/server.toml"),
+        ("checksums", "models/bert-tiny/metadata.json"),
+        // The record is in the message (data/requests.jsonl:1000); the file is the file.
+        ("schema", "data/requests.jsonl"),
+    ] {
+        let dir = install();
+        let args = [
+            "--json",
+            "--no-default-plugins",
+            "--plugin-dir",
+            p(plugins.dir.path()),
+            "--config-file",
+            p(&settings),
+            "--progress",
+            "none",
+            "version",
+            "--path",
+            p(dir.path()),
+            "--to",
+            "2.1.0",
+        ];
+        let out = run(&args, &[("HOSTILE_MODE", mode)], mode);
+        assert_eq!(out.code, Some(6), "{mode}: {}", out.describe());
+        let v: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{mode}: stdout is not JSON ({e}): {}", out.describe()));
+        let error = &v["error"];
+        assert_eq!(error["exit_code"], 6, "{mode}: {v}");
+        assert_eq!(error["file"], file, "{mode}: {v}");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("staged output is not a valid")),
+            "{mode}: {v}"
+        );
+    }
+}
+
 #[test]
 fn a_record_that_is_not_an_object_is_never_swapped_in() {
     let settings = default_settings();

@@ -77,6 +77,44 @@ fn failing_plugin_dir() -> tempfile::TempDir {
     dir
 }
 
+/// With `--json`, the failure of a plugin in the worker names the data file it was migrating
+/// (issue 16), as it is named in the installation, with the same exit code as without
+/// `--json`: a refused record is the operator's to fix (3), a panic the plugin author's (6).
+#[test]
+fn with_json_a_plugin_failing_in_the_worker_names_the_file() {
+    let plugins = failing_plugin_dir();
+    for (mode, code) in [("error", 3), ("panic", 6)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        install_at(root, &records(2500));
+        let out = migrate_env(
+            &[
+                "--json",
+                "--no-default-plugins",
+                "--plugin-dir",
+                p(plugins.path()),
+                "version",
+                "--path",
+                p(root),
+                "--to",
+                "2.1.0",
+            ],
+            &[("FAILING_HOP_MODE", mode)],
+        );
+        assert_eq!(out.status.code(), Some(code), "{mode}: {}", describe(&out));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out))
+            .unwrap_or_else(|e| panic!("{mode}: stdout is not JSON ({e}): {}", describe(&out)));
+        let error = &v["error"];
+        assert_eq!(error["exit_code"], code, "{mode}: {v}");
+        assert_eq!(error["file"], "data/requests.jsonl", "{mode}: {v}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("failing_v1_to_v2") && message.contains("record #1000"),
+            "{mode}: {v}"
+        );
+    }
+}
+
 /// The failing hop refuses (`error`) or panics on (`panic`) the 1000th record it sees, deep in
 /// data/requests.jsonl (2500 records): the migration fails with the plugin and the record
 /// named, and the installation is byte-identical, with no staging, journal or backup.

@@ -493,7 +493,8 @@ impl DataRun<'_> {
             None => return Ok(()),
         };
         Err(MigrateError::WrongVersion {
-            path: place_name(file, r.place).into(),
+            file: file.rel.clone().into(),
+            place: place_name(file, r.place),
             schema,
             detected,
             from: self.from.clone(),
@@ -533,7 +534,7 @@ impl DataRun<'_> {
                     writer.record(line, &mut out).map_err(|e| match e {
                         document::WriteError::Io(e) => write_err(e),
                         invalid => MigrateError::invalid(
-                            &src_path,
+                            &file.rel,
                             invalid.to_string(),
                             "report this as a bug in the plugin",
                         ),
@@ -660,8 +661,9 @@ fn refused_error(file: &DataFile, r: &Refusal) -> MigrateError {
         .as_deref()
         .map(|f| format!("field `{f}`: "))
         .unwrap_or_default();
-    MigrateError::Invalid {
-        path: place_name(file, r.place).into(),
+    MigrateError::RecordRefused {
+        file: file.rel.clone().into(),
+        place: place_name(file, r.place),
         message: format!("{field}{} (hop {})", r.error.message, r.hop),
         hint: "nothing was changed; fix the record, or rerun with --on-invalid quarantine to set refused records aside in data/.quarantine/".into(),
     }

@@ -95,6 +95,7 @@ pub fn check(s: &Staged) -> Vec<Violation> {
                 if let Err(e) = text.parse::<toml_edit::DocumentMut>() {
                     out.push(Violation {
                         file: rel.to_owned(),
+                        place: None,
                         problem: format!(
                             "staged config is not valid TOML: {}",
                             e.to_string().trim_end()
@@ -105,6 +106,7 @@ pub fn check(s: &Staged) -> Vec<Violation> {
             }
             Err(e) => out.push(Violation {
                 file: rel.to_owned(),
+                place: None,
                 problem: format!("staged config cannot be read as UTF-8 text: {e}"),
                 plugin,
             }),
@@ -132,12 +134,14 @@ pub fn check(s: &Staged) -> Vec<Violation> {
             if let Err(e) = read {
                 out.push(Violation {
                     file: file.rel.clone(),
+                    place: None,
                     problem: e.to_string(),
                     plugin: plugin.clone(),
                 });
             }
             out.extend(found.findings.into_iter().map(|f| Violation {
-                file: f.path,
+                place: (f.path != file.rel).then_some(f.path),
+                file: file.rel.clone(),
                 problem: f.message,
                 plugin: plugin.clone(),
             }));
@@ -168,6 +172,7 @@ pub fn check(s: &Staged) -> Vec<Violation> {
         let problems = model_metadata(&bytes, &r, rel, schema);
         out.extend(problems.into_iter().map(|problem| Violation {
             file: meta_rel.clone(),
+            place: None,
             problem,
             plugin: plugin.clone(),
         }));
@@ -228,6 +233,7 @@ fn unwarranted_removals(s: &Staged, r: &Roots) -> Vec<Violation> {
         })
         .map(|rel| Violation {
             file: rel.clone(),
+            place: None,
             problem: format!(
                 "the worker asked for it to be deleted, but it is not a data file this run set aside in the quarantine: a plugin of this run ({}) forged the worker's answer",
                 plugins.join(", ")
@@ -250,6 +256,7 @@ fn incomplete(s: &Staged, r: &Roots) -> Vec<Violation> {
     let mut missing = |rel: &str, what: String| {
         out.push(Violation {
             file: rel.to_owned(),
+            place: None,
             problem: format!("{what}; {by}"),
             plugin: None,
         })
@@ -318,6 +325,7 @@ fn foreign(s: &Staged) -> Vec<Violation> {
                     file: e
                         .path()
                         .map_or_else(String::new, |p| p.display().to_string()),
+                    place: None,
                     problem: format!("the staging cannot be listed: {e}"),
                     plugin: None,
                 });
@@ -347,6 +355,7 @@ fn foreign(s: &Staged) -> Vec<Violation> {
         };
         out.push(Violation {
             file: rel,
+            place: None,
             problem,
             plugin: None,
         });

@@ -7,12 +7,13 @@
 //! progress, each step's figures, plugin calls (so a crash can be pinned on one) and a result.
 
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use plugin_api::HopDescriptor;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::error::MigrateError;
 use crate::isolation::Isolation;
 use crate::observe::PluginCall;
 use crate::plan::Plan;
@@ -20,8 +21,9 @@ use crate::report::StepResult;
 
 /// Names the protocol in the handshake.
 pub const PROTOCOL: &str = "trustformers-migrate-worker";
-/// Semver of the protocol: a peer whose major differs is refused.
-pub const VERSION: &str = "1.0.0";
+/// Semver of the protocol: a peer whose major differs is refused. 1.1.0: a worker's error
+/// carries its typed cause ([`WireCause`]); a 1.0 answer without one still reads.
+pub const VERSION: &str = "1.1.0";
 /// Largest frame either side accepts: a plan or a step result is far smaller.
 pub const MAX_FRAME: usize = 16 << 20;
 
@@ -60,11 +62,191 @@ pub enum Request {
     },
 }
 
-/// An error the worker met and reported, typed by the exit code it means.
+/// An error the worker met and reported. `cause` carries what the supervisor needs to
+/// rebuild the very [`MigrateError`] the worker raised, so that its exit code, next step and
+/// file are what the same error raised in the supervisor would have; `exit_code` and
+/// `message` are its code and text, which is all a 1.0 worker sent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireError {
     pub exit_code: i32,
     pub message: String,
+    /// Absent from a 1.0 worker's answer: read as [`WireCause::Other`] without a file.
+    #[serde(default)]
+    pub cause: WireCause,
+}
+
+/// The errors the worker raises that a caller acts on, with the fields of their
+/// [`MigrateError`] variant. Paths are as the error names them: relative to the installation
+/// for the files being migrated, absolute for plugin files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WireCause {
+    /// [`MigrateError::Invalid`].
+    Invalid {
+        path: PathBuf,
+        message: String,
+        hint: String,
+    },
+    /// [`MigrateError::RecordRefused`].
+    RecordRefused {
+        file: PathBuf,
+        place: String,
+        message: String,
+        hint: String,
+    },
+    /// [`MigrateError::WrongVersion`].
+    WrongVersion {
+        file: PathBuf,
+        place: String,
+        schema: u64,
+        detected: String,
+        from: String,
+    },
+    /// [`MigrateError::PluginFailed`].
+    PluginFailed {
+        plugin: String,
+        hop: String,
+        plugin_file: PathBuf,
+        input: PathBuf,
+        detail: String,
+    },
+    /// [`MigrateError::TimedOut`].
+    TimedOut { limit_secs: u64, during: String },
+    /// Anything else (I/O, the transaction layer, a bug in the worker): rebuilt as
+    /// [`MigrateError::Staged`] from the code and the text, with the file the error named.
+    Other { file: Option<PathBuf> },
+}
+
+impl Default for WireCause {
+    fn default() -> Self {
+        WireCause::Other { file: None }
+    }
+}
+
+impl From<&MigrateError> for WireError {
+    fn from(e: &MigrateError) -> WireError {
+        let cause = match e {
+            MigrateError::Invalid {
+                path,
+                message,
+                hint,
+            } => WireCause::Invalid {
+                path: path.clone(),
+                message: message.clone(),
+                hint: hint.clone(),
+            },
+            MigrateError::RecordRefused {
+                file,
+                place,
+                message,
+                hint,
+            } => WireCause::RecordRefused {
+                file: file.clone(),
+                place: place.clone(),
+                message: message.clone(),
+                hint: hint.clone(),
+            },
+            MigrateError::WrongVersion {
+                file,
+                place,
+                schema,
+                detected,
+                from,
+            } => WireCause::WrongVersion {
+                file: file.clone(),
+                place: place.clone(),
+                schema: *schema,
+                detected: detected.clone(),
+                from: from.clone(),
+            },
+            MigrateError::PluginFailed {
+                plugin,
+                hop,
+                plugin_file,
+                input,
+                detail,
+            } => WireCause::PluginFailed {
+                plugin: plugin.clone(),
+                hop: hop.clone(),
+                plugin_file: plugin_file.clone(),
+                input: input.clone(),
+                detail: detail.clone(),
+            },
+            MigrateError::TimedOut { limit_secs, during } => WireCause::TimedOut {
+                limit_secs: *limit_secs,
+                during: during.clone(),
+            },
+            other => WireCause::Other {
+                file: other.file().map(Path::to_path_buf),
+            },
+        };
+        WireError {
+            exit_code: e.exit_code() as i32,
+            message: e.to_string(),
+            cause,
+        }
+    }
+}
+
+impl From<WireError> for MigrateError {
+    fn from(e: WireError) -> MigrateError {
+        match e.cause {
+            WireCause::Invalid {
+                path,
+                message,
+                hint,
+            } => MigrateError::Invalid {
+                path,
+                message,
+                hint,
+            },
+            WireCause::RecordRefused {
+                file,
+                place,
+                message,
+                hint,
+            } => MigrateError::RecordRefused {
+                file,
+                place,
+                message,
+                hint,
+            },
+            WireCause::WrongVersion {
+                file,
+                place,
+                schema,
+                detected,
+                from,
+            } => MigrateError::WrongVersion {
+                file,
+                place,
+                schema,
+                detected,
+                from,
+            },
+            WireCause::PluginFailed {
+                plugin,
+                hop,
+                plugin_file,
+                input,
+                detail,
+            } => MigrateError::PluginFailed {
+                plugin,
+                hop,
+                plugin_file,
+                input,
+                detail,
+            },
+            WireCause::TimedOut { limit_secs, during } => {
+                MigrateError::TimedOut { limit_secs, during }
+            }
+            WireCause::Other { file } => MigrateError::Staged {
+                exit_code: e.exit_code,
+                message: e.message,
+                file,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -185,6 +367,99 @@ mod tests {
         huge.extend_from_slice(b"{}");
         let e = read_frame::<Reply>(&mut huge.as_slice()).unwrap_err();
         assert!(e.to_string().contains("over the"), "{e}");
+    }
+
+    /// The worker's error, sent and read back as the supervisor reads it.
+    fn across(e: &MigrateError) -> MigrateError {
+        let mut buf = Vec::new();
+        let reply = Reply::Staged {
+            result: Err(WireError::from(e)),
+        };
+        write_frame(&mut buf, &reply).unwrap();
+        match read_frame::<Reply>(&mut buf.as_slice()).unwrap().unwrap() {
+            Reply::Staged { result: Err(w) } => w.into(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// What a caller sees of an error: its code, its text (next step included) and its file.
+    fn seen(e: &MigrateError) -> (crate::error::ExitCode, String, Option<PathBuf>) {
+        (
+            e.exit_code(),
+            e.to_string(),
+            e.file().map(Path::to_path_buf),
+        )
+    }
+
+    #[test]
+    fn a_workers_error_comes_back_as_the_same_error_with_its_file() {
+        let errors = [
+            MigrateError::RecordRefused {
+                file: "data/requests.jsonl".into(),
+                place: "data/requests.jsonl:3".into(),
+                message: "not valid JSON (hop reading)".into(),
+                hint: "fix the record".into(),
+            },
+            MigrateError::invalid("config/server.toml", "refused", "fix it"),
+            MigrateError::WrongVersion {
+                file: "data/x.json".into(),
+                place: "data/x.json (record 2)".into(),
+                schema: 3,
+                detected: "2.1.0".into(),
+                from: "1.0.0".into(),
+            },
+            MigrateError::PluginFailed {
+                plugin: "p".into(),
+                hop: "1.0.0 → 2.0.0".into(),
+                plugin_file: "/plugins/libp.so".into(),
+                input: "data/requests.jsonl".into(),
+                detail: "panicked".into(),
+            },
+            MigrateError::Transaction(migrate_transaction::Error::Invalid {
+                path: "data/requests.jsonl".into(),
+                message: "a link".into(),
+                hint: "remove it".into(),
+            }),
+        ];
+        for e in &errors {
+            let back = across(e);
+            assert_eq!(seen(&back), seen(e), "{e:?} came back as {back:?}");
+            assert!(back.file().is_some(), "{back:?}");
+        }
+        // Typed causes come back as their own variant, not as text.
+        assert!(matches!(
+            across(&errors[0]),
+            MigrateError::RecordRefused { .. }
+        ));
+        assert!(matches!(
+            across(&errors[3]),
+            MigrateError::PluginFailed { .. }
+        ));
+        // Those without a file come back the same too.
+        let timeout = MigrateError::TimedOut {
+            limit_secs: 5,
+            during: "data".into(),
+        };
+        assert_eq!(seen(&across(&timeout)), seen(&timeout));
+        assert!(matches!(across(&timeout), MigrateError::TimedOut { .. }));
+        let io = MigrateError::io("cannot read x", std::io::Error::other("gone"));
+        assert_eq!(seen(&across(&io)), seen(&io));
+    }
+
+    /// A 1.0 worker sent no cause: its error still reads, as text with its exit code.
+    #[test]
+    fn an_error_without_a_cause_still_reads() {
+        let old = br#"{"type":"staged","result":{"Err":{"exit_code":6,"message":"boom"}}}"#;
+        let mut frame = (old.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(old);
+        let Some(Reply::Staged { result: Err(w) }) = read_frame(&mut frame.as_slice()).unwrap()
+        else {
+            panic!("not a staged error");
+        };
+        let e = MigrateError::from(w);
+        assert_eq!(e.exit_code(), crate::error::ExitCode::Plugin);
+        assert_eq!(e.to_string(), "boom");
+        assert_eq!(e.file(), None);
     }
 
     #[test]

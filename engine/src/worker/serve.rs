@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use migrate_transaction::staging::Staging;
 
-use super::protocol::{self, Confinement, Reply, Request, WireError};
+use super::protocol::{self, Confinement, Reply, Request, WireCause, WireError};
 use super::sandbox;
 use crate::discover::registry::{load_verified, LoadedHop};
 use crate::error::MigrateError;
@@ -75,16 +75,14 @@ pub fn serve() -> i32 {
                 stage_all(&plan, &staging, snapshot.as_deref(), out)
             }));
             let result = match staged {
-                Ok(done) => done.map_err(|e| WireError {
-                    exit_code: e.exit_code() as i32,
-                    message: e.to_string(),
-                }),
+                Ok(done) => done.map_err(|e| WireError::from(&e)),
                 Err(panic) => Err(WireError {
                     exit_code: crate::error::ExitCode::Internal as i32,
                     message: format!(
                         "internal error in migrate's plugin worker: {}\n  next step: report this bug with the command you ran; nothing was swapped into the installation",
                         panic_text(panic.as_ref())
                     ),
+                    cause: WireCause::Other { file: None },
                 }),
             };
             out.send(&Reply::Staged { result });

@@ -494,10 +494,7 @@ pub fn stage(
     )?;
     match outcome {
         Some(Ok(removals)) => Ok(removals),
-        Some(Err(e)) => Err(MigrateError::Staged {
-            exit_code: e.exit_code,
-            message: e.message,
-        }),
+        Some(Err(e)) => Err(e.into()),
         None => unreachable!("run returns Ok only after the final reply"),
     }
 }

@@ -34,7 +34,7 @@ pub fn hop() -> Hop {
          an 8-character prefix, and adds serving settings (streaming, KV cache) to model metadata",
     )
     .target_schema_version(SCHEMA_VERSION)
-    .breaking_change(
+    .irreversible_change(
         "API keys: the plaintext `key` is removed irreversibly and replaced by key_sha256 and \
          key_prefix; only a backup brings the plaintext back",
     )

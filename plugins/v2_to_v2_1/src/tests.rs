@@ -16,6 +16,9 @@ fn descriptor_names_the_hop_and_its_breaking_changes() {
         .breaking_changes
         .iter()
         .any(|c| c.contains("irreversibly") && c.contains("backup")));
+    // The flag, not the word, is what a host from 1.6.0 on asks about.
+    assert!(d.irreversible && d.is_irreversible());
+    assert_eq!(d.irreversible_changes().len(), 1);
 }
 
 #[test]
