@@ -68,6 +68,7 @@ pub fn check(s: &Staged) -> Vec<Violation> {
         (Err(e), _) | (_, Err(e)) => {
             out.push(Violation {
                 file: s.staging.display().to_string(),
+                place: None,
                 problem: format!("the staging cannot be checked: {e}"),
                 plugin: None,
             });
@@ -163,6 +164,7 @@ pub fn check(s: &Staged) -> Vec<Violation> {
             Err(e) => {
                 out.push(Violation {
                     file: meta_rel,
+                    place: None,
                     problem: e.to_string(),
                     plugin: plugin.clone(),
                 });
