@@ -19,6 +19,7 @@ use crate::plan::{preflight, Plan, Target};
 use crate::report::preview;
 use crate::report::{ErrorReport, MigrationResult, OverallStatus, StepResult, StepStatus};
 use crate::size::{human, peak_rss_bytes};
+use crate::stage::snapshot::Snapshot;
 use crate::verify::staged;
 use crate::verify::Severity;
 use crate::worker::{supervise, WorkerSpec};
@@ -313,10 +314,16 @@ fn stage_in_worker(
     result: &mut MigrationResult,
 ) -> Result<Vec<String>> {
     let mut isolation = None;
+    // Built before any plugin code runs and removed when the worker is done, whatever the
+    // outcome (a crash leaves it to the leftover clean-up, as it does the staging).
+    let snapshot = Snapshot::build(plan, staging)?;
     let staged = supervise::stage(
         worker,
         plan,
-        staging.dir(),
+        supervise::Folders {
+            staging: staging.dir(),
+            snapshot: snapshot.as_ref().map(Snapshot::dir),
+        },
         steps.observer,
         deadline,
         &mut isolation,
@@ -389,6 +396,8 @@ pub fn refuse_if_interrupted(target: &Target) -> Result<()> {
 }
 
 fn check_preflight(plan: &Plan, s: &mut StepResult) -> Result<()> {
+    // Test hook: a test pauses here to change the disk between planning and the checks.
+    migrate_transaction::fault::point("preflight")?;
     let report = preflight::check(plan);
     if let Some(space) = &report.space {
         let backup = match plan.options.backup_dir {

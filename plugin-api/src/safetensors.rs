@@ -65,8 +65,16 @@ pub fn dtype_size(dtype: &str) -> Option<u64> {
 /// Reads and checks the header of `path`: length, JSON, dtypes, shapes against byte ranges,
 /// and that the data section holds exactly the bytes the header describes.
 pub fn read_header(path: &Path) -> Result<Header, RuleError> {
+    let file = File::open(path)
+        .map_err(|e| RuleError::new(format!("{}: cannot open: {e}", path.display())))?;
+    read_header_from(file, path)
+}
+
+/// [`read_header`] on a file the caller opened: a host that opens files without following
+/// links (and checks that each is a regular file) reads the header from its own descriptor,
+/// never through the path again. `path` only names the file in messages.
+pub fn read_header_from(mut file: File, path: &Path) -> Result<Header, RuleError> {
     let fail = |msg: String| RuleError::new(format!("{}: {msg}", path.display()));
-    let mut file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
     let file_len = file.metadata().map_err(|e| fail(e.to_string()))?.len();
     let mut len_bytes = [0u8; 8];
     file.read_exact(&mut len_bytes).map_err(|_| {

@@ -1190,3 +1190,316 @@ fn finding_10_a_config_that_is_not_a_regular_file_is_an_error() {
         assert!(both(&out).contains(why), "{case}: {}", both(&out));
     }
 }
+
+/// Runs `migrate` with the fault point `point` set to `stop` (SIGSTOP): once the process has
+/// stopped there, `change` alters the disk, then the process goes on (SIGCONT). Fails the test
+/// if the process never reaches the point, or hangs afterwards (a FIFO read through a link).
+fn migrate_paused(args: &[&str], point: &str, change: impl FnOnce()) -> Output {
+    migrate_paused_in("TRUSTFORMERS_MIGRATE_FAULT", None, args, point, change)
+}
+
+/// The state letter of process `pid` (`T`: stopped), from /proc.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// `pid` and its descendants.
+fn family(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        // Each thread lists the children it started (the worker is started from any thread).
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", out[i]))
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for task in tasks {
+            let children = std::fs::read_to_string(task.join("children")).unwrap_or_default();
+            out.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    out
+}
+
+/// [`migrate_paused`] with the fault in `variable` (`TRUSTFORMERS_MIGRATE_WORKER_FAULT`
+/// pauses the plugin worker instead) and an optional umask.
+fn migrate_paused_in(
+    variable: &str,
+    umask: Option<u32>,
+    args: &[&str],
+    point: &str,
+    change: impl FnOnce(),
+) -> Output {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(migrate_bin());
+    cmd.args(args)
+        .env_remove("TRUSTFORMERS_PLUGIN_DIR")
+        .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
+        .env_remove("TRUSTFORMERS_BACKUP_DIR")
+        .env_remove("TRUSTFORMERS_MIGRATE_FAULT")
+        .env_remove("TRUSTFORMERS_MIGRATE_WORKER_FAULT")
+        .env_remove("RUST_LOG")
+        .env("HOME", home.path())
+        .env("XDG_DATA_HOME", home.path().join("share"))
+        .env(variable, format!("{point}:1:stop"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(mask) = umask {
+        // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's mask.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(mask as libc::mode_t);
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().expect("spawn migrate");
+    let mut waited = 0;
+    let stopped = loop {
+        if let Some(pid) = family(child.id())
+            .into_iter()
+            .find(|p| proc_state(*p) == Some('T'))
+        {
+            break pid;
+        }
+        if child.try_wait().expect("wait").is_some() {
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "`migrate` ended before the `{point}` point:\n{}",
+                both(&out)
+            );
+        }
+        waited += 1;
+        assert!(waited < 1200, "`migrate` never reached the `{point}` point");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    change();
+    // SAFETY: kill(2) with SIGCONT on a process of the family we started.
+    unsafe { libc::kill(stopped as libc::pid_t, libc::SIGCONT) };
+    for _ in 0..600 {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    panic!(
+        "`migrate {}` hung after the `{point}` point (a FIFO read through a link?):\n{}",
+        args.join(" "),
+        both(&out)
+    );
+}
+
+/// Issue 14, review item 1: planning lists the other `config/*.toml` (promised "left
+/// byte-identical") confined. A link among them is refused and named, not followed (it used to
+/// be listed through `is_file`, which follows links, and the run went on).
+#[test]
+fn issue14_a_link_among_the_config_files_is_refused_at_planning() {
+    let dir = sample_install();
+    let root = dir.path();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secrets.toml"), "token = \"outside\"\n").unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secrets.toml"),
+        root.join("config/secrets.toml"),
+    )
+    .unwrap();
+    let before = tree_hash(root);
+    for args in [vec!["--dry-run"], vec![]] {
+        let out = migrate_version(root, &args);
+        let text = both(&out);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {text}");
+        assert!(
+            text.contains("config/secrets.toml") && text.contains("symbolic link"),
+            "{args:?}: the link is not named: {text}"
+        );
+        assert_eq!(
+            tree_hash(root),
+            before,
+            "{args:?}: the installation changed"
+        );
+        assert!(!root.join("VERSION").exists(), "{args:?}: migrated anyway");
+    }
+    assert_no_leftovers(root, "a refused plan");
+}
+
+/// Issue 14, review item 2: the safetensors headers are read from descriptors opened confined.
+/// A model folder replaced by a link to a folder outside between planning and the pre-flight
+/// checks is refused and named; the file outside is never read (its header is garbage, and
+/// reading it would have reported a header error instead).
+#[test]
+fn issue14_preflight_reads_no_header_through_a_link() {
+    let dir = sample_install();
+    let root = dir.path();
+    let outside = tempfile::tempdir().unwrap();
+    let elsewhere = outside.path().join("bert-tiny");
+    std::fs::create_dir(&elsewhere).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(root.join("models/bert-tiny").join(f), elsewhere.join(f)).unwrap();
+    }
+    std::fs::write(elsewhere.join("model.safetensors"), [0xffu8; 64]).unwrap();
+    let out = migrate_paused(
+        &["version", "--path", p(root), "--to", "2.1.0"],
+        "preflight",
+        || {
+            std::fs::rename(root.join("models/bert-tiny"), outside.path().join("kept")).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, root.join("models/bert-tiny")).unwrap();
+        },
+    );
+    let text = both(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("models/bert-tiny") && text.contains("symbolic link"),
+        "the link is not named: {text}"
+    );
+    assert!(
+        !text.contains("not safetensors") && !text.contains("does not fit"),
+        "the garbage header outside was read through the link: {text}"
+    );
+    assert!(!root.join("VERSION").exists(), "migrated anyway");
+    assert_no_leftovers(root, "a refused preflight");
+}
+
+/// Issue 14, review item 4: model rules read a link-free snapshot of the model folder, built
+/// after planning from files opened confined. A file replaced by a link (here to a FIFO
+/// outside, which would hang a plugin that opens it) after planning is refused and named
+/// while the snapshot is built; no plugin ever opens it, nothing is left behind. With and
+/// without the Landlock sandbox (which would deny the read outside, but is not everywhere):
+/// the snapshot does not rely on it.
+#[test]
+fn issue14_a_link_planted_after_planning_never_reaches_a_plugin() {
+    for (dry_run, sandbox) in [(false, false), (false, true), (true, true)] {
+        let dir = sample_install();
+        let root = dir.path();
+        let before = tree_hash(root);
+        let outside = tempfile::tempdir().unwrap();
+        let fifo = outside.path().join("config.json");
+        mkfifo(&fifo);
+        let mut args = vec!["version", "--path", p(root), "--to", "2.1.0"];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        if !sandbox {
+            args.push("--no-sandbox");
+        }
+        let planted = root.join("models/bert-tiny/config.json");
+        let out = migrate_paused(&args, "model_snapshot", || {
+            std::fs::remove_file(&planted).unwrap();
+            std::os::unix::fs::symlink(&fifo, &planted).unwrap();
+        });
+        let text = both(&out);
+        assert_eq!(out.status.code(), Some(3), "dry run {dry_run}: {text}");
+        assert!(
+            text.contains("models/bert-tiny/config.json") && text.contains("symbolic link"),
+            "dry run {dry_run}: the link is not named: {text}"
+        );
+        assert!(
+            !root.join("VERSION").exists(),
+            "dry run {dry_run}: migrated"
+        );
+        std::fs::remove_file(&planted).unwrap();
+        let mut after = tree_hash(root);
+        after.insert(
+            "models/bert-tiny/config.json".into(),
+            before["models/bert-tiny/config.json"].clone(),
+        );
+        assert_eq!(after, before, "dry run {dry_run}: the installation changed");
+        assert_no_leftovers(root, "a refused snapshot");
+        let snapshots: Vec<_> = std::fs::read_dir(root.join(".migrate"))
+            .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            snapshots
+                .iter()
+                .all(|n| !n.to_string_lossy().contains("snapshot")),
+            "{snapshots:?}"
+        );
+    }
+}
+
+/// Issue 14, review item 5: staged files are created with their final mode (the mode of the
+/// file they replace), not 0600 until the commit: observed while the worker is paused at its
+/// first data batch, with the config and a data file already staged, under umask 022 and 000.
+/// The modes are unusual on purpose (0640, 0604), so that neither 0600 nor a umask gives them.
+#[test]
+fn issue14_staged_files_have_their_final_mode_while_staging() {
+    for umask in [0o022, 0o000] {
+        let dir = sample_install();
+        let root = dir.path();
+        let modes = [("config/server.toml", 0o640), ("data/api_keys.json", 0o604)];
+        for (rel, mode) in modes {
+            std::fs::set_permissions(root.join(rel), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let out = migrate_paused_in(
+            "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
+            Some(umask),
+            &["version", "--path", p(root), "--to", "2.1.0"],
+            "batch",
+            || {
+                let staging: Vec<PathBuf> = std::fs::read_dir(root.join(".migrate"))
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| {
+                        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                        name.starts_with("staging-") && !name.ends_with(".snapshot")
+                    })
+                    .collect();
+                assert_eq!(staging.len(), 1, "{staging:?}");
+                for (rel, _) in modes {
+                    seen.push((rel, mode_of(&staging[0].join(rel))));
+                }
+            },
+        );
+        ok(&out);
+        assert_eq!(
+            seen,
+            modes.to_vec(),
+            "umask {umask:03o}: staged modes while staging"
+        );
+        for (rel, mode) in modes {
+            assert_eq!(mode_of(&root.join(rel)), mode, "umask {umask:03o}: {rel}");
+        }
+    }
+}
+
+/// Issue 14: a dry run's preview reads the installation's config and data confined. The
+/// config replaced by a link to a FIFO outside after it was staged (the worker paused at its
+/// first data batch) is left out of the preview, not waited on (a plain read would hang).
+#[test]
+fn issue14_the_dry_run_preview_reads_no_link() {
+    let dir = sample_install();
+    let root = dir.path();
+    let outside = tempfile::tempdir().unwrap();
+    let fifo = outside.path().join("server.toml");
+    mkfifo(&fifo);
+    let config = root.join("config/server.toml");
+    let out = migrate_paused_in(
+        "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
+        None,
+        &["version", "--path", p(root), "--to", "2.1.0", "--dry-run"],
+        "batch",
+        || {
+            std::fs::rename(&config, outside.path().join("kept.toml")).unwrap();
+            std::os::unix::fs::symlink(&fifo, &config).unwrap();
+        },
+    );
+    let text = both(&out);
+    assert!(
+        !text.contains("a/config/server.toml"),
+        "a config diff was made through the link: {text}"
+    );
+    assert!(!root.join("VERSION").exists(), "a dry run migrated: {text}");
+    assert_no_leftovers(root, "a dry run");
+}

@@ -503,11 +503,10 @@ fn read_archive(
                 record.size
             )));
         }
+        // Created with the recorded mode before a byte is written. No set-id or sticky bit
+        // from a backup: a crafted one must not plant a setuid file.
         let mut sink: Box<dyn Write> = match staging {
-            Some(s) => Box::new(BufWriter::new(
-                crate::fsutil::create_private(&s.path_for(&rel)?)
-                    .map_err(io_err(format!("cannot write staged {rel}")))?,
-            )),
+            Some(s) => Box::new(BufWriter::new(s.create_file(&rel, record.mode & 0o777)?)),
             None => Box::new(io::sink()),
         };
         let mut hashing = Hashing::new((&mut entry).take(record.size + 1));
@@ -524,12 +523,6 @@ fn read_archive(
                 record.size,
                 record.sha256
             )));
-        }
-        if let Some(s) = staging {
-            let staged = s.path_for(&rel)?;
-            // No set-id or sticky bit from a backup: a crafted one must not plant a setuid file.
-            fs::set_permissions(&staged, fs::Permissions::from_mode(record.mode & 0o777))
-                .map_err(io_err(format!("cannot set the mode of staged {rel}")))?;
         }
         seen.insert(rel);
     }

@@ -255,8 +255,17 @@ impl Root {
     /// `cap` bytes.
     pub fn open_read(&self, rel: &str, cap: Option<u64>) -> Result<File> {
         let (dir, name) = self.parent_existing(rel)?;
-        let fd = rustix::fs::openat(
-            &dir,
+        let fd = self.open_nofollow(&dir, name, rel)?;
+        checked_regular(fd, &self.join(rel), cap)
+    }
+
+    /// Opens the last component `name` of `rel` in `dir` read-only without following a link
+    /// there (`O_NOFOLLOW | O_NONBLOCK`: neither a link nor a FIFO can redirect or block it).
+    /// The one open behind [`Root::open_read`], [`Root::set_mode`] and [`Root::snapshot_file`],
+    /// so that all of them refuse a link the same way.
+    fn open_nofollow(&self, dir: &OwnedFd, name: &str, rel: &str) -> Result<OwnedFd> {
+        rustix::fs::openat(
+            dir,
             name,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::empty(),
@@ -264,8 +273,7 @@ impl Root {
         .map_err(|e| match e {
             rustix::io::Errno::LOOP => self.refused(rel, "is a symbolic link: refused".into()),
             e => self.io("open", rel)(e),
-        })?;
-        checked_regular(fd, &self.join(rel), cap)
+        })
     }
 
     /// Reads the whole regular file `rel`, at most `cap` bytes.
@@ -319,6 +327,17 @@ impl Root {
         }
     }
 
+    /// Creates the folders holding `rel` that are missing, each with exactly `mode`.
+    pub fn create_parents(&self, rel: &str, mode: u32) -> Result<()> {
+        let parts = components(rel).map_err(|why| self.refused(rel, why + ": refused"))?;
+        let mut at = String::new();
+        for part in &parts[..parts.len() - 1] {
+            at = join(&at, part);
+            self.create_dir(&at, mode)?;
+        }
+        Ok(())
+    }
+
     /// Makes sure the folder `rel` (the tool's `.migrate/`) is private: created 0700 when
     /// absent; when present, a real folder owned by this user or root and writable by nobody
     /// else (like ssh's StrictModes), tightened to 0700 when it is ours. Anything else is
@@ -359,16 +378,7 @@ impl Root {
     /// Sets the permission bits of the file or folder at `rel` (never through a link).
     pub fn set_mode(&self, rel: &str, mode: u32) -> Result<()> {
         let (dir, name) = self.parent_existing(rel)?;
-        let fd = rustix::fs::openat(
-            &dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            rustix::io::Errno::LOOP => self.refused(rel, "is a symbolic link: refused".into()),
-            e => self.io("open", rel)(e),
-        })?;
+        let fd = self.open_nofollow(&dir, name, rel)?;
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode as _)).map_err(self.io("chmod", rel))
     }
 
@@ -494,6 +504,71 @@ impl Root {
             }
         }
         Ok(())
+    }
+
+    /// Total size of the regular files below the folder `rel` (0 when it is absent), reached
+    /// the way [`Root::files_below`] reaches them: a link or special file below is refused.
+    pub fn size_below(&self, rel: &str) -> Result<u64> {
+        let mut total = 0;
+        for inside in self.files_below(rel)? {
+            total += self.stat(&join(rel, &inside))?.map_or(0, |f| f.size);
+        }
+        Ok(total)
+    }
+
+    /// Puts the regular file `from` (beneath this root) at the new name `to` beneath `dest` (a
+    /// private folder of the tool's) so that what is at `to` is, for certain, the file that
+    /// was reached confined at `from`: `from` is
+    /// opened without following a link and checked with `fstat`; then it is hard-linked from
+    /// the same folder descriptor (never following a link), and the new entry's device and
+    /// inode must be those of the open descriptor, so a link or file swapped in between the
+    /// open and the link is caught. Where a hard link cannot be made (another filesystem,
+    /// `protected_hardlinks`), the open descriptor is copied instead, into a file created
+    /// with `from`'s mode.
+    pub fn snapshot_file(&self, from: &str, dest: &Root, to: &str) -> Result<()> {
+        let (fdir, fname) = self.parent_existing(from)?;
+        let fd = self.open_nofollow(&fdir, fname, from)?;
+        let mut src = checked_regular(fd, &self.join(from), None)?;
+        let opened = rustix::fs::fstat(&src).map_err(self.io("stat", from))?;
+        let (tdir, tname) = dest.parent_existing(to)?;
+        match rustix::fs::linkat(&fdir, fname, &tdir, tname, AtFlags::empty()) {
+            Ok(()) => {
+                let linked = rustix::fs::statat(&tdir, tname, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(dest.io("stat", to))?;
+                if (linked.st_dev, linked.st_ino) != (opened.st_dev, opened.st_ino) {
+                    let _ = rustix::fs::unlinkat(&tdir, tname, AtFlags::empty());
+                    return Err(self.refused(
+                        from,
+                        "was replaced (by a link or another file) while it was being read: refused"
+                            .into(),
+                    ));
+                }
+                Ok(())
+            }
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::PERM
+                | rustix::io::Errno::MLINK
+                | rustix::io::Errno::NOTSUP,
+            ) => {
+                let mut dst = dest.create_new(to, opened.st_mode & 0o7777)?;
+                std::io::copy(&mut src, &mut dst)
+                    .map(|_| ())
+                    .map_err(crate::error::io(format!(
+                        "cannot copy {} to {}",
+                        self.join(from).display(),
+                        dest.join(to).display()
+                    )))
+            }
+            Err(e) => Err(Error::Io {
+                context: format!(
+                    "cannot link {} to {}",
+                    self.join(from).display(),
+                    dest.join(to).display()
+                ),
+                source: e.into(),
+            }),
+        }
     }
 
     /// Syncs the folder holding `rel` (makes a rename or unlink there durable). Best effort.
@@ -739,6 +814,84 @@ mod tests {
         .unwrap();
         let e = read_regular(&fifo, 1 << 20).unwrap_err().to_string();
         assert!(e.contains("special file"), "{e}");
+    }
+
+    /// The model snapshot's building block: a regular file is hard-linked (the same inode,
+    /// so nothing is copied), a link or a FIFO at the source is refused, named, without
+    /// blocking, and nothing is left at the destination.
+    #[test]
+    fn a_snapshot_takes_only_the_regular_file_it_opened() {
+        use std::os::unix::fs::MetadataExt;
+        let base = tempfile::tempdir().unwrap();
+        let (root, snap) = (base.path().join("root"), base.path().join("snap"));
+        std::fs::create_dir_all(root.join("m")).unwrap();
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(root.join("m/w.bin"), "weights").unwrap();
+        std::fs::write(base.path().join("secret"), "outside").unwrap();
+        std::os::unix::fs::symlink(base.path().join("secret"), root.join("m/link.json")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("m/fifo.json"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let (r, s) = (Root::open(&root).unwrap(), Root::open(&snap).unwrap());
+        s.create_dir("m", 0o700).unwrap();
+        r.snapshot_file("m/w.bin", &s, "m/w.bin").unwrap();
+        let (a, b) = (
+            std::fs::metadata(root.join("m/w.bin")).unwrap(),
+            std::fs::metadata(snap.join("m/w.bin")).unwrap(),
+        );
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "not a hard link");
+        let e = r
+            .snapshot_file("m/link.json", &s, "m/link.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m/link.json") && e.contains("symbolic link"),
+            "{e}"
+        );
+        let e = r
+            .snapshot_file("m/fifo.json", &s, "m/fifo.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("special file"), "{e}");
+        assert_eq!(s.files_below("m").unwrap(), vec!["w.bin".to_owned()]);
+    }
+
+    /// Where no hard link can be made (another filesystem: /dev/shm against the temporary
+    /// folder), the opened file is copied, with its mode.
+    #[test]
+    fn a_snapshot_across_filesystems_is_a_copy_with_the_mode() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let shm = Path::new("/dev/shm");
+        let base = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir_in(shm).unwrap();
+        if std::fs::metadata(base.path()).unwrap().dev()
+            == std::fs::metadata(other.path()).unwrap().dev()
+        {
+            eprintln!("/dev/shm is on the same filesystem as the temporary folder: skipped");
+            return;
+        }
+        std::fs::write(base.path().join("w.bin"), "weights").unwrap();
+        std::fs::set_permissions(
+            base.path().join("w.bin"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        let (r, s) = (
+            Root::open(base.path()).unwrap(),
+            Root::open(other.path()).unwrap(),
+        );
+        r.snapshot_file("w.bin", &s, "w.bin").unwrap();
+        let copied = other.path().join("w.bin");
+        assert_eq!(std::fs::read_to_string(&copied).unwrap(), "weights");
+        assert_eq!(
+            std::fs::metadata(&copied).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
     }
 
     #[test]

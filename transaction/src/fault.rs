@@ -5,7 +5,9 @@
 //! - `kill` (the default): SIGKILL itself, so crash tests can stop a real migration at an exact
 //!   journal step;
 //! - `error`: return an I/O error from that point, as a full disk or a failing device would;
-//! - `panic`: panic there, as a bug in the host would.
+//! - `panic`: panic there, as a bug in the host would;
+//! - `stop`: SIGSTOP itself, so a test can change the disk at an exact point (plant a link
+//!   between planning and reading) and then let it go on with SIGCONT.
 //!
 //! Without the feature (every release build) [`point`] is an empty function and the variable
 //! is never read: the hook does not ship to operators.
@@ -59,6 +61,22 @@ pub fn point(name: &str) -> Result<()> {
             std::io::Error::other("TRUSTFORMERS_MIGRATE_FAULT"),
         )),
         "panic" => panic!("injected panic at {name} (TRUSTFORMERS_MIGRATE_FAULT)"),
+        "stop" => {
+            // Sent to this very thread (tgkill), not to the process: the thread then stops on
+            // its way out of the system call, before it runs one more line. A signal sent to
+            // the process may be taken by another thread while this one goes on for a while.
+            // SAFETY: tgkill(2) on our own process and thread with a constant signal has no
+            // memory-safety concern; the thread resumes here on SIGCONT.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::getpid(),
+                    libc::gettid(),
+                    libc::SIGSTOP,
+                );
+            }
+            Ok(())
+        }
         _ => {
             // SAFETY: kill(2) on our own PID with a constant signal has no memory-safety
             // concern.

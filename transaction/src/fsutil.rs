@@ -9,28 +9,6 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{io, Result};
 
-/// Writes `bytes` to a new `path` (0600: the journal gives it its final mode before the swap)
-/// and syncs it: what is announced as written survives a power loss.
-pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    create_private(path)
-        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
-        .map_err(io(format!("cannot write {}", path.display())))
-}
-
-/// Creates (or truncates) `path` readable by its owner only, whatever the umask: staged files
-/// hold migrated data (API keys) until the journal gives them their final mode.
-pub fn create_private(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    Ok(file)
-}
-
 /// Makes a rename or unlink durable. Best effort: some filesystems refuse to sync a folder.
 pub fn sync_parent(path: &Path) {
     if let Some(parent) = path.parent() {
@@ -127,4 +105,11 @@ impl<W: Write> Write for Hashing<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// Makes every file this process creates from now on private (umask 077): for the plugin
+/// worker, whose plugin code creates staged model files by path with whatever mode it likes.
+/// Until the journal gives each its final mode, none is more readable than its owner.
+pub fn private_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }

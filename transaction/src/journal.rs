@@ -580,6 +580,17 @@ fn remove_leftovers(root: &Root) -> Result<Vec<String>> {
     Ok(removed)
 }
 
+/// The mode the file `rel` is given at the swap: the mode of the file it replaces, or for a
+/// new file its folder's without the execute bits ([`parent_mode`]). Staged files are created
+/// with it (never more readable than their source, whatever the umask); prepare sets it again,
+/// in case the installation's file changed mode meanwhile.
+pub fn final_mode(root: &Root, rel: &str) -> Result<u32> {
+    match root.stat(rel)? {
+        Some(f) if f.kind == Kind::File => Ok(f.mode),
+        _ => Ok(parent_mode(root, rel)? & 0o666),
+    }
+}
+
 /// A new file or folder's mode when nothing else gives one: its installation folder's, without
 /// the execute bits for a file. Never more open than the folder that holds it, whatever the
 /// umask.

@@ -3,14 +3,19 @@
 //! then swaps it in with renames. Until then, dropping the staging area leaves the
 //! installation as it was.
 
-use std::fs;
+use std::fs::{self, File};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::confine::Root;
 use crate::error::{io, Result};
-use crate::fsutil;
 
 pub struct Staging {
     dir: PathBuf,
+    /// The staging folder, opened once: every file the tool writes into it is created through
+    /// this descriptor, never following a link (the folder is ours and 0700, inside our 0700
+    /// `.migrate/`, so this is defence in depth rather than the only guard).
+    root: Root,
     /// Remove `dir` on drop (off once the journal owns it).
     cleanup: bool,
     /// Files to delete from the installation at commit (e.g. a quarantined document).
@@ -28,7 +33,10 @@ pub struct Parts {
 }
 
 impl Staging {
-    /// A fresh staging folder under `parent` (created if needed).
+    /// A fresh staging folder under `parent` (created if needed). By path: `parent` is the
+    /// installation's `.migrate/`, which the caller made private first (`Root::private_dir`:
+    /// ours, 0700), or a dry run's own temporary folder, and the new folder has a random name
+    /// created exclusively; everything below it goes through [`Root`].
     pub fn create(parent: &Path) -> Result<Staging> {
         fs::create_dir_all(parent).map_err(io(format!("cannot create {}", parent.display())))?;
         let dir = tempfile::Builder::new()
@@ -40,6 +48,7 @@ impl Staging {
             )))?
             .keep();
         Ok(Staging {
+            root: Root::open(&dir)?,
             dir,
             cleanup: true,
             removals: Vec::new(),
@@ -49,32 +58,54 @@ impl Staging {
 
     /// A staging folder another process created and owns (the supervisor, for a worker that
     /// writes into it): never removed from here.
-    pub fn adopt(dir: &Path) -> Staging {
-        Staging {
+    pub fn adopt(dir: &Path) -> Result<Staging> {
+        Ok(Staging {
+            root: Root::open(dir)?,
             dir: dir.to_path_buf(),
             cleanup: false,
             removals: Vec::new(),
             modes: Vec::new(),
-        }
+        })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Staged location of `rel`, parents created.
+    /// Staged location of `rel`, parents created (0700, confined): for plugin code, which
+    /// writes by path into the folder the worker's sandbox lets it write.
     pub fn path_for(&self, rel: &str) -> Result<PathBuf> {
-        let path = self.dir.join(rel);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
-                .map_err(io(format!("cannot create {}", parent.display())))?;
-        }
-        Ok(path)
+        self.create_parents(rel)?;
+        Ok(self.dir.join(rel))
     }
 
-    /// Writes `bytes` as the new content of `rel`, synced.
-    pub fn write(&self, rel: &str, bytes: &[u8]) -> Result<()> {
-        fsutil::write_synced(&self.path_for(rel)?, bytes)
+    /// Creates the staged file `rel` (replacing any earlier one) with exactly `mode`, set on
+    /// the descriptor before a byte is written, whatever the umask: a staged file is never
+    /// more readable than the file it will replace, not even while it is being written.
+    /// `mode` is the file's final mode (see `journal::final_mode`); the commit checks it again.
+    pub fn create_file(&self, rel: &str, mode: u32) -> Result<File> {
+        self.create_parents(rel)?;
+        self.root.remove_file(rel)?;
+        self.root.create_new(rel, mode & 0o7777)
+    }
+
+    /// Writes `bytes` as the new content of `rel`, created with `mode` ([`Self::create_file`]),
+    /// synced: what is announced as written survives a power loss.
+    pub fn write(&self, rel: &str, bytes: &[u8], mode: u32) -> Result<()> {
+        let mut file = self.create_file(rel, mode)?;
+        file.write_all(bytes)
+            .and_then(|_| file.sync_all())
+            .map_err(io(format!("cannot write {}", self.dir.join(rel).display())))
+    }
+
+    /// The folders holding `rel`, private (0700).
+    fn create_parents(&self, rel: &str) -> Result<()> {
+        self.root.create_parents(rel, 0o700)
+    }
+
+    /// Removes the staged file `rel` (the link itself, were it one); `false` if none was there.
+    pub fn remove_file(&self, rel: &str) -> Result<bool> {
+        self.root.remove_file(rel)
     }
 
     /// Marks `rel` for deletion from the installation at commit.
@@ -101,6 +132,8 @@ impl Staging {
 }
 
 impl Drop for Staging {
+    /// By path: the folder is ours, in our private `.migrate/`, and `remove_dir_all` removes a
+    /// link it meets rather than following it.
     fn drop(&mut self) {
         if self.cleanup {
             let _ = fs::remove_dir_all(&self.dir);

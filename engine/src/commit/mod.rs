@@ -23,7 +23,9 @@ use crate::report::{StepResult, StepStatus};
 pub fn prepare(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<Transaction> {
     let version = format!("{}\n", plan.to);
     let last = if plan.target.write_version {
-        staging.write(VERSION_FILE, version.as_bytes())?;
+        let root = migrate_transaction::confine::Root::open(&plan.target.root)?;
+        let mode = migrate_transaction::journal::final_mode(&root, VERSION_FILE)?;
+        staging.write(VERSION_FILE, version.as_bytes(), mode)?;
         Some(VERSION_FILE)
     } else {
         None

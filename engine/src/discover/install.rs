@@ -61,10 +61,11 @@ impl Installation {
     /// and `backups/` into its root, which must never happen to an arbitrary folder (a typo in
     /// `--path`, the parent of the installation), even with `--from`.
     pub fn ensure_installation(&self) -> Result<()> {
-        // Any entry by those names counts (a link or a special file is refused later, by the
-        // check that reads it, naming it): only their absence says "not an installation".
-        let present = |rel: &str| std::fs::symlink_metadata(self.path(rel)).is_ok();
-        if present(VERSION_FILE) || present(SERVER_TOML) {
+        // Any entry by those names counts (a link or a special file there is refused later, by
+        // the check that reads it, naming it): only their absence says "not an installation".
+        // Looked up confined: a `config` that is a link is refused here, named.
+        let root = Root::open(&self.root)?;
+        if root.stat(VERSION_FILE)?.is_some() || root.stat(SERVER_TOML)?.is_some() {
             return Ok(());
         }
         Err(MigrateError::invalid(
@@ -227,17 +228,6 @@ impl Installation {
         }
         names.sort();
         Ok(names)
-    }
-
-    /// Total size of the regular files below `path` (0 if absent).
-    pub fn size_of(path: &Path) -> u64 {
-        walkdir::WalkDir::new(path)
-            .into_iter()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_file())
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .sum()
     }
 
     /// `path` relative to the root with `/` separators.

@@ -11,6 +11,7 @@ pub mod release;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use migrate_transaction::confine::{self, Kind, Root};
 use migrate_transaction::encrypt::Recipients;
 use migrate_transaction::remote::Location;
 use semver::Version;
@@ -242,30 +243,20 @@ impl Plan {
         let install = Installation {
             root: target.root.clone(),
         };
-        if let Some(p) = &target.config {
-            // A config that is there but is not a regular file (a FIFO, a link) is never
-            // skipped in silence.
-            if let Ok(meta) = std::fs::symlink_metadata(p) {
-                if !meta.is_file() {
-                    return Err(crate::error::MigrateError::invalid(
-                        p,
-                        "is not a regular file (a symbolic link, or a special file: FIFO, socket or device): refused",
-                        "nothing was changed; replace it with the real config file and run the command again",
-                    ));
-                }
-            }
-        }
-        let config = target
-            .config
-            .as_ref()
-            .filter(|p| p.is_file())
-            .map(|p| ConfigItem {
-                rel: target.rel(p),
-                size: std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
-            });
-        let untouched_configs = match &target.config {
-            Some(p) => sibling_tomls(p, &target),
-            None => Vec::new(),
+        // Every size and existence check goes through the confined root: a link planted in
+        // `config/` or `models/` is refused here, naming it, never followed. A root that does
+        // not exist (a `config` target whose folder is missing) has nothing to plan.
+        let root = match target.root.is_dir() {
+            true => Some(Root::open(&target.root)?),
+            false => None,
+        };
+        let config = match (&target.config, &root) {
+            (Some(p), Some(root)) => config_item(root, &target, p)?,
+            _ => None,
+        };
+        let untouched_configs = match (&target.config, &root) {
+            (Some(p), Some(root)) => sibling_tomls(root, p, &target)?,
+            _ => Vec::new(),
         };
         let data_files = match &target.data {
             Some(dir) => install
@@ -279,18 +270,18 @@ impl Plan {
             None => Vec::new(),
         };
         let models = match &target.models {
-            Some(dir) => install
-                .model_dirs(dir)?
-                .into_iter()
-                .map(|name| {
-                    let path = dir.join(&name);
-                    ModelItem {
-                        rel: target.rel(&path),
-                        size: Installation::size_of(&path),
-                        name,
-                    }
-                })
-                .collect(),
+            Some(dir) => {
+                let mut items = Vec::new();
+                for name in install.model_dirs(dir)? {
+                    let rel = target.rel(&dir.join(&name));
+                    let size = match &root {
+                        Some(root) => root.size_below(&rel)?,
+                        None => 0,
+                    };
+                    items.push(ModelItem { rel, size, name });
+                }
+                items
+            }
             None => Vec::new(),
         };
         let steps = hops.iter().map(planned_hop).collect();
@@ -355,19 +346,50 @@ pub fn estimate(data_bytes: u64, model_bytes: u64, hops: usize, optimize: bool) 
     Duration::from_secs_f64(0.05 + data + models)
 }
 
-fn sibling_tomls(server: &Path, target: &Target) -> Vec<String> {
-    let Some(dir) = server.parent() else {
-        return Vec::new();
+/// The config file of a target, when a regular file is there; anything else by that name (a
+/// link, a FIFO) is refused, named, never skipped in silence or followed.
+fn config_item(root: &Root, target: &Target, path: &Path) -> Result<Option<ConfigItem>> {
+    let rel = target.rel(path);
+    match root.stat(&rel)? {
+        None => Ok(None),
+        Some(f) if f.kind == Kind::File => Ok(Some(ConfigItem { rel, size: f.size })),
+        Some(f) => Err(crate::error::MigrateError::invalid(
+            path,
+            format!("is {}, not a regular file: refused", f.kind.describe()),
+            "nothing was changed; replace it with the real config file and run the command again",
+        )),
+    }
+}
+
+/// The other `*.toml` of the config's folder, left byte-identical: listed confined (a link
+/// there is refused, named, since "left byte-identical" could not be promised through it).
+fn sibling_tomls(root: &Root, server: &Path, target: &Target) -> Result<Vec<String>> {
+    let server_rel = target.rel(server);
+    let dir = match server_rel.rsplit_once('/') {
+        Some((dir, _)) => dir.to_owned(),
+        None => String::new(),
     };
-    let Ok(read) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = read
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p != server && p.is_file())
-        .map(|p| target.rel(&p))
-        .collect();
+    let mut out = Vec::new();
+    for (name, kind) in root.list(&dir)?.unwrap_or_default() {
+        let Ok(name) = String::from_utf8(name) else {
+            continue;
+        };
+        let rel = confine::join(&dir, &name);
+        if !name.ends_with(".toml") || rel == server_rel {
+            continue;
+        }
+        match kind {
+            Kind::File => out.push(rel),
+            Kind::Dir => {}
+            other => {
+                return Err(crate::error::MigrateError::invalid(
+                    root.join(&rel),
+                    format!("is {}, where a config file was expected: refused (migrate never follows links in the installation)", other.describe()),
+                    "nothing was changed; replace it by the real file (or move it out of the installation) and run the command again",
+                ))
+            }
+        }
+    }
     out.sort();
-    out
+    Ok(out)
 }

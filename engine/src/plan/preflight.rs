@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use migrate_transaction::confine::{self, Root};
 use serde::Serialize;
 
 use super::Plan;
@@ -107,30 +108,54 @@ fn check_config_syntax(plan: &Plan, p: &mut Preflight) {
     }
 }
 
-fn safetensors_files(dir: &Path) -> Vec<PathBuf> {
-    walkdir::WalkDir::new(dir)
-        .sort_by_file_name()
+/// The `*.safetensors` files below the model folder `rel`, relative to the root, reached
+/// confined ([`Root::files_below`]: a link or special file below is refused).
+fn safetensors_files(root: &Root, rel: &str) -> migrate_transaction::Result<Vec<String>> {
+    Ok(root
+        .files_below(rel)?
         .into_iter()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "safetensors")
-        })
-        .map(|e| e.into_path())
-        .collect()
+        .filter(|f| f.ends_with(".safetensors"))
+        .map(|f| confine::join(rel, &f))
+        .collect())
 }
 
+/// Each weight file's header, read from a descriptor opened confined: a file replaced by a
+/// link (to a file outside, a FIFO) since planning is refused and named, never read.
 fn check_model_headers(plan: &Plan, p: &mut Preflight) {
+    if plan.models.is_empty() {
+        return;
+    }
+    let mut refused = |rel: String, message: String| {
+        p.add(
+            "model_headers",
+            RuleKind::ModelCompatibility,
+            Severity::Error,
+            rel,
+            message,
+        )
+    };
+    let root = match Root::open(&plan.target.root) {
+        Ok(root) => root,
+        Err(e) => return refused(plan.target.root.display().to_string(), e.to_string()),
+    };
     for model in &plan.models {
-        for file in safetensors_files(&plan.target.root.join(&model.rel)) {
-            if let Err(e) = plugin_api::safetensors::read_header(&file) {
-                let rel = plan.target.rel(&file);
-                p.add(
-                    "model_headers",
-                    RuleKind::ModelCompatibility,
-                    Severity::Error,
-                    rel,
-                    e.message,
-                );
+        let files = match safetensors_files(&root, &model.rel) {
+            Ok(files) => files,
+            Err(e) => {
+                refused(model.rel.clone(), e.to_string());
+                continue;
+            }
+        };
+        for rel in files {
+            let header = root
+                .open_read(&rel, None)
+                .map_err(|e| e.to_string())
+                .and_then(|file| {
+                    plugin_api::safetensors::read_header_from(file, &root.join(&rel))
+                        .map_err(|e| e.message)
+                });
+            if let Err(message) = header {
+                refused(rel, message);
             }
         }
     }
@@ -188,15 +213,16 @@ fn existing_ancestor(path: &Path) -> PathBuf {
 }
 
 fn check_space(plan: &Plan, p: &mut Preflight) {
-    let weights: u64 = if plan.options.optimize {
-        plan.models
+    // Sizes looked up confined (a link is refused by the header check above, not followed).
+    let weights: u64 = match Root::open(&plan.target.root) {
+        Ok(root) if plan.options.optimize => plan
+            .models
             .iter()
-            .flat_map(|m| safetensors_files(&plan.target.root.join(&m.rel)))
-            .filter_map(|f| f.metadata().ok())
-            .map(|m| m.len())
-            .sum()
-    } else {
-        0
+            .flat_map(|m| safetensors_files(&root, &m.rel).unwrap_or_default())
+            .filter_map(|rel| root.stat(&rel).ok().flatten())
+            .map(|f| f.size)
+            .sum(),
+        _ => 0,
     };
     let config = plan.config.as_ref().map_or(0, |c| c.size);
     let data = plan.data_bytes();

@@ -1,13 +1,17 @@
 //! What a dry run shows: a unified diff of the config change and a sample of record changes,
 //! read from the scratch staging the dry run wrote outside the installation.
+//!
+//! Both sides are read confined ([`Root`]): the installation may have changed since planning
+//! (a config or data file replaced by a link, to a FIFO that would hang the dry run), and the
+//! staging holds what plugin code wrote. What cannot be read so is left out of the preview.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 
+use migrate_transaction::confine::Root;
 use migrate_transaction::staging::Staging;
 use serde::Serialize;
 
-use crate::discover::install::DataKind;
+use crate::discover::install::{DataKind, MAX_CONFIG_BYTES};
 use crate::plan::Plan;
 
 /// Records shown per dry run.
@@ -28,9 +32,21 @@ pub struct Preview {
 }
 
 pub fn preview(plan: &Plan, staging: &Staging) -> Preview {
+    let (Ok(install), Ok(staged)) = (Root::open(&plan.target.root), Root::open(staging.dir()))
+    else {
+        return Preview {
+            config_diff: None,
+            records: Vec::new(),
+        };
+    };
+    let text = |root: &Root, rel: &str| {
+        root.read(rel, MAX_CONFIG_BYTES)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+    };
     let config_diff = plan.config.as_ref().and_then(|c| {
-        let before = std::fs::read_to_string(plan.target.root.join(&c.rel)).ok()?;
-        let after = std::fs::read_to_string(staging.dir().join(&c.rel)).ok()?;
+        let before = text(&install, &c.rel)?;
+        let after = text(&staged, &c.rel)?;
         let diff = similar::TextDiff::from_lines(&before, &after);
         Some(
             diff.unified_diff()
@@ -43,13 +59,7 @@ pub fn preview(plan: &Plan, staging: &Staging) -> Preview {
         .data_files
         .iter()
         .find(|f| f.kind == DataKind::Lines)
-        .map(|f| {
-            sample(
-                &plan.target.root.join(&f.rel),
-                &staging.dir().join(&f.rel),
-                &f.rel,
-            )
-        })
+        .map(|f| sample(&install, &staged, &f.rel))
         .unwrap_or_default();
     Preview {
         config_diff,
@@ -57,8 +67,8 @@ pub fn preview(plan: &Plan, staging: &Staging) -> Preview {
     }
 }
 
-fn first_lines(path: &Path) -> Vec<String> {
-    let Ok(file) = std::fs::File::open(path) else {
+fn first_lines(root: &Root, rel: &str) -> Vec<String> {
+    let Ok(file) = root.open_read(rel, None) else {
         return Vec::new();
     };
     BufReader::new(file)
@@ -68,10 +78,10 @@ fn first_lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn sample(original: &Path, staged: &Path, rel: &str) -> Vec<RecordChange> {
-    first_lines(original)
+fn sample(install: &Root, staged: &Root, rel: &str) -> Vec<RecordChange> {
+    first_lines(install, rel)
         .into_iter()
-        .zip(first_lines(staged))
+        .zip(first_lines(staged, rel))
         .enumerate()
         .map(|(i, (before, after))| RecordChange {
             file: rel.to_owned(),

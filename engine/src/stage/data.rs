@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use abi_stable::std_types::RVec;
 use migrate_transaction::confine::Root;
 use migrate_transaction::staging::Staging;
-use migrate_transaction::{fault, fsutil};
+use migrate_transaction::{fault, journal};
 use plugin_api::ffi::{CallError, RefusedRecord};
 use plugin_api::view::ViewBatch;
 use plugin_api::RuleError;
@@ -108,16 +108,13 @@ impl DataRun<'_> {
     ) -> Result<FileStats> {
         let src_path = root.join(&file.rel);
         let src = open_source(root, file)?;
-        let dst_path = staging.path_for(&file.rel)?;
+        let dst_path = staging.dir().join(&file.rel);
         let write_err =
             |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
         // Small: batch outputs (hundreds of KiB) go straight to the file rather than through
         // the buffer, which only gathers the odd verbatim line.
-        let mut out = BufWriter::with_capacity(
-            64 << 10,
-            fsutil::create_private(&dst_path).map_err(write_err)?,
-        );
-        let mut quarantine = Quarantine::new(self, root, file, staging);
+        let mut out = BufWriter::with_capacity(64 << 10, staged_file(root, file, staging)?);
+        let mut quarantine = Quarantine::new(self, root, file, staging)?;
         let stats = self.pipeline(
             file,
             |send| self.read_batches(src, &src_path, send),
@@ -135,7 +132,7 @@ impl DataRun<'_> {
         )?;
         let f = out.into_inner().map_err(|e| write_err(e.into_error()))?;
         f.sync_all().map_err(write_err)?;
-        quarantine.finish(root, file, staging)?;
+        quarantine.finish(staging)?;
         Ok(stats)
     }
 
@@ -516,20 +513,17 @@ impl DataRun<'_> {
         let src_path = root.join(&file.rel);
         let read_err = |e| MigrateError::io(format!("cannot read {}", src_path.display()), e);
         let open = || open_source(root, file);
-        let mut quarantine = Quarantine::new(self, root, file, staging);
+        let mut quarantine = Quarantine::new(self, root, file, staging)?;
         let style = match document::check(open()?) {
             Ok(style) => style,
             Err(e) if e.is_io() => return Err(read_err(e.into())),
             Err(e) => return self.refuse_document(root, file, e, staging, quarantine),
         };
         let records = document::Records::new(open()?).map_err(read_err)?;
-        let dst_path = staging.path_for(&file.rel)?;
+        let dst_path = staging.dir().join(&file.rel);
         let write_err =
             |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
-        let mut out = BufWriter::with_capacity(
-            1 << 20,
-            fsutil::create_private(&dst_path).map_err(write_err)?,
-        );
+        let mut out = BufWriter::with_capacity(1 << 20, staged_file(root, file, staging)?);
         let shape = records.shape();
         let mut writer = document::Writer::new(shape, style);
         let stats = self.pipeline(
@@ -550,11 +544,11 @@ impl DataRun<'_> {
             },
             &mut quarantine,
         )?;
-        quarantine.finish(root, file, staging)?;
+        quarantine.finish(staging)?;
         if shape == document::Shape::Single && stats.quarantined > 0 {
             // The document was its one record, now in the quarantine: nothing stays.
             drop(out);
-            std::fs::remove_file(&dst_path).map_err(write_err)?;
+            staging.remove_file(&file.rel)?;
             staging.remove_at_commit(&file.rel);
             return Ok(stats);
         }
@@ -616,7 +610,7 @@ impl DataRun<'_> {
         };
         self.handle_refusals(vec![refusal], file, &mut quarantine, &mut stats)?;
         staging.remove_at_commit(&file.rel);
-        quarantine.finish(root, file, staging)?;
+        quarantine.finish(staging)?;
         Ok(stats)
     }
 }
@@ -633,6 +627,13 @@ fn hop_by_hop() -> bool {
 }
 
 /// Opens a data file beneath the installation: never through a link, never a FIFO.
+/// The staged copy of `file`, created with the mode of the file it will replace (see
+/// [`Staging::create_file`]).
+fn staged_file(root: &Path, file: &DataFile, staging: &Staging) -> Result<File> {
+    let mode = journal::final_mode(&Root::open(root)?, &file.rel)?;
+    Ok(staging.create_file(&file.rel, mode)?)
+}
+
 fn open_source(root: &Path, file: &DataFile) -> Result<File> {
     Ok(Root::open(root)?.open_read(&file.rel, None)?)
 }
@@ -813,24 +814,31 @@ struct Quarantine {
     rel: String,
     /// The installation's root, where the existing quarantine file is read (confined).
     root: std::path::PathBuf,
-    staged: std::path::PathBuf,
+    /// The staging folder, where the quarantine file is created confined.
+    staged: Root,
+    /// The data file's mode without execute bits: the quarantine file's, from its creation.
+    mode: u32,
     /// Opened on the first refused record, so a clean file creates nothing.
     out: Option<BufWriter<File>>,
 }
 
 impl Quarantine {
-    fn new(run: &DataRun, root: &Path, file: &DataFile, staging: &Staging) -> Quarantine {
+    fn new(run: &DataRun, root: &Path, file: &DataFile, staging: &Staging) -> Result<Quarantine> {
         let inside = file
             .rel
             .strip_prefix(&format!("{}/", run.data_rel))
             .unwrap_or(&file.rel);
         let rel = format!("{}/{QUARANTINE}/{inside}.rejected.jsonl", run.data_rel);
-        Quarantine {
+        let mode = Root::open(root)?
+            .stat(&file.rel)?
+            .map_or(0o600, |f| f.mode & 0o666);
+        Ok(Quarantine {
             root: root.to_path_buf(),
-            staged: staging.dir().join(&rel),
+            staged: Root::open(staging.dir())?,
+            mode,
             rel,
             out: None,
-        }
+        })
     }
 
     /// Entries are streamed to the staged file: memory stays bounded however many are refused.
@@ -846,38 +854,39 @@ impl Quarantine {
         };
         let out = match &mut self.out {
             Some(out) => out,
-            None => self
-                .out
-                .insert(open_quarantine(&self.root, &self.rel, &self.staged)?),
+            None => self.out.insert(open_quarantine(
+                &self.root,
+                &self.rel,
+                &self.staged,
+                self.mode,
+            )?),
         };
         serde_json::to_writer(&mut *out, &entry).map_err(|e| err(e.into()))?;
         out.write_all(b"\n").map_err(err)
     }
 
-    /// Syncs the quarantine file and gives it the mode of the data file its records came
-    /// from: a quarantine is never more readable than its source, whatever the umask.
-    fn finish(self, root: &Path, source: &DataFile, staging: &mut Staging) -> Result<()> {
+    /// Syncs the quarantine file and records its mode (its data file's, which it was created
+    /// with) for the commit: a quarantine is never more readable than its source, whatever the
+    /// umask.
+    fn finish(self, staging: &mut Staging) -> Result<()> {
         let Some(out) = self.out else { return Ok(()) };
         let err = |e: std::io::Error| {
             MigrateError::io(format!("cannot write the quarantine {}", self.rel), e)
         };
         let file = out.into_inner().map_err(|e| err(e.into_error()))?;
         file.sync_all().map_err(err)?;
-        let mode = Root::open(root)?
-            .stat(&source.rel)?
-            .map_or(0o600, |f| f.mode & 0o666);
-        staging.set_mode(&self.rel, mode);
+        staging.set_mode(&self.rel, self.mode);
         Ok(())
     }
 }
 
 /// The staged quarantine file, starting with the entries earlier runs left (they are kept).
-fn open_quarantine(root: &Path, rel: &str, staged: &Path) -> Result<BufWriter<File>> {
+/// Created with `mode` (its data file's) before a byte is written, whatever the umask.
+fn open_quarantine(root: &Path, rel: &str, staged: &Root, mode: u32) -> Result<BufWriter<File>> {
     let err = |e: std::io::Error| MigrateError::io(format!("cannot write the quarantine {rel}"), e);
-    if let Some(parent) = staged.parent() {
-        std::fs::create_dir_all(parent).map_err(err)?;
-    }
-    let mut file = fsutil::create_private(staged).map_err(err)?;
+    staged.create_parents(rel, 0o700)?;
+    staged.remove_file(rel)?;
+    let mut file = staged.create_new(rel, mode)?;
     let root = Root::open(root)?;
     if root.file_exists(rel)? {
         std::io::copy(&mut root.open_read(rel, None)?, &mut file).map_err(err)?;

@@ -7,6 +7,7 @@
 
 pub mod budget;
 pub mod data;
+pub mod snapshot;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,7 +68,8 @@ pub fn config(
         return Ok(());
     };
     let path = plan.target.root.join(&item.rel);
-    let bytes = Root::open(&plan.target.root)?.read(&item.rel, MAX_CONFIG_BYTES)?;
+    let root = Root::open(&plan.target.root)?;
+    let bytes = root.read(&item.rel, MAX_CONFIG_BYTES)?;
     let mut content = String::from_utf8(bytes).map_err(|e| {
         MigrateError::invalid(
             &path,
@@ -96,7 +98,8 @@ pub fn config(
             .into_iter()
             .map(|(w, hops)| format!("{}: {w} (hops {})", item.rel, hops.join(", "))),
     );
-    staging.write(&item.rel, content.as_bytes())?;
+    let mode = migrate_transaction::journal::final_mode(&root, &item.rel)?;
+    staging.write(&item.rel, content.as_bytes(), mode)?;
     s.files = 1;
     s.bytes = item.size;
     Ok(())
@@ -144,11 +147,14 @@ pub fn data(
 }
 
 /// Stages every model folder through every hop with a model rule; each rule reads the
-/// installation overlaid by what earlier hops staged.
+/// model's link-free snapshot (see [`snapshot`]; `snapshot` holds `models/<name>/…` as the
+/// installation does) overlaid by what earlier hops staged. Messages name the installation's
+/// folder, not the snapshot's.
 pub fn models(
     plan: &Plan,
     hops: &[LoadedHop],
     staging: &Staging,
+    snapshot: Option<&Path>,
     s: &mut StepResult,
     budget: &Budget,
     observer: &dyn Observer,
@@ -157,6 +163,16 @@ pub fn models(
         s.status = StepStatus::Skipped;
         return Ok(());
     }
+    let snapshot = match (snapshot, plan.models.is_empty()) {
+        (Some(dir), _) => dir,
+        (None, true) => Path::new(""),
+        (None, false) => {
+            return Err(MigrateError::Internal {
+                detail: "the worker was asked to stage models without their snapshot".into(),
+                state: "nothing was changed".into(),
+            })
+        }
+    };
     let dtype = match plan.options.dtype {
         Dtype::F16 => OptimizeDtype::F16,
         Dtype::Bf16 => OptimizeDtype::BF16,
@@ -166,9 +182,10 @@ pub fn models(
         budget.check(&model.rel)?;
         let folder = ModelFolder::new(
             model.name.clone(),
-            plan.target.root.join(&model.rel),
+            snapshot.join(&model.rel),
             staging.path_for(&model.rel)?,
         );
+        let source = plan.target.root.join(&model.rel);
         for hop in hops.iter().filter(|h| h.descriptor.rules.model) {
             let outcome = call(observer, hop, "model", &model.rel, None, || {
                 hop.client.migrate_model(&folder, &options)
@@ -176,7 +193,7 @@ pub fn models(
             .map_err(|e| {
                 rule_failure(
                     hop,
-                    &folder.source,
+                    &source,
                     e,
                     "fix or remove the model folder and run the migration again",
                 )
@@ -232,13 +249,16 @@ pub fn quarantine_modes(plan: &Plan, staging: &Staging) -> Result<Vec<(String, u
     };
     let data_rel = plan.target.rel(data_dir);
     let quarantine = format!("{data_rel}/{}", crate::discover::install::QUARANTINE);
-    let staged = staging.dir().join(&quarantine);
-    if !staged.is_dir() {
+    // Listed confined: plugin code may have put a link in the staging (the check of the
+    // staging names it; here it is refused rather than followed).
+    let staged = Root::open(staging.dir())?;
+    if !matches!(staged.stat(&quarantine)?, Some(f) if f.kind == migrate_transaction::confine::Kind::Dir)
+    {
         return Ok(Vec::new());
     }
     let root = Root::open(&plan.target.root)?;
     let mut modes = Vec::new();
-    for inside in migrate_transaction::fsutil::list_files(&staged)? {
+    for inside in staged.files_below(&quarantine)? {
         let Some(source) = inside.strip_suffix(".rejected.jsonl") else {
             continue;
         };

@@ -6,7 +6,6 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Mutex;
 
@@ -26,14 +25,14 @@ pub(super) struct Checked {
     pub problems: Vec<Problem>,
 }
 
-/// Checks the file at `path`; `schema` as in [`super::schema_problem`]. `chunk_bytes` is the
-/// read size (a parameter so that tests can cut small files into many chunks).
+/// Checks `file` (opened by the caller, confined); `schema` as in [`super::schema_problem`].
+/// `chunk_bytes` is the read size (a parameter so that tests can cut small files into many
+/// chunks).
 pub(super) fn check_file(
-    path: &Path,
+    mut file: File,
     schema: Option<Option<u64>>,
     chunk_bytes: usize,
 ) -> std::io::Result<Checked> {
-    let mut file = File::open(path)?;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
@@ -196,7 +195,7 @@ mod tests {
             let want = sequential(&text, schema);
             assert!(want.problems.len() > 100, "{}", want.problems.len());
             for chunk in [1, 7, 100, 4096, 1 << 20] {
-                let got = check_file(f.path(), schema, chunk).unwrap();
+                let got = check_file(File::open(f.path()).unwrap(), schema, chunk).unwrap();
                 assert_eq!(got.records, want.records, "chunk {chunk}");
                 assert_eq!(got.problems, want.problems, "chunk {chunk}");
             }
@@ -206,7 +205,12 @@ mod tests {
     #[test]
     fn empty_and_blank_files_have_no_records() {
         for text in [&b""[..], b"\n", b"\n\n  \n"] {
-            let got = check_file(file_with(text).path(), Some(Some(3)), 2).unwrap();
+            let got = check_file(
+                File::open(file_with(text).path()).unwrap(),
+                Some(Some(3)),
+                2,
+            )
+            .unwrap();
             assert_eq!((got.records, got.problems.len()), (0, 0));
         }
     }

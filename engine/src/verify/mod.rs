@@ -221,12 +221,22 @@ fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Valid
             )
         }
     };
+    let root = match Root::open(&install.root) {
+        Ok(root) => root,
+        Err(e) => {
+            return v.error(
+                "data_readable",
+                RuleKind::DataIntegrity,
+                "data",
+                e.to_string(),
+            )
+        }
+    };
     for file in files {
         v.files_checked += 1;
-        let path = install.root.join(&file.rel);
         let checked = match file.kind {
-            DataKind::Lines => check_lines(&path, &file.rel, schema, v),
-            DataKind::Document => check_document(&path, &file.rel, schema, v),
+            DataKind::Lines => check_lines(&root, &file.rel, schema, v),
+            DataKind::Document => check_document(&root, &file.rel, schema, v),
         };
         if let Err(e) = checked {
             v.error(
@@ -240,19 +250,19 @@ fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Valid
 }
 
 /// A model's `metadata.json` is read only as a regular file of at most this size.
-const MAX_MODEL_METADATA_BYTES: u64 = 64 << 20;
+pub(super) const MAX_MODEL_METADATA_BYTES: u64 = 64 << 20;
 
 /// At most this many findings per file; the rest are counted.
 const MAX_FINDINGS_PER_FILE: usize = 20;
 
 /// Checks a `*.jsonl` file (in parallel chunks, see [`lines`]).
 fn check_lines(
-    path: &Path,
+    root: &Root,
     rel: &str,
     schema: Option<Option<u64>>,
     v: &mut Validation,
 ) -> std::io::Result<()> {
-    let checked = lines::check_file(path, schema, CHUNK_BYTES)?;
+    let checked = lines::check_file(open_confined(root, rel)?, schema, CHUNK_BYTES)?;
     v.records_checked += checked.records;
     let bad = checked.problems.len();
     for (line, rule, message) in checked.problems.into_iter().take(MAX_FINDINGS_PER_FILE) {
@@ -274,19 +284,26 @@ fn check_lines(
     Ok(())
 }
 
+/// Opens the regular file `rel` beneath `root` for a check ([`Root::open_read`]: a link or a
+/// FIFO put there since the listing is refused, named, never followed or waited on).
+pub(super) fn open_confined(root: &Root, rel: &str) -> std::io::Result<std::fs::File> {
+    root.open_read(rel, None)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
 /// Read size for `*.jsonl` checks: large enough that threads rarely wait on one another.
 const CHUNK_BYTES: usize = 4 << 20;
 
 /// Checks a `*.json` document record by record, as the migration reads it
 /// ([`crate::document`]): memory follows the largest record, not the file.
 fn check_document(
-    path: &Path,
+    root: &Root,
     rel: &str,
     schema: Option<Option<u64>>,
     v: &mut Validation,
 ) -> std::io::Result<()> {
     use crate::document::{self, Records, Shape};
-    if let Err(e) = document::check(std::fs::File::open(path)?) {
+    if let Err(e) = document::check(open_confined(root, rel)?) {
         if e.is_io() {
             return Err(e.into());
         }
@@ -294,7 +311,7 @@ fn check_document(
         check_record(rel, Err(e.to_string()), schema, v);
         return Ok(());
     }
-    let mut records = Records::new(std::fs::File::open(path)?)?;
+    let mut records = Records::new(open_confined(root, rel)?)?;
     let mut text = Vec::new();
     let mut n = 0;
     while records.next_into(&mut text)? {

@@ -9,13 +9,21 @@
 //! the staging must also hold nothing but this run's own output (the config, the data files
 //! and their quarantine files, the model folders), all of it regular files. Anything else (a
 //! file planted over one the run leaves alone, a new file, a symlink) is a violation.
+//!
+//! Every file is read confined, the staging's and the installation's alike
+//! ([`migrate_transaction::confine::Root`]): plugin code (or a process it left running) can
+//! put a link or a FIFO in the staging, and the installation may have changed since planning.
 
 use std::path::Path;
 
+use migrate_transaction::confine::{self, Root};
 use serde_json::Value;
 
-use super::{check_document, check_lines, expected_schema, file_entry, Validation};
-use crate::discover::install::{Installation, QUARANTINE};
+use super::{
+    check_document, check_lines, expected_schema, file_entry, open_confined, Validation,
+    MAX_MODEL_METADATA_BYTES,
+};
+use crate::discover::install::{Installation, MAX_CONFIG_BYTES, QUARANTINE};
 use crate::discover::registry::HopInfo;
 pub use crate::error::Violation;
 
@@ -55,10 +63,36 @@ pub fn check(s: &Staged) -> Vec<Violation> {
             .map(|h| h.descriptor.name.clone())
     };
     let mut out = Vec::new();
+    let (stage, install) = match (Root::open(s.staging), Root::open(s.root)) {
+        (Ok(stage), Ok(install)) => (stage, install),
+        (Err(e), _) | (_, Err(e)) => {
+            out.push(Violation {
+                file: s.staging.display().to_string(),
+                place: None,
+                problem: format!("the staging cannot be checked: {e}"),
+                plugin: None,
+            });
+            return out;
+        }
+    };
+    let r = Roots {
+        stage: &stage,
+        install: &install,
+    };
     if let Some(rel) = s.config {
         let plugin = last(|h| h.descriptor.rules.config);
-        match std::fs::read_to_string(s.staging.join(rel)) {
-            Ok(text) => {
+        let read = stage.file_exists(rel).and_then(|there| match there {
+            true => stage.read(rel, MAX_CONFIG_BYTES).map(Some),
+            false => Ok(None),
+        });
+        let text = read.map_err(|e| e.to_string()).and_then(|bytes| {
+            bytes
+                .map(|b| String::from_utf8(b).map_err(|e| e.to_string()))
+                .transpose()
+        });
+        match text {
+            Ok(None) => {}
+            Ok(Some(text)) => {
                 if let Err(e) = text.parse::<toml_edit::DocumentMut>() {
                     out.push(Violation {
                         file: rel.to_owned(),
@@ -71,7 +105,6 @@ pub fn check(s: &Staged) -> Vec<Violation> {
                     });
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => out.push(Violation {
                 file: rel.to_owned(),
                 place: None,
@@ -87,17 +120,16 @@ pub fn check(s: &Staged) -> Vec<Violation> {
         };
         let files = staged.data_files(&s.staging.join(rel)).unwrap_or_default();
         for file in files {
-            let path = s.staging.join(&file.rel);
             let mut found = Validation {
                 findings: Vec::new(),
                 ..v.clone()
             };
             let read = match file.kind {
                 crate::discover::install::DataKind::Lines => {
-                    check_lines(&path, &file.rel, schema, &mut found)
+                    check_lines(&stage, &file.rel, schema, &mut found)
                 }
                 crate::discover::install::DataKind::Document => {
-                    check_document(&path, &file.rel, schema, &mut found)
+                    check_document(&stage, &file.rel, schema, &mut found)
                 }
             };
             if let Err(e) = read {
@@ -117,16 +149,29 @@ pub fn check(s: &Staged) -> Vec<Violation> {
         }
     }
     out.extend(foreign(s));
-    out.extend(unwarranted_removals(s));
-    out.extend(incomplete(s));
+    out.extend(unwarranted_removals(s, &r));
+    out.extend(incomplete(s, &r));
     let plugin = last(|h| h.descriptor.rules.model);
     for rel in s.models {
-        let staged_dir = s.staging.join(rel);
         let meta_rel = format!("{rel}/metadata.json");
-        let Ok(bytes) = std::fs::read(staged_dir.join("metadata.json")) else {
-            continue;
+        let read = stage.file_exists(&meta_rel).and_then(|there| match there {
+            true => stage.read(&meta_rel, MAX_MODEL_METADATA_BYTES).map(Some),
+            false => Ok(None),
+        });
+        let bytes = match read {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => continue,
+            Err(e) => {
+                out.push(Violation {
+                    file: meta_rel,
+                    place: None,
+                    problem: e.to_string(),
+                    plugin: plugin.clone(),
+                });
+                continue;
+            }
         };
-        let problems = model_metadata(&bytes, &staged_dir, &s.root.join(rel), schema);
+        let problems = model_metadata(&bytes, &r, rel, schema);
         out.extend(problems.into_iter().map(|problem| Violation {
             file: meta_rel.clone(),
             place: None,
@@ -135,6 +180,18 @@ pub fn check(s: &Staged) -> Vec<Violation> {
         }));
     }
     out
+}
+
+/// The staging and the installation, each opened once.
+struct Roots<'a> {
+    stage: &'a Root,
+    install: &'a Root,
+}
+
+/// Whether a regular file is at `rel`; a link or special file there counts as none (the
+/// staging's are named by [`foreign`]).
+fn is_file(root: &Root, rel: &str) -> bool {
+    root.file_exists(rel).unwrap_or(false)
 }
 
 /// Whether `rel` (relative to the staging root) is something this run writes: the config,
@@ -164,15 +221,15 @@ fn quarantine_of(data: &str, file: &str) -> String {
 /// worker's process and can write on its protocol pipe. A deletion is legitimate only for a
 /// data file of this run that was set aside whole: its quarantine file is staged and the file
 /// itself is not.
-fn unwarranted_removals(s: &Staged) -> Vec<Violation> {
+fn unwarranted_removals(s: &Staged, r: &Roots) -> Vec<Violation> {
     let plugins: Vec<&str> = s.hops.iter().map(|h| h.descriptor.name.as_str()).collect();
     s.removals
         .iter()
         .filter(|rel| {
             let set_aside = s.data.is_some_and(|data| {
                 s.data_files.iter().any(|f| f == *rel)
-                    && !s.staging.join(rel).exists()
-                    && s.staging.join(quarantine_of(data, rel)).is_file()
+                    && matches!(r.stage.stat(rel), Ok(None))
+                    && is_file(r.stage, &quarantine_of(data, rel))
             });
             !set_aside
         })
@@ -191,7 +248,7 @@ fn unwarranted_removals(s: &Staged) -> Vec<Violation> {
 /// What the worker says it finished is not taken on its word either (a plugin can forge the
 /// answer after half a file): every file the run migrates must be staged, and a `*.jsonl`
 /// file must keep every line — each one either staged or added to its quarantine file.
-fn incomplete(s: &Staged) -> Vec<Violation> {
+fn incomplete(s: &Staged, r: &Roots) -> Vec<Violation> {
     let plugins: Vec<&str> = s.hops.iter().map(|h| h.descriptor.name.as_str()).collect();
     let by = format!(
         "the worker reported its work done, but it is not: a plugin of this run ({}) stopped it early or forged its answer",
@@ -207,7 +264,7 @@ fn incomplete(s: &Staged) -> Vec<Violation> {
         })
     };
     if let Some(rel) = s.config {
-        if s.root.join(rel).is_file() && !s.staging.join(rel).is_file() {
+        if is_file(r.install, rel) && !is_file(r.stage, rel) {
             missing(rel, "the migrated config was never staged".into());
         }
     }
@@ -215,8 +272,7 @@ fn incomplete(s: &Staged) -> Vec<Violation> {
         if s.removals.contains(rel) {
             continue;
         }
-        let staged = s.staging.join(rel);
-        if !staged.is_file() {
+        if !is_file(r.stage, rel) {
             missing(rel, "the migrated data file was never staged".into());
             continue;
         }
@@ -224,11 +280,12 @@ fn incomplete(s: &Staged) -> Vec<Violation> {
             continue;
         }
         let quarantine = s.data.map(|data| quarantine_of(data, rel));
-        let lines_of = |path: &Path| lines(path).unwrap_or(0);
-        let source = lines_of(&s.root.join(rel));
-        let kept = lines_of(&staged);
+        let lines_of =
+            |root: &Root, rel: &str| open_confined(root, rel).and_then(lines).unwrap_or(0);
+        let source = lines_of(r.install, rel);
+        let kept = lines_of(r.stage, rel);
         let refused = quarantine.map_or(0, |q| {
-            lines_of(&s.staging.join(&q)).saturating_sub(lines_of(&s.root.join(&q)))
+            lines_of(r.stage, &q).saturating_sub(lines_of(r.install, &q))
         });
         if kept + refused != source {
             missing(
@@ -241,9 +298,8 @@ fn incomplete(s: &Staged) -> Vec<Violation> {
 }
 
 /// Lines of a file, a last line without its newline included.
-fn lines(path: &Path) -> std::io::Result<u64> {
+fn lines(mut file: std::fs::File) -> std::io::Result<u64> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
     let mut buf = vec![0u8; 1 << 20];
     let (mut count, mut last) = (0u64, b'\n');
     loop {
@@ -313,8 +369,8 @@ fn foreign(s: &Staged) -> Vec<Violation> {
 /// from the staging when a hop wrote it there and from the installation otherwise.
 fn model_metadata(
     bytes: &[u8],
-    staged: &Path,
-    installed: &Path,
+    r: &Roots,
+    model: &str,
     schema: Option<Option<u64>>,
 ) -> Vec<String> {
     let meta: Value = match serde_json::from_slice(bytes) {
@@ -350,14 +406,20 @@ fn model_metadata(
             problems.push(format!("files entry `{path}` is not a plain relative path"));
             continue;
         }
-        let file = [staged.join(path), installed.join(path)]
-            .into_iter()
-            .find(|f| f.is_file());
-        let Some(file) = file else {
+        let rel = confine::join(model, path);
+        let found =
+            [r.stage, r.install]
+                .into_iter()
+                .find_map(|root| match root.file_exists(&rel) {
+                    Ok(true) => Some(open_confined(root, &rel)),
+                    Ok(false) => None,
+                    Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+                });
+        let Some(file) = found else {
             problems.push(format!("{path}: listed but missing"));
             continue;
         };
-        match plugin_api::model::sha256_file(&file) {
+        match file.and_then(|mut f| plugin_api::model::sha256_reader(&mut f)) {
             Ok((s, h)) if s == size && h == sha => {}
             Ok((s, h)) => problems.push(format!(
                 "{path}: size {s} sha256 {h}, metadata.json says size {size} sha256 {sha}"

@@ -55,6 +55,9 @@ pub enum Request {
     Stage {
         plan: Box<Plan>,
         staging: PathBuf,
+        /// The link-free copy of the model folders that model rules read
+        /// ([`crate::stage::snapshot`]); `None` when the plan has no model folder.
+        snapshot: Option<PathBuf>,
         confinement: Confinement,
     },
 }

@@ -61,14 +61,18 @@ pub fn serve() -> i32 {
         Ok(Some(Request::Stage {
             plan,
             staging,
+            snapshot,
             confinement,
         })) => {
             confine(out, &confinement);
+            // Staged files the host creates get their final mode on creation; those plugin
+            // code creates are private until the journal gives them theirs.
+            migrate_transaction::fsutil::private_umask();
             heartbeat(out);
             // Plugin panics are caught at the ABI; a panic that reaches here is the host's own
             // bug, and is reported as such, never as the plugin's.
             let staged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                stage_all(&plan, &staging, out)
+                stage_all(&plan, &staging, snapshot.as_deref(), out)
             }));
             let result = match staged {
                 Ok(done) => done.map_err(|e| WireError::from(&e)),
@@ -216,7 +220,12 @@ impl Observer for Channel {
 }
 
 /// Loads the plan's hops and stages config, data and models, reporting each step.
-fn stage_all(plan: &Plan, staging_dir: &Path, out: &Channel) -> Result<Vec<String>, MigrateError> {
+fn stage_all(
+    plan: &Plan,
+    staging_dir: &Path,
+    snapshot: Option<&Path>,
+    out: &Channel,
+) -> Result<Vec<String>, MigrateError> {
     let hops = plan
         .hops
         .iter()
@@ -226,7 +235,7 @@ fn stage_all(plan: &Plan, staging_dir: &Path, out: &Channel) -> Result<Vec<Strin
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut staging = Staging::adopt(staging_dir);
+    let mut staging = Staging::adopt(staging_dir)?;
     let budget = Budget::new(plan.options.timeout);
     let config_bytes = plan.config.as_ref().map_or(0, |c| c.size);
     step(out, "config", config_bytes, |s| {
@@ -237,7 +246,7 @@ fn stage_all(plan: &Plan, staging_dir: &Path, out: &Channel) -> Result<Vec<Strin
         stage::data(plan, &hops, &mut staging, s, &budget, out)
     })?;
     step(out, "models", plan.model_bytes(), |s| {
-        stage::models(plan, &hops, &staging, s, &budget, out)
+        stage::models(plan, &hops, &staging, snapshot, s, &budget, out)
     })?;
     Ok(staging.into_parts().removals)
 }

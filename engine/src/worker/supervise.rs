@@ -433,6 +433,13 @@ fn describe_call(call: &PluginCall, hops: &[HopInfo]) -> String {
     )
 }
 
+/// Where a worker stages: the staging folder it writes, and the model snapshot it reads
+/// ([`crate::stage::snapshot`]; `None` without model folders).
+pub struct Folders<'a> {
+    pub staging: &'a Path,
+    pub snapshot: Option<&'a Path>,
+}
+
 /// Stages `plan` into `staging` in a worker. Each finished step's result is pushed to
 /// `steps` as it arrives; returns the installation files the commit must delete. What
 /// confined the worker is put in `isolation` whatever the outcome: a run that failed ran
@@ -440,7 +447,7 @@ fn describe_call(call: &PluginCall, hops: &[HopInfo]) -> String {
 pub fn stage(
     spec: &WorkerSpec,
     plan: &Plan,
-    staging: &Path,
+    Folders { staging, snapshot }: Folders,
     observer: &dyn Observer,
     deadline: Option<(Instant, Duration)>,
     isolation: &mut Option<Isolation>,
@@ -449,6 +456,7 @@ pub fn stage(
     let confinement = Confinement {
         sandbox: spec.sandbox,
         read: std::iter::once(plan.target.root.clone())
+            .chain(snapshot.map(Path::to_path_buf))
             .chain(
                 plan.hops
                     .iter()
@@ -461,6 +469,7 @@ pub fn stage(
     let request = Request::Stage {
         plan: Box::new(plan.clone()),
         staging: staging.to_path_buf(),
+        snapshot: snapshot.map(Path::to_path_buf),
         confinement,
     };
     let mut outcome = None;
