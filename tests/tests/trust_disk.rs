@@ -1503,3 +1503,57 @@ fn issue14_the_dry_run_preview_reads_no_link() {
     assert!(!root.join("VERSION").exists(), "a dry run migrated: {text}");
     assert_no_leftovers(root, "a dry run");
 }
+
+/// Issue 14, the backup writer: `<root>/backups` planted as a link to a folder outside the
+/// installation. A migration with the default backup folder refuses (exit 3), names
+/// `backups`, and writes nothing outside; the installation is left as it was.
+#[test]
+fn finding_14_a_backups_link_is_refused_and_nothing_is_written_outside() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let root = base.path().join("install");
+    copy_tree(&workspace_root().join("samples/install-0.1.0"), &root);
+    let outside = base.path().join("elsewhere");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("keep.txt"), "outside").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("backups")).expect("symlink");
+    let outside_before = full_tree_hash(&outside);
+    let before = tree_hash(&root);
+    let out = migrate_version(&root, &[]);
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("backups") && text.contains("symbolic link"),
+        "{text}"
+    );
+    assert_eq!(full_tree_hash(&outside), outside_before, "written outside");
+    assert_eq!(tree_hash(&root), before, "the installation changed");
+}
+
+/// The same with a link on the way to a backup folder below the installation
+/// (`--backup-dir <root>/var/backups`, `var -> <outside>`): refused, `var` named, nothing
+/// written outside.
+#[test]
+fn finding_14_a_link_on_the_way_to_the_backup_folder_is_refused() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let root = base.path().join("install");
+    copy_tree(&workspace_root().join("samples/install-0.1.0"), &root);
+    let root = root.canonicalize().unwrap();
+    let outside = base.path().join("elsewhere");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("var")).expect("symlink");
+    let dir = root.join("var/backups");
+    let before = tree_hash(&root);
+    let out = migrate_version(&root, &["--backup-dir", p(&dir)]);
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("var") && text.contains("symbolic link"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "written outside"
+    );
+    assert_eq!(tree_hash(&root), before, "the installation changed");
+}

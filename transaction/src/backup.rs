@@ -19,10 +19,10 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::confine;
+use crate::confine::{self, Kind, Root};
 use crate::encrypt::{self, Encryption, Identities, Recipients, Sealed};
 use crate::error::{io as io_err, Error, Result};
-use crate::fsutil::{sync_parent, Hashing};
+use crate::fsutil::Hashing;
 use crate::identity::{host_name, user_name};
 use crate::staging::Staging;
 
@@ -92,81 +92,150 @@ pub struct BackupRequest<'a> {
     pub open_written: &'a dyn Fn(&str) -> Result<File>,
 }
 
-/// Creates `dir` (and its missing parents) with mode 0700 whatever the umask; an existing
-/// folder is tightened to 0700 when it is ours.
-fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err(format!(
-            "cannot create the backup folder {}",
-            dir.display()
-        )))?;
-    let meta =
-        fs::symlink_metadata(dir).map_err(io_err(format!("cannot stat {}", dir.display())))?;
-    if !meta.is_dir() {
-        return Err(Error::invalid(
-            dir,
-            "is not a folder (a link?): refused",
-            "pass --backup-dir with a real folder",
-        ));
+/// Opens the backup folder `req.dir` as a [`Root`], creating it and its missing parents with
+/// mode 0700. Below the installation (the default `<root>/backups`), every component from the
+/// installation down is opened without following a link: a link planted there is refused and
+/// named. Elsewhere (`--backup-dir`, `TRUSTFORMERS_BACKUP_DIR`: a folder the operator chose),
+/// its parent is opened as given and the folder itself must be a real folder, not a link.
+fn open_dir(req: &BackupRequest) -> Result<Root> {
+    let (base, rel) = locate(req.root, req.dir, true)?;
+    let Some(rel) = rel else { return Ok(base) };
+    let parts = confine::components(&rel).map_err(|why| {
+        Error::invalid(
+            req.dir,
+            format!("{why}: refused"),
+            "pass --backup-dir with a plain folder path",
+        )
+    })?;
+    let mut at = String::new();
+    for part in &parts[..parts.len() - 1] {
+        at = confine::join(&at, part);
+        base.create_dir(&at, 0o700)?;
     }
-    use std::os::unix::fs::MetadataExt;
-    if meta.uid() == crate::identity::current_uid() && meta.mode() & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(io_err(format!("cannot chmod {}", dir.display())))?;
-    }
-    Ok(())
+    private_dir(&base, &rel)?;
+    base.subroot(&rel)
 }
 
-/// A new file with exactly `mode` (never more open, whatever the umask).
-fn create_private(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    Ok(file)
+/// The already existing backup folder `dir` as a [`Root`] (reached as [`open_dir`] does);
+/// `None` when it does not exist.
+fn open_existing(root: &Path, dir: &Path) -> Result<Option<Root>> {
+    let (base, rel) = locate(root, dir, false)?;
+    let Some(rel) = rel else {
+        return Ok(Some(base));
+    };
+    match base.stat(&rel)? {
+        None => Ok(None),
+        Some(_) => base.subroot(&rel).map(Some),
+    }
+}
+
+/// Where the backup folder `dir` is reached from: the installation `root` and the path below
+/// it, or (outside the installation) `dir`'s parent and its name; the folder itself when it
+/// has no plain name. `create` makes the missing parents of a folder outside the installation.
+fn locate(root: &Path, dir: &Path, create: bool) -> Result<(Root, Option<String>)> {
+    let inside = dir
+        .strip_prefix(root)
+        .ok()
+        .and_then(|rel| rel.to_str())
+        .map(|rel| rel.trim_end_matches('/'))
+        .filter(|rel| !rel.is_empty());
+    if let Some(rel) = inside {
+        return Ok((Root::open(root)?, Some(rel.to_owned())));
+    }
+    let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
+        return Ok((Root::open(dir)?, None));
+    };
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if create {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io_err(format!(
+                "cannot create the backup folder {}",
+                parent.display()
+            )))?;
+    }
+    Ok((Root::open(parent)?, Some(name.to_owned())))
+}
+
+/// Creates the folder `rel` of `root` with mode 0700 whatever the umask; an existing folder is
+/// tightened to 0700 when it is ours (one owned by another user is left as it is). A link or
+/// anything but a folder there is refused, named.
+fn private_dir(root: &Root, rel: &str) -> Result<()> {
+    match root.stat(rel)? {
+        None => root.create_dir(rel, 0o700),
+        Some(f) if f.kind != Kind::Dir => Err(Error::invalid(
+            root.join(rel),
+            format!(
+                "is {}, not a folder: refused (a backup is never written through a link)",
+                f.kind.describe()
+            ),
+            "nothing was changed; replace it by a real folder (or pass --backup-dir with one) and run the command again",
+        )),
+        Some(f) => {
+            if f.uid == crate::identity::current_uid() && f.mode & 0o077 != 0 {
+                root.set_mode(rel, 0o700)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Writes the backup into a new `<kind>_backup_<unix-ts>/` folder; returns its path.
+///
+/// Every access goes through a [`Root`] opened at the backup folder: the `.partial` folder is
+/// created there (a leftover of that name, even a link, is removed without being followed),
+/// then opened once, and the archive and `metadata.json` are written from that descriptor;
+/// the final rename is checked to have moved that very folder.
 pub fn create(req: &BackupRequest) -> Result<PathBuf> {
-    private_dir(req.dir)?;
+    let dir = open_dir(req)?;
     let now = time::OffsetDateTime::now_utc();
     let ts = now.unix_timestamp().max(0) as u64;
-    let final_dir = unique_dir(req.dir, &format!("{}_backup_{ts}", req.kind));
+    let final_name = unique_name(&dir, &format!("{}_backup_{ts}", req.kind))?;
     // The writer's PID in the name: the recovery of a run killed while writing it finds its
     // own half-written backup (and no one else's) in a shared backup folder.
-    let partial = final_dir.with_extension(format!("{}.partial", std::process::id()));
-    let _ = fs::remove_dir_all(&partial);
-    private_dir(&partial)?;
-    let filled = fill(req, &partial, now);
-    if filled.is_err() {
-        // A full backup disk must not keep half a backup.
-        let _ = fs::remove_dir_all(&partial);
+    let partial = format!("{final_name}.{}.partial", std::process::id());
+    dir.remove_all(&partial)?;
+    private_dir(&dir, &partial)?;
+    let filled = dir
+        .subroot(&partial)
+        .and_then(|p| fill(req, &p, now).map(|()| p));
+    let held = match filled {
+        Ok(p) => p,
+        Err(e) => {
+            // A full backup disk must not keep half a backup.
+            let _ = dir.remove_all(&partial);
+            return Err(e);
+        }
+    };
+    dir.rename(&partial, &final_name)?;
+    let moved = dir.subroot(&final_name);
+    if !moved.as_ref().map_or(Ok(false), |m| m.same_dir(&held))? {
+        if dir.stat(&final_name)?.is_some_and(|f| f.kind != Kind::Dir) {
+            let _ = dir.remove_file(&final_name);
+        }
+        return Err(Error::invalid(
+            dir.join(&partial),
+            "was replaced (by a link or another folder) while the backup was written into it: refused",
+            "the backup folder is writable by someone else: make it writable by you only (or pass --backup-dir with a private folder) and run the command again",
+        ));
     }
-    filled?;
-    fs::rename(&partial, &final_dir).map_err(io_err(format!(
-        "cannot finish the backup {}",
-        final_dir.display()
-    )))?;
-    sync_parent(&final_dir);
-    Ok(final_dir)
+    Ok(req.dir.join(final_name))
 }
 
 /// Writes the archive and `metadata.json` into the `.partial` folder.
-fn fill(req: &BackupRequest, partial: &Path, now: time::OffsetDateTime) -> Result<()> {
+fn fill(req: &BackupRequest, partial: &Root, now: time::OffsetDateTime) -> Result<()> {
     let ts = now.unix_timestamp().max(0) as u64;
     let archive = match req.encrypt_to {
         Some(_) => encrypt::ENCRYPTED_ARCHIVE,
         None => ARCHIVE,
     };
-    let (files, archive_sha256) = write_archive(req, &partial.join(archive))?;
+    let (files, archive_sha256) = write_archive(req, partial, archive)?;
     let mut written = Vec::with_capacity(req.written.len());
     for rel in &req.written {
         let file = (req.open_written)(rel)?;
@@ -208,25 +277,35 @@ fn fill(req: &BackupRequest, partial: &Path, now: time::OffsetDateTime) -> Resul
     };
     let bytes = serde_json::to_vec_pretty(&meta)
         .map_err(|e| io_err("cannot encode backup metadata")(e.into()))?;
-    let meta_path = partial.join(METADATA);
-    create_private(&meta_path)
-        .and_then(|mut f| f.write_all(&bytes).and_then(|_| f.sync_all()))
-        .map_err(io_err(format!("cannot write {}", meta_path.display())))?;
-    sync_parent(&meta_path);
+    let mut file = partial.create_new(METADATA, 0o600)?;
+    file.write_all(&bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(io_err(format!(
+            "cannot write {}",
+            partial.join(METADATA).display()
+        )))?;
+    partial.sync();
     Ok(())
 }
 
-fn unique_dir(parent: &Path, name: &str) -> PathBuf {
-    let mut dir = parent.join(name);
+/// `name`, or `name-2`, `name-3`… : the first name that nothing (not even a link) holds in
+/// the backup folder.
+fn unique_name(dir: &Root, name: &str) -> Result<String> {
+    let mut candidate = name.to_owned();
     let mut n = 2;
-    while dir.exists() {
-        dir = parent.join(format!("{name}-{n}"));
+    while dir.stat(&candidate)?.is_some() {
+        candidate = format!("{name}-{n}");
         n += 1;
     }
-    dir
+    Ok(candidate)
 }
 
-fn write_archive(req: &BackupRequest, path: &Path) -> Result<(Vec<FileRecord>, String)> {
+fn write_archive(
+    req: &BackupRequest,
+    partial: &Root,
+    name: &str,
+) -> Result<(Vec<FileRecord>, String)> {
+    let path = partial.join(name);
     let err = |e: io::Error| {
         io_err(format!(
             "cannot write the backup archive {}",
@@ -235,7 +314,7 @@ fn write_archive(req: &BackupRequest, path: &Path) -> Result<(Vec<FileRecord>, S
     };
     let out = Hashing::new(BufWriter::with_capacity(
         1 << 20,
-        create_private(path).map_err(err)?,
+        partial.create_new(name, 0o600)?,
     ));
     // The zstd stream goes into the age stream, if any: no plaintext reaches the file.
     let out = Sealed::new(out, req.encrypt_to).map_err(err)?;
@@ -602,21 +681,24 @@ fn normalized_depth(path: &Path) -> i64 {
     depth
 }
 
-/// Removes the half-written backups that the process `pid` left in `dir` (it was killed while
-/// writing them); returns them.
-pub fn remove_partials(dir: &Path, pid: u32) -> Vec<PathBuf> {
+/// Removes the half-written backups that the process `pid` left in the backup folder `dir` of
+/// the installation `root` (it was killed while writing them); returns them. Reached through a
+/// [`Root`]: a link in the way of `dir` is not followed (nothing is removed), and a `.partial`
+/// entry that is a link is removed as a link, never followed.
+pub fn remove_partials(root: &Path, dir: &Path, pid: u32) -> Vec<PathBuf> {
     let suffix = format!(".{pid}.partial");
-    let Ok(read) = fs::read_dir(dir) else {
+    let Ok(Some(backups)) = open_existing(root, dir) else {
         return Vec::new();
     };
-    read.filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.contains("_backup_") && name.ends_with(&suffix)
-        })
-        .map(|e| e.path())
-        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
-        .filter(|p| fs::remove_dir_all(p).is_ok())
+    let Ok(Some(names)) = backups.list("") else {
+        return Vec::new();
+    };
+    names
+        .into_iter()
+        .filter_map(|(name, _)| String::from_utf8(name).ok())
+        .filter(|name| name.contains("_backup_") && name.ends_with(&suffix))
+        .filter(|name| backups.remove_all(name).is_ok_and(|removed| removed))
+        .map(|name| dir.join(name))
         .collect()
 }
 
@@ -721,6 +803,173 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(staging.dir().join("z.jsonl")).unwrap(),
             text
+        );
+    }
+
+    /// A request backing up `a.jsonl` of `root` into `dir`.
+    fn request<'a>(
+        root: &'a Path,
+        dir: &'a Path,
+        open: &'a dyn Fn(&str) -> Result<File>,
+    ) -> BackupRequest<'a> {
+        BackupRequest {
+            root,
+            dir,
+            kind: "full",
+            from: "0.1.0",
+            to: "1.0.0",
+            open_source: open,
+            files: vec!["a.jsonl".into()],
+            created_files: vec![],
+            created_dirs: vec![],
+            written: vec![],
+            open_written: open,
+            encrypt_to: None,
+        }
+    }
+
+    /// An installation with `a.jsonl`, and an empty folder `outside` next to it.
+    fn tree() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let base = tempfile::tempdir().unwrap();
+        fs::create_dir(base.path().join("root")).unwrap();
+        let root = base.path().join("root").canonicalize().unwrap();
+        let outside = base.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(root.join("a.jsonl"), "{}\n").unwrap();
+        (base, root, outside)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A `.partial` name planted in advance as a link to a folder outside: the link is removed
+    /// (never followed; the name carries our PID, so a leftover there is ours to clear, as a
+    /// half-written backup of a former process with that PID would be) and the backup is
+    /// written into a real folder. Nothing reaches the outside folder.
+    #[test]
+    fn a_planted_partial_link_is_removed_not_followed() {
+        let (_base, root, outside) = tree();
+        let dir = root.join("backups");
+        fs::create_dir(&dir).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        for ts in now - 1..now + 30 {
+            let name = format!("full_backup_{ts}.{}.partial", std::process::id());
+            std::os::unix::fs::symlink(&outside, dir.join(name)).unwrap();
+        }
+        let r = root.clone();
+        let open = move |rel: &str| confine::open_regular(&r.join(rel), None);
+        let made = create(&request(&root, &dir, &open)).unwrap();
+        assert!(fs::symlink_metadata(&made).unwrap().is_dir());
+        assert_eq!(names(&made), vec![ARCHIVE.to_owned(), METADATA.to_owned()]);
+        assert!(
+            names(&outside).is_empty(),
+            "wrote outside: {:?}",
+            names(&outside)
+        );
+        verify(&made).unwrap();
+    }
+
+    /// The `.partial` folder swapped for a link to a folder outside while the archive is being
+    /// written (here from the callback that opens a source file): nothing is written outside,
+    /// the backup is refused, naming the `.partial` folder, and no link is left as a backup.
+    #[test]
+    fn a_partial_swapped_for_a_link_mid_write_is_not_followed() {
+        let (base, root, outside) = tree();
+        let dir = root.join("backups");
+        let (r, d, o, aside) = (
+            root.clone(),
+            dir.clone(),
+            outside.clone(),
+            base.path().join("aside"),
+        );
+        let open = move |rel: &str| {
+            let partial = names(&d)
+                .into_iter()
+                .find(|n| n.ends_with(".partial"))
+                .expect("a .partial folder");
+            if !aside.exists() {
+                fs::rename(d.join(&partial), &aside).unwrap();
+                std::os::unix::fs::symlink(&o, d.join(&partial)).unwrap();
+            }
+            confine::open_regular(&r.join(rel), None)
+        };
+        let e = create(&request(&root, &dir, &open))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(".partial") && e.contains("replaced"), "{e}");
+        assert!(
+            names(&outside).is_empty(),
+            "wrote outside: {:?}",
+            names(&outside)
+        );
+        for n in names(&dir) {
+            assert!(
+                fs::symlink_metadata(dir.join(&n)).unwrap().is_dir(),
+                "{n} is left as a link"
+            );
+        }
+    }
+
+    /// A link in an intermediate component of a backup folder below the installation
+    /// (`<root>/var/backups`, `var -> outside`): refused, naming it; nothing is written outside.
+    #[test]
+    fn a_link_on_the_way_to_the_backup_folder_is_refused() {
+        let (_base, root, outside) = tree();
+        std::os::unix::fs::symlink(&outside, root.join("var")).unwrap();
+        let dir = root.join("var/backups");
+        let r = root.clone();
+        let open = move |rel: &str| confine::open_regular(&r.join(rel), None);
+        let e = create(&request(&root, &dir, &open))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("var") && e.contains("symbolic link"), "{e}");
+        assert!(
+            names(&outside).is_empty(),
+            "wrote outside: {:?}",
+            names(&outside)
+        );
+    }
+
+    /// `remove_partials` given a `.partial` entry that is a link to a folder outside with files
+    /// in it: the link goes, the files outside stay.
+    #[test]
+    fn remove_partials_removes_a_partial_link_not_its_target() {
+        let (_base, root, outside) = tree();
+        let dir = root.join("backups");
+        fs::create_dir(&dir).unwrap();
+        fs::write(outside.join("keep.txt"), "outside").unwrap();
+        let link = dir.join("full_backup_1.4242.partial");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        fs::create_dir(dir.join("full_backup_2.4242.partial")).unwrap();
+        fs::write(dir.join("full_backup_2.4242.partial/x"), "half").unwrap();
+        let removed = remove_partials(&root, &dir, 4242);
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(fs::symlink_metadata(&link).is_err(), "the link is left");
+        assert!(names(&dir).is_empty());
+        assert_eq!(names(&outside), vec!["keep.txt".to_owned()]);
+    }
+
+    /// `remove_partials` on a backup folder below the installation reached through a link
+    /// (`backups -> outside`, holding what looks like a `.partial` of that PID): nothing
+    /// outside the installation is removed.
+    #[test]
+    fn remove_partials_does_not_follow_a_link_to_the_backup_folder() {
+        let (_base, root, outside) = tree();
+        let half = outside.join("full_backup_1.4242.partial");
+        fs::create_dir(&half).unwrap();
+        fs::write(half.join("precious"), "outside").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("backups")).unwrap();
+        let removed = remove_partials(&root, &root.join("backups"), 4242);
+        assert!(removed.is_empty(), "{removed:?}");
+        assert!(
+            half.join("precious").exists(),
+            "removed outside the installation"
         );
     }
 

@@ -571,6 +571,35 @@ impl Root {
         }
     }
 
+    /// The folder `rel` beneath this root, opened the way every access is (each component
+    /// without following a link), as a root of its own: what is below it is then reached from
+    /// that descriptor, even if `rel` is renamed or replaced by a link afterwards.
+    pub fn subroot(&self, rel: &str) -> Result<Root> {
+        let parts = components(rel).map_err(|why| self.refused(rel, why + ": refused"))?;
+        match self.walk(rel, &parts)? {
+            Some(dir) => Ok(Root {
+                path: self.join(rel),
+                dir,
+            }),
+            None => Err(Error::Io {
+                context: format!("cannot reach {}", self.join(rel).display()),
+                source: std::io::ErrorKind::NotFound.into(),
+            }),
+        }
+    }
+
+    /// Whether `other` is the very folder this root is (same device and inode).
+    pub fn same_dir(&self, other: &Root) -> Result<bool> {
+        let a = rustix::fs::fstat(&self.dir).map_err(self.io("stat", ""))?;
+        let b = rustix::fs::fstat(&other.dir).map_err(other.io("stat", ""))?;
+        Ok((a.st_dev, a.st_ino) == (b.st_dev, b.st_ino))
+    }
+
+    /// Syncs this root's own folder. Best effort.
+    pub fn sync(&self) {
+        sync_fd(&self.dir);
+    }
+
     /// Syncs the folder holding `rel` (makes a rename or unlink there durable). Best effort.
     pub fn sync_parent(&self, rel: &str) {
         if let Ok((Some(dir), _)) = self.parent(rel) {

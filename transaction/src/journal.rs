@@ -414,7 +414,7 @@ pub fn recover(root: &Path, forward: bool) -> Result<Option<Recovery>> {
         Some(journal) => {
             if let Some(plan) = &journal.backup {
                 // The run may have died while writing its backup: that half is never a backup.
-                backup::remove_partials(Path::new(&plan.dir), journal.pid);
+                backup::remove_partials(root.path(), Path::new(&plan.dir), journal.pid);
             }
             let (from, to) = (journal.from.clone(), journal.to.clone());
             if journal.phase == Phase::Committed {

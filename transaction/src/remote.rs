@@ -18,7 +18,7 @@
 use std::fs::{self, File};
 use std::future::Future;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::backup::{BackupMetadata, METADATA};
+use crate::confine::Root;
 pub use crate::error::{Place, RemoteError};
-use crate::fsutil::sync_parent;
 
 /// Parts of a multipart upload: S3 wants at least 5 MiB (but for the last) and at most
 /// 10 000 parts; 8 MiB parts cover 80 GB, and larger archives get larger parts.
@@ -478,17 +478,40 @@ impl Remote {
                 format!("archive name `{}` is not a plain file name", meta.archive),
             ));
         }
-        let partial = into.with_extension("partial");
+        // The `.partial` folder and what is written into it are reached through a `Root`
+        // opened at the folder that holds `into`: a link planted or swapped in at `.partial`
+        // is removed or refused, never followed.
+        let (Some(parent), Some(name)) = (into.parent(), into.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(RemoteError::Local {
+                context: format!("cannot write {}", into.display()),
+                source: std::io::ErrorKind::InvalidInput.into(),
+            });
+        };
+        let partial = Path::new(name).with_extension("partial");
+        let partial = partial.to_str().unwrap_or(name).to_owned();
         let local = |what: &Path| {
             let context = format!("cannot write {}", what.display());
             move |source| RemoteError::Local { context, source }
         };
-        let _ = fs::remove_dir_all(&partial);
+        let confined = |what: &Path| {
+            let context = format!("cannot write {}", what.display());
+            move |e: crate::error::Error| RemoteError::Local {
+                context,
+                source: std::io::Error::other(e.to_string()),
+            }
+        };
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&partial)
-            .map_err(local(&partial))?;
+            .create(parent)
+            .map_err(local(parent))?;
+        let dir = Root::open(parent).map_err(confined(parent))?;
+        let held = dir
+            .remove_all(&partial)
+            .and_then(|_| dir.create_dir(&partial, 0o700))
+            .and_then(|()| dir.subroot(&partial))
+            .map_err(confined(&dir.join(&partial)))?;
         let got = self.block_on(async {
             for name in [meta.archive.as_str(), METADATA] {
                 let key = self.location.key(name);
@@ -498,13 +521,8 @@ impl Remote {
                     .await
                     .map_err(|e| self.store_error("download", &key, e))?
                     .into_stream();
-                let dest = partial.join(name);
-                let mut out = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&dest)
-                    .map_err(local(&dest))?;
+                let dest = held.join(name);
+                let mut out = held.create_new(name, 0o600).map_err(confined(&dest))?;
                 let mut stream = stream;
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk.map_err(|e| self.store_error("download", &key, e))?;
@@ -515,12 +533,12 @@ impl Remote {
             Ok(())
         });
         if let Err(e) = got {
-            let _ = fs::remove_dir_all(&partial);
+            let _ = dir.remove_all(&partial);
             return Err(e);
         }
-        let _ = fs::remove_dir_all(into);
-        fs::rename(&partial, into).map_err(local(into))?;
-        sync_parent(into);
+        dir.remove_all(name)
+            .and_then(|_| dir.rename(&partial, name))
+            .map_err(confined(into))?;
         Ok(into.to_path_buf())
     }
 }
@@ -528,6 +546,65 @@ impl Remote {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The download's `.partial` folder planted in advance as a link to a folder outside:
+    /// the link is removed, never followed; the files land in a real folder, 0600 in 0700.
+    #[test]
+    fn a_planted_partial_link_is_not_followed_by_a_download() {
+        use object_store::{memory::InMemory, PutPayload};
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let outside = base.path().join("outside");
+        let downloads = base.path().join("downloads");
+        fs::create_dir_all(&outside).unwrap();
+        fs::create_dir_all(&downloads).unwrap();
+        std::os::unix::fs::symlink(&outside, downloads.join("full_backup_1.partial")).unwrap();
+        let store = InMemory::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for (name, body) in [("backup.tar.zst", "archive"), (METADATA, "{}")] {
+                store
+                    .put(
+                        &Key::from(format!("fleet/full_backup_1/{name}").as_str()),
+                        PutPayload::from(body.as_bytes().to_vec()),
+                    )
+                    .await
+                    .unwrap();
+            }
+        });
+        let remote = Remote {
+            store: Arc::new(store),
+            location: Location::parse("s3://b/fleet/full_backup_1").unwrap(),
+            endpoint: "memory".into(),
+            runtime: Some(runtime),
+            hint: String::new(),
+        };
+        let meta: BackupMetadata = serde_json::from_value(serde_json::json!({
+            "format": 2, "kind": "full", "source_version": "0.1.0", "target_version": "1.0.0",
+            "created_unix": 1, "created": "", "host": "", "user": "", "root": "/x",
+            "archive": "backup.tar.zst", "archive_sha256": "", "files": [],
+            "created_files": [], "created_dirs": []
+        }))
+        .unwrap();
+        let into = downloads.join("full_backup_1");
+        remote.download(&meta, &into).unwrap();
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "written outside"
+        );
+        assert!(fs::symlink_metadata(&into).unwrap().is_dir());
+        assert!(fs::symlink_metadata(downloads.join("full_backup_1.partial")).is_err());
+        assert_eq!(
+            fs::read_to_string(into.join("backup.tar.zst")).unwrap(),
+            "archive"
+        );
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&into), 0o700);
+        assert_eq!(mode(&into.join(METADATA)), 0o600);
+    }
 
     #[test]
     fn locations_parse_and_refuse() {
