@@ -342,3 +342,19 @@ fn check_record_reads_schema_version_as_raw_record_does() {
         );
     }
 }
+
+#[test]
+fn a_payload_is_the_text_then_the_table_and_leaves_the_text_as_it_was() {
+    let (mut vb, _) = ViewBatch::read(b"{\"a\":1,\"b\":\"x\"}\n{\"c\":[2]}\n".to_vec());
+    let text = vb.text().to_owned();
+    let mut table = Vec::new();
+    vb.encode_table(&mut table);
+    let (payload, n) = vb.with_payload(|payload, n| (payload.to_vec(), n));
+    assert_eq!(n, text.len());
+    assert_eq!(&payload[..n], text.as_bytes());
+    assert_eq!(&payload[n..], &table[..]);
+    assert_eq!(vb.text(), text);
+    // And the decoded view of the payload is the batch's.
+    let decoded = DecodedView::decode(vb.text(), &payload[n..]).unwrap();
+    assert_eq!(decoded.records.len(), vb.len());
+}
