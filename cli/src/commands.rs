@@ -444,7 +444,7 @@ fn recover(
 
 fn backups_list(root: &Path, dir: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let dir = Target::installation(root).backup_dir(dir);
-    let backups = backup::list(&dir);
+    let backups = backup::list(root, &dir)?;
     if json {
         let items: Vec<serde_json::Value> = backups
             .iter()
