@@ -392,8 +392,17 @@ fn rollback_remote(
         },
         keys,
     );
-    let _ = std::fs::remove_dir_all(&local);
-    let _ = std::fs::remove_dir(&downloads);
+    // Removed through the installation's Root: no link on the way is followed, and a link
+    // in place of the download is removed as a link.
+    if let Ok(install) = trustformers_migrate::transaction::confine::Root::open(&root) {
+        use trustformers_migrate::transaction::confine::join;
+        let held = join(
+            trustformers_migrate::discover::install::TOOL_DIR,
+            "downloads",
+        );
+        let _ = install.remove_all(&join(&held, location.name()));
+        let _ = install.remove_empty_dir(&held);
+    }
     let mut report = restored?;
     report.backup = PathBuf::from(url);
     Ok(report)
@@ -444,7 +453,7 @@ fn recover(
 
 fn backups_list(root: &Path, dir: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let dir = Target::installation(root).backup_dir(dir);
-    let backups = backup::list(&dir);
+    let backups = backup::list(root, &dir)?;
     if json {
         let items: Vec<serde_json::Value> = backups
             .iter()

@@ -84,7 +84,7 @@ pub fn status(root: &Path, registry: &Registry, backup_dir: &Path) -> Result<Ins
             file: h.path.clone(),
         })
         .collect();
-    let mine = backups_of(root, backup_dir);
+    let mine = backups_of(root, backup_dir)?;
     Ok(InstallStatus {
         path: root.to_path_buf(),
         version: version.to_string(),
@@ -101,13 +101,13 @@ pub fn status(root: &Path, registry: &Registry, backup_dir: &Path) -> Result<Ins
 
 /// The readable backups in `dir` taken from the installation at `root`, oldest first. A
 /// shared `TRUSTFORMERS_BACKUP_DIR` holds other installations' backups too.
-fn backups_of(root: &Path, dir: &Path) -> Vec<(PathBuf, BackupMetadata)> {
-    let root = same_path(root);
-    backup::list(dir)
+fn backups_of(root: &Path, dir: &Path) -> Result<Vec<(PathBuf, BackupMetadata)>> {
+    let same = same_path(root);
+    Ok(backup::list(root, dir)?
         .into_iter()
         .filter_map(|(p, m)| m.ok().map(|m| (p, m)))
-        .filter(|(_, m)| same_path(Path::new(&m.root)) == root)
-        .collect()
+        .filter(|(_, m)| same_path(Path::new(&m.root)) == same)
+        .collect())
 }
 
 fn same_path(p: &Path) -> PathBuf {
@@ -123,7 +123,7 @@ pub fn backup_for_rollback(root: &Path, backup_dir: &Path) -> Result<(PathBuf, B
     let install = Installation::open(root)?;
     install.ensure_installation()?;
     let version: Version = install.detect_version()?;
-    backups_of(root, backup_dir)
+    backups_of(root, backup_dir)?
         .into_iter()
         .rev()
         .find(|(_, m)| m.target_version == version.to_string())

@@ -1557,3 +1557,51 @@ fn finding_14_a_link_on_the_way_to_the_backup_folder_is_refused() {
     );
     assert_eq!(tree_hash(&root), before, "the installation changed");
 }
+
+/// Issue 14, the backup readers: after a real migration, `<root>/backups` is replaced by a link
+/// to a folder outside the installation holding a (valid, copied) backup. `backups list`,
+/// `backups verify` and `rollback` refuse (exit 3), name `backups`, and change nothing.
+#[test]
+fn finding_14_a_backups_link_is_not_read_through() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let root = base.path().join("install");
+    copy_tree(&workspace_root().join("samples/install-0.1.0"), &root);
+    let root = root.canonicalize().unwrap();
+    ok(&migrate_version(&root, &[]));
+    let name = only_backup(&root).file_name().unwrap().to_owned();
+    let outside = base.path().join("elsewhere");
+    std::fs::create_dir(&outside).unwrap();
+    copy_tree(&root.join("backups"), &outside);
+    std::fs::remove_dir_all(root.join("backups")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("backups")).expect("symlink");
+    // The copy outside is a valid backup: read as given, it verifies.
+    ok(&migrate(&["backups", "verify", p(&outside.join(&name))]));
+    let outside_before = full_tree_hash(&outside);
+    let before = tree_hash(&root);
+    let version = read(&root, "VERSION");
+    let through = root.join("backups").join(&name);
+    for args in [
+        vec!["backups", "list", "--path", p(&root)],
+        vec!["backups", "verify", p(&through)],
+        vec!["rollback", "--path", p(&root)],
+    ] {
+        let out = migrate(&args);
+        let text = both(&out);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {text}");
+        assert!(
+            text.contains("backups") && text.contains("symbolic link"),
+            "{args:?}: {text}"
+        );
+        assert_eq!(
+            full_tree_hash(&outside),
+            outside_before,
+            "{args:?}: outside"
+        );
+        assert_eq!(
+            tree_hash(&root),
+            before,
+            "{args:?}: the installation changed"
+        );
+        assert_eq!(read(&root, "VERSION"), version, "{args:?}: rolled back");
+    }
+}

@@ -443,10 +443,52 @@ impl<W: Write> Write for Frames<W> {
     }
 }
 
-/// Reads `metadata.json` of a backup folder.
+/// Opens the backup folder `backup` as a [`Root`], never following a link on the way the
+/// installation controls. Below the installation `root` (when given), every component from the
+/// installation down is opened without following a link. Elsewhere (a backup named on the
+/// command line, a `--backup-dir` of the operator's choosing), the folder holding it is reached
+/// as given from its own parent, and neither that folder nor the backup folder may be a link
+/// (the way [`create`] writes there): a link is refused, named.
+pub fn open_backup(root: Option<&Path>, backup: &Path) -> Result<Root> {
+    if let Some(root) = root {
+        let inside = backup
+            .strip_prefix(root)
+            .ok()
+            .and_then(|rel| rel.to_str())
+            .map(|rel| rel.trim_end_matches('/'))
+            .filter(|rel| !rel.is_empty());
+        if let Some(rel) = inside {
+            return Root::open(root)?.subroot(rel);
+        }
+    }
+    let named = |p: &Path| p.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+    let parent_of = |p: &Path| -> PathBuf {
+        match p.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    };
+    let Some(name) = named(backup) else {
+        return Root::open(backup);
+    };
+    let folder = parent_of(backup);
+    match named(&folder) {
+        Some(held) => Root::open(&parent_of(&folder))?.subroot(&confine::join(&held, &name)),
+        None => Root::open(&folder)?.subroot(&name),
+    }
+}
+
+/// Reads `metadata.json` of a backup folder (opened as [`open_backup`] does without an
+/// installation root).
 pub fn read_metadata(backup: &Path) -> Result<BackupMetadata> {
+    read_metadata_at(&open_backup(None, backup)?)
+}
+
+/// Reads `metadata.json` of the backup folder `backup`: a regular file of at most 64 MiB, not
+/// a link, opened from the folder's descriptor.
+pub fn read_metadata_at(backup: &Root) -> Result<BackupMetadata> {
     let path = backup.join(METADATA);
-    let bytes = confine::read_regular(&path, MAX_METADATA).map_err(|e| {
+    let bytes = backup.read(METADATA, MAX_METADATA).map_err(|e| {
         Error::invalid(
             &path,
             format!("cannot read ({e})"),
@@ -507,7 +549,12 @@ pub fn verify(backup: &Path) -> Result<BackupMetadata> {
 
 /// [`verify`], decrypting an encrypted archive with `keys` (refused without them).
 pub fn verify_with(backup: &Path, keys: Option<&Identities>) -> Result<BackupMetadata> {
-    let meta = read_metadata(backup)?;
+    verify_at(&open_backup(None, backup)?, keys)
+}
+
+/// [`verify_with`] on a backup folder already opened ([`open_backup`]).
+pub fn verify_at(backup: &Root, keys: Option<&Identities>) -> Result<BackupMetadata> {
+    let meta = read_metadata_at(backup)?;
     read_archive(backup, &meta, None, keys)?;
     Ok(meta)
 }
@@ -524,13 +571,22 @@ pub fn extract_with(
     staging: &Staging,
     keys: Option<&Identities>,
 ) -> Result<BackupMetadata> {
-    let meta = read_metadata(backup)?;
+    extract_at(&open_backup(None, backup)?, staging, keys)
+}
+
+/// [`extract_with`] from a backup folder already opened ([`open_backup`]).
+pub fn extract_at(
+    backup: &Root,
+    staging: &Staging,
+    keys: Option<&Identities>,
+) -> Result<BackupMetadata> {
+    let meta = read_metadata_at(backup)?;
     read_archive(backup, &meta, Some(staging), keys)?;
     Ok(meta)
 }
 
 fn read_archive(
-    backup: &Path,
+    backup: &Root,
     meta: &BackupMetadata,
     staging: Option<&Staging>,
     keys: Option<&Identities>,
@@ -545,8 +601,9 @@ fn read_archive(
             meta.archive
         )));
     }
-    let file =
-        confine::open_regular(&path, None).map_err(|e| damaged(format!("cannot open: {e}")))?;
+    let file = backup
+        .open_read(&meta.archive, None)
+        .map_err(|e| damaged(format!("cannot open: {e}")))?;
     let plain = encrypt::open(
         &path,
         BufReader::with_capacity(1 << 20, Hashing::new(file)),
@@ -702,29 +759,30 @@ pub fn remove_partials(root: &Path, dir: &Path, pid: u32) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Backups in `dir`, oldest first.
-pub fn list(dir: &Path) -> Vec<(PathBuf, Result<BackupMetadata>)> {
-    let Ok(read) = fs::read_dir(dir) else {
-        return Vec::new();
+/// Backups with their metadata (or why it does not read), as [`list`] finds them.
+pub type Listed = Vec<(PathBuf, Result<BackupMetadata>)>;
+
+/// Backups in the backup folder `dir` of the installation `root`, oldest first; an absent
+/// folder holds none. Reached as [`create`] writes there: below the installation, no link is
+/// followed on the way from `root`; elsewhere the folder itself must not be a link. A link
+/// there is refused, named; a link in place of a backup is not one (skipped, never followed).
+pub fn list(root: &Path, dir: &Path) -> Result<Listed> {
+    let Some(backups) = open_existing(root, dir)? else {
+        return Ok(Vec::new());
     };
-    let mut out: Vec<(PathBuf, Result<BackupMetadata>)> = read
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
-                && p.extension().is_none_or(|e| e != "partial")
-        })
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().contains("_backup_"))
-        })
-        .map(|p| {
-            let m = read_metadata(&p);
-            (p, m)
+    let names = backups.list("")?.unwrap_or_default();
+    let mut out: Listed = names
+        .into_iter()
+        .filter(|(_, kind)| *kind == Kind::Dir)
+        .filter_map(|(name, _)| String::from_utf8(name).ok())
+        .filter(|name| name.contains("_backup_") && !name.ends_with(".partial"))
+        .map(|name| {
+            let m = backups.subroot(&name).and_then(|b| read_metadata_at(&b));
+            (dir.join(name), m)
         })
         .collect();
     out.sort_by_key(|(p, m)| (m.as_ref().map(|m| m.created_unix).unwrap_or(0), p.clone()));
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -934,6 +992,41 @@ mod tests {
             "wrote outside: {:?}",
             names(&outside)
         );
+    }
+
+    /// Reading backups: a valid backup moved to a folder outside, `<root>/backups` made a link
+    /// to it. Listing, reading the metadata, verifying and extracting through the link are
+    /// refused, naming `backups`; the same backup named as given (outside) still reads, and a
+    /// backup folder that is itself a link is refused there too.
+    #[test]
+    fn reading_a_backup_through_a_link_is_refused() {
+        let (_base, root, outside) = tree();
+        let dir = root.join("backups");
+        let r = root.clone();
+        let open = move |rel: &str| confine::open_regular(&r.join(rel), None);
+        let made = create(&request(&root, &dir, &open)).unwrap();
+        let name = made.file_name().unwrap().to_owned();
+        fs::rename(&dir, outside.join("backups")).unwrap();
+        std::os::unix::fs::symlink(outside.join("backups"), &dir).unwrap();
+        let refused = |e: Error| {
+            let e = e.to_string();
+            assert!(e.contains("backups") && e.contains("symbolic link"), "{e}");
+        };
+        refused(list(&root, &dir).unwrap_err());
+        refused(open_backup(Some(&root), &made).unwrap_err());
+        refused(read_metadata(&made).unwrap_err());
+        refused(verify(&made).unwrap_err());
+        let staging = Staging::create(&root.join(".migrate")).unwrap();
+        refused(extract(&made, &staging).unwrap_err());
+        // Outside, as given: it reads.
+        let real = outside.join("backups").join(&name);
+        verify(&real).unwrap();
+        assert_eq!(list(&outside, &outside.join("backups")).unwrap().len(), 1);
+        // A backup folder that is itself a link is refused, even named as given.
+        let link = outside.join("backups/full_backup_link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        refused(verify(&link).unwrap_err());
+        refused(open_backup(Some(&root), &link).unwrap_err());
     }
 
     /// `remove_partials` given a `.partial` entry that is a link to a folder outside with files

@@ -240,21 +240,23 @@ pub fn open<'a, R: BufRead + 'a>(
 /// Checks, before anything is locked or staged, that `keys` open the archive at `archive`:
 /// a rollback with the wrong identity is refused without touching the installation.
 pub fn check_opens(
-    archive: &Path,
+    backup: &crate::confine::Root,
+    archive: &str,
     encryption: Option<&Encryption>,
     keys: Option<&Identities>,
 ) -> Result<()> {
     if encryption.is_none() {
         return Ok(());
     }
-    let file = File::open(archive).map_err(|e| {
+    let path = backup.join(archive);
+    let file = backup.open_read(archive, None).map_err(|e| {
         Error::invalid(
-            archive,
+            &path,
             format!("cannot open: {e}"),
             "the backup is incomplete; use another one; nothing was changed",
         )
     })?;
-    open(archive, BufReader::new(file), encryption, keys).map(drop)
+    open(&path, BufReader::new(file), encryption, keys).map(drop)
 }
 
 #[cfg(test)]

@@ -64,12 +64,11 @@ pub fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
 /// not open it, it is refused before the installation is locked or anything is written.
 pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<RestoreReport> {
     let backup_path = req.backup;
-    let meta = backup::read_metadata(backup_path)?;
-    encrypt::check_opens(
-        &backup_path.join(&meta.archive),
-        meta.encryption.as_ref(),
-        keys,
-    )?;
+    // Below the installation, reached from it without following a link; elsewhere the
+    // backup folder (and the folder holding it) must not be a link.
+    let held = backup::open_backup(req.root, backup_path)?;
+    let meta = backup::read_metadata_at(&held)?;
+    encrypt::check_opens(&held, &meta.archive, meta.encryption.as_ref(), keys)?;
     let root = Root::open(&target_root(req, &meta)?)?;
     root.private_dir(TOOL_DIR)?;
     let _lock = InstallLock::acquire(&root.join(TOOL_DIR))?;
@@ -78,7 +77,7 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
         check_version(&root, &meta)?;
     }
     let mut staging = Staging::create(&root.join(TOOL_DIR))?;
-    let meta: BackupMetadata = backup::extract_with(backup_path, &staging, keys)?;
+    let meta: BackupMetadata = backup::extract_at(&held, &staging, keys)?;
     let written = |rel: &str| meta.written.iter().find(|w| w.path == rel);
     // Files whose current content is not what the migration left: saved before anything.
     let mut changed = Vec::new();
