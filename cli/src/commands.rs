@@ -378,11 +378,16 @@ fn rollback_remote(
     }
     let root: PathBuf = root.map_or_else(|| PathBuf::from(&meta.root), Path::to_path_buf);
     Installation::open(&root)?;
-    let downloads = root
-        .join(trustformers_migrate::discover::install::TOOL_DIR)
-        .join("downloads");
+    // `.migrate/downloads` is reached from the installation's root without following a link
+    // (`.migrate/` checked private, as the journal's is); the download is written below it.
+    let tool_dir = trustformers_migrate::discover::install::TOOL_DIR;
+    let install = trustformers_migrate::transaction::confine::Root::open(&root)?;
+    install.private_dir(tool_dir)?;
+    let held = trustformers_migrate::transaction::confine::join(tool_dir, "downloads");
+    install.private_dir(&held)?;
+    let downloads = install.subroot(&held)?;
     let local = remote
-        .download(&meta, &downloads.join(location.name()))
+        .download(&meta, &downloads, location.name())
         .map_err(T::from)?;
     let restored = restore::restore_with(
         &restore::RestoreRequest {

@@ -656,6 +656,27 @@ print(json.dumps(out))
     let no_identity = run(&["rollback", "--backup-path", &url], &env);
     assert_eq!(no_identity.status.code(), Some(3), "{}", both(&no_identity));
     assert!(stderr(&no_identity).contains("--identity"));
+    // A link planted at `.migrate/downloads` is refused and named, never written through.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(elsewhere.path(), root.join(".migrate/downloads")).expect("plant");
+    let planted = run(
+        &[
+            "rollback",
+            "--backup-path",
+            &url,
+            "--identity",
+            p(&identity),
+        ],
+        &env,
+    );
+    assert_eq!(planted.status.code(), Some(3), "{}", both(&planted));
+    assert!(both(&planted).contains("downloads"), "{}", both(&planted));
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).expect("list").count(),
+        0,
+        "written through the link"
+    );
+    std::fs::remove_file(root.join(".migrate/downloads")).expect("unplant");
     let restored = ok(&run(
         &[
             "rollback",

@@ -310,11 +310,11 @@ pub fn back_up(root: &Root, journal: &Journal, dir: &Path, kind: &str) -> Result
 /// An encrypted backup as far as a box without its identity can check it: `metadata.json`
 /// reads, and the archive on disk hashes to the `archive_sha256` recorded as it was written.
 fn check_ciphertext(backup_dir: &Path) -> Result<()> {
-    let meta = backup::read_metadata(backup_dir)?;
+    // Opened as every backup is read: no link followed on the way to the archive.
+    let folder = backup::open_backup(None, backup_dir)?;
+    let meta = backup::read_metadata_at(&folder)?;
     let path = backup_dir.join(&meta.archive);
-    let mut reader = crate::fsutil::Hashing::new(
-        File::open(&path).map_err(io(format!("cannot read {}", path.display())))?,
-    );
+    let mut reader = crate::fsutil::Hashing::new(folder.open_read(&meta.archive, None)?);
     std::io::copy(&mut reader, &mut std::io::sink())
         .map_err(io(format!("cannot read {}", path.display())))?;
     if reader.hex() != meta.archive_sha256 {

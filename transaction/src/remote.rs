@@ -15,10 +15,9 @@
 //! records, the stored object's size is read back, and `metadata.json` (written last, so that
 //! its presence marks a complete copy) is read back in full and compared.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::future::Future;
 use std::io::{Read, Write};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -287,20 +286,26 @@ impl Remote {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let target = self.location.child(&name);
+        // The backup folder is opened as every backup is read (no link followed on the way):
+        // the upload reads the files just written, never what a swapped folder holds.
+        let refused = |what: &Path, e: crate::error::Error| RemoteError::Local {
+            context: format!("cannot read {} for the upload", what.display()),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let folder = crate::backup::open_backup(None, backup).map_err(|e| refused(backup, e))?;
+        let archive_path = backup.join(&meta.archive);
+        let archive = folder
+            .open_read(&meta.archive, None)
+            .map_err(|e| refused(&archive_path, e))?;
+        let metadata = backup.join(METADATA);
+        let json = folder
+            .read(METADATA, crate::backup::MAX_METADATA)
+            .map_err(|e| refused(&metadata, e))?;
         self.block_on(async {
             let archive_key = target.key(&meta.archive);
             let (bytes, parts) = self
-                .put_file(
-                    &backup.join(&meta.archive),
-                    &archive_key,
-                    &meta.archive_sha256,
-                )
+                .put_file(archive, &archive_path, &archive_key, &meta.archive_sha256)
                 .await?;
-            let metadata = backup.join(METADATA);
-            let json = fs::read(&metadata).map_err(|source| RemoteError::Local {
-                context: format!("cannot read {}", metadata.display()),
-                source,
-            })?;
             let meta_key = target.key(METADATA);
             let key = Key::from(meta_key.as_str());
             self.store
@@ -337,6 +342,7 @@ impl Remote {
     /// changed since it was recorded), and the stored object's size must be the file's.
     async fn put_file(
         &self,
+        mut file: File,
         path: &Path,
         key_text: &str,
         sha256: &str,
@@ -345,7 +351,6 @@ impl Remote {
             context: format!("cannot read {} for the upload", path.display()),
             source,
         };
-        let mut file = File::open(path).map_err(local)?;
         let size = file.metadata().map_err(local)?.len();
         let key = Key::from(key_text);
         let part = PART.max(size.div_ceil(MAX_PARTS) as usize);
@@ -471,23 +476,22 @@ impl Remote {
     /// Downloads the backup this location names into the new folder `into` (mode 0700, files
     /// 0600: a backup holds the installation's secrets), through `<into>.partial`. Nothing is
     /// trusted here: the caller verifies the copy in full as for a local backup.
-    pub fn download(&self, meta: &BackupMetadata, into: &Path) -> Result<PathBuf, RemoteError> {
+    pub fn download(
+        &self,
+        meta: &BackupMetadata,
+        dir: &Root,
+        name: &str,
+    ) -> Result<PathBuf, RemoteError> {
         if Path::new(&meta.archive).components().count() != 1 {
             return Err(self.unverified(
                 &self.location.key(METADATA),
                 format!("archive name `{}` is not a plain file name", meta.archive),
             ));
         }
-        // The `.partial` folder and what is written into it are reached through a `Root`
-        // opened at the folder that holds `into`: a link planted or swapped in at `.partial`
-        // is removed or refused, never followed.
-        let (Some(parent), Some(name)) = (into.parent(), into.file_name().and_then(|n| n.to_str()))
-        else {
-            return Err(RemoteError::Local {
-                context: format!("cannot write {}", into.display()),
-                source: std::io::ErrorKind::InvalidInput.into(),
-            });
-        };
+        // The `.partial` folder and what is written into it are reached through `dir`, the
+        // folder that holds the download, opened by the caller without following links: a
+        // link planted or swapped in at `.partial` is removed or refused, never followed.
+        let into = dir.join(name);
         let partial = Path::new(name).with_extension("partial");
         let partial = partial.to_str().unwrap_or(name).to_owned();
         let local = |what: &Path| {
@@ -501,12 +505,6 @@ impl Remote {
                 source: std::io::Error::other(e.to_string()),
             }
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(local(parent))?;
-        let dir = Root::open(parent).map_err(confined(parent))?;
         let held = dir
             .remove_all(&partial)
             .and_then(|_| dir.create_dir(&partial, 0o700))
@@ -538,14 +536,15 @@ impl Remote {
         }
         dir.remove_all(name)
             .and_then(|_| dir.rename(&partial, name))
-            .map_err(confined(into))?;
-        Ok(into.to_path_buf())
+            .map_err(confined(&into))?;
+        Ok(into)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     /// The download's `.partial` folder planted in advance as a link to a folder outside:
     /// the link is removed, never followed; the files land in a real folder, 0600 in 0700.
@@ -589,7 +588,8 @@ mod tests {
         }))
         .unwrap();
         let into = downloads.join("full_backup_1");
-        remote.download(&meta, &into).unwrap();
+        let holder = Root::open(&downloads).unwrap();
+        remote.download(&meta, &holder, "full_backup_1").unwrap();
         assert_eq!(
             fs::read_dir(&outside).unwrap().count(),
             0,
@@ -604,6 +604,58 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode(&into), 0o700);
         assert_eq!(mode(&into.join(METADATA)), 0o600);
+    }
+
+    /// The upload reads the backup just written through the confinement layer: an archive
+    /// swapped for a link to a file outside, or a backup folder swapped for a link, is refused
+    /// and nothing is uploaded.
+    #[test]
+    fn an_upload_never_reads_through_a_link() {
+        use object_store::memory::InMemory;
+        let base = tempfile::tempdir().unwrap();
+        let outside = base.path().join("outside");
+        let backups = base.path().join("backups");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("secret"), "not the archive").unwrap();
+        let backup = backups.join("full_backup_1");
+        fs::create_dir_all(&backup).unwrap();
+        fs::write(backup.join(METADATA), "{}").unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), backup.join("backup.tar.zst")).unwrap();
+        let store = Arc::new(InMemory::new());
+        let remote = Remote {
+            store: store.clone(),
+            location: Location::parse("s3://b/fleet").unwrap(),
+            endpoint: "memory".into(),
+            runtime: Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap(),
+            ),
+            hint: String::new(),
+        };
+        let meta: BackupMetadata = serde_json::from_value(serde_json::json!({
+            "format": 2, "kind": "full", "source_version": "0.1.0", "target_version": "1.0.0",
+            "created_unix": 1, "created": "", "host": "", "user": "", "root": "/x",
+            "archive": "backup.tar.zst", "archive_sha256": "", "files": [],
+            "created_files": [], "created_dirs": []
+        }))
+        .unwrap();
+        let e = remote.upload(&backup, &meta).unwrap_err().to_string();
+        assert!(e.contains("backup.tar.zst") && e.contains("link"), "{e}");
+        // The backup folder itself swapped for a link to a folder holding a real archive.
+        let elsewhere = base.path().join("elsewhere");
+        fs::create_dir_all(&elsewhere).unwrap();
+        fs::write(elsewhere.join("backup.tar.zst"), "archive").unwrap();
+        fs::write(elsewhere.join(METADATA), "{}").unwrap();
+        fs::remove_dir_all(&backup).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &backup).unwrap();
+        let e = remote.upload(&backup, &meta).unwrap_err().to_string();
+        assert!(e.contains("full_backup_1") && e.contains("link"), "{e}");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let listed = runtime.block_on(async { store.list(None).collect::<Vec<_>>().await.len() });
+        assert_eq!(listed, 0, "something was uploaded");
     }
 
     #[test]
