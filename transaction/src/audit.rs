@@ -2,14 +2,14 @@
 //! before the action is reported, so that a crash never loses an entry that was announced.
 //! `migrate history` reads it back: the history is the audit trail, filtered.
 
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::confine::{join, Root};
 use crate::error::{io, Result};
 use crate::identity;
 use crate::layout::{AUDIT_FILE, TOOL_DIR};
@@ -50,12 +50,6 @@ impl Audit {
     /// means: a migration reports it as a warning, never turning a good migration into a failed
     /// one.
     pub fn record(&self, action: &str, details: Value) -> Result<()> {
-        let path = Audit::file(&self.root);
-        self.append(action, details)
-            .map_err(io(format!("cannot append to {}", path.display())))
-    }
-
-    fn append(&self, action: &str, details: Value) -> std::io::Result<()> {
         let now = time::OffsetDateTime::now_utc();
         let entry = Entry {
             time: now
@@ -72,36 +66,38 @@ impl Audit {
                 other => [("details".to_owned(), other)].into_iter().collect(),
             },
         };
-        let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
-        line.push(b'\n');
         let path = Audit::file(&self.root);
-        // Private whatever the umask: `.migrate/` 0700, the trail 0600, never through a link.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path.parent().unwrap_or(&self.root))?;
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)?;
-        let meta = file.metadata()?;
+        let failed = || io(format!("cannot append to {}", path.display()));
+        let mut line = serde_json::to_vec(&entry).map_err(|e| failed()(e.into()))?;
+        line.push(b'\n');
+        // Private whatever the umask (`.migrate/` 0700, the trail 0600), and reached from the
+        // root without following a link: a `.migrate` swapped for a link never redirects it.
+        let root = Root::open(&self.root)?;
+        root.create_dir(TOOL_DIR, 0o700)?;
+        let mut file = root.open_append(&join(TOOL_DIR, AUDIT_FILE), 0o600)?;
+        let meta = file.metadata().map_err(failed())?;
         if meta.uid() == identity::current_uid() && meta.mode() & 0o077 != 0 {
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(failed())?;
         }
-        file.write_all(&line)?;
-        file.sync_data()
+        file.write_all(&line).map_err(failed())?;
+        file.sync_data().map_err(failed())
     }
 }
+
+/// The most of an audit trail `history` reads (a line per run: years of them fit).
+const MAX_AUDIT: u64 = 256 << 20;
 
 /// Every entry of an installation's audit trail, oldest first. Lines that do not parse (a
 /// torn write from a crash mid-append) are skipped.
 pub fn read(root: &Path) -> Vec<Entry> {
-    let Ok(text) = std::fs::read_to_string(Audit::file(root)) else {
+    // Through the confinement layer, as every read under the installation.
+    let Ok(bytes) = Root::open(root).and_then(|r| r.read(&join(TOOL_DIR, AUDIT_FILE), MAX_AUDIT))
+    else {
         return Vec::new();
     };
-    text.lines()
+    String::from_utf8_lossy(&bytes)
+        .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
@@ -174,4 +170,62 @@ pub fn history(root: &Path) -> Vec<HistoryItem> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `.migrate` swapped for a link to a folder outside: the trail is neither appended to nor
+    /// read through it; a real `.migrate` works as before, the trail 0600 whatever the umask.
+    #[test]
+    fn the_trail_is_never_written_or_read_through_a_link() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("install");
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(
+            outside.join(AUDIT_FILE),
+            "{\"time\":\"t\",\"unix\":1,\"action\":\"forged\",\"user\":\"u\",\"host\":\"h\",\"pid\":1,\"path\":\"p\",\"details\":{}}\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&outside, root.join(TOOL_DIR)).unwrap();
+        let audit = Audit::new(&root);
+        let e = audit
+            .record("migrate", serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(TOOL_DIR) && e.contains("link"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(outside.join(AUDIT_FILE))
+                .unwrap()
+                .lines()
+                .count(),
+            1,
+            "appended through the link"
+        );
+        assert!(read(&root).is_empty(), "read through the link");
+
+        std::fs::remove_file(root.join(TOOL_DIR)).unwrap();
+        audit
+            .record("migrate", serde_json::json!({"n": 1}))
+            .unwrap();
+        audit
+            .record("rollback", serde_json::json!({"n": 2}))
+            .unwrap();
+        let entries = read(&root);
+        assert_eq!(
+            entries
+                .iter()
+                .map(|e| e.action.as_str())
+                .collect::<Vec<_>>(),
+            ["migrate", "rollback"]
+        );
+        let mode = std::fs::metadata(Audit::file(&root))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }

@@ -307,6 +307,47 @@ impl Root {
         Ok(File::from(fd))
     }
 
+    /// Opens the regular file `rel` to append to it, created with exactly `mode` (whatever the
+    /// umask) when absent: a link is refused, and so is anything but a regular file (a FIFO
+    /// cannot block the open). For the audit trail, which every run appends to.
+    pub fn open_append(&self, rel: &str, mode: u32) -> Result<File> {
+        let (dir, name) = self.parent_existing(rel)?;
+        let flags = OFlags::WRONLY
+            | OFlags::APPEND
+            | OFlags::CREATE
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::CLOEXEC;
+        let fd =
+            rustix::fs::openat(&dir, name, flags, Mode::from_raw_mode(mode as _)).map_err(|e| {
+                match e {
+                    rustix::io::Errno::LOOP => {
+                        self.refused(rel, "is a symbolic link: refused".into())
+                    }
+                    e => self.io("open", rel)(e),
+                }
+            })?;
+        let path = self.join(rel);
+        let stat = rustix::fs::fstat(&fd).map_err(|e| Error::Io {
+            context: format!("cannot stat {}", path.display()),
+            source: e.into(),
+        })?;
+        let kind = Kind::of(stat.st_mode as u32);
+        if kind != Kind::File {
+            return Err(Error::invalid(
+                &path,
+                format!("is {}, not a regular file: refused", kind.describe()),
+                "replace it with the regular file it should be",
+            ));
+        }
+        // Blocking again (O_NONBLOCK only kept a FIFO from blocking the open), still appending.
+        rustix::fs::fcntl_setfl(&fd, OFlags::APPEND).map_err(|e| Error::Io {
+            context: format!("cannot open {}", path.display()),
+            source: e.into(),
+        })?;
+        Ok(File::from(fd))
+    }
+
     /// Creates the folder `rel` with exactly `mode`; an existing folder is left as it is.
     pub fn create_dir(&self, rel: &str, mode: u32) -> Result<()> {
         let (dir, name) = self.parent_existing(rel)?;
