@@ -8,8 +8,9 @@ use std::path::Path;
 
 use migrate_transaction::audit::Audit;
 use migrate_transaction::backup;
+use migrate_transaction::confine::{Kind, Root};
 use migrate_transaction::fault;
-use migrate_transaction::journal::{self, Action, BackupPlan, Modes, Transaction};
+use migrate_transaction::journal::{self, Action, BackupPlan, Entry, Modes, Transaction};
 use migrate_transaction::remote::Remote;
 use migrate_transaction::staging::Staging;
 
@@ -61,11 +62,20 @@ pub fn prepare(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<Tran
 
 /// Bytes of the files the swap replaces or removes: what a backup must hold.
 pub fn replaced_bytes(plan: &Plan, txn: &Transaction) -> u64 {
-    txn.entries()
-        .iter()
-        .filter(|e| e.action != Action::Create)
-        .filter_map(|e| std::fs::metadata(plan.target.root.join(&e.rel)).ok())
-        .map(|m| m.len())
+    let entries = txn.entries().iter().filter(|e| e.action != Action::Create);
+    sizes(&plan.target.root, entries)
+}
+
+/// Bytes of the regular files `entries` name, reached without following a link (a link or a
+/// folder counts nothing): an estimate never sizes a file outside the installation.
+fn sizes<'a>(root: &Path, entries: impl Iterator<Item = &'a Entry>) -> u64 {
+    let Ok(root) = Root::open(root) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| root.stat(&e.rel).ok().flatten())
+        .filter(|f| f.kind == Kind::File)
+        .map(|f| f.size)
         .sum()
 }
 
@@ -151,7 +161,17 @@ fn upload(
             Ok(())
         }
         Err(e) if remote.required => {
-            let _ = std::fs::remove_dir_all(path);
+            // The local backup of a migration that will not happen; below the installation it
+            // is removed through the confinement layer, like every backup.
+            let root = &plan.target.root;
+            match path.strip_prefix(root).ok().and_then(Path::to_str) {
+                Some(rel) => {
+                    let _ = Root::open(root).and_then(|r| r.remove_all(rel));
+                }
+                None => {
+                    let _ = std::fs::remove_dir_all(path);
+                }
+            }
             Err(e.into())
         }
         Err(e) => {
@@ -171,12 +191,7 @@ pub fn commit(plan: &Plan, txn: Transaction, s: &mut StepResult) -> Result<()> {
     if let Err(e) = txn.swap() {
         return Err(roll_back(plan, txn, e.to_string()));
     }
-    s.bytes = txn
-        .entries()
-        .iter()
-        .filter_map(|e| std::fs::metadata(root.join(&e.rel)).ok())
-        .map(|m| m.len())
-        .sum();
+    s.bytes = sizes(root, txn.entries().iter());
     txn.commit().map_err(|e| MigrateError::Interrupted {
         root: root.clone(),
         reason: format!("every file is in place, but the commit could not be recorded: {e}; `migrate recover --path {} --forward` finishes it, any other migrate command undoes it", root.display()),

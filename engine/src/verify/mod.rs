@@ -9,7 +9,7 @@ use semver::Version;
 use serde::Serialize;
 use serde_json::Value;
 
-use migrate_transaction::confine::Root;
+use migrate_transaction::confine::{Kind, Root};
 
 use crate::discover::install::{
     DataKind, Installation, MAX_CONFIG_BYTES, SERVER_TOML, VERSION_FILE,
@@ -451,7 +451,16 @@ fn check_models(
                 );
             }
         }
-        check_checksums(&dir.join(&name), &rel, &meta, checksums, v);
+        let model = format!("{}/{name}", crate::discover::install::MODELS_DIR);
+        match Root::open(&install.root) {
+            Ok(root) => check_checksums(&root, &model, &rel, &meta, checksums, v),
+            Err(e) => v.error(
+                "model_checksum",
+                RuleKind::ModelCompatibility,
+                &rel,
+                e.to_string(),
+            ),
+        }
     }
 }
 
@@ -464,9 +473,12 @@ fn file_entry(entry: &Value) -> Option<(&str, u64, &str)> {
     ))
 }
 
-/// Every file `metadata.json` lists must exist with the recorded size and sha256.
+/// Every file `metadata.json` lists must exist with the recorded size and sha256. Each is
+/// reached beneath `root` without following a link (a listed path with `..`, or a link, is
+/// refused and reported), so no file outside the model folder is ever read or sized.
 fn check_checksums(
-    model_dir: &Path,
+    root: &Root,
+    model: &str,
     rel: &str,
     meta: &Value,
     checksums: Checksums,
@@ -486,14 +498,20 @@ fn check_checksums(
             continue;
         };
         v.files_checked += 1;
-        let file = model_dir.join(path);
+        let file = migrate_transaction::confine::join(model, path);
         let problem = match checksums {
-            Checksums::SizesOnly => match std::fs::metadata(&file) {
-                Ok(m) if m.len() == size => None,
-                Ok(m) => Some(format!("size {}, metadata says size {size}", m.len())),
+            Checksums::SizesOnly => match root.stat(&file) {
+                Ok(Some(f)) if f.kind == Kind::File && f.size == size => None,
+                Ok(Some(f)) if f.kind == Kind::File => {
+                    Some(format!("size {}, metadata says size {size}", f.size))
+                }
+                Ok(Some(f)) => Some(format!("is {}, not a regular file", f.kind.describe())),
+                Ok(None) => Some("missing".to_owned()),
                 Err(e) => Some(e.to_string()),
             },
-            Checksums::Verify => match plugin_api::model::sha256_file(&file) {
+            Checksums::Verify => match open_confined(root, &file)
+                .and_then(|mut f| plugin_api::model::sha256_reader(&mut f))
+            {
                 Ok((s, h)) if s == size && h == sha => None,
                 Ok((s, h)) => Some(format!(
                     "size {s} sha256 {h}, metadata says size {size} sha256 {sha}"
@@ -524,6 +542,33 @@ mod tests {
             .filter(|f| f.rule == "model_checksum")
             .map(|f| f.message)
             .collect()
+    }
+
+    /// A path listed in `metadata.json` that climbs out of the model folder with `..` is
+    /// reported and never read or sized (it was hashed where it pointed, and matched).
+    #[test]
+    fn checksums_never_read_out_of_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("install");
+        let model = root.join("models/m");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join("w.bin"), b"weights").unwrap();
+        let secret = dir.path().join("secret.bin");
+        std::fs::write(&secret, b"weights").unwrap();
+        let (_, real) = plugin_api::model::sha256_file(&secret).unwrap();
+        let meta = serde_json::json!({"files": [
+            {"path": "w.bin", "size": 7, "sha256": real},
+            {"path": "../../../secret.bin", "size": 7, "sha256": real}
+        ]});
+        std::fs::write(model.join("metadata.json"), meta.to_string()).unwrap();
+        for checksums in [Checksums::Verify, Checksums::SizesOnly] {
+            let found = checksum_findings(&root, checksums);
+            assert_eq!(found.len(), 1, "{checksums:?} {found:?}");
+            assert!(
+                found[0].contains("../../../secret.bin") && found[0].contains("refused"),
+                "{found:?}"
+            );
+        }
     }
 
     #[test]
