@@ -26,6 +26,23 @@ pub fn wrong_type(field: &str, expected: &str, found: &Value) -> FieldError {
     )
 }
 
+/// The value `found` at `field`, read by `read` as the type `expected` names: `None` when the
+/// field is absent, an error naming the field and what it holds when `read` cannot. What the
+/// typed getters of `RawRecord` and `RecordView` share.
+pub(crate) fn typed<T>(
+    field: &str,
+    found: Option<Value>,
+    read: impl Fn(&Value) -> Option<T>,
+    expected: &str,
+) -> Result<Option<T>, FieldError> {
+    match found {
+        None => Ok(None),
+        Some(v) => read(&v)
+            .map(Some)
+            .ok_or_else(|| wrong_type(field, expected, &v)),
+    }
+}
+
 /// A non-negative integer field, if present.
 pub fn opt_u64(record: &Map<String, Value>, field: &str) -> Result<Option<u64>, FieldError> {
     match record.get(field) {

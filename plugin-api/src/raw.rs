@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use crate::error::{FieldError, RuleError};
-use crate::json::{type_name, walk_objects_under, wrong_type, ObjectVisitor};
+use crate::json::{type_name, walk_objects_under, ObjectVisitor};
 
 pub(crate) mod scan;
 
@@ -305,12 +305,7 @@ impl<'a> RawRecord<'a> {
         read: impl Fn(&Value) -> Option<T>,
         expected: &str,
     ) -> Result<Option<T>, FieldError> {
-        match self.get(key)? {
-            None => Ok(None),
-            Some(v) => read(&v)
-                .map(Some)
-                .ok_or_else(|| wrong_type(key, expected, &v)),
-        }
+        crate::json::typed(key, self.get(key)?, read, expected)
     }
 
     /// Whether the raw value of `key` is an object or an array (may hold nested fields).

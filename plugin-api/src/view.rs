@@ -20,7 +20,7 @@ use std::ops::Range;
 use serde_json::{Map, Value};
 
 use crate::error::{FieldError, RuleError};
-use crate::json::{walk_objects_under, wrong_type, ObjectVisitor};
+use crate::json::{walk_objects_under, ObjectVisitor};
 use crate::raw::scan;
 use crate::raw::RawRecord;
 
@@ -159,12 +159,7 @@ impl<'a> RecordView<'a> {
         read: impl Fn(&Value) -> Option<T>,
         expected: &str,
     ) -> Result<Option<T>, FieldError> {
-        match self.get(key)? {
-            None => Ok(None),
-            Some(v) => read(&v)
-                .map(Some)
-                .ok_or_else(|| wrong_type(key, expected, &v)),
-        }
+        crate::json::typed(key, self.get(key)?, read, expected)
     }
 
     /// Checks `schema_version` like [`crate::json::expect_schema_version`] (same errors).

@@ -133,13 +133,7 @@ fn open_existing(root: &Path, dir: &Path) -> Result<Option<Root>> {
 /// it, or (outside the installation) `dir`'s parent and its name; the folder itself when it
 /// has no plain name. `create` makes the missing parents of a folder outside the installation.
 fn locate(root: &Path, dir: &Path, create: bool) -> Result<(Root, Option<String>)> {
-    let inside = dir
-        .strip_prefix(root)
-        .ok()
-        .and_then(|rel| rel.to_str())
-        .map(|rel| rel.trim_end_matches('/'))
-        .filter(|rel| !rel.is_empty());
-    if let Some(rel) = inside {
+    if let Some(rel) = confine::below(root, dir) {
         return Ok((Root::open(root)?, Some(rel.to_owned())));
     }
     let Some(name) = dir.file_name().and_then(|n| n.to_str()) else {
@@ -450,16 +444,8 @@ impl<W: Write> Write for Frames<W> {
 /// as given from its own parent, and neither that folder nor the backup folder may be a link
 /// (the way [`create`] writes there): a link is refused, named.
 pub fn open_backup(root: Option<&Path>, backup: &Path) -> Result<Root> {
-    if let Some(root) = root {
-        let inside = backup
-            .strip_prefix(root)
-            .ok()
-            .and_then(|rel| rel.to_str())
-            .map(|rel| rel.trim_end_matches('/'))
-            .filter(|rel| !rel.is_empty());
-        if let Some(rel) = inside {
-            return Root::open(root)?.subroot(rel);
-        }
+    if let Some((root, rel)) = root.and_then(|root| Some((root, confine::below(root, backup)?))) {
+        return Root::open(root)?.subroot(rel);
     }
     let named = |p: &Path| p.file_name().and_then(|n| n.to_str()).map(str::to_owned);
     let parent_of = |p: &Path| -> PathBuf {

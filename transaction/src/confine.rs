@@ -222,28 +222,23 @@ impl Root {
 
     /// Whether a regular file is at `rel`; a link or special file there is refused.
     pub fn file_exists(&self, rel: &str) -> Result<bool> {
-        match self.stat(rel)? {
-            None => Ok(false),
-            Some(f) if f.kind == Kind::File => Ok(true),
-            Some(f) => Err(self.refused(
-                rel,
-                format!(
-                    "is {}, where a regular file was expected: refused",
-                    f.kind.describe()
-                ),
-            )),
-        }
+        self.exists_as(rel, Kind::File, "a regular file")
     }
 
     /// Whether a folder is at `rel` (a link there is refused).
     pub fn dir_exists(&self, rel: &str) -> Result<bool> {
+        self.exists_as(rel, Kind::Dir, "a folder")
+    }
+
+    /// Whether `rel` exists as `kind`; anything else there is refused, named.
+    fn exists_as(&self, rel: &str, kind: Kind, expected: &str) -> Result<bool> {
         match self.stat(rel)? {
             None => Ok(false),
-            Some(f) if f.kind == Kind::Dir => Ok(true),
+            Some(f) if f.kind == kind => Ok(true),
             Some(f) => Err(self.refused(
                 rel,
                 format!(
-                    "is {}, where a folder was expected: refused",
+                    "is {}, where {expected} was expected: refused",
                     f.kind.describe()
                 ),
             )),
@@ -256,7 +251,7 @@ impl Root {
     pub fn open_read(&self, rel: &str, cap: Option<u64>) -> Result<File> {
         let (dir, name) = self.parent_existing(rel)?;
         let fd = self.open_nofollow(&dir, name, rel)?;
-        checked_regular(fd, &self.join(rel), cap)
+        checked_regular(fd, &self.join(rel), cap, OFlags::empty())
     }
 
     /// Opens the last component `name` of `rel` in `dir` read-only without following a link
@@ -264,11 +259,24 @@ impl Root {
     /// The one open behind [`Root::open_read`], [`Root::set_mode`] and [`Root::snapshot_file`],
     /// so that all of them refuse a link the same way.
     fn open_nofollow(&self, dir: &OwnedFd, name: &str, rel: &str) -> Result<OwnedFd> {
+        self.open_nofollow_as(dir, name, rel, OFlags::RDONLY, 0)
+    }
+
+    /// [`Self::open_nofollow`] with `access` (and `mode` for a file it creates) in place of
+    /// read-only: `O_NOFOLLOW | O_NONBLOCK` whatever the access, a link refused and named.
+    fn open_nofollow_as(
+        &self,
+        dir: &OwnedFd,
+        name: &str,
+        rel: &str,
+        access: OFlags,
+        mode: u32,
+    ) -> Result<OwnedFd> {
         rustix::fs::openat(
             dir,
             name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
+            access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode as _),
         )
         .map_err(|e| match e {
             rustix::io::Errno::LOOP => self.refused(rel, "is a symbolic link: refused".into()),
@@ -312,40 +320,9 @@ impl Root {
     /// cannot block the open). For the audit trail, which every run appends to.
     pub fn open_append(&self, rel: &str, mode: u32) -> Result<File> {
         let (dir, name) = self.parent_existing(rel)?;
-        let flags = OFlags::WRONLY
-            | OFlags::APPEND
-            | OFlags::CREATE
-            | OFlags::NOFOLLOW
-            | OFlags::NONBLOCK
-            | OFlags::CLOEXEC;
-        let fd =
-            rustix::fs::openat(&dir, name, flags, Mode::from_raw_mode(mode as _)).map_err(|e| {
-                match e {
-                    rustix::io::Errno::LOOP => {
-                        self.refused(rel, "is a symbolic link: refused".into())
-                    }
-                    e => self.io("open", rel)(e),
-                }
-            })?;
-        let path = self.join(rel);
-        let stat = rustix::fs::fstat(&fd).map_err(|e| Error::Io {
-            context: format!("cannot stat {}", path.display()),
-            source: e.into(),
-        })?;
-        let kind = Kind::of(stat.st_mode as u32);
-        if kind != Kind::File {
-            return Err(Error::invalid(
-                &path,
-                format!("is {}, not a regular file: refused", kind.describe()),
-                "replace it with the regular file it should be",
-            ));
-        }
-        // Blocking again (O_NONBLOCK only kept a FIFO from blocking the open), still appending.
-        rustix::fs::fcntl_setfl(&fd, OFlags::APPEND).map_err(|e| Error::Io {
-            context: format!("cannot open {}", path.display()),
-            source: e.into(),
-        })?;
-        Ok(File::from(fd))
+        let append = OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE;
+        let fd = self.open_nofollow_as(&dir, name, rel, append, mode)?;
+        checked_regular(fd, &self.join(rel), None, OFlags::APPEND)
     }
 
     /// Creates the folder `rel` with exactly `mode`; an existing folder is left as it is.
@@ -569,7 +546,7 @@ impl Root {
     pub fn snapshot_file(&self, from: &str, dest: &Root, to: &str) -> Result<()> {
         let (fdir, fname) = self.parent_existing(from)?;
         let fd = self.open_nofollow(&fdir, fname, from)?;
-        let mut src = checked_regular(fd, &self.join(from), None)?;
+        let mut src = checked_regular(fd, &self.join(from), None, OFlags::empty())?;
         let opened = rustix::fs::fstat(&src).map_err(self.io("stat", from))?;
         let (tdir, tname) = dest.parent_existing(to)?;
         match rustix::fs::linkat(&fdir, fname, &tdir, tname, AtFlags::empty()) {
@@ -649,6 +626,17 @@ impl Root {
     }
 }
 
+/// `path` relative to `root` when it lies strictly below it (as a `Root` of `root` would name
+/// it), else `None`: whether a folder the operator named is inside the installation, and so
+/// must be reached from the installation's root.
+pub fn below<'a>(root: &Path, path: &'a Path) -> Option<&'a str> {
+    path.strip_prefix(root)
+        .ok()
+        .and_then(|rel| rel.to_str())
+        .map(|rel| rel.trim_end_matches('/'))
+        .filter(|rel| !rel.is_empty())
+}
+
 /// `a/b`, or either alone when the other is empty.
 pub fn join(a: &str, b: &str) -> String {
     match (a.is_empty(), b.is_empty()) {
@@ -693,7 +681,7 @@ pub fn open_regular(path: &Path, cap: Option<u64>) -> Result<File> {
             source: e.into(),
         },
     })?;
-    checked_regular(fd, path, cap)
+    checked_regular(fd, path, cap, OFlags::empty())
 }
 
 /// Reads all of the regular file `path` ([`open_regular`]), at most `cap` bytes.
@@ -750,7 +738,10 @@ pub fn check_private_file(file: &File, path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn checked_regular(fd: OwnedFd, path: &Path, cap: Option<u64>) -> Result<File> {
+/// `fd` as a [`File`] if it is a regular file (of at most `cap` bytes), blocking again
+/// (`O_NONBLOCK` only kept a FIFO from blocking the open) with the status flags `keep` (an
+/// appender keeps `O_APPEND`).
+fn checked_regular(fd: OwnedFd, path: &Path, cap: Option<u64>, keep: OFlags) -> Result<File> {
     let stat = rustix::fs::fstat(&fd).map_err(|e| Error::Io {
         context: format!("cannot stat {}", path.display()),
         source: e.into(),
@@ -768,7 +759,7 @@ fn checked_regular(fd: OwnedFd, path: &Path, cap: Option<u64>) -> Result<File> {
             return Err(too_large(path, cap));
         }
     }
-    rustix::fs::fcntl_setfl(&fd, OFlags::empty()).map_err(|e| Error::Io {
+    rustix::fs::fcntl_setfl(&fd, keep).map_err(|e| Error::Io {
         context: format!("cannot open {}", path.display()),
         source: e.into(),
     })?;

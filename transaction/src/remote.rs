@@ -288,10 +288,8 @@ impl Remote {
         let target = self.location.child(&name);
         // The backup folder is opened as every backup is read (no link followed on the way):
         // the upload reads the files just written, never what a swapped folder holds.
-        let refused = |what: &Path, e: crate::error::Error| RemoteError::Local {
-            context: format!("cannot read {} for the upload", what.display()),
-            source: std::io::Error::other(e.to_string()),
-        };
+        let refused =
+            |what: &Path, e| confined(format!("cannot read {} for the upload", what.display()), e);
         let folder = crate::backup::open_backup(None, backup).map_err(|e| refused(backup, e))?;
         let archive_path = backup.join(&meta.archive);
         let archive = folder
@@ -500,10 +498,7 @@ impl Remote {
         };
         let confined = |what: &Path| {
             let context = format!("cannot write {}", what.display());
-            move |e: crate::error::Error| RemoteError::Local {
-                context,
-                source: std::io::Error::other(e.to_string()),
-            }
+            move |e| confined(context, e)
         };
         let held = dir
             .remove_all(&partial)
@@ -538,6 +533,15 @@ impl Remote {
             .and_then(|_| dir.rename(&partial, name))
             .map_err(confined(&into))?;
         Ok(into)
+    }
+}
+
+/// A refusal of the confinement layer on the local side of a remote copy (a link where the
+/// backup or the download should be), as a local error naming what was being read or written.
+fn confined(context: String, e: crate::error::Error) -> RemoteError {
+    RemoteError::Local {
+        context,
+        source: std::io::Error::other(e.to_string()),
     }
 }
 

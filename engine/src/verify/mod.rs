@@ -396,13 +396,27 @@ fn check_models(
             )
         }
     };
+    // One descriptor of the root for every model's metadata and files.
+    let root = Root::open(&install.root);
     for name in names {
         let rel = format!(
             "{}/{name}/metadata.json",
             crate::discover::install::MODELS_DIR
         );
-        let read = Root::open(&install.root).and_then(|root| {
-            root.file_exists(&rel)?
+        let root = match &root {
+            Ok(root) => root,
+            Err(e) => {
+                v.error(
+                    "model_metadata",
+                    RuleKind::ModelCompatibility,
+                    &rel,
+                    e.to_string(),
+                );
+                continue;
+            }
+        };
+        let read = root.file_exists(&rel).and_then(|found| {
+            found
                 .then(|| root.read(&rel, MAX_MODEL_METADATA_BYTES))
                 .transpose()
         });
@@ -452,15 +466,7 @@ fn check_models(
             }
         }
         let model = format!("{}/{name}", crate::discover::install::MODELS_DIR);
-        match Root::open(&install.root) {
-            Ok(root) => check_checksums(&root, &model, &rel, &meta, checksums, v),
-            Err(e) => v.error(
-                "model_checksum",
-                RuleKind::ModelCompatibility,
-                &rel,
-                e.to_string(),
-            ),
-        }
+        check_checksums(root, &model, &rel, &meta, checksums, v);
     }
 }
 
