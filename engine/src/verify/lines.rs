@@ -1,12 +1,17 @@
 //! Checking a `*.jsonl` file: every record must be a JSON object with the expected
-//! `schema_version`. This runs over every migrated record after the swap, so it is built for
-//! throughput: the file is read in large chunks (cut at line ends) that worker threads check in
-//! parallel, and a record is read the way the hops read it (plugin-api's scanner), so that a
-//! record passes or fails, and its problem is worded, exactly as in a hop.
+//! `schema_version`. This runs over every migrated record after the swap, and before it over
+//! every staged one, so it is built for throughput: the file is read in large chunks (cut at
+//! line ends) that worker threads check in parallel, and a record is read the way the hops
+//! read it (plugin-api's scanner), so that a record passes or fails, and its problem is
+//! worded, exactly as in a hop.
+//!
+//! Memory is bounded by construction, whatever the file's size: chunk buffers go back to the
+//! reader once checked and are read into again, so no more exist than the queue, the checkers
+//! and the reader hold at once (a buffer only grows for a line longer than a chunk).
 
 use std::fs::File;
 use std::io::Read;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Mutex;
 
 /// A chunk handed to a checker: whole lines, and the 1-based number of its first line.
@@ -18,10 +23,13 @@ struct Chunk {
 /// A record's problem: its line, the validation rule, the message.
 pub(super) type Problem = (u64, &'static str, String);
 
-/// What checking a file found: records checked, and every problem in line order.
+/// What checking a file found: records checked, lines read (blank ones and a last line without
+/// its newline included, the count the pre-swap check compares with the source's), and every
+/// problem in line order.
 #[derive(Debug, Default)]
 pub(super) struct Checked {
     pub records: u64,
+    pub lines: u64,
     pub problems: Vec<Problem>,
 }
 
@@ -37,12 +45,20 @@ pub(super) fn check_file(
         .map_or(1, |n| n.get())
         .clamp(1, 8);
     let (tx, rx) = mpsc::sync_channel::<Chunk>(threads * 2);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
     let rx = Mutex::new(rx);
     std::thread::scope(|scope| {
         let checkers: Vec<_> = (0..threads)
-            .map(|_| scope.spawn(|| check_chunks(&rx, schema)))
+            .map(|_| {
+                let free = free_tx.clone();
+                let rx = &rx;
+                scope.spawn(move || check_chunks(rx, &free, schema))
+            })
             .collect();
-        let read = read_chunks(&mut file, chunk_bytes, |chunk| tx.send(chunk).is_ok());
+        drop(free_tx);
+        let read = read_chunks(&mut file, chunk_bytes, &free_rx, |chunk| {
+            tx.send(chunk).is_ok()
+        });
         drop(tx);
         let mut all = Checked::default();
         for checker in checkers {
@@ -53,49 +69,77 @@ pub(super) fn check_file(
             all.records += part.records;
             all.problems.extend(part.problems);
         }
-        read?;
+        all.lines = read?;
         all.problems.sort_by_key(|p| p.0);
         Ok(all)
     })
 }
 
 /// Reads `file` in chunks of about `chunk_bytes`, each ending at a line end (or the end of the
-/// file), and hands them to `send` until it returns false.
+/// file), and hands them to `send` until it returns false; returns the file's line count.
+/// Buffers come back through `free` once checked.
 fn read_chunks(
     file: &mut File,
     chunk_bytes: usize,
+    free: &Receiver<Vec<u8>>,
     mut send: impl FnMut(Chunk) -> bool,
-) -> std::io::Result<()> {
+) -> std::io::Result<u64> {
+    let chunk_bytes = chunk_bytes.max(1);
     let mut carry = Vec::new();
     let mut next_line = 1u64;
+    let mut last = b'\n';
     loop {
-        let mut bytes = std::mem::take(&mut carry);
+        let mut bytes = free
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(chunk_bytes + (chunk_bytes >> 4)));
+        bytes.clear();
+        bytes.extend_from_slice(&carry);
+        carry.clear();
+        // Room for the whole read up front: `read_to_end` then never doubles the buffer.
+        bytes.reserve(chunk_bytes);
         let n = (&mut *file)
-            .take(chunk_bytes.max(1) as u64)
+            .take(chunk_bytes as u64)
             .read_to_end(&mut bytes)?;
+        if let Some(&b) = bytes.last() {
+            if n > 0 {
+                last = b;
+            }
+        }
         if n > 0 {
             // Keep the unfinished last line for the next chunk.
-            if let Some(end) = memchr::memrchr(b'\n', &bytes) {
-                carry = bytes.split_off(end + 1);
-            } else {
-                carry = bytes;
-                continue;
+            match memchr::memrchr(b'\n', &bytes) {
+                Some(end) => {
+                    carry.extend_from_slice(&bytes[end + 1..]);
+                    bytes.truncate(end + 1);
+                }
+                None => {
+                    carry = bytes;
+                    continue;
+                }
             }
         }
         if bytes.is_empty() {
-            return Ok(());
+            // A last line without its newline counts as a line.
+            return Ok(next_line - 1 + u64::from(last != b'\n'));
         }
         let lines = memchr::memchr_iter(b'\n', &bytes).count() as u64;
         let first_line = next_line;
-        next_line += lines.max(1);
-        if !send(Chunk { first_line, bytes }) || n == 0 {
-            return Ok(());
+        next_line += lines;
+        if !send(Chunk { first_line, bytes }) {
+            return Ok(next_line - 1);
+        }
+        if n == 0 {
+            return Ok(next_line - 1 + u64::from(last != b'\n'));
         }
     }
 }
 
-/// A checker thread: checks chunks until the reader is done.
-fn check_chunks(rx: &Mutex<Receiver<Chunk>>, schema: Option<Option<u64>>) -> Checked {
+/// A checker thread: checks chunks until the reader is done, handing each buffer back.
+fn check_chunks(
+    rx: &Mutex<Receiver<Chunk>>,
+    free: &Sender<Vec<u8>>,
+    schema: Option<Option<u64>>,
+) -> Checked {
     let mut checked = Checked::default();
     loop {
         let next = match rx.lock() {
@@ -105,30 +149,49 @@ fn check_chunks(rx: &Mutex<Receiver<Chunk>>, schema: Option<Option<u64>>) -> Che
         let Ok(chunk) = next else {
             return checked;
         };
-        for (i, line) in plugin_api::rules::split_records(&chunk.bytes).enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            checked.records += 1;
-            if let Some((rule, message)) = check_record(line, schema) {
-                checked
-                    .problems
-                    .push((chunk.first_line + i as u64, rule, message));
-            }
+        // One UTF-8 check for the chunk; only a chunk with a bad byte is checked line by line
+        // (which names the line).
+        match std::str::from_utf8(&chunk.bytes) {
+            Ok(text) => check_lines(text.split('\n'), &chunk, schema, &mut checked, |l| {
+                plugin_api::view::check_record_text(l)
+            }),
+            Err(_) => check_lines(
+                plugin_api::rules::split_records(&chunk.bytes),
+                &chunk,
+                schema,
+                &mut checked,
+                plugin_api::view::check_record,
+            ),
         }
+        // The reader may be gone (an error); the buffer is then simply dropped.
+        let _ = free.send(chunk.bytes);
     }
 }
 
-/// The problem with one record, if any. The record is read by plugin-api's scanner, as the
-/// data path reads it (`plugin_api::view::check_record`): the whole record is validated
-/// without building a tree or allocating, and a record it refuses gets the message the hops
-/// give.
-fn check_record(line: &[u8], schema: Option<Option<u64>>) -> Option<(&'static str, String)> {
-    let found = match plugin_api::view::check_record(line) {
-        Err(e) => return Some(("record_json", e.message)),
-        Ok(found) => found,
-    };
-    super::schema_problem(found, schema).map(|m| ("record_schema_version", m))
+/// Checks each line of a chunk that is not blank.
+fn check_lines<L: AsRef<[u8]> + Copy>(
+    lines: impl Iterator<Item = L>,
+    chunk: &Chunk,
+    schema: Option<Option<u64>>,
+    checked: &mut Checked,
+    read: impl Fn(L) -> Result<Option<u64>, plugin_api::RuleError>,
+) {
+    // The empty piece after a chunk's last newline is blank, like a blank line: skipped.
+    for (i, line) in lines.enumerate() {
+        if line.as_ref().iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        checked.records += 1;
+        let problem = match read(line) {
+            Err(e) => Some(("record_json", e.message)),
+            Ok(found) => super::schema_problem(found, schema).map(|m| ("record_schema_version", m)),
+        };
+        if let Some((rule, message)) = problem {
+            checked
+                .problems
+                .push((chunk.first_line + i as u64, rule, message));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +260,8 @@ mod tests {
             for chunk in [1, 7, 100, 4096, 1 << 20] {
                 let got = check_file(File::open(f.path()).unwrap(), schema, chunk).unwrap();
                 assert_eq!(got.records, want.records, "chunk {chunk}");
+                // 3000 lines ending in a newline, and one that does not.
+                assert_eq!(got.lines, 3001, "chunk {chunk}");
                 assert_eq!(got.problems, want.problems, "chunk {chunk}");
             }
         }
@@ -204,7 +269,7 @@ mod tests {
 
     #[test]
     fn empty_and_blank_files_have_no_records() {
-        for text in [&b""[..], b"\n", b"\n\n  \n"] {
+        for (text, lines) in [(&b""[..], 0), (b"\n", 1), (b"\n\n  \n", 3), (b"\n ", 2)] {
             let got = check_file(
                 File::open(file_with(text).path()).unwrap(),
                 Some(Some(3)),
@@ -212,6 +277,7 @@ mod tests {
             )
             .unwrap();
             assert_eq!((got.records, got.problems.len()), (0, 0));
+            assert_eq!(got.lines, lines, "{text:?}");
         }
     }
 }

@@ -235,7 +235,7 @@ fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Valid
     for file in files {
         v.files_checked += 1;
         let checked = match file.kind {
-            DataKind::Lines => check_lines(&root, &file.rel, schema, v),
+            DataKind::Lines => check_lines(&root, &file.rel, schema, v).map(drop),
             DataKind::Document => check_document(&root, &file.rel, schema, v),
         };
         if let Err(e) = checked {
@@ -255,13 +255,13 @@ pub(super) const MAX_MODEL_METADATA_BYTES: u64 = 64 << 20;
 /// At most this many findings per file; the rest are counted.
 const MAX_FINDINGS_PER_FILE: usize = 20;
 
-/// Checks a `*.jsonl` file (in parallel chunks, see [`lines`]).
+/// Checks a `*.jsonl` file (in parallel chunks, see [`lines`]); returns its line count.
 fn check_lines(
     root: &Root,
     rel: &str,
     schema: Option<Option<u64>>,
     v: &mut Validation,
-) -> std::io::Result<()> {
+) -> std::io::Result<u64> {
     let checked = lines::check_file(open_confined(root, rel)?, schema, CHUNK_BYTES)?;
     v.records_checked += checked.records;
     let bad = checked.problems.len();
@@ -281,7 +281,7 @@ fn check_lines(
             format!("{} more records with problems", bad - MAX_FINDINGS_PER_FILE),
         );
     }
-    Ok(())
+    Ok(checked.lines)
 }
 
 /// Opens the regular file `rel` beneath `root` for a check ([`Root::open_read`]: a link or a

@@ -113,6 +113,9 @@ pub fn check(s: &Staged) -> Vec<Violation> {
             }),
         }
     }
+    // Each staged `*.jsonl` file's line count, taken by the record check as it reads the file,
+    // so that the completeness check below does not read it a second time.
+    let mut staged_lines = std::collections::HashMap::new();
     if let Some(rel) = s.data {
         let plugin = last(|h| h.descriptor.rules.data);
         let staged = Installation {
@@ -126,7 +129,9 @@ pub fn check(s: &Staged) -> Vec<Violation> {
             };
             let read = match file.kind {
                 crate::discover::install::DataKind::Lines => {
-                    check_lines(&stage, &file.rel, schema, &mut found)
+                    check_lines(&stage, &file.rel, schema, &mut found).map(|lines| {
+                        staged_lines.insert(file.rel.clone(), lines);
+                    })
                 }
                 crate::discover::install::DataKind::Document => {
                     check_document(&stage, &file.rel, schema, &mut found)
@@ -150,7 +155,7 @@ pub fn check(s: &Staged) -> Vec<Violation> {
     }
     out.extend(foreign(s));
     out.extend(unwarranted_removals(s, &r));
-    out.extend(incomplete(s, &r));
+    out.extend(incomplete(s, &r, &staged_lines));
     let plugin = last(|h| h.descriptor.rules.model);
     for rel in s.models {
         let meta_rel = format!("{rel}/metadata.json");
@@ -248,7 +253,11 @@ fn unwarranted_removals(s: &Staged, r: &Roots) -> Vec<Violation> {
 /// What the worker says it finished is not taken on its word either (a plugin can forge the
 /// answer after half a file): every file the run migrates must be staged, and a `*.jsonl`
 /// file must keep every line — each one either staged or added to its quarantine file.
-fn incomplete(s: &Staged, r: &Roots) -> Vec<Violation> {
+fn incomplete(
+    s: &Staged,
+    r: &Roots,
+    staged_lines: &std::collections::HashMap<String, u64>,
+) -> Vec<Violation> {
     let plugins: Vec<&str> = s.hops.iter().map(|h| h.descriptor.name.as_str()).collect();
     let by = format!(
         "the worker reported its work done, but it is not: a plugin of this run ({}) stopped it early or forged its answer",
@@ -283,7 +292,10 @@ fn incomplete(s: &Staged, r: &Roots) -> Vec<Violation> {
         let lines_of =
             |root: &Root, rel: &str| open_confined(root, rel).and_then(lines).unwrap_or(0);
         let source = lines_of(r.install, rel);
-        let kept = lines_of(r.stage, rel);
+        let kept = match staged_lines.get(rel) {
+            Some(&lines) => lines,
+            None => lines_of(r.stage, rel),
+        };
         let refused = quarantine.map_or(0, |q| {
             lines_of(r.stage, &q).saturating_sub(lines_of(r.install, &q))
         });

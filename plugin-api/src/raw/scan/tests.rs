@@ -89,6 +89,35 @@ fn special_bytes_marks_exactly_the_bytes_that_need_a_look() {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn special_16_finds_the_first_byte_that_needs_a_look() {
+    let special = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
+    // Every byte value at every place of the 16, amid every other byte value, and a second
+    // special byte after it that must not be the one found.
+    for byte in 0..=255u8 {
+        for other in 0..=255u8 {
+            for at in 0..16 {
+                let mut block = [other; 18];
+                block[at] = byte;
+                if at + 1 < 16 {
+                    block[at + 1] = b'"';
+                }
+                let want = block[..16].iter().position(|c| special(*c));
+                assert_eq!(super::special_16(&block, 0), Some(want), "{block:?}");
+                assert_eq!(
+                    super::special_16(&block, 2),
+                    Some(block[2..18].iter().position(|c| special(*c)))
+                );
+            }
+        }
+    }
+    // Fewer than 16 bytes left: the caller goes on 8 bytes at a time.
+    assert_eq!(super::special_16(&[b'a'; 15], 0), None);
+    assert_eq!(super::special_16(&[b'a'; 20], 5), None);
+    assert_eq!(super::special_16(&[b'a'; 20], 4), Some(None));
+}
+
 #[test]
 fn refuses_what_serde_json_refuses() {
     for text in [
