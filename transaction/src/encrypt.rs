@@ -180,12 +180,12 @@ impl Identities {
 ///
 /// Refuses (touching nothing) when an encrypted archive comes without identities, when none
 /// of them opens it (naming the identity file), or when its header is damaged.
-pub fn open<'a, R: BufRead + 'a>(
+pub fn open<'a, R: BufRead + Send + 'a>(
     archive: &Path,
     input: R,
     encryption: Option<&Encryption>,
     keys: Option<&Identities>,
-) -> Result<Box<dyn Read + 'a>> {
+) -> Result<Box<dyn Read + Send + 'a>> {
     let Some(encryption) = encryption else {
         return Ok(Box::new(input));
     };
