@@ -14,10 +14,21 @@ use std::io::Read;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Mutex;
 
-/// A chunk handed to a checker: whole lines, and the 1-based number of its first line.
+/// A chunk handed to a checker: whole lines, and its place in the file (0, 1, …). Its first
+/// line's number is known once every chunk before it is counted: the checkers count lines as
+/// they split them, so that no one reads the chunk only to count them.
 struct Chunk {
-    first_line: u64,
+    seq: usize,
     bytes: Vec<u8>,
+}
+
+/// A checker's findings: its problems (by chunk and line within it) and the newlines of each
+/// chunk it checked.
+#[derive(Default)]
+struct Part {
+    records: u64,
+    problems: Vec<(usize, u64, &'static str, String)>,
+    newlines: Vec<(usize, u64)>,
 }
 
 /// A record's problem: its line, the validation rule, the message.
@@ -61,33 +72,51 @@ pub(super) fn check_file(
         });
         drop(tx);
         let mut all = Checked::default();
+        let mut newlines = Vec::new();
+        let mut problems = Vec::new();
         for checker in checkers {
             // A checker only panics on a bug; report it as an I/O-level failure of the check.
             let part = checker
                 .join()
                 .map_err(|_| std::io::Error::other("a record checker thread panicked"))?;
             all.records += part.records;
-            all.problems.extend(part.problems);
+            problems.extend(part.problems);
+            newlines.extend(part.newlines);
         }
-        all.lines = read?;
+        let last = read?;
+        // Each chunk's first line number, from the newlines of the chunks before it.
+        newlines.sort_unstable();
+        let mut first_line = vec![1u64; newlines.len() + 1];
+        for (seq, n) in newlines {
+            if seq + 1 < first_line.len() {
+                first_line[seq + 1] = first_line[seq] + n;
+            }
+        }
+        let total = *first_line.last().unwrap_or(&1) - 1;
+        // A last line without its newline counts as a line.
+        all.lines = total + u64::from(last.is_some_and(|b| b != b'\n'));
+        all.problems = problems
+            .into_iter()
+            .map(|(seq, i, rule, message)| (first_line[seq] + i, rule, message))
+            .collect();
         all.problems.sort_by_key(|p| p.0);
         Ok(all)
     })
 }
 
 /// Reads `file` in chunks of about `chunk_bytes`, each ending at a line end (or the end of the
-/// file), and hands them to `send` until it returns false; returns the file's line count.
+/// file), and hands them to `send` until it returns false; returns the file's last byte.
 /// Buffers come back through `free` once checked.
 fn read_chunks(
     file: &mut File,
     chunk_bytes: usize,
     free: &Receiver<Vec<u8>>,
     mut send: impl FnMut(Chunk) -> bool,
-) -> std::io::Result<u64> {
+) -> std::io::Result<Option<u8>> {
     let chunk_bytes = chunk_bytes.max(1);
     let mut carry = Vec::new();
-    let mut next_line = 1u64;
-    let mut last = b'\n';
+    let mut seq = 0;
+    let mut last = None;
     loop {
         let mut bytes = free
             .try_recv()
@@ -100,12 +129,8 @@ fn read_chunks(
         let n = (&mut *file)
             .take(chunk_bytes as u64)
             .read_to_end(&mut bytes)?;
-        if let Some(&b) = bytes.last() {
-            if n > 0 {
-                last = b;
-            }
-        }
         if n > 0 {
+            last = bytes.last().copied();
             // Keep the unfinished last line for the next chunk.
             match memchr::memrchr(b'\n', &bytes) {
                 Some(end) => {
@@ -119,18 +144,12 @@ fn read_chunks(
             }
         }
         if bytes.is_empty() {
-            // A last line without its newline counts as a line.
-            return Ok(next_line - 1 + u64::from(last != b'\n'));
+            return Ok(last);
         }
-        let lines = memchr::memchr_iter(b'\n', &bytes).count() as u64;
-        let first_line = next_line;
-        next_line += lines;
-        if !send(Chunk { first_line, bytes }) {
-            return Ok(next_line - 1);
+        if !send(Chunk { seq, bytes }) || n == 0 {
+            return Ok(last);
         }
-        if n == 0 {
-            return Ok(next_line - 1 + u64::from(last != b'\n'));
-        }
+        seq += 1;
     }
 }
 
@@ -139,8 +158,8 @@ fn check_chunks(
     rx: &Mutex<Receiver<Chunk>>,
     free: &Sender<Vec<u8>>,
     schema: Option<Option<u64>>,
-) -> Checked {
-    let mut checked = Checked::default();
+) -> Part {
+    let mut checked = Part::default();
     loop {
         let next = match rx.lock() {
             Ok(rx) => rx.recv(),
@@ -151,21 +170,37 @@ fn check_chunks(
         };
         // One UTF-8 check for the chunk; only a chunk with a bad byte is checked line by line
         // (which names the line).
-        match std::str::from_utf8(&chunk.bytes) {
-            Ok(text) => check_lines(text.split('\n'), &chunk, schema, &mut checked, |l| {
+        // The pieces of a split are its newlines plus one.
+        let pieces = match std::str::from_utf8(&chunk.bytes) {
+            Ok(text) => check_lines(split_text(text), &chunk, schema, &mut checked, |l| {
                 plugin_api::view::check_record_text(l)
             }),
             Err(_) => check_lines(
-                plugin_api::rules::split_records(&chunk.bytes),
+                chunk.bytes.split(|b| *b == b'\n'),
                 &chunk,
                 schema,
                 &mut checked,
                 plugin_api::view::check_record,
             ),
-        }
+        };
+        checked.newlines.push((chunk.seq, pieces - 1));
         // The reader may be gone (an error); the buffer is then simply dropped.
         let _ = free.send(chunk.bytes);
     }
+}
+
+/// The lines of `text`, split as `str::split('\n')` splits, with the vectorised `memchr`
+/// (`str::split` searched byte-wise: a tenth of the check's time).
+fn split_text(text: &str) -> impl Iterator<Item = &str> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', text.as_bytes())
+        .chain(std::iter::once(text.len()))
+        .map(move |end| {
+            // Cut at a newline, an ASCII byte: both ends are character boundaries.
+            let line = &text[start..end];
+            start = end + 1;
+            line
+        })
 }
 
 /// Checks each line of a chunk that is not blank.
@@ -173,11 +208,13 @@ fn check_lines<L: AsRef<[u8]> + Copy>(
     lines: impl Iterator<Item = L>,
     chunk: &Chunk,
     schema: Option<Option<u64>>,
-    checked: &mut Checked,
+    checked: &mut Part,
     read: impl Fn(L) -> Result<Option<u64>, plugin_api::RuleError>,
-) {
+) -> u64 {
+    let mut pieces = 0;
     // The empty piece after a chunk's last newline is blank, like a blank line: skipped.
     for (i, line) in lines.enumerate() {
+        pieces += 1;
         if line.as_ref().iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -187,11 +224,10 @@ fn check_lines<L: AsRef<[u8]> + Copy>(
             Ok(found) => super::schema_problem(found, schema).map(|m| ("record_schema_version", m)),
         };
         if let Some((rule, message)) = problem {
-            checked
-                .problems
-                .push((chunk.first_line + i as u64, rule, message));
+            checked.problems.push((chunk.seq, i as u64, rule, message));
         }
     }
+    pieces
 }
 
 #[cfg(test)]
@@ -264,6 +300,14 @@ mod tests {
                 assert_eq!(got.lines, 3001, "chunk {chunk}");
                 assert_eq!(got.problems, want.problems, "chunk {chunk}");
             }
+        }
+    }
+
+    #[test]
+    fn lines_are_split_as_str_split_splits_them() {
+        for text in ["", "\n", "a", "a\n", "\na", "a\nb", "a\n\nb\n", "é\nü\n\n"] {
+            let want: Vec<&str> = text.split('\n').collect();
+            assert_eq!(split_text(text).collect::<Vec<_>>(), want, "{text:?}");
         }
     }
 
