@@ -11,6 +11,8 @@ For each size S (1.0 = 1 GiB of request logs + 1 GiB of safetensors weights), it
     (on the first --jq-mb MB when given, scaled linearly: jq is ~100x slower than migrate);
   - three strict validation passes over the log in memory, nothing else (the floor of any design
     whose three hops each validate their input; engine/examples/validation_floor.rs);
+  - migrate data --to 1.0.0 on a copy of the data: the first hop alone, whose rule only adds
+    schema_version (what the host's side of the data path costs);
   - migrate version --to 2.1.0 with its backup (release build), with peak RSS.
 Each size is measured in --repeat rounds (default 3) that alternate the commands; every time
 is the median of its rounds. It prints and writes to --out: throughput, peak RSS and the ratios
@@ -97,6 +99,13 @@ def one_round(src, work, jq_out):
     shutil.rmtree(scratch)
     os.makedirs(scratch)
     r["cp_data_s"] = run(["cp", "-r", os.path.join(src, "data"), scratch])
+    # The data step with the first hop alone (0.1.0 -> 1.0.0: it only adds schema_version) on
+    # that copy: what the host's side of the data path costs (reading, validating, indexing,
+    # one plugin call per batch, applying, writing, fsync) with a rule that does next to nothing.
+    one = subprocess.run([MIGRATE, "--quiet", "--json", "--yes", "data", "--data-path",
+                          os.path.join(scratch, "data"), "--from", "0.1.0", "--to", "1.0.0"],
+                         check=True, stdout=subprocess.PIPE, text=True)
+    r["data_one_hop_s"] = next(s for s in json.loads(one.stdout)["steps"] if s["name"] == "data")["duration_ms"] / 1000
     shutil.rmtree(scratch)
     os.makedirs(scratch)
     # The data step's own baseline: cp of the same log.
@@ -159,12 +168,12 @@ def same_records(jq_out, ours, limit=200_000):
 
 def table(results):
     mb = lambda b, s: b / s / 1e6 if s else 0
-    lines = ["| size | data MB/s | data vs jq | data vs cp (log) | 3 validation passes vs cp | validate vs cp (log) | backup vs tar+zstd (same files) | backup size vs tar | whole vs (tar+zstd backup set + cp data) | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | data MB/s | data vs jq | data vs cp (log) | first hop alone vs cp | 3 validation passes vs cp | validate vs cp (log) | backup vs tar+zstd (same files) | backup size vs tar | whole vs (tar+zstd backup set + cp data) | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append("| {s}× ({t:.2f} GiB) | {mbs:.0f} | {jq:.1f}× faster | {cp:.2f}× | {fl:.2f}× | {va:.2f}× | {bk:.2f}× | {bks:.2f}× | {whole:.2f}× | {rss:.0f} MiB |".format(
+        lines.append("| {s}× ({t:.2f} GiB) | {mbs:.0f} | {jq:.1f}× faster | {cp:.2f}× | {one:.2f}× | {fl:.2f}× | {va:.2f}× | {bk:.2f}× | {bks:.2f}× | {whole:.2f}× | {rss:.0f} MiB |".format(
             s=r["size"], t=r["tree_bytes"] / GIB, mbs=mb(r["data_bytes"], r["data_s"]), jq=r["jq_s"] / r["data_s"],
-            cp=r["data_s"] / r["cp_log_s"], fl=r["floor_s"] / r["cp_log_s"], va=r["validate_s"] / r["cp_log_s"],
+            cp=r["data_s"] / r["cp_log_s"], one=r["data_one_hop_s"] / r["cp_log_s"], fl=r["floor_s"] / r["cp_log_s"], va=r["validate_s"] / r["cp_log_s"],
             bk=r["backup_s"] / r["tar_backupset_s"], bks=r["backup_bytes"] / r["tar_backupset_bytes"],
             whole=r["migrate_s"] / (r["tar_backupset_s"] + r["cp_data_s"]), rss=r["peak_rss"] / (1 << 20)))
     return "\n".join(lines)
@@ -178,6 +187,7 @@ def targets(results):
     jq = [r["jq_s"] / r["data_s"] for r in results]
     cp = [r["data_s"] / r["cp_log_s"] for r in results]
     floor = [r["floor_s"] / r["cp_log_s"] for r in results]
+    one = [r["data_one_hop_s"] / r["cp_log_s"] for r in results]
     whole = [r["migrate_s"] / (r["tar_backupset_s"] + r["cp_data_s"]) for r in results]
     rss = [r["peak_rss"] / (1 << 20) for r in results]
     val = [r["validate_s"] / r["cp_log_s"] for r in results]
@@ -185,7 +195,8 @@ def targets(results):
     verdict = lambda ok: "met" if ok else "**missed**"
     rows = [
         ("data step (3 hops, with its fsync) ≤ 5× `cp` of the same log", span(cp, "{:.1f}×")
-         + " (three strict validation passes alone, in memory: " + span(floor, "{:.1f}×") + ")", max(cp) <= 5),
+         + " (the first hop alone: " + span(one, "{:.1f}×") + "; three strict validation passes alone, in memory: "
+         + span(floor, "{:.1f}×") + ")", max(cp) <= 5),
         ("data step ≥ 60× jq (the three hops as one program)", span(jq, "{:.0f}×") + " faster", min(jq) >= 60),
         ("whole migration ≤ 2× (tar+zstd of the backup set + `cp` of the data)", span(whole, "{:.2f}×"), max(whole) <= 2),
         ("peak RSS ≤ 128 MiB at every size, flat" + (" (one size measured: flatness not shown)" if len(results) < 2 else ""),
