@@ -65,53 +65,55 @@ fn splits_valid_records_as_serde_json_does() {
     }
 }
 
-#[test]
-fn special_bytes_marks_exactly_the_bytes_that_need_a_look() {
-    let special = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
-    // Every byte value at every place, next to every other byte value.
+/// The bytes a string scan must stop at: a quote, a backslash, a control character.
+fn needs_a_look(c: u8) -> bool {
+    c == b'"' || c == b'\\' || c < 0x20
+}
+
+/// Hands `check` a block of `len` bytes for every byte value at every place among `width`
+/// bytes of every other byte value.
+fn every_byte_at_every_place(width: usize, len: usize, mut check: impl FnMut(&mut [u8], usize)) {
     for byte in 0..=255u8 {
         for other in 0..=255u8 {
-            for at in 0..8 {
-                let mut word = [other; 8];
-                word[at] = byte;
-                let want = word
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| special(**c))
-                    .fold(0u64, |m, (k, _)| m | 0x80 << (8 * k));
-                assert_eq!(
-                    super::special_bytes(u64::from_le_bytes(word)),
-                    want,
-                    "{word:?}"
-                );
+            for at in 0..width {
+                let mut block = vec![other; len];
+                block[at] = byte;
+                check(&mut block, at);
             }
         }
     }
 }
 
+#[test]
+fn special_bytes_marks_exactly_the_bytes_that_need_a_look() {
+    every_byte_at_every_place(8, 8, |word, _| {
+        let want = word
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| needs_a_look(**c))
+            .fold(0u64, |m, (k, _)| m | 0x80 << (8 * k));
+        let word: [u8; 8] = (&*word).try_into().unwrap();
+        assert_eq!(
+            super::special_bytes(u64::from_le_bytes(word)),
+            want,
+            "{word:?}"
+        );
+    });
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn special_16_finds_the_first_byte_that_needs_a_look() {
-    let special = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
-    // Every byte value at every place of the 16, amid every other byte value, and a second
-    // special byte after it that must not be the one found.
-    for byte in 0..=255u8 {
-        for other in 0..=255u8 {
-            for at in 0..16 {
-                let mut block = [other; 18];
-                block[at] = byte;
-                if at + 1 < 16 {
-                    block[at + 1] = b'"';
-                }
-                let want = block[..16].iter().position(|c| special(*c));
-                assert_eq!(super::special_16(&block, 0), Some(want), "{block:?}");
-                assert_eq!(
-                    super::special_16(&block, 2),
-                    Some(block[2..18].iter().position(|c| special(*c)))
-                );
-            }
+    // Each block also has a quote after the byte placed, which must not be the one found
+    // when the byte is special, and two bytes past the 16 that must not be looked at.
+    every_byte_at_every_place(16, 18, |block, at| {
+        if at + 1 < 16 {
+            block[at + 1] = b'"';
         }
-    }
+        let first = |from: usize| block[from..from + 16].iter().position(|c| needs_a_look(*c));
+        assert_eq!(super::special_16(block, 0), Some(first(0)), "{block:?}");
+        assert_eq!(super::special_16(block, 2), Some(first(2)), "{block:?}");
+    });
     // Fewer than 16 bytes left: the caller goes on 8 bytes at a time.
     assert_eq!(super::special_16(&[b'a'; 15], 0), None);
     assert_eq!(super::special_16(&[b'a'; 20], 5), None);
