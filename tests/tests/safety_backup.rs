@@ -782,3 +782,49 @@ fn regression_backup_metadata_paths_cannot_reach_outside_the_installation() {
         both(&rollback).trim()
     );
 }
+
+/// A run that writes more files than its open-file limit lets it hold at once is backed up:
+/// the files it wrote are hashed one at a time. (Opening them all first, as one version of
+/// the backup did, failed here with "Too many open files".) The limit is set on the real
+/// binary with `prlimit`, and the rollback proves the backup whole.
+#[test]
+fn a_run_writing_more_files_than_it_may_hold_open_is_backed_up() {
+    let dir = sample_install();
+    let root = dir.path();
+    const PARTS: usize = 160;
+    for i in 0..PARTS {
+        write(
+            root,
+            &format!("data/parts/part-{i:03}.jsonl"),
+            &format!("{{\"id\":\"p-{i}\",\"model\":\"bert-tiny\",\"prompt_tokens\":1,\"completion_tokens\":2,\"latency_ms\":4,\"timestamp\":1640995200}}\n"),
+        );
+    }
+    let before = tree_hash(root);
+    let home = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        std::process::Command::new("prlimit")
+            .arg("--nofile=120:120")
+            .arg("--")
+            .arg(migrate_bin())
+            .args(args)
+            .env_remove("TRUSTFORMERS_PLUGIN_DIR")
+            .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
+            .env_remove("TRUSTFORMERS_BACKUP_DIR")
+            .env("HOME", home.path())
+            .env("XDG_DATA_HOME", home.path().join("share"))
+            .output()
+            .expect("run prlimit")
+    };
+    let out = run(&["--yes", "version", "--path", p(root), "--to", "2.1.0"]);
+    assert!(out.status.success(), "{}", both(&out));
+    assert_eq!(read(root, "VERSION").trim(), "2.1.0");
+    let migrated = jsonl(root, "data/parts/part-159.jsonl");
+    assert_eq!(migrated[0]["schema_version"], 3, "{migrated:?}");
+    let out = run(&["--yes", "rollback", "--path", p(root)]);
+    assert!(out.status.success(), "{}", both(&out));
+    assert_eq!(
+        tree_hash(root),
+        before,
+        "the rollback restores every file byte for byte"
+    );
+}

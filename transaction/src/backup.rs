@@ -89,7 +89,8 @@ pub struct BackupRequest<'a> {
     pub encrypt_to: Option<&'a Recipients>,
     /// Files the migration writes, and how to open their new content (to record its sha256).
     pub written: Vec<String>,
-    pub open_written: &'a dyn Fn(&str) -> Result<File>,
+    /// `Sync`: the files are opened and hashed on a thread of their own, one at a time.
+    pub open_written: &'a (dyn Fn(&str) -> Result<File> + Sync),
 }
 
 /// Opens the backup folder `req.dir` as a [`Root`], creating it and its missing parents with
@@ -231,15 +232,11 @@ fn fill(req: &BackupRequest, partial: &Root, now: time::OffsetDateTime) -> Resul
     };
     // The files this run wrote are hashed on a thread of their own while the archive is
     // written: the archive keeps both cores busy only while zstd has work, and the hashing
-    // would otherwise be a second pass, alone on one core, after it. Each is opened here,
-    // where the caller's opener runs.
-    let opened = req
-        .written
-        .iter()
-        .map(|rel| Ok((rel.clone(), (req.open_written)(rel)?)))
-        .collect::<Result<Vec<_>>>()?;
+    // would otherwise be a second pass, alone on one core, after it. One file is open at a
+    // time there, however many the run wrote.
+    let (rels, open) = (&req.written, req.open_written);
     let (archived, written) = std::thread::scope(|scope| {
-        let hashing = scope.spawn(move || hash_written(opened));
+        let hashing = scope.spawn(move || hash_written(rels, open));
         let archived = write_archive(req, partial, archive);
         let written = hashing.join().unwrap_or_else(|_| {
             Err(io_err("cannot hash the files this run wrote")(
@@ -285,9 +282,13 @@ fn fill(req: &BackupRequest, partial: &Root, now: time::OffsetDateTime) -> Resul
 
 /// The size, mode and sha256 of each file this run wrote, for a rollback to tell them from
 /// what changed since.
-fn hash_written(opened: Vec<(String, File)>) -> Result<Vec<FileRecord>> {
-    let mut written = Vec::with_capacity(opened.len());
-    for (rel, file) in opened {
+fn hash_written(
+    rels: &[String],
+    open: &(dyn Fn(&str) -> Result<File> + Sync),
+) -> Result<Vec<FileRecord>> {
+    let mut written = Vec::with_capacity(rels.len());
+    for rel in rels {
+        let file = open(rel)?;
         let mode = file
             .metadata()
             .map_err(io_err(format!("cannot stat the new {rel}")))?
@@ -298,7 +299,7 @@ fn hash_written(opened: Vec<(String, File)>) -> Result<Vec<FileRecord>> {
         io::copy(&mut reader, &mut io::sink())
             .map_err(io_err(format!("cannot read the new {rel}")))?;
         written.push(FileRecord {
-            path: rel,
+            path: rel.clone(),
             size: reader.count(),
             mode,
             sha256: reader.hex(),
@@ -883,7 +884,7 @@ mod tests {
     fn request<'a>(
         root: &'a Path,
         dir: &'a Path,
-        open: &'a dyn Fn(&str) -> Result<File>,
+        open: &'a (dyn Fn(&str) -> Result<File> + Sync),
     ) -> BackupRequest<'a> {
         BackupRequest {
             root,

@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A chunk handed to a checker: whole lines, and its place in the file (0, 1, …). Its first
 /// line's number is known once every chunk before it is counted: the checkers count lines as
@@ -57,15 +57,18 @@ pub(super) fn check_file(
         .clamp(1, 8);
     let (tx, rx) = mpsc::sync_channel::<Chunk>(threads * 2);
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-    let rx = Mutex::new(rx);
+    // Only the checkers hold the queue's receiving end: should they all stop (a panic), the
+    // reader's next send fails instead of waiting forever on a full queue.
+    let rx = Arc::new(Mutex::new(rx));
     std::thread::scope(|scope| {
         let checkers: Vec<_> = (0..threads)
             .map(|_| {
                 let free = free_tx.clone();
-                let rx = &rx;
-                scope.spawn(move || check_chunks(rx, &free, schema))
+                let rx = Arc::clone(&rx);
+                scope.spawn(move || check_chunks(&rx, &free, schema))
             })
             .collect();
+        drop(rx);
         drop(free_tx);
         let read = read_chunks(&mut file, chunk_bytes, &free_rx, |chunk| {
             tx.send(chunk).is_ok()
@@ -124,29 +127,32 @@ fn read_chunks(
         bytes.clear();
         bytes.extend_from_slice(&carry);
         carry.clear();
-        // Room for the whole read up front: `read_to_end` then never doubles the buffer.
-        bytes.reserve(chunk_bytes);
-        let n = (&mut *file)
-            .take(chunk_bytes as u64)
-            .read_to_end(&mut bytes)?;
-        if n > 0 {
+        // Read until the buffer holds a line end or the file ends. A line longer than a chunk
+        // grows this one buffer (each read searched for a line end in its own bytes only), so
+        // the work stays in line with the line's length.
+        let at_end = loop {
+            let before = bytes.len();
+            // Room for the whole read up front: `read_to_end` then does not grow the buffer
+            // (`reserve` may, for a long carried line, and the buffer keeps that room).
+            bytes.reserve(chunk_bytes);
+            let n = (&mut *file)
+                .take(chunk_bytes as u64)
+                .read_to_end(&mut bytes)?;
+            if n == 0 {
+                break true;
+            }
             last = bytes.last().copied();
             // Keep the unfinished last line for the next chunk.
-            match memchr::memrchr(b'\n', &bytes) {
-                Some(end) => {
-                    carry.extend_from_slice(&bytes[end + 1..]);
-                    bytes.truncate(end + 1);
-                }
-                None => {
-                    carry = bytes;
-                    continue;
-                }
+            if let Some(end) = memchr::memrchr(b'\n', &bytes[before..]) {
+                carry.extend_from_slice(&bytes[before + end + 1..]);
+                bytes.truncate(before + end + 1);
+                break false;
             }
-        }
+        };
         if bytes.is_empty() {
             return Ok(last);
         }
-        if !send(Chunk { seq, bytes }) || n == 0 {
+        if !send(Chunk { seq, bytes }) || at_end {
             return Ok(last);
         }
         seq += 1;
