@@ -659,16 +659,14 @@ print(json.dumps(out))
     // A link planted at `.migrate/downloads` is refused and named, never written through.
     let elsewhere = tempfile::tempdir().expect("tempdir");
     std::os::unix::fs::symlink(elsewhere.path(), root.join(".migrate/downloads")).expect("plant");
-    let planted = run(
-        &[
-            "rollback",
-            "--backup-path",
-            &url,
-            "--identity",
-            p(&identity),
-        ],
-        &env,
-    );
+    let from_s3 = [
+        "rollback",
+        "--backup-path",
+        &url,
+        "--identity",
+        p(&identity),
+    ];
+    let planted = run(&from_s3, &env);
     assert_eq!(planted.status.code(), Some(3), "{}", both(&planted));
     assert!(both(&planted).contains("downloads"), "{}", both(&planted));
     assert_eq!(
@@ -677,16 +675,7 @@ print(json.dumps(out))
         "written through the link"
     );
     std::fs::remove_file(root.join(".migrate/downloads")).expect("unplant");
-    let restored = ok(&run(
-        &[
-            "rollback",
-            "--backup-path",
-            &url,
-            "--identity",
-            p(&identity),
-        ],
-        &env,
-    ));
+    let restored = ok(&run(&from_s3, &env));
     assert!(restored.contains(&url), "{restored}");
     assert_eq!(tree_hash(root), before, "restored from S3 byte for byte");
     assert!(

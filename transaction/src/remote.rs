@@ -550,6 +550,32 @@ mod tests {
     use super::*;
     use std::fs;
 
+    /// A remote on an in-memory store at `location`.
+    fn in_memory(
+        store: Arc<dyn ObjectStore>,
+        location: &str,
+        runtime: tokio::runtime::Runtime,
+    ) -> Remote {
+        Remote {
+            store,
+            location: Location::parse(location).unwrap(),
+            endpoint: "memory".into(),
+            runtime: Some(runtime),
+            hint: String::new(),
+        }
+    }
+
+    /// The metadata of an empty backup: what an upload or a download needs of it.
+    fn minimal_meta() -> BackupMetadata {
+        serde_json::from_value(serde_json::json!({
+            "format": 2, "kind": "full", "source_version": "0.1.0", "target_version": "1.0.0",
+            "created_unix": 1, "created": "", "host": "", "user": "", "root": "/x",
+            "archive": "backup.tar.zst", "archive_sha256": "", "files": [],
+            "created_files": [], "created_dirs": []
+        }))
+        .unwrap()
+    }
+
     /// The download's `.partial` folder planted in advance as a link to a folder outside:
     /// the link is removed, never followed; the files land in a real folder, 0600 in 0700.
     #[test]
@@ -577,20 +603,8 @@ mod tests {
                     .unwrap();
             }
         });
-        let remote = Remote {
-            store: Arc::new(store),
-            location: Location::parse("s3://b/fleet/full_backup_1").unwrap(),
-            endpoint: "memory".into(),
-            runtime: Some(runtime),
-            hint: String::new(),
-        };
-        let meta: BackupMetadata = serde_json::from_value(serde_json::json!({
-            "format": 2, "kind": "full", "source_version": "0.1.0", "target_version": "1.0.0",
-            "created_unix": 1, "created": "", "host": "", "user": "", "root": "/x",
-            "archive": "backup.tar.zst", "archive_sha256": "", "files": [],
-            "created_files": [], "created_dirs": []
-        }))
-        .unwrap();
+        let remote = in_memory(Arc::new(store), "s3://b/fleet/full_backup_1", runtime);
+        let meta = minimal_meta();
         let into = downloads.join("full_backup_1");
         let holder = Root::open(&downloads).unwrap();
         remote.download(&meta, &holder, "full_backup_1").unwrap();
@@ -626,24 +640,11 @@ mod tests {
         fs::write(backup.join(METADATA), "{}").unwrap();
         std::os::unix::fs::symlink(outside.join("secret"), backup.join("backup.tar.zst")).unwrap();
         let store = Arc::new(InMemory::new());
-        let remote = Remote {
-            store: store.clone(),
-            location: Location::parse("s3://b/fleet").unwrap(),
-            endpoint: "memory".into(),
-            runtime: Some(
-                tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .unwrap(),
-            ),
-            hint: String::new(),
-        };
-        let meta: BackupMetadata = serde_json::from_value(serde_json::json!({
-            "format": 2, "kind": "full", "source_version": "0.1.0", "target_version": "1.0.0",
-            "created_unix": 1, "created": "", "host": "", "user": "", "root": "/x",
-            "archive": "backup.tar.zst", "archive_sha256": "", "files": [],
-            "created_files": [], "created_dirs": []
-        }))
-        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let remote = in_memory(store.clone(), "s3://b/fleet", runtime);
+        let meta = minimal_meta();
         let e = remote.upload(&backup, &meta).unwrap_err().to_string();
         assert!(e.contains("backup.tar.zst") && e.contains("link"), "{e}");
         // The backup folder itself swapped for a link to a folder holding a real archive.

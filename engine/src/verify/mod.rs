@@ -403,35 +403,24 @@ fn check_models(
             "{}/{name}/metadata.json",
             crate::discover::install::MODELS_DIR
         );
-        let root = match &root {
-            Ok(root) => root,
-            Err(e) => {
-                v.error(
-                    "model_metadata",
-                    RuleKind::ModelCompatibility,
-                    &rel,
-                    e.to_string(),
-                );
-                continue;
-            }
-        };
-        let read = root.file_exists(&rel).and_then(|found| {
-            found
-                .then(|| root.read(&rel, MAX_MODEL_METADATA_BYTES))
-                .transpose()
+        // A root that would not open, or metadata that cannot be read: one finding.
+        let read = root.as_ref().map_err(ToString::to_string).and_then(|root| {
+            root.file_exists(&rel)
+                .and_then(|found| {
+                    found
+                        .then(|| root.read(&rel, MAX_MODEL_METADATA_BYTES))
+                        .transpose()
+                })
+                .map(|text| (root, text))
+                .map_err(|e| e.to_string())
         });
-        let text = match read {
-            Ok(Some(text)) => text,
+        let (root, text) = match read {
+            Ok((root, Some(text))) => (root, text),
             Err(e) => {
-                v.error(
-                    "model_metadata",
-                    RuleKind::ModelCompatibility,
-                    &rel,
-                    e.to_string(),
-                );
+                v.error("model_metadata", RuleKind::ModelCompatibility, &rel, e);
                 continue;
             }
-            Ok(None) => {
+            Ok((_, None)) => {
                 if matches!(schema, Some(Some(_))) {
                     v.error(
                         "model_metadata",
