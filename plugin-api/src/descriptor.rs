@@ -56,6 +56,12 @@ pub struct HopDescriptor {
     /// [`HopDescriptor::is_irreversible`] falls back to the text. Since 1.6.0.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub irreversible: bool,
+    /// The data rule's declared edits ([`DataProgram`](crate::program::DataProgram)), set by
+    /// [`Hop::data_program`](crate::Hop::data_program). Kept as JSON and read by
+    /// [`HopDescriptor::data_program`], so that a host whose vocabulary lacks a step a newer
+    /// plugin uses still loads the plugin (and runs its rule). Since 1.7.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_program: Option<serde_json::Value>,
 }
 
 /// The first plugin-api release whose descriptors carry [`HopDescriptor::irreversible`].
@@ -79,7 +85,19 @@ impl HopDescriptor {
             api_version: crate::API_VERSION.to_owned(),
             payload_version: crate::PAYLOAD_VERSION,
             irreversible: false,
+            data_program: None,
         }
+    }
+
+    /// The declared data edits, when the plugin declares them (with an edit rule to decide
+    /// what they leave) and this host understands every step; `None` otherwise, and the host
+    /// runs the rule.
+    pub fn data_program(&self) -> Option<crate::program::DataProgram> {
+        let json = self
+            .data_program
+            .as_ref()
+            .filter(|_| self.rules.data_edits)?;
+        serde_json::from_value(json.clone()).ok()
     }
 
     pub fn target_schema_version(mut self, version: u64) -> Self {
@@ -207,7 +225,7 @@ mod tests {
             assert!(plain.irreversible_changes().is_empty());
         }
         // Built against 1.6 or later: the flag decides, whatever the text says.
-        for api in ["1.6.0", "1.10.0", "2.0.0"] {
+        for api in ["1.6.0", "1.7.0", "1.10.0", "2.0.0"] {
             assert!(
                 !built_against(api, worded.clone()).is_irreversible(),
                 "{api}"

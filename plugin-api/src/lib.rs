@@ -76,6 +76,7 @@ pub mod error;
 pub mod ffi;
 pub mod json;
 pub mod model;
+pub mod program;
 pub mod raw;
 pub mod rules;
 pub mod safetensors;

@@ -162,6 +162,16 @@ impl Hop {
         self
     }
 
+    /// Declares what the [`data_edits`](Self::data_edits) rule does to the common record, for
+    /// hosts (1.7 and later) to run natively with every other hop's declaration in one pass;
+    /// the rule still decides every record the program leaves to it, and runs in older hosts.
+    /// See the [`program`](crate::program) module. Since 1.7.0.
+    pub fn data_program(mut self, program: crate::program::DataProgram) -> Self {
+        // A program serialises to JSON whatever its steps; `None` would only drop it.
+        self.descriptor.data_program = serde_json::to_value(program).ok();
+        self
+    }
+
     pub fn model(mut self, rule: impl ModelMigrationRule + 'static) -> Self {
         self.model = Some(Box::new(rule));
         self

@@ -304,6 +304,50 @@ impl<'a> Equivalence<'a> {
     }
 }
 
+/// The hop's declared data program ([`plugin_api::program`], since 1.7) against its edit
+/// rule, on generated records: wherever the program writes a record, it writes what the rule
+/// writes, and it leaves every record the rule refuses to the rule. Returns how many of the
+/// generated records the program wrote, for the caller to check it is not vacuous.
+pub fn check_program_generated(hop: &Hop, record: impl Strategy<Value = String>) -> usize {
+    let (program, rule) = program_and_rule(hop);
+    let written = std::cell::Cell::new(0);
+    let mut runner = TestRunner::new(config());
+    let result = runner.run(&record, |line| {
+        let n = plugin_api::program::check_against_rule(&program, rule, line.as_bytes())
+            .map_err(TestCaseError::fail)?;
+        written.set(written.get() + n);
+        Ok(())
+    });
+    match result {
+        Ok(()) => written.get(),
+        Err(TestError::Fail(why, line)) => {
+            panic!("the program and the rule differ: {why}\nminimal record: {line}")
+        }
+        Err(TestError::Abort(why)) => panic!("the property was aborted: {why}"),
+    }
+}
+
+/// [`check_program_generated`] on hand-written lines; returns how many the program wrote.
+pub fn assert_program_agrees(hop: &Hop, lines: &[&str]) -> usize {
+    let (program, rule) = program_and_rule(hop);
+    plugin_api::program::check_against_rule(&program, rule, lines.join("\n").as_bytes())
+        .unwrap_or_else(|e| panic!("the program and the rule differ: {e}"))
+}
+
+fn program_and_rule(
+    hop: &Hop,
+) -> (
+    plugin_api::program::DataProgram,
+    &dyn plugin_api::DataEditRule,
+) {
+    let program = hop
+        .descriptor()
+        .data_program()
+        .expect("the hop declares a data program this plugin-api reads");
+    let rule = hop.data_edit_rule().expect("the hop has an edit rule");
+    (program, rule)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,9 +81,11 @@ fn install_with_log() -> tempfile::TempDir {
     install
 }
 
-fn migrate_quarantining(root: &Path, env: &[(&str, &str)]) {
+/// The migration's `--json` report.
+fn migrate_quarantining(root: &Path, env: &[(&str, &str)]) -> String {
     ok(&migrate_env(
         &[
+            "--json",
             "version",
             "--path",
             root.to_str().unwrap(),
@@ -93,14 +95,29 @@ fn migrate_quarantining(root: &Path, env: &[(&str, &str)]) {
             "quarantine",
         ],
         env,
-    ));
+    ))
+}
+
+/// The data step of a `--json` report.
+fn data_step(report: &str) -> Value {
+    let report: Value = serde_json::from_str(report).expect("a JSON report");
+    report["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["name"] == "data"))
+        .cloned()
+        .expect("a data step")
 }
 
 #[test]
 fn the_one_pass_path_gives_what_the_hops_run_one_by_one_give() {
+    let programs = install_with_log();
     let one_pass = install_with_log();
     let hop_by_hop = install_with_log();
-    migrate_quarantining(one_pass.path(), &[]);
+    let fused = data_step(&migrate_quarantining(programs.path(), &[]));
+    let by_rules = data_step(&migrate_quarantining(
+        one_pass.path(),
+        &[("TRUSTFORMERS_MIGRATE_RULES_ONLY", "1")],
+    ));
     migrate_quarantining(
         hop_by_hop.path(),
         &[("TRUSTFORMERS_MIGRATE_HOP_BY_HOP", "1")],
@@ -111,6 +128,21 @@ fn the_one_pass_path_gives_what_the_hops_run_one_by_one_give() {
         tree_hash(hop_by_hop.path()),
         "one pass differs from hop by hop"
     );
+    assert_eq!(
+        a,
+        tree_hash(programs.path()),
+        "the programs' pass differs from the rules'"
+    );
+    // The declared programs (plugin-api 1.7) migrated the ordinary records in the host's one
+    // fused pass, and left the corners to the rules; with RULES_ONLY they migrated none.
+    let records = fused["records"].as_u64().expect("records");
+    let by_program = fused["records_by_program"].as_u64().unwrap_or(0);
+    assert!(
+        by_program >= 9000 && by_program < records,
+        "{by_program} of {records} records by the programs: {fused}"
+    );
+    assert!(by_rules.get("records_by_program").is_none(), "{by_rules}");
+    assert_eq!(by_rules["records"], fused["records"]);
     // Not vacuous: records were migrated, refused into the quarantine, and kept as blank lines.
     let out = read(one_pass.path(), "data/requests.jsonl");
     assert!(out.contains(r#""schema_version":3"#), "{}", &out[..500]);
@@ -215,4 +247,51 @@ fn untouched_values_inside_an_edited_object_pass_through_as_written() {
         line,
         r#"{"id":"req-3","client":{"ip":"10.0.0.1", "seen_at":"2021-12-31T23:58:20Z","ratio":1.0E2,"name":"\u00e9\/"},"timestamp":null,"schema_version":3}"#
     );
+}
+
+/// A plugin whose declared program says more than its rule does (the failing-hop fixture with
+/// `FAILING_HOP_PROGRAM=lying` adds `"lied": 1` in its program only): the host runs the first
+/// batch both ways, sees the difference, and lets the rules migrate every record, with a
+/// warning that names the hops and the place.
+#[test]
+fn a_program_that_disagrees_with_its_rule_is_dropped_and_the_rules_decide() {
+    let plugins = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(failing_hop(), plugins.path().join("libfailing_hop.so")).expect("copy");
+    for name in ["libv0_1_to_v1.so", "libv2_to_v2_1.so"] {
+        std::fs::copy(target_dir().join(name), plugins.path().join(name)).expect("copy");
+    }
+    let install = install_with_log();
+    // The fixture has no model rule: the sample's model would stop the run at 2.0.0 → 2.1.0.
+    std::fs::remove_dir_all(install.path().join("models")).expect("remove models");
+    let root = install.path().to_str().unwrap();
+    let report = ok(&migrate_env(
+        &[
+            "--json",
+            "--plugin-dir",
+            plugins.path().to_str().unwrap(),
+            "version",
+            "--path",
+            root,
+            "--to",
+            "2.1.0",
+            "--on-invalid",
+            "quarantine",
+        ],
+        &[("FAILING_HOP_PROGRAM", "lying")],
+    ));
+    let data = data_step(&report);
+    assert!(data.get("records_by_program").is_none(), "{data}");
+    let warnings = data["warnings"].to_string();
+    assert!(
+        warnings.contains("disagree with their rules")
+            && warnings.contains("failing_v1_to_v2")
+            && warnings.contains("data/requests.jsonl:"),
+        "{warnings}"
+    );
+    let out = read(install.path(), "data/requests.jsonl");
+    assert!(
+        !out.contains("\"lied\""),
+        "a record carries the program's lie"
+    );
+    assert!(out.contains(r#""schema_version":3"#), "{}", &out[..300]);
 }

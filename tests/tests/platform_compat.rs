@@ -29,12 +29,27 @@ fn a_plugin_built_against_plugin_api_1_0_0_loads_and_migrates() {
     );
     assert_eq!(
         entry(&doc, PLUGINS[0])["descriptor"]["api_version"],
-        "1.6.0"
+        "1.7.0"
     );
 
     let install = sample_install();
-    ok(&migrate_to(dir.path(), install.path(), "2.2.0", &[], &[]));
+    let report = ok(&migrate_to(
+        dir.path(),
+        install.path(),
+        "2.2.0",
+        &["--json"],
+        &[],
+    ));
     assert_eq!(read(install.path(), "VERSION"), "2.2.0\n");
+    // A hop without a declared program (plugin-api 1.7) keeps the whole chain on the hops'
+    // rules: the host's one fused pass migrated nothing.
+    let report: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
+    let data = report["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "data"))
+        .expect("a data step");
+    assert!(data["records"].as_u64() > Some(0), "{data}");
+    assert!(data.get("records_by_program").is_none(), "{data}");
     let config = read(install.path(), "config/server.toml");
     assert!(
         config.contains("[fixture]\nmigrated_by = \"platform_hop\""),

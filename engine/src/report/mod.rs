@@ -46,8 +46,16 @@ pub struct StepResult {
     pub quarantined: u64,
     pub bytes_per_sec: u64,
     pub records_per_sec: u64,
+    /// Of `records`, those the hops' declared programs migrated in the host's one fused pass
+    /// (the rest went through the hops' rules). Absent when none did.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub records_by_program: u64,
     pub warnings: Vec<String>,
     pub error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl StepResult {
@@ -62,6 +70,7 @@ impl StepResult {
             quarantined: 0,
             bytes_per_sec: 0,
             records_per_sec: 0,
+            records_by_program: 0,
             warnings: Vec::new(),
             error: None,
         }

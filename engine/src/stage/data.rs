@@ -16,6 +16,7 @@ use migrate_transaction::confine::Root;
 use migrate_transaction::staging::Staging;
 use migrate_transaction::{fault, journal};
 use plugin_api::ffi::{CallError, RefusedRecord};
+use plugin_api::program::run::{Chain, Outcome, Scratch};
 use plugin_api::view::ViewBatch;
 use plugin_api::RuleError;
 
@@ -44,6 +45,8 @@ pub struct FileStats {
 /// How data files are migrated in this run.
 pub struct DataRun<'a> {
     pub hops: &'a [LoadedHop],
+    /// The hops' declared programs, compiled into one pass (when every data hop has one).
+    pub programs: &'a Programs,
     /// The release the run starts from.
     pub from: String,
     /// Refused records allowed in the whole run (quarantine has a ceiling).
@@ -71,6 +74,75 @@ impl Counters {
         let b = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         let r = self.records.fetch_add(records, Ordering::Relaxed) + records;
         observer.step_progress(b, r);
+    }
+}
+
+/// The data hops' declared programs ([`plugin_api::program`]), compiled into one pass the host
+/// runs without calling a plugin; what a program leaves to the rules goes through the rules.
+///
+/// A program only describes its hop's rule, so the host does not take it on trust: until one
+/// batch in which the programs wrote records has come out byte for byte the same both ways
+/// (records, and refusals with their words), every batch is run both ways and the rules'
+/// result is kept. A difference drops the
+/// programs for the rest of the run, with a warning naming the hops: the rules decide.
+pub struct Programs {
+    chain: Option<Chain>,
+    /// Labels of the hops whose programs make up `chain`, for the warning.
+    hops: String,
+    checked: AtomicBool,
+    dropped: Mutex<Option<String>>,
+    records: AtomicU64,
+}
+
+impl Programs {
+    /// Compiles the programs of `hops`' data hops, when every one of them declares a program
+    /// this host reads, and the run does not ask for another path.
+    pub fn compile(hops: &[LoadedHop]) -> Programs {
+        let data: Vec<&LoadedHop> = hops.iter().filter(|h| h.descriptor.rules.data).collect();
+        let programs: Option<Vec<_>> = data.iter().map(|h| h.descriptor.data_program()).collect();
+        let chain = programs
+            .filter(|p| !p.is_empty() && !hop_by_hop() && !rules_only())
+            .and_then(|p| Chain::compile(&p.iter().collect::<Vec<_>>()).ok());
+        Programs {
+            chain,
+            hops: data
+                .iter()
+                .map(|h| hop_label(h))
+                .collect::<Vec<_>>()
+                .join(", "),
+            checked: AtomicBool::new(false),
+            dropped: Mutex::new(None),
+            records: AtomicU64::new(0),
+        }
+    }
+
+    /// Records the programs migrated.
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// Why the programs were dropped, if they were.
+    pub fn dropped(&self) -> Option<String> {
+        self.dropped.lock().ok().and_then(|d| d.clone())
+    }
+
+    fn chain(&self) -> Option<&Chain> {
+        let dropped = self.dropped.lock().map_or(true, |d| d.is_some());
+        self.chain.as_ref().filter(|_| !dropped)
+    }
+
+    fn drop_programs(&self, file: &DataFile, place: u64) {
+        if let Ok(mut d) = self.dropped.lock() {
+            d.get_or_insert_with(|| {
+                format!(
+                    "the declared data programs of {} disagree with their rules on {}: the rules \
+                     migrated every record (nothing is lost, the run is slower); report this \
+                     to the plugins' authors",
+                    self.hops,
+                    place_name(file, place)
+                )
+            });
+        }
     }
 }
 
@@ -314,9 +386,119 @@ impl DataRun<'_> {
             static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
         }
         let mut buffers = BUFFERS.with(|b| std::mem::take(&mut *b.borrow_mut()));
-        let result = self.run_hops_with(batch, file, &mut buffers);
+        let result = match self.programs.chain() {
+            Some(chain) if self.programs.checked.load(Ordering::Relaxed) => self
+                .run_chain(chain, batch, file, &mut buffers)
+                .map(|(migrated, refusals, written)| {
+                    self.programs.records.fetch_add(written, Ordering::Relaxed);
+                    (migrated, refusals)
+                }),
+            Some(chain) => self.run_both_ways(chain, batch, file, &mut buffers),
+            None => self.run_hops_with(batch, file, &mut buffers),
+        };
         BUFFERS.with(|b| *b.borrow_mut() = buffers);
         result
+    }
+
+    /// The programs' pass and the rules on the same batch: the rules' result, and the programs
+    /// are trusted from now on if the two are the same (else dropped).
+    fn run_both_ways(
+        &self,
+        chain: &Chain,
+        batch: &Batch,
+        file: &DataFile,
+        buffers: &mut Buffers,
+    ) -> Result<(Migrated, Vec<Refusal>)> {
+        let (by_rules, refused) = self.run_hops_with(batch, file, buffers)?;
+        let (by_programs, refused_too, written) = self.run_chain(chain, batch, file, buffers)?;
+        let words = |r: &[Refusal]| -> Vec<(u64, String, String)> {
+            r.iter()
+                .map(|r| (r.place, r.hop.clone(), r.error.to_string()))
+                .collect()
+        };
+        let (a, b) = (by_rules.as_slice(), by_programs.as_slice());
+        if a == b && words(&refused) == words(&refused_too) {
+            // A batch the programs left wholly to the rules proves nothing: the next one is
+            // run both ways too.
+            if written > 0 {
+                self.programs.checked.store(true, Ordering::Relaxed);
+            }
+        } else {
+            // The first record that differs: the line whose output differs, counted among
+            // the records written.
+            let line = a
+                .iter()
+                .zip(b)
+                .take_while(|(x, y)| x == y)
+                .filter(|(x, _)| **x == b'\n')
+                .count();
+            let place = batch.places.get(line).copied().unwrap_or(batch.places[0]);
+            self.programs.drop_programs(file, place);
+        }
+        Ok((by_rules, refused))
+    }
+
+    /// The batch through the compiled programs; the records they leave to the rules go
+    /// through the rules, as a batch of their own, and take their places again in the output.
+    /// Also returns how many records the programs wrote.
+    fn run_chain(
+        &self,
+        chain: &Chain,
+        batch: &Batch,
+        file: &DataFile,
+        buffers: &mut Buffers,
+    ) -> Result<(Migrated, Vec<Refusal>, u64)> {
+        let Ok(text) = std::str::from_utf8(&batch.bytes) else {
+            let (migrated, refusals) = self.run_hops_with(batch, file, buffers)?;
+            return Ok((migrated, refusals, 0));
+        };
+        let mut out = Vec::with_capacity(batch.bytes.len() + batch.bytes.len() / 2);
+        let mut left = Vec::new();
+        let lines = file.kind == DataKind::Lines;
+        for i in 0..batch.places.len() {
+            let line = batch.range(i);
+            let line = &text[line];
+            // A document's record cut with a line break in it is read as two by the rules'
+            // path: theirs to decide.
+            if (!lines && memchr::memchr(b'\n', line.as_bytes()).is_some())
+                || chain.run(line, &mut out, &mut buffers.scratch) == Outcome::ToRule
+            {
+                left.push((i, out.len()));
+            }
+        }
+        let written = (batch.places.len() - left.len()) as u64;
+        if left.is_empty() {
+            return Ok((Migrated::Host(out), Vec::new(), written));
+        }
+        let mut rest = Batch::default();
+        for &(i, _) in &left {
+            let start = rest.bytes.len();
+            rest.bytes.extend_from_slice(batch.record(i));
+            rest.close_record(start, batch.places[i]);
+        }
+        let (migrated, refusals) = self.run_hops_with(&rest, file, buffers)?;
+        let refused: std::collections::HashSet<u64> = refusals.iter().map(|r| r.place).collect();
+        let mut by_rules = migrated.as_slice().split_inclusive(|b| *b == b'\n');
+        let mut merged = Vec::with_capacity(out.len() + migrated.as_slice().len());
+        let mut at = 0;
+        for &(i, offset) in &left {
+            merged.extend_from_slice(&out[at..offset]);
+            at = offset;
+            if !refused.contains(&batch.places[i]) {
+                let Some(line) = by_rules.next() else {
+                    return Err(MigrateError::Internal {
+                        detail: format!(
+                            "the hops' rules wrote fewer records than they kept in {}",
+                            file.rel
+                        ),
+                        state: "nothing was changed".into(),
+                    });
+                };
+                merged.extend_from_slice(line);
+            }
+        }
+        merged.extend_from_slice(&out[at..]);
+        Ok((Migrated::Host(merged), refusals, written))
     }
 
     fn run_hops_with(
@@ -626,6 +808,13 @@ fn hop_by_hop() -> bool {
     })
 }
 
+/// `TRUSTFORMERS_MIGRATE_RULES_ONLY=1`: the hops' rules migrate every record, their declared
+/// programs are not used. For checking the programs' pass against the rules (the tests compare
+/// the two), and a way around it, should it ever be suspected; never faster.
+fn rules_only() -> bool {
+    std::env::var_os("TRUSTFORMERS_MIGRATE_RULES_ONLY").is_some_and(|v| v == "1")
+}
+
 /// Opens a data file beneath the installation: never through a link, never a FIFO.
 /// The staged copy of `file`, created with the mode of the file it will replace (see
 /// [`Staging::create_file`]).
@@ -704,6 +893,7 @@ enum Records {
 #[derive(Default)]
 struct Buffers {
     spare: ViewBatch,
+    scratch: Scratch,
 }
 
 impl Records {
@@ -797,6 +987,17 @@ impl Batch {
             self.bytes.push(b'\n');
         }
         self.places.push(place);
+    }
+
+    /// Record `i`'s byte range, without its `\n`.
+    fn range(&self, i: usize) -> std::ops::Range<usize> {
+        let end = self.starts.get(i + 1).copied().unwrap_or(self.bytes.len());
+        let end = if end > self.starts[i] && self.bytes[end - 1] == b'\n' {
+            end - 1
+        } else {
+            end
+        };
+        self.starts[i]..end
     }
 
     fn record(&self, i: usize) -> &[u8] {

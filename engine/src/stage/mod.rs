@@ -25,7 +25,7 @@ use crate::plan::Plan;
 use crate::report::{StepResult, StepStatus};
 use crate::settings::Dtype;
 pub use budget::Budget;
-use data::{Counters, DataRun};
+use data::{Counters, DataRun, Programs};
 
 /// Announces a call into `hop`'s plugin, makes it, and says it returned.
 fn call<T>(
@@ -119,8 +119,10 @@ pub fn data(
         return Ok(());
     };
     let counters = Counters::default();
+    let programs = Programs::compile(hops);
     let run = DataRun {
         hops,
+        programs: &programs,
         from: plan.from.to_string(),
         max_invalid_records: plan.options.max_invalid_records,
         on_invalid: plan.options.on_invalid,
@@ -143,6 +145,8 @@ pub fn data(
             ));
         }
     }
+    s.records_by_program = programs.records();
+    s.warnings.extend(programs.dropped());
     Ok(())
 }
 

@@ -68,7 +68,8 @@ pub fn half_of_physical_memory() -> u64 {
 
 /// What a worker sent, or that it closed its side.
 enum Event {
-    Reply(Reply),
+    /// Boxed: a reply carries a step result, several times the size of the other events.
+    Reply(Box<Reply>),
     Stderr(String),
     /// The worker's stderr reached its end: every line it wrote has been delivered.
     StderrClosed,
@@ -220,7 +221,7 @@ fn spawn_reader(stdout: std::process::ChildStdout, tx: Sender<Event>) {
         loop {
             match protocol::read_frame::<Reply>(&mut input) {
                 Ok(Some(reply)) => {
-                    if tx.send(Event::Reply(reply)).is_err() {
+                    if tx.send(Event::Reply(Box::new(reply))).is_err() {
                         return;
                     }
                 }
@@ -315,7 +316,7 @@ fn run(
             }
             Event::Reply(reply) => {
                 last_heard = Instant::now();
-                match reply {
+                match *reply {
                     Reply::Hello { protocol, version } => {
                         if !protocol::compatible(&protocol, &version) {
                             let detail = format!(

@@ -11,6 +11,7 @@
 //! is written out as it came in.
 
 use plugin_api::json::wrong_type;
+use plugin_api::program::{DataProgram, Kind};
 use plugin_api::{DataEditRule, Edits, FieldError, RecordView};
 use serde_json::Value;
 
@@ -18,6 +19,21 @@ use crate::SCHEMA_VERSION;
 
 /// The data rule of this hop.
 pub struct AddSchemaVersion;
+
+/// What [`AddSchemaVersion`] does to the records it accepts, declared for the host to run
+/// natively (plugin-api 1.7); the rule decides every record the program leaves to it, and
+/// `program_matches_the_rule` checks the two agree.
+pub fn program() -> DataProgram {
+    DataProgram::new()
+        .require("schema_version", None)
+        .check("id", Kind::String)
+        .check("model", Kind::String)
+        .check("prompt_tokens", Kind::Count)
+        .check("completion_tokens", Kind::Count)
+        .check("latency_ms", Kind::NonNegativeNumber)
+        .check("timestamp", Kind::IntegerStringOrNull)
+        .set_integer("schema_version", SCHEMA_VERSION)
+}
 
 impl DataEditRule for AddSchemaVersion {
     fn edit(&self, record: &RecordView<'_>, edits: &mut Edits) -> Result<(), FieldError> {

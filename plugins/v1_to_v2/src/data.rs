@@ -11,6 +11,7 @@
 //! is written out as it came in.
 
 use plugin_api::json::{join, type_name};
+use plugin_api::program::DataProgram;
 use plugin_api::view::walk_objects_at;
 use plugin_api::{DataEditRule, Edits, FieldError, RecordView};
 use serde_json::{Map, Value};
@@ -22,6 +23,23 @@ pub struct DataRule;
 
 const FROM_SCHEMA: u64 = 1;
 const TO_SCHEMA: u64 = 2;
+
+/// What [`DataRule`] does to the records it accepts, declared for the host to run natively
+/// (plugin-api 1.7); the rule decides every record the program leaves to it, and the
+/// equivalence tests check the two agree.
+pub fn program() -> DataProgram {
+    DataProgram::new()
+        .require("schema_version", Some(FROM_SCHEMA))
+        .unix_seconds_to_rfc3339(&["timestamp"], &["_at"])
+        .group(
+            "usage",
+            &[
+                ("prompt_tokens", "input_tokens"),
+                ("completion_tokens", "output_tokens"),
+            ],
+        )
+        .set_integer("schema_version", TO_SCHEMA)
+}
 
 impl DataEditRule for DataRule {
     fn edit(&self, record: &RecordView<'_>, edits: &mut Edits) -> Result<(), FieldError> {

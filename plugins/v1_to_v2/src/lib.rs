@@ -44,6 +44,7 @@ pub fn hop() -> Hop {
     Hop::new(descriptor)
         .config(ConfigRule)
         .data_edits(DataRule)
+        .data_program(data::program())
         .model(ModelRule)
 }
 

@@ -19,6 +19,7 @@
 use std::fmt::Write as _;
 
 use plugin_api::json::{join, opt_u64, replace_key, type_name};
+use plugin_api::program::{DataProgram, Rate};
 use plugin_api::raw::RawRecord;
 use plugin_api::view::{walk_objects_at, NestedObject};
 use plugin_api::{DataEditRule, Edits, FieldError, RecordView};
@@ -32,6 +33,29 @@ const KEY_PREFIX_CHARS: usize = 8;
 
 /// The data rule of this hop.
 pub struct MetricsAndHashedKeys;
+
+/// What [`MetricsAndHashedKeys`] does to the records it accepts, declared for the host to run
+/// natively (plugin-api 1.7); the rule decides every record the program leaves to it, and the
+/// equivalence tests check the two agree.
+pub fn program() -> DataProgram {
+    DataProgram::new()
+        .require("schema_version", Some(SOURCE_SCHEMA_VERSION))
+        .nest_with_rate(
+            "latency_ms",
+            "metrics",
+            Rate {
+                name: "tokens_per_second".to_owned(),
+                count: vec!["usage".to_owned(), "output_tokens".to_owned()],
+                per: 1000,
+                decimals: 2,
+            },
+        )
+        .hash_secret(
+            ["key", "scopes", "key_sha256", "key_prefix"],
+            KEY_PREFIX_CHARS as u32,
+        )
+        .set_integer("schema_version", SCHEMA_VERSION)
+}
 
 impl DataEditRule for MetricsAndHashedKeys {
     fn edit(&self, record: &RecordView<'_>, edits: &mut Edits) -> Result<(), FieldError> {

@@ -42,6 +42,7 @@ pub fn hop() -> Hop {
     Hop::new(descriptor)
         .config(config::ServerToml)
         .data_edits(data::MetricsAndHashedKeys)
+        .data_program(data::program())
         .model(model::ServingMetadata)
 }
 

@@ -79,25 +79,54 @@ fn raw_rule_matches_the_map_reference() {
         .check_generated(plugin_testing::record_line(known_fields(), value()));
 }
 
+/// Records outside serde_json's canonical form: escapes, repeats, whitespace, odd numbers.
+const NON_CANONICAL: &[&str] = &[
+    r#"{"timestamp":-0}"#,
+    r#"{"timestamp":-1,"prompt_tokens":-0}"#,
+    r#"{"latency_ms":-0,"id":"a"}"#,
+    r#"{"latency_ms":1E2,"completion_tokens":1e0}"#,
+    r#"{"prompt_tokens":1,"prompt_tokens":"x"}"#,
+    r#"{"prompt_tokens":"x","prompt_tokens":1}"#,
+    r#"{"schema_version":1,"schema_version":null}"#,
+    r#"{"time\u0073tamp":1.5}"#,
+    r#"{"id":"a\u0062","model":"\ud83d\ude00"}"#,
+    r#" { "id" : "a" , "nested" : { "x" : [ 1 , 2.50 ] } , "timestamp" : 5 } "#,
+    r#"{"timestamp":18446744073709551615,"completion_tokens":18446744073709551615}"#,
+    r#"{"timestamp":-9223372036854775808}"#,
+    r#"{"timestamp":-9223372036854775809}"#,
+    r#"{"timestamp":18446744073709551616}"#,
+];
+
 /// Inputs outside the canonical form agree too, up to layout.
 #[test]
 fn non_canonical_inputs_agree_up_to_layout() {
-    let lines = [
-        r#"{"timestamp":-0}"#,
-        r#"{"timestamp":-1,"prompt_tokens":-0}"#,
-        r#"{"latency_ms":-0,"id":"a"}"#,
-        r#"{"latency_ms":1E2,"completion_tokens":1e0}"#,
-        r#"{"prompt_tokens":1,"prompt_tokens":"x"}"#,
-        r#"{"prompt_tokens":"x","prompt_tokens":1}"#,
-        r#"{"schema_version":1,"schema_version":null}"#,
-        r#"{"time\u0073tamp":1.5}"#,
-        r#"{"id":"a\u0062","model":"\ud83d\ude00"}"#,
-        r#" { "id" : "a" , "nested" : { "x" : [ 1 , 2.50 ] } , "timestamp" : 5 } "#,
-        r#"{"timestamp":18446744073709551615,"completion_tokens":18446744073709551615}"#,
-        r#"{"timestamp":-9223372036854775808}"#,
-        r#"{"timestamp":-9223372036854775809}"#,
-        r#"{"timestamp":18446744073709551616}"#,
-    ];
     let hop = crate::hop();
-    Equivalence::new(&hop, &reference::AddSchemaVersion).assert_agree_up_to_layout(&lines);
+    Equivalence::new(&hop, &reference::AddSchemaVersion).assert_agree_up_to_layout(NON_CANONICAL);
+}
+
+/// Records as the spec shows them (and as the bench generates them): the program writes every
+/// one, and writes what the rule writes.
+const COMMON: &[&str] = &[
+    r#"{"id":"req-1","model":"bert-base","prompt_tokens":12,"completion_tokens":30,"latency_ms":123,"timestamp":1640995200}"#,
+    r#"{"id":"req-2","model":"m","latency_ms":12.5,"timestamp":"2022-01-01T00:00:00Z","client":{"seen_at":1}}"#,
+    r#"{"id":"req-3","timestamp":null,"x":[1,{"y":2}]}"#,
+];
+
+#[test]
+fn the_declared_program_writes_what_the_rule_writes() {
+    let hop = crate::hop();
+    assert_eq!(
+        plugin_testing::assert_program_agrees(&hop, COMMON),
+        COMMON.len(),
+        "the program leaves common records to the rule"
+    );
+    plugin_testing::assert_program_agrees(&hop, NON_CANONICAL);
+    let written = plugin_testing::check_program_generated(
+        &hop,
+        plugin_testing::record_line(known_fields(), value()),
+    );
+    assert!(
+        written > 0,
+        "the program wrote none of the generated records"
+    );
 }

@@ -88,34 +88,63 @@ fn raw_rule_matches_the_map_reference() {
         .check_generated(plugin_testing::record_line(known_fields(), value()));
 }
 
+/// Records outside serde_json's canonical form: escapes, repeats, whitespace, odd numbers.
+const NON_CANONICAL: &[&str] = &[
+    r#"{"timestamp":-0,"schema_version":1}"#,
+    r#"{"schema_version":1,"a":{"b_at":-0}}"#,
+    r#"{"schema_version":1,"a":[{"b_at":-1}]}"#,
+    r#"{"schema_version":1,"timestamp":5,"timestamp":"x"}"#,
+    r#"{"schema_version":1,"timestamp":"x","timestamp":5}"#,
+    r#"{"schema_version":1,"timestamp":5,"timestamp":1.5}"#,
+    r#"{"schema_version":1,"prompt_tokens":"x","prompt_tokens":3,"usage":1,"usage":2}"#,
+    r#"{"schema_version":2,"schema_version":1}"#,
+    r#"{"schema_version":1,"a":{"cre\u0061ted_at":5}}"#,
+    r#"{"schema_version":1,"a":{"x_\u0061t":5},"b":[{"time\u0073tamp":6}]}"#,
+    r#"{"schema_version":1,"time\u0073tamp":5}"#,
+    r#" { "schema_version" : 1 , "a" : { "x_at" : 5 , "y" : [ 1.50 ] } , "b" : [ 2.50 ] } "#,
+    r#"{"schema_version":1,"x_at":9223372036854775808}"#,
+    r#"{"schema_version":1,"x_at":1e3}"#,
+    r#"{"schema_version":1,"x_at":-9223372036854775808}"#,
+    r#"{"schema_version":1,"a":{"[0]":{"b_at":1.5}}}"#,
+    r#"{"schema_version":1,"[k]":[{"b_at":1.5}]}"#,
+    r#"{"schema_version":1,"a":[[{"b_at":true}]]}"#,
+    r#"{"schema_version":1,"latency_ms":{"":{"created_at":[]}}}"#,
+    r#"{"schema_version":1,"":{"x_at":1.5}}"#,
+    r#"{"schema_version":1,"":[{"":{"x_at":1.5}}]}"#,
+    r#"{"schema_version":1,"a":{"b":{"c":[{"d_at":"x","e_at":[]}]}}}"#,
+    r#"{"schema_version":1,"s":"_at\" \"timestamp\"","a_at":{"x":1}}"#,
+];
+
 /// Inputs outside the canonical form agree too, up to layout.
 #[test]
 fn non_canonical_inputs_agree_up_to_layout() {
-    let lines = [
-        r#"{"timestamp":-0,"schema_version":1}"#,
-        r#"{"schema_version":1,"a":{"b_at":-0}}"#,
-        r#"{"schema_version":1,"a":[{"b_at":-1}]}"#,
-        r#"{"schema_version":1,"timestamp":5,"timestamp":"x"}"#,
-        r#"{"schema_version":1,"timestamp":"x","timestamp":5}"#,
-        r#"{"schema_version":1,"timestamp":5,"timestamp":1.5}"#,
-        r#"{"schema_version":1,"prompt_tokens":"x","prompt_tokens":3,"usage":1,"usage":2}"#,
-        r#"{"schema_version":2,"schema_version":1}"#,
-        r#"{"schema_version":1,"a":{"cre\u0061ted_at":5}}"#,
-        r#"{"schema_version":1,"a":{"x_\u0061t":5},"b":[{"time\u0073tamp":6}]}"#,
-        r#"{"schema_version":1,"time\u0073tamp":5}"#,
-        r#" { "schema_version" : 1 , "a" : { "x_at" : 5 , "y" : [ 1.50 ] } , "b" : [ 2.50 ] } "#,
-        r#"{"schema_version":1,"x_at":9223372036854775808}"#,
-        r#"{"schema_version":1,"x_at":1e3}"#,
-        r#"{"schema_version":1,"x_at":-9223372036854775808}"#,
-        r#"{"schema_version":1,"a":{"[0]":{"b_at":1.5}}}"#,
-        r#"{"schema_version":1,"[k]":[{"b_at":1.5}]}"#,
-        r#"{"schema_version":1,"a":[[{"b_at":true}]]}"#,
-        r#"{"schema_version":1,"latency_ms":{"":{"created_at":[]}}}"#,
-        r#"{"schema_version":1,"":{"x_at":1.5}}"#,
-        r#"{"schema_version":1,"":[{"":{"x_at":1.5}}]}"#,
-        r#"{"schema_version":1,"a":{"b":{"c":[{"d_at":"x","e_at":[]}]}}}"#,
-        r#"{"schema_version":1,"s":"_at\" \"timestamp\"","a_at":{"x":1}}"#,
-    ];
     let hop = crate::hop();
-    Equivalence::new(&hop, &reference::DataRule).assert_agree_up_to_layout(&lines);
+    Equivalence::new(&hop, &reference::DataRule).assert_agree_up_to_layout(NON_CANONICAL);
+}
+
+/// Records as the spec shows them (and as the bench generates them): the program writes every
+/// one, and writes what the rule writes.
+const COMMON: &[&str] = &[
+    r#"{"id":"req-1","model":"bert-base","prompt_tokens":12,"completion_tokens":30,"latency_ms":123,"timestamp":1640995200,"schema_version":1}"#,
+    r#"{"id":"req-2","prompt_tokens":7,"latency_ms":5,"timestamp":1640995201,"client":{"ip":"10.1.2.3","seen_at":1640995140},"schema_version":1}"#,
+    r#"{"keys":[{"name":"k0","key":"tfk_0","created_at":1640995200,"scopes":["infer"]}],"schema_version":1}"#,
+];
+
+#[test]
+fn the_declared_program_writes_what_the_rule_writes() {
+    let hop = crate::hop();
+    assert_eq!(
+        plugin_testing::assert_program_agrees(&hop, COMMON),
+        COMMON.len(),
+        "the program leaves common records to the rule"
+    );
+    plugin_testing::assert_program_agrees(&hop, NON_CANONICAL);
+    let written = plugin_testing::check_program_generated(
+        &hop,
+        plugin_testing::record_line(known_fields(), value()),
+    );
+    assert!(
+        written > 0,
+        "the program wrote none of the generated records"
+    );
 }

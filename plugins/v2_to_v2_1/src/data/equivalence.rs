@@ -137,32 +137,35 @@ fn raw_rule_matches_the_map_reference() {
         .check_generated(plugin_testing::record_line(known_fields(), value()));
 }
 
+/// Records outside serde_json's canonical form: escapes, repeats, whitespace, odd numbers.
+const NON_CANONICAL: &[&str] = &[
+    r#"{"schema_version":2,"latency_ms":-0}"#,
+    r#"{"schema_version":2,"latency_ms":1E2,"usage":{"output_tokens":7}}"#,
+    r#"{"schema_version":2,"latency_ms":1.50,"usage":{"output_tokens":3}}"#,
+    r#"{"schema_version":2,"latency_ms":5,"usage":{"output_tokens":-0}}"#,
+    r#"{"schema_version":2,"latency_ms":5,"usage":{"output_tokens":"x","output_tokens":10}}"#,
+    r#"{"schema_version":2,"latency_ms":5,"usage":{"output_tokens":10,"output_tokens":"x"}}"#,
+    r#"{"schema_version":2,"latency_ms":"x","latency_ms":5,"metrics":1,"metrics":2}"#,
+    r#"{"schema_version":2,"usage":[1],"latency_ms":5}"#,
+    r#"{"schema_version":2,"k":{"k\u0065y":"abc","scopes":[]}}"#,
+    r#"{"schema_version":2,"k":{"key":"abc","sc\u006fpes":[]}}"#,
+    r#"{"schema_version":2,"k\u0065y":"top","scopes":[],"key_prefix":"x"}"#,
+    r#"{"schema_version":2,"key":"a\u0062c","scopes":[1]}"#,
+    r#"{"schema_version":2,"key":"\ud83d\ude00ключ-éàü-1234","scopes":[]}"#,
+    r#" { "schema_version" : 2 , "latency_ms" : 5 , "k" : [ { "key" : "x" , "scopes" : [ ] } ] , "o" : { "a" : 1.50 } } "#,
+    r#"{"schema_version":2,"":{"key":"x","scopes":[],"key_sha256":"y"}}"#,
+    r#"{"schema_version":2,"a":[{"":{"key":"x","scopes":[],"key_prefix":"y"}}]}"#,
+    r#"{"schema_version":2,"[0]":[{"key":"x","scopes":[],"key_prefix":"y"}]}"#,
+    r#"{"schema_version":2,"key":"x","scopes":[],"key":1}"#,
+    r#"{"schema_version":2,"s":"\"scopes\"","a":{"key":1,"scopes":[]}}"#,
+];
+
 /// Inputs outside the canonical form agree too, up to layout.
 #[test]
 fn non_canonical_inputs_agree_up_to_layout() {
-    let lines = [
-        r#"{"schema_version":2,"latency_ms":-0}"#,
-        r#"{"schema_version":2,"latency_ms":1E2,"usage":{"output_tokens":7}}"#,
-        r#"{"schema_version":2,"latency_ms":1.50,"usage":{"output_tokens":3}}"#,
-        r#"{"schema_version":2,"latency_ms":5,"usage":{"output_tokens":-0}}"#,
-        r#"{"schema_version":2,"latency_ms":5,"usage":{"output_tokens":"x","output_tokens":10}}"#,
-        r#"{"schema_version":2,"latency_ms":5,"usage":{"output_tokens":10,"output_tokens":"x"}}"#,
-        r#"{"schema_version":2,"latency_ms":"x","latency_ms":5,"metrics":1,"metrics":2}"#,
-        r#"{"schema_version":2,"usage":[1],"latency_ms":5}"#,
-        r#"{"schema_version":2,"k":{"k\u0065y":"abc","scopes":[]}}"#,
-        r#"{"schema_version":2,"k":{"key":"abc","sc\u006fpes":[]}}"#,
-        r#"{"schema_version":2,"k\u0065y":"top","scopes":[],"key_prefix":"x"}"#,
-        r#"{"schema_version":2,"key":"a\u0062c","scopes":[1]}"#,
-        r#"{"schema_version":2,"key":"\ud83d\ude00ключ-éàü-1234","scopes":[]}"#,
-        r#" { "schema_version" : 2 , "latency_ms" : 5 , "k" : [ { "key" : "x" , "scopes" : [ ] } ] , "o" : { "a" : 1.50 } } "#,
-        r#"{"schema_version":2,"":{"key":"x","scopes":[],"key_sha256":"y"}}"#,
-        r#"{"schema_version":2,"a":[{"":{"key":"x","scopes":[],"key_prefix":"y"}}]}"#,
-        r#"{"schema_version":2,"[0]":[{"key":"x","scopes":[],"key_prefix":"y"}]}"#,
-        r#"{"schema_version":2,"key":"x","scopes":[],"key":1}"#,
-        r#"{"schema_version":2,"s":"\"scopes\"","a":{"key":1,"scopes":[]}}"#,
-    ];
     let hop = crate::hop();
-    Equivalence::new(&hop, &reference::MetricsAndHashedKeys).assert_agree_up_to_layout(&lines);
+    Equivalence::new(&hop, &reference::MetricsAndHashedKeys)
+        .assert_agree_up_to_layout(NON_CANONICAL);
 }
 
 /// A latency written with more digits than serde_json reads exactly: it is kept as written, and
@@ -190,4 +193,32 @@ fn latency_is_read_as_serde_json_reads_it() {
         serde_json::from_slice::<Value>(text).unwrap()["metrics"]["tokens_per_second"].clone()
     };
     assert_eq!(rate(out.as_bytes()), rate(&want));
+}
+
+/// Records as the spec shows them (and as the bench generates them): the program writes every
+/// one, and writes what the rule writes.
+const COMMON: &[&str] = &[
+    r#"{"id":"req-1","model":"bert-base","usage":{"input_tokens":12,"output_tokens":30},"latency_ms":123,"timestamp":"2022-01-01T00:00:00Z","schema_version":2}"#,
+    r#"{"id":"req-2","usage":{"input_tokens":7},"latency_ms":0,"schema_version":2}"#,
+    r#"{"keys":[{"name":"k0","key":"tfk_0000000000000000","created_at":"2022-01-01T00:00:00Z","scopes":["infer"]}],"schema_version":2}"#,
+    r#"{"key":"tfk_8c1d0e5f9a7b4c2e","scopes":[],"schema_version":2}"#,
+];
+
+#[test]
+fn the_declared_program_writes_what_the_rule_writes() {
+    let hop = crate::hop();
+    assert_eq!(
+        plugin_testing::assert_program_agrees(&hop, COMMON),
+        COMMON.len(),
+        "the program leaves common records to the rule"
+    );
+    plugin_testing::assert_program_agrees(&hop, NON_CANONICAL);
+    let written = plugin_testing::check_program_generated(
+        &hop,
+        plugin_testing::record_line(known_fields(), value()),
+    );
+    assert!(
+        written > 0,
+        "the program wrote none of the generated records"
+    );
 }

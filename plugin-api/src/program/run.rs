@@ -1,0 +1,1068 @@
+//! The host's side of [`DataProgram`]s: the steps of every hop of a chain, compiled once and
+//! run on each record in one pass. Not for plugin authors.
+//!
+//! A record is scanned once by the strict scanner every other path uses ([`scan::spans`]),
+//! into a list of top-level items whose keys and values are spans of the record's text; a step
+//! that changes a value points its item at new text instead, and the record is written once at
+//! the end, as [`ViewBatch::write`](crate::view::ViewBatch::write) writes it: compact, every
+//! untouched value copied as it was written. Anything a step cannot decide alone makes the
+//! whole record [`Outcome::ToRule`]: the caller runs the hops' edit rules on it instead.
+
+use std::fmt::Write as _;
+use std::ops::Range;
+
+use memchr::memmem::Finder;
+use sha2::{Digest, Sha256};
+
+use super::{DataProgram, Kind, Step};
+use crate::raw::scan;
+
+/// What [`Chain::run`] did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The migrated record, and its `\n`, were appended to the output.
+    Written,
+    /// Nothing was written: the hops' edit rules decide on this record.
+    ToRule,
+}
+
+/// Why a chain of programs cannot be compiled (the host then runs the rules).
+#[derive(Debug, thiserror::Error)]
+#[error("data program step {step}: {reason}")]
+pub struct CompileError {
+    pub step: usize,
+    pub reason: String,
+}
+
+/// The steps of a chain's programs, in order, ready to run.
+pub struct Chain {
+    steps: Vec<Compiled>,
+    /// Every key the steps name, interned: a record's keys are looked up here once, and steps
+    /// find entries by number.
+    keys: Vec<String>,
+    /// `keys`' signatures ([`signature`]), by number, for that lookup.
+    sigs: Vec<u64>,
+    /// The checks lifted out of the steps ([`Chain::lift_checks`]), by key number.
+    checks: Vec<Vec<Lifted>>,
+    /// Key numbers (below 64) a lifted `Require` needs present.
+    present: u64,
+    after: Vec<Compiled>,
+}
+
+/// A check made while a record is indexed.
+#[derive(Debug, Clone, Copy)]
+enum Lifted {
+    /// The key is absent (`None`: present at all fails) or this integer.
+    Equals(Option<u64>),
+    Kind(Kind),
+}
+
+/// A key's number in [`Chain::keys`]; [`NONE`] for keys no step names.
+type Id = u8;
+const NONE: Id = Id::MAX;
+
+enum Compiled {
+    Require {
+        key: Id,
+        equals: Option<u64>,
+    },
+    Check {
+        key: Id,
+        kind: Kind,
+    },
+    Rfc3339 {
+        names: Vec<Id>,
+        suffixes: Vec<String>,
+        needles: Vec<Finder<'static>>,
+    },
+    Group {
+        into: Id,
+        members: Vec<(Id, Id)>,
+    },
+    Nest {
+        key: Id,
+        into: Id,
+        name: Id,
+        /// The count's path: its first key, then the keys inside.
+        first: Id,
+        inside: Vec<String>,
+        per: f64,
+        scale: f64,
+    },
+    Hash {
+        secret: Id,
+        marker: Id,
+        digest: Id,
+        prefix: Id,
+        chars: usize,
+        needle: Box<Finder<'static>>,
+    },
+    SetInteger {
+        key: Id,
+        value: u64,
+    },
+}
+
+/// A worker's buffers, kept from record to record.
+#[derive(Default)]
+pub struct Scratch {
+    items: Vec<Item>,
+    /// Text the steps wrote for this record (new values).
+    own: String,
+    members: Vec<scan::Member>,
+    patches: Vec<(Range<usize>, String)>,
+    tmp: String,
+}
+
+/// A key or a value: a span of the record's text, of the text the steps wrote, or a key the
+/// steps name.
+#[derive(Debug, Clone, Copy)]
+enum Txt {
+    Src(u32, u32),
+    Own(u32, u32),
+    Key(Id),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    key: Txt,
+    value: Txt,
+    id: Id,
+}
+
+/// Top-level entries a record may have on this path (the index's limit too).
+const MAX_ITEMS: usize = 64;
+
+impl Chain {
+    /// Compiles the programs of a chain's hops, in hop order. Keys and names must be plain
+    /// (written without escapes), which is what lets the output copy them as they are.
+    pub fn compile(programs: &[&DataProgram]) -> Result<Chain, CompileError> {
+        let mut chain = Chain {
+            steps: Vec::new(),
+            keys: Vec::new(),
+            sigs: Vec::new(),
+            checks: Vec::new(),
+            present: 0,
+            after: Vec::new(),
+        };
+        for step in programs.iter().flat_map(|p| &p.steps) {
+            let n = chain.steps.len();
+            let compiled = chain.compile_step(step).map_err(|reason| CompileError {
+                step: n,
+                reason: reason.to_owned(),
+            })?;
+            chain.steps.push(compiled);
+        }
+        chain.simplify();
+        chain.lift_checks();
+        Ok(chain)
+    }
+
+    /// Folds what one hop sets and the next requires: a `Require` of the value an earlier
+    /// `SetInteger` wrote is true, and a second `SetInteger` of a key no step between read
+    /// only moves the value the first one wrote (which fixed the key's place). On the
+    /// built-in chain the three `schema_version` sets become one and two requires go.
+    fn simplify(&mut self) {
+        let mut set_at: Vec<Option<usize>> = vec![None; self.keys.len()];
+        let mut known: Vec<Option<u64>> = vec![None; self.keys.len()];
+        let mut gone = Vec::new();
+        for i in 0..self.steps.len() {
+            match self.steps[i] {
+                Compiled::Require {
+                    key,
+                    equals: Some(v),
+                } if known[key as usize] == Some(v) => gone.push(i),
+                Compiled::SetInteger { key, value } => {
+                    known[key as usize] = Some(value);
+                    match set_at[key as usize] {
+                        Some(first) => {
+                            self.steps[first] = Compiled::SetInteger { key, value };
+                            gone.push(i);
+                        }
+                        None => set_at[key as usize] = Some(i),
+                    }
+                }
+                ref other => {
+                    for id in 0..self.keys.len() {
+                        if self.mentions(other, id as Id) {
+                            set_at[id] = None;
+                            known[id] = None;
+                        }
+                    }
+                }
+            }
+        }
+        let mut i = 0;
+        self.steps.retain(|_| {
+            i += 1;
+            !gone.contains(&(i - 1))
+        });
+    }
+
+    /// Whether `step` reads or writes the key `id`.
+    fn mentions(&self, step: &Compiled, id: Id) -> bool {
+        match step {
+            Compiled::Require { key, .. }
+            | Compiled::Check { key, .. }
+            | Compiled::SetInteger { key, .. } => *key == id,
+            Compiled::Rfc3339 {
+                names, suffixes, ..
+            } => {
+                names.contains(&id) || suffixes.iter().any(|s| self.name(id).ends_with(s.as_str()))
+            }
+            Compiled::Group { into, members } => {
+                *into == id || members.iter().any(|(a, b)| *a == id || *b == id)
+            }
+            Compiled::Nest {
+                key,
+                into,
+                name,
+                first,
+                ..
+            } => [key, into, name, first].contains(&&id),
+            Compiled::Hash {
+                secret,
+                marker,
+                digest,
+                prefix,
+                ..
+            } => [secret, marker, digest, prefix].contains(&&id),
+        }
+    }
+
+    /// The `Require` and `Check` steps before the first step that changes anything only read
+    /// the record as it was written: they are checked as it is indexed, by key number.
+    fn lift_checks(&mut self) {
+        let lead = self
+            .steps
+            .iter()
+            .take_while(|s| matches!(s, Compiled::Require { .. } | Compiled::Check { .. }))
+            .count();
+        self.checks = vec![Vec::new(); self.keys.len()];
+        self.present = 0;
+        for step in self.steps.drain(..lead) {
+            match step {
+                Compiled::Require { key, equals } => {
+                    self.checks[key as usize].push(Lifted::Equals(equals));
+                    if equals.is_some() && key < 64 {
+                        self.present |= 1 << key;
+                    } else if equals.is_some() {
+                        // Beyond the mask: left as a step.
+                        self.after.push(Compiled::Require { key, equals });
+                    }
+                }
+                Compiled::Check { key, kind } => self.checks[key as usize].push(Lifted::Kind(kind)),
+                _ => {}
+            }
+        }
+        let after = std::mem::take(&mut self.after);
+        self.steps.splice(0..0, after);
+    }
+
+    fn compile_step(&mut self, step: &Step) -> Result<Compiled, &'static str> {
+        Ok(match step {
+            Step::Require { key, equals } => Compiled::Require {
+                key: self.intern(key)?,
+                equals: *equals,
+            },
+            Step::Check { key, kind } => Compiled::Check {
+                key: self.intern(key)?,
+                kind: *kind,
+            },
+            Step::UnixSecondsToRfc3339 { names, suffixes } => {
+                for s in suffixes {
+                    plain(s)?;
+                }
+                let needles = names
+                    .iter()
+                    .map(|n| format!("\"{n}\""))
+                    .chain(suffixes.iter().map(|s| format!("{s}\"")))
+                    .map(|n| Finder::new(n.as_bytes()).into_owned())
+                    .collect();
+                Compiled::Rfc3339 {
+                    names: names
+                        .iter()
+                        .map(|n| self.intern(n))
+                        .collect::<Result<_, _>>()?,
+                    suffixes: suffixes.clone(),
+                    needles,
+                }
+            }
+            Step::Group { into, members } => {
+                if members.is_empty() {
+                    return Err("a group needs members");
+                }
+                Compiled::Group {
+                    into: self.intern(into)?,
+                    members: members
+                        .iter()
+                        .map(|[old, new]| Ok((self.intern(old)?, self.intern(new)?)))
+                        .collect::<Result<_, &'static str>>()?,
+                }
+            }
+            Step::NestWithRate { key, into, rate } => {
+                let Some((first, inside)) = rate.count.split_first() else {
+                    return Err("a rate needs the path of its count");
+                };
+                if rate.per == 0 || rate.decimals > 15 {
+                    return Err("a rate needs a non-zero `per` and at most 15 decimals");
+                }
+                for k in inside {
+                    plain(k)?;
+                }
+                Compiled::Nest {
+                    key: self.intern(key)?,
+                    into: self.intern(into)?,
+                    name: self.intern(&rate.name)?,
+                    first: self.intern(first)?,
+                    inside: inside.to_vec(),
+                    per: f64::from(rate.per),
+                    scale: 10f64.powi(rate.decimals as i32),
+                }
+            }
+            Step::HashSecret {
+                secret,
+                marker,
+                digest,
+                prefix,
+                prefix_chars,
+            } => {
+                if !(1..=1024).contains(prefix_chars) {
+                    return Err("prefix_chars must be 1–1024");
+                }
+                Compiled::Hash {
+                    secret: self.intern(secret)?,
+                    marker: self.intern(marker)?,
+                    digest: self.intern(digest)?,
+                    prefix: self.intern(prefix)?,
+                    chars: *prefix_chars as usize,
+                    needle: Box::new(Finder::new(format!("\"{marker}\"").as_bytes()).into_owned()),
+                }
+            }
+            Step::SetInteger { key, value } => Compiled::SetInteger {
+                key: self.intern(key)?,
+                value: *value,
+            },
+        })
+    }
+
+    fn intern(&mut self, key: &str) -> Result<Id, &'static str> {
+        plain(key)?;
+        if let Some(id) = self.id(key) {
+            return Ok(id);
+        }
+        let id = Id::try_from(self.keys.len())
+            .ok()
+            .filter(|id| *id != NONE)
+            .ok_or("the programs name too many keys")?;
+        self.keys.push(key.to_owned());
+        self.sigs.push(signature(key.as_bytes()));
+        Ok(id)
+    }
+
+    #[inline]
+    fn id(&self, key: &str) -> Option<Id> {
+        let sig = signature(key.as_bytes());
+        // Keys of up to 7 bytes are their signature; longer ones are compared.
+        let id = (0..self.sigs.len())
+            .find(|&id| self.sigs[id] == sig && (key.len() < 8 || self.keys[id] == key))?;
+        Some(id as Id)
+    }
+
+    fn name(&self, id: Id) -> &str {
+        &self.keys[id as usize]
+    }
+
+    /// Migrates one record (`line`, without its `\n`) through every step, appending it to
+    /// `out`; or leaves it to the rules, with `out` as it was.
+    pub fn run(&self, line: &str, out: &mut Vec<u8>, scratch: &mut Scratch) -> Outcome {
+        let mut rec = Rec {
+            chain: self,
+            line,
+            s: scratch,
+        };
+        match rec.run() {
+            Some(()) => {
+                rec.write(out);
+                Outcome::Written
+            }
+            None => Outcome::ToRule,
+        }
+    }
+}
+
+/// A key's first 7 bytes and its length, in one word: equal for equal keys, and for keys
+/// shorter than 8 bytes only for equal keys.
+#[inline]
+fn signature(key: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    let n = key.len().min(7);
+    word[..n].copy_from_slice(&key[..n]);
+    word[7] = key.len().min(255) as u8;
+    u64::from_le_bytes(word)
+}
+
+/// A key a program names: not empty, short, written without escapes.
+fn plain(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() || key.len() > 255 || needs_escape(key) {
+        return Err("a key is empty, longer than 255 bytes, or needs escapes");
+    }
+    Ok(())
+}
+
+/// One record being migrated: its text and the scratch buffers.
+struct Rec<'a> {
+    chain: &'a Chain,
+    line: &'a str,
+    s: &'a mut Scratch,
+}
+
+impl Rec<'_> {
+    fn run(&mut self) -> Option<()> {
+        self.s.items.clear();
+        self.s.own.clear();
+        if self.line.len() > u32::MAX as usize / 2 {
+            return None;
+        }
+        let (chain, line) = (self.chain, self.line);
+        let items = &mut self.s.items;
+        let (mut seen, mut maybe_repeats, mut present) = (0u64, false, 0u64);
+        scan::spans(line, |k, v| {
+            let key = &line[k.clone()];
+            let last = key.bytes().last().map_or(0, usize::from);
+            let bit = 1u64 << ((key.len().wrapping_mul(7) ^ last) & 63);
+            maybe_repeats |= seen & bit != 0;
+            seen |= bit;
+            let id = chain.id(key).unwrap_or(NONE);
+            if id != NONE {
+                let value = &line[v.clone()];
+                for check in &chain.checks[id as usize] {
+                    let ok = match *check {
+                        Lifted::Equals(None) => false,
+                        Lifted::Equals(Some(want)) => value.parse::<u64>().ok() == Some(want),
+                        Lifted::Kind(kind) => is_kind(value, kind),
+                    };
+                    if !ok {
+                        return None;
+                    }
+                }
+                if id < 64 {
+                    present |= 1 << id;
+                }
+            }
+            items.push(Item {
+                key: Txt::Src(k.start as u32, k.end as u32),
+                value: Txt::Src(v.start as u32, v.end as u32),
+                id,
+            });
+            (items.len() <= MAX_ITEMS).then_some(())
+        })?;
+        if present & chain.present != chain.present || (maybe_repeats && self.has_repeats()) {
+            return None;
+        }
+        for step in &self.chain.steps {
+            self.step(step)?;
+        }
+        Some(())
+    }
+
+    #[inline]
+    fn text(&self, t: Txt) -> &str {
+        match t {
+            Txt::Src(a, b) => &self.line[a as usize..b as usize],
+            Txt::Own(a, b) => &self.s.own[a as usize..b as usize],
+            Txt::Key(id) => self.chain.name(id),
+        }
+    }
+
+    #[inline]
+    fn key(&self, i: usize) -> &str {
+        self.text(self.s.items[i].key)
+    }
+
+    #[inline]
+    fn value(&self, i: usize) -> &str {
+        self.text(self.s.items[i].value)
+    }
+
+    #[inline]
+    fn find(&self, id: Id) -> Option<usize> {
+        self.s.items.iter().position(|it| it.id == id)
+    }
+
+    /// Where the next value written into `own` starts; [`Self::written`] ends it.
+    fn mark(&self) -> u32 {
+        self.s.own.len() as u32
+    }
+
+    fn written(&self, start: u32) -> Txt {
+        Txt::Own(start, self.s.own.len() as u32)
+    }
+
+    fn own(&mut self, text: &str) -> Txt {
+        let start = self.mark();
+        self.s.own.push_str(text);
+        self.written(start)
+    }
+
+    fn set(&mut self, i: usize, key: Id, value: Txt) {
+        self.s.items[i] = Item {
+            key: Txt::Key(key),
+            value,
+            id: key,
+        };
+    }
+
+    fn has_repeats(&self) -> bool {
+        let n = self.s.items.len();
+        (1..n).any(|i| (0..i).any(|j| self.key(i) == self.key(j)))
+    }
+
+    fn step(&mut self, step: &Compiled) -> Option<()> {
+        match step {
+            Compiled::Require { key, equals } => {
+                let found = self.find(*key).map(|i| self.value(i).parse::<u64>().ok());
+                match (equals, found) {
+                    (None, None) => Some(()),
+                    (Some(want), Some(Some(n))) if *want == n => Some(()),
+                    _ => None,
+                }
+            }
+            Compiled::Check { key, kind } => match self.find(*key) {
+                Some(i) => is_kind(self.value(i), *kind).then_some(()),
+                None => Some(()),
+            },
+            Compiled::Rfc3339 {
+                names,
+                suffixes,
+                needles,
+            } => self.rfc3339(names, suffixes, needles),
+            Compiled::Group { into, members } => self.group(*into, members),
+            Compiled::Nest { .. } => self.nest(step),
+            Compiled::Hash { .. } => self.hash(step),
+            Compiled::SetInteger { key, value } => {
+                let start = self.mark();
+                self.s.own.push_str(itoa::Buffer::new().format(*value));
+                let value = self.written(start);
+                match self.find(*key) {
+                    Some(i) => self.s.items[i].value = value,
+                    None => self.s.items.push(Item {
+                        key: Txt::Key(*key),
+                        value,
+                        id: *key,
+                    }),
+                }
+                Some(())
+            }
+        }
+    }
+
+    fn rfc3339(&mut self, names: &[Id], suffixes: &[String], needles: &[Finder]) -> Option<()> {
+        let chain = self.chain;
+        let named = |k: &str| {
+            suffixes.iter().any(|s| k.ends_with(s.as_str()))
+                || names.iter().any(|&n| chain.name(n) == k)
+        };
+        let mut patches = std::mem::take(&mut self.s.patches);
+        let mut members = std::mem::take(&mut self.s.members);
+        let mut result = Some(());
+        for i in 0..self.s.items.len() {
+            let item = self.s.items[i];
+            if names.contains(&item.id) || (item.id == NONE && named(self.key(i))) {
+                match unix_seconds(self.text(item.value)) {
+                    Some(None) => {}
+                    Some(Some(seconds)) => {
+                        let start = self.mark();
+                        if write_rfc3339_json(seconds, &mut self.s.own).is_none() {
+                            result = None;
+                            break;
+                        }
+                        self.s.items[i].value = self.written(start);
+                    }
+                    None => {
+                        result = None;
+                        break;
+                    }
+                }
+                continue;
+            }
+            let text = self.value(i);
+            if !text.starts_with(['{', '['])
+                || !(text.contains('\\')
+                    || needles.iter().any(|n| n.find(text.as_bytes()).is_some()))
+            {
+                continue;
+            }
+            patches.clear();
+            members.clear();
+            let walked = walk_objects(text, 0, 0, &mut members, &mut |text, object| {
+                for m in object {
+                    if named(&text[m.key.clone()]) {
+                        if let Some(seconds) = unix_seconds(&text[m.value.clone()])? {
+                            let mut json = String::with_capacity(22);
+                            write_rfc3339_json(seconds, &mut json)?;
+                            patches.push((m.value.clone(), json));
+                        }
+                    }
+                }
+                Some(())
+            });
+            if walked.is_none() {
+                result = None;
+                break;
+            }
+            patches.sort_by_key(|p| p.0.start);
+            self.patch(i, &patches);
+        }
+        self.s.patches = patches;
+        self.s.members = members;
+        result
+    }
+
+    /// Applies `patches` (sorted, not overlapping) to item `i`'s value.
+    fn patch(&mut self, i: usize, patches: &[(Range<usize>, String)]) {
+        if patches.is_empty() {
+            return;
+        }
+        let old = self.value(i);
+        let mut new = String::with_capacity(old.len() + 64);
+        let mut at = 0;
+        for (range, text) in patches {
+            new.push_str(&old[at..range.start]);
+            new.push_str(text);
+            at = range.end;
+        }
+        new.push_str(&old[at..]);
+        self.s.items[i].value = self.own(&new);
+    }
+
+    fn group(&mut self, into: Id, members: &[(Id, Id)]) -> Option<()> {
+        let mut present = [0usize; 8];
+        let mut n = 0;
+        for &(old, _) in members {
+            if let Some(i) = self.find(old) {
+                self.value(i).parse::<u64>().ok()?;
+                if n == present.len() {
+                    return None;
+                }
+                present[n] = i;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Some(());
+        }
+        if self.find(into).is_some() {
+            return None;
+        }
+        let start = self.mark();
+        let mut k = 0;
+        for &(old, new) in members {
+            let Some(i) = self.find(old) else { continue };
+            let mut text = std::mem::take(&mut self.s.own);
+            text.push(if k == 0 { '{' } else { ',' });
+            text.push('"');
+            text.push_str(self.chain.name(new));
+            text.push_str("\":");
+            text.push_str(self.value(i));
+            self.s.own = text;
+            k += 1;
+        }
+        self.s.own.push('}');
+        let value = self.written(start);
+        let present = &mut present[..n];
+        let first = present[0];
+        self.set(first, into, value);
+        present.sort_unstable();
+        for &i in present.iter().rev().filter(|&&i| i != first) {
+            self.s.items.remove(i);
+        }
+        Some(())
+    }
+
+    fn nest(&mut self, step: &Compiled) -> Option<()> {
+        let Compiled::Nest {
+            key,
+            into,
+            name,
+            first,
+            inside,
+            per,
+            scale,
+        } = step
+        else {
+            return Some(());
+        };
+        let count = self.count_at(*first, inside)?;
+        let Some(i) = self.find(*key) else {
+            return Some(());
+        };
+        let mut text = std::mem::take(&mut self.s.tmp);
+        let raw = self.value(i);
+        let value = non_negative(raw)?;
+        if self.find(*into).is_some() {
+            return None;
+        }
+        text.clear();
+        text.push_str("{\"");
+        text.push_str(self.chain.name(*key));
+        text.push_str("\":");
+        text.push_str(raw);
+        text.push_str(",\"");
+        text.push_str(self.chain.name(*name));
+        text.push_str("\":");
+        match count {
+            Some(n) if value != 0.0 => {
+                let rate = n as f64 / (value / per);
+                let rounded = (rate * scale).round() / scale;
+                let _ = write!(text, "{}", serde_json::Number::from_f64(rounded)?);
+            }
+            _ => text.push_str("null"),
+        }
+        text.push('}');
+        let value = self.own(&text);
+        self.s.tmp = text;
+        self.set(i, *into, value);
+        Some(())
+    }
+
+    /// The count at the path `first`, `inside` (`Some(None)` when absent); `None` when the path
+    /// leads through something other than objects without escaped or repeated keys, or ends
+    /// at something other than a count.
+    fn count_at(&mut self, first: Id, inside: &[String]) -> Option<Option<u64>> {
+        let Some(i) = self.find(first) else {
+            return Some(None);
+        };
+        let mut members = std::mem::take(&mut self.s.members);
+        let mut text = self.value(i);
+        let mut found = Some(true);
+        for step in inside {
+            members.clear();
+            found = member(text, step, &mut members).map(|range| match range {
+                Some(range) => {
+                    text = &text[range];
+                    true
+                }
+                None => false,
+            });
+            if found != Some(true) {
+                break;
+            }
+        }
+        let count = match found {
+            Some(true) => text.parse::<u64>().ok().map(Some),
+            Some(false) => Some(None),
+            None => None,
+        };
+        self.s.members = members;
+        count
+    }
+
+    fn hash(&mut self, step: &Compiled) -> Option<()> {
+        let Compiled::Hash {
+            secret,
+            marker,
+            digest,
+            prefix,
+            chars,
+            needle,
+        } = step
+        else {
+            return Some(());
+        };
+        // The record itself.
+        if let (Some(k), Some(m)) = (self.find(*secret), self.find(*marker)) {
+            if self.value(m).starts_with('[') {
+                if self.find(*digest).is_some() || self.find(*prefix).is_some() {
+                    return None;
+                }
+                let (d, p) = hashed(self.value(k), *chars)?;
+                let d = self.own(&d);
+                let p = self.own(&p);
+                self.set(k, *digest, d);
+                let item = Item {
+                    key: Txt::Key(*prefix),
+                    value: p,
+                    id: *prefix,
+                };
+                self.s.items.insert(k + 1, item);
+            }
+        }
+        // At depth.
+        let chain = self.chain;
+        let [secret, marker, digest, prefix] =
+            [*secret, *marker, *digest, *prefix].map(|id| chain.name(id));
+        let mut patches = std::mem::take(&mut self.s.patches);
+        let mut members = std::mem::take(&mut self.s.members);
+        let mut result = Some(());
+        for i in 0..self.s.items.len() {
+            let text = self.value(i);
+            if !text.starts_with(['{', '['])
+                || !(text.contains('\\') || needle.find(text.as_bytes()).is_some())
+            {
+                continue;
+            }
+            patches.clear();
+            members.clear();
+            let walked = walk_objects(text, 0, 0, &mut members, &mut |text, object| {
+                let find = |k: &str| object.iter().find(|m| &text[m.key.clone()] == k);
+                let (Some(k), Some(m)) = (find(secret), find(marker)) else {
+                    return Some(());
+                };
+                if !text[m.value.clone()].starts_with('[') {
+                    return Some(());
+                }
+                if find(digest).is_some() || find(prefix).is_some() {
+                    return None;
+                }
+                let (d, p) = hashed(&text[k.value.clone()], *chars)?;
+                patches.push((
+                    k.start..k.value.end,
+                    format!("\"{digest}\":{d},\"{prefix}\":{p}"),
+                ));
+                Some(())
+            });
+            if walked.is_none() {
+                result = None;
+                break;
+            }
+            patches.sort_by_key(|p| p.0.start);
+            self.patch(i, &patches);
+        }
+        self.s.patches = patches;
+        self.s.members = members;
+        result
+    }
+
+    /// Appends the record as compact JSON and a `\n`.
+    ///
+    /// Runs of entries copied from the record that were written compactly there (`"k":v,"k":v`)
+    /// are copied in one piece.
+    fn write(&self, out: &mut Vec<u8>) {
+        let line = self.line.as_bytes();
+        out.push(b'{');
+        // The source bytes waiting to be copied, from a key's opening quote.
+        let mut run: Option<(usize, usize)> = None;
+        for (n, item) in self.s.items.iter().enumerate() {
+            if let (Txt::Src(ks, ke), Txt::Src(vs, ve)) = (item.key, item.value) {
+                let (ks, ke, vs, ve) = (ks as usize, ke as usize, vs as usize, ve as usize);
+                let compact = vs == ke + 2;
+                match run {
+                    Some((_, end)) if compact && ks == end + 2 && line[end] == b',' => {
+                        run = run.map(|(start, _)| (start, ve));
+                        continue;
+                    }
+                    _ => {}
+                }
+                if let Some((start, end)) = run.take() {
+                    out.extend_from_slice(&line[start..end]);
+                }
+                if n > 0 {
+                    out.push(b',');
+                }
+                if compact {
+                    run = Some((ks - 1, ve));
+                    continue;
+                }
+            } else {
+                if let Some((start, end)) = run.take() {
+                    out.extend_from_slice(&line[start..end]);
+                }
+                if n > 0 {
+                    out.push(b',');
+                }
+            }
+            out.push(b'"');
+            out.extend_from_slice(self.text(item.key).as_bytes());
+            out.extend_from_slice(b"\":");
+            out.extend_from_slice(self.text(item.value).as_bytes());
+        }
+        if let Some((start, end)) = run {
+            out.extend_from_slice(&line[start..end]);
+        }
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// Calls `visit` with the members of every object in the JSON text `text` from `at` on (a
+/// value the scanner accepted), parents first. `None` (from `visit` too) when an object has a
+/// key written with escapes or repeats a key: the rule decides on such records.
+fn walk_objects(
+    text: &str,
+    at: usize,
+    depth: u32,
+    members: &mut Vec<scan::Member>,
+    visit: &mut dyn FnMut(&str, &[scan::Member]) -> Option<()>,
+) -> Option<()> {
+    if depth > 64 {
+        return None;
+    }
+    let b = text.as_bytes();
+    let first = members.len();
+    match b.get(at)? {
+        b'{' => {
+            scan::members(b, at, |m| members.push(m))?;
+            let object = &members[first..];
+            let key = |m: &scan::Member| &text[m.key.clone()];
+            if object.iter().any(|m| m.escaped)
+                || (1..object.len()).any(|i| object[..i].iter().any(|p| key(p) == key(&object[i])))
+            {
+                return None;
+            }
+            visit(text, object)?;
+            let children: Vec<usize> = object
+                .iter()
+                .filter(|m| matches!(b[m.value.start], b'{' | b'['))
+                .map(|m| m.value.start)
+                .collect();
+            for child in children {
+                walk_objects(text, child, depth + 1, members, visit)?;
+            }
+        }
+        b'[' => {
+            let mut children = Vec::new();
+            scan::elements(b, at, |r| {
+                if matches!(b[r.start], b'{' | b'[') {
+                    children.push(r.start);
+                }
+            })?;
+            for child in children {
+                walk_objects(text, child, depth + 1, members, visit)?;
+            }
+        }
+        _ => {}
+    }
+    members.truncate(first);
+    Some(())
+}
+
+/// The range of the object `text`'s member `key`'s value (`Some(None)`: no such member);
+/// `None` when `text` is not an object, or has escaped or repeated keys.
+fn member(text: &str, key: &str, members: &mut Vec<scan::Member>) -> Option<Option<Range<usize>>> {
+    scan::members(text.as_bytes(), 0, |m| members.push(m))?;
+    let mut hit = None;
+    for m in members.iter() {
+        if m.escaped {
+            return None;
+        }
+        if &text[m.key.clone()] == key {
+            if hit.is_some() {
+                return None;
+            }
+            hit = Some(m.value.clone());
+        }
+    }
+    Some(hit)
+}
+
+/// Whether the JSON text `raw` is of `kind`, read as the rules read it.
+fn is_kind(raw: &str, kind: Kind) -> bool {
+    match kind {
+        Kind::String => raw.starts_with('"'),
+        Kind::Count => raw.parse::<u64>().is_ok(),
+        Kind::NonNegativeNumber => non_negative(raw).is_some(),
+        Kind::IntegerStringOrNull => {
+            raw == "null" || raw.starts_with('"') || raw.parse::<u64>().is_ok() || is_i64(raw)
+        }
+    }
+}
+
+/// An integer serde_json reads as one (`-0` it reads as a float).
+fn is_i64(raw: &str) -> bool {
+    raw.parse::<i64>().is_ok() && raw != "-0"
+}
+
+/// A non-negative number as serde_json reads it.
+fn non_negative(raw: &str) -> Option<f64> {
+    if let Ok(n) = raw.parse::<u64>() {
+        return Some(n as f64);
+    }
+    if !raw.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    serde_json::from_str::<f64>(raw)
+        .ok()
+        .filter(|n| *n >= 0.0 && n.is_finite())
+}
+
+/// What a unix-seconds value is: `Some(None)` a value kept (a string, `null`),
+/// `Some(Some(seconds))` one to convert; `None` for the rule to decide.
+fn unix_seconds(raw: &str) -> Option<Option<i64>> {
+    if raw == "null" || raw.starts_with('"') {
+        return Some(None);
+    }
+    // serde_json reads `-0` as a float.
+    match raw.parse::<i64>() {
+        Ok(seconds) if raw != "-0" => Some(Some(seconds)),
+        _ => None,
+    }
+}
+
+/// [`write_rfc3339`] as a JSON string.
+fn write_rfc3339_json(seconds: i64, out: &mut String) -> Option<()> {
+    let mut text = [0u8; 22];
+    text[0] = b'"';
+    text[21] = b'"';
+    write_rfc3339(seconds, (&mut text[1..21]).try_into().ok()?)?;
+    // Digits, separators and quotes: ASCII.
+    out.push_str(std::str::from_utf8(&text).ok()?);
+    Some(())
+}
+
+/// `1640995200` → `2022-01-01T00:00:00Z`, into `out`; `None` outside the years 0000–9999.
+/// Days to a civil date as in Howard Hinnant's `civil_from_days`.
+fn write_rfc3339(seconds: i64, out: &mut [u8; 20]) -> Option<()> {
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400) as u32;
+    let z = days.checked_add(719_468)?;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let year = year as u32;
+    let two = |n: u32| [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+    out[0..2].copy_from_slice(&two(year / 100));
+    out[2..4].copy_from_slice(&two(year % 100));
+    out[4] = b'-';
+    out[5..7].copy_from_slice(&two(month));
+    out[7] = b'-';
+    out[8..10].copy_from_slice(&two(day));
+    out[10] = b'T';
+    out[11..13].copy_from_slice(&two(secs / 3600));
+    out[13] = b':';
+    out[14..16].copy_from_slice(&two(secs / 60 % 60));
+    out[16] = b':';
+    out[17..19].copy_from_slice(&two(secs % 60));
+    out[19] = b'Z';
+    Some(())
+}
+
+/// The digest and prefix (as JSON strings) of the plain JSON string `raw`; `None` for anything
+/// else (escapes included: the rule unescapes those).
+fn hashed(raw: &str, chars: usize) -> Option<(String, String)> {
+    let body = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if body.contains('\\') {
+        return None;
+    }
+    let d = format!("\"{}\"", hex::encode(Sha256::digest(body.as_bytes())));
+    let end = body
+        .char_indices()
+        .nth(chars)
+        .map_or(body.len(), |(i, _)| i);
+    Some((d, format!("\"{}\"", &body[..end])))
+}
+
+/// Whether a key must be escaped to be a JSON string body.
+fn needs_escape(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+#[cfg(test)]
+mod tests;
