@@ -13,6 +13,8 @@ For each size S (1.0 = 1 GiB of request logs + 1 GiB of safetensors weights), it
     whose three hops each validate their input; engine/examples/validation_floor.rs);
   - migrate data --to 1.0.0 on a copy of the data: the first hop alone, whose rule only adds
     schema_version (what the host's side of the data path costs);
+  - migrate data --to 2.1.0 on a copy of the data with TRUSTFORMERS_MIGRATE_RULES_ONLY=1: the
+    three hops through their rules, as before plugin-api 1.7 (no declared programs);
   - migrate version --to 2.1.0 with its backup (release build), with peak RSS.
 Each size is measured in --repeat rounds (default 3) that alternate the commands; every time
 is the median of its rounds. It prints and writes to --out: throughput, peak RSS and the ratios
@@ -90,6 +92,14 @@ def time_jq(src, work, jq_mb, jq_out):
     return {"jq_s": jq_s * os.path.getsize(log) / os.path.getsize(jq_in), "jq_sampled": jq_in != log}
 
 
+def data_step(data, to, env=None):
+    """Seconds of `migrate data` from 0.1.0 to `to` on the folder `data`, as its report says."""
+    out = subprocess.run([MIGRATE, "--quiet", "--json", "--yes", "data", "--data-path", data,
+                          "--from", "0.1.0", "--to", to], check=True, stdout=subprocess.PIPE,
+                         text=True, env={**os.environ, **(env or {})})
+    return next(s for s in json.loads(out.stdout)["steps"] if s["name"] == "data")["duration_ms"] / 1000
+
+
 def one_round(src, work, jq_out):
     """Every baseline once, then the migration; compares the output with jq's when `jq_out`."""
     r = {}
@@ -102,10 +112,14 @@ def one_round(src, work, jq_out):
     # The data step with the first hop alone (0.1.0 -> 1.0.0: it only adds schema_version) on
     # that copy: what the host's side of the data path costs (reading, validating, indexing,
     # one plugin call per batch, applying, writing, fsync) with a rule that does next to nothing.
-    one = subprocess.run([MIGRATE, "--quiet", "--json", "--yes", "data", "--data-path",
-                          os.path.join(scratch, "data"), "--from", "0.1.0", "--to", "1.0.0"],
-                         check=True, stdout=subprocess.PIPE, text=True)
-    r["data_one_hop_s"] = next(s for s in json.loads(one.stdout)["steps"] if s["name"] == "data")["duration_ms"] / 1000
+    r["data_one_hop_s"] = data_step(os.path.join(scratch, "data"), "1.0.0")
+    shutil.rmtree(scratch)
+    os.makedirs(scratch)
+    # The three hops' data step through their rules only, as hosts before plugin-api 1.7 ran
+    # it (no declared programs): what the fused pass is measured against.
+    run(["cp", "-r", os.path.join(src, "data"), scratch])
+    r["data_rules_s"] = data_step(os.path.join(scratch, "data"), "2.1.0",
+                                  {"TRUSTFORMERS_MIGRATE_RULES_ONLY": "1"})
     shutil.rmtree(scratch)
     os.makedirs(scratch)
     # The data step's own baseline: cp of the same log.
@@ -132,7 +146,8 @@ def one_round(src, work, jq_out):
     steps = {s["name"]: s for s in rep["steps"]}
     r.update(migrate_s=wall, peak_rss=rss, data_s=steps["data"]["duration_ms"] / 1000,
              backup_s=steps["backup"]["duration_ms"] / 1000, models_s=steps["models"]["duration_ms"] / 1000,
-             commit_s=steps["commit"]["duration_ms"] / 1000, records=steps["data"]["records"])
+             commit_s=steps["commit"]["duration_ms"] / 1000, records=steps["data"]["records"],
+             records_by_program=steps["data"].get("records_by_program", 0))
     r["backup_bytes"] = du(os.path.join(inst, "backups"))
     # `migrate validate` of the migrated log: a tree of the migrated config and data only (the
     # data moved, not copied), so that the figure is the records' check, not the models'.
@@ -168,12 +183,12 @@ def same_records(jq_out, ours, limit=200_000):
 
 def table(results):
     mb = lambda b, s: b / s / 1e6 if s else 0
-    lines = ["| size | data MB/s | data vs jq | data vs cp (log) | first hop alone vs cp | 3 validation passes vs cp | validate vs cp (log) | backup vs tar+zstd (same files) | backup size vs tar | whole vs (tar+zstd backup set + cp data) | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | data MB/s | data vs jq | data vs cp (log) | data by the rules only vs cp | first hop alone vs cp | 3 validation passes vs cp | validate vs cp (log) | backup vs tar+zstd (same files) | backup size vs tar | whole vs (tar+zstd backup set + cp data) | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append("| {s}× ({t:.2f} GiB) | {mbs:.0f} | {jq:.1f}× faster | {cp:.2f}× | {one:.2f}× | {fl:.2f}× | {va:.2f}× | {bk:.2f}× | {bks:.2f}× | {whole:.2f}× | {rss:.0f} MiB |".format(
+        lines.append("| {s}× ({t:.2f} GiB) | {mbs:.0f} | {jq:.1f}× faster | {cp:.2f}× | {rules:.2f}× | {one:.2f}× | {fl:.2f}× | {va:.2f}× | {bk:.2f}× | {bks:.2f}× | {whole:.2f}× | {rss:.0f} MiB |".format(
             s=r["size"], t=r["tree_bytes"] / GIB, mbs=mb(r["data_bytes"], r["data_s"]), jq=r["jq_s"] / r["data_s"],
-            cp=r["data_s"] / r["cp_log_s"], one=r["data_one_hop_s"] / r["cp_log_s"], fl=r["floor_s"] / r["cp_log_s"], va=r["validate_s"] / r["cp_log_s"],
+            cp=r["data_s"] / r["cp_log_s"], rules=r["data_rules_s"] / r["cp_log_s"], one=r["data_one_hop_s"] / r["cp_log_s"], fl=r["floor_s"] / r["cp_log_s"], va=r["validate_s"] / r["cp_log_s"],
             bk=r["backup_s"] / r["tar_backupset_s"], bks=r["backup_bytes"] / r["tar_backupset_bytes"],
             whole=r["migrate_s"] / (r["tar_backupset_s"] + r["cp_data_s"]), rss=r["peak_rss"] / (1 << 20)))
     return "\n".join(lines)
@@ -188,6 +203,7 @@ def targets(results):
     cp = [r["data_s"] / r["cp_log_s"] for r in results]
     floor = [r["floor_s"] / r["cp_log_s"] for r in results]
     one = [r["data_one_hop_s"] / r["cp_log_s"] for r in results]
+    rules = [r["data_rules_s"] / r["cp_log_s"] for r in results]
     whole = [r["migrate_s"] / (r["tar_backupset_s"] + r["cp_data_s"]) for r in results]
     rss = [r["peak_rss"] / (1 << 20) for r in results]
     val = [r["validate_s"] / r["cp_log_s"] for r in results]
@@ -195,7 +211,8 @@ def targets(results):
     verdict = lambda ok: "met" if ok else "**missed**"
     rows = [
         ("data step (3 hops, with its fsync) ≤ 5× `cp` of the same log", span(cp, "{:.1f}×")
-         + " (the first hop alone: " + span(one, "{:.1f}×") + "; three strict validation passes alone, in memory: "
+         + " (through the rules only, as before 1.7: " + span(rules, "{:.1f}×")
+         + "; the first hop alone: " + span(one, "{:.1f}×") + "; three strict validation passes alone, in memory: "
          + span(floor, "{:.1f}×") + ")", max(cp) <= 5),
         ("data step ≥ 60× jq (the three hops as one program)", span(jq, "{:.0f}×") + " faster", min(jq) >= 60),
         ("whole migration ≤ 2× (tar+zstd of the backup set + `cp` of the data)", span(whole, "{:.2f}×"), max(whole) <= 2),

@@ -68,6 +68,13 @@ pub fn result(r: &MigrationResult) -> String {
         if s.records > 0 {
             let _ = write!(out, ", {} records", s.records);
         }
+        if s.records_by_program > 0 {
+            let _ = write!(
+                out,
+                " ({} by the hops' declared programs)",
+                s.records_by_program
+            );
+        }
         if s.quarantined > 0 {
             let _ = write!(out, ", {} quarantined", s.quarantined);
         }

@@ -67,7 +67,9 @@
 //! return edits; `RuleKinds::data_edits` tells the host a plugin has such a rule. Since
 //! 1.6.0: [`HopDescriptor::irreversible_change`] and the descriptor's `irreversible` flag, which
 //! the host reads (through [`HopDescriptor::is_irreversible`]) instead of the text of a
-//! breaking change; [`toml::rename_unit`].
+//! breaking change; [`toml::rename_unit`]. Since 1.7.0: the [`program`] module and
+//! [`Hop::data_program`]: a hop declares what its edit rule does to the common record, and the
+//! host runs every hop's declaration in one fused pass, leaving the rest to the rules.
 #![allow(non_local_definitions, non_camel_case_types)]
 
 pub mod descriptor;

@@ -8,7 +8,6 @@
 //! untouched value copied as it was written. Anything a step cannot decide alone makes the
 //! whole record [`Outcome::ToRule`]: the caller runs the hops' edit rules on it instead.
 
-use std::fmt::Write as _;
 use std::ops::Range;
 
 use memchr::memmem::Finder;
@@ -42,6 +41,8 @@ pub struct Chain {
     keys: Vec<String>,
     /// `keys`' signatures ([`signature`]), by number, for that lookup.
     sigs: Vec<u64>,
+    /// Key numbers by their signature's hash, open addressing ([`slot`]).
+    table: Box<[Id; 512]>,
     /// The checks lifted out of the steps ([`Chain::lift_checks`]), by key number.
     checks: Vec<Vec<Lifted>>,
     /// Key numbers (below 64) a lifted `Require` needs present.
@@ -108,10 +109,15 @@ enum Compiled {
 pub struct Scratch {
     items: Vec<Item>,
     /// Text the steps wrote for this record (new values).
-    own: String,
+    own: Vec<u8>,
     members: Vec<scan::Member>,
-    patches: Vec<(Range<usize>, String)>,
-    tmp: String,
+    patches: Vec<(Range<usize>, Vec<u8>)>,
+    tmp: Vec<u8>,
+    /// The object the last `Group` of this record built, if its members' keys are distinct,
+    /// and where in `own` each member's count is.
+    group_value: Option<Txt>,
+    grouped: Vec<(Id, usize, usize)>,
+    dates: Dates,
 }
 
 /// A key or a value: a span of the record's text, of the text the steps wrote, or a key the
@@ -128,6 +134,8 @@ struct Item {
     key: Txt,
     value: Txt,
     id: Id,
+    /// The value is an object a `Group` or `NestWithRate` built: scalars only.
+    built: bool,
 }
 
 /// Top-level entries a record may have on this path (the index's limit too).
@@ -141,6 +149,7 @@ impl Chain {
             steps: Vec::new(),
             keys: Vec::new(),
             sigs: Vec::new(),
+            table: Box::new([NONE; 512]),
             checks: Vec::new(),
             present: 0,
             after: Vec::new(),
@@ -208,7 +217,10 @@ impl Chain {
             Compiled::Rfc3339 {
                 names, suffixes, ..
             } => {
-                names.contains(&id) || suffixes.iter().any(|s| self.name(id).ends_with(s.as_str()))
+                names.contains(&id)
+                    || suffixes
+                        .iter()
+                        .any(|s| self.name(id).ends_with(s.as_bytes()))
             }
             Compiled::Group { into, members } => {
                 *into == id || members.iter().any(|(a, b)| *a == id || *b == id)
@@ -348,29 +360,45 @@ impl Chain {
 
     fn intern(&mut self, key: &str) -> Result<Id, &'static str> {
         plain(key)?;
-        if let Some(id) = self.id(key) {
+        if let Some(id) = self.id(key.as_bytes()) {
             return Ok(id);
         }
         let id = Id::try_from(self.keys.len())
             .ok()
             .filter(|id| *id != NONE)
             .ok_or("the programs name too many keys")?;
+        let sig = signature(key.as_bytes());
         self.keys.push(key.to_owned());
-        self.sigs.push(signature(key.as_bytes()));
+        self.sigs.push(sig);
+        // At most 254 keys in 512 slots: a free one is always found.
+        let mut at = slot(sig);
+        while self.table[at] != NONE {
+            at = (at + 1) % 512;
+        }
+        self.table[at] = id;
         Ok(id)
     }
 
     #[inline]
-    fn id(&self, key: &str) -> Option<Id> {
-        let sig = signature(key.as_bytes());
-        // Keys of up to 7 bytes are their signature; longer ones are compared.
-        let id = (0..self.sigs.len())
-            .find(|&id| self.sigs[id] == sig && (key.len() < 8 || self.keys[id] == key))?;
-        Some(id as Id)
+    fn id(&self, key: &[u8]) -> Option<Id> {
+        let sig = signature(key);
+        let mut at = slot(sig);
+        loop {
+            let id = self.table[at];
+            if id == NONE {
+                return None;
+            }
+            // Keys of up to 7 bytes are their signature; longer ones are compared.
+            let i = id as usize;
+            if self.sigs[i] == sig && (key.len() < 8 || self.keys[i].as_bytes() == key) {
+                return Some(id);
+            }
+            at = (at + 1) % 512;
+        }
     }
 
-    fn name(&self, id: Id) -> &str {
-        &self.keys[id as usize]
+    fn name(&self, id: Id) -> &[u8] {
+        self.keys[id as usize].as_bytes()
     }
 
     /// Migrates one record (`line`, without its `\n`) through every step, appending it to
@@ -395,11 +423,20 @@ impl Chain {
 /// shorter than 8 bytes only for equal keys.
 #[inline]
 fn signature(key: &[u8]) -> u64 {
-    let mut word = [0u8; 8];
-    let n = key.len().min(7);
-    word[..n].copy_from_slice(&key[..n]);
-    word[7] = key.len().min(255) as u8;
-    u64::from_le_bytes(word)
+    let len = (key.len().min(255) as u64) << 56;
+    match key.first_chunk::<8>() {
+        Some(word) => u64::from_le_bytes(*word) & 0x00ff_ffff_ffff_ffff | len,
+        None => key
+            .iter()
+            .enumerate()
+            .fold(len, |w, (i, b)| w | u64::from(*b) << (8 * i)),
+    }
+}
+
+/// Where a signature's search starts in [`Chain::table`].
+#[inline]
+fn slot(sig: u64) -> usize {
+    (sig.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 55) as usize
 }
 
 /// A key a program names: not empty, short, written without escapes.
@@ -421,15 +458,16 @@ impl Rec<'_> {
     fn run(&mut self) -> Option<()> {
         self.s.items.clear();
         self.s.own.clear();
+        self.s.group_value = None;
         if self.line.len() > u32::MAX as usize / 2 {
             return None;
         }
-        let (chain, line) = (self.chain, self.line);
+        let (chain, line) = (self.chain, self.line.as_bytes());
         let items = &mut self.s.items;
         let (mut seen, mut maybe_repeats, mut present) = (0u64, false, 0u64);
-        scan::spans(line, |k, v| {
+        scan::spans(self.line, |k, v| {
             let key = &line[k.clone()];
-            let last = key.bytes().last().map_or(0, usize::from);
+            let last = key.last().map_or(0, |b| usize::from(*b));
             let bit = 1u64 << ((key.len().wrapping_mul(7) ^ last) & 63);
             maybe_repeats |= seen & bit != 0;
             seen |= bit;
@@ -439,7 +477,7 @@ impl Rec<'_> {
                 for check in &chain.checks[id as usize] {
                     let ok = match *check {
                         Lifted::Equals(None) => false,
-                        Lifted::Equals(Some(want)) => value.parse::<u64>().ok() == Some(want),
+                        Lifted::Equals(Some(want)) => count(value) == Some(want),
                         Lifted::Kind(kind) => is_kind(value, kind),
                     };
                     if !ok {
@@ -454,6 +492,7 @@ impl Rec<'_> {
                 key: Txt::Src(k.start as u32, k.end as u32),
                 value: Txt::Src(v.start as u32, v.end as u32),
                 id,
+                built: false,
             });
             (items.len() <= MAX_ITEMS).then_some(())
         })?;
@@ -467,21 +506,21 @@ impl Rec<'_> {
     }
 
     #[inline]
-    fn text(&self, t: Txt) -> &str {
+    fn text(&self, t: Txt) -> &[u8] {
         match t {
-            Txt::Src(a, b) => &self.line[a as usize..b as usize],
+            Txt::Src(a, b) => &self.line.as_bytes()[a as usize..b as usize],
             Txt::Own(a, b) => &self.s.own[a as usize..b as usize],
             Txt::Key(id) => self.chain.name(id),
         }
     }
 
     #[inline]
-    fn key(&self, i: usize) -> &str {
+    fn key(&self, i: usize) -> &[u8] {
         self.text(self.s.items[i].key)
     }
 
     #[inline]
-    fn value(&self, i: usize) -> &str {
+    fn value(&self, i: usize) -> &[u8] {
         self.text(self.s.items[i].value)
     }
 
@@ -499,9 +538,9 @@ impl Rec<'_> {
         Txt::Own(start, self.s.own.len() as u32)
     }
 
-    fn own(&mut self, text: &str) -> Txt {
+    fn own(&mut self, text: &[u8]) -> Txt {
         let start = self.mark();
-        self.s.own.push_str(text);
+        self.s.own.extend_from_slice(text);
         self.written(start)
     }
 
@@ -510,6 +549,7 @@ impl Rec<'_> {
             key: Txt::Key(key),
             value,
             id: key,
+            built: false,
         };
     }
 
@@ -521,7 +561,7 @@ impl Rec<'_> {
     fn step(&mut self, step: &Compiled) -> Option<()> {
         match step {
             Compiled::Require { key, equals } => {
-                let found = self.find(*key).map(|i| self.value(i).parse::<u64>().ok());
+                let found = self.find(*key).map(|i| count(self.value(i)));
                 match (equals, found) {
                     (None, None) => Some(()),
                     (Some(want), Some(Some(n))) if *want == n => Some(()),
@@ -542,7 +582,9 @@ impl Rec<'_> {
             Compiled::Hash { .. } => self.hash(step),
             Compiled::SetInteger { key, value } => {
                 let start = self.mark();
-                self.s.own.push_str(itoa::Buffer::new().format(*value));
+                self.s
+                    .own
+                    .extend_from_slice(itoa::Buffer::new().format(*value).as_bytes());
                 let value = self.written(start);
                 match self.find(*key) {
                     Some(i) => self.s.items[i].value = value,
@@ -550,6 +592,7 @@ impl Rec<'_> {
                         key: Txt::Key(*key),
                         value,
                         id: *key,
+                        built: false,
                     }),
                 }
                 Some(())
@@ -559,8 +602,8 @@ impl Rec<'_> {
 
     fn rfc3339(&mut self, names: &[Id], suffixes: &[String], needles: &[Finder]) -> Option<()> {
         let chain = self.chain;
-        let named = |k: &str| {
-            suffixes.iter().any(|s| k.ends_with(s.as_str()))
+        let named = |k: &[u8]| {
+            suffixes.iter().any(|s| k.ends_with(s.as_bytes()))
                 || names.iter().any(|&n| chain.name(n) == k)
         };
         let mut patches = std::mem::take(&mut self.s.patches);
@@ -573,7 +616,7 @@ impl Rec<'_> {
                     Some(None) => {}
                     Some(Some(seconds)) => {
                         let start = self.mark();
-                        if write_rfc3339_json(seconds, &mut self.s.own).is_none() {
+                        if self.s.dates.json(seconds, &mut self.s.own).is_none() {
                             result = None;
                             break;
                         }
@@ -587,9 +630,9 @@ impl Rec<'_> {
                 continue;
             }
             let text = self.value(i);
-            if !text.starts_with(['{', '['])
-                || !(text.contains('\\')
-                    || needles.iter().any(|n| n.find(text.as_bytes()).is_some()))
+            if !matches!(text.first(), Some(b'{' | b'['))
+                || !(memchr::memchr(b'\\', text).is_some()
+                    || needles.iter().any(|n| n.find(text).is_some()))
             {
                 continue;
             }
@@ -599,7 +642,7 @@ impl Rec<'_> {
                 for m in object {
                     if named(&text[m.key.clone()]) {
                         if let Some(seconds) = unix_seconds(&text[m.value.clone()])? {
-                            let mut json = String::with_capacity(22);
+                            let mut json = Vec::with_capacity(22);
                             write_rfc3339_json(seconds, &mut json)?;
                             patches.push((m.value.clone(), json));
                         }
@@ -620,19 +663,19 @@ impl Rec<'_> {
     }
 
     /// Applies `patches` (sorted, not overlapping) to item `i`'s value.
-    fn patch(&mut self, i: usize, patches: &[(Range<usize>, String)]) {
+    fn patch(&mut self, i: usize, patches: &[(Range<usize>, Vec<u8>)]) {
         if patches.is_empty() {
             return;
         }
         let old = self.value(i);
-        let mut new = String::with_capacity(old.len() + 64);
+        let mut new = Vec::with_capacity(old.len() + 64);
         let mut at = 0;
         for (range, text) in patches {
-            new.push_str(&old[at..range.start]);
-            new.push_str(text);
+            new.extend_from_slice(&old[at..range.start]);
+            new.extend_from_slice(text);
             at = range.end;
         }
-        new.push_str(&old[at..]);
+        new.extend_from_slice(&old[at..]);
         self.s.items[i].value = self.own(&new);
     }
 
@@ -641,7 +684,7 @@ impl Rec<'_> {
         let mut n = 0;
         for &(old, _) in members {
             if let Some(i) = self.find(old) {
-                self.value(i).parse::<u64>().ok()?;
+                count(self.value(i))?;
                 if n == present.len() {
                     return None;
                 }
@@ -655,24 +698,39 @@ impl Rec<'_> {
         if self.find(into).is_some() {
             return None;
         }
-        let start = self.mark();
-        let mut k = 0;
+        let mut text = std::mem::take(&mut self.s.tmp);
+        text.clear();
+        let mut grouped = std::mem::take(&mut self.s.grouped);
+        grouped.clear();
         for &(old, new) in members {
             let Some(i) = self.find(old) else { continue };
-            let mut text = std::mem::take(&mut self.s.own);
-            text.push(if k == 0 { '{' } else { ',' });
-            text.push('"');
-            text.push_str(self.chain.name(new));
-            text.push_str("\":");
-            text.push_str(self.value(i));
-            self.s.own = text;
-            k += 1;
+            text.push(if grouped.is_empty() { b'{' } else { b',' });
+            text.push(b'"');
+            text.extend_from_slice(self.chain.name(new));
+            text.extend_from_slice(b"\":");
+            let count = self.value(i);
+            grouped.push((new, text.len(), text.len() + count.len()));
+            text.extend_from_slice(count);
         }
-        self.s.own.push('}');
-        let value = self.written(start);
+        text.push(b'}');
+        let value = self.own(&text);
+        self.s.tmp = text;
+        let Txt::Own(start, _) = value else {
+            unreachable!("own() writes into own")
+        };
+        // Where each count is, for a later step's path into the object (see `count_at`);
+        // members renamed alike make an object with a repeated key, read by the scanner.
+        let distinct = (1..grouped.len()).all(|i| grouped[..i].iter().all(|g| g.0 != grouped[i].0));
+        for g in &mut grouped {
+            g.1 += start as usize;
+            g.2 += start as usize;
+        }
+        self.s.grouped = grouped;
+        self.s.group_value = distinct.then_some(value);
         let present = &mut present[..n];
         let first = present[0];
         self.set(first, into, value);
+        self.s.items[first].built = true;
         present.sort_unstable();
         for &i in present.iter().rev().filter(|&&i| i != first) {
             self.s.items.remove(i);
@@ -704,25 +762,30 @@ impl Rec<'_> {
             return None;
         }
         text.clear();
-        text.push_str("{\"");
-        text.push_str(self.chain.name(*key));
-        text.push_str("\":");
-        text.push_str(raw);
-        text.push_str(",\"");
-        text.push_str(self.chain.name(*name));
-        text.push_str("\":");
+        text.extend_from_slice(b"{\"");
+        text.extend_from_slice(self.chain.name(*key));
+        text.extend_from_slice(b"\":");
+        text.extend_from_slice(raw);
+        text.extend_from_slice(b",\"");
+        text.extend_from_slice(self.chain.name(*name));
+        text.extend_from_slice(b"\":");
         match count {
             Some(n) if value != 0.0 => {
                 let rate = n as f64 / (value / per);
                 let rounded = (rate * scale).round() / scale;
-                let _ = write!(text, "{}", serde_json::Number::from_f64(rounded)?);
+                // As serde_json prints an f64 (it prints with zmij).
+                if !rounded.is_finite() {
+                    return None;
+                }
+                text.extend_from_slice(zmij::Buffer::new().format_finite(rounded).as_bytes());
             }
-            _ => text.push_str("null"),
+            _ => text.extend_from_slice(b"null"),
         }
-        text.push('}');
+        text.push(b'}');
         let value = self.own(&text);
         self.s.tmp = text;
         self.set(i, *into, value);
+        self.s.items[i].built = true;
         Some(())
     }
 
@@ -733,6 +796,22 @@ impl Rec<'_> {
         let Some(i) = self.find(first) else {
             return Some(None);
         };
+        // Into the object a `Group` built: its counts are where it put them.
+        if let ([name], Some(Txt::Own(a, b)), Txt::Own(c, d)) =
+            (inside, self.s.group_value, self.s.items[i].value)
+        {
+            if (a, b) == (c, d) {
+                let hit = self
+                    .s
+                    .grouped
+                    .iter()
+                    .find(|g| self.chain.name(g.0) == name.as_bytes());
+                return Some(match hit {
+                    Some(&(_, start, end)) => Some(count(&self.s.own[start..end])?),
+                    None => None,
+                });
+            }
+        }
         let mut members = std::mem::take(&mut self.s.members);
         let mut text = self.value(i);
         let mut found = Some(true);
@@ -750,7 +829,7 @@ impl Rec<'_> {
             }
         }
         let count = match found {
-            Some(true) => text.parse::<u64>().ok().map(Some),
+            Some(true) => count(text).map(Some),
             Some(false) => Some(None),
             None => None,
         };
@@ -772,7 +851,7 @@ impl Rec<'_> {
         };
         // The record itself.
         if let (Some(k), Some(m)) = (self.find(*secret), self.find(*marker)) {
-            if self.value(m).starts_with('[') {
+            if self.value(m).first() == Some(&b'[') {
                 if self.find(*digest).is_some() || self.find(*prefix).is_some() {
                     return None;
                 }
@@ -784,6 +863,7 @@ impl Rec<'_> {
                     key: Txt::Key(*prefix),
                     value: p,
                     id: *prefix,
+                    built: false,
                 };
                 self.s.items.insert(k + 1, item);
             }
@@ -797,29 +877,38 @@ impl Rec<'_> {
         let mut result = Some(());
         for i in 0..self.s.items.len() {
             let text = self.value(i);
-            if !text.starts_with(['{', '['])
-                || !(text.contains('\\') || needle.find(text.as_bytes()).is_some())
+            // An object a step built holds scalars only: no marker array.
+            if self.s.items[i].built
+                || !matches!(text.first(), Some(b'{' | b'['))
+                || !(memchr::memchr(b'\\', text).is_some() || needle.find(text).is_some())
             {
                 continue;
             }
             patches.clear();
             members.clear();
             let walked = walk_objects(text, 0, 0, &mut members, &mut |text, object| {
-                let find = |k: &str| object.iter().find(|m| &text[m.key.clone()] == k);
+                let find = |k: &[u8]| object.iter().find(|m| &text[m.key.clone()] == k);
                 let (Some(k), Some(m)) = (find(secret), find(marker)) else {
                     return Some(());
                 };
-                if !text[m.value.clone()].starts_with('[') {
+                if text.get(m.value.start) != Some(&b'[') {
                     return Some(());
                 }
                 if find(digest).is_some() || find(prefix).is_some() {
                     return None;
                 }
                 let (d, p) = hashed(&text[k.value.clone()], *chars)?;
-                patches.push((
-                    k.start..k.value.end,
-                    format!("\"{digest}\":{d},\"{prefix}\":{p}"),
-                ));
+                let mut members = Vec::with_capacity(d.len() + p.len() + 32);
+                for (key, value) in [(digest, &d), (prefix, &p)] {
+                    if !members.is_empty() {
+                        members.push(b',');
+                    }
+                    members.push(b'"');
+                    members.extend_from_slice(key);
+                    members.extend_from_slice(b"\":");
+                    members.extend_from_slice(value);
+                }
+                patches.push((k.start..k.value.end, members));
                 Some(())
             });
             if walked.is_none() {
@@ -873,9 +962,9 @@ impl Rec<'_> {
                 }
             }
             out.push(b'"');
-            out.extend_from_slice(self.text(item.key).as_bytes());
+            out.extend_from_slice(self.text(item.key));
             out.extend_from_slice(b"\":");
-            out.extend_from_slice(self.text(item.value).as_bytes());
+            out.extend_from_slice(self.text(item.value));
         }
         if let Some((start, end)) = run {
             out.extend_from_slice(&line[start..end]);
@@ -884,20 +973,23 @@ impl Rec<'_> {
     }
 }
 
+/// What [`walk_objects`] calls on each object: the text, the object's members.
+type Visit<'a> = dyn FnMut(&[u8], &[scan::Member]) -> Option<()> + 'a;
+
 /// Calls `visit` with the members of every object in the JSON text `text` from `at` on (a
 /// value the scanner accepted), parents first. `None` (from `visit` too) when an object has a
 /// key written with escapes or repeats a key: the rule decides on such records.
 fn walk_objects(
-    text: &str,
+    text: &[u8],
     at: usize,
     depth: u32,
     members: &mut Vec<scan::Member>,
-    visit: &mut dyn FnMut(&str, &[scan::Member]) -> Option<()>,
+    visit: &mut Visit<'_>,
 ) -> Option<()> {
     if depth > 64 {
         return None;
     }
-    let b = text.as_bytes();
+    let b = text;
     let first = members.len();
     match b.get(at)? {
         b'{' => {
@@ -938,14 +1030,14 @@ fn walk_objects(
 
 /// The range of the object `text`'s member `key`'s value (`Some(None)`: no such member);
 /// `None` when `text` is not an object, or has escaped or repeated keys.
-fn member(text: &str, key: &str, members: &mut Vec<scan::Member>) -> Option<Option<Range<usize>>> {
-    scan::members(text.as_bytes(), 0, |m| members.push(m))?;
+fn member(text: &[u8], key: &str, members: &mut Vec<scan::Member>) -> Option<Option<Range<usize>>> {
+    scan::members(text, 0, |m| members.push(m))?;
     let mut hit = None;
     for m in members.iter() {
         if m.escaped {
             return None;
         }
-        if &text[m.key.clone()] == key {
+        if &text[m.key.clone()] == key.as_bytes() {
             if hit.is_some() {
                 return None;
             }
@@ -956,56 +1048,110 @@ fn member(text: &str, key: &str, members: &mut Vec<scan::Member>) -> Option<Opti
 }
 
 /// Whether the JSON text `raw` is of `kind`, read as the rules read it.
-fn is_kind(raw: &str, kind: Kind) -> bool {
+fn is_kind(raw: &[u8], kind: Kind) -> bool {
     match kind {
-        Kind::String => raw.starts_with('"'),
-        Kind::Count => raw.parse::<u64>().is_ok(),
+        Kind::String => raw.first() == Some(&b'"'),
+        Kind::Count => count(raw).is_some(),
         Kind::NonNegativeNumber => non_negative(raw).is_some(),
         Kind::IntegerStringOrNull => {
-            raw == "null" || raw.starts_with('"') || raw.parse::<u64>().is_ok() || is_i64(raw)
+            raw == b"null"
+                || raw.first() == Some(&b'"')
+                || count(raw).is_some()
+                || integer(raw).is_some()
         }
     }
 }
 
-/// An integer serde_json reads as one (`-0` it reads as a float).
-fn is_i64(raw: &str) -> bool {
-    raw.parse::<i64>().is_ok() && raw != "-0"
+/// The JSON number text `raw` (one the scanner accepted) as a `u64`, when it is one: what
+/// `str::parse::<u64>` gives on such text, without its checks for forms JSON has not.
+#[inline]
+fn count(raw: &[u8]) -> Option<u64> {
+    if raw.is_empty() || raw.len() > 20 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in raw {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(digit))?;
+    }
+    Some(n)
+}
+
+/// The JSON number text `raw` as an `i64`, when serde_json reads it as an integer that fits
+/// (`-0` it reads as a float).
+fn integer(raw: &[u8]) -> Option<i64> {
+    match raw.strip_prefix(b"-") {
+        Some(b"0") => None,
+        Some(digits) => 0i64.checked_sub_unsigned(count(digits)?),
+        None => i64::try_from(count(raw)?).ok(),
+    }
 }
 
 /// A non-negative number as serde_json reads it.
-fn non_negative(raw: &str) -> Option<f64> {
-    if let Ok(n) = raw.parse::<u64>() {
+fn non_negative(raw: &[u8]) -> Option<f64> {
+    if let Some(n) = count(raw) {
         return Some(n as f64);
     }
-    if !raw.starts_with(|c: char| c.is_ascii_digit()) {
+    if !raw.first().is_some_and(u8::is_ascii_digit) {
         return None;
     }
-    serde_json::from_str::<f64>(raw)
+    serde_json::from_slice::<f64>(raw)
         .ok()
         .filter(|n| *n >= 0.0 && n.is_finite())
 }
 
 /// What a unix-seconds value is: `Some(None)` a value kept (a string, `null`),
 /// `Some(Some(seconds))` one to convert; `None` for the rule to decide.
-fn unix_seconds(raw: &str) -> Option<Option<i64>> {
-    if raw == "null" || raw.starts_with('"') {
+fn unix_seconds(raw: &[u8]) -> Option<Option<i64>> {
+    if raw == b"null" || raw.first() == Some(&b'"') {
         return Some(None);
     }
-    // serde_json reads `-0` as a float.
-    match raw.parse::<i64>() {
-        Ok(seconds) if raw != "-0" => Some(Some(seconds)),
-        _ => None,
+    integer(raw).map(Some)
+}
+
+/// The date of the last instant [`Dates::json`] wrote: a log's timestamps mostly share their
+/// day, and the calendar arithmetic is most of the work.
+#[derive(Default)]
+struct Dates {
+    day: Option<i64>,
+    date: [u8; 10],
+}
+
+impl Dates {
+    /// [`write_rfc3339_json`], the date taken from the last call's when the day is the same.
+    fn json(&mut self, seconds: i64, out: &mut Vec<u8>) -> Option<()> {
+        let day = seconds.div_euclid(86_400);
+        if self.day != Some(day) {
+            let mut text = [0u8; 20];
+            write_rfc3339(day.checked_mul(86_400)?, &mut text)?;
+            self.date.copy_from_slice(&text[..10]);
+            self.day = Some(day);
+        }
+        let secs = seconds.rem_euclid(86_400) as u32;
+        let [h, m, s] = [secs / 3600, secs / 60 % 60, secs % 60].map(two_digits);
+        out.push(b'"');
+        out.extend_from_slice(&self.date);
+        out.extend_from_slice(&[
+            b'T', h[0], h[1], b':', m[0], m[1], b':', s[0], s[1], b'Z', b'"',
+        ]);
+        Some(())
     }
 }
 
+fn two_digits(n: u32) -> [u8; 2] {
+    [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]
+}
+
 /// [`write_rfc3339`] as a JSON string.
-fn write_rfc3339_json(seconds: i64, out: &mut String) -> Option<()> {
+fn write_rfc3339_json(seconds: i64, out: &mut Vec<u8>) -> Option<()> {
     let mut text = [0u8; 22];
     text[0] = b'"';
     text[21] = b'"';
     write_rfc3339(seconds, (&mut text[1..21]).try_into().ok()?)?;
-    // Digits, separators and quotes: ASCII.
-    out.push_str(std::str::from_utf8(&text).ok()?);
+    out.extend_from_slice(&text);
     Some(())
 }
 
@@ -1027,7 +1173,7 @@ fn write_rfc3339(seconds: i64, out: &mut [u8; 20]) -> Option<()> {
         return None;
     }
     let year = year as u32;
-    let two = |n: u32| [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+    let two = two_digits;
     out[0..2].copy_from_slice(&two(year / 100));
     out[2..4].copy_from_slice(&two(year % 100));
     out[4] = b'-';
@@ -1046,17 +1192,22 @@ fn write_rfc3339(seconds: i64, out: &mut [u8; 20]) -> Option<()> {
 
 /// The digest and prefix (as JSON strings) of the plain JSON string `raw`; `None` for anything
 /// else (escapes included: the rule unescapes those).
-fn hashed(raw: &str, chars: usize) -> Option<(String, String)> {
-    let body = raw.strip_prefix('"')?.strip_suffix('"')?;
-    if body.contains('\\') {
+fn hashed(raw: &[u8], chars: usize) -> Option<(Vec<u8>, Vec<u8>)> {
+    let body = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if memchr::memchr(b'\\', body).is_some() {
         return None;
     }
-    let d = format!("\"{}\"", hex::encode(Sha256::digest(body.as_bytes())));
+    let digest = format!("\"{}\"", hex::encode(Sha256::digest(body)));
+    // The scanner accepted the text, so it is UTF-8.
+    let body = std::str::from_utf8(body).ok()?;
     let end = body
         .char_indices()
         .nth(chars)
         .map_or(body.len(), |(i, _)| i);
-    Some((d, format!("\"{}\"", &body[..end])))
+    Some((
+        digest.into_bytes(),
+        format!("\"{}\"", &body[..end]).into_bytes(),
+    ))
 }
 
 /// Whether a key must be escaped to be a JSON string body.

@@ -49,8 +49,13 @@ fn chain(programs: &[&DataProgram]) -> Chain {
 }
 
 fn run(chain: &Chain, line: &str) -> Option<String> {
+    // One scratch for every record, as a worker keeps it (its date cache included).
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+    }
     let mut out = Vec::new();
-    match chain.run(line, &mut out, &mut Scratch::default()) {
+    let outcome = SCRATCH.with(|s| chain.run(line, &mut out, &mut s.borrow_mut()));
+    match outcome {
         Outcome::Written => Some(String::from_utf8(out).expect("UTF-8")),
         Outcome::ToRule => {
             assert!(out.is_empty(), "nothing is written for the rules");
