@@ -30,7 +30,12 @@ pub mod run;
 /// What a hop's data rule does to a record, as steps the host runs in order. Built with
 /// [`DataProgram::new`] and the step methods; attached with
 /// [`Hop::data_program`](crate::Hop::data_program).
+///
+/// Read strictly: a field or a step this plugin-api does not know makes the whole program
+/// unreadable, and the host then runs the rule (a newer step, or a newer option of a step,
+/// must never be run with an older meaning).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DataProgram {
     pub steps: Vec<Step>,
 }
@@ -38,7 +43,7 @@ pub struct DataProgram {
 /// One step of a [`DataProgram`]. Where a step says "the rule decides", the host hands the
 /// record to the hops' edit rules instead of writing it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "step", rename_all = "snake_case")]
+#[serde(tag = "step", rename_all = "snake_case", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum Step {
     /// The record's top-level `key` is absent (`equals` = `None`) or is the integer `equals`;
@@ -107,6 +112,7 @@ pub enum Kind {
 
 /// The rate of a [`Step::NestWithRate`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Rate {
     /// The rate's key in the new object.
     pub name: String,

@@ -83,8 +83,10 @@ impl Counters {
 /// A program only describes its hop's rule, so the host does not take it on trust: until one
 /// batch in which the programs wrote records has come out byte for byte the same both ways
 /// (records, and refusals with their words), every batch is run both ways and the rules'
-/// result is kept. A difference drops the
-/// programs for the rest of the run, with a warning naming the hops: the rules decide.
+/// result is kept. A difference drops the programs for every batch not yet started, with a
+/// warning naming the hops: the rules decide. It is a check on a sample, not a proof (the
+/// plugins' own tests compare program and rule): batches the programs wrote after an earlier
+/// batch agreed stand, and the pre-swap check still reads every record.
 pub struct Programs {
     chain: Option<Chain>,
     /// Labels of the hops whose programs make up `chain`, for the warning.
@@ -424,16 +426,28 @@ impl DataRun<'_> {
                 self.programs.checked.store(true, Ordering::Relaxed);
             }
         } else {
-            // The first record that differs: the line whose output differs, counted among
-            // the records written.
+            // The first record that differs: the first output line that differs, counted
+            // among the records the rules kept (or, when only the refusals differ, the first
+            // refusal that does).
             let line = a
                 .iter()
                 .zip(b)
                 .take_while(|(x, y)| x == y)
                 .filter(|(x, _)| **x == b'\n')
                 .count();
-            let place = batch.places.get(line).copied().unwrap_or(batch.places[0]);
-            self.programs.drop_programs(file, place);
+            let gone: std::collections::HashSet<u64> = refused.iter().map(|r| r.place).collect();
+            let kept = batch.places.iter().filter(|p| !gone.contains(p));
+            let first_refusal = words(&refused)
+                .into_iter()
+                .zip(words(&refused_too))
+                .find(|(x, y)| x != y)
+                .map(|(x, _)| x.0);
+            let place = match a != b {
+                true => kept.copied().nth(line),
+                false => first_refusal,
+            };
+            self.programs
+                .drop_programs(file, place.unwrap_or(batch.places[0]));
         }
         Ok((by_rules, refused))
     }

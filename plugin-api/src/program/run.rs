@@ -138,6 +138,13 @@ struct Item {
     built: bool,
 }
 
+/// What the steps may write for one record before it is left to the rules: spans into it are
+/// `u32`s, and one step can at most triple it (a patch copies its whole value).
+const OWN_LIMIT: usize = (u32::MAX / 4) as usize;
+
+/// Steps a chain may have: a program is a plugin's word, and is compiled once per run.
+const MAX_STEPS: usize = 4096;
+
 /// Top-level entries a record may have on this path (the index's limit too).
 const MAX_ITEMS: usize = 64;
 
@@ -156,6 +163,12 @@ impl Chain {
         };
         for step in programs.iter().flat_map(|p| &p.steps) {
             let n = chain.steps.len();
+            if n == MAX_STEPS {
+                return Err(CompileError {
+                    step: n,
+                    reason: format!("a chain of more than {MAX_STEPS} steps"),
+                });
+            }
             let compiled = chain.compile_step(step).map_err(|reason| CompileError {
                 step: n,
                 reason: reason.to_owned(),
@@ -174,19 +187,19 @@ impl Chain {
     fn simplify(&mut self) {
         let mut set_at: Vec<Option<usize>> = vec![None; self.keys.len()];
         let mut known: Vec<Option<u64>> = vec![None; self.keys.len()];
-        let mut gone = Vec::new();
-        for i in 0..self.steps.len() {
+        let mut gone = vec![false; self.steps.len()];
+        for (i, dropped) in gone.iter_mut().enumerate() {
             match self.steps[i] {
                 Compiled::Require {
                     key,
                     equals: Some(v),
-                } if known[key as usize] == Some(v) => gone.push(i),
+                } if known[key as usize] == Some(v) => *dropped = true,
                 Compiled::SetInteger { key, value } => {
                     known[key as usize] = Some(value);
                     match set_at[key as usize] {
                         Some(first) => {
                             self.steps[first] = Compiled::SetInteger { key, value };
-                            gone.push(i);
+                            *dropped = true;
                         }
                         None => set_at[key as usize] = Some(i),
                     }
@@ -204,7 +217,7 @@ impl Chain {
         let mut i = 0;
         self.steps.retain(|_| {
             i += 1;
-            !gone.contains(&(i - 1))
+            !gone[i - 1]
         });
     }
 
@@ -459,7 +472,7 @@ impl Rec<'_> {
         self.s.items.clear();
         self.s.own.clear();
         self.s.group_value = None;
-        if self.line.len() > u32::MAX as usize / 2 {
+        if self.line.len() > OWN_LIMIT {
             return None;
         }
         let (chain, line) = (self.chain, self.line.as_bytes());
@@ -501,6 +514,11 @@ impl Rec<'_> {
         }
         for step in &self.chain.steps {
             self.step(step)?;
+            // Spans into `own` are 32-bit: a record whose steps wrote more is the rules'
+            // (checked before any span past the limit is read).
+            if self.s.own.len() > OWN_LIMIT {
+                return None;
+            }
         }
         Some(())
     }
@@ -611,7 +629,11 @@ impl Rec<'_> {
         let mut result = Some(());
         for i in 0..self.s.items.len() {
             let item = self.s.items[i];
-            if names.contains(&item.id) || (item.id == NONE && named(self.key(i))) {
+            // By number for the names, by text for the suffixes (a key another step names has
+            // a number too).
+            if names.contains(&item.id)
+                || suffixes.iter().any(|s| self.key(i).ends_with(s.as_bytes()))
+            {
                 match unix_seconds(self.text(item.value)) {
                     Some(None) => {}
                     Some(Some(seconds)) => {

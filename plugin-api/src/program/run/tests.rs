@@ -277,3 +277,49 @@ fn the_fused_chain_gives_what_the_programs_give_one_after_the_other() {
         written.get()
     );
 }
+
+#[test]
+fn a_key_another_step_names_is_still_matched_by_a_suffix() {
+    // `created_at` has a number in the chain (the first program checks it); the second
+    // program's suffix must still find it.
+    let a = DataProgram::new()
+        .check("created_at", Kind::IntegerStringOrNull)
+        .set_integer("v", 1);
+    let b = DataProgram::new().unix_seconds_to_rfc3339(&["timestamp"], &["_at"]);
+    let out = run(&chain(&[&a, &b]), r#"{"created_at":0}"#);
+    assert_eq!(
+        out.as_deref(),
+        Some("{\"created_at\":\"1970-01-01T00:00:00Z\",\"v\":1}\n")
+    );
+}
+
+#[test]
+fn a_program_with_a_step_or_field_this_host_does_not_know_is_not_read() {
+    let known =
+        serde_json::json!({"steps": [{"step": "group", "into": "u", "members": [["a", "b"]]}]});
+    assert!(serde_json::from_value::<DataProgram>(known).is_ok());
+    for unknown in [
+        serde_json::json!({"steps": [{"step": "group", "into": "u", "members": [["a", "b"]], "at_end": true}]}),
+        serde_json::json!({"steps": [{"step": "rename", "from": "a", "to": "b"}]}),
+        serde_json::json!({"steps": [], "version": 2}),
+    ] {
+        assert!(
+            serde_json::from_value::<DataProgram>(unknown.clone()).is_err(),
+            "{unknown}"
+        );
+        // The descriptor then offers no program, and the host runs the rule.
+        let mut d = crate::HopDescriptor::new("h", "1.0.0", "2.0.0", "x");
+        d.rules.data_edits = true;
+        d.data_program = Some(unknown);
+        assert!(d.data_program().is_none());
+    }
+}
+
+#[test]
+fn a_chain_of_too_many_steps_does_not_compile() {
+    let mut p = DataProgram::new();
+    for _ in 0..5000 {
+        p = p.set_integer("a", 0);
+    }
+    assert!(Chain::compile(&[&p]).is_err());
+}
