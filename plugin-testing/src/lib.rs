@@ -327,6 +327,28 @@ pub fn check_program_generated(hop: &Hop, record: impl Strategy<Value = String>)
     }
 }
 
+/// Everything a hop's tests check of its declared program: it writes every one of the
+/// `common` records (and writes what the rule writes), agrees with the rule on the
+/// `non_canonical` ones, and on generated records, of which it writes some.
+pub fn check_program(
+    hop: &Hop,
+    common: &[&str],
+    non_canonical: &[&str],
+    generated: impl Strategy<Value = String>,
+) {
+    assert_eq!(
+        assert_program_agrees(hop, common),
+        common.len(),
+        "the program leaves common records to the rule"
+    );
+    assert_program_agrees(hop, non_canonical);
+    let written = check_program_generated(hop, generated);
+    assert!(
+        written > 0,
+        "the program wrote none of the generated records"
+    );
+}
+
 /// [`check_program_generated`] on hand-written lines; returns how many the program wrote.
 pub fn assert_program_agrees(hop: &Hop, lines: &[&str]) -> usize {
     let (program, rule) = program_and_rule(hop);

@@ -255,11 +255,7 @@ fn untouched_values_inside_an_edited_object_pass_through_as_written() {
 /// warning that names the hops and the place.
 #[test]
 fn a_program_that_disagrees_with_its_rule_is_dropped_and_the_rules_decide() {
-    let plugins = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(failing_hop(), plugins.path().join("libfailing_hop.so")).expect("copy");
-    for name in ["libv0_1_to_v1.so", "libv2_to_v2_1.so"] {
-        std::fs::copy(target_dir().join(name), plugins.path().join(name)).expect("copy");
-    }
+    let plugins = failing_plugin_dir();
     let install = install_with_log();
     // The fixture has no model rule: the sample's model would stop the run at 2.0.0 → 2.1.0.
     std::fs::remove_dir_all(install.path().join("models")).expect("remove models");

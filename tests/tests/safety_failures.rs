@@ -66,17 +66,6 @@ fn migrate_version(root: &Path, extra: &[&str]) -> Output {
 // ---------------------------------------------------------------------------------------------
 // A plugin that fails half-way
 
-/// A plugin folder with the real 0.1.0 → 1.0.0 and 2.0.0 → 2.1.0 hops and the failing
-/// 1.0.0 → 2.0.0 hop in between.
-fn failing_plugin_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(failing_hop(), dir.path().join("libfailing_hop.so")).expect("copy fixture");
-    for name in ["libv0_1_to_v1.so", "libv2_to_v2_1.so"] {
-        std::fs::copy(target_dir().join(name), dir.path().join(name)).expect("copy plugin");
-    }
-    dir
-}
-
 /// With `--json`, the failure of a plugin in the worker names the data file it was migrating
 /// (issue 16), as it is named in the installation, with the same exit code as without
 /// `--json`: a refused record is the operator's to fix (3), a panic the plugin author's (6).

@@ -624,9 +624,6 @@ impl Rec<'_> {
             suffixes.iter().any(|s| k.ends_with(s.as_bytes()))
                 || names.iter().any(|&n| chain.name(n) == k)
         };
-        let mut patches = std::mem::take(&mut self.s.patches);
-        let mut members = std::mem::take(&mut self.s.members);
-        let mut result = Some(());
         for i in 0..self.s.items.len() {
             let item = self.s.items[i];
             // By number for the names, by text for the suffixes (a key another step names has
@@ -634,33 +631,17 @@ impl Rec<'_> {
             if names.contains(&item.id)
                 || suffixes.iter().any(|s| self.key(i).ends_with(s.as_bytes()))
             {
-                match unix_seconds(self.text(item.value)) {
-                    Some(None) => {}
-                    Some(Some(seconds)) => {
-                        let start = self.mark();
-                        if self.s.dates.json(seconds, &mut self.s.own).is_none() {
-                            result = None;
-                            break;
-                        }
-                        self.s.items[i].value = self.written(start);
-                    }
-                    None => {
-                        result = None;
-                        break;
-                    }
+                if let Some(seconds) = unix_seconds(self.text(item.value))? {
+                    let start = self.mark();
+                    self.s.dates.json(seconds, &mut self.s.own)?;
+                    self.s.items[i].value = self.written(start);
                 }
                 continue;
             }
-            let text = self.value(i);
-            if !matches!(text.first(), Some(b'{' | b'['))
-                || !(memchr::memchr(b'\\', text).is_some()
-                    || needles.iter().any(|n| n.find(text).is_some()))
-            {
+            if !may_hold(self.value(i), needles) {
                 continue;
             }
-            patches.clear();
-            members.clear();
-            let walked = walk_objects(text, 0, 0, &mut members, &mut |text, object| {
+            self.patch_nested(i, &mut |text, object, patches| {
                 for m in object {
                     if named(&text[m.key.clone()]) {
                         if let Some(seconds) = unix_seconds(&text[m.value.clone()])? {
@@ -671,17 +652,29 @@ impl Rec<'_> {
                     }
                 }
                 Some(())
-            });
-            if walked.is_none() {
-                result = None;
-                break;
-            }
+            })?;
+        }
+        Some(())
+    }
+
+    /// Walks the objects in item `i`'s value with `visit`, which adds patches (ranges of the
+    /// value and their new text), and applies them. `None` when the walk or `visit` gives up
+    /// (the item is then as it was).
+    fn patch_nested(&mut self, i: usize, visit: &mut Patcher<'_>) -> Option<()> {
+        let mut patches = std::mem::take(&mut self.s.patches);
+        let mut members = std::mem::take(&mut self.s.members);
+        patches.clear();
+        members.clear();
+        let walked = walk_objects(self.value(i), 0, 0, &mut members, &mut |text, object| {
+            visit(text, object, &mut patches)
+        });
+        if walked.is_some() {
             patches.sort_by_key(|p| p.0.start);
             self.patch(i, &patches);
         }
         self.s.patches = patches;
         self.s.members = members;
-        result
+        walked
     }
 
     /// Applies `patches` (sorted, not overlapping) to item `i`'s value.
@@ -894,21 +887,12 @@ impl Rec<'_> {
         let chain = self.chain;
         let [secret, marker, digest, prefix] =
             [*secret, *marker, *digest, *prefix].map(|id| chain.name(id));
-        let mut patches = std::mem::take(&mut self.s.patches);
-        let mut members = std::mem::take(&mut self.s.members);
-        let mut result = Some(());
         for i in 0..self.s.items.len() {
-            let text = self.value(i);
             // An object a step built holds scalars only: no marker array.
-            if self.s.items[i].built
-                || !matches!(text.first(), Some(b'{' | b'['))
-                || !(memchr::memchr(b'\\', text).is_some() || needle.find(text).is_some())
-            {
+            if self.s.items[i].built || !may_hold(self.value(i), std::slice::from_ref(needle)) {
                 continue;
             }
-            patches.clear();
-            members.clear();
-            let walked = walk_objects(text, 0, 0, &mut members, &mut |text, object| {
+            self.patch_nested(i, &mut |text, object, patches| {
                 let find = |k: &[u8]| object.iter().find(|m| &text[m.key.clone()] == k);
                 let (Some(k), Some(m)) = (find(secret), find(marker)) else {
                     return Some(());
@@ -932,17 +916,9 @@ impl Rec<'_> {
                 }
                 patches.push((k.start..k.value.end, members));
                 Some(())
-            });
-            if walked.is_none() {
-                result = None;
-                break;
-            }
-            patches.sort_by_key(|p| p.0.start);
-            self.patch(i, &patches);
+            })?;
         }
-        self.s.patches = patches;
-        self.s.members = members;
-        result
+        Some(())
     }
 
     /// Appends the record as compact JSON and a `\n`.
@@ -993,6 +969,18 @@ impl Rec<'_> {
         }
         out.extend_from_slice(b"}\n");
     }
+}
+
+/// What [`Rec::patch_nested`] calls on each object: the text, the object's members, and the
+/// patches to add to.
+type Patcher<'a> =
+    dyn FnMut(&[u8], &[scan::Member], &mut Vec<(Range<usize>, Vec<u8>)>) -> Option<()> + 'a;
+
+/// Whether a value may hold what a step looks for at depth: a container whose text has one of
+/// the `needles`, or an escape (a key may be written with one).
+fn may_hold(text: &[u8], needles: &[Finder]) -> bool {
+    matches!(text.first(), Some(b'{' | b'['))
+        && (memchr::memchr(b'\\', text).is_some() || needles.iter().any(|n| n.find(text).is_some()))
 }
 
 /// What [`walk_objects`] calls on each object: the text, the object's members.

@@ -258,3 +258,14 @@ pub fn failing_hop() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| build_fixture("failing-hop", "failing_hop"))
 }
+
+/// A plugin folder with the real 0.1.0 → 1.0.0 and 2.0.0 → 2.1.0 hops and the failing-hop
+/// fixture's 1.0.0 → 2.0.0 in between.
+pub fn failing_plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(failing_hop(), dir.path().join("libfailing_hop.so")).expect("copy fixture");
+    for name in ["libv0_1_to_v1.so", "libv2_to_v2_1.so"] {
+        std::fs::copy(target_dir().join(name), dir.path().join(name)).expect("copy plugin");
+    }
+    dir
+}
