@@ -594,7 +594,7 @@ fn trimmed(json: Box<str>) -> Box<str> {
 }
 
 /// Whether a string must be escaped to be a JSON string body (quote, backslash, control).
-fn needs_escape(s: &str) -> bool {
+pub(crate) fn needs_escape(s: &str) -> bool {
     s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
@@ -617,8 +617,9 @@ struct Entries<'a> {
 }
 
 /// A bit of a 64-bit filter of keys (keys that differ in length or last byte rarely share it).
-fn key_bit(key: &str) -> u64 {
-    let last = key.as_bytes().last().copied().unwrap_or(0) as usize;
+/// Every reader of a record's keys notes them in one: a key whose bit is clear is new.
+pub(crate) fn key_bit(key: &[u8]) -> u64 {
+    let last = key.last().copied().unwrap_or(0) as usize;
     1 << ((key.len().wrapping_mul(7) ^ last) & 63)
 }
 
@@ -650,7 +651,7 @@ impl<'a> Entries<'a> {
     /// index is in use, for the entry about to be pushed).
     #[inline(always)]
     fn find(&mut self, key: &str) -> Option<usize> {
-        let bit = key_bit(key);
+        let bit = key_bit(key.as_bytes());
         let seen = match &mut self.index {
             Some(index) => {
                 let found = index.get(key).copied();

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use crate::error::{FieldError, RuleError};
 use crate::json::{walk_objects_under, ObjectVisitor};
 use crate::raw::scan;
-use crate::raw::RawRecord;
+use crate::raw::{key_bit, needs_escape, RawRecord};
 
 /// A byte range of a batch's text, as two `u32`s: the index stays small (a batch is a few MiB).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -691,12 +691,7 @@ impl ViewBatch {
         let mut seen = 0u64;
         let mut dup = false;
         let scanned = scan::spans(line, |key, value| {
-            let last = if key.is_empty() {
-                0
-            } else {
-                line.as_bytes()[key.end - 1] as usize
-            };
-            let bit = 1u64 << ((key.len().wrapping_mul(7) ^ last) & 63);
+            let bit = key_bit(&line.as_bytes()[key.clone()]);
             dup |= seen & bit != 0;
             seen |= bit;
             entries.push(Entry {
@@ -1107,11 +1102,6 @@ impl ViewBatch {
     pub fn text(&self) -> &str {
         &self.text
     }
-}
-
-/// Whether a key must be escaped to be a JSON string body.
-fn needs_escape(s: &str) -> bool {
-    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// Runs `rule` over every record of `vb`, collecting edits in `edits`; the refused records'

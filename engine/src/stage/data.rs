@@ -419,7 +419,8 @@ impl DataRun<'_> {
                 .collect()
         };
         let (a, b) = (by_rules.as_slice(), by_programs.as_slice());
-        if a == b && words(&refused) == words(&refused_too) {
+        let (said, said_too) = (words(&refused), words(&refused_too));
+        if a == b && said == said_too {
             // A batch the programs left wholly to the rules proves nothing: the next one is
             // run both ways too.
             if written > 0 {
@@ -429,25 +430,24 @@ impl DataRun<'_> {
             // The first record that differs: the first output line that differs, counted
             // among the records the rules kept (or, when only the refusals differ, the first
             // refusal that does).
-            let line = a
-                .iter()
-                .zip(b)
-                .take_while(|(x, y)| x == y)
-                .filter(|(x, _)| **x == b'\n')
-                .count();
-            let gone: std::collections::HashSet<u64> = refused.iter().map(|r| r.place).collect();
-            let kept = batch.places.iter().filter(|p| !gone.contains(p));
-            let first_refusal = words(&refused)
-                .into_iter()
-                .zip(words(&refused_too))
-                .find(|(x, y)| x != y)
-                .map(|(x, _)| x.0);
-            let place = match a != b {
-                true => kept.copied().nth(line),
-                false => first_refusal,
+            let place = if a != b {
+                let line = a
+                    .iter()
+                    .zip(b)
+                    .take_while(|(x, y)| x == y)
+                    .filter(|(x, _)| **x == b'\n')
+                    .count();
+                let gone: std::collections::HashSet<u64> =
+                    refused.iter().map(|r| r.place).collect();
+                batch.places.iter().filter(|p| !gone.contains(p)).nth(line)
+            } else {
+                said.iter()
+                    .zip(&said_too)
+                    .find(|(x, y)| x != y)
+                    .map(|(x, _)| &x.0)
             };
             self.programs
-                .drop_programs(file, place.unwrap_or(batch.places[0]));
+                .drop_programs(file, place.copied().unwrap_or(batch.places[0]));
         }
         Ok((by_rules, refused))
     }
@@ -1015,10 +1015,7 @@ impl Batch {
     }
 
     fn record(&self, i: usize) -> &[u8] {
-        let end = self.starts.get(i + 1).copied().unwrap_or(self.bytes.len());
-        self.bytes[self.starts[i]..end]
-            .strip_suffix(b"\n")
-            .unwrap_or(&self.bytes[self.starts[i]..end])
+        &self.bytes[self.range(i)]
     }
 }
 

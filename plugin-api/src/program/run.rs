@@ -14,7 +14,7 @@ use memchr::memmem::Finder;
 use sha2::{Digest, Sha256};
 
 use super::{DataProgram, Kind, Step};
-use crate::raw::scan;
+use crate::raw::{key_bit, needs_escape, scan};
 
 /// What [`Chain::run`] did with a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -480,8 +480,7 @@ impl Rec<'_> {
         let (mut seen, mut maybe_repeats, mut present) = (0u64, false, 0u64);
         scan::spans(self.line, |k, v| {
             let key = &line[k.clone()];
-            let last = key.last().map_or(0, |b| usize::from(*b));
-            let bit = 1u64 << ((key.len().wrapping_mul(7) ^ last) & 63);
+            let bit = key_bit(key);
             maybe_repeats |= seen & bit != 0;
             seen |= bit;
             let id = chain.id(key).unwrap_or(NONE);
@@ -1218,11 +1217,6 @@ fn hashed(raw: &[u8], chars: usize) -> Option<(Vec<u8>, Vec<u8>)> {
         digest.into_bytes(),
         format!("\"{}\"", &body[..end]).into_bytes(),
     ))
-}
-
-/// Whether a key must be escaped to be a JSON string body.
-fn needs_escape(s: &str) -> bool {
-    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 #[cfg(test)]
