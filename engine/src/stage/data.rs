@@ -20,6 +20,7 @@ use plugin_api::program::run::{Chain, Outcome, Scratch};
 use plugin_api::view::ViewBatch;
 use plugin_api::RuleError;
 
+use super::write_behind::WriteBehind;
 use super::{call, plugin_failure, Budget};
 use crate::discover::install::{DataFile, DataKind, QUARANTINE};
 use crate::discover::registry::LoadedHop;
@@ -187,7 +188,10 @@ impl DataRun<'_> {
             |e| MigrateError::io(format!("cannot write staged {}", dst_path.display()), e);
         // Small: batch outputs (hundreds of KiB) go straight to the file rather than through
         // the buffer, which only gathers the odd verbatim line.
-        let mut out = BufWriter::with_capacity(64 << 10, staged_file(root, file, staging)?);
+        let mut out = BufWriter::with_capacity(
+            64 << 10,
+            WriteBehind::new(staged_file(root, file, staging)?),
+        );
         let mut quarantine = Quarantine::new(self, root, file, staging)?;
         let stats = self.pipeline(
             file,
@@ -205,7 +209,7 @@ impl DataRun<'_> {
             &mut quarantine,
         )?;
         let f = out.into_inner().map_err(|e| write_err(e.into_error()))?;
-        f.sync_all().map_err(write_err)?;
+        f.into_inner().sync_all().map_err(write_err)?;
         quarantine.finish(staging)?;
         Ok(stats)
     }

@@ -8,6 +8,7 @@
 pub mod budget;
 pub mod data;
 pub mod snapshot;
+pub mod write_behind;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -48,6 +48,9 @@ pub struct Chain {
     /// Key numbers (below 64) a lifted `Require` needs present.
     present: u64,
     after: Vec<Compiled>,
+    /// This chain among those compiled in the process (from 1): what a worker's plans
+    /// ([`plan`]) are for.
+    number: u64,
 }
 
 /// A check made while a record is indexed.
@@ -112,12 +115,27 @@ pub struct Scratch {
     own: Vec<u8>,
     members: Vec<scan::Member>,
     patches: Vec<(Range<usize>, Vec<u8>)>,
-    tmp: Vec<u8>,
     /// The object the last `Group` of this record built, if its members' keys are distinct,
     /// and where in `own` each member's count is.
     group_value: Option<Txt>,
     grouped: Vec<(Id, usize, usize)>,
     dates: Dates,
+    plans: plan::Plans,
+}
+
+impl Scratch {
+    /// Buffers that run every record through the steps one by one, never through a plan
+    /// ([`plan`]): what the plans are checked against.
+    pub fn without_plans() -> Scratch {
+        let mut scratch = Scratch::default();
+        scratch.plans.off = true;
+        scratch
+    }
+
+    /// Records these buffers' plans wrote.
+    pub fn records_by_plan(&self) -> u64 {
+        self.plans.written
+    }
 }
 
 /// A key or a value: a span of the record's text, of the text the steps wrote, or a key the
@@ -160,6 +178,10 @@ impl Chain {
             checks: Vec::new(),
             present: 0,
             after: Vec::new(),
+            number: {
+                static CHAINS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                CHAINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         };
         for step in programs.iter().flat_map(|p| &p.steps) {
             let n = chain.steps.len();
@@ -403,7 +425,7 @@ impl Chain {
             }
             // Keys of up to 7 bytes are their signature; longer ones are compared.
             let i = id as usize;
-            if self.sigs[i] == sig && (key.len() < 8 || self.keys[i].as_bytes() == key) {
+            if self.sigs[i] == sig && (key.len() < 8 || same_long_key(self.name(id), key)) {
                 return Some(id);
             }
             at = (at + 1) % 512;
@@ -414,6 +436,15 @@ impl Chain {
         self.keys[id as usize].as_bytes()
     }
 
+    /// What step `s` looks for in values at depth ([`may_hold`]).
+    fn needles(&self, s: usize) -> &[Finder<'static>] {
+        match &self.steps[s] {
+            Compiled::Rfc3339 { needles, .. } => needles,
+            Compiled::Hash { needle, .. } => std::slice::from_ref(&**needle),
+            _ => &[],
+        }
+    }
+
     /// Migrates one record (`line`, without its `\n`) through every step, appending it to
     /// `out`; or leaves it to the rules, with `out` as it was.
     pub fn run(&self, line: &str, out: &mut Vec<u8>, scratch: &mut Scratch) -> Outcome {
@@ -422,7 +453,13 @@ impl Chain {
             line,
             s: scratch,
         };
-        match rec.run() {
+        if rec.index().is_none() {
+            return Outcome::ToRule;
+        }
+        if plan::run(&mut rec, out) {
+            return Outcome::Written;
+        }
+        match rec.steps() {
             Some(()) => {
                 rec.write(out);
                 Outcome::Written
@@ -443,6 +480,24 @@ fn signature(key: &[u8]) -> u64 {
             .iter()
             .enumerate()
             .fold(len, |w, (i, b)| w | u64::from(*b) << (8 * i)),
+    }
+}
+
+/// Whether two keys of at least 8 bytes with the same [`signature`] (so the same length) are
+/// equal. Up to 16 bytes, two overlapping words are compared inline: most keys of a record
+/// are that short, and a call to `memcmp` cost more than the lookup around it.
+#[inline]
+fn same_long_key(a: &[u8], b: &[u8]) -> bool {
+    let word = |k: &[u8], at: usize| {
+        k.get(at..at + 8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+    };
+    match a.len() {
+        8..=16 if b.len() == a.len() => {
+            let last = a.len() - 8;
+            word(a, 0) == word(b, 0) && word(a, last) == word(b, last)
+        }
+        _ => a == b,
     }
 }
 
@@ -468,7 +523,9 @@ struct Rec<'a> {
 }
 
 impl Rec<'_> {
-    fn run(&mut self) -> Option<()> {
+    /// Scans the record into `items`, making the checks lifted out of the steps; `None` when
+    /// the record is the rules' before any step runs.
+    fn index(&mut self) -> Option<()> {
         self.s.items.clear();
         self.s.own.clear();
         self.s.group_value = None;
@@ -511,6 +568,11 @@ impl Rec<'_> {
         if present & chain.present != chain.present || (maybe_repeats && self.has_repeats()) {
             return None;
         }
+        Some(())
+    }
+
+    /// Runs every step on the indexed record, one after the other.
+    fn steps(&mut self) -> Option<()> {
         for step in &self.chain.steps {
             self.step(step)?;
             // Spans into `own` are 32-bit: a record whose steps wrote more is the rules'
@@ -555,6 +617,18 @@ impl Rec<'_> {
         Txt::Own(start, self.s.own.len() as u32)
     }
 
+    /// Appends the text `t` to `own` (which it may be part of).
+    fn push_own(&mut self, t: Txt) {
+        match t {
+            Txt::Src(a, b) => self
+                .s
+                .own
+                .extend_from_slice(&self.line.as_bytes()[a as usize..b as usize]),
+            Txt::Own(a, b) => self.s.own.extend_from_within(a as usize..b as usize),
+            Txt::Key(id) => self.s.own.extend_from_slice(self.chain.name(id)),
+        }
+    }
+
     fn own(&mut self, text: &[u8]) -> Txt {
         let start = self.mark();
         self.s.own.extend_from_slice(text);
@@ -570,9 +644,14 @@ impl Rec<'_> {
         };
     }
 
+    /// Whether two keys are the same (only keys that share a [`key_bit`] are compared).
     fn has_repeats(&self) -> bool {
         let n = self.s.items.len();
-        (1..n).any(|i| (0..i).any(|j| self.key(i) == self.key(j)))
+        let mut bits = [0u64; MAX_ITEMS + 1];
+        for (i, bit) in bits.iter_mut().enumerate().take(n) {
+            *bit = key_bit(self.key(i));
+        }
+        (1..n).any(|i| (0..i).any(|j| bits[i] == bits[j] && self.key(i) == self.key(j)))
     }
 
     fn step(&mut self, step: &Compiled) -> Option<()> {
@@ -620,7 +699,7 @@ impl Rec<'_> {
     fn rfc3339(&mut self, names: &[Id], suffixes: &[String], needles: &[Finder]) -> Option<()> {
         let chain = self.chain;
         let named = |k: &[u8]| {
-            suffixes.iter().any(|s| k.ends_with(s.as_bytes()))
+            suffixes.iter().any(|s| ends_with(k, s.as_bytes()))
                 || names.iter().any(|&n| chain.name(n) == k)
         };
         for i in 0..self.s.items.len() {
@@ -628,7 +707,9 @@ impl Rec<'_> {
             // By number for the names, by text for the suffixes (a key another step names has
             // a number too).
             if names.contains(&item.id)
-                || suffixes.iter().any(|s| self.key(i).ends_with(s.as_bytes()))
+                || suffixes
+                    .iter()
+                    .any(|s| ends_with(self.key(i), s.as_bytes()))
             {
                 if let Some(seconds) = unix_seconds(self.text(item.value))? {
                     let start = self.mark();
@@ -712,33 +793,26 @@ impl Rec<'_> {
         if self.find(into).is_some() {
             return None;
         }
-        let mut text = std::mem::take(&mut self.s.tmp);
-        text.clear();
+        // Written straight into `own`; `grouped` notes where each count is, for a later
+        // step's path into the object (see `count_at`).
+        let start = self.mark();
         let mut grouped = std::mem::take(&mut self.s.grouped);
         grouped.clear();
         for &(old, new) in members {
             let Some(i) = self.find(old) else { continue };
-            text.push(if grouped.is_empty() { b'{' } else { b',' });
-            text.push(b'"');
-            text.extend_from_slice(self.chain.name(new));
-            text.extend_from_slice(b"\":");
-            let count = self.value(i);
-            grouped.push((new, text.len(), text.len() + count.len()));
-            text.extend_from_slice(count);
+            let own = &mut self.s.own;
+            own.push(if grouped.is_empty() { b'{' } else { b',' });
+            own.push(b'"');
+            own.extend_from_slice(self.chain.name(new));
+            own.extend_from_slice(b"\":");
+            let at = own.len();
+            self.push_own(self.s.items[i].value);
+            grouped.push((new, at, self.s.own.len()));
         }
-        text.push(b'}');
-        let value = self.own(&text);
-        self.s.tmp = text;
-        let Txt::Own(start, _) = value else {
-            unreachable!("own() writes into own")
-        };
-        // Where each count is, for a later step's path into the object (see `count_at`);
-        // members renamed alike make an object with a repeated key, read by the scanner.
+        self.s.own.push(b'}');
+        let value = self.written(start);
+        // Members renamed alike make an object with a repeated key, read by the scanner.
         let distinct = (1..grouped.len()).all(|i| grouped[..i].iter().all(|g| g.0 != grouped[i].0));
-        for g in &mut grouped {
-            g.1 += start as usize;
-            g.2 += start as usize;
-        }
         self.s.grouped = grouped;
         self.s.group_value = distinct.then_some(value);
         let present = &mut present[..n];
@@ -769,35 +843,23 @@ impl Rec<'_> {
         let Some(i) = self.find(*key) else {
             return Some(());
         };
-        let mut text = std::mem::take(&mut self.s.tmp);
-        let raw = self.value(i);
-        let value = non_negative(raw)?;
+        let value = non_negative(self.value(i))?;
         if self.find(*into).is_some() {
             return None;
         }
-        text.clear();
-        text.extend_from_slice(b"{\"");
-        text.extend_from_slice(self.chain.name(*key));
-        text.extend_from_slice(b"\":");
-        text.extend_from_slice(raw);
+        let start = self.mark();
+        let chain = self.chain;
+        self.s.own.extend_from_slice(b"{\"");
+        self.s.own.extend_from_slice(chain.name(*key));
+        self.s.own.extend_from_slice(b"\":");
+        self.push_own(self.s.items[i].value);
+        let text = &mut self.s.own;
         text.extend_from_slice(b",\"");
-        text.extend_from_slice(self.chain.name(*name));
+        text.extend_from_slice(chain.name(*name));
         text.extend_from_slice(b"\":");
-        match count {
-            Some(n) if value != 0.0 => {
-                let rate = n as f64 / (value / per);
-                let rounded = (rate * scale).round() / scale;
-                // As serde_json prints an f64 (it prints with zmij).
-                if !rounded.is_finite() {
-                    return None;
-                }
-                text.extend_from_slice(zmij::Buffer::new().format_finite(rounded).as_bytes());
-            }
-            _ => text.extend_from_slice(b"null"),
-        }
+        write_rate(count, value, *per, *scale, text)?;
         text.push(b'}');
-        let value = self.own(&text);
-        self.s.tmp = text;
+        let value = self.written(start);
         self.set(i, *into, value);
         self.s.items[i].built = true;
         Some(())
@@ -975,6 +1037,42 @@ impl Rec<'_> {
 type Patcher<'a> =
     dyn FnMut(&[u8], &[scan::Member], &mut Vec<(Range<usize>, Vec<u8>)>) -> Option<()> + 'a;
 
+/// A rate of `count` per `value` / `per`, rounded by `scale` (10 to the decimals), as
+/// serde_json prints an f64 (with zmij); `null` without a count or for a zero `value`. `None`
+/// when the rate is not finite (the rules decide).
+#[inline]
+fn write_rate(
+    count: Option<u64>,
+    value: f64,
+    per: f64,
+    scale: f64,
+    out: &mut Vec<u8>,
+) -> Option<()> {
+    match count {
+        Some(n) if value != 0.0 => {
+            let rate = n as f64 / (value / per);
+            let rounded = (rate * scale).round() / scale;
+            if !rounded.is_finite() {
+                return None;
+            }
+            out.extend_from_slice(zmij::Buffer::new().format_finite(rounded).as_bytes());
+        }
+        _ => out.extend_from_slice(b"null"),
+    }
+    Some(())
+}
+
+/// `key.ends_with(suffix)` for the short suffixes of a program, compared inline (the slice
+/// comparison calls `memcmp`, which cost more than the loop over a record's keys around it).
+#[inline]
+fn ends_with(key: &[u8], suffix: &[u8]) -> bool {
+    key.len() >= suffix.len()
+        && key[key.len() - suffix.len()..]
+            .iter()
+            .zip(suffix)
+            .all(|(a, b)| a == b)
+}
+
 /// Whether a value may hold what a step looks for at depth: a container whose text has one of
 /// the `needles`, or an escape (a key may be written with one).
 fn may_hold(text: &[u8], needles: &[Finder]) -> bool {
@@ -1079,6 +1177,17 @@ fn count(raw: &[u8]) -> Option<u64> {
         return None;
     }
     let mut n: u64 = 0;
+    // Up to 19 digits cannot overflow: no checks in the loop most counts take.
+    if raw.len() <= 19 {
+        for &b in raw {
+            let digit = b.wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
+            }
+            n = n * 10 + u64::from(digit);
+        }
+        return Some(n);
+    }
     for &b in raw {
         let digit = b.wrapping_sub(b'0');
         if digit > 9 {
@@ -1218,6 +1327,8 @@ fn hashed(raw: &[u8], chars: usize) -> Option<(Vec<u8>, Vec<u8>)> {
         format!("\"{}\"", &body[..end]).into_bytes(),
     ))
 }
+
+mod plan;
 
 #[cfg(test)]
 mod tests;

@@ -323,3 +323,167 @@ fn a_chain_of_too_many_steps_does_not_compile() {
     }
     assert!(Chain::compile(&[&p]).is_err());
 }
+
+/// Runs `lines` through `chain` with `scratch`, as a worker runs a batch.
+fn run_with(chain: &Chain, lines: &[String], scratch: &mut Scratch) -> Vec<Option<String>> {
+    lines
+        .iter()
+        .map(|line| {
+            let mut out = Vec::new();
+            match chain.run(line, &mut out, scratch) {
+                Outcome::Written => Some(String::from_utf8(out).expect("UTF-8")),
+                Outcome::ToRule => {
+                    assert!(out.is_empty(), "nothing is written for the rules");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_shape_is_planned_once_and_its_guards_send_odd_values_to_the_steps() {
+    let p = programs();
+    let chain = chain(&[&p[0], &p[1], &p[2]]);
+    let line = |tokens: &str, latency: &str, ts: &str, client: &str| {
+        format!(
+            r#"{{"id":"r","model":"m","prompt_tokens":1,"completion_tokens":{tokens},"latency_ms":{latency},"timestamp":{ts},"client":{client}}}"#
+        )
+    };
+    let lines = [
+        line("30", "123", "1640995200", r#"{"ip":"a"}"#),
+        line("7", "0", "1640995201", r#"{"ip":"b"}"#),
+        line("7", "12.5", "1640995202", r#"{"ip":"c"}"#),
+        // Each of these fails one guard of the plan the first record made.
+        line("1.5", "1", "1", r#"{"ip":"d"}"#),
+        line("1", "1", "1.5", r#"{"ip":"e"}"#),
+        line("1", "1", "-0", r#"{"ip":"e"}"#),
+        line("1", "1e999", "1", r#"{"ip":"f"}"#),
+        line("1", "1", "999999999999", r#"{"ip":"g"}"#),
+        line("1", "1", "1", r#"{"ip":"h","seen_at":1640995200}"#),
+        line("1", "1", "1", r#"{"key":"k","scopes":[]}"#),
+    ];
+    let lines = lines.to_vec();
+    let mut planned = Scratch::default();
+    let mut stepped = Scratch::without_plans();
+    let by_plan = run_with(&chain, &lines, &mut planned);
+    assert_eq!(by_plan, run_with(&chain, &lines, &mut stepped));
+    assert_eq!(stepped.records_by_plan(), 0);
+    // The first three, whose values pass every guard, and none of the others.
+    assert_eq!(planned.records_by_plan(), 3, "{by_plan:#?}");
+    assert_eq!(
+        by_plan[2].as_deref(),
+        Some(
+            "{\"id\":\"r\",\"model\":\"m\",\"usage\":{\"input_tokens\":1,\"output_tokens\":7},\
+             \"metrics\":{\"latency_ms\":12.5,\"tokens_per_second\":560.0},\
+             \"timestamp\":\"2022-01-01T00:00:02Z\",\"client\":{\"ip\":\"c\"},\"schema_version\":3}\n"
+        )
+    );
+    // The nested timestamp and the nested key went through the steps, which converted them.
+    assert!(by_plan[8]
+        .as_deref()
+        .unwrap()
+        .contains("\"seen_at\":\"2022-01-01T00:00:00Z\""));
+    assert!(by_plan[9].as_deref().unwrap().contains("\"key_sha256\":"));
+}
+
+/// A value of each class the plans tell apart, with the odd members of the class that send a
+/// record to the steps (`-0`, floats, huge integers; objects that hold what a step looks for).
+fn value_of(class: u8) -> BoxedStrategy<String> {
+    match class % 7 {
+        0 => Just("null".to_owned()).boxed(),
+        1 => prop_oneof![
+            Just("\"s\"".to_owned()),
+            Just("\"_at\\\"\"".to_owned()),
+            Just("\"1640995200\"".to_owned())
+        ]
+        .boxed(),
+        2 => prop_oneof![
+            4 => (0u64..100_000).prop_map(|n| n.to_string()),
+            4 => (-3_000_000_000i64..300_000_000_000).prop_map(|n| n.to_string()),
+            1 => Just("-0".to_owned()),
+            1 => Just("1.5".to_owned()),
+            1 => Just("1e3".to_owned()),
+            1 => Just("18446744073709551616".to_owned()),
+        ]
+        .boxed(),
+        3 => prop_oneof![Just("true".to_owned()), Just("false".to_owned())].boxed(),
+        4 => prop_oneof![
+            Just("{\"ip\":\"x\"}".to_owned()),
+            (0u64..9).prop_map(|n| format!("{{\"seen_at\":{n}}}")),
+            Just("{\"key\":\"k\",\"scopes\":[]}".to_owned()),
+            (0u64..9).prop_map(|n| format!("{{\"output_tokens\":{n}}}")),
+        ]
+        .boxed(),
+        5 => prop_oneof![
+            Just("[1,2]".to_owned()),
+            Just("[{\"x_at\":5}]".to_owned()),
+            Just("[{\"key\":\"k\",\"scopes\":[1]}]".to_owned()),
+        ]
+        .boxed(),
+        _ => (0u64..3).prop_map(|n| n.to_string()).boxed(),
+    }
+}
+
+/// Batches of records of one shape (keys and value classes), values drawn afresh for each.
+fn shaped_batch() -> impl Strategy<Value = Vec<String>> {
+    const KEYS: [&str; 13] = [
+        "schema_version",
+        "id",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "timestamp",
+        "created_at",
+        "usage",
+        "metrics",
+        "key",
+        "scopes",
+        "client",
+        "other",
+    ];
+    prop::collection::vec((prop::sample::select(&KEYS[..]), 0u8..7), 0..8).prop_flat_map(|shape| {
+        let record = shape
+            .iter()
+            .map(|&(key, class)| value_of(class).prop_map(move |v| format!("\"{key}\":{v}")))
+            .collect::<Vec<_>>()
+            .prop_map(|entries| format!("{{{}}}", entries.join(",")));
+        prop::collection::vec(record, 8)
+    })
+}
+
+/// Plans change nothing: every record of every generated shape comes out of the plans as it
+/// comes out of the steps run one by one, or goes to the rules in both. Not vacuous: plans
+/// write most of the records the steps write.
+#[test]
+fn a_plan_writes_what_the_steps_write() {
+    use proptest::test_runner::{Config, TestRunner};
+    let p = programs();
+    let chains = [
+        chain(&[&p[0], &p[1], &p[2]]),
+        chain(&[&p[1], &p[2]]),
+        chain(&[&p[2]]),
+    ];
+    let (planned, total) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    let mut runner = TestRunner::new(Config::with_cases(1500));
+    let result = runner.run(&shaped_batch(), |lines| {
+        for chain in &chains {
+            let mut with_plans = Scratch::default();
+            let by_plan = run_with(chain, &lines, &mut with_plans);
+            let by_steps = run_with(chain, &lines, &mut Scratch::without_plans());
+            total.set(total.get() + by_steps.iter().filter(|r| r.is_some()).count() as u64);
+            prop_assert_eq!(by_plan, by_steps);
+            planned.set(planned.get() + with_plans.records_by_plan());
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert!(
+        planned.get() * 2 > total.get(),
+        "plans wrote only {} of the {} records the steps wrote",
+        planned.get(),
+        total.get()
+    );
+}

@@ -1,0 +1,633 @@
+//! Plans: what the steps of a chain do to one *shape* of record, worked out once and replayed
+//! on every record of that shape.
+//!
+//! A log's records mostly share a few shapes: the same keys in the same order, each value of
+//! the same kind. The steps' decisions on such records differ only where they read a value
+//! (is this a count? an integer timestamp?). A plan is the steps run once on the shape, with
+//! those readings kept as *guards*, and the output written as a list of *ops*: literal text,
+//! a value copied from the record, a date or a rate computed from one. Per record this costs
+//! the guards and the copies; the step machinery (finding entries, building objects in a
+//! scratch buffer, moving entries, writing them out one by one) is paid once per shape.
+//!
+//! The interpreter ([`Rec::steps`](super::Rec)) stays the authority. A plan is only built when
+//! every step's work on the shape is one the builder mirrors exactly; anything else (a walk
+//! into a nested value, a key set twice, a step that fails on the shape) leaves the shape to
+//! the interpreter. A record whose guard fails goes to the interpreter too, which then decides
+//! as it always did. Tests compare the two on every record they generate.
+
+use super::{
+    count, integer, is_kind, may_hold, non_negative, unix_seconds, write_rate, Chain, Compiled, Id,
+    Item, Kind, Rec, Txt, NONE, OWN_LIMIT,
+};
+
+/// Shapes a worker keeps plans for; records of further shapes go to the interpreter.
+const MAX_PLANS: usize = 32;
+
+/// Plans a worker made, with its scratch buffers ([`super::Scratch`]).
+#[derive(Default)]
+pub(super) struct Plans {
+    /// The chain these plans are for ([`Chain::number`]): buffers can outlive a chain.
+    chain: u64,
+    plans: Vec<Plan>,
+    /// The plan the last record used: the next one most often has its shape.
+    last: usize,
+    /// Records written by a plan (for tests: a plan that is never used proves nothing).
+    pub(super) written: u64,
+    /// Plans off: every record goes through the interpreter (tests compare the two).
+    pub(super) off: bool,
+}
+
+/// A top-level value's kind, read from its first byte: what a plan knows of a value before its
+/// guards run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Str,
+    Num,
+    Null,
+    True,
+    False,
+    Obj,
+    Arr,
+}
+
+impl Class {
+    fn of(value: &[u8]) -> Class {
+        match value.first() {
+            Some(b'"') => Class::Str,
+            Some(b'{') => Class::Obj,
+            Some(b'[') => Class::Arr,
+            Some(b't') => Class::True,
+            Some(b'f') => Class::False,
+            Some(b'n') => Class::Null,
+            _ => Class::Num,
+        }
+    }
+
+    fn container(self) -> bool {
+        matches!(self, Class::Obj | Class::Arr)
+    }
+}
+
+/// A shape and what the steps do to it (`None`: the interpreter's shape).
+struct Plan {
+    /// Per top-level entry: its key's number, its value's class, and its key's text (compared
+    /// for keys no step names, which share [`NONE`]).
+    ids: Vec<Id>,
+    classes: Vec<Class>,
+    keys: Vec<Vec<u8>>,
+    ops: Option<Ops>,
+}
+
+/// A plan's guards and output.
+struct Ops {
+    guards: Vec<Guard>,
+    out: Vec<Op>,
+    /// The literal text the `Lit` ops point into.
+    lits: Vec<u8>,
+}
+
+/// A reading of top-level value `j` the steps' decisions rest on; the record goes to the
+/// interpreter when one is false.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Guard {
+    /// `count` gives this.
+    Equals(u8, u64),
+    Kind(u8, Kind),
+    /// A count (`u64`).
+    Count(u8),
+    /// An integer serde_json reads as one (`i64`).
+    Integer(u8),
+    NonNegative(u8),
+    /// Holds nothing step `s` looks for at depth ([`may_hold`] is false).
+    Holds(u8, u16),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Lit(u32, u32),
+    /// Top-level value `j`, copied as written.
+    Value(u8),
+    /// Top-level value `j`, unix seconds, as an RFC 3339 string.
+    Date(u8),
+    /// The rate of count `count` (absent: `null`) per value `value`.
+    Rate {
+        count: Option<u8>,
+        value: u8,
+        per: f64,
+        scale: f64,
+    },
+}
+
+/// Writes the indexed record `rec` with the plan for its shape, making one if there is none.
+/// `false` when it wrote nothing (no plan, or a guard failed): the interpreter takes over.
+pub(super) fn run(rec: &mut Rec<'_>, out: &mut Vec<u8>) -> bool {
+    let line = rec.line.as_bytes();
+    // Spans of the interpreter's own text are 32-bit, and it leaves a record to the rules when
+    // it wrote more than OWN_LIMIT; a plan writes at most about the line twice.
+    if rec.s.plans.off || line.len() > OWN_LIMIT / 2 {
+        return false;
+    }
+    let items = &rec.s.items;
+    let plans = &mut rec.s.plans;
+    if plans.chain != rec.chain.number {
+        plans.chain = rec.chain.number;
+        plans.plans.clear();
+        plans.last = 0;
+    }
+    let found = plans
+        .plans
+        .get(plans.last)
+        .filter(|p| p.fits(line, items))
+        .map(|_| plans.last)
+        .or_else(|| plans.plans.iter().position(|p| p.fits(line, items)));
+    let at = match found {
+        Some(at) => at,
+        None if plans.plans.len() < MAX_PLANS => {
+            let plan = Plan::make(rec.chain, line, items);
+            plans.plans.push(plan);
+            plans.plans.len() - 1
+        }
+        None => return false,
+    };
+    plans.last = at;
+    let Some(ops) = &plans.plans[at].ops else {
+        return false;
+    };
+    let start = out.len();
+    let done = ops.run(rec.chain, line, items, &mut rec.s.dates, out);
+    if done.is_none() {
+        out.truncate(start);
+        return false;
+    }
+    plans.written += 1;
+    true
+}
+
+impl Plan {
+    fn fits(&self, line: &[u8], items: &[Item]) -> bool {
+        items.len() == self.ids.len()
+            && items.iter().enumerate().all(|(j, item)| {
+                item.id == self.ids[j]
+                    && Class::of(src(line, item.value)) == self.classes[j]
+                    && (item.id != NONE || src(line, item.key) == self.keys[j])
+            })
+    }
+
+    fn make(chain: &Chain, line: &[u8], items: &[Item]) -> Plan {
+        let classes: Vec<Class> = items
+            .iter()
+            .map(|it| Class::of(src(line, it.value)))
+            .collect();
+        let keys: Vec<Vec<u8>> = items.iter().map(|it| src(line, it.key).to_vec()).collect();
+        let mut builder = Builder {
+            chain,
+            classes: &classes,
+            keys: &keys,
+            items: (0..items.len())
+                .map(|j| Entry {
+                    key: Key::Src(j as u8),
+                    value: Value::Src(j as u8),
+                    id: items[j].id,
+                    built: false,
+                })
+                .collect(),
+            guards: Vec::new(),
+            group_value: None,
+            groups: 0,
+        };
+        let ops = chain
+            .steps
+            .iter()
+            .enumerate()
+            .try_for_each(|(s, step)| builder.step(s, step))
+            .map(|()| builder.emit());
+        Plan {
+            ids: items.iter().map(|it| it.id).collect(),
+            classes,
+            keys,
+            ops,
+        }
+    }
+}
+
+/// The record's text of an indexed key or value (always a span of the record before any step).
+fn src(line: &[u8], t: Txt) -> &[u8] {
+    match t {
+        Txt::Src(a, b) => &line[a as usize..b as usize],
+        _ => unreachable!("an indexed record's keys and values are spans of it"),
+    }
+}
+
+impl Ops {
+    fn run(
+        &self,
+        chain: &Chain,
+        line: &[u8],
+        items: &[Item],
+        dates: &mut super::Dates,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
+        let v = |j: u8| src(line, items[j as usize].value);
+        for guard in &self.guards {
+            let ok = match *guard {
+                Guard::Equals(j, want) => count(v(j)) == Some(want),
+                Guard::Kind(j, kind) => is_kind(v(j), kind),
+                Guard::Count(j) => count(v(j)).is_some(),
+                Guard::Integer(j) => integer(v(j)).is_some(),
+                Guard::NonNegative(j) => non_negative(v(j)).is_some(),
+                Guard::Holds(j, s) => !may_hold(v(j), chain.needles(s as usize)),
+            };
+            if !ok {
+                return None;
+            }
+        }
+        for op in &self.out {
+            match *op {
+                Op::Lit(a, b) => out.extend_from_slice(&self.lits[a as usize..b as usize]),
+                Op::Value(j) => out.extend_from_slice(v(j)),
+                Op::Date(j) => dates.json(integer(v(j))?, out)?,
+                Op::Rate {
+                    count: c,
+                    value,
+                    per,
+                    scale,
+                } => {
+                    let n = match c {
+                        Some(j) => Some(count(v(j))?),
+                        None => None,
+                    };
+                    write_rate(n, non_negative(v(value))?, per, scale, out)?;
+                }
+            }
+        }
+        Some(())
+    }
+}
+
+/// An entry as the steps leave it, in terms of the shape.
+#[derive(Debug, Clone)]
+struct Entry {
+    key: Key,
+    value: Value,
+    id: Id,
+    /// As [`Item::built`]: an object a step built, scalars only.
+    built: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Key {
+    /// Top-level key `j` of the record.
+    Src(u8),
+    Named(Id),
+}
+
+#[derive(Debug, Clone)]
+enum Value {
+    Src(u8),
+    /// Text that is the same for every record (an integer a step set).
+    Lit(Vec<u8>),
+    Date(u8),
+    /// The object a `Group` built (its number, for `Nest`'s path into it), members in order.
+    Group(u32, Vec<(Id, u8)>),
+    Nest {
+        key: Id,
+        value: u8,
+        name: Id,
+        count: Option<u8>,
+        per: f64,
+        scale: f64,
+    },
+}
+
+/// The steps run on a shape, each as the interpreter runs it: `None` for anything it does that
+/// this does not mirror, and for a step that fails on the shape (the interpreter then decides).
+struct Builder<'a> {
+    chain: &'a Chain,
+    classes: &'a [Class],
+    keys: &'a [Vec<u8>],
+    items: Vec<Entry>,
+    guards: Vec<Guard>,
+    /// The group whose members `Nest` may read, as `Scratch::group_value`.
+    group_value: Option<u32>,
+    groups: u32,
+}
+
+impl Builder<'_> {
+    fn find(&self, id: Id) -> Option<usize> {
+        self.items.iter().position(|it| it.id == id)
+    }
+
+    fn key_text(&self, key: Key) -> &[u8] {
+        match key {
+            Key::Src(j) => &self.keys[j as usize],
+            Key::Named(id) => self.chain.name(id),
+        }
+    }
+
+    fn step(&mut self, s: usize, step: &Compiled) -> Option<()> {
+        match step {
+            Compiled::Require { key, equals } => match (equals, self.find(*key)) {
+                (None, None) => Some(()),
+                (Some(want), Some(i)) => match self.items[i].value {
+                    Value::Src(j) => {
+                        self.guards.push(Guard::Equals(j, *want));
+                        Some(())
+                    }
+                    Value::Lit(ref t) => (count(t) == Some(*want)).then_some(()),
+                    _ => None,
+                },
+                _ => None,
+            },
+            Compiled::Check { key, kind } => match self.find(*key) {
+                None => Some(()),
+                Some(i) => match self.items[i].value {
+                    Value::Src(j) => {
+                        self.guards.push(Guard::Kind(j, *kind));
+                        Some(())
+                    }
+                    Value::Lit(ref t) => is_kind(t, *kind).then_some(()),
+                    _ => None,
+                },
+            },
+            Compiled::Rfc3339 {
+                names, suffixes, ..
+            } => {
+                for i in 0..self.items.len() {
+                    let item = &self.items[i];
+                    let key = self.key_text(item.key);
+                    let named = names.contains(&item.id)
+                        || suffixes.iter().any(|s| key.ends_with(s.as_bytes()));
+                    match (&item.value, named) {
+                        (Value::Src(j), true) => match self.classes[*j as usize] {
+                            Class::Str | Class::Null => {}
+                            Class::Num => {
+                                let j = *j;
+                                self.guards.push(Guard::Integer(j));
+                                self.items[i].value = Value::Date(j);
+                            }
+                            _ => return None,
+                        },
+                        // A date is a string: kept.
+                        (Value::Date(_), true) => {}
+                        (Value::Lit(t), true) => {
+                            if unix_seconds(t)?.is_some() {
+                                return None;
+                            }
+                        }
+                        (Value::Src(j), false) => {
+                            if self.classes[*j as usize].container() {
+                                let j = *j;
+                                self.guards.push(Guard::Holds(j, s as u16));
+                            }
+                        }
+                        (Value::Date(_) | Value::Lit(_), false) => {
+                            if may_hold(&self.text(i)?, self.chain.needles(s)) {
+                                return None;
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+                Some(())
+            }
+            Compiled::Group { into, members } => {
+                let mut present = Vec::with_capacity(members.len());
+                for &(old, _) in members {
+                    if let Some(i) = self.find(old) {
+                        self.count(i)?;
+                        if present.len() == 8 {
+                            return None;
+                        }
+                        present.push(i);
+                    }
+                }
+                let Some(&first) = present.first() else {
+                    return Some(());
+                };
+                if self.find(*into).is_some() {
+                    return None;
+                }
+                let mut grouped = Vec::with_capacity(present.len());
+                for &(old, new) in members {
+                    if let Some(i) = self.find(old) {
+                        grouped.push((new, self.count(i)?));
+                    }
+                }
+                let distinct =
+                    (1..grouped.len()).all(|i| grouped[..i].iter().all(|g| g.0 != grouped[i].0));
+                self.groups += 1;
+                self.group_value = distinct.then_some(self.groups);
+                self.items[first] = Entry {
+                    key: Key::Named(*into),
+                    value: Value::Group(self.groups, grouped),
+                    id: *into,
+                    built: true,
+                };
+                present.sort_unstable();
+                for &i in present.iter().rev().filter(|&&i| i != first) {
+                    self.items.remove(i);
+                }
+                Some(())
+            }
+            Compiled::Nest {
+                key,
+                into,
+                name,
+                first,
+                inside,
+                per,
+                scale,
+            } => {
+                // The count's path, as `Rec::count_at` follows it: into the group this record
+                // built, or the value itself; a walk into the record's text is not mirrored.
+                let count = match self.find(*first) {
+                    None => None,
+                    Some(i) => match (&self.items[i].value, inside.as_slice()) {
+                        (Value::Group(n, grouped), [member]) if self.group_value == Some(*n) => {
+                            let hit = grouped
+                                .iter()
+                                .find(|g| self.chain.name(g.0) == member.as_bytes());
+                            match hit {
+                                Some(&(_, j)) => {
+                                    self.guards.push(Guard::Count(j));
+                                    Some(j)
+                                }
+                                None => None,
+                            }
+                        }
+                        (Value::Src(_), []) => Some(self.count(i)?),
+                        _ => return None,
+                    },
+                };
+                let Some(i) = self.find(*key) else {
+                    return Some(());
+                };
+                let Value::Src(value) = self.items[i].value else {
+                    return None;
+                };
+                self.guards.push(Guard::NonNegative(value));
+                if self.find(*into).is_some() {
+                    return None;
+                }
+                self.items[i] = Entry {
+                    key: Key::Named(*into),
+                    value: Value::Nest {
+                        key: *key,
+                        value,
+                        name: *name,
+                        count,
+                        per: *per,
+                        scale: *scale,
+                    },
+                    id: *into,
+                    built: true,
+                };
+                Some(())
+            }
+            Compiled::Hash { secret, marker, .. } => {
+                // Hashing the record's own key is the interpreter's.
+                if self.find(*secret).is_some() && self.find(*marker).is_some() {
+                    return None;
+                }
+                for i in 0..self.items.len() {
+                    if self.items[i].built {
+                        continue;
+                    }
+                    match self.items[i].value {
+                        Value::Src(j) => {
+                            if self.classes[j as usize].container() {
+                                self.guards.push(Guard::Holds(j, s as u16));
+                            }
+                        }
+                        Value::Date(_) | Value::Lit(_) => {
+                            if may_hold(&self.text(i)?, self.chain.needles(s)) {
+                                return None;
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+                Some(())
+            }
+            Compiled::SetInteger { key, value } => {
+                let text = itoa::Buffer::new().format(*value).as_bytes().to_vec();
+                match self.find(*key) {
+                    Some(i) => self.items[i].value = Value::Lit(text),
+                    None => self.items.push(Entry {
+                        key: Key::Named(*key),
+                        value: Value::Lit(text),
+                        id: *key,
+                        built: false,
+                    }),
+                }
+                Some(())
+            }
+        }
+    }
+
+    /// Entry `i`'s value as a count: a guard on a value of the record, or `None` when it is
+    /// not one of its values.
+    fn count(&mut self, i: usize) -> Option<u8> {
+        match self.items[i].value {
+            Value::Src(j) => {
+                self.guards.push(Guard::Count(j));
+                Some(j)
+            }
+            _ => None,
+        }
+    }
+
+    /// The text of entry `i`'s value when it is the same for every record of the shape (a date
+    /// is not, but its first byte, all `may_hold` reads of a scalar, is a quote).
+    fn text(&self, i: usize) -> Option<Vec<u8>> {
+        match &self.items[i].value {
+            Value::Lit(t) => Some(t.clone()),
+            Value::Date(_) => Some(b"\"\"".to_vec()),
+            _ => None,
+        }
+    }
+
+    /// The ops that write the entries as `Rec::write` writes them: compact, `"key":value`.
+    fn emit(&self) -> Ops {
+        let mut ops = Ops {
+            guards: Vec::new(),
+            out: Vec::new(),
+            lits: Vec::new(),
+        };
+        ops.lit(b"{");
+        for (n, item) in self.items.iter().enumerate() {
+            if n > 0 {
+                ops.lit(b",");
+            }
+            ops.lit(b"\"");
+            ops.lit(self.key_text(item.key));
+            ops.lit(b"\":");
+            match &item.value {
+                Value::Src(j) => ops.out.push(Op::Value(*j)),
+                Value::Lit(t) => ops.lit(t),
+                Value::Date(j) => ops.out.push(Op::Date(*j)),
+                Value::Group(_, members) => {
+                    for (m, &(name, j)) in members.iter().enumerate() {
+                        ops.lit(if m == 0 { b"{\"" } else { b",\"" });
+                        ops.lit(self.chain.name(name));
+                        ops.lit(b"\":");
+                        ops.out.push(Op::Value(j));
+                    }
+                    ops.lit(b"}");
+                }
+                Value::Nest {
+                    key,
+                    value,
+                    name,
+                    count,
+                    per,
+                    scale,
+                } => {
+                    ops.lit(b"{\"");
+                    ops.lit(self.chain.name(*key));
+                    ops.lit(b"\":");
+                    ops.out.push(Op::Value(*value));
+                    ops.lit(b",\"");
+                    ops.lit(self.chain.name(*name));
+                    ops.lit(b"\":");
+                    ops.out.push(Op::Rate {
+                        count: *count,
+                        value: *value,
+                        per: *per,
+                        scale: *scale,
+                    });
+                    ops.lit(b"}");
+                }
+            }
+        }
+        ops.lit(b"}\n");
+        // Each guard once, and none an op makes again: a date is written from the integer,
+        // a rate from its count and value, and an op that cannot sends the record to the
+        // interpreter as the guard would have.
+        for &guard in &self.guards {
+            let again = ops.out.iter().any(|op| match (guard, *op) {
+                (Guard::Integer(j), Op::Date(k)) => j == k,
+                (Guard::NonNegative(j), Op::Rate { value, .. }) => j == value,
+                (Guard::Count(j), Op::Rate { count, .. }) => count == Some(j),
+                _ => false,
+            });
+            if !again && !ops.guards.contains(&guard) {
+                ops.guards.push(guard);
+            }
+        }
+        ops
+    }
+}
+
+impl Ops {
+    /// Appends literal text, joined to the literal before it when there is one.
+    fn lit(&mut self, text: &[u8]) {
+        let start = self.lits.len() as u32;
+        self.lits.extend_from_slice(text);
+        let end = self.lits.len() as u32;
+        match self.out.last_mut() {
+            Some(Op::Lit(_, e)) if *e == start => *e = end,
+            _ => self.out.push(Op::Lit(start, end)),
+        }
+    }
+}
