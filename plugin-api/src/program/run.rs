@@ -436,6 +436,16 @@ impl Chain {
         self.keys[id as usize].as_bytes()
     }
 
+    /// Whether the value of key `id` passes the checks lifted out of the steps.
+    #[inline]
+    fn lifted_checks_pass(&self, id: Id, value: &[u8]) -> bool {
+        self.checks[id as usize].iter().all(|check| match *check {
+            Lifted::Equals(None) => false,
+            Lifted::Equals(Some(want)) => count(value) == Some(want),
+            Lifted::Kind(kind) => is_kind(value, kind),
+        })
+    }
+
     /// What step `s` looks for in values at depth ([`may_hold`]).
     fn needles(&self, s: usize) -> &[Finder<'static>] {
         match &self.steps[s] {
@@ -453,10 +463,12 @@ impl Chain {
             line,
             s: scratch,
         };
-        if rec.index().is_none() {
+        // Read as the last record's shape when it has it, else by the scanner.
+        let planned = plan::index(&mut rec);
+        if planned.is_none() && rec.index().is_none() {
             return Outcome::ToRule;
         }
-        if plan::run(&mut rec, out) {
+        if plan::run(&mut rec, out, planned) {
             return Outcome::Written;
         }
         match rec.steps() {
@@ -526,9 +538,7 @@ impl Rec<'_> {
     /// Scans the record into `items`, making the checks lifted out of the steps; `None` when
     /// the record is the rules' before any step runs.
     fn index(&mut self) -> Option<()> {
-        self.s.items.clear();
-        self.s.own.clear();
-        self.s.group_value = None;
+        self.reset();
         if self.line.len() > OWN_LIMIT {
             return None;
         }
@@ -542,16 +552,8 @@ impl Rec<'_> {
             seen |= bit;
             let id = chain.id(key).unwrap_or(NONE);
             if id != NONE {
-                let value = &line[v.clone()];
-                for check in &chain.checks[id as usize] {
-                    let ok = match *check {
-                        Lifted::Equals(None) => false,
-                        Lifted::Equals(Some(want)) => count(value) == Some(want),
-                        Lifted::Kind(kind) => is_kind(value, kind),
-                    };
-                    if !ok {
-                        return None;
-                    }
+                if !chain.lifted_checks_pass(id, &line[v.clone()]) {
+                    return None;
                 }
                 if id < 64 {
                     present |= 1 << id;
@@ -569,6 +571,12 @@ impl Rec<'_> {
             return None;
         }
         Some(())
+    }
+
+    fn reset(&mut self) {
+        self.s.items.clear();
+        self.s.own.clear();
+        self.s.group_value = None;
     }
 
     /// Runs every step on the indexed record, one after the other.

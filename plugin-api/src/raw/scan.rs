@@ -149,7 +149,7 @@ pub(crate) fn elements(
 /// The index after the JSON value that starts at `i` (no whitespace before it). Scalars, most
 /// of a record's values, are read here; containers by [`container`].
 #[inline]
-fn value(b: &[u8], i: usize) -> Option<usize> {
+pub(crate) fn value(b: &[u8], i: usize) -> Option<usize> {
     match *b.get(i)? {
         b'{' | b'[' => container(b, i),
         _ => scalar(b, i),

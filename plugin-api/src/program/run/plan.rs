@@ -19,6 +19,7 @@ use super::{
     count, integer, is_kind, may_hold, non_negative, unix_seconds, write_rate, Chain, Compiled, Id,
     Item, Kind, Rec, Txt, NONE, OWN_LIMIT,
 };
+use crate::raw::scan;
 
 /// Shapes a worker keeps plans for; records of further shapes go to the interpreter.
 const MAX_PLANS: usize = 32;
@@ -75,6 +76,8 @@ struct Plan {
     ids: Vec<Id>,
     classes: Vec<Class>,
     keys: Vec<Vec<u8>>,
+    /// Each key as the record writes it compactly: `"key":`.
+    patterns: Vec<Vec<u8>>,
     ops: Option<Ops>,
 }
 
@@ -118,9 +121,33 @@ enum Op {
     },
 }
 
-/// Writes the indexed record `rec` with the plan for its shape, making one if there is none.
-/// `false` when it wrote nothing (no plan, or a guard failed): the interpreter takes over.
-pub(super) fn run(rec: &mut Rec<'_>, out: &mut Vec<u8>) -> bool {
+/// Indexes `rec` as the last record's shape, when it has that shape written compactly and its
+/// values pass the checks the index makes: the keys are compared as literal text and only
+/// the values are scanned (by the scanner's own `value`). Returns the plan whose shape it is;
+/// `None` when the record is to be indexed by the scanner (which then decides on it alone).
+pub(super) fn index(rec: &mut Rec<'_>) -> Option<usize> {
+    let line = rec.line.as_bytes();
+    let plans = &mut rec.s.plans;
+    if plans.off || plans.chain != rec.chain.number || line.len() > OWN_LIMIT / 2 {
+        return None;
+    }
+    let at = plans.last;
+    let plan = plans.plans.get(at)?;
+    rec.s.items.clear();
+    rec.s.own.clear();
+    rec.s.group_value = None;
+    let items = &mut rec.s.items;
+    if plan.read(rec.chain, line, items).is_none() {
+        items.clear();
+        return None;
+    }
+    Some(at)
+}
+
+/// Writes the indexed record `rec` with the plan for its shape (`planned`: known from
+/// [`index`]), making one if there is none. `false` when it wrote nothing (no plan, or a guard
+/// failed): the interpreter takes over.
+pub(super) fn run(rec: &mut Rec<'_>, out: &mut Vec<u8>, planned: Option<usize>) -> bool {
     let line = rec.line.as_bytes();
     // Spans of the interpreter's own text are 32-bit, and it leaves a record to the rules when
     // it wrote more than OWN_LIMIT; a plan writes at most about the line twice.
@@ -134,12 +161,14 @@ pub(super) fn run(rec: &mut Rec<'_>, out: &mut Vec<u8>) -> bool {
         plans.plans.clear();
         plans.last = 0;
     }
-    let found = plans
-        .plans
-        .get(plans.last)
-        .filter(|p| p.fits(line, items))
-        .map(|_| plans.last)
-        .or_else(|| plans.plans.iter().position(|p| p.fits(line, items)));
+    let found = planned.or_else(|| {
+        plans
+            .plans
+            .get(plans.last)
+            .filter(|p| p.fits(line, items))
+            .map(|_| plans.last)
+            .or_else(|| plans.plans.iter().position(|p| p.fits(line, items)))
+    });
     let at = match found {
         Some(at) => at,
         None if plans.plans.len() < MAX_PLANS => {
@@ -164,6 +193,45 @@ pub(super) fn run(rec: &mut Rec<'_>, out: &mut Vec<u8>) -> bool {
 }
 
 impl Plan {
+    /// [`index`]: reads `line` as `{"key":value,...}` with this plan's keys in order, each
+    /// value of its class, and makes the checks the scanner's index makes. The scanner would
+    /// accept such a line with the same spans (the keys are text it accepted, unescaped), and
+    /// its keys are distinct and the keys the steps require are there, as on the record the
+    /// plan was made from.
+    fn read(&self, chain: &Chain, line: &[u8], items: &mut Vec<Item>) -> Option<()> {
+        if line.first() != Some(&b'{') || self.ids.is_empty() {
+            return None;
+        }
+        let mut i = 1;
+        let last = self.ids.len() - 1;
+        for (j, pattern) in self.patterns.iter().enumerate() {
+            if !same(line.get(i..i + pattern.len())?, pattern) {
+                return None;
+            }
+            let (ks, vs) = (i + 1, i + pattern.len());
+            let ve = scan::value(line, vs)?;
+            let value = &line[vs..ve];
+            let id = self.ids[j];
+            if Class::of(value) != self.classes[j]
+                || (id != NONE && !chain.lifted_checks_pass(id, value))
+            {
+                return None;
+            }
+            items.push(Item {
+                key: Txt::Src(ks as u32, (vs - 2) as u32),
+                value: Txt::Src(vs as u32, ve as u32),
+                id,
+                built: false,
+            });
+            let sep = if j == last { b'}' } else { b',' };
+            if line.get(ve) != Some(&sep) {
+                return None;
+            }
+            i = ve + 1;
+        }
+        (i == line.len()).then_some(())
+    }
+
     fn fits(&self, line: &[u8], items: &[Item]) -> bool {
         items.len() == self.ids.len()
             && items.iter().enumerate().all(|(j, item)| {
@@ -204,8 +272,35 @@ impl Plan {
         Plan {
             ids: items.iter().map(|it| it.id).collect(),
             classes,
+            patterns: keys
+                .iter()
+                .map(|k| [b"\"", &k[..], b"\":"].concat())
+                .collect(),
             keys,
             ops,
+        }
+    }
+}
+
+/// `a == b` for the short texts of keys, compared a word at a time inline (the slice
+/// comparison calls `memcmp`, which cost more than the rest of a key's reading).
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |t: &[u8], at: usize| u64::from_le_bytes(t[at..at + 8].try_into().unwrap());
+    match a.len() {
+        0..=7 => a == b,
+        n => {
+            let mut at = 0;
+            while at + 8 < n {
+                if word(a, at) != word(b, at) {
+                    return false;
+                }
+                at += 8;
+            }
+            word(a, n - 8) == word(b, n - 8)
         }
     }
 }
