@@ -198,6 +198,23 @@ fn a_set_the_next_hop_requires_is_folded_and_its_place_kept() {
     assert_eq!(sets, 2);
 }
 
+/// The keys generated records have: those the programs name, and two they do not.
+const KEYS: [&str; 13] = [
+    "schema_version",
+    "id",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "timestamp",
+    "created_at",
+    "usage",
+    "metrics",
+    "key",
+    "scopes",
+    "client",
+    "other",
+];
+
 /// Records with the fields the programs look at, present or not, right or wrong.
 fn record() -> impl Strategy<Value = String> {
     let scalar = prop_oneof![
@@ -223,21 +240,6 @@ fn record() -> impl Strategy<Value = String> {
             .prop_map(|a| format!("[{{\"x_at\":{a}}},[{{\"key\":\"k\",\"scopes\":[1]}}]]")),
     ];
     let value = prop_oneof![3 => scalar, 1 => object];
-    const KEYS: [&str; 13] = [
-        "schema_version",
-        "id",
-        "prompt_tokens",
-        "completion_tokens",
-        "latency_ms",
-        "timestamp",
-        "created_at",
-        "usage",
-        "metrics",
-        "key",
-        "scopes",
-        "client",
-        "other",
-    ];
     prop::collection::vec((prop::sample::select(&KEYS[..]), value), 0..8).prop_map(|entries| {
         let body: Vec<String> = entries
             .iter()
@@ -427,21 +429,6 @@ fn value_of(class: u8) -> BoxedStrategy<String> {
 
 /// Batches of records of one shape (keys and value classes), values drawn afresh for each.
 fn shaped_batch() -> impl Strategy<Value = Vec<String>> {
-    const KEYS: [&str; 13] = [
-        "schema_version",
-        "id",
-        "prompt_tokens",
-        "completion_tokens",
-        "latency_ms",
-        "timestamp",
-        "created_at",
-        "usage",
-        "metrics",
-        "key",
-        "scopes",
-        "client",
-        "other",
-    ];
     prop::collection::vec((prop::sample::select(&KEYS[..]), 0u8..7), 0..8).prop_flat_map(|shape| {
         // Mostly compact, as logs are written; sometimes with spaces, which a plan's reading
         // of the shape does not take, or with text after the object (not JSON). Now and then

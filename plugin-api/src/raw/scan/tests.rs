@@ -101,6 +101,27 @@ fn special_bytes_marks_exactly_the_bytes_that_need_a_look() {
     });
 }
 
+/// Every byte value at every place among eight bytes of every other value: the lowest flag is
+/// the first byte that is not a digit (bytes past it may be flagged or not), and `digits`
+/// stops there, whether it reads by words or by bytes.
+#[test]
+fn digits_stop_at_the_first_byte_that_is_not_a_digit() {
+    every_byte_at_every_place(8, 11, |block, _| {
+        let first = block.iter().position(|c| !c.is_ascii_digit());
+        let word: [u8; 8] = block[..8].try_into().unwrap();
+        let flags = super::non_digit_bytes(u64::from_le_bytes(word));
+        let found = (flags != 0).then(|| flags.trailing_zeros() as usize / 8);
+        assert_eq!(found, first.filter(|&at| at < 8), "{block:?}");
+        for from in [0, 1, 3] {
+            let want = block[from..]
+                .iter()
+                .position(|c| !c.is_ascii_digit())
+                .map_or(block.len(), |at| from + at);
+            assert_eq!(super::digits(block, from), want, "{block:?} from {from}");
+        }
+    });
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn special_16_finds_the_first_byte_that_needs_a_look() {
