@@ -339,6 +339,11 @@ impl Chain {
                 if members.is_empty() {
                     return Err("a group needs members");
                 }
+                // A member named twice would be found twice, and the second removal would
+                // take an entry that is not a member.
+                if (1..members.len()).any(|i| members[..i].iter().any(|m| m[0] == members[i][0])) {
+                    return Err("a group names a member twice");
+                }
                 Compiled::Group {
                     into: self.intern(into)?,
                     members: members

@@ -607,6 +607,14 @@ impl Builder<'_> {
             Compiled::SetInteger { key, value } => {
                 let text = itoa::Buffer::new().format(*value).as_bytes().to_vec();
                 match self.find(*key) {
+                    // The interpreter computes a date or a rate before this step replaces it,
+                    // and leaves the record to the rules when it cannot (a year past 9999, a
+                    // rate that is not finite); the plan checks that only when writing one.
+                    Some(i)
+                        if matches!(self.items[i].value, Value::Date(_) | Value::Nest { .. }) =>
+                    {
+                        return None
+                    }
                     Some(i) => self.items[i].value = Value::Lit(text),
                     None => self.items.push(Entry {
                         key: Key::Named(*key),
