@@ -177,12 +177,7 @@ impl Settings {
     }
 
     pub fn from_file(path: &Path) -> Result<Settings> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            MigrateError::io(
-                format!("cannot read migration config {}", path.display()),
-                e,
-            )
-        })?;
+        let text = read_config(path)?;
         let settings: Settings = toml::from_str(&text).map_err(|e| MigrateError::Settings {
             path: path.to_path_buf(),
             detail: e.to_string().trim_end().to_owned(),
@@ -215,10 +210,84 @@ impl Settings {
     }
 }
 
+/// A config file larger than this is not one (it is read whole before the run starts).
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The config's text. Only a regular file of at most [`MAX_CONFIG_BYTES`] is read: a FIFO, a
+/// device or a folder named by mistake would block the run, never end, or fail obscurely. It
+/// is opened without blocking, so that a FIFO with no writer is refused rather than waited on.
+fn read_config(path: &Path) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e| {
+        MigrateError::io(
+            format!("cannot read migration config {}", path.display()),
+            e,
+        )
+    };
+    let refuse = |detail: String| MigrateError::Settings {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(refuse(
+            "not a regular file (a folder, FIFO or device?): point --config-file or \
+             TRUSTFORMERS_MIGRATION_CONFIG at the TOML file itself"
+                .into(),
+        ));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(refuse(format!(
+            "{} bytes: larger than a migration config can be ({} bytes); is this the right file?",
+            meta.len(),
+            MAX_CONFIG_BYTES
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Named by mistake: a folder, a FIFO with no writer (refused at once, not waited on), a
+    /// device that never ends, a file far too large. Each error names the path.
+    #[test]
+    fn only_a_regular_file_of_sane_size_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("config.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; (MAX_CONFIG_BYTES + 1) as usize]).unwrap();
+        for (path, words) in [
+            (dir.path(), "not a regular file"),
+            (fifo.as_path(), "not a regular file"),
+            (Path::new("/dev/zero"), "not a regular file"),
+            (big.as_path(), "larger than a migration config"),
+        ] {
+            let e = Settings::from_file(path).unwrap_err().to_string();
+            assert!(e.contains(words), "{e}");
+            assert!(e.contains(&path.display().to_string()), "{e}");
+        }
+        let ok = dir.path().join("ok.toml");
+        std::fs::write(&ok, "[global]\ntimeout_seconds = 5\n").unwrap();
+        assert_eq!(Settings::from_file(&ok).unwrap().global.timeout_seconds, 5);
+    }
 
     fn load(text: &str) -> Result<Settings> {
         let mut f = tempfile::NamedTempFile::new().unwrap();
