@@ -430,7 +430,7 @@ impl Chain {
             }
             // Keys of up to 7 bytes are their signature; longer ones are compared.
             let i = id as usize;
-            if self.sigs[i] == sig && (key.len() < 8 || same_long_key(self.name(id), key)) {
+            if self.sigs[i] == sig && (key.len() < 8 || same_text(self.name(id), key)) {
                 return Some(id);
             }
             at = (at + 1) % 512;
@@ -500,21 +500,27 @@ fn signature(key: &[u8]) -> u64 {
     }
 }
 
-/// Whether two keys of at least 8 bytes with the same [`signature`] (so the same length) are
-/// equal. Up to 16 bytes, two overlapping words are compared inline: most keys of a record
-/// are that short, and a call to `memcmp` cost more than the lookup around it.
+/// `a == b` for the short texts of keys, compared a word at a time inline: most keys of a
+/// record are short, and the slice comparison's call to `memcmp` cost more than the key
+/// lookup or the shape read around it.
 #[inline]
-fn same_long_key(a: &[u8], b: &[u8]) -> bool {
-    let word = |k: &[u8], at: usize| {
-        k.get(at..at + 8)
-            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
-    };
+fn same_text(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |t: &[u8], at: usize| u64::from_le_bytes(t[at..at + 8].try_into().unwrap());
     match a.len() {
-        8..=16 if b.len() == a.len() => {
-            let last = a.len() - 8;
-            word(a, 0) == word(b, 0) && word(a, last) == word(b, last)
+        0..=7 => a == b,
+        n => {
+            let mut at = 0;
+            while at + 8 < n {
+                if word(a, at) != word(b, at) {
+                    return false;
+                }
+                at += 8;
+            }
+            word(a, n - 8) == word(b, n - 8)
         }
-        _ => a == b,
     }
 }
 

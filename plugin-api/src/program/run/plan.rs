@@ -16,8 +16,8 @@
 //! as it always did. Tests compare the two on every record they generate.
 
 use super::{
-    count, integer, is_kind, may_hold, non_negative, unix_seconds, write_rate, Chain, Compiled, Id,
-    Item, Kind, Rec, Txt, NONE, OWN_LIMIT,
+    count, integer, is_kind, may_hold, non_negative, same_text, unix_seconds, write_rate, Chain,
+    Compiled, Id, Item, Kind, Rec, Txt, NONE, OWN_LIMIT,
 };
 use crate::raw::scan;
 
@@ -132,11 +132,11 @@ pub(super) fn index(rec: &mut Rec<'_>) -> Option<usize> {
         return None;
     }
     let at = plans.last;
-    let plan = plans.plans.get(at)?;
-    rec.s.items.clear();
-    rec.s.own.clear();
-    rec.s.group_value = None;
-    let items = &mut rec.s.items;
+    if at >= plans.plans.len() {
+        return None;
+    }
+    rec.reset();
+    let (plan, items) = (&rec.s.plans.plans[at], &mut rec.s.items);
     if plan.read(rec.chain, line, items).is_none() {
         items.clear();
         return None;
@@ -205,7 +205,7 @@ impl Plan {
         let mut i = 1;
         let last = self.ids.len() - 1;
         for (j, pattern) in self.patterns.iter().enumerate() {
-            if !same(line.get(i..i + pattern.len())?, pattern) {
+            if !same_text(line.get(i..i + pattern.len())?, pattern) {
                 return None;
             }
             let (ks, vs) = (i + 1, i + pattern.len());
@@ -278,29 +278,6 @@ impl Plan {
                 .collect(),
             keys,
             ops,
-        }
-    }
-}
-
-/// `a == b` for the short texts of keys, compared a word at a time inline (the slice
-/// comparison calls `memcmp`, which cost more than the rest of a key's reading).
-#[inline]
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let word = |t: &[u8], at: usize| u64::from_le_bytes(t[at..at + 8].try_into().unwrap());
-    match a.len() {
-        0..=7 => a == b,
-        n => {
-            let mut at = 0;
-            while at + 8 < n {
-                if word(a, at) != word(b, at) {
-                    return false;
-                }
-                at += 8;
-            }
-            word(a, n - 8) == word(b, n - 8)
         }
     }
 }
