@@ -466,7 +466,9 @@ impl DataRun<'_> {
         file: &DataFile,
         buffers: &mut Buffers,
     ) -> Result<(Migrated, Vec<Refusal>, u64)> {
-        let Ok(text) = std::str::from_utf8(&batch.bytes) else {
+        // The SIMD UTF-8 check (`simdutf8`) runs several times faster than `str::from_utf8`
+        // on a batch of records; it accepts and refuses exactly the same bytes.
+        let Ok(text) = simdutf8::basic::from_utf8(&batch.bytes) else {
             let (migrated, refusals) = self.run_hops_with(batch, file, buffers)?;
             return Ok((migrated, refusals, 0));
         };

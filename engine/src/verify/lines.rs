@@ -166,6 +166,8 @@ fn check_chunks(
     schema: Option<Option<u64>>,
 ) -> Part {
     let mut checked = Part::default();
+    // Kept across chunks: a log's records share a few skeletons, learned once per thread.
+    let mut checker = plugin_api::view::RecordChecker::default();
     loop {
         let next = match rx.lock() {
             Ok(rx) => rx.recv(),
@@ -177,9 +179,10 @@ fn check_chunks(
         // One UTF-8 check for the chunk; only a chunk with a bad byte is checked line by line
         // (which names the line).
         // The pieces of a split are its newlines plus one.
-        let pieces = match std::str::from_utf8(&chunk.bytes) {
+        // `simdutf8` accepts exactly what `str::from_utf8` accepts, several times faster.
+        let pieces = match simdutf8::basic::from_utf8(&chunk.bytes) {
             Ok(text) => check_lines(split_text(text), &chunk, schema, &mut checked, |l| {
-                plugin_api::view::check_record_text(l)
+                checker.check(l)
             }),
             Err(_) => check_lines(
                 chunk.bytes.split(|b| *b == b'\n'),
@@ -215,7 +218,7 @@ fn check_lines<L: AsRef<[u8]> + Copy>(
     chunk: &Chunk,
     schema: Option<Option<u64>>,
     checked: &mut Part,
-    read: impl Fn(L) -> Result<Option<u64>, plugin_api::RuleError>,
+    mut read: impl FnMut(L) -> Result<Option<u64>, plugin_api::RuleError>,
 ) -> u64 {
     let mut pieces = 0;
     // The empty piece after a chunk's last newline is blank, like a blank line: skipped.

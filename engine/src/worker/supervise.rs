@@ -170,10 +170,16 @@ impl Worker {
     /// After the worker's final answer: it exits at once, so it is given [`STDERR_GRACE`] and
     /// then killed. Waiting for it unbounded would let plugin code (which can write on the
     /// protocol pipe too) hold the supervisor, and the installation's lock, forever.
+    ///
+    /// The wait polls from 0.1 ms up, doubling to 10 ms: a worker is usually gone within a
+    /// millisecond or two of its answer, and a flat 10 ms sleep cost every plugin described or
+    /// run about 9 ms (three hops described: a quarter of a small `migrate validate`).
     fn reap(&mut self, observer: &dyn Observer) {
         let until = Instant::now() + STDERR_GRACE;
+        let mut pause = Duration::from_micros(100);
         while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
         }
         self.stop(observer);
     }

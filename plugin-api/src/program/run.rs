@@ -14,7 +14,8 @@ use memchr::memmem::Finder;
 use sha2::{Digest, Sha256};
 
 use super::{DataProgram, Kind, Step};
-use crate::raw::{key_bit, needs_escape, scan};
+use crate::raw::scan::{self, same_text};
+use crate::raw::{key_bit, needs_escape};
 
 /// What [`Chain::run`] did with a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -497,30 +498,6 @@ fn signature(key: &[u8]) -> u64 {
             .iter()
             .enumerate()
             .fold(len, |w, (i, b)| w | u64::from(*b) << (8 * i)),
-    }
-}
-
-/// `a == b` for the short texts of keys, compared a word at a time inline: most keys of a
-/// record are short, and the slice comparison's call to `memcmp` cost more than the key
-/// lookup or the shape read around it.
-#[inline]
-fn same_text(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let word = |t: &[u8], at: usize| u64::from_le_bytes(t[at..at + 8].try_into().unwrap());
-    match a.len() {
-        0..=7 => a == b,
-        n => {
-            let mut at = 0;
-            while at + 8 < n {
-                if word(a, at) != word(b, at) {
-                    return false;
-                }
-                at += 8;
-            }
-            word(a, n - 8) == word(b, n - 8)
-        }
     }
 }
 
