@@ -15,7 +15,8 @@ For each size S (1.0 = 1 GiB of request logs + 1 GiB of safetensors weights), it
     schema_version (what the host's side of the data path costs);
   - migrate data --to 2.1.0 on a copy of the data with TRUSTFORMERS_MIGRATE_RULES_ONLY=1: the
     three hops through their rules, as before plugin-api 1.7 (no declared programs);
-  - migrate version --to 2.1.0 with its backup (release build), with peak RSS.
+  - migrate version --to 2.1.0 with its backup (release build), with peak RSS;
+  - cp of the migrated log, and migrate validate of a tree holding the migrated config and data.
 Each size is measured in --repeat rounds (default 3) that alternate the commands; every time
 is the median of its rounds. It prints and writes to --out: throughput, peak RSS and the ratios
 the targets are stated in. A "### Reading these figures" section already in --out is kept.
@@ -146,7 +147,8 @@ def one_round(src, work, jq_out):
     steps = {s["name"]: s for s in rep["steps"]}
     r.update(migrate_s=wall, peak_rss=rss, data_s=steps["data"]["duration_ms"] / 1000,
              backup_s=steps["backup"]["duration_ms"] / 1000, models_s=steps["models"]["duration_ms"] / 1000,
-             commit_s=steps["commit"]["duration_ms"] / 1000, records=steps["data"]["records"],
+             commit_s=steps["commit"]["duration_ms"] / 1000, verify_s=steps["verify"]["duration_ms"] / 1000,
+             records=steps["data"]["records"],
              records_by_program=steps["data"].get("records_by_program", 0))
     r["backup_bytes"] = du(os.path.join(inst, "backups"))
     # `migrate validate` of the migrated log: a tree of the migrated config and data only (the
@@ -157,6 +159,12 @@ def one_round(src, work, jq_out):
     os.rename(os.path.join(inst, "data"), os.path.join(vtree, "data"))
     shutil.copytree(os.path.join(inst, "config"), os.path.join(vtree, "config"))
     shutil.copy(os.path.join(inst, "VERSION"), os.path.join(vtree, "VERSION"))
+    # `validate`'s own baseline: cp of the file it reads, the migrated log (about 1.6× the
+    # source log: dates written out, counts nested).
+    migrated = os.path.join(vtree, "data/requests.jsonl")
+    r["migrated_log_bytes"] = os.path.getsize(migrated)
+    r["cp_migrated_log_s"] = run(["cp", migrated, os.path.join(work, "migrated-copy.jsonl")])
+    os.remove(os.path.join(work, "migrated-copy.jsonl"))
     t = time.perf_counter()
     v = subprocess.run([MIGRATE, "--quiet", "validate", "--path", vtree, "--version", "2.1.0"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -183,12 +191,13 @@ def same_records(jq_out, ours, limit=200_000):
 
 def table(results):
     mb = lambda b, s: b / s / 1e6 if s else 0
-    lines = ["| size | data MB/s | data vs jq | data vs cp (log) | data by the rules only vs cp | first hop alone vs cp | 3 validation passes vs cp | validate vs cp (log) | backup vs tar+zstd (same files) | backup size vs tar | whole vs (tar+zstd backup set + cp data) | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | data MB/s | data vs jq | data vs cp (log) | data by the rules only vs cp | first hop alone vs cp | 3 validation passes vs cp | validate vs cp (migrated log) | validate vs cp (source log) | backup vs tar+zstd (same files) | backup size vs tar | whole vs (tar+zstd backup set + cp data) | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append("| {s}× ({t:.2f} GiB) | {mbs:.0f} | {jq:.1f}× faster | {cp:.2f}× | {rules:.2f}× | {one:.2f}× | {fl:.2f}× | {va:.2f}× | {bk:.2f}× | {bks:.2f}× | {whole:.2f}× | {rss:.0f} MiB |".format(
+        lines.append("| {s}× ({t:.2f} GiB) | {mbs:.0f} | {jq:.1f}× faster | {cp:.2f}× | {rules:.2f}× | {one:.2f}× | {fl:.2f}× | {vm:.2f}× | {va:.2f}× | {bk:.2f}× | {bks:.2f}× | {whole:.2f}× | {rss:.0f} MiB |".format(
             s=r["size"], t=r["tree_bytes"] / GIB, mbs=mb(r["data_bytes"], r["data_s"]), jq=r["jq_s"] / r["data_s"],
             cp=r["data_s"] / r["cp_log_s"], rules=r["data_rules_s"] / r["cp_log_s"], one=r["data_one_hop_s"] / r["cp_log_s"], fl=r["floor_s"] / r["cp_log_s"], va=r["validate_s"] / r["cp_log_s"],
+            vm=r["validate_s"] / r["cp_migrated_log_s"],
             bk=r["backup_s"] / r["tar_backupset_s"], bks=r["backup_bytes"] / r["tar_backupset_bytes"],
             whole=r["migrate_s"] / (r["tar_backupset_s"] + r["cp_data_s"]), rss=r["peak_rss"] / (1 << 20)))
     return "\n".join(lines)
@@ -206,7 +215,8 @@ def targets(results):
     rules = [r["data_rules_s"] / r["cp_log_s"] for r in results]
     whole = [r["migrate_s"] / (r["tar_backupset_s"] + r["cp_data_s"]) for r in results]
     rss = [r["peak_rss"] / (1 << 20) for r in results]
-    val = [r["validate_s"] / r["cp_log_s"] for r in results]
+    val = [r["validate_s"] / r["cp_migrated_log_s"] for r in results]
+    val_src = [r["validate_s"] / r["cp_log_s"] for r in results]
     flat = max(rss) <= 1.25 * min(rss)
     verdict = lambda ok: "met" if ok else "**missed**"
     rows = [
@@ -218,7 +228,8 @@ def targets(results):
         ("whole migration ≤ 2× (tar+zstd of the backup set + `cp` of the data)", span(whole, "{:.2f}×"), max(whole) <= 2),
         ("peak RSS ≤ 128 MiB at every size, flat" + (" (one size measured: flatness not shown)" if len(results) < 2 else ""),
          span(rss, "{:.0f} MiB"), max(rss) <= 128 and flat),
-        ("`migrate validate` of the migrated log ≤ 2× `cp`", span(val, "{:.2f}×")
+        ("`migrate validate` of the migrated log ≤ 2× `cp` (of that log)", span(val, "{:.2f}×")
+         + " (against `cp` of the smaller source log: " + span(val_src, "{:.2f}×") + ")"
          + ("" if all(r["validate_status"] == 0 for r in results) else " (validate exited non-zero)"), max(val) <= 2),
     ]
     lines = ["## Against the targets (computed from the figures above)", "",

@@ -79,6 +79,32 @@ pub fn check(s: &Staged) -> Vec<Violation> {
         stage: &stage,
         install: &install,
     };
+    // The model checks hash every staged weights file (one core), while the record checks
+    // below keep both cores busy only part of the time (their reader waits on the disk's
+    // page cache): run side by side, the pre-swap check takes about the longer of the two.
+    let model_plugin = last(|h| h.descriptor.rules.model);
+    std::thread::scope(|scope| {
+        let models = scope.spawn(|| check_models(s, &r, schema, model_plugin));
+        check_records_and_files(s, &r, &v, schema, &last, &mut out);
+        match models.join() {
+            Ok(found) => out.extend(found),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    });
+    out
+}
+
+/// The staged config's syntax, every staged record, files the run does not write, removals
+/// and completeness: the checks of [`check`] other than the models'.
+fn check_records_and_files(
+    s: &Staged,
+    r: &Roots,
+    v: &Validation,
+    schema: Option<Option<u64>>,
+    last: &dyn Fn(fn(&HopInfo) -> bool) -> Option<String>,
+    out: &mut Vec<Violation>,
+) {
+    let stage = r.stage;
     if let Some(rel) = s.config {
         let plugin = last(|h| h.descriptor.rules.config);
         let read = stage.file_exists(rel).and_then(|there| match there {
@@ -129,12 +155,12 @@ pub fn check(s: &Staged) -> Vec<Violation> {
             };
             let read = match file.kind {
                 crate::discover::install::DataKind::Lines => {
-                    check_lines(&stage, &file.rel, schema, &mut found).map(|lines| {
+                    check_lines(stage, &file.rel, schema, &mut found).map(|lines| {
                         staged_lines.insert(file.rel.clone(), lines);
                     })
                 }
                 crate::discover::install::DataKind::Document => {
-                    check_document(&stage, &file.rel, schema, &mut found)
+                    check_document(stage, &file.rel, schema, &mut found)
                 }
             };
             if let Err(e) = read {
@@ -154,9 +180,20 @@ pub fn check(s: &Staged) -> Vec<Violation> {
         }
     }
     out.extend(foreign(s));
-    out.extend(unwarranted_removals(s, &r));
-    out.extend(incomplete(s, &r, &staged_lines));
-    let plugin = last(|h| h.descriptor.rules.model);
+    out.extend(unwarranted_removals(s, r));
+    out.extend(incomplete(s, r, &staged_lines));
+}
+
+/// The staged model folders' `metadata.json` against their files (each weights file hashed).
+/// `plugin`: the last hop with a model rule, named in each finding.
+fn check_models(
+    s: &Staged,
+    r: &Roots,
+    schema: Option<Option<u64>>,
+    plugin: Option<String>,
+) -> Vec<Violation> {
+    let stage = r.stage;
+    let mut out = Vec::new();
     for rel in s.models {
         let meta_rel = format!("{rel}/metadata.json");
         let read = stage.file_exists(&meta_rel).and_then(|there| match there {
@@ -176,7 +213,7 @@ pub fn check(s: &Staged) -> Vec<Violation> {
                 continue;
             }
         };
-        let problems = model_metadata(&bytes, &r, rel, schema);
+        let problems = model_metadata(&bytes, r, rel, schema);
         out.extend(problems.into_iter().map(|problem| Violation {
             file: meta_rel.clone(),
             place: None,
