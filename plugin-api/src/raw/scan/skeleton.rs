@@ -158,14 +158,16 @@ impl Skeletons {
         if self.misses > 8 && !self.misses.is_power_of_two() {
             return;
         }
-        let mut skeleton = if self.known.len() == KEPT {
-            self.known.pop().unwrap_or_default()
-        } else {
-            Skeleton::default()
-        };
-        if skeleton.learn(text, key) {
-            self.known.insert(0, skeleton);
+        // Learned apart first: a record that cannot be learned (too long, or one the scan
+        // leaves to serde_json) must not cost a known skeleton its place.
+        let mut skeleton = Skeleton::default();
+        if !skeleton.learn(text, key) {
+            return;
         }
+        if self.known.len() == KEPT {
+            self.known.pop();
+        }
+        self.known.insert(0, skeleton);
     }
 }
 
@@ -308,5 +310,23 @@ mod tests {
         assert_eq!(s.known.len(), KEPT);
         // Misses 1–8, then 16, 32, 64, 128, 256 and 512.
         assert_eq!(learned, 8 + 6);
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_learned_evicts_nothing() {
+        let mut s = Skeletons::default();
+        let shapes: Vec<String> = (0..KEPT).map(|i| format!(r#"{{"k{i}":1}}"#)).collect();
+        for text in &shapes {
+            assert_eq!(s.read(text), None);
+            s.learn(text, "v");
+        }
+        let long = format!(r#"{{"x":"{}"}}"#, "a".repeat(MAX_LEARNED));
+        for text in [long.as_str(), r#"{"\u0076":1}"#, r#"{"v":1,}"#] {
+            assert_eq!(s.read(text), None);
+            s.learn(text, "v");
+        }
+        for text in &shapes {
+            assert!(s.read(text).is_some(), "{text} was evicted");
+        }
     }
 }
