@@ -342,7 +342,7 @@ impl Chain {
                 }
                 // A member named twice would be found twice, and the second removal would
                 // take an entry that is not a member.
-                if (1..members.len()).any(|i| members[..i].iter().any(|m| m[0] == members[i][0])) {
+                if repeats(members, |m| &m[0]) {
                     return Err("a group names a member twice");
                 }
                 Compiled::Group {
@@ -808,17 +808,14 @@ impl Rec<'_> {
         self.s.own.push(b'}');
         let value = self.written(start);
         // Members renamed alike make an object with a repeated key, read by the scanner.
-        let distinct = (1..grouped.len()).all(|i| grouped[..i].iter().all(|g| g.0 != grouped[i].0));
+        let distinct = !repeats(&grouped, |g| &g.0);
         self.s.grouped = grouped;
         self.s.group_value = distinct.then_some(value);
         let present = &mut present[..n];
         let first = present[0];
         self.set(first, into, value);
         self.s.items[first].built = true;
-        present.sort_unstable();
-        for &i in present.iter().rev().filter(|&&i| i != first) {
-            self.s.items.remove(i);
-        }
+        remove_members(&mut self.s.items, present, first);
         Some(())
     }
 
@@ -1062,11 +1059,26 @@ fn write_rate(
 /// comparison calls `memcmp`, which cost more than the loop over a record's keys around it).
 #[inline]
 fn ends_with(key: &[u8], suffix: &[u8]) -> bool {
-    key.len() >= suffix.len()
-        && key[key.len() - suffix.len()..]
+    key.len() >= suffix.len() && same_text(&key[key.len() - suffix.len()..], suffix)
+}
+
+/// Whether two entries of `list` have the same `key` (lists of a group's few members).
+fn repeats<T, K: PartialEq + ?Sized>(list: &[T], key: impl Fn(&T) -> &K) -> bool {
+    (1..list.len()).any(|i| {
+        list[..i]
             .iter()
-            .zip(suffix)
-            .all(|(a, b)| a == b)
+            .any(|earlier| key(earlier) == key(&list[i]))
+    })
+}
+
+/// Removes a group's members from `items` once the entry at `kept` holds the group: the
+/// entries at `present` but `kept`, from the last so that each index still names its entry.
+/// The interpreter and the plans' builder both remove through it, so they remove alike.
+fn remove_members<T>(items: &mut Vec<T>, present: &mut [usize], kept: usize) {
+    present.sort_unstable();
+    for &i in present.iter().rev().filter(|&&i| i != kept) {
+        items.remove(i);
+    }
 }
 
 /// Whether a value may hold what a step looks for at depth: a container whose text has one of

@@ -16,8 +16,8 @@
 //! as it always did. Tests compare the two on every record they generate.
 
 use super::{
-    count, integer, is_kind, may_hold, non_negative, same_text, unix_seconds, write_rate, Chain,
-    Compiled, Id, Item, Kind, Rec, Txt, NONE, OWN_LIMIT,
+    count, integer, is_kind, may_hold, non_negative, remove_members, repeats, same_text,
+    unix_seconds, write_rate, Chain, Compiled, Id, Item, Kind, Rec, Txt, NONE, OWN_LIMIT,
 };
 use crate::raw::scan;
 
@@ -485,8 +485,7 @@ impl Builder<'_> {
                         grouped.push((new, self.count(i)?));
                     }
                 }
-                let distinct =
-                    (1..grouped.len()).all(|i| grouped[..i].iter().all(|g| g.0 != grouped[i].0));
+                let distinct = !repeats(&grouped, |g| &g.0);
                 self.groups += 1;
                 self.group_value = distinct.then_some(self.groups);
                 self.items[first] = Entry {
@@ -495,10 +494,7 @@ impl Builder<'_> {
                     id: *into,
                     built: true,
                 };
-                present.sort_unstable();
-                for &i in present.iter().rev().filter(|&&i| i != first) {
-                    self.items.remove(i);
-                }
+                remove_members(&mut self.items, &mut present, first);
                 Some(())
             }
             Compiled::Nest {
