@@ -20,7 +20,7 @@
 
 use std::ops::Range;
 
-use super::{elements, members, same_text, scalar, spans, ws};
+use super::{elements, members, same_text, scalar, spans};
 
 /// Records longer than this are not learned: their scan costs far more than a comparison
 /// saves, and a skeleton keeps a copy of its record's text between scalars.
@@ -49,22 +49,24 @@ impl Skeleton {
         self.ends.clear();
         self.marked = None;
         let b = text.as_bytes();
-        if b.len() > MAX_LEARNED || spans(text, |_, _| Some(())).is_none() {
+        if b.len() > MAX_LEARNED {
             return false;
         }
+        // One walk: the full scan hands over each top-level entry, whose scalars are gathered
+        // as it goes; what it gathered counts only if the scan accepts the whole text.
         let mut scalars = Vec::new();
-        let top = ws(b, 0);
-        let walked = members(b, top, |m| {
-            let value_is_scalar = !matches!(b[m.value.start], b'{' | b'[');
-            if &b[m.key.clone()] == key.as_bytes() {
-                self.marked = value_is_scalar.then_some(scalars.len());
+        let mut marked = None;
+        let accepted = spans(text, |k, v| {
+            if &b[k] == key.as_bytes() {
+                marked = (!matches!(b[v.start], b'{' | b'[')).then_some(scalars.len());
             }
-            collect(b, m.value.start, &mut scalars);
+            collect(b, v.start, &mut scalars);
+            Some(())
         });
-        if walked.is_none() {
-            self.marked = None;
+        if accepted.is_none() {
             return false;
         }
+        self.marked = marked;
         let mut from = 0;
         for s in scalars.iter().chain(std::iter::once(&(b.len()..b.len()))) {
             self.text.extend_from_slice(&b[from..s.start]);
