@@ -210,10 +210,11 @@ impl Settings {
     }
 }
 
-/// A config file larger than this is not one (it is read whole before the run starts).
-const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// A migration config larger than this is not one (it is read whole before the run starts).
+/// Not `install::MAX_CONFIG_BYTES`, the bound on an installation's `server.toml`.
+const MAX_SETTINGS_BYTES: u64 = 1 << 20;
 
-/// The config's text. Only a regular file of at most [`MAX_CONFIG_BYTES`] is read: a FIFO, a
+/// The config's text. Only a regular file of at most [`MAX_SETTINGS_BYTES`] is read: a FIFO, a
 /// device or a folder named by mistake would block the run, never end, or fail obscurely. It
 /// is opened without blocking, so that a FIFO with no writer is refused rather than waited on.
 fn read_config(path: &Path) -> Result<String> {
@@ -242,15 +243,15 @@ fn read_config(path: &Path) -> Result<String> {
                 .into(),
         ));
     }
-    if meta.len() > MAX_CONFIG_BYTES {
+    if meta.len() > MAX_SETTINGS_BYTES {
         return Err(refuse(format!(
             "{} bytes: larger than a migration config can be ({} bytes); is this the right file?",
             meta.len(),
-            MAX_CONFIG_BYTES
+            MAX_SETTINGS_BYTES
         )));
     }
     let mut text = String::new();
-    file.take(MAX_CONFIG_BYTES + 1)
+    file.take(MAX_SETTINGS_BYTES + 1)
         .read_to_string(&mut text)
         .map_err(io)?;
     Ok(text)
@@ -273,7 +274,7 @@ mod tests {
             .unwrap();
         assert!(made.success());
         let big = dir.path().join("big.toml");
-        std::fs::write(&big, vec![b'#'; (MAX_CONFIG_BYTES + 1) as usize]).unwrap();
+        std::fs::write(&big, vec![b'#'; (MAX_SETTINGS_BYTES + 1) as usize]).unwrap();
         for (path, words) in [
             (dir.path(), "not a regular file"),
             (fifo.as_path(), "not a regular file"),
