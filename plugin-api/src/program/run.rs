@@ -1044,7 +1044,12 @@ fn write_rate(
     match count {
         Some(n) if value != 0.0 => {
             let rate = n as f64 / (value / per);
-            let rounded = (rate * scale).round() / scale;
+            let units = (rate * scale).round();
+            // What `write_decimal` takes is finite, and it writes without a division.
+            if write_decimal(units, scale, out) {
+                return Some(());
+            }
+            let rounded = units / scale;
             if !rounded.is_finite() {
                 return None;
             }
@@ -1053,6 +1058,44 @@ fn write_rate(
         _ => out.extend_from_slice(b"null"),
     }
     Some(())
+}
+
+/// Writes `units / scale` as the shortest text that reads back as that `f64` (what `zmij`
+/// writes), with integer arithmetic, for `scale` 10^d with d at most 4 and `units` a whole
+/// number from `scale` (a rate of at least 1) to below 10^15; `false`, writing nothing, for
+/// anything else. Why it is the same text: `units / scale` is the `f64` nearest the decimal
+/// `units`/10^d (IEEE division rounds correctly, and both are exact), which has at most 15
+/// significant digits and so reads back as that `f64`; any shorter decimal differs from it by
+/// at least 10^-d, thousands of times the `f64`'s spacing below 10^15, so reads back as
+/// another. `write_decimal_is_what_zmij_writes` compares the two.
+fn write_decimal(units: f64, scale: f64, out: &mut Vec<u8>) -> bool {
+    const SCALES: [f64; 5] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0];
+    let Some(d) = SCALES.iter().position(|s| *s == scale) else {
+        return false;
+    };
+    if !(units >= scale && units < 1e15) {
+        return false;
+    }
+    // Exact: a whole number below 2^53.
+    let units = units as u64;
+    let pow = 10u64.pow(d as u32);
+    out.extend_from_slice(itoa::Buffer::new().format(units / pow).as_bytes());
+    out.push(b'.');
+    let mut frac = units % pow;
+    if frac == 0 {
+        out.push(b'0');
+        return true;
+    }
+    let mut digits = d;
+    while frac % 10 == 0 {
+        frac /= 10;
+        digits -= 1;
+    }
+    let mut buffer = itoa::Buffer::new();
+    let text = buffer.format(frac).as_bytes();
+    out.resize(out.len() + digits - text.len(), b'0');
+    out.extend_from_slice(text);
+    true
 }
 
 /// `key.ends_with(suffix)` for the short suffixes of a program, compared inline (the slice

@@ -85,6 +85,10 @@ struct Plan {
 struct Ops {
     guards: Vec<Guard>,
     out: Vec<Op>,
+    /// `out` for a record [`Plan::read`] read, whose text between its values is known: runs
+    /// of values the output keeps in order, with the record's own text between them, are one
+    /// [`Op::Span`] ([`coalesce`]).
+    compact: Vec<Op>,
     /// The literal text the `Lit` ops point into.
     lits: Vec<u8>,
 }
@@ -110,6 +114,13 @@ enum Op {
     Lit(u32, u32),
     /// Top-level value `j`, copied as written.
     Value(u8),
+    /// The record's text from the start of top-level value `from` (`None`: of the record) to
+    /// the end of value `to`: what `Value` and `Lit` ops would write, on a record read by
+    /// [`Plan::read`], in one copy.
+    Span {
+        from: Option<u8>,
+        to: u8,
+    },
     /// Top-level value `j`, unix seconds, as an RFC 3339 string.
     Date(u8),
     /// The rate of count `count` (absent: `null`) per value `value`.
@@ -183,7 +194,9 @@ pub(super) fn run(rec: &mut Rec<'_>, out: &mut Vec<u8>, planned: Option<usize>) 
         return false;
     };
     let start = out.len();
-    let done = ops.run(rec.chain, line, items, &mut rec.s.dates, out);
+    // Only a record the plan read itself is known to be written compactly.
+    let compact = planned == Some(at);
+    let done = ops.run(rec.chain, line, items, compact, &mut rec.s.dates, out);
     if done.is_none() {
         out.truncate(start);
         return false;
@@ -296,10 +309,15 @@ impl Ops {
         chain: &Chain,
         line: &[u8],
         items: &[Item],
+        compact: bool,
         dates: &mut super::Dates,
         out: &mut Vec<u8>,
     ) -> Option<()> {
         let v = |j: u8| src(line, items[j as usize].value);
+        let span = |j: u8| match items[j as usize].value {
+            Txt::Src(a, b) => (a as usize, b as usize),
+            _ => unreachable!("an indexed record's values are spans of it"),
+        };
         for guard in &self.guards {
             let ok = match *guard {
                 Guard::Equals(j, want) => count(v(j)) == Some(want),
@@ -313,10 +331,15 @@ impl Ops {
                 return None;
             }
         }
-        for op in &self.out {
+        let ops = if compact { &self.compact } else { &self.out };
+        for op in ops {
             match *op {
                 Op::Lit(a, b) => out.extend_from_slice(&self.lits[a as usize..b as usize]),
                 Op::Value(j) => out.extend_from_slice(v(j)),
+                Op::Span { from, to } => {
+                    let start = from.map_or(0, |j| span(j).0);
+                    out.extend_from_slice(&line[start..span(to).1]);
+                }
                 Op::Date(j) => dates.json(integer(v(j))?, out)?,
                 Op::Rate {
                     count: c,
@@ -628,6 +651,7 @@ impl Builder<'_> {
         let mut ops = Ops {
             guards: Vec::new(),
             out: Vec::new(),
+            compact: Vec::new(),
             lits: Vec::new(),
         };
         ops.lit(b"{");
@@ -691,8 +715,47 @@ impl Builder<'_> {
                 ops.guards.push(guard);
             }
         }
+        ops.compact = coalesce(&ops.out, &ops.lits, self.keys);
         ops
     }
+}
+
+/// `out` for a record [`Plan::read`] read: `{"k0":v0,"k1":v1,...}` with the shape's keys
+/// (`keys`, as the record writes them), so that the text before value `j` is `{"k0":` for
+/// the first and `,"kj":` for the others. Where the output writes value `j - 1` (or starts
+/// the record), then exactly that text, then value `j`, the three are one copy of the
+/// record's text: a plan that keeps most of a record copies it in a few pieces rather than
+/// two per entry.
+fn coalesce(out: &[Op], lits: &[u8], keys: &[Vec<u8>]) -> Vec<Op> {
+    let before = |j: u8| -> Vec<u8> {
+        let open: &[u8] = if j == 0 { b"{" } else { b"," };
+        [open, b"\"", &keys[j as usize], b"\":"].concat()
+    };
+    let mut merged: Vec<Op> = Vec::with_capacity(out.len());
+    for &op in out {
+        if let Op::Value(j) = op {
+            let n = merged.len();
+            let gap = |k: usize| match merged.get(k) {
+                Some(&Op::Lit(a, b)) => lits[a as usize..b as usize] == before(j)[..],
+                _ => false,
+            };
+            // The piece before the gap ends with value `j - 1`, or there is none and `j` is
+            // the record's first value.
+            let joined = match n.checked_sub(2).map(|k| merged[k]) {
+                Some(Op::Value(i)) if j > 0 && i == j - 1 && gap(n - 1) => Some(Some(i)),
+                Some(Op::Span { from, to }) if j > 0 && to == j - 1 && gap(n - 1) => Some(from),
+                None if n == 1 && j == 0 && gap(0) => Some(None),
+                _ => None,
+            };
+            if let Some(from) = joined {
+                merged.truncate(n.saturating_sub(2));
+                merged.push(Op::Span { from, to: j });
+                continue;
+            }
+        }
+        merged.push(op);
+    }
+    merged
 }
 
 impl Ops {

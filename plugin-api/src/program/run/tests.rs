@@ -717,3 +717,77 @@ fn plans_match_the_steps_for_random_programs() {
         written.get()
     );
 }
+
+/// The integer path of a rate's text writes what `zmij` writes for the same `f64`, and leaves
+/// to `zmij` what it does not take: every number of units up to 200,000 at each number of
+/// decimals it takes, the edges of its range, and random units up to 10^15.
+#[test]
+fn write_decimal_is_what_zmij_writes() {
+    use proptest::test_runner::{Config, TestRunner};
+    let check = |units: f64, scale: f64| {
+        let mut fast = Vec::new();
+        let taken = write_decimal(units, scale, &mut fast);
+        let zmij = zmij::Buffer::new()
+            .format_finite(units / scale)
+            .as_bytes()
+            .to_vec();
+        if taken {
+            assert_eq!(
+                String::from_utf8_lossy(&fast),
+                String::from_utf8_lossy(&zmij),
+                "{units} / {scale}"
+            );
+        } else {
+            assert!(fast.is_empty(), "nothing written when not taken");
+        }
+        taken
+    };
+    let mut taken = 0u64;
+    for d in 0..=5 {
+        let scale = 10f64.powi(d);
+        for units in (0..200_000u64).chain([999_999_999_999_999, 1_000_000_000_000_000]) {
+            taken += u64::from(check(units as f64, scale));
+        }
+    }
+    assert!(taken > 900_000, "the integer path took only {taken}");
+    assert!(!check(1e15, 100.0) && !check(99.0, 100.0) && !check(5.0, 1e5));
+    let mut runner = TestRunner::new(Config::with_cases(20_000));
+    runner
+        .run(&(1u64..1_000_000_000_000_000, 0i32..5), |(units, d)| {
+            check(units as f64, 10f64.powi(d));
+            Ok(())
+        })
+        .expect("same text");
+}
+
+/// A plan copies runs of a compact record's own text only where the output keeps its values
+/// in order: a group's later member leaves a gap (`"q"` between `"a"` and `"b"`), and the
+/// text around the gap is still written piece by piece.
+#[test]
+fn a_plan_copies_the_record_in_runs_only_where_its_values_stay_in_order() {
+    let group = DataProgram::new().group("u", &[("p", "i"), ("q", "o")]);
+    let set = DataProgram::new().set_integer("v", 1);
+    for (program, line, want) in [
+        (
+            &group,
+            r#"{"p":1,"a":"x","q":2,"b":"y","c":null}"#,
+            r#"{"u":{"i":1,"o":2},"a":"x","b":"y","c":null}"#,
+        ),
+        (
+            &set,
+            r#"{"a":"x","b":[1, 2],"c":{"d":3}}"#,
+            r#"{"a":"x","b":[1, 2],"c":{"d":3},"v":1}"#,
+        ),
+    ] {
+        let chain = chain(&[program]);
+        let lines = vec![line.to_owned(); 3];
+        let mut scratch = Scratch::default();
+        let by_plan = run_with(&chain, &lines, &mut scratch);
+        assert_eq!(by_plan, vec![Some(format!("{want}\n")); 3], "{line}");
+        assert_eq!(
+            by_plan,
+            run_with(&chain, &lines, &mut Scratch::without_plans())
+        );
+        assert!(scratch.records_by_plan() >= 2, "the plan wrote {line}");
+    }
+}
