@@ -1066,8 +1066,9 @@ fn write_rate(
 /// anything else. Why it is the same text: `units / scale` is the `f64` nearest the decimal
 /// `units`/10^d (IEEE division rounds correctly, and both are exact), which has at most 15
 /// significant digits and so reads back as that `f64`; any shorter decimal differs from it by
-/// at least 10^-d, thousands of times the `f64`'s spacing below 10^15, so reads back as
-/// another. `write_decimal_is_what_zmij_writes` compares the two.
+/// at least 10^-d, over four times the `f64`s' spacing there (units below 10^15: the bound
+/// keeps that margin), so reads back as another. `write_decimal_is_what_zmij_writes` compares
+/// the two.
 fn write_decimal(units: f64, scale: f64, out: &mut Vec<u8>) -> bool {
     const SCALES: [f64; 5] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0];
     let Some(d) = SCALES.iter().position(|s| *s == scale) else {
