@@ -4,6 +4,7 @@
 //! and nothing is swapped in before the staging is proven good; a dry run stages into a
 //! scratch folder and stops after the verification.
 
+use std::path::Path;
 use std::time::Instant;
 
 use migrate_transaction::audit::Audit;
@@ -20,6 +21,7 @@ use crate::report::preview;
 use crate::report::{ErrorReport, MigrationResult, OverallStatus, StepResult, StepStatus};
 use crate::size::{human, peak_rss_bytes};
 use crate::stage::snapshot::Snapshot;
+use crate::verify::digests::{Digests, Pending};
 use crate::verify::staged;
 use crate::verify::Severity;
 use crate::worker::{supervise, WorkerSpec};
@@ -209,7 +211,20 @@ fn run_steps(
     };
     steps.run(result, "preflight", 0, &mut |s| check_preflight(plan, s))?;
     let mut staging = Staging::create(&parent)?;
-    let removals = stage_in_worker(plan, worker, &staging, deadline, &steps, result)?;
+    // Built before any plugin code runs, and removed once the pre-swap check is done, whatever
+    // the outcome (a crash leaves it to the leftover clean-up, as it does the staging). Not
+    // sooner: removing its links changes the change time of the installation's model files,
+    // by which the check knows the checksums taken during staging still stand.
+    let snapshot = Snapshot::build(plan, &staging)?;
+    let (removals, digests) = stage_in_worker(
+        plan,
+        worker,
+        &staging,
+        snapshot.as_ref().map(Snapshot::dir),
+        deadline,
+        &steps,
+        result,
+    )?;
     for (rel, mode) in crate::stage::quarantine_modes(plan, &staging)? {
         staging.set_mode(&rel, mode);
     }
@@ -224,9 +239,12 @@ fn run_steps(
             step: None,
         });
     }
+    let mut digests = Some(digests);
     steps.run(result, "verify", plan.data_bytes(), &mut |s| {
-        verify_staging(plan, &staging, &removals, s)
+        let digests = digests.take().map(Pending::wait).unwrap_or_default();
+        verify_staging(plan, &staging, &removals, &digests, s)
     })?;
+    drop(snapshot);
     for rel in &removals {
         staging.remove_at_commit(rel);
     }
@@ -305,29 +323,39 @@ impl Steps<'_> {
 /// Config, data and models, staged by a worker process; their step results come back as the
 /// worker finishes each. A worker that dies leaves a failed step naming why. The result says
 /// how the worker was confined, whether or not the staging succeeded.
+///
+/// Once the data step is over, the worker runs the model rules, which hash the weights on one
+/// core: the host then hashes the installation's model files on the other, for the pre-swap
+/// check (the [`Pending`] returned; see [`crate::verify::digests`]).
 fn stage_in_worker(
     plan: &Plan,
     worker: &WorkerSpec,
     staging: &Staging,
+    snapshot: Option<&Path>,
     deadline: Option<(Instant, std::time::Duration)>,
     steps: &Steps,
     result: &mut MigrationResult,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, Pending)> {
+    let mut digests = Pending::none();
+    let model_rules = !plan.models.is_empty() && plan.hops.iter().any(|h| h.descriptor.rules.model);
     let mut isolation = None;
-    // Built before any plugin code runs and removed when the worker is done, whatever the
-    // outcome (a crash leaves it to the leftover clean-up, as it does the staging).
-    let snapshot = Snapshot::build(plan, staging)?;
     let staged = supervise::stage(
         worker,
         plan,
         supervise::Folders {
             staging: staging.dir(),
-            snapshot: snapshot.as_ref().map(Snapshot::dir),
+            snapshot,
         },
         steps.observer,
         deadline,
         &mut isolation,
         &mut |s| {
+            if model_rules && s.name == "data" && s.status != StepStatus::Failed {
+                digests = Pending::start(
+                    plan.target.root.clone(),
+                    plan.models.iter().map(|m| m.rel.clone()).collect(),
+                );
+            }
             steps.record(&s);
             result.steps.push(s);
         },
@@ -345,7 +373,7 @@ fn stage_in_worker(
         steps.record(&s);
         result.steps.push(s);
     }
-    staged
+    staged.map(|removals| (removals, digests))
 }
 
 /// Proves the staging good before anything in the installation changes: see
@@ -355,8 +383,12 @@ fn verify_staging(
     plan: &Plan,
     staging: &Staging,
     removals: &[String],
+    digests: &Digests,
     s: &mut StepResult,
 ) -> Result<()> {
+    // Test hook: a test pauses here to change an installation file after its checksum was
+    // taken.
+    migrate_transaction::fault::point("verify")?;
     let models: Vec<String> = plan.models.iter().map(|m| m.rel.clone()).collect();
     let data = plan.target.data.as_ref().map(|d| plan.target.rel(d));
     let data_files: Vec<String> = plan.data_files.iter().map(|f| f.rel.clone()).collect();
@@ -370,6 +402,7 @@ fn verify_staging(
         data_files: &data_files,
         removals,
         models: &models,
+        digests,
     });
     s.files = (plan.config.is_some() as u64) + plan.data_files.len() as u64 + models.len() as u64;
     if violations.is_empty() {

@@ -1239,6 +1239,16 @@ fn migrate_paused_in(
     point: &str,
     change: impl FnOnce(),
 ) -> Output {
+    migrate_pausing(umask, args, vec![(variable, point, Box::new(change))])
+}
+
+/// A pause of [`migrate_pausing`]: the fault variable, its point, what to do there.
+type Pause<'a> = (&'a str, &'a str, Box<dyn FnOnce() + 'a>);
+
+/// Runs `migrate` with each pause's point set to `stop` in its variable (one point per
+/// variable): each time a process of the run stops, the next pause's change alters the disk,
+/// then the process goes on.
+fn migrate_pausing(umask: Option<u32>, args: &[&str], pauses: Vec<Pause>) -> Output {
     let home = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(migrate_bin());
     cmd.args(args)
@@ -1250,9 +1260,11 @@ fn migrate_paused_in(
         .env_remove("RUST_LOG")
         .env("HOME", home.path())
         .env("XDG_DATA_HOME", home.path().join("share"))
-        .env(variable, format!("{point}:1:stop"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
+    for (variable, point, _) in &pauses {
+        cmd.env(variable, format!("{point}:1:stop"));
+    }
     if let Some(mask) = umask {
         // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's mask.
         unsafe {
@@ -1263,28 +1275,36 @@ fn migrate_paused_in(
         }
     }
     let mut child = cmd.spawn().expect("spawn migrate");
-    let mut waited = 0;
-    let stopped = loop {
-        if let Some(pid) = family(child.id())
-            .into_iter()
-            .find(|p| proc_state(*p) == Some('T'))
-        {
-            break pid;
+    let mut last = "";
+    for (_, point, change) in pauses {
+        let mut waited = 0;
+        let stopped = loop {
+            if let Some(pid) = family(child.id())
+                .into_iter()
+                .find(|p| proc_state(*p) == Some('T'))
+            {
+                break pid;
+            }
+            if child.try_wait().expect("wait").is_some() {
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "`migrate` ended before the `{point}` point:\n{}",
+                    both(&out)
+                );
+            }
+            waited += 1;
+            assert!(waited < 1200, "`migrate` never reached the `{point}` point");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        change();
+        // SAFETY: kill(2) with SIGCONT on a process of the family we started.
+        unsafe { libc::kill(stopped as libc::pid_t, libc::SIGCONT) };
+        // Until it has gone on, the process still shows as stopped.
+        while proc_state(stopped) == Some('T') {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        if child.try_wait().expect("wait").is_some() {
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "`migrate` ended before the `{point}` point:\n{}",
-                both(&out)
-            );
-        }
-        waited += 1;
-        assert!(waited < 1200, "`migrate` never reached the `{point}` point");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    change();
-    // SAFETY: kill(2) with SIGCONT on a process of the family we started.
-    unsafe { libc::kill(stopped as libc::pid_t, libc::SIGCONT) };
+        last = point;
+    }
     for _ in 0..600 {
         if child.try_wait().expect("wait").is_some() {
             return child.wait_with_output().expect("output");
@@ -1294,7 +1314,7 @@ fn migrate_paused_in(
     let _ = child.kill();
     let out = child.wait_with_output().expect("output");
     panic!(
-        "`migrate {}` hung after the `{point}` point (a FIFO read through a link?):\n{}",
+        "`migrate {}` hung after the `{last}` point (a FIFO read through a link?):\n{}",
         args.join(" "),
         both(&out)
     );
@@ -1424,6 +1444,83 @@ fn issue14_a_link_planted_after_planning_never_reaches_a_plugin() {
                 .all(|n| !n.to_string_lossy().contains("snapshot")),
             "{snapshots:?}"
         );
+    }
+}
+
+/// Issue 15: the pre-swap check takes the checksum of a weights file the hops left alone from
+/// the one the host took while the model rules ran, but only for that very file, unchanged.
+/// Written in place after it (same size, same name), the file is read again: the plugin's
+/// checksum, true of the file as it was, no longer matches and nothing is swapped in. Left
+/// alone, the checksum taken during staging is used and the run completes. (The worker is held
+/// at its first data batch so that the installation's files are settled, their last change
+/// well past, when the host hashes them.)
+#[test]
+fn issue15_a_model_file_changed_after_its_checksum_was_taken_is_read_again() {
+    let rel = "models/bert-tiny/model.safetensors";
+    let logged = |text: &str, what: &str| {
+        text.lines()
+            .any(|l| l.contains(what) && l.contains(&format!("file=\"{rel}\"")))
+    };
+    for change in [false, true] {
+        let dir = sample_install();
+        let root = dir.path();
+        let weights = root.join(rel);
+        let args = [
+            "-vv",
+            "--yes",
+            "version",
+            "--path",
+            p(root),
+            "--to",
+            "2.1.0",
+        ];
+        let out = migrate_pausing(
+            None,
+            &args,
+            vec![
+                (
+                    "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
+                    "batch",
+                    Box::new(|| std::thread::sleep(std::time::Duration::from_millis(200))),
+                ),
+                (
+                    "TRUSTFORMERS_MIGRATE_FAULT",
+                    "verify",
+                    Box::new(|| {
+                        if change {
+                            let mut bytes = std::fs::read(&weights).unwrap();
+                            let last = bytes.len() - 1;
+                            bytes[last] ^= 0xff;
+                            let mut f = std::fs::OpenOptions::new()
+                                .write(true)
+                                .open(&weights)
+                                .unwrap();
+                            std::io::Write::write_all(&mut f, &bytes).unwrap();
+                        }
+                    }),
+                ),
+            ],
+        );
+        let text = both(&out);
+        if !change {
+            assert_eq!(out.status.code(), Some(0), "{text}");
+            assert!(
+                logged(&text, "checksum taken while the model rules ran"),
+                "the checksum taken during staging was not used: {text}"
+            );
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(6), "{text}");
+        assert!(
+            logged(&text, "changed since its checksum was taken"),
+            "no checksum was taken, or the change went unseen: {text}"
+        );
+        assert!(
+            text.contains("model.safetensors: size") && text.contains("metadata.json says"),
+            "the mismatch is not named: {text}"
+        );
+        assert!(!root.join("VERSION").exists(), "migrated: {text}");
+        assert_no_leftovers(root, "a refused staging");
     }
 }
 

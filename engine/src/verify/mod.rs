@@ -16,6 +16,7 @@ use crate::discover::install::{
 };
 use crate::discover::registry::HopInfo;
 
+pub mod digests;
 mod lines;
 pub mod staged;
 

@@ -19,6 +19,7 @@ use std::path::Path;
 use migrate_transaction::confine::{self, Root};
 use serde_json::Value;
 
+use super::digests::Digests;
 use super::{
     check_document, check_lines, expected_schema, file_entry, open_confined, Validation,
     MAX_MODEL_METADATA_BYTES,
@@ -43,6 +44,8 @@ pub struct Staged<'a> {
     pub removals: &'a [String],
     /// Each model folder, relative.
     pub models: &'a [String],
+    /// Checksums of the installation's model files taken while the model rules ran.
+    pub digests: &'a Digests,
 }
 
 /// Every violation in the staging; empty when it may be swapped in.
@@ -78,6 +81,7 @@ pub fn check(s: &Staged) -> Vec<Violation> {
     let r = Roots {
         stage: &stage,
         install: &install,
+        digests: s.digests,
     };
     // The model checks hash every staged weights file (one core), while the record checks
     // below keep both cores busy only part of the time (their reader waits on the disk's
@@ -228,6 +232,7 @@ fn check_models(
 struct Roots<'a> {
     stage: &'a Root,
     install: &'a Root,
+    digests: &'a Digests,
 }
 
 /// Whether a regular file is at `rel`; a link or special file there counts as none (the
@@ -457,10 +462,10 @@ fn model_metadata(
         }
         let rel = confine::join(model, path);
         let found =
-            [r.stage, r.install]
+            [(r.stage, false), (r.install, true)]
                 .into_iter()
-                .find_map(|root| match root.file_exists(&rel) {
-                    Ok(true) => Some(open_confined(root, &rel)),
+                .find_map(|(root, installed)| match root.file_exists(&rel) {
+                    Ok(true) => Some(open_confined(root, &rel).map(|f| (f, installed))),
                     Ok(false) => None,
                     Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
                 });
@@ -468,7 +473,12 @@ fn model_metadata(
             problems.push(format!("{path}: listed but missing"));
             continue;
         };
-        match file.and_then(|mut f| plugin_api::model::sha256_reader(&mut f)) {
+        // A file the hops left alone is the installation's: its checksum may have been taken
+        // while the model rules ran (see [`Digests`]).
+        match file.and_then(|(mut f, installed)| match installed {
+            true => r.digests.size_and_sha256(&rel, &mut f),
+            false => plugin_api::model::sha256_reader(&mut f),
+        }) {
             Ok((s, h)) if s == size && h == sha => {}
             Ok((s, h)) => problems.push(format!(
                 "{path}: size {s} sha256 {h}, metadata.json says size {size} sha256 {sha}"
