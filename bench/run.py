@@ -20,6 +20,8 @@ For each size S (1.0 = 1 GiB of request logs + 1 GiB of safetensors weights), it
   - dd of the migrated log in 1 MiB writes with one fsync (conv=fsync): writing the data step's
     output durably with no work at all, the least a data step that must sync its output can take
     on this disk.
+bench/whole_floor.sh measures, with standard tools only, the work besides the records that the
+whole migration's checks need (the least the whole-migration ratio can be on this machine).
 Each size is measured in --repeat rounds (default 3) that alternate the commands; every time
 is the median of its rounds. It prints and writes to --out: throughput, peak RSS and the ratios
 the targets are stated in. A "### Reading these figures" section already in --out is kept.
