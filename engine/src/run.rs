@@ -337,7 +337,11 @@ fn stage_in_worker(
     result: &mut MigrationResult,
 ) -> Result<(Vec<String>, Pending)> {
     let mut digests = Pending::none();
-    let model_rules = !plan.models.is_empty() && plan.hops.iter().any(|h| h.descriptor.rules.model);
+    // A run that optimizes the weights rewrites them: the check then reads the staged files,
+    // and hashing the installation's would only add reads of the largest files there are.
+    let model_rules = !plan.models.is_empty()
+        && !plan.options.optimize
+        && plan.hops.iter().any(|h| h.descriptor.rules.model);
     let mut isolation = None;
     let staged = supervise::stage(
         worker,
