@@ -297,8 +297,14 @@ impl Plan {
 
 /// The record's text of an indexed key or value (always a span of the record before any step).
 fn src(line: &[u8], t: Txt) -> &[u8] {
+    let (a, b) = bounds(t);
+    &line[a..b]
+}
+
+/// Where `t` lies in the record's text.
+fn bounds(t: Txt) -> (usize, usize) {
     match t {
-        Txt::Src(a, b) => &line[a as usize..b as usize],
+        Txt::Src(a, b) => (a as usize, b as usize),
         _ => unreachable!("an indexed record's keys and values are spans of it"),
     }
 }
@@ -314,10 +320,7 @@ impl Ops {
         out: &mut Vec<u8>,
     ) -> Option<()> {
         let v = |j: u8| src(line, items[j as usize].value);
-        let span = |j: u8| match items[j as usize].value {
-            Txt::Src(a, b) => (a as usize, b as usize),
-            _ => unreachable!("an indexed record's values are spans of it"),
-        };
+        let span = |j: u8| bounds(items[j as usize].value);
         for guard in &self.guards {
             let ok = match *guard {
                 Guard::Equals(j, want) => count(v(j)) == Some(want),
