@@ -83,9 +83,10 @@ pub fn check(s: &Staged) -> Vec<Violation> {
         install: &install,
         digests: s.digests,
     };
-    // The model checks hash every staged weights file (one core), while the record checks
-    // below keep both cores busy only part of the time (their reader waits on the disk's
-    // page cache): run side by side, the pre-swap check takes about the longer of the two.
+    // The model checks hash every weights file that has no checksum from staging (a staged
+    // one, or one changed since: one core), while the record checks below keep both cores
+    // busy only part of the time (their reader waits on the disk's page cache): run side by
+    // side, the pre-swap check takes about the longer of the two.
     let model_plugin = last(|h| h.descriptor.rules.model);
     std::thread::scope(|scope| {
         let models = scope.spawn(|| check_models(s, &r, schema, model_plugin));
