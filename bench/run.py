@@ -168,13 +168,13 @@ def one_round(src, work, jq_out):
     # source log: dates written out, counts nested).
     migrated = os.path.join(vtree, "data/requests.jsonl")
     r["migrated_log_bytes"] = os.path.getsize(migrated)
-    r["cp_migrated_log_s"] = run(["cp", migrated, os.path.join(work, "migrated-copy.jsonl")])
-    os.remove(os.path.join(work, "migrated-copy.jsonl"))
+    copy = os.path.join(work, "migrated-copy.jsonl")
+    r["cp_migrated_log_s"] = run(["cp", migrated, copy])
+    os.remove(copy)
     # The data step's output written durably and nothing else: the migrated log (in the page
     # cache) in 1 MiB writes, then one fsync, as the data step writes it.
-    r["sync_migrated_log_s"] = run(["dd", f"if={migrated}", f"of={os.path.join(work, 'migrated-copy.jsonl')}",
-                                    "bs=1M", "conv=fsync", "status=none"])
-    os.remove(os.path.join(work, "migrated-copy.jsonl"))
+    r["sync_migrated_log_s"] = run(["dd", f"if={migrated}", f"of={copy}", "bs=1M", "conv=fsync", "status=none"])
+    os.remove(copy)
     t = time.perf_counter()
     v = subprocess.run([MIGRATE, "--quiet", "validate", "--path", vtree, "--version", "2.1.0"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
