@@ -117,11 +117,15 @@ pub fn read_ahead<R: Read + Send, T>(inner: R, consume: impl FnOnce(&mut dyn Rea
     const PIECE: usize = 256 << 10;
     const DEPTH: usize = 8;
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(DEPTH);
+    // Pieces the consumer is done with come back to be filled again: a fresh zeroed piece
+    // each time was 1 % of a whole migration's CPU, zeroing pages only to overwrite them.
+    let (back, used) = std::sync::mpsc::sync_channel::<Vec<u8>>(DEPTH + 2);
     std::thread::scope(|scope| {
         scope.spawn(move || {
             let mut inner = inner;
             loop {
-                let mut piece = vec![0u8; PIECE];
+                let mut piece = used.try_recv().unwrap_or_default();
+                piece.resize(PIECE, 0);
                 let mut filled = 0;
                 let end = loop {
                     match inner.read(&mut piece[filled..]) {
@@ -152,6 +156,7 @@ pub fn read_ahead<R: Read + Send, T>(inner: R, consume: impl FnOnce(&mut dyn Rea
         });
         let mut reader = Ahead {
             rx,
+            back,
             piece: Vec::new(),
             at: 0,
         };
@@ -164,6 +169,8 @@ pub fn read_ahead<R: Read + Send, T>(inner: R, consume: impl FnOnce(&mut dyn Rea
 /// The consumer's side of [`read_ahead`].
 struct Ahead {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    /// Where read pieces go back to the producer.
+    back: std::sync::mpsc::SyncSender<Vec<u8>>,
     piece: Vec<u8>,
     at: usize,
 }
@@ -173,7 +180,9 @@ impl Read for Ahead {
         while self.at == self.piece.len() {
             match self.rx.recv() {
                 Ok(Ok(piece)) => {
-                    self.piece = piece;
+                    let done = std::mem::replace(&mut self.piece, piece);
+                    // Full only if the producer has stopped taking them: then it is dropped.
+                    let _ = self.back.try_send(done);
                     self.at = 0;
                 }
                 Ok(Err(e)) => return Err(e),
