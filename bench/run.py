@@ -19,20 +19,27 @@ For each size S (1.0 = 1 GiB of request logs + 1 GiB of safetensors weights), it
   - cp of the migrated log, and migrate validate of a tree holding the migrated config and data;
   - dd of the migrated log in 1 MiB writes with one fsync (conv=fsync): writing the data step's
     output durably with no work at all, the least a data step that must sync its output can take
-    on this disk.
+    on this disk;
+  - bench/fused_floor.rs on the log: an independent rewriter of the issue's design (one strict
+    byte-level pass, all three hops fused, untouched spans copied, 1 MiB writes, one fsync),
+    std only, sharing no code with migrate; its output is compared byte for byte with migrate's.
 bench/whole_floor.sh measures, with standard tools only, the work besides the records that the
 whole migration's checks need (the least the whole-migration ratio can be on this machine).
 Each size is measured in --repeat rounds (default 3) that alternate the commands; every time
 is the median of its rounds. It prints and writes to --out: throughput, peak RSS and the ratios
 the targets are stated in. A "### Reading these figures" section already in --out is kept.
 """
-import argparse, json, os, platform, shutil, statistics, subprocess, sys, time
+import argparse, filecmp, json, os, platform, shutil, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIGRATE = os.path.join(ROOT, "target/release/migrate")
 # Three strict validation passes over the log in memory on all cores, nothing else: the least
 # any design whose three hops each validate their input can take (engine/examples/validation_floor.rs).
 FLOOR = os.path.join(ROOT, "target/release/examples/validation_floor")
+# The issue's fused design written independently of migrate (bench/fused_floor.rs), compiled
+# into the work folder by main().
+FUSED_SRC = os.path.join(ROOT, "bench/fused_floor.rs")
+FUSED = None
 GIB = 1 << 30
 
 
@@ -131,6 +138,12 @@ def one_round(src, work, jq_out):
     # The data step's own baseline: cp of the same log.
     r["cp_log_s"] = run(["cp", os.path.join(src, "data/requests.jsonl"), scratch])
     shutil.rmtree(scratch)
+    # The independent fused rewriter on the same log, with its fsync; its output is kept until
+    # migrate's is there, in the round that compares outputs.
+    fused_out = os.path.join(work, "fused-out.jsonl")
+    r["fused_s"] = run([FUSED, os.path.join(src, "data/requests.jsonl"), fused_out], stdout=subprocess.DEVNULL)
+    if not jq_out:
+        os.remove(fused_out)
 
     tarball = os.path.join(work, "tree.tar.zst")
     r["tar_tree_s"] = run(["tar", "-I", "zstd -T0 -3", "-cf", tarball, "-C", src, "."])
@@ -184,6 +197,9 @@ def one_round(src, work, jq_out):
     shutil.rmtree(vtree)
     if jq_out:
         r["same_as_jq"] = same_records(jq_out, os.path.join(inst, "data/requests.jsonl"))
+        same = filecmp.cmp(fused_out, os.path.join(inst, "data/requests.jsonl"), shallow=False)
+        r["fused_same_bytes"] = "yes" if same else "no"
+        os.remove(fused_out)
     shutil.rmtree(inst)
     return r
 
@@ -201,12 +217,12 @@ def same_records(jq_out, ours, limit=200_000):
 
 def table(results):
     mb = lambda b, s: b / s / 1e6 if s else 0
-    lines = ["| size | data MB/s | data vs jq | data vs cp (log) | writing its output with fsync alone vs cp | data by the rules only vs cp | first hop alone vs cp | 3 validation passes vs cp | validate vs cp (migrated log) | validate vs cp (source log) | backup vs tar+zstd (same files) | backup size vs tar | whole vs (tar+zstd backup set + cp data) | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | data MB/s | data vs jq | data vs cp (log) | writing its output with fsync alone vs cp | independent fused rewriter with fsync vs cp | data by the rules only vs cp | first hop alone vs cp | 3 validation passes vs cp | validate vs cp (migrated log) | validate vs cp (source log) | backup vs tar+zstd (same files) | backup size vs tar | whole vs (tar+zstd backup set + cp data) | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append("| {s}× ({t:.2f} GiB) | {mbs:.0f} | {jq:.1f}× faster | {cp:.2f}× | {sync:.2f}× | {rules:.2f}× | {one:.2f}× | {fl:.2f}× | {vm:.2f}× | {va:.2f}× | {bk:.2f}× | {bks:.2f}× | {whole:.2f}× | {rss:.0f} MiB |".format(
+        lines.append("| {s}× ({t:.2f} GiB) | {mbs:.0f} | {jq:.1f}× faster | {cp:.2f}× | {sync:.2f}× | {fused:.2f}× | {rules:.2f}× | {one:.2f}× | {fl:.2f}× | {vm:.2f}× | {va:.2f}× | {bk:.2f}× | {bks:.2f}× | {whole:.2f}× | {rss:.0f} MiB |".format(
             s=r["size"], t=r["tree_bytes"] / GIB, mbs=mb(r["data_bytes"], r["data_s"]), jq=r["jq_s"] / r["data_s"],
-            cp=r["data_s"] / r["cp_log_s"], sync=r["sync_migrated_log_s"] / r["cp_log_s"], rules=r["data_rules_s"] / r["cp_log_s"], one=r["data_one_hop_s"] / r["cp_log_s"], fl=r["floor_s"] / r["cp_log_s"], va=r["validate_s"] / r["cp_log_s"],
+            cp=r["data_s"] / r["cp_log_s"], sync=r["sync_migrated_log_s"] / r["cp_log_s"], fused=r["fused_s"] / r["cp_log_s"], rules=r["data_rules_s"] / r["cp_log_s"], one=r["data_one_hop_s"] / r["cp_log_s"], fl=r["floor_s"] / r["cp_log_s"], va=r["validate_s"] / r["cp_log_s"],
             vm=r["validate_s"] / r["cp_migrated_log_s"],
             bk=r["backup_s"] / r["tar_backupset_s"], bks=r["backup_bytes"] / r["tar_backupset_bytes"],
             whole=r["migrate_s"] / (r["tar_backupset_s"] + r["cp_data_s"]), rss=r["peak_rss"] / (1 << 20)))
@@ -224,6 +240,9 @@ def targets(results):
     one = [r["data_one_hop_s"] / r["cp_log_s"] for r in results]
     sync = [r["sync_migrated_log_s"] / r["cp_log_s"] for r in results]
     over_sync = [r["data_s"] / r["sync_migrated_log_s"] for r in results]
+    fused = [r["fused_s"] / r["cp_log_s"] for r in results]
+    over_fused = [r["data_s"] / r["fused_s"] for r in results]
+    fused_same = all(r.get("fused_same_bytes") == "yes" for r in results)
     rules = [r["data_rules_s"] / r["cp_log_s"] for r in results]
     whole = [r["migrate_s"] / (r["tar_backupset_s"] + r["cp_data_s"]) for r in results]
     rss = [r["peak_rss"] / (1 << 20) for r in results]
@@ -235,6 +254,9 @@ def targets(results):
         ("data step (3 hops, with its fsync) ≤ 5× `cp` of the same log", span(cp, "{:.1f}×")
          + " (writing its output with fsync and doing nothing else: " + span(sync, "{:.1f}×")
          + ", so the data step takes " + span(over_sync, "{:.2f}×") + " that"
+         + "; the independent fused rewriter, bench/fused_floor.rs, with its fsync: " + span(fused, "{:.1f}×")
+         + (" (its output byte for byte migrate's)" if fused_same else " (**its output differs from migrate's**)")
+         + ", so the data step takes " + span(over_fused, "{:.2f}×") + " that"
          + "; through the rules only, as before 1.7: " + span(rules, "{:.1f}×")
          + "; the first hop alone: " + span(one, "{:.1f}×") + "; three strict validation passes alone, in memory: "
          + span(floor, "{:.1f}×") + ")", max(cp) <= 5),
@@ -266,6 +288,9 @@ def main():
     subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "trustformers-migrate",
                     "--example", "validation_floor"], check=True, cwd=ROOT)
     os.makedirs(args.work, exist_ok=True)
+    global FUSED
+    FUSED = os.path.join(args.work, "fused_floor")
+    subprocess.run(["rustc", "--edition", "2021", "-C", "opt-level=3", "-o", FUSED, FUSED_SRC], check=True)
     results = []
     for s in sizes:
         r = bench_size(s, args.work, args.jq_mb, max(1, args.repeat))
