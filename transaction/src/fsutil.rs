@@ -118,13 +118,14 @@ pub fn read_ahead<R: Read + Send, T>(inner: R, consume: impl FnOnce(&mut dyn Rea
     const DEPTH: usize = 8;
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(DEPTH);
     // Pieces the consumer is done with come back to be filled again: a fresh zeroed piece
-    // each time was 1 % of a whole migration's CPU, zeroing pages only to overwrite them.
-    let (back, used) = std::sync::mpsc::sync_channel::<Vec<u8>>(DEPTH + 2);
+    // each time was 1 % of a whole migration's CPU, faulting pages in only to overwrite them.
+    let spare = Spare::new(DEPTH + 2);
     std::thread::scope(|scope| {
+        let spare = &spare;
         scope.spawn(move || {
             let mut inner = inner;
             loop {
-                let mut piece = used.try_recv().unwrap_or_default();
+                let mut piece = spare.take(PIECE);
                 piece.resize(PIECE, 0);
                 let mut filled = 0;
                 let end = loop {
@@ -156,7 +157,7 @@ pub fn read_ahead<R: Read + Send, T>(inner: R, consume: impl FnOnce(&mut dyn Rea
         });
         let mut reader = Ahead {
             rx,
-            back,
+            spare,
             piece: Vec::new(),
             at: 0,
         };
@@ -167,22 +168,20 @@ pub fn read_ahead<R: Read + Send, T>(inner: R, consume: impl FnOnce(&mut dyn Rea
 }
 
 /// The consumer's side of [`read_ahead`].
-struct Ahead {
+struct Ahead<'a> {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     /// Where read pieces go back to the producer.
-    back: std::sync::mpsc::SyncSender<Vec<u8>>,
+    spare: &'a Spare,
     piece: Vec<u8>,
     at: usize,
 }
 
-impl Read for Ahead {
+impl Read for Ahead<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.at == self.piece.len() {
             match self.rx.recv() {
                 Ok(Ok(piece)) => {
-                    let done = std::mem::replace(&mut self.piece, piece);
-                    // Full only if the producer has stopped taking them: then it is dropped.
-                    let _ = self.back.try_send(done);
+                    self.spare.give(std::mem::replace(&mut self.piece, piece));
                     self.at = 0;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -194,6 +193,46 @@ impl Read for Ahead {
         buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
         self.at += n;
         Ok(n)
+    }
+}
+
+/// Buffers handed back once used, for the next piece of work. A fresh buffer of a megabyte or
+/// so per piece was page-faulted in every time (and zeroed, where it had to be), only to be
+/// overwritten: several per cent of a data step's or a read-back's CPU. Any thread may take
+/// or give; at most `keep` are kept, so memory stays bounded whatever the threads' pace.
+pub struct Spare {
+    kept: std::sync::Mutex<Vec<Vec<u8>>>,
+    keep: usize,
+}
+
+impl Spare {
+    pub fn new(keep: usize) -> Spare {
+        Spare {
+            kept: std::sync::Mutex::new(Vec::new()),
+            keep,
+        }
+    }
+
+    /// An empty buffer with room for `room` bytes: one given back, or a new one.
+    pub fn take(&self, room: usize) -> Vec<u8> {
+        let mut buffer = self
+            .kept
+            .lock()
+            .ok()
+            .and_then(|mut kept| kept.pop())
+            .unwrap_or_default();
+        buffer.clear();
+        buffer.reserve(room);
+        buffer
+    }
+
+    /// Keeps `buffer` for a later [`Spare::take`], unless `keep` are kept already.
+    pub fn give(&self, buffer: Vec<u8>) {
+        if let Ok(mut kept) = self.kept.lock() {
+            if kept.len() < self.keep {
+                kept.push(buffer);
+            }
+        }
     }
 }
 
@@ -228,6 +267,26 @@ mod tests {
             self.at += n;
             Ok(n)
         }
+    }
+
+    /// A buffer given back is the one taken next, emptied, with the room asked for; no more
+    /// than `keep` are kept, however many come back.
+    #[test]
+    fn spare_buffers_are_reused_emptied_and_bounded() {
+        let spare = Spare::new(4);
+        let mut first = spare.take(1000);
+        assert!(first.is_empty() && first.capacity() >= 1000);
+        first.extend_from_slice(b"records");
+        let at = first.as_ptr();
+        spare.give(first);
+        let again = spare.take(10);
+        assert_eq!(again.as_ptr(), at, "the buffer given back was reused");
+        assert!(again.is_empty(), "a reused buffer starts empty");
+        assert!(spare.take(1 << 20).capacity() >= 1 << 20);
+        for _ in 0..12 {
+            spare.give(Vec::with_capacity(64));
+        }
+        assert_eq!(spare.kept.lock().unwrap().len(), 4);
     }
 
     fn bytes(len: usize) -> Vec<u8> {

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use abi_stable::std_types::RVec;
 use migrate_transaction::confine::Root;
+use migrate_transaction::fsutil::Spare;
 use migrate_transaction::staging::Staging;
 use migrate_transaction::{fault, journal};
 use plugin_api::ffi::{CallError, RefusedRecord};
@@ -237,7 +238,10 @@ impl DataRun<'_> {
         let (done_tx, done_rx) = mpsc::sync_channel::<(u64, Result<Done>)>(threads * 2);
         let work_rx = Mutex::new(work_rx);
         let stop = AtomicBool::new(false);
-        let spare = Spare::default();
+        // Output buffers the writer is done with, for the workers' next batches: on the bench
+        // log, faulting in a fresh one per batch, and copying those that outgrew their room,
+        // were 7 % of the data step's CPU. Enough for the batches in flight.
+        let spare = Spare::new(2 * threads + 4);
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 let (work_rx, done_tx, spare) = (&work_rx, done_tx.clone(), &spare);
@@ -1046,38 +1050,6 @@ impl Migrated {
         match self {
             Migrated::Plugin(out) => out,
             Migrated::Host(out) => out,
-        }
-    }
-}
-
-/// Output buffers the writer is done with, for the workers' next batches. A fresh buffer per
-/// batch was page-faulted in every time: on the bench's log, those faults and the copies of
-/// buffers that outgrew their room were 7 % of the data step's CPU.
-#[derive(Default)]
-struct Spare(Mutex<Vec<Vec<u8>>>);
-
-impl Spare {
-    /// Buffers kept at most: memory stays bounded, whatever the pace of the workers.
-    const KEEP: usize = 8;
-
-    /// An empty buffer with room for `room` bytes.
-    fn take(&self, room: usize) -> Vec<u8> {
-        let mut buffer = self
-            .0
-            .lock()
-            .ok()
-            .and_then(|mut kept| kept.pop())
-            .unwrap_or_default();
-        buffer.reserve(room);
-        buffer
-    }
-
-    fn give(&self, mut buffer: Vec<u8>) {
-        buffer.clear();
-        if let Ok(mut kept) = self.0.lock() {
-            if kept.len() < Self::KEEP {
-                kept.push(buffer);
-            }
         }
     }
 }

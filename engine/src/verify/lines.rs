@@ -11,8 +11,10 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
+
+use migrate_transaction::fsutil::Spare;
 
 /// A chunk handed to a checker: whole lines, and its place in the file (0, 1, …). Its first
 /// line's number is known once every chunk before it is counted: the checkers count lines as
@@ -56,21 +58,20 @@ pub(super) fn check_file(
         .map_or(1, |n| n.get())
         .clamp(1, 8);
     let (tx, rx) = mpsc::sync_channel::<Chunk>(threads * 2);
-    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    // As many buffers as the queue, the checkers and the reader hold at once.
+    let spare = Spare::new(3 * threads + 1);
     // Only the checkers hold the queue's receiving end: should they all stop (a panic), the
     // reader's next send fails instead of waiting forever on a full queue.
     let rx = Arc::new(Mutex::new(rx));
     std::thread::scope(|scope| {
         let checkers: Vec<_> = (0..threads)
             .map(|_| {
-                let free = free_tx.clone();
-                let rx = Arc::clone(&rx);
-                scope.spawn(move || check_chunks(&rx, &free, schema))
+                let (rx, spare) = (Arc::clone(&rx), &spare);
+                scope.spawn(move || check_chunks(&rx, spare, schema))
             })
             .collect();
         drop(rx);
-        drop(free_tx);
-        let read = read_chunks(&mut file, chunk_bytes, &free_rx, |chunk| {
+        let read = read_chunks(&mut file, chunk_bytes, &spare, |chunk| {
             tx.send(chunk).is_ok()
         });
         drop(tx);
@@ -109,11 +110,11 @@ pub(super) fn check_file(
 
 /// Reads `file` in chunks of about `chunk_bytes`, each ending at a line end (or the end of the
 /// file), and hands them to `send` until it returns false; returns the file's last byte.
-/// Buffers come back through `free` once checked.
+/// Buffers come back through `spare` once checked.
 fn read_chunks(
     file: &mut File,
     chunk_bytes: usize,
-    free: &Receiver<Vec<u8>>,
+    spare: &Spare,
     mut send: impl FnMut(Chunk) -> bool,
 ) -> std::io::Result<Option<u8>> {
     let chunk_bytes = chunk_bytes.max(1);
@@ -121,10 +122,7 @@ fn read_chunks(
     let mut seq = 0;
     let mut last = None;
     loop {
-        let mut bytes = free
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(chunk_bytes + (chunk_bytes >> 4)));
-        bytes.clear();
+        let mut bytes = spare.take(chunk_bytes + (chunk_bytes >> 4));
         bytes.extend_from_slice(&carry);
         carry.clear();
         // Read until the buffer holds a line end or the file ends. A line longer than a chunk
@@ -160,11 +158,7 @@ fn read_chunks(
 }
 
 /// A checker thread: checks chunks until the reader is done, handing each buffer back.
-fn check_chunks(
-    rx: &Mutex<Receiver<Chunk>>,
-    free: &Sender<Vec<u8>>,
-    schema: Option<Option<u64>>,
-) -> Part {
+fn check_chunks(rx: &Mutex<Receiver<Chunk>>, spare: &Spare, schema: Option<Option<u64>>) -> Part {
     let mut checked = Part::default();
     // Kept across chunks: a log's records share a few skeletons, learned once per thread.
     let mut checker = plugin_api::view::RecordChecker::default();
@@ -193,8 +187,7 @@ fn check_chunks(
             ),
         };
         checked.newlines.push((chunk.seq, pieces - 1));
-        // The reader may be gone (an error); the buffer is then simply dropped.
-        let _ = free.send(chunk.bytes);
+        spare.give(chunk.bytes);
     }
 }
 

@@ -1,6 +1,6 @@
 use proptest::prelude::*;
 
-use super::{cut_batches, Spare, Work};
+use super::{cut_batches, Work};
 
 /// A line of a log: a record (most often starting with `{`, now and then with a space first),
 /// or a blank line.
@@ -78,25 +78,4 @@ fn cutting_stops_when_the_writer_has_gone() {
     })
     .expect("read from memory");
     assert_eq!(sent, 1);
-}
-
-/// A buffer given back is the one taken next, emptied, with the room asked for; no more than
-/// `KEEP` are kept, however many come back.
-#[test]
-fn spare_buffers_are_reused_emptied_and_bounded() {
-    let spare = Spare::default();
-    let mut first = spare.take(1000);
-    assert!(first.is_empty() && first.capacity() >= 1000);
-    first.extend_from_slice(b"records");
-    let at = first.as_ptr();
-    spare.give(first);
-    let again = spare.take(10);
-    assert_eq!(again.as_ptr(), at, "the buffer given back was reused");
-    assert!(again.is_empty(), "a reused buffer starts empty");
-    let grown = spare.take(1 << 20);
-    assert!(grown.capacity() >= 1 << 20);
-    for _ in 0..3 * Spare::KEEP {
-        spare.give(Vec::with_capacity(64));
-    }
-    assert_eq!(spare.0.lock().unwrap().len(), Spare::KEEP);
 }
