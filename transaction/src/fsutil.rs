@@ -119,6 +119,8 @@ pub fn read_ahead<R: Read + Send, T>(inner: R, consume: impl FnOnce(&mut dyn Rea
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(DEPTH);
     // Pieces the consumer is done with come back to be filled again: a fresh zeroed piece
     // each time was 1 % of a whole migration's CPU, faulting pages in only to overwrite them.
+    // (A piece taken back is still zeroed before it is read into, as `read` needs initialized
+    // bytes, but in memory already mapped.)
     let spare = Spare::new(DEPTH + 2);
     std::thread::scope(|scope| {
         let spare = &spare;
@@ -181,7 +183,10 @@ impl Read for Ahead<'_> {
         while self.at == self.piece.len() {
             match self.rx.recv() {
                 Ok(Ok(piece)) => {
-                    self.spare.give(std::mem::replace(&mut self.piece, piece));
+                    let done = std::mem::replace(&mut self.piece, piece);
+                    if done.capacity() > 0 {
+                        self.spare.give(done);
+                    }
                     self.at = 0;
                 }
                 Ok(Err(e)) => return Err(e),

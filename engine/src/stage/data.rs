@@ -353,7 +353,7 @@ impl DataRun<'_> {
                     }
                 };
                 write(bytes.as_slice())?;
-                if let Migrated::Host(buffer) = bytes {
+                if let Migrated::Spare(buffer) = bytes {
                     spare.give(buffer);
                 }
             }
@@ -443,6 +443,9 @@ impl DataRun<'_> {
             self.programs
                 .drop_programs(file, place.copied().unwrap_or(batch.places[0]));
         }
+        if let Migrated::Spare(buffer) = by_programs {
+            spare.give(buffer);
+        }
         Ok((by_rules, refused))
     }
 
@@ -481,7 +484,7 @@ impl DataRun<'_> {
         }
         let written = (batch.places.len() - left.len()) as u64;
         if left.is_empty() {
-            return Ok((Migrated::Host(out), Vec::new(), written));
+            return Ok((Migrated::Spare(out), Vec::new(), written));
         }
         let mut rest = Batch::default();
         for &(i, _) in &left {
@@ -492,7 +495,7 @@ impl DataRun<'_> {
         let (migrated, refusals) = self.run_hops_with(&rest, file, buffers)?;
         let refused: std::collections::HashSet<u64> = refusals.iter().map(|r| r.place).collect();
         let mut by_rules = migrated.as_slice().split_inclusive(|b| *b == b'\n');
-        let mut merged = Vec::with_capacity(out.len() + migrated.as_slice().len());
+        let mut merged = spare.take(out.len() + migrated.as_slice().len());
         let mut at = 0;
         for &(i, offset) in &left {
             merged.extend_from_slice(&out[at..offset]);
@@ -511,7 +514,8 @@ impl DataRun<'_> {
             }
         }
         merged.extend_from_slice(&out[at..]);
-        Ok((Migrated::Host(merged), refusals, written))
+        spare.give(out);
+        Ok((Migrated::Spare(merged), refusals, written))
     }
 
     fn run_hops_with(
@@ -1038,18 +1042,20 @@ impl Records {
     }
 }
 
-/// Migrated records as the writer gets them: in a plugin's buffer (freed by its allocator) or
-/// the host's.
+/// Migrated records as the writer gets them: in a plugin's buffer (freed by its allocator), the
+/// host's, or one of the host's taken from the data step's [`Spare`] (given back once written:
+/// only those, so that buffers nobody takes again are not kept).
 enum Migrated {
     Plugin(RVec<u8>),
     Host(Vec<u8>),
+    Spare(Vec<u8>),
 }
 
 impl Migrated {
     fn as_slice(&self) -> &[u8] {
         match self {
             Migrated::Plugin(out) => out,
-            Migrated::Host(out) => out,
+            Migrated::Host(out) | Migrated::Spare(out) => out,
         }
     }
 }
