@@ -249,25 +249,12 @@ impl<'a> P<'a> {
                     i += 1;
                 }
             }
-            _ => {
-                return Err(format!(
-                    "not valid JSON (invalid number at column {})",
-                    i - self.ls + 1
-                ))
-            }
+            _ => return Err(self.bad_number(i)),
         }
         let mut int = true;
         if s.get(i) == Some(&b'.') {
             i += 1;
-            if !matches!(s.get(i), Some(b'0'..=b'9')) {
-                return Err(format!(
-                    "not valid JSON (invalid number at column {})",
-                    i - self.ls + 1
-                ));
-            }
-            while matches!(s.get(i), Some(b'0'..=b'9')) {
-                i += 1;
-            }
+            self.digits(&mut i)?;
             int = false;
         }
         if matches!(s.get(i), Some(b'e' | b'E')) {
@@ -275,19 +262,30 @@ impl<'a> P<'a> {
             if matches!(s.get(i), Some(b'+' | b'-')) {
                 i += 1;
             }
-            if !matches!(s.get(i), Some(b'0'..=b'9')) {
-                return Err(format!(
-                    "not valid JSON (invalid number at column {})",
-                    i - self.ls + 1
-                ));
-            }
-            while matches!(s.get(i), Some(b'0'..=b'9')) {
-                i += 1;
-            }
+            self.digits(&mut i)?;
             int = false;
         }
         self.i = i;
         Ok((int, neg))
+    }
+
+    /// One or more digits from `*i` on (skipped), as a fraction and an exponent need.
+    #[inline(always)]
+    fn digits(&self, i: &mut usize) -> Res<()> {
+        if !matches!(self.s.get(*i), Some(b'0'..=b'9')) {
+            return Err(self.bad_number(*i));
+        }
+        while matches!(self.s.get(*i), Some(b'0'..=b'9')) {
+            *i += 1;
+        }
+        Ok(())
+    }
+
+    fn bad_number(&self, i: usize) -> String {
+        format!(
+            "not valid JSON (invalid number at column {})",
+            i - self.ls + 1
+        )
     }
 
     #[inline]

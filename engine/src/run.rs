@@ -355,10 +355,7 @@ fn stage_in_worker(
         &mut isolation,
         &mut |s| {
             if model_rules && s.name == "data" && s.status != StepStatus::Failed {
-                digests = Pending::start(
-                    plan.target.root.clone(),
-                    plan.models.iter().map(|m| m.rel.clone()).collect(),
-                );
+                digests = Pending::start(plan.target.root.clone(), plan.model_folders());
             }
             steps.record(&s);
             result.steps.push(s);
@@ -393,7 +390,7 @@ fn verify_staging(
     // Test hook: a test pauses here to change an installation file after its checksum was
     // taken.
     migrate_transaction::fault::point("verify")?;
-    let models: Vec<String> = plan.models.iter().map(|m| m.rel.clone()).collect();
+    let models = plan.model_folders();
     let data = plan.target.data.as_ref().map(|d| plan.target.rel(d));
     let data_files: Vec<String> = plan.data_files.iter().map(|f| f.rel.clone()).collect();
     let violations = staged::check(&staged::Staged {

@@ -307,6 +307,12 @@ impl Plan {
         self.models.iter().map(|m| m.size).sum()
     }
 
+    /// Each model folder, relative to the installation: what the host hashes during staging
+    /// and checks before the swap.
+    pub fn model_folders(&self) -> Vec<String> {
+        self.models.iter().map(|m| m.rel.clone()).collect()
+    }
+
     /// A rough duration from the sizes and throughputs measured on a 2-core machine.
     pub fn estimate(&self) -> Duration {
         estimate(

@@ -476,9 +476,12 @@ fn model_metadata(
         };
         // A file the hops left alone is the installation's: its checksum may have been taken
         // while the model rules ran (see [`Digests`]).
-        match file.and_then(|(mut f, installed)| match installed {
-            true => r.digests.size_and_sha256(&rel, &mut f),
-            false => plugin_api::model::sha256_reader(&mut f),
+        match file.and_then(|(mut f, installed)| {
+            if installed {
+                r.digests.size_and_sha256(&rel, &mut f)
+            } else {
+                plugin_api::model::sha256_reader(&mut f)
+            }
         }) {
             Ok((s, h)) if s == size && h == sha => {}
             Ok((s, h)) => problems.push(format!(
