@@ -16,8 +16,9 @@
 //! as it always did. Tests compare the two on every record they generate.
 
 use super::{
-    count, integer, is_kind, may_hold, non_negative, remove_members, repeats, same_text,
-    unix_seconds, write_rate, Chain, Compiled, Id, Item, Kind, Rec, Txt, NONE, OWN_LIMIT,
+    count, integer, is_kind, is_kind_counted, may_hold, non_negative, remove_members, repeats,
+    same_text, unix_seconds, write_rate, Chain, Compiled, Id, Item, Kind, Rec, Txt, NONE,
+    OWN_LIMIT,
 };
 use crate::raw::scan;
 
@@ -147,9 +148,10 @@ pub(super) fn index(rec: &mut Rec<'_>) -> Option<usize> {
         return None;
     }
     rec.reset();
-    let (plan, items) = (&rec.s.plans.plans[at], &mut rec.s.items);
-    if plan.read(rec.chain, line, items).is_none() {
+    let (plan, items, counts) = (&rec.s.plans.plans[at], &mut rec.s.items, &mut rec.s.counts);
+    if plan.read(rec.chain, line, items, counts).is_none() {
         items.clear();
+        counts.clear();
         return None;
     }
     Some(at)
@@ -196,7 +198,12 @@ pub(super) fn run(rec: &mut Rec<'_>, out: &mut Vec<u8>, planned: Option<usize>) 
     let start = out.len();
     // Only a record the plan read itself is known to be written compactly.
     let compact = planned == Some(at);
-    let done = ops.run(rec.chain, line, items, compact, &mut rec.s.dates, out);
+    let read = Read {
+        line,
+        items,
+        counts: &rec.s.counts,
+    };
+    let done = ops.run(rec.chain, &read, compact, &mut rec.s.dates, out);
     if done.is_none() {
         out.truncate(start);
         return false;
@@ -211,7 +218,13 @@ impl Plan {
     /// accept such a line with the same spans (the keys are text it accepted, unescaped), and
     /// its keys are distinct and the keys the steps require are there, as on the record the
     /// plan was made from.
-    fn read(&self, chain: &Chain, line: &[u8], items: &mut Vec<Item>) -> Option<()> {
+    fn read(
+        &self,
+        chain: &Chain,
+        line: &[u8],
+        items: &mut Vec<Item>,
+        counts: &mut Vec<Option<u64>>,
+    ) -> Option<()> {
         if line.first() != Some(&b'{') || self.ids.is_empty() {
             return None;
         }
@@ -222,14 +235,23 @@ impl Plan {
                 return None;
             }
             let (ks, vs) = (i + 1, i + pattern.len());
-            let ve = scan::value(line, vs)?;
+            let (ve, n) = match scan::short_count(line, vs) {
+                Some((end, n)) => (end, Some(n)),
+                // Only a number that starts with a digit can be a count.
+                None => {
+                    let end = scan::value(line, vs)?;
+                    let digit = line[vs].is_ascii_digit();
+                    (end, if digit { count(&line[vs..end]) } else { None })
+                }
+            };
             let value = &line[vs..ve];
             let id = self.ids[j];
             if Class::of(value) != self.classes[j]
-                || (id != NONE && !chain.lifted_checks_pass(id, value))
+                || (id != NONE && !chain.lifted_checks_pass(id, value, n))
             {
                 return None;
             }
+            counts.push(n);
             items.push(Item {
                 key: Txt::Src(ks as u32, (vs - 2) as u32),
                 value: Txt::Src(vs as u32, ve as u32),
@@ -309,25 +331,63 @@ fn bounds(t: Txt) -> (usize, usize) {
     }
 }
 
+/// An indexed record, as the ops read it: its text, its top-level entries and each value's
+/// [`count`].
+struct Read<'a> {
+    line: &'a [u8],
+    items: &'a [Item],
+    counts: &'a [Option<u64>],
+}
+
+impl Read<'_> {
+    #[inline]
+    fn value(&self, j: u8) -> &[u8] {
+        src(self.line, self.items[j as usize].value)
+    }
+
+    #[inline]
+    fn count(&self, j: u8) -> Option<u64> {
+        self.counts[j as usize]
+    }
+
+    /// [`integer`] of value `j`: a count that fits, or the text read.
+    #[inline]
+    fn integer(&self, j: u8) -> Option<i64> {
+        match self.count(j) {
+            Some(n) => i64::try_from(n).ok(),
+            None => integer(self.value(j)),
+        }
+    }
+
+    /// [`non_negative`] of value `j`: a count, or the text read.
+    #[inline]
+    fn non_negative(&self, j: u8) -> Option<f64> {
+        match self.count(j) {
+            Some(n) => Some(n as f64),
+            None => non_negative(self.value(j)),
+        }
+    }
+}
+
 impl Ops {
     fn run(
         &self,
         chain: &Chain,
-        line: &[u8],
-        items: &[Item],
+        read: &Read<'_>,
         compact: bool,
         dates: &mut super::Dates,
         out: &mut Vec<u8>,
     ) -> Option<()> {
-        let v = |j: u8| src(line, items[j as usize].value);
+        let (line, items) = (read.line, read.items);
+        let v = |j: u8| read.value(j);
         let span = |j: u8| bounds(items[j as usize].value);
         for guard in &self.guards {
             let ok = match *guard {
-                Guard::Equals(j, want) => count(v(j)) == Some(want),
-                Guard::Kind(j, kind) => is_kind(v(j), kind),
-                Guard::Count(j) => count(v(j)).is_some(),
-                Guard::Integer(j) => integer(v(j)).is_some(),
-                Guard::NonNegative(j) => non_negative(v(j)).is_some(),
+                Guard::Equals(j, want) => read.count(j) == Some(want),
+                Guard::Kind(j, kind) => is_kind_counted(v(j), kind, read.count(j)),
+                Guard::Count(j) => read.count(j).is_some(),
+                Guard::Integer(j) => read.integer(j).is_some(),
+                Guard::NonNegative(j) => read.non_negative(j).is_some(),
                 Guard::Holds(j, s) => !may_hold(v(j), chain.needles(s as usize)),
             };
             if !ok {
@@ -343,7 +403,7 @@ impl Ops {
                     let start = from.map_or(0, |j| span(j).0);
                     out.extend_from_slice(&line[start..span(to).1]);
                 }
-                Op::Date(j) => dates.json(integer(v(j))?, out)?,
+                Op::Date(j) => dates.json(read.integer(j)?, out)?,
                 Op::Rate {
                     count: c,
                     value,
@@ -351,10 +411,10 @@ impl Ops {
                     scale,
                 } => {
                     let n = match c {
-                        Some(j) => Some(count(v(j))?),
+                        Some(j) => Some(read.count(j)?),
                         None => None,
                     };
-                    write_rate(n, non_negative(v(value))?, per, scale, out)?;
+                    write_rate(n, read.non_negative(value)?, per, scale, out)?;
                 }
             }
         }

@@ -760,6 +760,53 @@ fn write_decimal_is_what_zmij_writes() {
         .expect("same text");
 }
 
+/// `round` is `f64::round` on every f64, bit for bit: halves, the largest f64 below a half,
+/// the edges of the range it takes itself, signed zeros, infinities and NaN, then any bits.
+#[test]
+fn round_is_f64_round() {
+    use proptest::test_runner::{Config, TestRunner};
+    let check = |x: f64| {
+        let (got, want) = (super::round(x), x.round());
+        assert!(
+            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+            "{x:e}: {got:e} against {want:e}"
+        );
+    };
+    let below_half = f64::from_bits(0.5f64.to_bits() - 1);
+    let edges = [
+        0.0,
+        -0.0,
+        0.5,
+        below_half,
+        1.5,
+        2.5,
+        -2.5,
+        4_503_599_627_370_495.5,
+        4_503_599_627_370_496.0,
+        9_007_199_254_740_993.0,
+        f64::MIN_POSITIVE,
+        f64::MAX,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+    ];
+    for x in edges {
+        check(x);
+        check(-x);
+    }
+    for n in 0..100_000u64 {
+        check(n as f64 / 4.0);
+        check(n as f64 * 0.01);
+    }
+    TestRunner::new(Config::with_cases(100_000))
+        .run(&(proptest::num::u64::ANY, 0.0f64..1e16), |(bits, x)| {
+            check(f64::from_bits(bits));
+            check(x);
+            Ok(())
+        })
+        .expect("same as f64::round");
+}
+
 /// A plan copies runs of a compact record's own text only where the output keeps its values
 /// in order: a group's later member leaves a gap (`"q"` between `"a"` and `"b"`), and the
 /// text around the gap is still written piece by piece.

@@ -122,6 +122,62 @@ fn digits_stop_at_the_first_byte_that_is_not_a_digit() {
     });
 }
 
+/// What `short_count` must give for the text at the start of `b`: the number's end and value
+/// when the number there is a count of at most 16 digits, else nothing.
+fn short_count_wanted(b: &[u8]) -> Option<(usize, u64)> {
+    let end = super::number(b, 0)?;
+    let text = std::str::from_utf8(&b[..end]).unwrap();
+    // `0` then a digit is left to the slow way, which gives `0` and lets the caller refuse.
+    let run = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    let fraction_or_exponent = matches!(b.get(end), Some(b'.' | b'e' | b'E'));
+    match text.parse::<u64>() {
+        Ok(n) if run == end && end <= 16 && !fraction_or_exponent => Some((end, n)),
+        _ => None,
+    }
+}
+
+/// Every digit run up to 20 long, with each byte a number may meet after it (or none), at
+/// every offset in a slice: `short_count` gives what `number` and `u64` parsing give, and
+/// gives it for every count of up to 16 digits.
+#[test]
+fn short_count_reads_counts_as_number_and_parse_do() {
+    let runs: Vec<String> = (1..=20)
+        .flat_map(|len| {
+            [
+                "1234567890".repeat(2)[..len].to_owned(),
+                "9".repeat(len),
+                format!("1{}", "0".repeat(len - 1)),
+                format!("0{}", "7".repeat(len - 1)),
+            ]
+        })
+        .chain(
+            [
+                "0",
+                "-0",
+                "-12",
+                "18446744073709551615",
+                "18446744073709551616",
+            ]
+            .map(String::from),
+        )
+        .collect();
+    let mut counted = 0;
+    for run in &runs {
+        for after in ["", ",", "}", "]", " ", ".5", "e3", "E3", "x"] {
+            for pad in 0..3 {
+                let text = format!("{}{run}{after}", " ".repeat(pad));
+                let b = text.as_bytes();
+                let got = super::short_count(b, pad).map(|(end, n)| (end - pad, n));
+                let want = short_count_wanted(&b[pad..]);
+                assert_eq!(got, want, "{text:?} at {pad}");
+                counted += usize::from(got.is_some());
+            }
+        }
+    }
+    // Each of the 16 lengths has counts with each of six endings, at three offsets.
+    assert!(counted >= 16 * 3 * 6 * 3, "{counted}");
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn special_16_finds_the_first_byte_that_needs_a_look() {
@@ -313,6 +369,18 @@ proptest! {
     #[test]
     fn agrees_with_serde_json_on_valid_records(text in record()) {
         agrees(&text)?;
+    }
+
+    #[test]
+    fn short_count_agrees_with_number_and_parse(
+        digits in "[0-9]{1,18}",
+        after in proptest::collection::vec(any::<u8>(), 0..10),
+        sign in any::<bool>(),
+    ) {
+        let mut b = if sign { b"-".to_vec() } else { Vec::new() };
+        b.extend_from_slice(digits.as_bytes());
+        b.extend_from_slice(&after);
+        prop_assert_eq!(super::short_count(&b, 0), short_count_wanted(&b));
     }
 
     #[test]
