@@ -1113,28 +1113,40 @@ fn write_decimal(units: f64, scale: f64, out: &mut Vec<u8>) -> bool {
 }
 
 /// `units / 10^D` as `whole.fraction`, the fraction without its trailing zeros (`.0` when
-/// nothing is left of it): [`write_decimal`]'s text.
+/// nothing is left of it): [`write_decimal`]'s text. Its digits are written in place into a
+/// block of `out` of a fixed size, then cut back: a copy of text whose length is known only at
+/// run time is a call to `memcpy`, which cost more than the digits.
 #[inline]
 fn write_fixed<const D: u32>(units: u64, out: &mut Vec<u8>) {
+    // Below 10^15: at most 15 digits before the point and D ≤ 4 after it.
+    const ROOM: usize = 24;
     let pow = 10u64.pow(D);
-    out.extend_from_slice(itoa::Buffer::new().format(units / pow).as_bytes());
-    out.push(b'.');
-    let mut frac = units % pow;
+    let (whole, mut frac) = (units / pow, units % pow);
+    let width = whole.checked_ilog10().map_or(1, |l| l as usize + 1);
+    let start = out.len();
+    out.extend_from_slice(&[0; ROOM]);
+    let text = &mut out[start..];
+    let mut rest = whole;
+    for at in (0..width).rev() {
+        text[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    text[width] = b'.';
+    let mut digits = 1;
     if frac == 0 {
-        out.push(b'0');
-        return;
+        text[width + 1] = b'0';
+    } else {
+        digits = D as usize;
+        while frac % 10 == 0 {
+            frac /= 10;
+            digits -= 1;
+        }
+        for at in (width + 1..width + 1 + digits).rev() {
+            text[at] = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
     }
-    let mut digits = D as usize;
-    while frac % 10 == 0 {
-        frac /= 10;
-        digits -= 1;
-    }
-    let mut text = [b'0'; 4];
-    for at in (0..digits).rev() {
-        text[at] = b'0' + (frac % 10) as u8;
-        frac /= 10;
-    }
-    out.extend_from_slice(&text[..digits]);
+    out.truncate(start + width + 1 + digits);
 }
 
 /// `key.ends_with(suffix)` for the short suffixes of a program, compared inline (the slice
