@@ -122,8 +122,9 @@ pub struct Scratch {
     grouped: Vec<(Id, usize, usize)>,
     dates: Dates,
     plans: plan::Plans,
-    /// Per top-level value of the record a plan writes: what [`count`] gives on its text, read
-    /// once with the value (the plan's checks, guards and ops all ask).
+    /// Per top-level value of the indexed record (by a plan's read or by the scanner): what
+    /// [`count`] gives on its text, read once with the value, for the lifted checks and a
+    /// plan's guards and ops. The steps do not keep it up to date: a plan runs before them.
     counts: Vec<Option<u64>>,
 }
 
@@ -445,9 +446,8 @@ impl Chain {
         self.keys[id as usize].as_bytes()
     }
 
-    /// Whether the value of key `id` passes the checks lifted out of the steps.
-    #[inline]
     /// Whether the checks lifted onto key `id` pass on its value, whose [`count`] is `n`.
+    #[inline]
     fn lifted_checks_pass(&self, id: Id, value: &[u8], n: Option<u64>) -> bool {
         self.checks[id as usize].iter().all(|check| match *check {
             Lifted::Equals(None) => false,
@@ -544,7 +544,6 @@ impl Rec<'_> {
             seen |= bit;
             let id = chain.id(key).unwrap_or(NONE);
             let n = count(&line[v.clone()]);
-            counts.push(n);
             if id != NONE {
                 if !chain.lifted_checks_pass(id, &line[v.clone()], n) {
                     return None;
@@ -559,6 +558,7 @@ impl Rec<'_> {
                 id,
                 built: false,
             });
+            counts.push(n);
             (items.len() <= MAX_ITEMS).then_some(())
         })?;
         if present & chain.present != chain.present || (maybe_repeats && self.has_repeats()) {

@@ -203,6 +203,11 @@ pub(super) fn run(rec: &mut Rec<'_>, out: &mut Vec<u8>, planned: Option<usize>) 
         items,
         counts: &rec.s.counts,
     };
+    debug_assert!(
+        read.counts.len() == items.len()
+            && (0..items.len()).all(|j| read.count(j as u8) == count(read.value(j as u8))),
+        "a count kept for each entry, as `count` reads its value"
+    );
     let done = ops.run(rec.chain, &read, compact, &mut rec.s.dates, out);
     if done.is_none() {
         out.truncate(start);

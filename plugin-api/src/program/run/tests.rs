@@ -407,6 +407,12 @@ fn value_of(class: u8) -> BoxedStrategy<String> {
             1 => Just("1.5".to_owned()),
             1 => Just("1e3".to_owned()),
             1 => Just("18446744073709551616".to_owned()),
+            // Counts past one word of digits, up to past what `short_count` reads, and numbers
+            // it leaves to the slow way.
+            1 => (10_000_000u64..100_000_000_000_000_000).prop_map(|n| n.to_string()),
+            1 => any::<u64>().prop_map(|n| n.to_string()),
+            1 => prop_oneof![Just("01"), Just("00"), Just("0e1"), Just("10.0")]
+                .prop_map(str::to_owned),
         ]
         .boxed(),
         3 => prop_oneof![Just("true".to_owned()), Just("false".to_owned())].boxed(),
@@ -727,6 +733,10 @@ fn write_decimal_is_what_zmij_writes() {
     let check = |units: f64, scale: f64| {
         let mut fast = Vec::new();
         let taken = write_decimal(units, scale, &mut fast);
+        // Written after text already in the buffer, the same text follows it.
+        let mut after = b"x:".to_vec();
+        assert_eq!(write_decimal(units, scale, &mut after), taken);
+        assert_eq!(after[2..], fast[..], "{units} / {scale} after a prefix");
         let zmij = zmij::Buffer::new()
             .format_finite(units / scale)
             .as_bytes()
