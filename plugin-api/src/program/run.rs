@@ -1123,30 +1123,32 @@ fn write_fixed<const D: u32>(units: u64, out: &mut Vec<u8>) {
     let pow = 10u64.pow(D);
     let (whole, mut frac) = (units / pow, units % pow);
     let width = whole.checked_ilog10().map_or(1, |l| l as usize + 1);
-    let start = out.len();
-    out.extend_from_slice(&[0; ROOM]);
-    let text = &mut out[start..];
-    let mut rest = whole;
-    for at in (0..width).rev() {
-        text[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-    text[width] = b'.';
     let mut digits = 1;
-    if frac == 0 {
-        text[width + 1] = b'0';
-    } else {
+    if frac != 0 {
         digits = D as usize;
         while frac % 10 == 0 {
             frac /= 10;
             digits -= 1;
         }
-        for at in (width + 1..width + 1 + digits).rev() {
-            text[at] = b'0' + (frac % 10) as u8;
-            frac /= 10;
-        }
     }
+    let start = out.len();
+    out.extend_from_slice(&[0; ROOM]);
+    let text = &mut out[start..];
+    put_digits(&mut text[..width], whole);
+    text[width] = b'.';
+    // A zero fraction is written as its one digit, `0`.
+    put_digits(&mut text[width + 1..width + 1 + digits], frac);
     out.truncate(start + width + 1 + digits);
+}
+
+/// Writes `n` into `slot` in decimal, its last digit in the slot's last byte; `slot` is as
+/// wide as `n`'s digits, or wider for leading zeros.
+#[inline]
+fn put_digits(slot: &mut [u8], mut n: u64) {
+    for at in slot.iter_mut().rev() {
+        *at = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 /// `key.ends_with(suffix)` for the short suffixes of a program, compared inline (the slice
@@ -1256,7 +1258,7 @@ fn member(text: &[u8], key: &str, members: &mut Vec<scan::Member>) -> Option<Opt
     Some(hit)
 }
 
-/// [`is_kind`] of a value whose [`count`] is known: `n`.
+/// [`is_kind`] of a value whose [`count`] is known: `n` (a plan reads each value's once).
 #[inline]
 fn is_kind_counted(raw: &[u8], kind: Kind, n: Option<u64>) -> bool {
     debug_assert_eq!(n, count(raw));
@@ -1272,17 +1274,7 @@ fn is_kind_counted(raw: &[u8], kind: Kind, n: Option<u64>) -> bool {
 
 /// Whether the JSON text `raw` is of `kind`, read as the rules read it.
 fn is_kind(raw: &[u8], kind: Kind) -> bool {
-    match kind {
-        Kind::String => raw.first() == Some(&b'"'),
-        Kind::Count => count(raw).is_some(),
-        Kind::NonNegativeNumber => non_negative(raw).is_some(),
-        Kind::IntegerStringOrNull => {
-            raw == b"null"
-                || raw.first() == Some(&b'"')
-                || count(raw).is_some()
-                || integer(raw).is_some()
-        }
-    }
+    is_kind_counted(raw, kind, count(raw))
 }
 
 /// The JSON number text `raw` (one the scanner accepted) as a `u64`, when it is one: what

@@ -393,29 +393,21 @@ fn number(b: &[u8], mut i: usize) -> Option<usize> {
 /// tenth of the data step's time, run up to three times per number.
 #[inline]
 pub(crate) fn short_count(b: &[u8], i: usize) -> Option<(usize, u64)> {
-    const ZEROS: u64 = u64::from_le_bytes([b'0'; 8]);
     let first = word_at(b, i);
-    let k = (non_digit_bytes(first).trailing_zeros() / 8) as usize;
+    let k = leading_digits(first);
     // `01` is not a number; `0` is, and comes here with k = 1.
     if k == 0 || (k > 1 && b[i] == b'0') {
         return None;
     }
     let (end, n) = if k < 8 {
-        (
-            i + k,
-            eight_digits((first.wrapping_sub(ZEROS)) << (8 * (8 - k))),
-        )
+        (i + k, digits_value(first, k))
     } else {
         let second = word_at(b, i + 8);
-        let k2 = (non_digit_bytes(second).trailing_zeros() / 8) as usize;
+        let k2 = leading_digits(second);
         if k2 == 8 && b.get(i + 16).is_some_and(u8::is_ascii_digit) {
             return None;
         }
-        let high = eight_digits(first.wrapping_sub(ZEROS));
-        let low = match k2 {
-            0 => 0,
-            _ => eight_digits(second.wrapping_sub(ZEROS) << (8 * (8 - k2))),
-        };
+        let (high, low) = (digits_value(first, 8), digits_value(second, k2));
         (i + 8 + k2, high * 10u64.pow(k2 as u32) + low)
     };
     match b.get(end) {
@@ -441,6 +433,24 @@ fn word_at(b: &[u8], i: usize) -> u64 {
         let mut word = [0u8; 8];
         word[..len - i].copy_from_slice(&b[i..]);
         u64::from_le_bytes(word)
+    }
+}
+
+/// How many of `word`'s bytes, from the lowest, are ASCII digits before the first that is not.
+#[inline]
+fn leading_digits(word: u64) -> usize {
+    (non_digit_bytes(word).trailing_zeros() / 8) as usize
+}
+
+/// The value of the first `k` bytes of `word` (0 to 8, all ASCII digits): moved to the top of
+/// the word, with zeros below them as leading zeros. Bytes past them may be anything: the
+/// subtraction's borrows only move up, into the bytes the shift drops.
+#[inline]
+fn digits_value(word: u64, k: usize) -> u64 {
+    const ZEROS: u64 = u64::from_le_bytes([b'0'; 8]);
+    match k {
+        0 => 0,
+        _ => eight_digits(word.wrapping_sub(ZEROS) << (8 * (8 - k))),
     }
 }
 

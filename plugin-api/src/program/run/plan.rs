@@ -242,11 +242,9 @@ impl Plan {
             let (ks, vs) = (i + 1, i + pattern.len());
             let (ve, n) = match scan::short_count(line, vs) {
                 Some((end, n)) => (end, Some(n)),
-                // Only a number that starts with a digit can be a count.
                 None => {
                     let end = scan::value(line, vs)?;
-                    let digit = line[vs].is_ascii_digit();
-                    (end, if digit { count(&line[vs..end]) } else { None })
+                    (end, count(&line[vs..end]))
                 }
             };
             let value = &line[vs..ve];
