@@ -2065,6 +2065,27 @@ fn fail(msg: String) -> ! {
     process::exit(1);
 }
 
+/// Reads `input` into `buf` from `filled` until `limit` bytes (at most the buffer) are there
+/// or the input ends; returns the new fill and whether it ended. Counts what it read in
+/// `total`.
+fn fill(
+    input: &mut impl Read,
+    buf: &mut [u8],
+    mut filled: usize,
+    limit: usize,
+    total: &mut u64,
+) -> io::Result<(usize, bool)> {
+    while filled < limit.min(buf.len()) {
+        let n = input.read(&mut buf[filled..])?;
+        if n == 0 {
+            return Ok((filled, true));
+        }
+        *total += n as u64;
+        filled += n;
+    }
+    Ok((filled, false))
+}
+
 fn main() {
     let args: Vec<String> = env::args().collect();
     if args.len() != 3 {
@@ -2134,15 +2155,7 @@ fn main() {
             let mut filled = carry.len();
             carry.clear();
             loop {
-                while filled < CHUNK.min(buf.len()) {
-                    let n = input.read(&mut buf[filled..])?;
-                    if n == 0 {
-                        eof = true;
-                        break;
-                    }
-                    total += n as u64;
-                    filled += n;
-                }
+                (filled, eof) = fill(&mut input, &mut buf, filled, CHUNK, &mut total)?;
                 if eof {
                     break;
                 }
@@ -2157,15 +2170,7 @@ fn main() {
                         let len = buf.len();
                         buf.resize(len * 2, 0);
                         let want = filled + CHUNK;
-                        while filled < want.min(buf.len()) {
-                            let n = input.read(&mut buf[filled..])?;
-                            if n == 0 {
-                                eof = true;
-                                break;
-                            }
-                            total += n as u64;
-                            filled += n;
-                        }
+                        (filled, eof) = fill(&mut input, &mut buf, filled, want, &mut total)?;
                         if eof {
                             break;
                         }
