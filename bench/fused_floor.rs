@@ -1313,6 +1313,11 @@ fn write_key(m: &Mem, s: &[u8], arena: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// A member's value as the error messages name it: its kind and its text.
+fn found(s: &[u8], m: &Mem) -> String {
+    format!("{} `{}`", kind_name(m.kind), String::from_utf8_lossy(&s[m.vs..m.ve]))
+}
+
 fn u64_field(s: &[u8], m: &Mem, field: &str) -> Res<u64> {
     let raw = &s[m.vs..m.ve];
     let v = if m.kind == K_NUM && m.int && !m.neg {
@@ -1322,9 +1327,8 @@ fn u64_field(s: &[u8], m: &Mem, field: &str) -> Res<u64> {
     };
     v.ok_or_else(|| {
         format!(
-            "field `{field}`: expected a non-negative integer, found {} `{}`",
-            kind_name(m.kind),
-            String::from_utf8_lossy(raw)
+            "field `{field}`: expected a non-negative integer, found {}",
+            found(s, m)
         )
     })
 }
@@ -1542,9 +1546,8 @@ fn migrate_line(s: &[u8], start: usize, out: &mut Vec<u8>, sc: &mut Scratch) -> 
             let m = mems[k];
             if m.kind != K_STR {
                 return Err(format!(
-                    "field `key`: an API key entry's `key` must be a string, found {} `{}`",
-                    kind_name(m.kind),
-                    String::from_utf8_lossy(&s[m.vs..m.ve])
+                    "field `key`: an API key entry's `key` must be a string, found {}",
+                    found(s, &m)
                 ));
             }
             if isha {
@@ -1582,9 +1585,8 @@ fn migrate_line(s: &[u8], start: usize, out: &mut Vec<u8>, sc: &mut Scratch) -> 
         let m = mems[u];
         if m.kind != K_OBJ {
             return Err(format!(
-                "field `usage`: expected an object, found {} `{}`",
-                kind_name(m.kind),
-                String::from_utf8_lossy(&s[m.vs..m.ve])
+                "field `usage`: expected an object, found {}",
+                found(s, &m)
             ));
         }
         output_tokens = usage_output_tokens(s, m.vs, &mut sc.stack)?;
@@ -1604,9 +1606,8 @@ fn migrate_line(s: &[u8], start: usize, out: &mut Vec<u8>, sc: &mut Scratch) -> 
         let raw = &s[m.vs..m.ve];
         if m.kind != K_NUM {
             return Err(format!(
-                "field `latency_ms`: expected a non-negative number, found {} `{}`",
-                kind_name(m.kind),
-                String::from_utf8_lossy(raw)
+                "field `latency_ms`: expected a non-negative number, found {}",
+                found(s, &m)
             ));
         }
         latency = if m.int && !m.neg && raw.len() <= 15 {
