@@ -14,9 +14,14 @@ pub struct Isolation {
     pub sandbox: SandboxStatus,
     /// The Landlock ABI the kernel offers, when it has one.
     pub landlock_abi: Option<i32>,
-    /// Whether TCP connect and bind were denied (Landlock ABI 4 and later). Landlock does not
-    /// restrict UDP on this ABI, and no seccomp filter does yet: said in the summary.
+    /// Whether TCP connect and bind were denied (Landlock ABI 4 and later). Landlock alone does
+    /// not restrict UDP, raw or Unix sockets: [`Isolation::sockets_denied`] does.
     pub network_denied: bool,
+    /// Whether a seccomp filter made every `socket()` call fail, whatever its family (UDP,
+    /// raw, packet, netlink, Unix: a connect to a Unix socket such as a container daemon's is
+    /// not a file access, so Landlock does not see it), and `io_uring_setup` with it (a ring
+    /// opens sockets without the `socket()` call).
+    pub sockets_denied: bool,
     /// The worker's memory limit (`max_worker_memory_mb`), in bytes.
     pub memory_limit_bytes: Option<u64>,
     /// Why the sandbox is not fully enforced, when it is not.
@@ -43,7 +48,9 @@ impl Isolation {
             SandboxStatus::Disabled => "UNSANDBOXED (--no-sandbox)",
         };
         let mut text = format!("plugins ran in a worker process; {sandbox}");
-        if self.network_denied {
+        if self.sockets_denied {
+            text.push_str(", no network (no socket can be opened)");
+        } else if self.network_denied {
             text.push_str(", TCP denied (UDP is not restricted)");
         }
         if let Some(limit) = self.memory_limit_bytes {

@@ -3,8 +3,8 @@
 //! stands in for the real 2.0.0 → 2.1.0 plugin, next to the real 0.1.0 → 1.0.0 and
 //! 1.0.0 → 2.0.0 plugins, and misbehaves as `HOSTILE_MODE` says: panic, abort, segfault,
 //! endless loop, memory bomb, invalid TOML, a non-object record, a wrong schema_version,
-//! lying checksums, a write outside the staging, a TCP connect, a file planted in the staging
-//! outside the plugin's own output.
+//! lying checksums, a write outside the staging, a TCP connect, a UDP datagram, a connect to a
+//! Unix socket, a file planted in the staging outside the plugin's own output.
 //!
 //! For each mode, and for `version`, `version --dry-run` and the single-kind command
 //! (`config`, `data`, `models`) whose rule misbehaves:
@@ -16,18 +16,19 @@
 //!   (`.migrate/lock`, and the `.migrate/` folder holding both): every other path, `.migrate/`
 //!   included, must hash the same before and after ([`assert_unchanged`]), and no staging,
 //!   journal or backup may be left. A dry run writes nothing at all, not even `.migrate/`;
-//! * nothing happened outside: the escape target does not exist, the listener accepted nothing;
+//! * nothing happened outside: the escape target does not exist, the listeners got nothing;
 //! * the command finished: every run has a watchdog ([`WATCHDOG`]) that kills it and fails.
 //!
 //! Control runs prove the tests can fail: the fixture in its default mode migrates the
-//! installation, and with `--no-sandbox` the escape and the connect do happen.
+//! installation, and with `--no-sandbox` the escape, the connects and the datagram do happen.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -532,8 +533,9 @@ fn the_hostile_fixture_migrates_correctly_when_it_behaves() {
     assert_no_leftovers(root, "default mode");
 }
 
-/// The same escape and connect, with `--no-sandbox`: the file is written and the listener
-/// gets its connection. This is what the sandboxed tests below prove does not happen.
+/// The same escape, connects and datagram, with `--no-sandbox`: the file is written, the
+/// listeners get their connections and the datagram arrives. This is what the sandboxed tests
+/// below prove does not happen.
 #[test]
 fn unsandboxed_the_escape_and_the_connect_do_happen() {
     let plugins = Plugins::new();
@@ -543,7 +545,14 @@ fn unsandboxed_the_escape_and_the_connect_do_happen() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     listener.set_nonblocking(true).expect("nonblocking");
     let address = listener.local_addr().expect("address").to_string();
-    for (mode, to) in [("escape", p(&target).to_owned()), ("connect", address)] {
+    let (udp, udp_address) = udp_listener();
+    let (unix, unix_path) = unix_listener(outside.path());
+    for (mode, to) in [
+        ("escape", p(&target).to_owned()),
+        ("connect", address),
+        ("udp", udp_address),
+        ("unix", p(&unix_path).to_owned()),
+    ] {
         let dir = install();
         let out = run(
             &[
@@ -570,12 +579,43 @@ fn unsandboxed_the_escape_and_the_connect_do_happen() {
         let result: Value = serde_json::from_str(&out.stdout).expect("json result");
         assert_eq!(result["isolation"]["sandbox"], "disabled", "{result}");
         assert_eq!(result["isolation"]["network_denied"], false, "{result}");
+        assert_eq!(result["isolation"]["sockets_denied"], false, "{result}");
     }
     assert!(target.is_file(), "unsandboxed, the plugin wrote its file");
     assert!(
         listener.accept().is_ok(),
         "unsandboxed, the plugin connected to the listener"
     );
+    let mut datagram = [0u8; 64];
+    let (n, _) = udp
+        .recv_from(&mut datagram)
+        .expect("unsandboxed, the plugin's datagram arrives");
+    assert!(
+        datagram[..n].starts_with(b"hello from"),
+        "{:?}",
+        &datagram[..n]
+    );
+    assert!(
+        unix.accept().is_ok(),
+        "unsandboxed, the plugin connected to the Unix socket"
+    );
+}
+
+/// A UDP socket on 127.0.0.1 that does not block: (socket, its address).
+fn udp_listener() -> (UdpSocket, String) {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let address = socket.local_addr().expect("address").to_string();
+    (socket, address)
+}
+
+/// A Unix socket listening at `dir/listener.sock`, outside any installation, that does not
+/// block: (listener, its path).
+fn unix_listener(dir: &Path) -> (UnixListener, PathBuf) {
+    let path = dir.join("listener.sock");
+    let listener = UnixListener::bind(&path).expect("bind unix socket");
+    listener.set_nonblocking(true).expect("nonblocking");
+    (listener, path)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -908,29 +948,67 @@ fn a_write_into_the_installation_outside_the_staging_is_denied() {
     }
 }
 
+/// The breach `mode` aimed at `target`, committed by each rule in turn, in every command: the
+/// run fails with exit 6, naming the target and the OS's "Permission denied".
+fn denied_in_every_rule(mode: &str, target: &str) {
+    let settings = default_settings();
+    for rule in ["config", "data", "model"] {
+        check_everywhere(&Case {
+            mode,
+            rule,
+            settings: &settings,
+            code: 6,
+            words: words(&["Permission denied", target]),
+            extra_env: vec![("HOSTILE_TARGET", target.to_owned())],
+            worker_died: false,
+        });
+    }
+}
+
 /// A TCP connect to a listener on 127.0.0.1 is refused by the sandbox: the listener accepts
 /// nothing.
 #[test]
 fn a_tcp_connect_is_denied() {
-    let settings = default_settings();
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     listener.set_nonblocking(true).expect("nonblocking");
     let address = listener.local_addr().expect("address").to_string();
-    for rule in ["config", "data", "model"] {
-        check_everywhere(&Case {
-            mode: "connect",
-            rule,
-            settings: &settings,
-            code: 6,
-            words: words(&["Permission denied", &address]),
-            extra_env: vec![("HOSTILE_TARGET", address.clone())],
-            worker_died: false,
-        });
-    }
+    denied_in_every_rule("connect", &address);
     match listener.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         Ok((_, from)) => panic!("the listener accepted a connection from {from}"),
         Err(e) => panic!("the listener failed: {e}"),
+    }
+}
+
+/// A UDP datagram to 127.0.0.1 is refused by the sandbox (Landlock does not cover UDP; the
+/// seccomp filter refuses the socket): nothing arrives.
+#[test]
+fn a_udp_datagram_is_denied() {
+    let (socket, address) = udp_listener();
+    denied_in_every_rule("udp", &address);
+    let mut datagram = [0u8; 64];
+    match socket.recv_from(&mut datagram) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((n, from)) => panic!(
+            "a datagram arrived from {from}: {:?}",
+            String::from_utf8_lossy(&datagram[..n])
+        ),
+        Err(e) => panic!("the UDP socket failed: {e}"),
+    }
+}
+
+/// A connect to a Unix socket outside the installation (a container engine's, say, would give
+/// its caller the machine) is refused by the sandbox: Landlock does not see it, the seccomp
+/// filter refuses the socket. The listener accepts nothing.
+#[test]
+fn a_unix_socket_connect_is_denied() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    let (listener, path) = unix_listener(outside.path());
+    denied_in_every_rule("unix", p(&path));
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok(_) => panic!("the Unix socket accepted a connection"),
+        Err(e) => panic!("the Unix socket failed: {e}"),
     }
 }
 
@@ -1101,6 +1179,7 @@ fn every_json_output_that_runs_plugins_reports_the_isolation() {
     let settings = default_settings();
     let limit = 512u64 << 20;
     let landlock = kernel_has_landlock();
+    let seccomp = kernel_has_seccomp();
     let settings_path = settings.path();
     for sandbox in [true, false] {
         let mut global = vec![
@@ -1127,6 +1206,7 @@ fn every_json_output_that_runs_plugins_reports_the_isolation() {
             };
             assert_eq!(i["sandbox"], expected, "{what} (sandbox {sandbox}): {doc}");
             assert_eq!(i["network_denied"], sandbox && landlock, "{what}: {doc}");
+            assert_eq!(i["sockets_denied"], sandbox && seccomp, "{what}: {doc}");
         };
         let json = |out: &Run, what: &str| -> Value {
             serde_json::from_str(&out.stdout)
@@ -1159,6 +1239,14 @@ fn every_json_output_that_runs_plugins_reports_the_isolation() {
 }
 
 /// Whether this kernel offers Landlock (the sandbox can be enforced here).
+/// Whether this kernel has seccomp filters: `Seccomp_filters` in /proc/self/status (shown only
+/// by kernels built with them).
+fn kernel_has_seccomp() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|status| status.lines().any(|l| l.starts_with("Seccomp_filters:")))
+        .unwrap_or(false)
+}
+
 fn kernel_has_landlock() -> bool {
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns
     // the ABI version, or -1.

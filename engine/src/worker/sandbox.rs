@@ -1,14 +1,17 @@
 //! The worker confines itself before it loads any plugin: Landlock (read the installation, the
-//! plugin files and the system's libraries; write only the staging folder; no TCP), and a
-//! memory limit. What the kernel enforced is reported, never assumed: on a kernel without
-//! Landlock the worker runs unsandboxed and says so.
+//! plugin files and the system's libraries; write only the staging folder; no TCP), a seccomp
+//! filter (no socket of any kind), and a memory limit. What the kernel enforced is reported,
+//! never assumed: on a kernel without Landlock the worker runs unsandboxed and says so.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use landlock::{
     path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr,
     RulesetStatus, Scope, ABI,
 };
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
 use super::protocol::Confinement;
 use crate::isolation::{Isolation, SandboxStatus};
@@ -28,6 +31,7 @@ pub fn confine(c: &Confinement) -> Isolation {
         sandbox: SandboxStatus::Disabled,
         landlock_abi: kernel_abi(),
         network_denied: false,
+        sockets_denied: false,
         memory_limit_bytes,
         reason: None,
     };
@@ -51,7 +55,51 @@ pub fn confine(c: &Confinement) -> Isolation {
             isolation.reason = Some(format!("Landlock could not be applied: {e}"));
         }
     }
+    // After Landlock: the filter is the last thing applied, so nothing above needs a socket.
+    match deny_sockets() {
+        Ok(()) => isolation.sockets_denied = true,
+        Err(e) => {
+            let why = format!("no seccomp filter ({e}): UDP, raw and Unix sockets are allowed");
+            isolation.reason = Some(match isolation.reason.take() {
+                Some(reason) => format!("{reason}; {why}"),
+                None => why,
+            });
+        }
+    }
     isolation
+}
+
+/// Makes `socket()` and `io_uring_setup()` fail with EACCES ("Permission denied") in every
+/// thread of the worker, now and later.
+///
+/// Why: Landlock denies TCP only. Through a UDP datagram (a DNS query is one) a plugin could
+/// send the installation's API keys anywhere, and through a Unix socket it could ask a local
+/// daemon (a container engine's, say) to do what the sandbox forbids: connecting to one is not
+/// a file access, so Landlock does not see it. The worker needs no socket at all (its protocol
+/// is the pipes it was started with), so none may be opened. An io_uring ring could open one
+/// without calling `socket()`, so no ring either. A call in another ABI (the 32-bit one, through
+/// `int 0x80`) kills the worker: the filter checks the architecture first. x32 numbers
+/// (x86-64 ABI, bit 30 set) are listed too, for kernels built with it.
+fn deny_sockets() -> Result<(), String> {
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+    let mut denied = vec![libc::SYS_socket, libc::SYS_io_uring_setup];
+    if cfg!(target_arch = "x86_64") {
+        const X32: libc::c_long = 0x4000_0000;
+        denied.extend([X32 | libc::SYS_socket, X32 | libc::SYS_io_uring_setup]);
+    }
+    // An empty rule list matches the call whatever its arguments.
+    let rules: BTreeMap<i64, Vec<_>> = denied.into_iter().map(|nr| (nr, vec![])).collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        arch,
+    )
+    .map_err(|e| e.to_string())?;
+    let program: BpfProgram = filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())?;
+    seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())
 }
 
 /// The Landlock ABI of the running kernel, if it has Landlock.
