@@ -1,5 +1,9 @@
 //! The command line's definitions (clap), and nothing else: what each command does is in
 //! `commands`, how results look in `render`. The engine never sees these types.
+//!
+//! The doc comments here are `--help` text, written for operators, not rustdoc: `[backup]` is a
+//! TOML table, `<backup folder name>` a placeholder. rustdoc would read them as links and tags.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
 

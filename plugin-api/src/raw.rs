@@ -528,7 +528,7 @@ impl<'a> RawRecord<'a> {
 
     /// Calls `visit` on every object nested in the record's values (depth first, the record
     /// itself excluded: read its keys directly), with the path
-    /// [`walk_record_mut`] gives it (`keys[0]`, `keys[0].client`):
+    /// [`walk_record_mut`](crate::json::walk_record_mut) gives it (`keys[0]`, `keys[0].client`):
     /// the one way to visit a record's nested values.
     ///
     /// Only top-level values whose JSON text `may_hold` accepts are parsed (the others stay raw

@@ -1256,7 +1256,7 @@ pub fn edit_map(
 }
 
 /// Calls `visit` on every object in `value`, the value of a record's key `key` (itself included
-/// when it is an object), with the paths [`walk_record_mut`] gives: for a rule that works on a
+/// when it is an object), with the paths [`walk_record_mut`](crate::json::walk_record_mut) gives: for a rule that works on a
 /// parsed value where [`RecordView::objects_in`] gives `None`, and then sets it whole.
 pub fn walk_objects_at(
     key: &str,

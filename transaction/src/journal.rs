@@ -581,7 +581,7 @@ fn remove_leftovers(root: &Root) -> Result<Vec<String>> {
 }
 
 /// The mode the file `rel` is given at the swap: the mode of the file it replaces, or for a
-/// new file its folder's without the execute bits ([`parent_mode`]). Staged files are created
+/// new file its folder's without the execute bits (`parent_mode`). Staged files are created
 /// with it (never more readable than their source, whatever the umask); prepare sets it again,
 /// in case the installation's file changed mode meanwhile.
 pub fn final_mode(root: &Root, rel: &str) -> Result<u32> {

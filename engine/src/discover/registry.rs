@@ -10,9 +10,9 @@
 //! module per type and would hand back the first plugin for every path). A file that is not a
 //! valid plugin is reported with its reason, never fatal.
 //!
-//! Before anything is loaded, each file passes the [`trust`](super::trust) checks (owner and
+//! Before anything is loaded, each file passes the [`trust`] checks (owner and
 //! permissions of the file and its folder) and, when its folder has a `plugins.lock`, the
-//! [`lockfile`](super::lockfile) check of its sha256 — both on the open descriptor, because
+//! [`lockfile`] check of its sha256 — both on the open descriptor, because
 //! dlopen runs a library's initialisers before any other check could. A refused file is never
 //! loaded.
 

@@ -2,7 +2,7 @@
 //! installation changes here; an error just drops the staging.
 //!
 //! - config: `config/server.toml` through each hop's config rule in turn, in memory;
-//! - [`data`]: every data file streamed through all data hops at once;
+//! - [`data`](mod@data): every data file streamed through all data hops at once;
 //! - models: each model folder through each hop's model rule, which writes into staging.
 
 pub mod budget;

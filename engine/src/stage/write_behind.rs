@@ -12,7 +12,7 @@ use std::io::{self, Write};
 /// How much is written between two requests for write-back.
 const EVERY: u64 = 8 << 20;
 
-/// A file whose written bytes are handed to write-back every [`EVERY`] bytes. Only a hint:
+/// A file whose written bytes are handed to write-back every `EVERY` bytes. Only a hint:
 /// the caller still calls `sync_all`, which is what makes the data durable and reports errors.
 pub struct WriteBehind {
     file: File,

@@ -12,7 +12,7 @@
 //! since: same device and inode, size, modification and change times when it was taken, just
 //! after, and when the check opens the file. File times come from a clock that ticks every few
 //! milliseconds, so a file changed twice within one tick keeps its times: a file whose last
-//! change is less than [`SETTLED`] before its checksum would be taken gets none (the rule git
+//! change is less than `SETTLED` before its checksum would be taken gets none (the rule git
 //! keeps for its index). Whatever differs, the check hashes the file as it did before.
 
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! The host's side of [`DataProgram`]s: the steps of every hop of a chain, compiled once and
 //! run on each record in one pass. Not for plugin authors.
 //!
-//! A record is scanned once by the strict scanner every other path uses ([`scan::spans`]),
+//! A record is scanned once by the strict scanner every other path uses (`scan::spans`),
 //! into a list of top-level items whose keys and values are spans of the record's text; a step
 //! that changes a value points its item at new text instead, and the record is written once at
 //! the end, as [`ViewBatch::write`](crate::view::ViewBatch::write) writes it: compact, every

@@ -1,9 +1,9 @@
 //! Hop plugin 0.1.0 → 1.0.0: the first versioned release of TrustformeRS Serve.
 //!
 //! * `config/server.toml`: the flat 0.1.0 keys are renamed in place and the worker settings
-//!   move into a new `[workers]` table ([`config`]).
-//! * data records: every record gets `"schema_version": 1` as its last key ([`data`]).
-//! * models: every model folder gets a `metadata.json` listing its files ([`model`]).
+//!   move into a new `[workers]` table (`config`).
+//! * data records: every record gets `"schema_version": 1` as its last key (`data`).
+//! * models: every model folder gets a `metadata.json` listing its files (`model`).
 
 mod config;
 mod data;

@@ -1,10 +1,10 @@
 //! Hop plugin 2.0.0 → 2.1.0: streaming, rate limiting, performance metrics, hashed API keys.
 //!
 //! * `config/server.toml`: `[streaming]` and `[rate_limit]` are added with their defaults, an
-//!   existing table only gets its missing keys ([`config`]).
+//!   existing table only gets its missing keys (`config`).
 //! * data records: `latency_ms` moves into a `metrics` object with `tokens_per_second`, API keys
-//!   lose their plaintext for a sha256 and a prefix, `schema_version` becomes 3 ([`data`]).
-//! * models: `metadata.json` gets the `serving` settings and `schema_version` 3 ([`model`]).
+//!   lose their plaintext for a sha256 and a prefix, `schema_version` becomes 3 (`data`).
+//! * models: `metadata.json` gets the `serving` settings and `schema_version` 3 (`model`).
 
 mod config;
 mod data;
