@@ -14,6 +14,7 @@
 //! ([`migrate_transaction::confine::Root`]): plugin code (or a process it left running) can
 //! put a link or a FIFO in the staging, and the installation may have changed since planning.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use migrate_transaction::confine::{self, Root};
@@ -86,11 +87,18 @@ pub fn check(s: &Staged) -> Vec<Violation> {
     // The model checks hash every weights file that has no checksum from staging (a staged
     // one, or one changed since: one core), while the record checks below keep both cores
     // busy only part of the time (their reader waits on the disk's page cache): run side by
-    // side, the pre-swap check takes about the longer of the two.
+    // side, the pre-swap check takes about the longer of the two. So does the count of the
+    // installation's lines that the completeness check compares with: alone after the record
+    // checks, it was one core reading the whole source log while the other waited.
     let model_plugin = last(|h| h.descriptor.rules.model);
     std::thread::scope(|scope| {
         let models = scope.spawn(|| check_models(s, &r, schema, model_plugin));
-        check_records_and_files(s, &r, &v, schema, &last, &mut out);
+        let installed = scope.spawn(|| installation_lines(s, &install));
+        let staged_lines = check_records_and_files(s, &r, &v, schema, &last, &mut out);
+        let installed = installed
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        out.extend(incomplete(s, &r, &staged_lines, &installed));
         match models.join() {
             Ok(found) => out.extend(found),
             Err(panic) => std::panic::resume_unwind(panic),
@@ -99,8 +107,9 @@ pub fn check(s: &Staged) -> Vec<Violation> {
     out
 }
 
-/// The staged config's syntax, every staged record, files the run does not write, removals
-/// and completeness: the checks of [`check`] other than the models'.
+/// The staged config's syntax, every staged record, files the run does not write and removals:
+/// the checks of [`check`] other than the models' and completeness. Returns each staged
+/// `*.jsonl` file's line count, for the completeness check.
 fn check_records_and_files(
     s: &Staged,
     r: &Roots,
@@ -108,7 +117,7 @@ fn check_records_and_files(
     schema: Option<Option<u64>>,
     last: &dyn Fn(fn(&HopInfo) -> bool) -> Option<String>,
     out: &mut Vec<Violation>,
-) {
+) -> HashMap<String, u64> {
     let stage = r.stage;
     if let Some(rel) = s.config {
         let plugin = last(|h| h.descriptor.rules.config);
@@ -146,7 +155,7 @@ fn check_records_and_files(
     }
     // Each staged `*.jsonl` file's line count, taken by the record check as it reads the file,
     // so that the completeness check below does not read it a second time.
-    let mut staged_lines = std::collections::HashMap::new();
+    let mut staged_lines = HashMap::new();
     if let Some(rel) = s.data {
         let plugin = last(|h| h.descriptor.rules.data);
         let staged = Installation {
@@ -186,7 +195,7 @@ fn check_records_and_files(
     }
     out.extend(foreign(s));
     out.extend(unwarranted_removals(s, r));
-    out.extend(incomplete(s, r, &staged_lines));
+    staged_lines
 }
 
 /// The staged model folders' `metadata.json` against their files (each weights file hashed).
@@ -299,7 +308,8 @@ fn unwarranted_removals(s: &Staged, r: &Roots) -> Vec<Violation> {
 fn incomplete(
     s: &Staged,
     r: &Roots,
-    staged_lines: &std::collections::HashMap<String, u64>,
+    staged_lines: &HashMap<String, u64>,
+    installed: &HashMap<String, u64>,
 ) -> Vec<Violation> {
     let plugins: Vec<&str> = s.hops.iter().map(|h| h.descriptor.name.as_str()).collect();
     let by = format!(
@@ -332,15 +342,17 @@ fn incomplete(
             continue;
         }
         let quarantine = s.data.map(|data| quarantine_of(data, rel));
-        let lines_of =
-            |root: &Root, rel: &str| open_confined(root, rel).and_then(lines).unwrap_or(0);
-        let source = lines_of(r.install, rel);
+        let installed_lines = |rel: &str| match installed.get(rel) {
+            Some(&lines) => lines,
+            None => lines_of(r.install, rel),
+        };
+        let source = installed_lines(rel);
         let kept = match staged_lines.get(rel) {
             Some(&lines) => lines,
             None => lines_of(r.stage, rel),
         };
         let refused = quarantine.map_or(0, |q| {
-            lines_of(r.stage, &q).saturating_sub(lines_of(r.install, &q))
+            lines_of(r.stage, &q).saturating_sub(installed_lines(&q))
         });
         if kept + refused != source {
             missing(
@@ -350,6 +362,28 @@ fn incomplete(
         }
     }
     out
+}
+
+/// The lines of each installation file [`incomplete`] compares with: every migrated `*.jsonl`
+/// file and its quarantine file (0 for one that cannot be read, or is not there).
+fn installation_lines(s: &Staged, install: &Root) -> HashMap<String, u64> {
+    let mut counts = HashMap::new();
+    for rel in s.data_files {
+        if s.removals.contains(rel) || !rel.ends_with(".jsonl") {
+            continue;
+        }
+        counts.insert(rel.clone(), lines_of(install, rel));
+        if let Some(q) = s.data.map(|data| quarantine_of(data, rel)) {
+            let n = lines_of(install, &q);
+            counts.insert(q, n);
+        }
+    }
+    counts
+}
+
+/// Lines of the file `rel` below `root`, opened confined; 0 when it cannot be read.
+fn lines_of(root: &Root, rel: &str) -> u64 {
+    open_confined(root, rel).and_then(lines).unwrap_or(0)
 }
 
 /// Lines of a file, a last line without its newline included.
