@@ -570,7 +570,7 @@ fn options(
 /// the target they name.
 #[allow(clippy::too_many_arguments)]
 async fn migrate(
-    (registry, _): &(Arc<Registry>, Option<Isolation>),
+    (registry, described): &(Arc<Registry>, Option<Isolation>),
     settings: &Settings,
     mut target: Target,
     run: &RunArgs,
@@ -623,7 +623,16 @@ async fn migrate(
     } else {
         Mode::Commit
     };
-    Ok(migrator.execute(target, mode).await?)
+    let mut result = migrator.execute(target, mode).await?;
+    // Plugin code also ran in the workers that described the plugin files: the run reports
+    // what held for all of them, not the staging worker's confinement alone.
+    if let Some(described) = described.clone() {
+        result.isolation = Some(match result.isolation.take() {
+            Some(staged) => staged.weakest(described),
+            None => described,
+        });
+    }
+    Ok(result)
 }
 
 /// A migration's result: to `--report`, then as JSON or text; its exit code.

@@ -38,7 +38,46 @@ pub enum SandboxStatus {
     Disabled,
 }
 
+impl SandboxStatus {
+    /// How much it confines: the order [`Isolation::weakest`] compares in.
+    fn strength(self) -> u8 {
+        match self {
+            SandboxStatus::FullyEnforced => 3,
+            SandboxStatus::PartiallyEnforced => 2,
+            SandboxStatus::NotEnforced => 1,
+            SandboxStatus::Disabled => 0,
+        }
+    }
+}
+
 impl Isolation {
+    /// What held for both of two workers: each guarantee only where both had it, the weaker
+    /// sandbox, the higher memory limit (none when one had none), both reasons. A command that
+    /// loads several plugin files describes each in a worker of its own: what it reports must
+    /// not be whichever worker happened to finish last, which could hide one confined less.
+    pub fn weakest(self, other: Isolation) -> Isolation {
+        let reason = match (self.reason, other.reason) {
+            (Some(a), Some(b)) if a != b => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
+        Isolation {
+            worker_process: self.worker_process && other.worker_process,
+            sandbox: if self.sandbox.strength() <= other.sandbox.strength() {
+                self.sandbox
+            } else {
+                other.sandbox
+            },
+            landlock_abi: self.landlock_abi.min(other.landlock_abi),
+            network_denied: self.network_denied && other.network_denied,
+            sockets_denied: self.sockets_denied && other.sockets_denied,
+            memory_limit_bytes: self
+                .memory_limit_bytes
+                .zip(other.memory_limit_bytes)
+                .map(|(a, b)| a.max(b)),
+            reason,
+        }
+    }
+
     /// One line for the text outputs.
     pub fn summary(&self) -> String {
         let sandbox = match self.sandbox {
@@ -60,5 +99,52 @@ impl Isolation {
             text.push_str(&format!(" ({reason})"));
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn confined() -> Isolation {
+        Isolation {
+            worker_process: true,
+            sandbox: SandboxStatus::FullyEnforced,
+            landlock_abi: Some(7),
+            network_denied: true,
+            sockets_denied: true,
+            memory_limit_bytes: Some(512 << 20),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn the_weakest_of_two_workers_keeps_only_what_both_had() {
+        assert_eq!(confined().weakest(confined()), confined());
+        let less = Isolation {
+            sandbox: SandboxStatus::PartiallyEnforced,
+            sockets_denied: false,
+            memory_limit_bytes: Some(1 << 30),
+            reason: Some("no seccomp filter".into()),
+            ..confined()
+        };
+        // Whichever comes last, the weaker worker is what is reported.
+        for (a, b) in [(confined(), less.clone()), (less.clone(), confined())] {
+            let w = a.weakest(b);
+            assert_eq!(w.sandbox, SandboxStatus::PartiallyEnforced);
+            assert!(w.network_denied && !w.sockets_denied);
+            assert_eq!(w.memory_limit_bytes, Some(1 << 30));
+            assert_eq!(w.reason.as_deref(), Some("no seccomp filter"));
+        }
+        let unlimited = Isolation {
+            memory_limit_bytes: None,
+            sandbox: SandboxStatus::Disabled,
+            reason: Some("--no-sandbox".into()),
+            ..confined()
+        };
+        let w = less.weakest(unlimited);
+        assert_eq!(w.sandbox, SandboxStatus::Disabled);
+        assert_eq!(w.memory_limit_bytes, None);
+        assert_eq!(w.reason.as_deref(), Some("no seccomp filter; --no-sandbox"));
     }
 }

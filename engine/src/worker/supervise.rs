@@ -521,7 +521,8 @@ impl WorkerLoader {
         }
     }
 
-    /// What confined the workers that loaded plugins, once one has run.
+    /// What confined the workers that loaded plugins, once one has run: what held for all of
+    /// them ([`Isolation::weakest`]).
     pub fn isolation(&self) -> Option<Isolation> {
         self.isolation.lock().ok().and_then(|i| i.clone())
     }
@@ -560,7 +561,10 @@ impl Loader for WorkerLoader {
             },
         );
         if let (Ok(mut slot), Some(i)) = (self.isolation.lock(), isolation) {
-            *slot = Some(i);
+            *slot = Some(match slot.take() {
+                Some(before) => before.weakest(i),
+                None => i,
+            });
         }
         ran.map_err(|e| format!("loading it in a worker failed: {e}"))?;
         described.unwrap_or_else(|| Err("the worker gave no descriptor".into()))
