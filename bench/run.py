@@ -26,9 +26,10 @@ For each size S (1.0 = 1 GiB of request logs + 1 GiB of safetensors weights), it
 bench/whole_floor.sh measures, with standard tools only, the work besides the records that the
 whole migration's checks need (the least the whole-migration ratio can be on this machine).
 Each size is measured in --repeat rounds (default 3) that alternate the commands; every time
-is the median of its rounds. Every timed command starts the same way (settle): a sync, then new
-file data the size of the tree written and removed, because on this VM what a write costs
-depends on what ran just before it (bench/page_cost.py). It prints and writes to --out: throughput, peak RSS and the ratios
+is the median of its rounds. Every command the bench times starts the same way (settle): a
+sync, then new file data the size of the tree written and removed, because on this VM what a
+write costs depends on what ran just before it (bench/page_cost.py). The validation floor,
+in memory and writing nothing, times itself. It prints and writes to --out: throughput, peak RSS and the ratios
 the targets are stated in. A "### Reading these figures" section already in --out is kept.
 """
 import argparse, hashlib, json, os, platform, shutil, statistics, subprocess, sys, time
@@ -45,7 +46,7 @@ FUSED = None
 GIB = 1 << 30
 
 
-# New file data written and removed before each timed command (see settle), in files of
+# New file data written, then removed, before each timed command (see settle), in files of
 # PRIME_FILE bytes: set per size by bench_size to the tree's size, which covers what any timed
 # command writes (the migration writes less: its output, the backup).
 PRIME = {"dir": None, "bytes": 0}
@@ -59,27 +60,37 @@ def settle():
     1. Writes back the dirty pages of the bench's own copies: a tree copied just before would
        be written back while the command runs, and a command that fsyncs (the data step, the
        migration, `dd`, the rewriter) would wait for it.
-    2. Writes and removes PRIME["bytes"] of new file data, 1 GiB at a time (each file removed
-       at once, so that no writeback starts). On this VM, writing new file data costs several
+    2. Writes PRIME["bytes"] of new file data in files of 1 GiB, then removes them all (a
+       file removed before the next is written would hand that one its pages back, and only
+       1 GiB would be left in the quick state). On this VM, writing new file data costs several
        times more kernel time after a few idle seconds than right after other file data was
        written and removed (bench/page_cost.py: 0.13 against 0.57 s for 512 MiB), and which of
        the two a command met depended on what ran before it: the `cp` baselines ran right after
        the bench removed a scratch copy, the migration after an untimed copy of the tree and
        the in-memory validation floor (its data step took 1.56-1.65 s at 0.5x right after such
        a write, 2.0-2.3 s after 6 idle seconds). Every timed command now starts right after the
-       same write."""
+       same write. What it writes later meets what the machine is in by then: the migration
+       writes its backup seconds after it starts, a `cp` at once, so if anything this counts
+       against migrate."""
     os.sync()
-    left = PRIME["bytes"]
-    path = os.path.join(PRIME["dir"] or ".", "prime.bin")
-    while left > 0:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            for _ in range(min(left, PRIME_FILE) // len(PRIME_BLOCK)):
-                os.write(fd, PRIME_BLOCK)
-        finally:
-            os.close(fd)
+    left, written = PRIME["bytes"], []
+    try:
+        while left > 0:
+            path = os.path.join(PRIME["dir"] or ".", f"prime-{len(written)}.bin")
+            written.append(path)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                for _ in range(min(left, PRIME_FILE) // len(PRIME_BLOCK)):
+                    os.write(fd, PRIME_BLOCK)
+            finally:
+                os.close(fd)
+            left -= PRIME_FILE
+    finally:
+        for path in written:
             os.remove(path)
-        left -= PRIME_FILE
+    # The dirty pages of those files are dropped with them; whatever writeback they started
+    # is waited for here, not in the timed command.
+    os.sync()
 
 
 def run(cmd, **kw):
