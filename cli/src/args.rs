@@ -109,8 +109,9 @@ pub struct GlobalArgs {
     /// another user (they are refused by default); each is reported with a warning.
     #[arg(long, global = true)]
     pub allow_insecure_plugins: bool,
-    /// Run plugin workers without the Landlock sandbox (for debugging a plugin; every output
-    /// says the run was unsandboxed). Plugins still run in a separate worker process.
+    /// Run plugin workers without the sandbox, Landlock and the seccomp filter alike (for
+    /// debugging a plugin; every output says the run was unsandboxed). Plugins still run in a
+    /// separate worker process, under its memory limit.
     #[arg(long, global = true)]
     pub no_sandbox: bool,
 }

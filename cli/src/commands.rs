@@ -40,7 +40,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         global.progress
     }));
     if let Command::Worker = cli.command {
-        return Ok(ExitCode::from_i32(trustformers_migrate::worker::serve()));
+        // Served by `main` before the async runtime starts; here its threads already run,
+        // and the sandbox could not bind them.
+        return Err(MigrateError::usage(
+            "`migrate worker` takes no other argument",
+            "it is started by migrate itself to run plugin code; run another command",
+        )
+        .into());
     }
     let settings = Settings::load(global.config_file.as_deref())?;
     let worker = worker_spec(global, &settings);

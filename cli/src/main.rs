@@ -17,8 +17,29 @@ use trustformers_migrate::{ExitCode, MigrateError};
 
 use args::{Cli, ColorWhen, LogFormat};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // A plugin worker is served before anything starts a thread. It confines itself with
+    // Landlock, which binds the calling thread and the threads it starts later, never threads
+    // already running: under the async runtime, the runtime's threads ran unconfined beside
+    // plugin code, which can run code on another thread of its process (a signal handler).
+    // The supervisor starts it as `migrate worker`, with no other argument.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "worker") {
+        init_logging(LogFormat::Text, 0);
+        std::process::exit(trustformers_migrate::worker::serve());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(cli_main()),
+        Err(e) => {
+            render::eprint_error(&format!("cannot start the async runtime: {e}"));
+            std::process::ExitCode::from(ExitCode::Internal as u8)
+        }
+    }
+}
+
+async fn cli_main() -> std::process::ExitCode {
     let raw: Vec<OsString> = std::env::args_os().collect();
     // Both are needed before clap has parsed anything: to colour (or not) clap's own help and
     // errors, and to answer a command line clap refuses in JSON when JSON was asked for.

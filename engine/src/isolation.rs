@@ -17,14 +17,18 @@ pub struct Isolation {
     /// Whether TCP connect and bind were denied (Landlock ABI 4 and later). Landlock alone does
     /// not restrict UDP, raw or Unix sockets: [`Isolation::sockets_denied`] does.
     pub network_denied: bool,
-    /// Whether a seccomp filter made every `socket()` call fail, whatever its family (UDP,
-    /// raw, packet, netlink, Unix: a connect to a Unix socket such as a container daemon's is
-    /// not a file access, so Landlock does not see it), and `io_uring_setup` with it (a ring
-    /// opens sockets without the `socket()` call).
+    /// Whether a seccomp filter made every `socket()` and `socketpair()` call fail, whatever
+    /// its family (UDP, raw, packet, netlink, Unix: a connect to a Unix socket such as a
+    /// container daemon's is not a file access, so Landlock does not see it), with
+    /// `io_uring_setup` (a ring opens sockets without those calls) and the calls that take or
+    /// drive another process's descriptors (`ptrace`, `process_vm_writev`, `pidfd_getfd`).
+    /// Absent from an older worker's report: false.
+    #[serde(default)]
     pub sockets_denied: bool,
     /// The worker's memory limit (`max_worker_memory_mb`), in bytes.
     pub memory_limit_bytes: Option<u64>,
-    /// Why the sandbox is not fully enforced, when it is not.
+    /// What was not enforced, when something was not: Landlock (wholly or in part), or the
+    /// seccomp filter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -56,10 +60,18 @@ impl Isolation {
     /// loads several plugin files describes each in a worker of its own: what it reports must
     /// not be whichever worker happened to finish last, which could hide one confined less.
     pub fn weakest(self, other: Isolation) -> Isolation {
-        let reason = match (self.reason, other.reason) {
-            (Some(a), Some(b)) if a != b => Some(format!("{a}; {b}")),
-            (a, b) => a.or(b),
-        };
+        // Each reason once, in the order first seen, however many workers are folded in.
+        let mut reasons: Vec<&str> = Vec::new();
+        for part in [&self.reason, &other.reason]
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r.split("; "))
+        {
+            if !reasons.contains(&part) {
+                reasons.push(part);
+            }
+        }
+        let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
         Isolation {
             worker_process: self.worker_process && other.worker_process,
             sandbox: if self.sandbox.strength() <= other.sandbox.strength() {
@@ -90,7 +102,7 @@ impl Isolation {
         if self.sockets_denied {
             text.push_str(", no network (no socket can be opened)");
         } else if self.network_denied {
-            text.push_str(", TCP denied (UDP is not restricted)");
+            text.push_str(", TCP denied (UDP, raw and Unix sockets are not)");
         }
         if let Some(limit) = self.memory_limit_bytes {
             text.push_str(&format!(", memory limit {}", crate::size::human(limit)));
@@ -142,9 +154,15 @@ mod tests {
             reason: Some("--no-sandbox".into()),
             ..confined()
         };
-        let w = less.weakest(unlimited);
+        let w = less.clone().weakest(unlimited);
         assert_eq!(w.sandbox, SandboxStatus::Disabled);
         assert_eq!(w.memory_limit_bytes, None);
         assert_eq!(w.reason.as_deref(), Some("no seccomp filter; --no-sandbox"));
+        // Folding the same worker in again repeats no reason.
+        let again = w.weakest(less);
+        assert_eq!(
+            again.reason.as_deref(),
+            Some("no seccomp filter; --no-sandbox")
+        );
     }
 }

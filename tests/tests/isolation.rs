@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{TcpListener, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -547,11 +547,13 @@ fn unsandboxed_the_escape_and_the_connect_do_happen() {
     let address = listener.local_addr().expect("address").to_string();
     let (udp, udp_address) = udp_listener();
     let (unix, unix_path) = unix_listener(outside.path());
+    let (datagrams, datagram_path) = unix_datagram_socket(outside.path());
     for (mode, to) in [
         ("escape", p(&target).to_owned()),
         ("connect", address),
         ("udp", udp_address),
         ("unix", p(&unix_path).to_owned()),
+        ("pair", p(&datagram_path).to_owned()),
     ] {
         let dir = install();
         let out = run(
@@ -590,15 +592,33 @@ fn unsandboxed_the_escape_and_the_connect_do_happen() {
     let (n, _) = udp
         .recv_from(&mut datagram)
         .expect("unsandboxed, the plugin's datagram arrives");
-    assert!(
-        datagram[..n].starts_with(b"hello from"),
-        "{:?}",
-        &datagram[..n]
-    );
+    assert_greeting(&datagram[..n]);
     assert!(
         unix.accept().is_ok(),
         "unsandboxed, the plugin connected to the Unix socket"
     );
+    let n = datagrams
+        .recv(&mut datagram)
+        .expect("unsandboxed, the datagram from the plugin's socket pair arrives");
+    assert_greeting(&datagram[..n]);
+}
+
+/// What the fixture sends when a breach succeeds.
+fn assert_greeting(received: &[u8]) {
+    assert!(
+        received.starts_with(format!("hello from {NAME}").as_bytes()),
+        "{:?}",
+        String::from_utf8_lossy(received)
+    );
+}
+
+/// A Unix datagram socket bound at `dir/datagrams.sock`, outside any installation, that does
+/// not block: (socket, its path).
+fn unix_datagram_socket(dir: &Path) -> (UnixDatagram, PathBuf) {
+    let path = dir.join("datagrams.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind unix datagram socket");
+    socket.set_nonblocking(true).expect("nonblocking");
+    (socket, path)
 }
 
 /// A UDP socket on 127.0.0.1 that does not block: (socket, its address).
@@ -997,6 +1017,25 @@ fn a_udp_datagram_is_denied() {
     }
 }
 
+/// A datagram sent from a socket pair (made without `socket()`) to a Unix datagram socket
+/// outside the installation is refused by the sandbox: the seccomp filter refuses the pair.
+/// Nothing arrives.
+#[test]
+fn a_datagram_from_a_socket_pair_is_denied() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    let (socket, path) = unix_datagram_socket(outside.path());
+    denied_in_every_rule("pair", p(&path));
+    let mut datagram = [0u8; 64];
+    match socket.recv(&mut datagram) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok(n) => panic!(
+            "a datagram arrived: {:?}",
+            String::from_utf8_lossy(&datagram[..n])
+        ),
+        Err(e) => panic!("the Unix datagram socket failed: {e}"),
+    }
+}
+
 /// A connect to a Unix socket outside the installation (a container engine's, say, would give
 /// its caller the machine) is refused by the sandbox: Landlock does not see it, the seccomp
 /// filter refuses the socket. The listener accepts nothing.
@@ -1238,15 +1277,23 @@ fn every_json_output_that_runs_plugins_reports_the_isolation() {
     }
 }
 
-/// Whether this kernel offers Landlock (the sandbox can be enforced here).
-/// Whether this kernel has seccomp filters: `Seccomp_filters` in /proc/self/status (shown only
-/// by kernels built with them).
+/// Whether this kernel has seccomp filters that can return an errno: asked of the kernel
+/// itself (`SECCOMP_GET_ACTION_AVAIL`), as any kernel since 4.14 answers.
 fn kernel_has_seccomp() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|status| status.lines().any(|l| l.starts_with("Seccomp_filters:")))
-        .unwrap_or(false)
+    const SECCOMP_GET_ACTION_AVAIL: libc::c_ulong = 2;
+    let action: u32 = libc::SECCOMP_RET_ERRNO;
+    // SAFETY: the kernel reads the u32 we point to and writes nothing.
+    unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        ) == 0
+    }
 }
 
+/// Whether this kernel offers Landlock (the sandbox can be enforced here).
 fn kernel_has_landlock() -> bool {
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns
     // the ABI version, or -1.

@@ -1,7 +1,7 @@
 //! Plugin code runs only in worker processes: the process the operator started (the
 //! supervisor) never loads a third-party library. A worker is this same program started as
-//! `migrate worker` ([`serve`](mod@serve)); it confines itself ([`sandbox`]: Landlock and a memory
-//! limit), then answers one request over the [`protocol`]: describe a plugin file, or stage a
+//! `migrate worker` ([`serve`](mod@serve)); it confines itself ([`sandbox`]: Landlock, a seccomp
+//! filter and a memory limit), then answers one request over the [`protocol`]: describe a plugin file, or stage a
 //! whole plan. The supervisor side ([`supervise`]) watches it: deadline, stall limit,
 //! cancellation, and a report naming the plugin and the file when a worker dies.
 

@@ -22,8 +22,10 @@ use crate::report::StepResult;
 /// Names the protocol in the handshake.
 pub const PROTOCOL: &str = "trustformers-migrate-worker";
 /// Semver of the protocol: a peer whose major differs is refused. 1.1.0: a worker's error
-/// carries its typed cause ([`WireCause`]); a 1.0 answer without one still reads.
-pub const VERSION: &str = "1.1.0";
+/// carries its typed cause ([`WireCause`]); a 1.0 answer without one still reads. 1.2.0: the
+/// isolation a worker reports says whether sockets were denied (absent from an older worker's:
+/// false).
+pub const VERSION: &str = "1.2.0";
 /// Largest frame either side accepts: a plan or a step result is far smaller.
 pub const MAX_FRAME: usize = 16 << 20;
 

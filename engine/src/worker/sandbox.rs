@@ -1,7 +1,13 @@
 //! The worker confines itself before it loads any plugin: Landlock (read the installation, the
 //! plugin files and the system's libraries; write only the staging folder; no TCP), a seccomp
 //! filter (no socket of any kind), and a memory limit. What the kernel enforced is reported,
-//! never assumed: on a kernel without Landlock the worker runs unsandboxed and says so.
+//! never assumed: on a kernel without Landlock the file rules are not enforced and the worker
+//! says so (the seccomp filter still applies where the kernel has seccomp).
+//!
+//! Landlock binds the calling thread and the threads it starts later, never threads already
+//! running: the worker must confine itself while it is the process's only thread (`migrate`
+//! serves it before it starts its async runtime), and a worker that finds other threads
+//! running reports its sandbox as partially enforced.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +44,8 @@ pub fn confine(c: &Confinement) -> Isolation {
     if !c.sandbox {
         return isolation;
     }
+    // Counted before Landlock: threads running now stay outside it.
+    let threads = thread_count();
     match landlock(&c.read, &c.write) {
         Ok((status, network)) => {
             isolation.sandbox = match status {
@@ -45,9 +53,18 @@ pub fn confine(c: &Confinement) -> Isolation {
                 RulesetStatus::PartiallyEnforced => SandboxStatus::PartiallyEnforced,
                 RulesetStatus::NotEnforced => SandboxStatus::NotEnforced,
             };
-            isolation.network_denied = network && status != RulesetStatus::NotEnforced;
+            // TCP rules came with ABI 4: an older Landlock enforces the file rules alone.
+            isolation.network_denied = network
+                && status != RulesetStatus::NotEnforced
+                && isolation.landlock_abi >= Some(4);
             if status == RulesetStatus::NotEnforced {
                 isolation.reason = Some("this kernel does not enforce Landlock".into());
+            } else if threads != Some(1) {
+                isolation.sandbox = SandboxStatus::PartiallyEnforced;
+                isolation.reason = Some(format!(
+                    "{} threads were running before Landlock was applied, and it does not bind them",
+                    threads.map_or_else(|| "an unknown number of".to_owned(), |n| n.to_string())
+                ));
             }
         }
         Err(e) => {
@@ -69,23 +86,55 @@ pub fn confine(c: &Confinement) -> Isolation {
     isolation
 }
 
-/// Makes `socket()` and `io_uring_setup()` fail with EACCES ("Permission denied") in every
-/// thread of the worker, now and later.
+/// This process's thread count, from /proc (`None` when it cannot be read).
+fn thread_count() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Threads:"))?;
+    line["Threads:".len()..].trim().parse().ok()
+}
+
+/// Makes the calls that open a socket, or reach one another process holds, fail with EACCES
+/// ("Permission denied") in every thread of the worker, now and later.
 ///
 /// Why: Landlock denies TCP only. Through a UDP datagram (a DNS query is one) a plugin could
 /// send the installation's API keys anywhere, and through a Unix socket it could ask a local
 /// daemon (a container engine's, say) to do what the sandbox forbids: connecting to one is not
 /// a file access, so Landlock does not see it. The worker needs no socket at all (its protocol
-/// is the pipes it was started with), so none may be opened. An io_uring ring could open one
-/// without calling `socket()`, so no ring either. A call in another ABI (the 32-bit one, through
-/// `int 0x80`) kills the worker: the filter checks the architecture first. x32 numbers
-/// (x86-64 ABI, bit 30 set) are listed too, for kernels built with it.
+/// is the pipes it was started with), so none may be opened: not by `socket()`, not by
+/// `socketpair()` (a datagram pair can still send to any socket with a path), not through an
+/// io_uring ring (which opens sockets without either call). Nor may it take or drive another
+/// process's descriptors (`pidfd_getfd`, `ptrace`, `process_vm_writev`, and their reading
+/// twin), which Landlock forbids only where it is enforced. A call in another ABI (the 32-bit
+/// one, through `int 0x80`) kills the worker: the filter checks the architecture first. The
+/// x32 numbers (x86-64 ABI, bit 30 set, some calls with numbers of their own) are listed too,
+/// for kernels built with it.
 fn deny_sockets() -> Result<(), String> {
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
-    let mut denied = vec![libc::SYS_socket, libc::SYS_io_uring_setup];
+    let mut denied = vec![
+        libc::SYS_socket,
+        libc::SYS_socketpair,
+        libc::SYS_io_uring_setup,
+        libc::SYS_pidfd_getfd,
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+    ];
     if cfg!(target_arch = "x86_64") {
+        // x32's numbers: the common calls at their x86-64 numbers, ptrace and process_vm_*
+        // at numbers of their own (arch/x86/entry/syscalls/syscall_64.tbl).
         const X32: libc::c_long = 0x4000_0000;
-        denied.extend([X32 | libc::SYS_socket, X32 | libc::SYS_io_uring_setup]);
+        denied.extend(
+            [
+                libc::SYS_socket,
+                libc::SYS_socketpair,
+                libc::SYS_io_uring_setup,
+                libc::SYS_pidfd_getfd,
+                521, // ptrace
+                539, // process_vm_readv
+                540, // process_vm_writev
+            ]
+            .map(|nr| X32 | nr),
+        );
     }
     // An empty rule list matches the call whatever its arguments.
     let rules: BTreeMap<i64, Vec<_>> = denied.into_iter().map(|nr| (nr, vec![])).collect();

@@ -31,7 +31,8 @@ pub struct WorkerSpec {
     /// with the `worker` subcommand.
     pub program: PathBuf,
     pub args: Vec<String>,
-    /// Apply the Landlock sandbox (off only with `--no-sandbox`, for debugging).
+    /// Apply the sandbox, Landlock and the seccomp filter (off only with `--no-sandbox`, for
+    /// debugging).
     pub sandbox: bool,
     /// The worker's memory limit (`max_worker_memory_mb`).
     pub memory_limit: Option<u64>,
@@ -338,7 +339,14 @@ fn run(
                             ));
                         }
                     }
-                    Reply::Isolation { isolation: i } => *isolation = Some(i),
+                    // Plugin code can write on this pipe too: a later report can only weaken
+                    // the first, never claim more than the worker's own confinement said.
+                    Reply::Isolation { isolation: i } => {
+                        *isolation = Some(match isolation.take() {
+                            Some(first) => first.weakest(i),
+                            None => i,
+                        })
+                    }
                     Reply::StepStarted {
                         step: name,
                         total_bytes,
