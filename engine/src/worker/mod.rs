@@ -15,9 +15,12 @@ pub use supervise::{WorkerLoader, WorkerSpec};
 
 /// For a program that embeds the engine: when this process was started as a plugin worker
 /// (its first argument is `worker`), serves the request and exits; otherwise returns. Call it
-/// first thing in `main`.
+/// first thing in `main`, before anything starts a thread (an async runtime does): the
+/// worker's Landlock sandbox binds the thread that applies it and the threads it starts
+/// later, never those already running (a worker that finds others reports its sandbox as
+/// partially enforced).
 pub fn serve_if_worker() {
-    if std::env::args().nth(1).as_deref() == Some("worker") {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "worker") {
         std::process::exit(serve());
     }
 }
