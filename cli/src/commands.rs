@@ -633,10 +633,7 @@ async fn migrate(
     // Plugin code also ran in the workers that described the plugin files: the run reports
     // what held for all of them, not the staging worker's confinement alone.
     if let Some(described) = described.clone() {
-        result.isolation = Some(match result.isolation.take() {
-            Some(staged) => staged.weakest(described),
-            None => described,
-        });
+        Isolation::fold(&mut result.isolation, described);
     }
     Ok(result)
 }

@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
     // already running: under the async runtime, the runtime's threads ran unconfined beside
     // plugin code, which can run code on another thread of its process (a signal handler).
     // The supervisor starts it as `migrate worker`, with no other argument.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "worker") {
+    if trustformers_migrate::worker::started_as_worker() {
         init_logging(LogFormat::Text, 0);
         std::process::exit(trustformers_migrate::worker::serve());
     }

@@ -90,6 +90,16 @@ impl Isolation {
         }
     }
 
+    /// Folds `next` into what `slot` holds ([`Isolation::weakest`]), or puts it there when it
+    /// is empty: how every place that hears from several workers, or several reports, keeps
+    /// one.
+    pub fn fold(slot: &mut Option<Isolation>, next: Isolation) {
+        *slot = Some(match slot.take() {
+            Some(held) => held.weakest(next),
+            None => next,
+        });
+    }
+
     /// One line for the text outputs.
     pub fn summary(&self) -> String {
         let sandbox = match self.sandbox {

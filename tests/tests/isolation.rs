@@ -993,10 +993,18 @@ fn a_tcp_connect_is_denied() {
     listener.set_nonblocking(true).expect("nonblocking");
     let address = listener.local_addr().expect("address").to_string();
     denied_in_every_rule("connect", &address);
-    match listener.accept() {
+    nothing_came(listener.accept(), "the TCP listener", |(_, from)| {
+        format!("accepted a connection from {from}")
+    });
+}
+
+/// Panics unless `got`, a non-blocking socket's accept or receive, found nothing there:
+/// `show` says what came instead.
+fn nothing_came<T>(got: std::io::Result<T>, socket: &str, show: impl FnOnce(T) -> String) {
+    match got {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        Ok((_, from)) => panic!("the listener accepted a connection from {from}"),
-        Err(e) => panic!("the listener failed: {e}"),
+        Ok(came) => panic!("{socket} {}", show(came)),
+        Err(e) => panic!("{socket} failed: {e}"),
     }
 }
 
@@ -1007,14 +1015,13 @@ fn a_udp_datagram_is_denied() {
     let (socket, address) = udp_listener();
     denied_in_every_rule("udp", &address);
     let mut datagram = [0u8; 64];
-    match socket.recv_from(&mut datagram) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        Ok((n, from)) => panic!(
-            "a datagram arrived from {from}: {:?}",
+    let got = socket.recv_from(&mut datagram);
+    nothing_came(got, "the UDP socket", |(n, from)| {
+        format!(
+            "got a datagram from {from}: {:?}",
             String::from_utf8_lossy(&datagram[..n])
-        ),
-        Err(e) => panic!("the UDP socket failed: {e}"),
-    }
+        )
+    });
 }
 
 /// A datagram sent from a socket pair (made without `socket()`) to a Unix datagram socket
@@ -1026,14 +1033,13 @@ fn a_datagram_from_a_socket_pair_is_denied() {
     let (socket, path) = unix_datagram_socket(outside.path());
     denied_in_every_rule("pair", p(&path));
     let mut datagram = [0u8; 64];
-    match socket.recv(&mut datagram) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        Ok(n) => panic!(
-            "a datagram arrived: {:?}",
+    let got = socket.recv(&mut datagram);
+    nothing_came(got, "the Unix datagram socket", |n| {
+        format!(
+            "got a datagram: {:?}",
             String::from_utf8_lossy(&datagram[..n])
-        ),
-        Err(e) => panic!("the Unix datagram socket failed: {e}"),
-    }
+        )
+    });
 }
 
 /// A connect to a Unix socket outside the installation (a container engine's, say, would give
@@ -1044,11 +1050,9 @@ fn a_unix_socket_connect_is_denied() {
     let outside = tempfile::tempdir().expect("tempdir");
     let (listener, path) = unix_listener(outside.path());
     denied_in_every_rule("unix", p(&path));
-    match listener.accept() {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        Ok(_) => panic!("the Unix socket accepted a connection"),
-        Err(e) => panic!("the Unix socket failed: {e}"),
-    }
+    nothing_came(listener.accept(), "the Unix socket", |_| {
+        "accepted a connection".to_owned()
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

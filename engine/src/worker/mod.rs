@@ -20,7 +20,14 @@ pub use supervise::{WorkerLoader, WorkerSpec};
 /// later, never those already running (a worker that finds others reports its sandbox as
 /// partially enforced).
 pub fn serve_if_worker() {
-    if std::env::args_os().nth(1).is_some_and(|a| a == "worker") {
+    if started_as_worker() {
         std::process::exit(serve());
     }
+}
+
+/// Whether this process was started as a plugin worker: its first argument is `worker`, as
+/// the supervisor starts it ([`WorkerSpec`]). For a `main` that sets something up (logging)
+/// before it serves the worker itself.
+pub fn started_as_worker() -> bool {
+    std::env::args_os().nth(1).is_some_and(|a| a == "worker")
 }

@@ -341,12 +341,7 @@ fn run(
                     }
                     // Plugin code can write on this pipe too: a later report can only weaken
                     // the first, never claim more than the worker's own confinement said.
-                    Reply::Isolation { isolation: i } => {
-                        *isolation = Some(match isolation.take() {
-                            Some(first) => first.weakest(i),
-                            None => i,
-                        })
-                    }
+                    Reply::Isolation { isolation: i } => Isolation::fold(isolation, i),
                     Reply::StepStarted {
                         step: name,
                         total_bytes,
@@ -569,10 +564,7 @@ impl Loader for WorkerLoader {
             },
         );
         if let (Ok(mut slot), Some(i)) = (self.isolation.lock(), isolation) {
-            *slot = Some(match slot.take() {
-                Some(before) => before.weakest(i),
-                None => i,
-            });
+            Isolation::fold(&mut slot, i);
         }
         ran.map_err(|e| format!("loading it in a worker failed: {e}"))?;
         described.unwrap_or_else(|| Err("the worker gave no descriptor".into()))
