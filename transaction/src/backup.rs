@@ -223,7 +223,7 @@ pub fn create(req: &BackupRequest) -> Result<PathBuf> {
     Ok(req.dir.join(final_name))
 }
 
-/// Writes the archive and `metadata.json` into the `.partial` folder.
+/// Writes the archive and `metadata.json` into the `.partial` folder, then reads them back.
 fn fill(req: &BackupRequest, partial: &Root, now: time::OffsetDateTime) -> Result<()> {
     let ts = now.unix_timestamp().max(0) as u64;
     let archive = match req.encrypt_to {
@@ -277,6 +277,31 @@ fn fill(req: &BackupRequest, partial: &Root, now: time::OffsetDateTime) -> Resul
             partial.join(METADATA).display()
         )))?;
     partial.sync();
+    read_back(partial)
+}
+
+/// Reads the backup just written back from the disk, as a restore would find it: its
+/// `metadata.json` reads, and its archive hashes to the sha256 taken as it was written. (That
+/// those bytes decompress into the entries written was checked as they were written:
+/// [`write_archive`].) For an encrypted archive, that is as far as a box that holds only the
+/// public keys can check it.
+fn read_back(partial: &Root) -> Result<()> {
+    let meta = read_metadata_at(partial)?;
+    let path = partial.join(&meta.archive);
+    let mut file = Hashing::new(partial.open_read(&meta.archive, None)?);
+    io::copy(&mut file, &mut io::sink())
+        .map_err(io_err(format!("cannot read {}", path.display())))?;
+    if file.hex() != meta.archive_sha256 {
+        return Err(Error::invalid(
+            &path,
+            format!(
+                "the archive on disk (sha256 {}) is not the one just written ({})",
+                file.hex(),
+                meta.archive_sha256
+            ),
+            "the backup disk is failing; nothing in the installation changed; use another --backup-dir",
+        ));
+    }
     Ok(())
 }
 
@@ -320,10 +345,72 @@ fn unique_name(dir: &Root, name: &str) -> Result<String> {
     Ok(candidate)
 }
 
+/// Writes the archive `name` into `partial` and syncs it; returns what it holds and the sha256
+/// of its bytes.
+///
+/// A plain archive is read back as it is written: a copy of every compressed byte goes to a
+/// thread that decompresses it, every zstd frame's content checksum holding, into exactly the
+/// entries written, of their sizes (see [`entries_in`]). Read back after it was written, the
+/// decompression was a step of its own on one core (zstd decompresses a frame serially),
+/// while here it fills the time that zstd's workers and the reading of the files leave idle.
+/// That the file holds these very bytes is checked by [`read_back`], once it is synced.
 fn write_archive(
     req: &BackupRequest,
     partial: &Root,
     name: &str,
+) -> Result<(Vec<FileRecord>, String)> {
+    let path = partial.join(name);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(TEE_DEPTH);
+        let (copy, checking) = match req.encrypt_to {
+            None => (
+                Some(tx),
+                Some(scope.spawn(move || entries_in(Received::new(rx)))),
+            ),
+            Some(_) => (None, None),
+        };
+        let written = write_entries(req, partial, name, copy);
+        let seen = checking.map(|c| {
+            c.join()
+                .unwrap_or_else(|_| Err("the thread reading it back panicked".into()))
+        });
+        let (records, sha) = written?;
+        if let Some(seen) = seen {
+            let read_back = seen.and_then(|seen| {
+                let listed: Vec<(&str, u64)> =
+                    records.iter().map(|r| (r.path.as_str(), r.size)).collect();
+                let found: Vec<(&str, u64)> = seen.iter().map(|(p, n)| (p.as_str(), *n)).collect();
+                match listed == found {
+                    true => Ok(()),
+                    false => Err(format!(
+                        "it holds the entries {found:?} (path, bytes), not the {listed:?} written"
+                    )),
+                }
+            });
+            read_back.map_err(|why| {
+                Error::invalid(
+                    &path,
+                    format!("the archive just written does not read back: {why}"),
+                    "nothing in the installation changed and the backup was not kept; check the backup disk (or pass --backup-dir with another folder) and run the migration again",
+                )
+            })?;
+        }
+        Ok((records, sha))
+    })
+}
+
+/// Compressed pieces that may wait for the thread reading the archive back (each at most what
+/// the zstd encoder writes at once, about 128 KiB): the writer waits when it is that far ahead.
+const TEE_DEPTH: usize = 32;
+
+/// [`write_archive`]'s writing: each file of the request into the tar stream, compressed (and
+/// encrypted when asked), a copy of the compressed bytes sent to `copy` when given. Dropping
+/// the copy's sender, here, ends the stream the reading thread sees.
+fn write_entries(
+    req: &BackupRequest,
+    partial: &Root,
+    name: &str,
+    copy: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
 ) -> Result<(Vec<FileRecord>, String)> {
     let path = partial.join(name);
     let err = |e: io::Error| {
@@ -337,7 +424,7 @@ fn write_archive(
         partial.create_new(name, 0o600)?,
     ));
     // The zstd stream goes into the age stream, if any: no plaintext reaches the file.
-    let out = Sealed::new(out, req.encrypt_to).map_err(err)?;
+    let out = Sealed::new(Tee { inner: out, copy }, req.encrypt_to).map_err(err)?;
     let mut builder = tar::Builder::new(Frames::new(out, LEVEL).map_err(err)?);
     let mut records = Vec::with_capacity(req.files.len());
     for rel in &req.files {
@@ -369,7 +456,7 @@ fn write_archive(
         });
     }
     let encoder = builder.into_inner().map_err(err)?;
-    let out = encoder.finish().map_err(err)?.finish().map_err(err)?;
+    let out = encoder.finish().map_err(err)?.finish().map_err(err)?.inner;
     let sha = out.hex();
     let file = out
         .into_inner()
@@ -377,6 +464,89 @@ fn write_archive(
         .map_err(|e| err(e.into_error()))?;
     file.sync_all().map_err(err)?;
     Ok((records, sha))
+}
+
+/// The compressed stream on its way to the file, with a copy of every byte written sent to
+/// the thread reading the archive back. Should that thread stop (it found the stream
+/// damaged), the copies stop and the writing goes on: its finding is reported at the end.
+struct Tee<W: Write> {
+    inner: W,
+    copy: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl<W: Write> Write for Tee<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(copy) = &self.copy {
+            if copy.send(buf[..n].to_vec()).is_err() {
+                self.copy = None;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The reading end of a [`Tee`]: the bytes sent, in order, then the end of the stream once
+/// the sending end is dropped (whether or not the writing finished: a stream cut short fails
+/// to decompress).
+struct Received {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    piece: Vec<u8>,
+    at: usize,
+}
+
+impl Received {
+    fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Received {
+        Received {
+            rx,
+            piece: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for Received {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.piece.len() {
+            match self.rx.recv() {
+                Ok(piece) => (self.piece, self.at) = (piece, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.piece.len() - self.at);
+        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Decompresses the archive stream `compressed` to its end (every frame's content checksum
+/// is checked as its end is read) and lists its entries, path and size, in order; each must be
+/// a regular file with a safe path.
+fn entries_in(compressed: impl Read) -> std::result::Result<Vec<(String, u64)>, String> {
+    let mut decoder = zstd::Decoder::new(compressed).map_err(|e| format!("not zstd: {e}"))?;
+    let mut seen = Vec::new();
+    for entry in tar::Archive::new(&mut decoder)
+        .entries()
+        .map_err(|e| format!("unreadable tar: {e}"))?
+    {
+        let mut entry = entry.map_err(|e| format!("unreadable tar entry: {e}"))?;
+        let rel = safe_entry_path(&entry)?;
+        if !matches!(entry.header().entry_type(), tar::EntryType::Regular) {
+            return Err(link_refusal(&entry, &rel));
+        }
+        let size = io::copy(&mut entry, &mut io::sink())
+            .map_err(|e| format!("`{rel}`: truncated or corrupt data ({e})"))?;
+        seen.push((rel, size));
+    }
+    // To the end of the stream: the last frame's checksum comes after the tar's end.
+    io::copy(&mut decoder, &mut io::sink())
+        .map_err(|e| format!("corrupt data after the last entry ({e})"))?;
+    Ok(seen)
 }
 
 /// zstd level for what compresses: level 3 is the `zstd -3` the benchmark compares with.
@@ -417,8 +587,12 @@ impl<W: Write> Frames<W> {
         })
     }
 
+    /// Each frame carries the checksum of its content, which every zstd reader checks: the
+    /// read-back as the archive is written relies on it (see [`write_archive`]), and a
+    /// restore gets it on top of the entries' sha256.
     fn encoder(out: W, level: i32) -> io::Result<zstd::Encoder<'static, W>> {
         let mut encoder = zstd::Encoder::new(out, level)?;
+        encoder.include_checksum(true)?;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
         encoder.multithread(threads)?;
         Ok(encoder)
@@ -820,11 +994,10 @@ mod tests {
         );
     }
 
-    /// Random weights between two compressible files: the stream switches level twice, and
-    /// the archive still verifies and extracts byte for byte.
-    #[test]
-    fn incompressible_files_get_their_own_frame_and_round_trip() {
-        let root = tempfile::tempdir().unwrap();
+    /// A backup of `a.jsonl`, random weights and `z.jsonl` under `root`: the stream switches
+    /// level twice (three frames, the middle one of data that does not compress). Returns the
+    /// backup folder, the text of both logs and the weights.
+    fn mixed_backup(root: &Path) -> (PathBuf, String, Vec<u8>) {
         let text = "{\"id\":\"req\",\"latency_ms\":1}\n".repeat(100_000);
         let mut weights = vec![0u8; 3 << 20];
         let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -834,20 +1007,20 @@ mod tests {
             x ^= x << 17;
             *b = x as u8;
         }
-        std::fs::write(root.path().join("a.jsonl"), &text).unwrap();
-        std::fs::write(root.path().join("w.safetensors"), &weights).unwrap();
-        std::fs::write(root.path().join("z.jsonl"), &text).unwrap();
-        let compresses_at = |rel: &str| compresses(&File::open(root.path().join(rel)).unwrap());
+        std::fs::write(root.join("a.jsonl"), &text).unwrap();
+        std::fs::write(root.join("w.safetensors"), &weights).unwrap();
+        std::fs::write(root.join("z.jsonl"), &text).unwrap();
+        let compresses_at = |rel: &str| compresses(&File::open(root.join(rel)).unwrap());
         assert!(compresses_at("a.jsonl"));
         assert!(!compresses_at("w.safetensors"));
-        let r = root.path().to_path_buf();
+        let r = root.to_path_buf();
         let open = move |rel: &str| confine::open_regular(&r.join(rel), None);
-        let dir = root.path().join("backups");
+        let dir = root.join("backups");
         let files: Vec<String> = ["a.jsonl", "w.safetensors", "z.jsonl"]
             .map(String::from)
             .to_vec();
         let backup = create(&BackupRequest {
-            root: root.path(),
+            root,
             dir: &dir,
             kind: "full",
             from: "0.1.0",
@@ -861,12 +1034,35 @@ mod tests {
             encrypt_to: None,
         })
         .unwrap();
+        (backup, text, weights)
+    }
+
+    /// The zstd frames of `archive`, in order.
+    fn frames(archive: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < archive.len() {
+            let n = zstd::zstd_safe::find_frame_compressed_size(&archive[at..]).unwrap();
+            out.push(at..at + n);
+            at += n;
+        }
+        out
+    }
+
+    /// Random weights between two compressible files: the archive still verifies and
+    /// extracts byte for byte.
+    #[test]
+    fn incompressible_files_get_their_own_frame_and_round_trip() {
+        let root = tempfile::tempdir().unwrap();
+        let (backup, text, weights) = mixed_backup(root.path());
         let meta = verify(&backup).unwrap();
         assert_eq!(meta.files.len(), 3);
-        let archive = std::fs::metadata(backup.join(ARCHIVE)).unwrap().len();
+        let archive = std::fs::read(backup.join(ARCHIVE)).unwrap();
+        assert_eq!(frames(&archive).len(), 3, "a frame per level");
         assert!(
-            archive < (weights.len() + text.len()) as u64,
-            "text compressed: {archive}"
+            archive.len() < weights.len() + text.len(),
+            "text compressed: {}",
+            archive.len()
         );
         let staging = Staging::create(&root.path().join(".migrate")).unwrap();
         extract(&backup, &staging).unwrap();
@@ -878,6 +1074,100 @@ mod tests {
             std::fs::read_to_string(staging.dir().join("z.jsonl")).unwrap(),
             text
         );
+    }
+
+    /// The read-back as the archive is written hashes no entry: it rests on every frame
+    /// carrying the checksum of its content (the header's Content_Checksum_flag, bit 2 of
+    /// the byte after the magic number), which decompression checks.
+    #[test]
+    fn every_frame_carries_the_checksum_of_its_content() {
+        let root = tempfile::tempdir().unwrap();
+        let (backup, _, _) = mixed_backup(root.path());
+        let archive = std::fs::read(backup.join(ARCHIVE)).unwrap();
+        for frame in frames(&archive) {
+            let header = &archive[frame.start..frame.start + 5];
+            assert_eq!(
+                header[..4],
+                [0x28, 0xb5, 0x2f, 0xfd],
+                "zstd magic at {frame:?}"
+            );
+            assert_ne!(
+                header[4] & 0b100,
+                0,
+                "no content checksum in the frame at {frame:?}"
+            );
+        }
+    }
+
+    /// What the read-back as the archive is written finds: the entries of an intact stream,
+    /// in order with their sizes; an error for a byte flipped in the stored weights (the
+    /// middle frame holds them as written, so that only its checksum can tell), a byte
+    /// flipped in the last frame's checksum (after the tar's end: the stream is read to its
+    /// end), or a stream cut short.
+    #[test]
+    fn the_stream_read_back_lists_its_entries_and_refuses_a_damaged_one() {
+        let root = tempfile::tempdir().unwrap();
+        let (backup, text, weights) = mixed_backup(root.path());
+        let archive = std::fs::read(backup.join(ARCHIVE)).unwrap();
+        let listed = |names: [&str; 3], sizes: [usize; 3]| -> Vec<(String, u64)> {
+            names
+                .iter()
+                .zip(sizes)
+                .map(|(n, s)| (n.to_string(), s as u64))
+                .collect()
+        };
+        assert_eq!(
+            entries_in(&archive[..]).unwrap(),
+            listed(
+                ["a.jsonl", "w.safetensors", "z.jsonl"],
+                [text.len(), weights.len(), text.len()]
+            )
+        );
+        let frames = frames(&archive);
+        let flipped = |at: usize| {
+            let mut bad = archive.clone();
+            bad[at] ^= 0x10;
+            entries_in(&bad[..]).unwrap_err()
+        };
+        let middle = &frames[1];
+        let stored = flipped((middle.start + middle.end) / 2);
+        assert!(stored.contains("checksum"), "{stored}");
+        let last = flipped(archive.len() - 1);
+        assert!(last.contains("checksum"), "{last}");
+        assert!(entries_in(&archive[..archive.len() - 100]).is_err());
+    }
+
+    /// A file whose size changes while it is archived (here one that reads longer than its
+    /// size says, as a log still written to would) makes a stream that does not read back as
+    /// written: the backup is refused, and nothing of it is kept.
+    #[test]
+    fn a_file_changing_while_archived_is_refused_and_nothing_kept() {
+        let (_base, root, _) = tree();
+        let open = |_: &str| confine::open_regular(Path::new("/proc/self/status"), None);
+        let dir = root.join("backups");
+        let e = create(&request(&root, &dir, &open))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not read back"), "{e}");
+        assert!(e.contains("nothing in the installation changed"), "{e}");
+        assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+    }
+
+    /// The archive on disk must be the bytes written: a byte changed there after the writing
+    /// is refused by the read-back from the disk, which names the file.
+    #[test]
+    fn an_archive_changed_on_disk_is_refused_by_the_read_back() {
+        let root = tempfile::tempdir().unwrap();
+        let (backup, _, _) = mixed_backup(root.path());
+        let path = backup.join(ARCHIVE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = read_back(&Root::open(&backup).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not the one just written"), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
     }
 
     /// A request backing up `a.jsonl` of `root` into `dir`.

@@ -260,7 +260,8 @@ impl Transaction {
 /// The backup of a prepared swap: the files it replaces or removes, read from the journal's
 /// kept originals (hard links to them), and the sha256 of everything it writes, read from its
 /// staging. Used by the migration before the swap and by `recover --forward` when the run died
-/// before its backup was done. The backup is verified before its path is returned.
+/// before its backup was done. The backup is read back before its path is returned
+/// ([`backup::create`]).
 pub fn back_up(root: &Root, journal: &Journal, dir: &Path, kind: &str) -> Result<PathBuf> {
     let of = |action: &dyn Fn(Action) -> bool| -> Vec<String> {
         journal
@@ -296,39 +297,7 @@ pub fn back_up(root: &Root, journal: &Journal, dir: &Path, kind: &str) -> Result
         open_written: &open_written,
         encrypt_to: to.as_ref(),
     })?;
-    match &to {
-        // The box holds only public keys: what it can check is that the file on disk is
-        // the ciphertext that was written.
-        Some(_) => check_ciphertext(&path)?,
-        None => {
-            backup::verify(&path)?;
-        }
-    }
     Ok(path)
-}
-
-/// An encrypted backup as far as a box without its identity can check it: `metadata.json`
-/// reads, and the archive on disk hashes to the `archive_sha256` recorded as it was written.
-fn check_ciphertext(backup_dir: &Path) -> Result<()> {
-    // Opened as every backup is read: no link followed on the way to the archive.
-    let folder = backup::open_backup(None, backup_dir)?;
-    let meta = backup::read_metadata_at(&folder)?;
-    let path = backup_dir.join(&meta.archive);
-    let mut reader = crate::fsutil::Hashing::new(folder.open_read(&meta.archive, None)?);
-    std::io::copy(&mut reader, &mut std::io::sink())
-        .map_err(io(format!("cannot read {}", path.display())))?;
-    if reader.hex() != meta.archive_sha256 {
-        return Err(Error::invalid(
-            &path,
-            format!(
-                "the archive on disk (sha256 {}) is not the one just written ({})",
-                reader.hex(),
-                meta.archive_sha256
-            ),
-            "the backup disk is failing; nothing in the installation changed; use another --backup-dir",
-        ));
-    }
-    Ok(())
 }
 
 /// Reads and checks the journal of `root`, if there is one: a regular file owned by this user
