@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::confine::{self, Kind, Root};
 use crate::encrypt::{self, Encryption, Identities, Recipients, Sealed};
 use crate::error::{io as io_err, Error, Result};
-use crate::fsutil::{self, Hashing};
+use crate::fsutil::{self, Ahead, Hashing, Spare};
 use crate::identity::{host_name, user_name};
 use crate::staging::Staging;
 
@@ -277,29 +277,40 @@ fn fill(req: &BackupRequest, partial: &Root, now: time::OffsetDateTime) -> Resul
             partial.join(METADATA).display()
         )))?;
     partial.sync();
-    read_back(partial)
+    read_back(partial, &meta, &bytes)
 }
 
-/// Reads the backup just written back from the disk, as a restore would find it: its
-/// `metadata.json` reads, and its archive hashes to the sha256 taken as it was written. (That
+/// Reads the backup just written back from the disk: `metadata.json` must hold the very bytes
+/// written (`written`), and the archive must hash to the sha256 taken as it was written. (That
 /// those bytes decompress into the entries written was checked as they were written:
-/// [`write_archive`].) For an encrypted archive, that is as far as a box that holds only the
-/// public keys can check it.
-fn read_back(partial: &Root) -> Result<()> {
-    let meta = read_metadata_at(partial)?;
+/// [`write_archive`].)
+fn read_back(partial: &Root, meta: &BackupMetadata, written: &[u8]) -> Result<()> {
+    let failing = |path: &Path, what: String| {
+        Error::invalid(
+            path,
+            what,
+            "the backup disk is failing; nothing in the installation changed and the backup was not kept; check that disk (or use another backup folder) and run the command again",
+        )
+    };
+    let on_disk = partial.read(METADATA, MAX_METADATA)?;
+    if on_disk != written {
+        return Err(failing(
+            &partial.join(METADATA),
+            "does not read back as written".into(),
+        ));
+    }
     let path = partial.join(&meta.archive);
     let mut file = Hashing::new(partial.open_read(&meta.archive, None)?);
     io::copy(&mut file, &mut io::sink())
         .map_err(io_err(format!("cannot read {}", path.display())))?;
     if file.hex() != meta.archive_sha256 {
-        return Err(Error::invalid(
+        return Err(failing(
             &path,
             format!(
                 "the archive on disk (sha256 {}) is not the one just written ({})",
                 file.hex(),
                 meta.archive_sha256
             ),
-            "the backup disk is failing; nothing in the installation changed; use another --backup-dir",
         ));
     }
     Ok(())
@@ -348,53 +359,38 @@ fn unique_name(dir: &Root, name: &str) -> Result<String> {
 /// Writes the archive `name` into `partial` and syncs it; returns what it holds and the sha256
 /// of its bytes.
 ///
-/// A plain archive is read back as it is written: a copy of every compressed byte goes to a
-/// thread that decompresses it, every zstd frame's content checksum holding, into exactly the
-/// entries written, of their sizes (see [`entries_in`]). Read back after it was written, the
-/// decompression was a step of its own on one core (zstd decompresses a frame serially),
-/// while here it fills the time that zstd's workers and the reading of the files leave idle.
-/// That the file holds these very bytes is checked by [`read_back`], once it is synced.
+/// The archive is read back as it is written: a copy of the zstd stream (before any
+/// encryption) goes to a thread that decompresses it, every frame's 32-bit content checksum
+/// holding, into exactly the entries written, of their sizes (see [`entries_in`]). Read back
+/// after the writing, the decompression was a step of its own on one core (zstd decompresses a
+/// frame serially); here it fills the time that zstd's workers and the reading of the files
+/// leave idle. That the file holds these very bytes is checked by [`read_back`], once synced.
 fn write_archive(
     req: &BackupRequest,
     partial: &Root,
     name: &str,
 ) -> Result<(Vec<FileRecord>, String)> {
-    let path = partial.join(name);
+    let spare = Spare::new(TEE_DEPTH + 2);
+    let hung_up = std::cell::Cell::new(false);
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(TEE_DEPTH);
-        let (copy, checking) = match req.encrypt_to {
-            None => (
-                Some(tx),
-                Some(scope.spawn(move || entries_in(Received::new(rx)))),
-            ),
-            Some(_) => (None, None),
+        let (tx, rx) = std::sync::mpsc::sync_channel(TEE_DEPTH);
+        let spare = &spare;
+        let reading = scope.spawn(move || entries_in(Ahead::new(rx, spare)));
+        let copies = Copies {
+            to: Some(tx),
+            spare,
+            hung_up: &hung_up,
         };
-        let written = write_entries(req, partial, name, copy);
-        let seen = checking.map(|c| {
-            c.join()
-                .unwrap_or_else(|_| Err("the thread reading it back panicked".into()))
-        });
-        let (records, sha) = written?;
-        if let Some(seen) = seen {
-            let read_back = seen.and_then(|seen| {
-                let listed: Vec<(&str, u64)> =
-                    records.iter().map(|r| (r.path.as_str(), r.size)).collect();
-                let found: Vec<(&str, u64)> = seen.iter().map(|(p, n)| (p.as_str(), *n)).collect();
-                match listed == found {
-                    true => Ok(()),
-                    false => Err(format!(
-                        "it holds the entries {found:?} (path, bytes), not the {listed:?} written"
-                    )),
-                }
-            });
-            read_back.map_err(|why| {
-                Error::invalid(
-                    &path,
-                    format!("the archive just written does not read back: {why}"),
-                    "nothing in the installation changed and the backup was not kept; check the backup disk (or pass --backup-dir with another folder) and run the migration again",
-                )
-            })?;
-        }
+        let written = write_entries(req, partial, name, copies);
+        let found = reading
+            .join()
+            .unwrap_or_else(|_| Err("the thread reading it back panicked".into()));
+        // Once the reading stopped, so did the writing: its error then only says that.
+        let ((records, sha), found) = match (written, found) {
+            (Err(_), Err(why)) if hung_up.get() => return Err(unreadable(req, None, why)),
+            (written, found) => (written?, found.map_err(|why| unreadable(req, None, why))?),
+        };
+        same_entries(req, &records, &found)?;
         Ok((records, sha))
     })
 }
@@ -403,14 +399,73 @@ fn write_archive(
 /// the zstd encoder writes at once, about 128 KiB): the writer waits when it is that far ahead.
 const TEE_DEPTH: usize = 32;
 
+/// The archive just written does not read back as written: named by the installation file
+/// whose entry differs (`rel`), or else the backup folder.
+fn unreadable(req: &BackupRequest, rel: Option<&str>, why: String) -> Error {
+    let file = rel.map_or_else(|| req.dir.to_path_buf(), |rel| req.root.join(rel));
+    Error::invalid(
+        file,
+        format!("the backup's archive does not read back as written: {why}"),
+        "nothing in the installation changed and the backup was not kept; a file that changes while it is archived does this (is the server still writing to it? stop it), else the disk holding the backups is failing; then run the command again",
+    )
+}
+
+/// The entries read back (`found`: path and size, in order) must be those written.
+fn same_entries(
+    req: &BackupRequest,
+    written: &[FileRecord],
+    found: &[(String, u64)],
+) -> Result<()> {
+    let differs = written
+        .iter()
+        .zip(found)
+        .position(|(w, (path, size))| w.path != *path || w.size != *size);
+    let Some(at) =
+        differs.or((written.len() != found.len()).then(|| written.len().min(found.len())))
+    else {
+        return Ok(());
+    };
+    Err(match (written.get(at), found.get(at)) {
+        (Some(w), Some((path, size))) if w.path == *path => unreadable(
+            req,
+            Some(&w.path),
+            format!("{} bytes were archived, {size} read back", w.size),
+        ),
+        (Some(w), Some((path, _))) => unreadable(
+            req,
+            Some(&w.path),
+            format!("entry {} reads back as `{path}`", at + 1),
+        ),
+        (Some(w), None) => unreadable(
+            req,
+            Some(&w.path),
+            format!(
+                "{} entries were written, {} read back",
+                written.len(),
+                found.len()
+            ),
+        ),
+        (None, extra) => unreadable(
+            req,
+            None,
+            format!(
+                "{} entries were written, {} read back (the first extra one `{}`)",
+                written.len(),
+                found.len(),
+                extra.map_or("", |(p, _)| p.as_str())
+            ),
+        ),
+    })
+}
+
 /// [`write_archive`]'s writing: each file of the request into the tar stream, compressed (and
-/// encrypted when asked), a copy of the compressed bytes sent to `copy` when given. Dropping
-/// the copy's sender, here, ends the stream the reading thread sees.
+/// encrypted when asked), a copy of the zstd stream going to `copies`. Returning drops their
+/// sender, which ends the stream the reading thread sees.
 fn write_entries(
     req: &BackupRequest,
     partial: &Root,
     name: &str,
-    copy: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    copies: Copies<'_>,
 ) -> Result<(Vec<FileRecord>, String)> {
     let path = partial.join(name);
     let err = |e: io::Error| {
@@ -424,7 +479,10 @@ fn write_entries(
         partial.create_new(name, 0o600)?,
     ));
     // The zstd stream goes into the age stream, if any: no plaintext reaches the file.
-    let out = Sealed::new(Tee { inner: out, copy }, req.encrypt_to).map_err(err)?;
+    let out = Tee {
+        inner: Sealed::new(out, req.encrypt_to).map_err(err)?,
+        copies,
+    };
     let mut builder = tar::Builder::new(Frames::new(out, LEVEL).map_err(err)?);
     let mut records = Vec::with_capacity(req.files.len());
     for rel in &req.files {
@@ -456,7 +514,7 @@ fn write_entries(
         });
     }
     let encoder = builder.into_inner().map_err(err)?;
-    let out = encoder.finish().map_err(err)?.finish().map_err(err)?.inner;
+    let out = encoder.finish().map_err(err)?.inner.finish().map_err(err)?;
     let sha = out.hex();
     let file = out
         .into_inner()
@@ -466,20 +524,35 @@ fn write_entries(
     Ok((records, sha))
 }
 
-/// The compressed stream on its way to the file, with a copy of every byte written sent to
-/// the thread reading the archive back. Should that thread stop (it found the stream
-/// damaged), the copies stop and the writing goes on: its finding is reported at the end.
-struct Tee<W: Write> {
+/// The zstd stream on its way to the file (through the age stream, if any), with a copy of
+/// every byte sent to the thread reading the archive back.
+struct Tee<'a, W: Write> {
     inner: W,
-    copy: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    copies: Copies<'a>,
 }
 
-impl<W: Write> Write for Tee<W> {
+/// Where [`Tee`] sends its copies. Should the reading thread stop (it found the stream
+/// damaged), the writing stops too: the next write fails, and `hung_up` says why.
+struct Copies<'a> {
+    to: Option<std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>>,
+    /// Where the copies' buffers come from, and go back to once read.
+    spare: &'a Spare,
+    hung_up: &'a std::cell::Cell<bool>,
+}
+
+impl<W: Write> Write for Tee<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        if let Some(copy) = &self.copy {
-            if copy.send(buf[..n].to_vec()).is_err() {
-                self.copy = None;
+        let copies = &mut self.copies;
+        if let Some(to) = &copies.to {
+            let mut piece = copies.spare.take(n);
+            piece.extend_from_slice(&buf[..n]);
+            if to.send(Ok(piece)).is_err() {
+                copies.to = None;
+                copies.hung_up.set(true);
+                return Err(io::Error::other(
+                    "stopped: the archive does not read back as written",
+                ));
             }
         }
         Ok(n)
@@ -490,52 +563,22 @@ impl<W: Write> Write for Tee<W> {
     }
 }
 
-/// The reading end of a [`Tee`]: the bytes sent, in order, then the end of the stream once
-/// the sending end is dropped (whether or not the writing finished: a stream cut short fails
-/// to decompress).
-struct Received {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    piece: Vec<u8>,
-    at: usize,
-}
-
-impl Received {
-    fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Received {
-        Received {
-            rx,
-            piece: Vec::new(),
-            at: 0,
-        }
-    }
-}
-
-impl Read for Received {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.piece.len() {
-            match self.rx.recv() {
-                Ok(piece) => (self.piece, self.at) = (piece, 0),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.piece.len() - self.at);
-        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-/// Decompresses the archive stream `compressed` to its end (every frame's content checksum
-/// is checked as its end is read) and lists its entries, path and size, in order; each must be
-/// a regular file with a safe path.
+/// Decompresses the archive stream `compressed` to its end (every frame's content checksum is
+/// checked as its end is read) and lists its entries, path and size, in order; each must be a
+/// regular file with a safe path. An error names the last entry read whole.
 fn entries_in(compressed: impl Read) -> std::result::Result<Vec<(String, u64)>, String> {
     let mut decoder = zstd::Decoder::new(compressed).map_err(|e| format!("not zstd: {e}"))?;
-    let mut seen = Vec::new();
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    let after = |seen: &[(String, u64)], why: String| match seen.last() {
+        Some((last, _)) => format!("after the entry `{last}`, {why}"),
+        None => why,
+    };
     for entry in tar::Archive::new(&mut decoder)
         .entries()
         .map_err(|e| format!("unreadable tar: {e}"))?
     {
-        let mut entry = entry.map_err(|e| format!("unreadable tar entry: {e}"))?;
-        let rel = safe_entry_path(&entry)?;
+        let mut entry = entry.map_err(|e| after(&seen, format!("unreadable tar entry: {e}")))?;
+        let rel = safe_entry_path(&entry).map_err(|why| after(&seen, why))?;
         if !matches!(entry.header().entry_type(), tar::EntryType::Regular) {
             return Err(link_refusal(&entry, &rel));
         }
@@ -545,7 +588,7 @@ fn entries_in(compressed: impl Read) -> std::result::Result<Vec<(String, u64)>, 
     }
     // To the end of the stream: the last frame's checksum comes after the tar's end.
     io::copy(&mut decoder, &mut io::sink())
-        .map_err(|e| format!("corrupt data after the last entry ({e})"))?;
+        .map_err(|e| after(&seen, format!("corrupt data after the last entry ({e})")))?;
     Ok(seen)
 }
 
@@ -587,9 +630,9 @@ impl<W: Write> Frames<W> {
         })
     }
 
-    /// Each frame carries the checksum of its content, which every zstd reader checks: the
-    /// read-back as the archive is written relies on it (see [`write_archive`]), and a
-    /// restore gets it on top of the entries' sha256.
+    /// Each frame carries the checksum of its content (32 bits of its XXH64), which zstd
+    /// readers check by default: the read-back as the archive is written relies on it (see
+    /// [`write_archive`]), and a restore gets it on top of the entries' sha256.
     fn encoder(out: W, level: i32) -> io::Result<zstd::Encoder<'static, W>> {
         let mut encoder = zstd::Encoder::new(out, level)?;
         encoder.include_checksum(true)?;
@@ -792,7 +835,7 @@ fn read_archive(
         .map_err(|e| damaged(format!("cannot open: {e}")))?;
     let plain = encrypt::open(
         &path,
-        BufReader::with_capacity(1 << 20, Hashing::new(file)),
+        BufReader::with_capacity(1 << 20, file),
         meta.encryption.as_ref(),
         keys,
     )?;
@@ -1084,7 +1127,9 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let (backup, _, _) = mixed_backup(root.path());
         let archive = std::fs::read(backup.join(ARCHIVE)).unwrap();
-        for frame in frames(&archive) {
+        let frames = frames(&archive);
+        assert_eq!(frames.len(), 3, "a frame per level");
+        for frame in frames {
             let header = &archive[frame.start..frame.start + 5];
             assert_eq!(
                 header[..4],
@@ -1103,7 +1148,7 @@ mod tests {
     /// in order with their sizes; an error for a byte flipped in the stored weights (the
     /// middle frame holds them as written, so that only its checksum can tell), a byte
     /// flipped in the last frame's checksum (after the tar's end: the stream is read to its
-    /// end), or a stream cut short.
+    /// end), a stream cut short in a frame or at the end of one.
     #[test]
     fn the_stream_read_back_lists_its_entries_and_refuses_a_damaged_one() {
         let root = tempfile::tempdir().unwrap();
@@ -1134,38 +1179,140 @@ mod tests {
         assert!(stored.contains("checksum"), "{stored}");
         let last = flipped(archive.len() - 1);
         assert!(last.contains("checksum"), "{last}");
-        assert!(entries_in(&archive[..archive.len() - 100]).is_err());
+        let cut = entries_in(&archive[..archive.len() - 100]).unwrap_err();
+        assert!(
+            cut.contains("`z.jsonl`: truncated or corrupt data"),
+            "{cut}"
+        );
+        // Cut where a frame ends, the stream reads as the entries before the cut: what tells
+        // is the comparison with the entries written.
+        let at_frame_end = entries_in(&archive[..middle.end]).unwrap();
+        assert_eq!(
+            at_frame_end,
+            listed(
+                ["a.jsonl", "w.safetensors", ""],
+                [text.len(), weights.len(), 0]
+            )[..2]
+        );
+        let meta = read_metadata(&backup).unwrap();
+        let open = |_: &str| -> Result<File> { unreachable!("nothing is opened") };
+        let dir = root.path().join("backups");
+        let req = request(root.path(), &dir, &open);
+        let e = same_entries(&req, &meta.files, &at_frame_end).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("3 entries were written, 2 read back"),
+            "{e}"
+        );
     }
 
-    /// A file whose size changes while it is archived (here one that reads longer than its
-    /// size says, as a log still written to would) makes a stream that does not read back as
-    /// written: the backup is refused, and nothing of it is kept.
+    /// A file that reads longer than its size says, as a log still written to does, makes a
+    /// stream that does not read back: the backup is refused and nothing of it is kept. The
+    /// reading stops at the first damage, and the writing stops with it: the 8 MiB of weights
+    /// after it (more pieces than may wait for the reader) end the run rather than hang it.
     #[test]
-    fn a_file_changing_while_archived_is_refused_and_nothing_kept() {
+    fn a_file_longer_than_its_size_is_refused_and_nothing_kept() {
         let (_base, root, _) = tree();
-        let open = |_: &str| confine::open_regular(Path::new("/proc/self/status"), None);
+        let mut weights = vec![0u8; 8 << 20];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in weights.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        fs::write(root.join("w.bin"), &weights).unwrap();
+        let r = root.clone();
+        let open = move |rel: &str| match rel {
+            // Its size is 0, its content a kilobyte or so.
+            "a.jsonl" => confine::open_regular(Path::new("/proc/self/status"), None),
+            _ => confine::open_regular(&r.join(rel), None),
+        };
         let dir = root.join("backups");
-        let e = create(&request(&root, &dir, &open))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("does not read back"), "{e}");
+        let mut req = request(&root, &dir, &open);
+        req.files.push("w.bin".into());
+        let e = create(&req).unwrap_err().to_string();
+        assert!(e.contains("does not read back as written"), "{e}");
+        assert!(e.contains("after the entry `a.jsonl`"), "{e}");
         assert!(e.contains("nothing in the installation changed"), "{e}");
         assert!(names(&dir).is_empty(), "{:?}", names(&dir));
     }
 
-    /// The archive on disk must be the bytes written: a byte changed there after the writing
-    /// is refused by the read-back from the disk, which names the file.
+    /// The entries read back are compared with those written: a different size, another path,
+    /// a missing or an extra entry is refused, named.
     #[test]
-    fn an_archive_changed_on_disk_is_refused_by_the_read_back() {
+    fn entries_read_back_must_be_those_written() {
+        let (_base, root, _) = tree();
+        let dir = root.join("backups");
+        let r = root.clone();
+        let open = move |rel: &str| confine::open_regular(&r.join(rel), None);
+        let req = request(&root, &dir, &open);
+        let record = |path: &str, size| FileRecord {
+            path: path.into(),
+            size,
+            mode: 0o600,
+            sha256: String::new(),
+        };
+        let written = [record("data/a.jsonl", 10), record("config/server.toml", 5)];
+        let found = |list: &[(&str, u64)]| -> Vec<(String, u64)> {
+            list.iter().map(|(p, n)| (p.to_string(), *n)).collect()
+        };
+        let same = found(&[("data/a.jsonl", 10), ("config/server.toml", 5)]);
+        same_entries(&req, &written, &same).unwrap();
+        let cases: [(&[(&str, u64)], &str); 4] = [
+            (
+                &[("data/a.jsonl", 10), ("config/server.toml", 4)],
+                "5 bytes were archived, 4 read back",
+            ),
+            (
+                &[("data/a.jsonl", 10), ("config/other.toml", 5)],
+                "entry 2 reads back as `config/other.toml`",
+            ),
+            (
+                &[("data/a.jsonl", 10)],
+                "2 entries were written, 1 read back",
+            ),
+            (
+                &[("data/a.jsonl", 10), ("config/server.toml", 5), ("x", 1)],
+                "the first extra one `x`",
+            ),
+        ];
+        for (read, says) in cases {
+            let e = same_entries(&req, &written, &found(read))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        let e = same_entries(&req, &written, &found(&[("data/a.jsonl", 9)]))
+            .unwrap_err()
+            .to_string();
+        let named = root.join("data/a.jsonl").display().to_string();
+        assert!(e.contains(&named), "{e}");
+    }
+
+    /// The backup on disk must be the bytes written: `metadata.json` other than written, or a
+    /// byte of the archive changed after the writing, is refused by the read-back from the
+    /// disk, which names the file.
+    #[test]
+    fn a_backup_changed_on_disk_is_refused_by_the_read_back() {
         let root = tempfile::tempdir().unwrap();
         let (backup, _, _) = mixed_backup(root.path());
         let path = backup.join(ARCHIVE);
+        let folder = Root::open(&backup).unwrap();
+        let meta = read_metadata_at(&folder).unwrap();
+        let written = std::fs::read(backup.join(METADATA)).unwrap();
+        read_back(&folder, &meta, &written).unwrap();
+        let e = read_back(&folder, &meta, &written[1..])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("metadata.json: does not read back as written"),
+            "{e}"
+        );
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[100] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let e = read_back(&Root::open(&backup).unwrap())
-            .unwrap_err()
-            .to_string();
+        let e = read_back(&folder, &meta, &written).unwrap_err().to_string();
         assert!(e.contains("is not the one just written"), "{e}");
         assert!(e.contains(&path.display().to_string()), "{e}");
     }

@@ -157,25 +157,34 @@ pub fn read_ahead<R: Read + Send, T>(inner: R, consume: impl FnOnce(&mut dyn Rea
                 }
             }
         });
-        let mut reader = Ahead {
-            rx,
-            spare,
-            piece: Vec::new(),
-            at: 0,
-        };
+        let mut reader = Ahead::new(rx, spare);
         // `reader` (and with it the channel) is dropped on return: a producer still running
         // sees its next send fail and stops.
         consume(&mut reader)
     })
 }
 
-/// The consumer's side of [`read_ahead`].
-struct Ahead<'a> {
+/// The consumer's side of [`read_ahead`], or of any producer that sends pieces taken from
+/// `spare` down a channel: their bytes in order, a piece's error where it was sent, and the
+/// end of the stream once every sender is dropped. Dropping it makes the next send fail, which
+/// tells the producer to stop.
+pub struct Ahead<'a> {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     /// Where read pieces go back to the producer.
     spare: &'a Spare,
     piece: Vec<u8>,
     at: usize,
+}
+
+impl<'a> Ahead<'a> {
+    pub fn new(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>, spare: &'a Spare) -> Self {
+        Ahead {
+            rx,
+            spare,
+            piece: Vec::new(),
+            at: 0,
+        }
+    }
 }
 
 impl Read for Ahead<'_> {

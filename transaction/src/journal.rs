@@ -283,7 +283,7 @@ pub fn back_up(root: &Root, journal: &Journal, dir: &Path, kind: &str) -> Result
         })?),
         None => None,
     };
-    let path = backup::create(&BackupRequest {
+    backup::create(&BackupRequest {
         root: root.path(),
         dir,
         kind,
@@ -296,8 +296,7 @@ pub fn back_up(root: &Root, journal: &Journal, dir: &Path, kind: &str) -> Result
         written: of(&|a| a != Action::Remove),
         open_written: &open_written,
         encrypt_to: to.as_ref(),
-    })?;
-    Ok(path)
+    })
 }
 
 /// Reads and checks the journal of `root`, if there is one: a regular file owned by this user
