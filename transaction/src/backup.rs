@@ -1037,19 +1037,25 @@ mod tests {
         );
     }
 
+    /// `len` bytes that do not compress (xorshift), as weights are.
+    fn random_bytes(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     /// A backup of `a.jsonl`, random weights and `z.jsonl` under `root`: the stream switches
     /// level twice (three frames, the middle one of data that does not compress). Returns the
     /// backup folder, the text of both logs and the weights.
     fn mixed_backup(root: &Path) -> (PathBuf, String, Vec<u8>) {
         let text = "{\"id\":\"req\",\"latency_ms\":1}\n".repeat(100_000);
-        let mut weights = vec![0u8; 3 << 20];
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        for b in weights.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
+        let weights = random_bytes(3 << 20);
         std::fs::write(root.join("a.jsonl"), &text).unwrap();
         std::fs::write(root.join("w.safetensors"), &weights).unwrap();
         std::fs::write(root.join("z.jsonl"), &text).unwrap();
@@ -1213,14 +1219,7 @@ mod tests {
     #[test]
     fn a_file_longer_than_its_size_is_refused_and_nothing_kept() {
         let (_base, root, _) = tree();
-        let mut weights = vec![0u8; 8 << 20];
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for b in weights.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
+        let weights = random_bytes(8 << 20);
         fs::write(root.join("w.bin"), &weights).unwrap();
         let r = root.clone();
         let open = move |rel: &str| match rel {
