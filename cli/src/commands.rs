@@ -10,7 +10,6 @@ use semver::Version;
 use trustformers_migrate::discover::install::Installation;
 use trustformers_migrate::discover::pins;
 use trustformers_migrate::discover::registry::{Discovery, Registry};
-use trustformers_migrate::isolation::Isolation;
 use trustformers_migrate::metrics::{self, RunCounts, Snapshot};
 use trustformers_migrate::plan::graph::VersionGraph;
 use trustformers_migrate::plan::release::TargetRelease;
@@ -85,7 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Models { .. } => unreachable!("migrations are handled above"),
         Command::Status { path, backup_dir } => {
             trustformers_migrate::recover_if_interrupted(&path, observer.as_ref())?;
-            let (registry, _) = discover(global, &worker)?;
+            let registry = discover(global, &worker)?;
             let dir = Target::installation(&path).backup_dir(backup_dir.as_deref());
             let status = status::status(&std::path::absolute(&path)?, &registry, &dir)?;
             if json {
@@ -103,7 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Validate { path, version } => {
             trustformers_migrate::recover_if_interrupted(&path, observer.as_ref())?;
-            validate(&discover(global, &worker)?, &path, &version, json)
+            validate(&*discover(global, &worker)?, &path, &version, json)
         }
         Command::Plugins { command } => plugins(&command, global, &worker),
         Command::History { path } => history(&path, json),
@@ -205,14 +204,11 @@ fn worker_spec(global: &GlobalArgs, settings: &Settings) -> WorkerSpec {
 /// Finds the plugins and has workers describe them: only the commands that run plugin code
 /// call this. Also returns what confined those workers. A `--use-plugin` that names none of
 /// the plugins found is an error, not a silent no-op.
-fn discover(
-    global: &GlobalArgs,
-    worker: &WorkerSpec,
-) -> anyhow::Result<(Arc<Registry>, Option<Isolation>)> {
+fn discover(global: &GlobalArgs, worker: &WorkerSpec) -> anyhow::Result<Arc<Registry>> {
     let loader = WorkerLoader::new(worker.clone());
     let registry = Registry::discover(&discovery(global), &loader)?;
     check_choices(&registry, global)?;
-    Ok((Arc::new(registry), loader.isolation()))
+    Ok(Arc::new(registry))
 }
 
 fn check_choices(registry: &Registry, global: &GlobalArgs) -> Result<(), MigrateError> {
@@ -576,7 +572,7 @@ fn options(
 /// the target they name.
 #[allow(clippy::too_many_arguments)]
 async fn migrate(
-    (registry, described): &(Arc<Registry>, Option<Isolation>),
+    registry: &Arc<Registry>,
     settings: &Settings,
     mut target: Target,
     run: &RunArgs,
@@ -629,13 +625,7 @@ async fn migrate(
     } else {
         Mode::Commit
     };
-    let mut result = migrator.execute(target, mode).await?;
-    // Plugin code also ran in the workers that described the plugin files: the run reports
-    // what held for all of them, not the staging worker's confinement alone.
-    if let Some(described) = described.clone() {
-        Isolation::fold(&mut result.isolation, described);
-    }
-    Ok(result)
+    Ok(migrator.execute(target, mode).await?)
 }
 
 /// A migration's result: to `--report`, then as JSON or text; its exit code.
@@ -774,7 +764,7 @@ fn check_target(target: &Target) -> anyhow::Result<()> {
 /// `migrate info`: `--to` defaults to the newest release the plugins reach from the source
 /// (`--from`, or the version detected at `--path`).
 fn info(
-    (registry, isolation): (Arc<Registry>, Option<Isolation>),
+    registry: Arc<Registry>,
     from: Option<Version>,
     to: Option<TargetRelease>,
     path: Option<&Path>,
@@ -804,11 +794,10 @@ fn info(
     };
     let from = from.map(|v| v.to_string()).unwrap_or_default();
     let migrator = VersionMigrator::with_registry(&from, &to.to_string(), registry)?;
-    let mut info = match path {
+    let info = match path {
         Some(p) => migrator.get_migration_info_for(p)?,
         None => migrator.get_migration_info()?,
     };
-    info.isolation = isolation;
     if json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
@@ -818,7 +807,7 @@ fn info(
 }
 
 fn validate(
-    (registry, isolation): &(Arc<Registry>, Option<Isolation>),
+    registry: &Registry,
     path: &Path,
     version: &Version,
     json: bool,
@@ -832,7 +821,7 @@ fn validate(
     );
     if json {
         let mut doc = serde_json::to_value(&report)?;
-        doc["isolation"] = serde_json::to_value(isolation)?;
+        doc["isolation"] = serde_json::to_value(&registry.isolation)?;
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", render::validation(&report));
@@ -857,9 +846,12 @@ fn plugins(
         PluginsCommand::List => {
             let registry = Registry::discover(discovery, &loader)?;
             check_choices(&registry, global)?;
-            let isolation = loader.isolation();
-            let doc = serde_json::json!({ "search_path": registry.search_path, "plugins": registry.entries, "isolation": isolation });
-            (render::plugins(&registry, isolation.as_ref()), doc, true)
+            let doc = serde_json::json!({ "search_path": registry.search_path, "plugins": registry.entries, "isolation": registry.isolation });
+            (
+                render::plugins(&registry, registry.isolation.as_ref()),
+                doc,
+                true,
+            )
         }
         PluginsCommand::Pin { dirs } => {
             let pinned = pins::pin(discovery, &loader, dirs)?;

@@ -6,14 +6,20 @@
 
 use std::path::PathBuf;
 
-use trustformers_migrate::{OverallStatus, VersionMigrator};
+use trustformers_migrate::{MigrateError, OverallStatus, VersionMigrator};
 
-#[tokio::main]
-async fn main() -> Result<(), trustformers_migrate::MigrateError> {
+fn main() -> Result<(), MigrateError> {
     // Plugin code runs in worker processes started as this same program: serve if we are one.
+    // First thing, before the async runtime starts its threads: the worker's sandbox binds
+    // only the threads started after it (`#[tokio::main]` would start them before).
     trustformers_migrate::worker::serve_if_worker();
     let root = PathBuf::from(std::env::args().nth(1).expect("usage: programmatic ROOT"));
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| MigrateError::io("cannot start the async runtime", e))?;
+    runtime.block_on(migrate(root))
+}
 
+async fn migrate(root: PathBuf) -> Result<(), MigrateError> {
     let migrator = VersionMigrator::new("0.1.0", "2.1.0")?; // "" as `from` detects it
     let info = migrator.get_migration_info()?; // path, steps, breaking changes
     println!(
@@ -25,6 +31,13 @@ async fn main() -> Result<(), trustformers_migrate::MigrateError> {
     assert_eq!(result.overall_status, OverallStatus::Completed);
     for step in &result.steps {
         println!("{} {:?} {} ms", step.name, step.status, step.duration_ms);
+    }
+    // How plugin code was confined, in every worker it ran in (describing and staging).
+    if let Some(isolation) = &result.isolation {
+        println!(
+            "isolation {}",
+            serde_json::to_string(isolation).unwrap_or_default()
+        );
     }
     Ok(())
 }

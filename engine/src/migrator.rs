@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::discover::install::Installation;
 use crate::discover::registry::{Discovery, HopInfo, Registry, Status};
 use crate::error::{MigrateError, Result};
+use crate::isolation::Isolation;
 use crate::observe::{Observer, Silent};
 use crate::plan::graph::VersionGraph;
 use crate::plan::{self, Options, Plan, PlannedHop, Target};
@@ -39,7 +40,7 @@ pub struct MigrationInfo {
     pub estimated_duration_secs: Option<f64>,
     pub data_bytes: Option<u64>,
     pub model_bytes: Option<u64>,
-    /// How the plugins that were described were confined (set by the caller that loaded them).
+    /// How the workers that described the plugins were confined ([`Registry::isolation`]).
     pub isolation: Option<crate::isolation::Isolation>,
 }
 
@@ -122,13 +123,13 @@ impl VersionMigrator {
             )
         })?;
         let hops = self.path(&from)?;
-        Ok(info(&from, &self.to, &hops, None))
+        Ok(self.info(&from, &hops, None))
     }
 
     /// Like [`Self::get_migration_info`], with the estimate from the installation's sizes.
     pub fn get_migration_info_for(&self, root: &Path) -> Result<MigrationInfo> {
         let plan = self.plan(Target::installation(root))?;
-        Ok(info(&plan.from, &plan.to, &plan.hops, Some(&plan)))
+        Ok(self.info(&plan.from, &plan.hops, Some(&plan)))
     }
 
     /// Builds the plan for `target`: resolves the source version and the hop path.
@@ -168,8 +169,15 @@ impl VersionMigrator {
         let observer = self.observer.clone();
         let tool_dir = plan.target.tool_dir();
         let worker = self.worker.clone();
+        let described = self.registry.isolation.clone();
         tokio::task::spawn_blocking(move || {
-            execute(&plan, mode, observer.as_ref(), &worker, lock)
+            let mut result = execute(&plan, mode, observer.as_ref(), &worker, lock);
+            // Plugin code also ran in the workers that described the plugin files: the result
+            // says what held for all of them, not the staging worker's confinement alone.
+            if let Some(described) = described {
+                Isolation::fold(&mut result.isolation, described);
+            }
+            result
         })
             .await
             .map_err(|e| MigrateError::Internal {
@@ -191,6 +199,10 @@ impl VersionMigrator {
             (Some(from), false) => Ok(from.clone()),
             (None, false) => install.detect_version(),
         }
+    }
+
+    fn info(&self, from: &Version, hops: &[HopInfo], plan: Option<&Plan>) -> MigrationInfo {
+        info(from, &self.to, hops, plan, self.registry.isolation.clone())
     }
 
     fn path(&self, from: &Version) -> Result<Vec<HopInfo>> {
@@ -234,7 +246,13 @@ impl VersionMigrator {
     }
 }
 
-fn info(from: &Version, to: &Version, hops: &[HopInfo], plan: Option<&Plan>) -> MigrationInfo {
+fn info(
+    from: &Version,
+    to: &Version,
+    hops: &[HopInfo],
+    plan: Option<&Plan>,
+    isolation: Option<crate::isolation::Isolation>,
+) -> MigrationInfo {
     let steps: Vec<PlannedHop> = hops.iter().map(plan::planned_hop).collect();
     let breaking_changes = steps
         .iter()
@@ -252,7 +270,7 @@ fn info(from: &Version, to: &Version, hops: &[HopInfo], plan: Option<&Plan>) -> 
         estimated_duration_secs: plan.map(|p| p.estimate().as_secs_f64()),
         data_bytes: plan.map(Plan::data_bytes),
         model_bytes: plan.map(Plan::model_bytes),
-        isolation: None,
+        isolation,
     }
 }
 
@@ -262,4 +280,62 @@ fn parse_version(text: &str, flag: &'static str) -> Result<Version> {
         text: text.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::registry::Loader;
+    use crate::isolation::SandboxStatus;
+    use plugin_api::HopDescriptor;
+
+    /// Describes nothing; says its workers ran without a sandbox.
+    struct Unsandboxed;
+
+    impl Loader for Unsandboxed {
+        fn describe(&self, _: &Path, _: &str) -> std::result::Result<HopDescriptor, String> {
+            Err("not a plugin".into())
+        }
+
+        fn isolation(&self) -> Option<Isolation> {
+            Some(Isolation {
+                worker_process: true,
+                sandbox: SandboxStatus::Disabled,
+                landlock_abi: None,
+                network_denied: false,
+                sockets_denied: false,
+                memory_limit_bytes: None,
+                reason: Some("described without a sandbox".into()),
+            })
+        }
+    }
+
+    /// A program that embeds the engine gets, in `info` and in a migration's result, what
+    /// held for the workers that described the plugin files too: plugin code ran there. (The
+    /// CLI used to fold that in itself, so embedders got the staging worker's alone.)
+    #[tokio::test]
+    async fn results_report_the_workers_that_described_the_plugins() {
+        let plugins = tempfile::tempdir().unwrap();
+        let discovery = Discovery {
+            plugin_dirs: vec![plugins.path().to_path_buf()],
+            no_default_dirs: true,
+            ..Discovery::default()
+        };
+        let registry = Registry::discover(&discovery, &Unsandboxed).unwrap();
+        assert_eq!(registry.isolation, Unsandboxed.isolation());
+        let migrator =
+            VersionMigrator::with_registry("2.1.0", "2.1.0", Arc::new(registry)).unwrap();
+        let sandbox = |i: &Option<Isolation>| i.as_ref().map(|i| i.sandbox);
+        let info = migrator.get_migration_info().unwrap();
+        assert_eq!(sandbox(&info.isolation), Some(SandboxStatus::Disabled));
+        let install = tempfile::tempdir().unwrap();
+        std::fs::write(install.path().join("VERSION"), "2.1.0\n").unwrap();
+        let result = migrator
+            .execute(Target::installation(install.path()), Mode::DryRun)
+            .await
+            .unwrap();
+        assert_eq!(sandbox(&result.isolation), Some(SandboxStatus::Disabled));
+        let reason = result.isolation.and_then(|i| i.reason).unwrap_or_default();
+        assert_eq!(reason, "described without a sandbox");
+    }
 }

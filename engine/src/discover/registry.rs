@@ -132,6 +132,12 @@ pub struct PluginEntry {
 /// `sha256` when it is opened there, or it is refused.
 pub trait Loader: Sync {
     fn describe(&self, path: &Path, sha256: &str) -> std::result::Result<HopDescriptor, String>;
+
+    /// What confined the plugin code that `describe` ran, once some has run: what held for
+    /// all of it. `None` when no plugin code ran, or for a loader that does not say.
+    fn isolation(&self) -> Option<crate::isolation::Isolation> {
+        None
+    }
 }
 
 impl std::fmt::Debug for PluginEntry {
@@ -214,6 +220,10 @@ pub fn load_verified(
 pub struct Registry {
     pub search_path: Vec<PathBuf>,
     pub entries: Vec<PluginEntry>,
+    /// What confined the workers that described the plugin files ([`Loader::isolation`]).
+    /// Plugin code ran there too: a migration's result reports what held for them and for
+    /// its own worker, whoever embeds the engine.
+    pub isolation: Option<crate::isolation::Isolation>,
 }
 
 impl Registry {
@@ -235,6 +245,7 @@ impl Registry {
         Ok(Registry {
             search_path: search.dirs,
             entries,
+            isolation: loader.isolation(),
         })
     }
 

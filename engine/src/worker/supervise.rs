@@ -532,6 +532,10 @@ impl WorkerLoader {
 }
 
 impl Loader for WorkerLoader {
+    fn isolation(&self) -> Option<Isolation> {
+        WorkerLoader::isolation(self)
+    }
+
     fn describe(&self, path: &Path, sha256: &str) -> Result<HopDescriptor, String> {
         let confinement = Confinement {
             sandbox: self.spec.sandbox,

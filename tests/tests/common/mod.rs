@@ -269,3 +269,33 @@ pub fn failing_plugin_dir() -> tempfile::TempDir {
     }
     dir
 }
+
+/// Whether this kernel has seccomp filters that can return an errno: asked of the kernel
+/// itself (`SECCOMP_GET_ACTION_AVAIL`), as any kernel since 4.14 answers.
+pub fn kernel_has_seccomp() -> bool {
+    const SECCOMP_GET_ACTION_AVAIL: libc::c_ulong = 2;
+    let action: u32 = libc::SECCOMP_RET_ERRNO;
+    // SAFETY: the kernel reads the u32 we point to and writes nothing.
+    unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        ) == 0
+    }
+}
+
+/// Whether this kernel offers Landlock (the sandbox can be enforced here).
+pub fn kernel_has_landlock() -> bool {
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns
+    // the ABI version, or -1.
+    unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            1u32,
+        ) > 0
+    }
+}
