@@ -971,15 +971,22 @@ fn a_write_into_the_installation_outside_the_staging_is_denied() {
 /// The breach `mode` aimed at `target`, committed by each rule in turn, in every command: the
 /// run fails with exit 6, naming the target and the OS's "Permission denied".
 fn denied_in_every_rule(mode: &str, target: &str) {
+    denied_in_every_rule_with(mode, target, &[]);
+}
+
+/// [`denied_in_every_rule`], with `extra` in the environment too.
+fn denied_in_every_rule_with(mode: &str, target: &str, extra: &[(&'static str, &str)]) {
     let settings = default_settings();
     for rule in ["config", "data", "model"] {
+        let mut extra_env = vec![("HOSTILE_TARGET", target.to_owned())];
+        extra_env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         check_everywhere(&Case {
             mode,
             rule,
             settings: &settings,
             code: 6,
             words: words(&["Permission denied", target]),
-            extra_env: vec![("HOSTILE_TARGET", target.to_owned())],
+            extra_env,
             worker_died: false,
         });
     }
@@ -993,6 +1000,66 @@ fn a_tcp_connect_is_denied() {
     listener.set_nonblocking(true).expect("nonblocking");
     let address = listener.local_addr().expect("address").to_string();
     denied_in_every_rule("connect", &address);
+    nothing_came(listener.accept(), "the TCP listener", |(_, from)| {
+        format!("accepted a connection from {from}")
+    });
+}
+
+/// Landlock's own TCP rule, the only network rule on a kernel without seccomp, which the seccomp
+/// filter would otherwise answer first (its `socket()` fails before any connect): with the
+/// filter turned off by the test build's switch, the sandboxed worker's UDP datagram does
+/// arrive (the switch works, and Landlock does not cover UDP), and a TCP connect is still
+/// refused, by Landlock (ABI 4 and later), in every rule and command.
+#[test]
+fn landlock_alone_denies_a_tcp_connect() {
+    const NO_SECCOMP: (&str, &str) = ("TRUSTFORMERS_MIGRATE_FAULT_NO_SECCOMP", "1");
+    let abi = landlock_abi();
+    if abi < 4 {
+        eprintln!("Landlock ABI {abi}: no TCP rule on this kernel, nothing to check");
+        return;
+    }
+    let plugins = Plugins::new();
+    let settings = default_settings();
+    let (udp, udp_address) = udp_listener();
+    let dir = install();
+    let out = run(
+        &[
+            "--no-default-plugins",
+            "--plugin-dir",
+            p(plugins.dir.path()),
+            "--config-file",
+            p(&settings.path()),
+            "--progress",
+            "none",
+            "--json",
+            "version",
+            "--path",
+            p(dir.path()),
+            "--to",
+            "2.1.0",
+            "--dry-run",
+        ],
+        &[
+            ("HOSTILE_MODE", "udp"),
+            ("HOSTILE_TARGET", &udp_address),
+            NO_SECCOMP,
+        ],
+        "udp without the filter",
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let result: Value = serde_json::from_str(&out.stdout).expect("json result");
+    assert_eq!(result["isolation"]["sandbox"], "fully_enforced", "{result}");
+    assert_eq!(result["isolation"]["sockets_denied"], false, "{result}");
+    let mut datagram = [0u8; 64];
+    let (n, _) = udp
+        .recv_from(&mut datagram)
+        .expect("without the filter, the sandboxed plugin's datagram arrives");
+    assert_greeting(&datagram[..n]);
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let address = listener.local_addr().expect("address").to_string();
+    denied_in_every_rule_with("connect", &address, &[NO_SECCOMP]);
     nothing_came(listener.accept(), "the TCP listener", |(_, from)| {
         format!("accepted a connection from {from}")
     });

@@ -73,7 +73,11 @@ pub fn confine(c: &Confinement) -> Isolation {
         }
     }
     // After Landlock: the filter is the last thing applied, so nothing above needs a socket.
-    match deny_sockets() {
+    let filtered = match seccomp_turned_off() {
+        true => Err("turned off by the test build's switch".to_owned()),
+        false => deny_sockets(),
+    };
+    match filtered {
         Ok(()) => isolation.sockets_denied = true,
         Err(e) => {
             let why = format!("no seccomp filter ({e}): UDP, raw and Unix sockets are allowed");
@@ -84,6 +88,21 @@ pub fn confine(c: &Confinement) -> Isolation {
         }
     }
     isolation
+}
+
+/// Test builds only (the `fault-injection` feature): with `TRUSTFORMERS_MIGRATE_FAULT_NO_SECCOMP`
+/// set, the worker applies no seccomp filter, so that a test can check Landlock's own TCP rule
+/// (the only network rule on a kernel without seccomp), which the filter would answer first. A
+/// release build has no such switch: CI checks that no `TRUSTFORMERS_MIGRATE_FAULT` name is in
+/// it.
+#[cfg(feature = "fault-injection")]
+fn seccomp_turned_off() -> bool {
+    std::env::var_os("TRUSTFORMERS_MIGRATE_FAULT_NO_SECCOMP").is_some()
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn seccomp_turned_off() -> bool {
+    false
 }
 
 /// This process's thread count, from /proc (`None` when it cannot be read).

@@ -288,6 +288,11 @@ pub fn kernel_has_seccomp() -> bool {
 
 /// Whether this kernel offers Landlock (the sandbox can be enforced here).
 pub fn kernel_has_landlock() -> bool {
+    landlock_abi() > 0
+}
+
+/// The Landlock ABI this kernel offers (0 or less: none).
+pub fn landlock_abi() -> i64 {
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns
     // the ABI version, or -1.
     unsafe {
@@ -296,6 +301,6 @@ pub fn kernel_has_landlock() -> bool {
             std::ptr::null::<libc::c_void>(),
             0usize,
             1u32,
-        ) > 0
+        )
     }
 }
