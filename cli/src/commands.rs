@@ -202,8 +202,8 @@ fn worker_spec(global: &GlobalArgs, settings: &Settings) -> WorkerSpec {
 }
 
 /// Finds the plugins and has workers describe them: only the commands that run plugin code
-/// call this. Also returns what confined those workers. A `--use-plugin` that names none of
-/// the plugins found is an error, not a silent no-op.
+/// call this. What confined those workers is the registry's `isolation`. A `--use-plugin` that
+/// names none of the plugins found is an error, not a silent no-op.
 fn discover(global: &GlobalArgs, worker: &WorkerSpec) -> anyhow::Result<Arc<Registry>> {
     let loader = WorkerLoader::new(worker.clone());
     let registry = Registry::discover(&discovery(global), &loader)?;

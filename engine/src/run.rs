@@ -37,7 +37,8 @@ pub enum Mode {
 /// Executes `plan`, its plugin code in workers started as `worker` says; never panics on
 /// user input, and reports every step. `held`: the installation's lock, when the caller took
 /// it before planning (so that the version it detected cannot change under it); otherwise it
-/// is taken here.
+/// is taken here. The result's isolation is the staging worker's alone:
+/// [`crate::VersionMigrator::execute`] adds the workers that described the plugins.
 pub fn execute(
     plan: &Plan,
     mode: Mode,

@@ -971,11 +971,16 @@ fn a_write_into_the_installation_outside_the_staging_is_denied() {
 /// The breach `mode` aimed at `target`, committed by each rule in turn, in every command: the
 /// run fails with exit 6, naming the target and the OS's "Permission denied".
 fn denied_in_every_rule(mode: &str, target: &str) {
-    denied_in_every_rule_with(mode, target, &[]);
+    denied_in_every_rule_with(mode, target, &[], &[]);
 }
 
-/// [`denied_in_every_rule`], with `extra` in the environment too.
-fn denied_in_every_rule_with(mode: &str, target: &str, extra: &[(&'static str, &str)]) {
+/// [`denied_in_every_rule`], with `extra` in the environment and `said` in the output too.
+fn denied_in_every_rule_with(
+    mode: &str,
+    target: &str,
+    extra: &[(&'static str, &str)],
+    said: &[&str],
+) {
     let settings = default_settings();
     for rule in ["config", "data", "model"] {
         let mut extra_env = vec![("HOSTILE_TARGET", target.to_owned())];
@@ -985,7 +990,7 @@ fn denied_in_every_rule_with(mode: &str, target: &str, extra: &[(&'static str, &
             rule,
             settings: &settings,
             code: 6,
-            words: words(&["Permission denied", target]),
+            words: words(&[&["Permission denied", target][..], said].concat()),
             extra_env,
             worker_died: false,
         });
@@ -1048,7 +1053,8 @@ fn landlock_alone_denies_a_tcp_connect() {
     );
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let result: Value = serde_json::from_str(&out.stdout).expect("json result");
-    assert_eq!(result["isolation"]["sandbox"], "fully_enforced", "{result}");
+    assert_sandbox_as_the_kernel_allows(&result["isolation"]);
+    assert_eq!(result["isolation"]["network_denied"], true, "{result}");
     assert_eq!(result["isolation"]["sockets_denied"], false, "{result}");
     let mut datagram = [0u8; 64];
     let (n, _) = udp
@@ -1059,7 +1065,9 @@ fn landlock_alone_denies_a_tcp_connect() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     listener.set_nonblocking(true).expect("nonblocking");
     let address = listener.local_addr().expect("address").to_string();
-    denied_in_every_rule_with("connect", &address, &[NO_SECCOMP]);
+    // Each run says the filter was left out: what refused the connect was Landlock.
+    let said = ["turned off by the test build's switch"];
+    denied_in_every_rule_with("connect", &address, &[NO_SECCOMP], &said);
     nothing_came(listener.accept(), "the TCP listener", |(_, from)| {
         format!("accepted a connection from {from}")
     });

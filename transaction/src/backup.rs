@@ -382,9 +382,13 @@ fn write_archive(
             hung_up: &hung_up,
         };
         let written = write_entries(req, partial, name, copies);
-        let found = reading
-            .join()
-            .unwrap_or_else(|_| Err("the thread reading it back panicked".into()));
+        let Ok(found) = reading.join() else {
+            return Err(Error::invalid(
+                req.dir,
+                "the thread reading the archive back as it was written panicked",
+                "a bug in migrate, not your data: nothing in the installation changed and the backup was not kept; report it, and run the command again",
+            ));
+        };
         // Once the reading stopped, so did the writing: its error then only says that.
         let ((records, sha), found) = match (written, found) {
             (Err(_), Err(why)) if hung_up.get() => return Err(unreadable(req, None, why)),

@@ -168,7 +168,7 @@ pub fn read_ahead<R: Read + Send, T>(inner: R, consume: impl FnOnce(&mut dyn Rea
 /// `spare` down a channel: their bytes in order, a piece's error where it was sent, and the
 /// end of the stream once every sender is dropped. Dropping it makes the next send fail, which
 /// tells the producer to stop.
-pub struct Ahead<'a> {
+pub(crate) struct Ahead<'a> {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     /// Where read pieces go back to the producer.
     spare: &'a Spare,
@@ -177,7 +177,10 @@ pub struct Ahead<'a> {
 }
 
 impl<'a> Ahead<'a> {
-    pub fn new(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>, spare: &'a Spare) -> Self {
+    pub(crate) fn new(
+        rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+        spare: &'a Spare,
+    ) -> Self {
         Ahead {
             rx,
             spare,

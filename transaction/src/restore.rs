@@ -273,8 +273,9 @@ fn save_changed(
         open_written: &open,
         encrypt_to: to.as_ref(),
     })?;
-    // `create` read the archive back as it wrote it, but an encrypted one only as ciphertext;
-    // here the identity is at hand: every entry is decrypted and checked.
+    // `create` read the archive back as it wrote it (its zstd stream, frame checksums, entries
+    // and sizes) but never checks that the age layer decrypts: here the identity is at hand,
+    // so an encrypted one is decrypted and every entry's sha256 checked.
     if to.is_some() {
         backup::verify_with(&path, keys)?;
     }

@@ -291,6 +291,24 @@ pub fn kernel_has_landlock() -> bool {
     landlock_abi() > 0
 }
 
+/// A worker's reported `isolation` (JSON) says its sandbox is what this kernel allows: fully
+/// enforced where the kernel offers every right the worker asks for (Landlock ABI 7), else
+/// partially (never because threads ran before Landlock was applied), and not enforced
+/// without Landlock.
+pub fn assert_sandbox_as_the_kernel_allows(isolation: &serde_json::Value) {
+    let abi = landlock_abi();
+    let sandbox = isolation["sandbox"].as_str().unwrap_or_default();
+    let reason = isolation["reason"].as_str().unwrap_or_default();
+    match abi {
+        7.. => assert_eq!(sandbox, "fully_enforced", "{isolation}"),
+        1..=6 => assert!(
+            sandbox == "partially_enforced" && !reason.contains("threads"),
+            "Landlock ABI {abi}: {isolation}"
+        ),
+        _ => assert_eq!(sandbox, "not_enforced", "{isolation}"),
+    }
+}
+
 /// The Landlock ABI this kernel offers (0 or less: none).
 pub fn landlock_abi() -> i64 {
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns
