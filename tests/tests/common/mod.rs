@@ -286,11 +286,6 @@ pub fn kernel_has_seccomp() -> bool {
     }
 }
 
-/// Whether this kernel offers Landlock (the sandbox can be enforced here).
-pub fn kernel_has_landlock() -> bool {
-    landlock_abi() > 0
-}
-
 /// A worker's reported `isolation` (JSON) says its sandbox is what this kernel allows: fully
 /// enforced where the kernel offers every right the worker asks for (Landlock ABI 7), else
 /// partially (never because threads ran before Landlock was applied), and not enforced
