@@ -244,6 +244,38 @@ fn run(args: &[&str], env: &[(&str, &str)], what: &str) -> Run {
     start(args, env).finish(what)
 }
 
+/// `migrate <flags> --json version --to 2.1.0 --dry-run` on a fresh installation, with the
+/// hostile fixture among the plugins and the default settings: what the controls run.
+fn dry_run(
+    plugins: &Plugins,
+    settings: &Settings,
+    flags: &[&str],
+    env: &[(&str, &str)],
+    what: &str,
+) -> Run {
+    let dir = install();
+    let mut args = vec![
+        "--no-default-plugins",
+        "--plugin-dir",
+        p(plugins.dir.path()),
+        "--config-file",
+    ];
+    let settings_path = settings.path();
+    args.push(p(&settings_path));
+    args.extend(["--progress", "none"]);
+    args.extend(flags);
+    args.extend([
+        "--json",
+        "version",
+        "--path",
+        p(dir.path()),
+        "--to",
+        "2.1.0",
+        "--dry-run",
+    ]);
+    run(&args, env, what)
+}
+
 // ---------------------------------------------------------------------------------------------
 // What every hostile run must show
 
@@ -555,25 +587,10 @@ fn unsandboxed_the_escape_and_the_connect_do_happen() {
         ("unix", p(&unix_path).to_owned()),
         ("pair", p(&datagram_path).to_owned()),
     ] {
-        let dir = install();
-        let out = run(
-            &[
-                "--no-default-plugins",
-                "--plugin-dir",
-                p(plugins.dir.path()),
-                "--config-file",
-                p(&settings.path()),
-                "--progress",
-                "none",
-                "--no-sandbox",
-                "--json",
-                "version",
-                "--path",
-                p(dir.path()),
-                "--to",
-                "2.1.0",
-                "--dry-run",
-            ],
+        let out = dry_run(
+            &plugins,
+            &settings,
+            &["--no-sandbox"],
             &[("HOSTILE_MODE", mode), ("HOSTILE_TARGET", &to)],
             mode,
         );
@@ -1026,24 +1043,10 @@ fn landlock_alone_denies_a_tcp_connect() {
     let plugins = Plugins::new();
     let settings = default_settings();
     let (udp, udp_address) = udp_listener();
-    let dir = install();
-    let out = run(
-        &[
-            "--no-default-plugins",
-            "--plugin-dir",
-            p(plugins.dir.path()),
-            "--config-file",
-            p(&settings.path()),
-            "--progress",
-            "none",
-            "--json",
-            "version",
-            "--path",
-            p(dir.path()),
-            "--to",
-            "2.1.0",
-            "--dry-run",
-        ],
+    let out = dry_run(
+        &plugins,
+        &settings,
+        &[],
         &[
             ("HOSTILE_MODE", "udp"),
             ("HOSTILE_TARGET", &udp_address),
