@@ -847,11 +847,7 @@ fn plugins(
             let registry = Registry::discover(discovery, &loader)?;
             check_choices(&registry, global)?;
             let doc = serde_json::json!({ "search_path": registry.search_path, "plugins": registry.entries, "isolation": registry.isolation });
-            (
-                render::plugins(&registry, registry.isolation.as_ref()),
-                doc,
-                true,
-            )
+            (render::plugins(&registry), doc, true)
         }
         PluginsCommand::Pin { dirs } => {
             let pinned = pins::pin(discovery, &loader, dirs)?;

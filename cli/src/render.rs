@@ -7,7 +7,6 @@ use std::path::Path;
 
 use trustformers_migrate::discover::pins::{Pinned, VerifiedFolder};
 use trustformers_migrate::discover::registry::{Registry, Status};
-use trustformers_migrate::isolation::Isolation;
 use trustformers_migrate::report::preview::Preview;
 use trustformers_migrate::size::human;
 use trustformers_migrate::status::InstallStatus;
@@ -341,9 +340,9 @@ pub fn validation(report: &Validation) -> String {
 }
 
 /// `migrate plugins list`.
-pub fn plugins(registry: &Registry, isolation: Option<&Isolation>) -> String {
+pub fn plugins(registry: &Registry) -> String {
     let mut out = String::new();
-    if let Some(i) = isolation {
+    if let Some(i) = &registry.isolation {
         let _ = writeln!(out, "isolation: {}", i.summary());
     }
     let search: Vec<String> = registry

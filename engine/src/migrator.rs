@@ -41,7 +41,7 @@ pub struct MigrationInfo {
     pub data_bytes: Option<u64>,
     pub model_bytes: Option<u64>,
     /// How the workers that described the plugins were confined ([`Registry::isolation`]).
-    pub isolation: Option<crate::isolation::Isolation>,
+    pub isolation: Option<Isolation>,
 }
 
 /// Migrates installations from one release to another through the loaded hop plugins.
@@ -201,8 +201,28 @@ impl VersionMigrator {
         }
     }
 
+    /// What `migrate info` shows of the path `hops` from `from`, with the plan's estimate when
+    /// there is one.
     fn info(&self, from: &Version, hops: &[HopInfo], plan: Option<&Plan>) -> MigrationInfo {
-        info(from, &self.to, hops, plan, self.registry.isolation.clone())
+        let steps: Vec<PlannedHop> = hops.iter().map(plan::planned_hop).collect();
+        let breaking_changes = steps
+            .iter()
+            .flat_map(|s| {
+                s.breaking_changes
+                    .iter()
+                    .map(move |c| format!("{} → {}: {c}", s.from, s.to))
+            })
+            .collect();
+        MigrationInfo {
+            from: from.to_string(),
+            to: self.to.to_string(),
+            steps,
+            breaking_changes,
+            estimated_duration_secs: plan.map(|p| p.estimate().as_secs_f64()),
+            data_bytes: plan.map(Plan::data_bytes),
+            model_bytes: plan.map(Plan::model_bytes),
+            isolation: self.registry.isolation.clone(),
+        }
     }
 
     fn path(&self, from: &Version) -> Result<Vec<HopInfo>> {
@@ -243,34 +263,6 @@ impl VersionMigrator {
         } else {
             format!("; plugin files found but not usable:{}", lines.concat())
         }
-    }
-}
-
-fn info(
-    from: &Version,
-    to: &Version,
-    hops: &[HopInfo],
-    plan: Option<&Plan>,
-    isolation: Option<crate::isolation::Isolation>,
-) -> MigrationInfo {
-    let steps: Vec<PlannedHop> = hops.iter().map(plan::planned_hop).collect();
-    let breaking_changes = steps
-        .iter()
-        .flat_map(|s| {
-            s.breaking_changes
-                .iter()
-                .map(move |c| format!("{} → {}: {c}", s.from, s.to))
-        })
-        .collect();
-    MigrationInfo {
-        from: from.to_string(),
-        to: to.to_string(),
-        steps,
-        breaking_changes,
-        estimated_duration_secs: plan.map(|p| p.estimate().as_secs_f64()),
-        data_bytes: plan.map(Plan::data_bytes),
-        model_bytes: plan.map(Plan::model_bytes),
-        isolation,
     }
 }
 

@@ -574,9 +574,7 @@ fn unsandboxed_the_escape_and_the_connect_do_happen() {
     let settings = default_settings();
     let outside = tempfile::tempdir().expect("tempdir");
     let target = outside.path().join("escaped.txt");
-    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let address = listener.local_addr().expect("address").to_string();
+    let (listener, address) = tcp_listener();
     let (udp, udp_address) = udp_listener();
     let (unix, unix_path) = unix_listener(outside.path());
     let (datagrams, datagram_path) = unix_datagram_socket(outside.path());
@@ -636,6 +634,14 @@ fn unix_datagram_socket(dir: &Path) -> (UnixDatagram, PathBuf) {
     let socket = UnixDatagram::bind(&path).expect("bind unix datagram socket");
     socket.set_nonblocking(true).expect("nonblocking");
     (socket, path)
+}
+
+/// A TCP listener on 127.0.0.1 that does not block: (listener, its address).
+fn tcp_listener() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let address = listener.local_addr().expect("address").to_string();
+    (listener, address)
 }
 
 /// A UDP socket on 127.0.0.1 that does not block: (socket, its address).
@@ -1018,9 +1024,7 @@ fn denied_in_every_rule_with(
 /// nothing.
 #[test]
 fn a_tcp_connect_is_denied() {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let address = listener.local_addr().expect("address").to_string();
+    let (listener, address) = tcp_listener();
     denied_in_every_rule("connect", &address);
     nothing_came(listener.accept(), "the TCP listener", |(_, from)| {
         format!("accepted a connection from {from}")
@@ -1065,9 +1069,7 @@ fn landlock_alone_denies_a_tcp_connect() {
         .expect("without the filter, the sandboxed plugin's datagram arrives");
     assert_greeting(&datagram[..n]);
 
-    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let address = listener.local_addr().expect("address").to_string();
+    let (listener, address) = tcp_listener();
     // Each run says the filter was left out: what refused the connect was Landlock.
     let said = ["turned off by the test build's switch"];
     denied_in_every_rule_with("connect", &address, &[NO_SECCOMP], &said);

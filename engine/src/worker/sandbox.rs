@@ -129,31 +129,25 @@ fn thread_count() -> Option<u64> {
 /// for kernels built with it.
 fn deny_sockets() -> Result<(), String> {
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
-    let mut denied = vec![
+    // Calls x32 makes at their x86-64 numbers, and those it numbers on its own.
+    let common = [
         libc::SYS_socket,
         libc::SYS_socketpair,
         libc::SYS_io_uring_setup,
         libc::SYS_pidfd_getfd,
+    ];
+    let own = [
         libc::SYS_ptrace,
         libc::SYS_process_vm_readv,
         libc::SYS_process_vm_writev,
     ];
+    let mut denied: Vec<libc::c_long> = common.iter().chain(&own).copied().collect();
     if cfg!(target_arch = "x86_64") {
-        // x32's numbers: the common calls at their x86-64 numbers, ptrace and process_vm_*
-        // at numbers of their own (arch/x86/entry/syscalls/syscall_64.tbl).
+        // x32's numbers: bit 30 set; ptrace and process_vm_readv/writev at numbers of their
+        // own (arch/x86/entry/syscalls/syscall_64.tbl).
         const X32: libc::c_long = 0x4000_0000;
-        denied.extend(
-            [
-                libc::SYS_socket,
-                libc::SYS_socketpair,
-                libc::SYS_io_uring_setup,
-                libc::SYS_pidfd_getfd,
-                521, // ptrace
-                539, // process_vm_readv
-                540, // process_vm_writev
-            ]
-            .map(|nr| X32 | nr),
-        );
+        let x32_own: [libc::c_long; 3] = [521, 539, 540];
+        denied.extend(common.iter().chain(&x32_own).map(|nr| X32 | nr));
     }
     // An empty rule list matches the call whatever its arguments.
     let rules: BTreeMap<i64, Vec<_>> = denied.into_iter().map(|nr| (nr, vec![])).collect();

@@ -523,17 +523,13 @@ impl WorkerLoader {
             isolation: Mutex::new(None),
         }
     }
-
-    /// What confined the workers that loaded plugins, once one has run: what held for all of
-    /// them ([`Isolation::weakest`]).
-    pub fn isolation(&self) -> Option<Isolation> {
-        self.isolation.lock().ok().and_then(|i| i.clone())
-    }
 }
 
 impl Loader for WorkerLoader {
+    /// What confined the workers that loaded plugins, once one has run: what held for all of
+    /// them ([`Isolation::weakest`]).
     fn isolation(&self) -> Option<Isolation> {
-        WorkerLoader::isolation(self)
+        self.isolation.lock().ok().and_then(|i| i.clone())
     }
 
     fn describe(&self, path: &Path, sha256: &str) -> Result<HopDescriptor, String> {
