@@ -20,6 +20,7 @@ use crate::plan::{preflight, Plan, Target};
 use crate::report::preview;
 use crate::report::{ErrorReport, MigrationResult, OverallStatus, StepResult, StepStatus};
 use crate::size::{human, peak_rss_bytes};
+use crate::stage::on_disk::Syncing;
 use crate::stage::snapshot::Snapshot;
 use crate::verify::digests::{Digests, Pending};
 use crate::verify::staged;
@@ -217,7 +218,11 @@ fn run_steps(
     // sooner: removing its links changes the change time of the installation's model files,
     // by which the check knows the checksums taken during staging still stand.
     let snapshot = Snapshot::build(plan, &staging)?;
-    let (removals, digests) = stage_in_worker(
+    let WorkerStaged {
+        removals,
+        digests,
+        data_sync,
+    } = stage_in_worker(
         plan,
         worker,
         &staging,
@@ -226,25 +231,34 @@ fn run_steps(
         &steps,
         result,
     )?;
-    for (rel, mode) in crate::stage::quarantine_modes(plan, &staging)? {
-        staging.set_mode(&rel, mode);
-    }
-    let signal = worker.cancel.load(std::sync::atomic::Ordering::SeqCst);
-    if signal != 0 {
-        return Err(MigrateError::WorkerStopped {
-            cause: crate::error::StopCause::Cancelled {
-                signal: signal as i32,
-            },
-            during: "after staging, before anything was swapped in".into(),
-            plugin: None,
-            step: None,
-        });
-    }
-    let mut digests = Some(digests);
-    steps.run(result, "verify", plan.data_bytes(), &mut |s| {
-        let digests = digests.take().map(Pending::wait).unwrap_or_default();
-        verify_staging(plan, &staging, &removals, &digests, s)
-    })?;
+    let checked = (|| {
+        for (rel, mode) in crate::stage::quarantine_modes(plan, &staging)? {
+            staging.set_mode(&rel, mode);
+        }
+        let signal = worker.cancel.load(std::sync::atomic::Ordering::SeqCst);
+        if signal != 0 {
+            return Err(MigrateError::WorkerStopped {
+                cause: crate::error::StopCause::Cancelled {
+                    signal: signal as i32,
+                },
+                during: "after staging, before anything was swapped in".into(),
+                plugin: None,
+                step: None,
+            });
+        }
+        let mut digests = Some(digests);
+        steps.run(result, "verify", plan.data_bytes(), &mut |s| {
+            let digests = digests.take().map(Pending::wait).unwrap_or_default();
+            verify_staging(plan, &staging, &removals, &digests, s)
+        })
+    })();
+    // The staged data is on disk before anything reaches the journal; and whatever the check
+    // found, the data step is recorded with its whole duration.
+    let on_disk = data_sync.map_or(Ok(()), |(syncing, at)| {
+        data_on_disk(result, at, syncing, &steps)
+    });
+    checked?;
+    on_disk?;
     drop(snapshot);
     for rel in &removals {
         staging.remove_at_commit(rel);
@@ -327,7 +341,8 @@ impl Steps<'_> {
 ///
 /// Once the data step is over, the worker runs the model rules, which hash the weights on one
 /// core: the host then hashes the installation's model files on the other, for the pre-swap
-/// check (the [`Pending`] returned; see [`crate::verify::digests`]).
+/// check (the [`Pending`] returned; see [`crate::verify::digests`]). And once the data step is
+/// over, the host syncs its staged files while the rest runs ([`Syncing`]).
 fn stage_in_worker(
     plan: &Plan,
     worker: &WorkerSpec,
@@ -336,8 +351,9 @@ fn stage_in_worker(
     deadline: Option<(Instant, std::time::Duration)>,
     steps: &Steps,
     result: &mut MigrationResult,
-) -> Result<(Vec<String>, Pending)> {
+) -> Result<WorkerStaged> {
     let mut digests = Pending::none();
+    let mut syncing = None;
     // A run that optimizes the weights rewrites them: the check then reads the staged files,
     // and hashing the installation's would only add reads of the largest files there are.
     let model_rules = !plan.models.is_empty()
@@ -358,7 +374,13 @@ fn stage_in_worker(
             if model_rules && s.name == "data" && s.status != StepStatus::Failed {
                 digests = Pending::start(plan.target.root.clone(), plan.model_folders());
             }
-            steps.record(&s);
+            if s.name == "data" && s.status == StepStatus::Completed {
+                // Recorded once its output is on disk: see `data_on_disk`.
+                let files = plan.data_files.iter().map(|f| f.rel.clone()).collect();
+                syncing = Some((Syncing::start(staging.dir(), files), result.steps.len()));
+            } else {
+                steps.record(&s);
+            }
             result.steps.push(s);
         },
     );
@@ -375,7 +397,50 @@ fn stage_in_worker(
         steps.record(&s);
         result.steps.push(s);
     }
-    staged.map(|removals| (removals, digests))
+    if staged.is_err() {
+        if let Some((syncing, at)) = syncing.take() {
+            // The run stops, but the data step's record is still due.
+            let _ = data_on_disk(result, at, syncing, steps);
+        }
+    }
+    staged.map(|removals| WorkerStaged {
+        removals,
+        digests,
+        data_sync: syncing,
+    })
+}
+
+/// What the worker's staging leaves the host to finish.
+struct WorkerStaged {
+    /// The deletions the worker asked for, not yet checked.
+    removals: Vec<String>,
+    /// The installation's model checksums, being taken for the pre-swap check.
+    digests: Pending,
+    /// The data step's output, being synced, and that step's place in the result's steps.
+    data_sync: Option<(Syncing, usize)>,
+}
+
+/// Waits until the data step's staged files are on disk ([`Syncing`]), and only then records
+/// that step (`at` in `result.steps`): its duration runs until then, though the model rules
+/// and the pre-swap check ran meanwhile, and a failed sync fails it.
+fn data_on_disk(
+    result: &mut MigrationResult,
+    at: usize,
+    syncing: Syncing,
+    steps: &Steps,
+) -> Result<()> {
+    let synced = syncing.wait();
+    let Some(s) = result.steps.get_mut(at) else {
+        return synced.outcome;
+    };
+    let took = std::time::Duration::from_millis(s.duration_ms) + synced.after;
+    *s = s.clone().finish(took);
+    if let Err(e) = &synced.outcome {
+        s.status = StepStatus::Failed;
+        s.error = Some(e.to_string());
+    }
+    steps.record(s);
+    synced.outcome
 }
 
 /// Proves the staging good before anything in the installation changes: see

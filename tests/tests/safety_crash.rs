@@ -175,7 +175,7 @@ enum Stage {
 
 fn stage_of(point: &str) -> Stage {
     match point.split(':').next().unwrap() {
-        "batch" => Stage::BeforeJournal,
+        "batch" | "sync-data" => Stage::BeforeJournal,
         "prepared" | "backup" | "swap" => Stage::Prepared,
         "committed" | "cleanup" => Stage::Committed,
         other => panic!("unknown point {other}"),
@@ -244,11 +244,12 @@ fn kill_and_recover(point: &str, forward: bool) -> Option<&'static str> {
 }
 
 /// Every journal step of a full migration of the sample (and one staging point before the
-/// journal): `batch:1`, `prepared:1`, `backup:1`, `swap:1..=N` (N found by running until
+/// journal, and the sync of the staged data the run waits for before it): `batch:1`,
+/// `sync-data:1`, `prepared:1`, `backup:1`, `swap:1..=N` (N found by running until
 /// `swap:N+1` is not reached), `committed:1`, `cleanup:1`, `cleanup:2`. Returns the kills.
 fn kill_at_every_journal_step(forward: bool) -> usize {
     let mut kills = 0;
-    for point in ["batch:1", "prepared:1", "backup:1"] {
+    for point in ["batch:1", "sync-data:1", "prepared:1", "backup:1"] {
         assert!(
             kill_and_recover(point, forward).is_some(),
             "{point} not reached"
@@ -318,7 +319,12 @@ fn kill_at_every_journal_step_then_recover_forward_finishes() {
 fn regression_migrate_version_after_a_kill_recovers_first_at_every_journal_step() {
     let r = refs();
     let swaps = swap_count();
-    let mut points: Vec<String> = vec!["batch:1".into(), "prepared:1".into(), "backup:1".into()];
+    let mut points: Vec<String> = vec![
+        "batch:1".into(),
+        "sync-data:1".into(),
+        "prepared:1".into(),
+        "backup:1".into(),
+    ];
     points.extend((1..=swaps).map(|n| format!("swap:{n}")));
     points.extend(["committed:1", "cleanup:1", "cleanup:2"].map(String::from));
     let mut kills = 0;

@@ -76,6 +76,56 @@ fn a_commit_that_cannot_be_recorded_is_interrupted_and_recover_undoes_it() {
     assert_no_leftovers(root, "after recover");
 }
 
+/// The worker writes the staged data and goes on to the models; the host syncs that data
+/// meanwhile, and nothing reaches the journal before it is on disk. A sync that fails, as a
+/// failing disk would, fails the data step and the run with nothing changed: exit 1, an error
+/// that names the staged file and says the installation was not changed, no journal, no
+/// backup, the tree as it was. The models step and the pre-swap check had completed: they ran
+/// while the data was being synced (before, a data step still syncing was the models' wait).
+#[test]
+fn a_staged_data_file_that_cannot_be_synced_fails_the_run_before_the_journal() {
+    let install = sample_install();
+    let root = install.path();
+    let before = tree_hash(root);
+    let o = migrate_env(
+        &["--json", "version", "--path", p(root), "--to", "2.1.0"],
+        &[(FAULT, "sync-data:1:error")],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    let result: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json result");
+    let step = |name: &str| {
+        result["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+    };
+    let data = step("data").expect("a data step");
+    assert_eq!(data["status"], "Failed", "{result}");
+    let message = result["error"]["message"].as_str().expect("error message");
+    for needle in [
+        "cannot get the staged data/",
+        "onto the disk (in ",
+        "nothing in the installation was changed",
+        "injected fault at sync-data",
+    ] {
+        assert!(message.contains(needle), "{needle:?} in {message}");
+        assert!(
+            data["error"].as_str().unwrap_or("").contains(needle),
+            "{data}"
+        );
+    }
+    for name in ["models", "verify"] {
+        let s = step(name).unwrap_or_else(|| panic!("no {name} step: {result}"));
+        assert_eq!(s["status"], "Completed", "{name}: {result}");
+    }
+    assert!(step("journal").is_none(), "{result}");
+    assert_eq!(result["backup_path"], serde_json::Value::Null, "{result}");
+    assert_eq!(tree_hash(root), before, "nothing was changed");
+    assert_no_leftovers(root, "after a failed sync");
+}
+
 /// A swap that fails part-way is rolled back; when the rollback fails too, the installation
 /// is between two states: exit 8 (not 1, "left as it was"), and the next command finishes the
 /// rollback.

@@ -7,6 +7,7 @@
 
 pub mod budget;
 pub mod data;
+pub mod on_disk;
 pub mod snapshot;
 pub mod write_behind;
 

@@ -12,8 +12,9 @@ use std::io::{self, Write};
 /// How much is written between two requests for write-back.
 const EVERY: u64 = 8 << 20;
 
-/// A file whose written bytes are handed to write-back every `EVERY` bytes. Only a hint:
-/// the caller still calls `sync_all`, which is what makes the data durable and reports errors.
+/// A file whose written bytes are handed to write-back every `EVERY` bytes. Only a hint: a
+/// `sync_all` still makes the data durable and reports errors (for the data step, the host's:
+/// see [`super::on_disk`]).
 pub struct WriteBehind {
     file: File,
     written: u64,
@@ -44,7 +45,7 @@ impl WriteBehind {
             );
             // SAFETY: a plain syscall on a file descriptor this value owns; no memory is passed.
             // Its result is ignored on purpose: a failure here only loses the overlap, and the
-            // caller's fsync reports any real write error.
+            // later fsync reports any real write error.
             unsafe {
                 libc::sync_file_range(
                     self.file.as_raw_fd(),
