@@ -27,15 +27,20 @@ use crate::error::{MigrateError, Result};
 
 /// The sync of staged files, under way on a thread of its own.
 pub struct Syncing {
-    thread: Option<JoinHandle<Result<()>>>,
+    thread: Option<JoinHandle<Finished>>,
     /// The outcome when no thread could be started and the files were synced at once.
-    done: Option<Result<()>>,
+    done: Option<Finished>,
     started: Instant,
 }
 
+/// The sync's outcome and when it was known: the run waits for it only later, after the
+/// pre-swap check, and the data step's duration must end when its files were on disk.
+type Finished = (Result<()>, Instant);
+
 /// How a [`Syncing`] ended.
 pub struct Synced {
-    /// How long after [`Syncing::start`] the last file was on disk.
+    /// How long after [`Syncing::start`] the last file was on disk (not when [`Syncing::wait`]
+    /// returned, which may be much later).
     pub after: Duration,
     pub outcome: Result<()>,
 }
@@ -49,7 +54,7 @@ impl Syncing {
         let rels_here = rels.clone();
         let spawned = std::thread::Builder::new()
             .name("stage-sync".into())
-            .spawn(move || sync_all(&owned, &rels));
+            .spawn(move || (sync_all(&owned, &rels), Instant::now()));
         match spawned {
             Ok(thread) => Syncing {
                 thread: Some(thread),
@@ -59,7 +64,7 @@ impl Syncing {
             // No thread to spare: the files are synced here, as the worker used to.
             Err(_) => Syncing {
                 thread: None,
-                done: Some(sync_all(dir, &rels_here)),
+                done: Some((sync_all(dir, &rels_here), Instant::now())),
                 started,
             },
         }
@@ -67,21 +72,24 @@ impl Syncing {
 
     /// Waits until every file is on disk (or its sync failed).
     pub fn wait(mut self) -> Synced {
-        let outcome = self.join();
+        let (outcome, at) = self.join();
         Synced {
-            after: self.started.elapsed(),
+            after: at.saturating_duration_since(self.started),
             outcome,
         }
     }
 
-    fn join(&mut self) -> Result<()> {
+    fn join(&mut self) -> Finished {
         match self.thread.take().map(JoinHandle::join) {
-            None => self.done.take().unwrap_or(Ok(())),
-            Some(Ok(outcome)) => outcome,
-            Some(Err(_)) => Err(MigrateError::Internal {
-                detail: "the thread that syncs the staged data panicked".into(),
-                state: "nothing was changed".into(),
-            }),
+            None => self.done.take().unwrap_or((Ok(()), self.started)),
+            Some(Ok(finished)) => finished,
+            Some(Err(_)) => (
+                Err(MigrateError::Internal {
+                    detail: "the thread that syncs the staged data panicked".into(),
+                    state: "nothing was changed".into(),
+                }),
+                Instant::now(),
+            ),
         }
     }
 }
@@ -122,8 +130,9 @@ fn sync_all(dir: &Path, rels: &[String]) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The files present are synced, one the step removed again is skipped, and a link planted
-    /// in the staging in place of a staged file is refused, named, not followed.
+    /// The files present are synced, one the step removed again is skipped, the time is taken
+    /// when they were on disk, and a link planted in the staging in place of a staged file is
+    /// refused, named, not followed.
     #[test]
     fn syncs_what_is_staged_and_refuses_a_link() {
         let dir = tempfile::tempdir().unwrap();
@@ -132,6 +141,14 @@ mod tests {
         let synced =
             Syncing::start(dir.path(), vec!["data/a.jsonl".into(), "data/gone".into()]).wait();
         assert!(synced.outcome.is_ok(), "{:?}", synced.outcome.err());
+
+        // Measured to when the files were on disk, not to when the run got round to waiting.
+        let syncing = Syncing::start(dir.path(), vec!["data/a.jsonl".into()]);
+        let waited = Duration::from_millis(1500);
+        std::thread::sleep(waited);
+        let synced = syncing.wait();
+        assert!(synced.outcome.is_ok());
+        assert!(synced.after < waited, "{:?}", synced.after);
 
         let outside = tempfile::NamedTempFile::new().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("data/b.jsonl")).unwrap();
