@@ -218,11 +218,7 @@ fn run_steps(
     // sooner: removing its links changes the change time of the installation's model files,
     // by which the check knows the checksums taken during staging still stand.
     let snapshot = Snapshot::build(plan, &staging)?;
-    let WorkerStaged {
-        removals,
-        digests,
-        data_sync,
-    } = stage_in_worker(
+    let (removals, digests) = stage_in_worker(
         plan,
         worker,
         &staging,
@@ -231,34 +227,25 @@ fn run_steps(
         &steps,
         result,
     )?;
-    let checked = (|| {
-        for (rel, mode) in crate::stage::quarantine_modes(plan, &staging)? {
-            staging.set_mode(&rel, mode);
-        }
-        let signal = worker.cancel.load(std::sync::atomic::Ordering::SeqCst);
-        if signal != 0 {
-            return Err(MigrateError::WorkerStopped {
-                cause: crate::error::StopCause::Cancelled {
-                    signal: signal as i32,
-                },
-                during: "after staging, before anything was swapped in".into(),
-                plugin: None,
-                step: None,
-            });
-        }
-        let mut digests = Some(digests);
-        steps.run(result, "verify", plan.data_bytes(), &mut |s| {
-            let digests = digests.take().map(Pending::wait).unwrap_or_default();
-            verify_staging(plan, &staging, &removals, &digests, s)
-        })
-    })();
-    // The staged data is on disk before anything reaches the journal; and whatever the check
-    // found, the data step is recorded with its whole duration.
-    let on_disk = data_sync.map_or(Ok(()), |(syncing, at)| {
-        data_on_disk(result, at, syncing, &steps)
-    });
-    checked?;
-    on_disk?;
+    for (rel, mode) in crate::stage::quarantine_modes(plan, &staging)? {
+        staging.set_mode(&rel, mode);
+    }
+    let signal = worker.cancel.load(std::sync::atomic::Ordering::SeqCst);
+    if signal != 0 {
+        return Err(MigrateError::WorkerStopped {
+            cause: crate::error::StopCause::Cancelled {
+                signal: signal as i32,
+            },
+            during: "after staging, before anything was swapped in".into(),
+            plugin: None,
+            step: None,
+        });
+    }
+    let mut digests = Some(digests);
+    steps.run(result, "verify", plan.data_bytes(), &mut |s| {
+        let digests = digests.take().map(Pending::wait).unwrap_or_default();
+        verify_staging(plan, &staging, &removals, &digests, s)
+    })?;
     drop(snapshot);
     for rel in &removals {
         staging.remove_at_commit(rel);
@@ -341,8 +328,8 @@ impl Steps<'_> {
 ///
 /// Once the data step is over, the worker runs the model rules, which hash the weights on one
 /// core: the host then hashes the installation's model files on the other, for the pre-swap
-/// check (the [`Pending`] returned; see [`crate::verify::digests`]). And once the data step is
-/// over, the host syncs its staged files while the rest runs ([`Syncing`]).
+/// check (the [`Pending`] returned; see [`crate::verify::digests`]). And the host syncs the data
+/// step's staged files meanwhile ([`Syncing`]), which the worker no longer waits for.
 fn stage_in_worker(
     plan: &Plan,
     worker: &WorkerSpec,
@@ -351,9 +338,11 @@ fn stage_in_worker(
     deadline: Option<(Instant, std::time::Duration)>,
     steps: &Steps,
     result: &mut MigrationResult,
-) -> Result<WorkerStaged> {
+) -> Result<(Vec<String>, Pending)> {
     let mut digests = Pending::none();
-    let mut syncing = None;
+    // The data step's sync under way, and that step's place in `result.steps`.
+    let mut syncing: Option<(Syncing, usize)> = None;
+    let mut sync_failed = None;
     // A run that optimizes the weights rewrites them: the check then reads the staged files,
     // and hashing the installation's would only add reads of the largest files there are.
     let model_rules = !plan.models.is_empty()
@@ -374,8 +363,14 @@ fn stage_in_worker(
             if model_rules && s.name == "data" && s.status != StepStatus::Failed {
                 digests = Pending::start(plan.target.root.clone(), plan.model_folders());
             }
+            // The next step's result (the models step, which ran meanwhile) is when the run
+            // waits for the data on disk, so that each step is recorded in its order.
+            if let Some((pending, at)) = syncing.take() {
+                if let Err(e) = data_on_disk(result, at, pending, steps) {
+                    sync_failed = Some(e);
+                }
+            }
             if s.name == "data" && s.status == StepStatus::Completed {
-                // Recorded once its output is on disk: see `data_on_disk`.
                 let files = plan.data_files.iter().map(|f| f.rel.clone()).collect();
                 syncing = Some((Syncing::start(staging.dir(), files), result.steps.len()));
             } else {
@@ -385,6 +380,12 @@ fn stage_in_worker(
         },
     );
     result.isolation = isolation;
+    // No step came after the data step's (the worker stopped): its record is still due.
+    if let Some((pending, at)) = syncing.take() {
+        if let Err(e) = data_on_disk(result, at, pending, steps) {
+            sync_failed = Some(e);
+        }
+    }
     if let Err(
         e @ MigrateError::WorkerStopped {
             step: Some(name), ..
@@ -397,32 +398,15 @@ fn stage_in_worker(
         steps.record(&s);
         result.steps.push(s);
     }
-    if staged.is_err() {
-        if let Some((syncing, at)) = syncing.take() {
-            // The run stops, but the data step's record is still due.
-            let _ = data_on_disk(result, at, syncing, steps);
-        }
+    match (staged, sync_failed) {
+        (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+        (Ok(removals), None) => Ok((removals, digests)),
     }
-    staged.map(|removals| WorkerStaged {
-        removals,
-        digests,
-        data_sync: syncing,
-    })
-}
-
-/// What the worker's staging leaves the host to finish.
-struct WorkerStaged {
-    /// The deletions the worker asked for, not yet checked.
-    removals: Vec<String>,
-    /// The installation's model checksums, being taken for the pre-swap check.
-    digests: Pending,
-    /// The data step's output, being synced, and that step's place in the result's steps.
-    data_sync: Option<(Syncing, usize)>,
 }
 
 /// Waits until the data step's staged files are on disk ([`Syncing`]), and only then records
 /// that step (`at` in `result.steps`): its duration runs until then, though the model rules
-/// and the pre-swap check ran meanwhile, and a failed sync fails it.
+/// ran meanwhile, and a failed sync fails it.
 fn data_on_disk(
     result: &mut MigrationResult,
     at: usize,
@@ -433,8 +417,7 @@ fn data_on_disk(
     let Some(s) = result.steps.get_mut(at) else {
         return synced.outcome;
     };
-    let took = std::time::Duration::from_millis(s.duration_ms) + synced.after;
-    *s = s.clone().finish(took);
+    s.set_duration(std::time::Duration::from_millis(s.duration_ms) + synced.after);
     if let Err(e) = &synced.outcome {
         s.status = StepStatus::Failed;
         s.error = Some(e.to_string());

@@ -77,13 +77,18 @@ impl StepResult {
     }
 
     pub fn finish(mut self, took: Duration) -> Self {
+        self.set_duration(took);
+        self
+    }
+
+    /// Sets the duration and the rates that follow from it.
+    pub fn set_duration(&mut self, took: Duration) {
         self.duration_ms = took.as_millis() as u64;
         let secs = took.as_secs_f64();
         if secs > 0.0 {
             self.bytes_per_sec = (self.bytes as f64 / secs) as u64;
             self.records_per_sec = (self.records as f64 / secs) as u64;
         }
-        self
     }
 }
 

@@ -1,21 +1,24 @@
-//! The data step's staged files made durable by the host while the next steps run.
+//! The data step's staged files made durable by the host while the model rules run.
 //!
 //! Why: the data step writes its output faster than this kind of disk takes it. With the
 //! write-back started as it goes ([`super::write_behind`]), the fsync at its end still waited
 //! for the last of it: on the bench's 0.5× tree (852 MB written) both cores sat idle for up to
-//! 0.55 s, after 1 s of migrating records. The model rules and the pre-swap check need the
-//! staged data only in the page cache, not on disk, so the worker now writes the data files
-//! without that fsync and goes on to the models, and the host syncs them here, on a thread of
-//! its own. Nothing reaches the journal before they are on disk: the run waits for this
-//! thread after the pre-swap check ([`Syncing::wait`]).
+//! 0.55 s, after 1 s of migrating records. The model rules need the staged data nowhere, so
+//! the worker now writes the data files without that fsync and goes on to the models, and the
+//! host syncs them here, on a thread of its own. The run waits for this thread when the models
+//! step's result comes ([`Syncing::wait`]), so the steps are still recorded in their order,
+//! and the journal later syncs every staged file again before it is written.
+//!
+//! Why a thread rather than leaving it all to the journal's sync: the data step's duration
+//! then still runs until its output is on disk (the time is taken as the thread finishes), as
+//! the bench's data figure requires, and a failing disk fails the data step that wrote to it.
 //!
 //! A sync is asked of a descriptor the host opens itself, confined (no link followed) below
 //! the staging folder. Linux's fsync writes and waits for every dirty page of the file,
-//! whoever wrote it, and reports a write-back error no one has seen yet to the descriptor that
-//! asks (`errseq`), so a failure of the worker's writes is not lost with its descriptor.
-//!
-//! The data step's report stays what it was: its duration runs until its output is on disk
-//! ([`Syncing::wait`] adds the wait to it), even though the models step ran meanwhile.
+//! whoever wrote it, and since Linux 4.16 (`errseq`) reports a write-back error no one has seen
+//! yet to a descriptor opened after it, as long as the kernel keeps the file's inode in memory
+//! (its pages are still in the page cache here; a file system that reports errors on close,
+//! such as NFS, may report them to the worker's close only, which drops them).
 
 use std::path::Path;
 use std::thread::JoinHandle;
@@ -103,7 +106,15 @@ impl Drop for Syncing {
 }
 
 fn sync_all(dir: &Path, rels: &[String]) -> Result<()> {
-    let staging = Root::open(dir)?;
+    let staging = Root::open(dir).map_err(|e| {
+        MigrateError::io(
+            format!(
+                "cannot open the staging folder {} to sync it; nothing in the installation was changed: run the migration again",
+                dir.display()
+            ),
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
     for rel in rels {
         if !staging.file_exists(rel)? {
             continue;
@@ -143,12 +154,16 @@ mod tests {
         assert!(synced.outcome.is_ok(), "{:?}", synced.outcome.err());
 
         // Measured to when the files were on disk, not to when the run got round to waiting.
+        let t0 = Instant::now();
         let syncing = Syncing::start(dir.path(), vec!["data/a.jsonl".into()]);
-        let waited = Duration::from_millis(1500);
-        std::thread::sleep(waited);
+        while !syncing.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let done_by = t0.elapsed();
+        std::thread::sleep(Duration::from_millis(300));
         let synced = syncing.wait();
         assert!(synced.outcome.is_ok());
-        assert!(synced.after < waited, "{:?}", synced.after);
+        assert!(synced.after <= done_by, "{:?} > {done_by:?}", synced.after);
 
         let outside = tempfile::NamedTempFile::new().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("data/b.jsonl")).unwrap();
