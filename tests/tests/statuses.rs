@@ -125,6 +125,45 @@ fn a_staged_data_file_that_cannot_be_synced_fails_the_run_before_the_journal() {
     assert_no_leftovers(root, "after a failed sync");
 }
 
+/// The run waits for the staged data on disk while it handles the models step's result: a
+/// slow disk there is neither the worker's silence (a `stall_seconds` of 1 does not stop a run
+/// whose sync takes 2.5 s) nor missing from the report (the data step's duration runs until its
+/// output is on disk).
+#[test]
+fn a_slow_sync_of_the_staged_data_is_waited_for_and_reported() {
+    let install = sample_install();
+    let root = install.path();
+    let settings = tempfile::tempdir().expect("tempdir");
+    let config = settings.path().join("migration_config.toml");
+    std::fs::write(&config, "[global]\nstall_seconds = 1\n").expect("write settings");
+    let o = migrate_env(
+        &[
+            "--json",
+            "--config-file",
+            p(&config),
+            "version",
+            "--path",
+            p(root),
+            "--to",
+            "2.1.0",
+        ],
+        &[(FAULT, "sync-data:1:slow2500")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let result: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json result");
+    let data = result["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["name"] == "data")
+        .cloned()
+        .expect("a data step");
+    assert_eq!(data["status"], "Completed", "{result}");
+    let ms = data["duration_ms"].as_u64().expect("duration_ms");
+    assert!(ms >= 2500, "the data step took {ms} ms: {result}");
+    assert_eq!(read(root, "VERSION").trim(), "2.1.0");
+}
+
 /// A swap that fails part-way is rolled back; when the rollback fails too, the installation
 /// is between two states: exit 8 (not 1, "left as it was"), and the next command finishes the
 /// rollback.

@@ -7,7 +7,8 @@
 //! - `error`: return an I/O error from that point, as a full disk or a failing device would;
 //! - `panic`: panic there, as a bug in the host would;
 //! - `stop`: SIGSTOP itself, so a test can change the disk at an exact point (plant a link
-//!   between planning and reading) and then let it go on with SIGCONT.
+//!   between planning and reading) and then let it go on with SIGCONT;
+//! - `slow<ms>` (`slow2500`): wait that long on that thread alone, as a slow disk would.
 //!
 //! Without the feature (every release build) [`point`] is an empty function and the variable
 //! is never read: the hook does not ship to operators.
@@ -61,6 +62,11 @@ pub fn point(name: &str) -> Result<()> {
             std::io::Error::other("TRUSTFORMERS_MIGRATE_FAULT"),
         )),
         "panic" => panic!("injected panic at {name} (TRUSTFORMERS_MIGRATE_FAULT)"),
+        slow if slow.starts_with("slow") => {
+            let ms = slow["slow".len()..].parse().unwrap_or(1000);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(())
+        }
         "stop" => {
             // Sent to this very thread (tgkill), not to the process: the thread then stops on
             // its way out of the system call, before it runs one more line. A signal sent to

@@ -372,6 +372,9 @@ fn run(
                             worker.reap(observer);
                             return Ok(());
                         }
+                        // The time the supervisor's own handling took (the run waits for the
+                        // staged data on disk there) is not the worker's silence.
+                        last_heard = Instant::now();
                     }
                 }
             }
