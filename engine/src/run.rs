@@ -365,10 +365,8 @@ fn stage_in_worker(
             }
             // The next step's result (the models step, which ran meanwhile) is when the run
             // waits for the data on disk, so that each step is recorded in its order.
-            if let Some((pending, at)) = syncing.take() {
-                if let Err(e) = data_on_disk(result, at, pending, steps) {
-                    sync_failed = Some(e);
-                }
+            if let Err(e) = data_on_disk(result, syncing.take(), steps) {
+                sync_failed = Some(e);
             }
             if s.name == "data" && s.status == StepStatus::Completed {
                 let files = plan.data_files.iter().map(|f| f.rel.clone()).collect();
@@ -381,10 +379,8 @@ fn stage_in_worker(
     );
     result.isolation = isolation;
     // No step came after the data step's (the worker stopped): its record is still due.
-    if let Some((pending, at)) = syncing.take() {
-        if let Err(e) = data_on_disk(result, at, pending, steps) {
-            sync_failed = Some(e);
-        }
+    if let Err(e) = data_on_disk(result, syncing.take(), steps) {
+        sync_failed = Some(e);
     }
     if let Err(
         e @ MigrateError::WorkerStopped {
@@ -404,15 +400,17 @@ fn stage_in_worker(
     }
 }
 
-/// Waits until the data step's staged files are on disk ([`Syncing`]), and only then records
-/// that step (`at` in `result.steps`): its duration runs until then, though the model rules
-/// ran meanwhile, and a failed sync fails it.
+/// Waits until the data step's staged files are on disk ([`Syncing`]; nothing to do when no
+/// sync is under way), and only then records that step (`at` in `result.steps`): its duration
+/// runs until then, though the model rules ran meanwhile, and a failed sync fails it.
 fn data_on_disk(
     result: &mut MigrationResult,
-    at: usize,
-    syncing: Syncing,
+    syncing: Option<(Syncing, usize)>,
     steps: &Steps,
 ) -> Result<()> {
+    let Some((syncing, at)) = syncing else {
+        return Ok(());
+    };
     let synced = syncing.wait();
     let Some(s) = result.steps.get_mut(at) else {
         return synced.outcome;

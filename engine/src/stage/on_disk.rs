@@ -30,14 +30,14 @@ use crate::error::{MigrateError, Result};
 
 /// The sync of staged files, under way on a thread of its own.
 pub struct Syncing {
+    /// None when no thread could be started: the journal's own sync of every staged file then
+    /// makes them durable before anything is swapped in, as it does in any case.
     thread: Option<JoinHandle<Finished>>,
-    /// The outcome when no thread could be started and the files were synced at once.
-    done: Option<Finished>,
     started: Instant,
 }
 
-/// The sync's outcome and when it was known: the run waits for it only later, after the
-/// pre-swap check, and the data step's duration must end when its files were on disk.
+/// The sync's outcome and when it was known: the run waits for it only later, when the models
+/// step's result comes, and the data step's duration must end when its files were on disk.
 type Finished = (Result<()>, Instant);
 
 /// How a [`Syncing`] ended.
@@ -53,24 +53,12 @@ impl Syncing {
     /// from the staging again (a document whose one record went to the quarantine) is skipped.
     pub fn start(dir: &Path, rels: Vec<String>) -> Syncing {
         let started = Instant::now();
-        let owned = dir.to_path_buf();
-        let rels_here = rels.clone();
-        let spawned = std::thread::Builder::new()
+        let dir = dir.to_path_buf();
+        let thread = std::thread::Builder::new()
             .name("stage-sync".into())
-            .spawn(move || (sync_all(&owned, &rels), Instant::now()));
-        match spawned {
-            Ok(thread) => Syncing {
-                thread: Some(thread),
-                done: None,
-                started,
-            },
-            // No thread to spare: the files are synced here, as the worker used to.
-            Err(_) => Syncing {
-                thread: None,
-                done: Some((sync_all(dir, &rels_here), Instant::now())),
-                started,
-            },
-        }
+            .spawn(move || (sync_all(&dir, &rels), Instant::now()))
+            .ok();
+        Syncing { thread, started }
     }
 
     /// Waits until every file is on disk (or its sync failed).
@@ -84,7 +72,7 @@ impl Syncing {
 
     fn join(&mut self) -> Finished {
         match self.thread.take().map(JoinHandle::join) {
-            None => self.done.take().unwrap_or((Ok(()), self.started)),
+            None => (Ok(()), self.started),
             Some(Ok(finished)) => finished,
             Some(Err(_)) => (
                 Err(MigrateError::Internal {
