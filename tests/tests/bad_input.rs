@@ -145,12 +145,7 @@ fn quarantine_sets_bad_records_aside_and_goes_on() {
     assert_eq!(q[0]["record"], bad, "copied verbatim");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let data = report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "data")
-        .unwrap();
+    let data = step(&report, "data").unwrap();
     assert_eq!(data["quarantined"], 1);
     assert_eq!(data["records"].as_u64().unwrap(), 199 + 60 + 1);
 }

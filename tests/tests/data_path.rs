@@ -101,11 +101,7 @@ fn migrate_quarantining(root: &Path, env: &[(&str, &str)]) -> String {
 /// The data step of a `--json` report.
 fn data_step(report: &str) -> Value {
     let report: Value = serde_json::from_str(report).expect("a JSON report");
-    report["steps"]
-        .as_array()
-        .and_then(|steps| steps.iter().find(|s| s["name"] == "data"))
-        .cloned()
-        .expect("a data step")
+    step(&report, "data").cloned().expect("a data step")
 }
 
 #[test]

@@ -141,12 +141,7 @@ fn metrics_parse_with_prometheus_client_and_promtool_and_tell_the_runs_apart() {
         );
     }
     for kind in ["config", "data", "models", "backup"] {
-        let step = report["steps"]
-            .as_array()
-            .expect("steps")
-            .iter()
-            .find(|s| s["name"] == kind)
-            .expect("step");
+        let step = step(&report, kind).expect("step");
         assert_eq!(
             get(&samples, &m(&format!("bytes_total{{kind=\"{kind}\"}}"))),
             step["bytes"].as_f64().expect("bytes"),

@@ -323,12 +323,7 @@ fn encrypted_backup_opens_with_the_age_cli_and_the_keys_are_nowhere_else() {
         p(&cfg),
     ]);
     let report: serde_json::Value = serde_json::from_str(&ok(&out)).expect("json report");
-    let backup_step = report["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .find(|s| s["name"] == "backup")
-        .expect("backup step");
+    let backup_step = step(&report, "backup").expect("backup step");
     assert!(
         backup_step["warnings"]
             .to_string()

@@ -44,10 +44,7 @@ fn a_plugin_built_against_plugin_api_1_0_0_loads_and_migrates() {
     // A hop without a declared program (plugin-api 1.7) keeps the whole chain on the hops'
     // rules: the host's one fused pass migrated nothing.
     let report: serde_json::Value = serde_json::from_str(&report).expect("JSON report");
-    let data = report["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == "data"))
-        .expect("a data step");
+    let data = step(&report, "data").expect("a data step");
     assert!(data["records"].as_u64() > Some(0), "{data}");
     assert!(data.get("records_by_program").is_none(), "{data}");
     let config = read(install.path(), "config/server.toml");

@@ -93,15 +93,7 @@ fn a_staged_data_file_that_cannot_be_synced_fails_the_run_before_the_journal() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let result: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json result");
-    let step = |name: &str| {
-        result["steps"]
-            .as_array()
-            .expect("steps")
-            .iter()
-            .find(|s| s["name"] == name)
-            .cloned()
-    };
-    let data = step("data").expect("a data step");
+    let data = step(&result, "data").expect("a data step");
     assert_eq!(data["status"], "Failed", "{result}");
     let message = result["error"]["message"].as_str().expect("error message");
     for needle in [
@@ -116,10 +108,10 @@ fn a_staged_data_file_that_cannot_be_synced_fails_the_run_before_the_journal() {
             "{data}"
         );
     }
-    let models = step("models").unwrap_or_else(|| panic!("no models step: {result}"));
+    let models = step(&result, "models").unwrap_or_else(|| panic!("no models step: {result}"));
     assert_eq!(models["status"], "Completed", "{result}");
-    assert!(step("verify").is_none(), "{result}");
-    assert!(step("journal").is_none(), "{result}");
+    assert!(step(&result, "verify").is_none(), "{result}");
+    assert!(step(&result, "journal").is_none(), "{result}");
     assert_eq!(result["backup_path"], serde_json::Value::Null, "{result}");
     assert_eq!(tree_hash(root), before, "nothing was changed");
     assert_no_leftovers(root, "after a failed sync");
@@ -151,13 +143,7 @@ fn a_slow_sync_of_the_staged_data_is_waited_for_and_reported() {
     );
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let result: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json result");
-    let data = result["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .find(|s| s["name"] == "data")
-        .cloned()
-        .expect("a data step");
+    let data = step(&result, "data").expect("a data step");
     assert_eq!(data["status"], "Completed", "{result}");
     let ms = data["duration_ms"].as_u64().expect("duration_ms");
     assert!(ms >= 2500, "the data step took {ms} ms: {result}");

@@ -191,6 +191,14 @@ pub fn jsonl(root: &Path, rel: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The step `name` of a migration's JSON result or report, if it has one.
+pub fn step<'a>(result: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    result["steps"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
