@@ -22,7 +22,7 @@ use crate::report::{ErrorReport, MigrationResult, OverallStatus, StepResult, Ste
 use crate::size::{human, peak_rss_bytes};
 use crate::stage::on_disk::Syncing;
 use crate::stage::snapshot::Snapshot;
-use crate::verify::digests::{Digests, Pending};
+use crate::verify::digests::{Digests, Pending, StagedDigests};
 use crate::verify::staged;
 use crate::verify::Severity;
 use crate::worker::{supervise, WorkerSpec};
@@ -242,9 +242,12 @@ fn run_steps(
         });
     }
     let mut digests = Some(digests);
+    // The checksums the check takes of the staged data files, for the backup.
+    let mut staged_digests = StagedDigests::default();
     steps.run(result, "verify", plan.data_bytes(), &mut |s| {
         let digests = digests.take().map(Pending::wait).unwrap_or_default();
-        verify_staging(plan, &staging, &removals, &digests, s)
+        staged_digests = verify_staging(plan, &staging, &removals, &digests, s)?;
+        Ok(())
     })?;
     drop(snapshot);
     for rel in &removals {
@@ -264,7 +267,7 @@ fn run_steps(
             let Some(mut txn) = txn else { return Ok(()) };
             let backup_bytes = commit::replaced_bytes(plan, &txn);
             if let Err(e) = steps.run(result, "backup", backup_bytes, &mut |s| {
-                commit::back_up(plan, &mut txn, s, observer)
+                commit::back_up(plan, &mut txn, &staged_digests, s, observer)
             }) {
                 // Nothing was swapped yet: undoing the journal puts back exactly what was.
                 return match txn.rollback() {
@@ -426,21 +429,22 @@ fn data_on_disk(
 
 /// Proves the staging good before anything in the installation changes: see
 /// [`crate::verify::staged`]. A violation is the plugin's fault (exit 6), named with its file.
-/// The deletions the worker asked for are checked too, before any is accepted.
+/// The deletions the worker asked for are checked too, before any is accepted. Returns the
+/// checksums the check took of the staged data files.
 fn verify_staging(
     plan: &Plan,
     staging: &Staging,
     removals: &[String],
     digests: &Digests,
     s: &mut StepResult,
-) -> Result<()> {
+) -> Result<StagedDigests> {
     // Test hook: a test pauses here to change an installation file after its checksum was
     // taken.
     migrate_transaction::fault::point("verify")?;
     let models = plan.model_folders();
     let data = plan.target.data.as_ref().map(|d| plan.target.rel(d));
     let data_files: Vec<String> = plan.data_files.iter().map(|f| f.rel.clone()).collect();
-    let violations = staged::check(&staged::Staged {
+    let checked = staged::check(&staged::Staged {
         staging: staging.dir(),
         root: &plan.target.root,
         version: &plan.to,
@@ -453,12 +457,12 @@ fn verify_staging(
         digests,
     });
     s.files = (plan.config.is_some() as u64) + plan.data_files.len() as u64 + models.len() as u64;
-    if violations.is_empty() {
-        return Ok(());
+    if checked.violations.is_empty() {
+        return Ok(checked.digests);
     }
     Err(MigrateError::StagedInvalid {
         version: plan.to.to_string(),
-        violations,
+        violations: checked.violations,
     })
 }
 

@@ -234,6 +234,34 @@ fn finding_01_forward_recovery_completes_the_backup_first() {
     assert_eq!(tree_hash(root), original);
 }
 
+/// The backup records the size and sha256 of every file the migration wrote, for a rollback
+/// to tell them from what changed since. The data files' come from the pre-swap check, which
+/// hashed them as it read them (the backup does not read them again): each must be the file's
+/// as it is installed, as the others are.
+#[test]
+fn the_backup_records_the_sha256_of_what_the_migration_wrote() {
+    let dir = sample_install();
+    let root = dir.path();
+    ok(&migrate_version(root, &[]));
+    let meta = metadata(&only_backup(root));
+    let written = meta["written"].as_array().unwrap();
+    let paths: Vec<&str> = written
+        .iter()
+        .map(|w| w["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.starts_with("data/") && p.ends_with(".jsonl")),
+        "{paths:?}"
+    );
+    for w in written {
+        let bytes = std::fs::read(root.join(w["path"].as_str().unwrap())).unwrap();
+        assert_eq!(w["size"], bytes.len() as u64, "{w}");
+        assert_eq!(w["sha256"], sha256_hex(&bytes), "{w}");
+    }
+}
+
 /// Finding 2: `created_files` names a file the migration never created. A name without the
 /// sha256 of what the migration wrote is refused by `backups verify` and `rollback`; one with
 /// a sha256 that is not the file's makes the rollback keep the file and say so.

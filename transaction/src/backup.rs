@@ -91,7 +91,15 @@ pub struct BackupRequest<'a> {
     pub written: Vec<String>,
     /// `Sync`: the files are opened and hashed on a thread of their own, one at a time.
     pub open_written: &'a (dyn Fn(&str) -> Result<File> + Sync),
+    /// The size and sha256 of a written file (`rel`, opened) already known to the caller, if
+    /// it still stands for the file: that file is then not read again. `None`: every written
+    /// file is hashed.
+    pub known_written: Option<&'a KnownDigest<'a>>,
 }
+
+/// See [`BackupRequest::known_written`]: the caller's size and sha256 of the file `rel`, opened,
+/// when it knows them for that very file.
+pub type KnownDigest<'a> = dyn Fn(&str, &File) -> Option<(u64, String)> + Sync + 'a;
 
 /// Opens the backup folder `req.dir` as a [`Root`], creating it and its missing parents with
 /// mode 0700. Below the installation (the default `<root>/backups`), every component from the
@@ -233,10 +241,11 @@ fn fill(req: &BackupRequest, partial: &Root, now: time::OffsetDateTime) -> Resul
     // The files this run wrote are hashed on a thread of their own while the archive is
     // written: the archive keeps both cores busy only while zstd has work, and the hashing
     // would otherwise be a second pass, alone on one core, after it. One file is open at a
-    // time there, however many the run wrote.
-    let (rels, open) = (&req.written, req.open_written);
+    // time there, however many the run wrote. Those whose checksum the caller already has
+    // (`known_written`) are not read at all.
+    let (rels, open, known) = (&req.written, req.open_written, req.known_written);
     let (archived, written) = std::thread::scope(|scope| {
-        let hashing = scope.spawn(move || hash_written(rels, open));
+        let hashing = scope.spawn(move || hash_written(rels, open, known));
         let archived = write_archive(req, partial, archive);
         let written = hashing.join().unwrap_or_else(|_| {
             Err(io_err("cannot hash the files this run wrote")(
@@ -317,10 +326,12 @@ fn read_back(partial: &Root, meta: &BackupMetadata, written: &[u8]) -> Result<()
 }
 
 /// The size, mode and sha256 of each file this run wrote, for a rollback to tell them from
-/// what changed since.
+/// what changed since: from `known` where it has them (the mode is always the file's now),
+/// else read.
 fn hash_written(
     rels: &[String],
     open: &(dyn Fn(&str) -> Result<File> + Sync),
+    known: Option<&KnownDigest<'_>>,
 ) -> Result<Vec<FileRecord>> {
     let mut written = Vec::with_capacity(rels.len());
     for rel in rels {
@@ -331,6 +342,15 @@ fn hash_written(
             .permissions()
             .mode()
             & 0o7777;
+        if let Some((size, sha256)) = known.and_then(|known| known(rel, &file)) {
+            written.push(FileRecord {
+                path: rel.clone(),
+                size,
+                mode,
+                sha256,
+            });
+            continue;
+        }
         let mut reader = Hashing::new(BufReader::with_capacity(1 << 20, file));
         io::copy(&mut reader, &mut io::sink())
             .map_err(io_err(format!("cannot read the new {rel}")))?;
@@ -1084,6 +1104,7 @@ mod tests {
             created_dirs: vec![],
             written: vec![],
             open_written: &open,
+            known_written: None,
             encrypt_to: None,
         })
         .unwrap();
@@ -1338,8 +1359,44 @@ mod tests {
             created_dirs: vec![],
             written: vec![],
             open_written: open,
+            known_written: None,
             encrypt_to: None,
         }
+    }
+
+    /// A written file whose size and sha256 the caller already knows is recorded with them,
+    /// its mode read from the file; any other is read and hashed.
+    #[test]
+    fn known_checksums_of_written_files_are_recorded_without_reading_them() {
+        let (_base, root, _) = tree();
+        fs::write(root.join("b.jsonl"), "{\"b\":1}\n").unwrap();
+        fs::set_permissions(root.join("a.jsonl"), fs::Permissions::from_mode(0o640)).unwrap();
+        fs::set_permissions(root.join("b.jsonl"), fs::Permissions::from_mode(0o600)).unwrap();
+        let r = root.clone();
+        let open = move |rel: &str| confine::open_regular(&r.join(rel), None);
+        let known = |rel: &str, file: &File| {
+            assert!(file.metadata().unwrap().is_file());
+            (rel == "a.jsonl").then(|| (3, "planted".to_owned()))
+        };
+        let dir = root.join("backups");
+        let mut req = request(&root, &dir, &open);
+        req.written = vec!["a.jsonl".into(), "b.jsonl".into()];
+        req.known_written = Some(&known);
+        let backup = create(&req).unwrap();
+        let meta = read_metadata(&backup).unwrap();
+        let got: Vec<_> = meta
+            .written
+            .iter()
+            .map(|w| (w.path.as_str(), w.size, w.mode, w.sha256.as_str()))
+            .collect();
+        let b_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"{\"b\":1}\n"));
+        assert_eq!(
+            got,
+            [
+                ("a.jsonl", 3, 0o640, "planted"),
+                ("b.jsonl", 8, 0o600, b_sha.as_str())
+            ]
+        );
     }
 
     /// An installation with `a.jsonl`, and an empty folder `outside` next to it.

@@ -364,6 +364,7 @@ mod tests {
             created_dirs: vec![],
             written: vec![],
             open_written: &open,
+            known_written: None,
             encrypt_to: Some(&to),
         })
         .unwrap();

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backup::{self, BackupRequest};
+use crate::backup::{self, BackupRequest, KnownDigest};
 use crate::confine::{self, Kind, Root};
 use crate::encrypt::Recipients;
 use crate::error::{io, Error, Result};
@@ -259,10 +259,16 @@ impl Transaction {
 
 /// The backup of a prepared swap: the files it replaces or removes, read from the journal's
 /// kept originals (hard links to them), and the sha256 of everything it writes, read from its
-/// staging. Used by the migration before the swap and by `recover --forward` when the run died
-/// before its backup was done. The backup is read back before its path is returned
-/// ([`backup::create`]).
-pub fn back_up(root: &Root, journal: &Journal, dir: &Path, kind: &str) -> Result<PathBuf> {
+/// staging (or taken from `known`: see [`BackupRequest::known_written`]). Used by the migration
+/// before the swap and by `recover --forward` when the run died before its backup was done.
+/// The backup is read back before its path is returned ([`backup::create`]).
+pub fn back_up(
+    root: &Root,
+    journal: &Journal,
+    dir: &Path,
+    kind: &str,
+    known: Option<&KnownDigest<'_>>,
+) -> Result<PathBuf> {
     let of = |action: &dyn Fn(Action) -> bool| -> Vec<String> {
         journal
             .entries
@@ -295,6 +301,7 @@ pub fn back_up(root: &Root, journal: &Journal, dir: &Path, kind: &str) -> Result
         created_dirs: journal.created_dirs.clone(),
         written: of(&|a| a != Action::Remove),
         open_written: &open_written,
+        known_written: known,
         encrypt_to: to.as_ref(),
     })
 }
@@ -395,7 +402,7 @@ pub fn recover(root: &Path, forward: bool) -> Result<Option<Recovery>> {
             } else if forward && journal.phase == Phase::Prepared {
                 let backup = match &journal.backup {
                     Some(b) if b.done.is_none() => {
-                        let made = back_up(&root, &journal, Path::new(&b.dir), &b.kind)
+                        let made = back_up(&root, &journal, Path::new(&b.dir), &b.kind, None)
                             .map_err(|e| Error::Interrupted {
                                 root: root.path().to_path_buf(),
                                 reason: format!("the interrupted migration has no backup yet, and it cannot be completed from the kept originals ({e}); finishing without one would make the migration irreversible, so --forward is refused; run `migrate recover --path {}` without --forward to undo it (that loses nothing), then migrate again", root.path().display()),

@@ -271,6 +271,7 @@ fn save_changed(
         created_dirs: Vec::new(),
         written: Vec::new(),
         open_written: &open,
+        known_written: None,
         encrypt_to: to.as_ref(),
     })?;
     // `create` read the archive back as it wrote it (its zstd stream, frame checksums, entries

@@ -19,6 +19,7 @@ use crate::error::{MigrateError, Result};
 use crate::observe::Observer;
 use crate::plan::{Plan, RemoteCopy};
 use crate::report::{StepResult, StepStatus};
+use crate::verify::digests::StagedDigests;
 
 /// Writes `VERSION` into staging and records the swap in the journal (originals kept).
 pub fn prepare(plan: &Plan, staging: Staging, s: &mut StepResult) -> Result<Transaction> {
@@ -84,6 +85,7 @@ fn sizes<'a>(root: &Path, entries: impl Iterator<Item = &'a Entry>) -> u64 {
 pub fn back_up(
     plan: &Plan,
     txn: &mut Transaction,
+    digests: &StagedDigests,
     s: &mut StepResult,
     observer: &dyn Observer,
 ) -> Result<()> {
@@ -101,7 +103,16 @@ pub fn back_up(
         }
         return Ok(());
     };
-    let path = journal::back_up(txn.root(), txn.journal(), dir, plan.target.kind.as_str())?;
+    // The staged data files were hashed by the pre-swap check as it read them: the backup
+    // records those checksums rather than read the files again.
+    let known = |rel: &str, file: &std::fs::File| digests.size_and_sha256(rel, file);
+    let path = journal::back_up(
+        txn.root(),
+        txn.journal(),
+        dir,
+        plan.target.kind.as_str(),
+        Some(&known),
+    )?;
     fault::point("backup")?;
     if let Some(remote) = &plan.options.remote {
         upload(plan, &path, remote, s, observer)?;

@@ -14,7 +14,7 @@ use std::io::Read;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 
-use migrate_transaction::fsutil::Spare;
+use migrate_transaction::fsutil::{Hashing, Spare};
 
 /// A chunk handed to a checker: whole lines, and its place in the file (0, 1, …). Its first
 /// line's number is known once every chunk before it is counted: the checkers count lines as
@@ -37,22 +37,25 @@ struct Part {
 pub(super) type Problem = (u64, &'static str, String);
 
 /// What checking a file found: records checked, lines read (blank ones and a last line without
-/// its newline included, the count the pre-swap check compares with the source's), and every
-/// problem in line order.
+/// its newline included, the count the pre-swap check compares with the source's), every
+/// problem in line order, and the bytes read and their sha256 when asked for.
 #[derive(Debug, Default)]
 pub(super) struct Checked {
     pub records: u64,
     pub lines: u64,
     pub problems: Vec<Problem>,
+    pub sha256: Option<(u64, String)>,
 }
 
 /// Checks `file` (opened by the caller, confined); `schema` as in [`super::schema_problem`].
 /// `chunk_bytes` is the read size (a parameter so that tests can cut small files into many
-/// chunks).
+/// chunks). With `hash`, the reader also hashes what it reads, in order, as it hands the
+/// chunks out.
 pub(super) fn check_file(
-    mut file: File,
+    mut file: &File,
     schema: Option<Option<u64>>,
     chunk_bytes: usize,
+    hash: bool,
 ) -> std::io::Result<Checked> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -71,9 +74,12 @@ pub(super) fn check_file(
             })
             .collect();
         drop(rx);
-        let read = read_chunks(&mut file, chunk_bytes, &spare, |chunk| {
-            tx.send(chunk).is_ok()
-        });
+        let send = |chunk| tx.send(chunk).is_ok();
+        let mut hashing = hash.then(|| Hashing::new(file));
+        let read = match &mut hashing {
+            Some(hashing) => read_chunks(hashing, chunk_bytes, &spare, send),
+            None => read_chunks(&mut file, chunk_bytes, &spare, send),
+        };
         drop(tx);
         let mut all = Checked::default();
         let mut newlines = Vec::new();
@@ -88,6 +94,7 @@ pub(super) fn check_file(
             newlines.extend(part.newlines);
         }
         let last = read?;
+        all.sha256 = hashing.map(|h| (h.count(), h.hex()));
         // Each chunk's first line number, from the newlines of the chunks before it.
         newlines.sort_unstable();
         let mut first_line = vec![1u64; newlines.len() + 1];
@@ -112,7 +119,7 @@ pub(super) fn check_file(
 /// file), and hands them to `send` until it returns false; returns the file's last byte.
 /// Buffers come back through `spare` once checked.
 fn read_chunks(
-    file: &mut File,
+    file: &mut impl Read,
     chunk_bytes: usize,
     spare: &Spare,
     mut send: impl FnMut(Chunk) -> bool,
@@ -296,7 +303,7 @@ mod tests {
             let want = sequential(&text, schema);
             assert!(want.problems.len() > 100, "{}", want.problems.len());
             for chunk in [1, 7, 100, 4096, 1 << 20] {
-                let got = check_file(File::open(f.path()).unwrap(), schema, chunk).unwrap();
+                let got = check_file(&File::open(f.path()).unwrap(), schema, chunk, false).unwrap();
                 assert_eq!(got.records, want.records, "chunk {chunk}");
                 // 3000 lines ending in a newline, and one that does not.
                 assert_eq!(got.lines, 3001, "chunk {chunk}");
@@ -317,9 +324,10 @@ mod tests {
     fn empty_and_blank_files_have_no_records() {
         for (text, lines) in [(&b""[..], 0), (b"\n", 1), (b"\n\n  \n", 3), (b"\n ", 2)] {
             let got = check_file(
-                File::open(file_with(text).path()).unwrap(),
+                &File::open(file_with(text).path()).unwrap(),
                 Some(Some(3)),
                 2,
+                false,
             )
             .unwrap();
             assert_eq!((got.records, got.problems.len()), (0, 0));

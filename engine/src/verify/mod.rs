@@ -17,6 +17,7 @@ use crate::discover::install::{
 use crate::discover::registry::HopInfo;
 
 pub mod digests;
+use digests::{Identity, StagedDigests};
 mod lines;
 pub mod staged;
 
@@ -236,7 +237,7 @@ fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Valid
     for file in files {
         v.files_checked += 1;
         let checked = match file.kind {
-            DataKind::Lines => check_lines(&root, &file.rel, schema, v).map(drop),
+            DataKind::Lines => check_lines(&root, &file.rel, schema, v, None).map(drop),
             DataKind::Document => check_document(&root, &file.rel, schema, v),
         };
         if let Err(e) = checked {
@@ -256,14 +257,24 @@ pub(super) const MAX_MODEL_METADATA_BYTES: u64 = 64 << 20;
 /// At most this many findings per file; the rest are counted.
 const MAX_FINDINGS_PER_FILE: usize = 20;
 
-/// Checks a `*.jsonl` file (in parallel chunks, see [`lines`]); returns its line count.
+/// Checks a `*.jsonl` file (in parallel chunks, see [`lines`]); returns its line count. With
+/// `digests`, its checksum is taken as it is read, and kept there.
 fn check_lines(
     root: &Root,
     rel: &str,
     schema: Option<Option<u64>>,
     v: &mut Validation,
+    digests: Option<&mut StagedDigests>,
 ) -> std::io::Result<u64> {
-    let checked = lines::check_file(open_confined(root, rel)?, schema, CHUNK_BYTES)?;
+    let file = open_confined(root, rel)?;
+    let before = match digests {
+        Some(_) => Some(Identity::of(&file)?),
+        None => None,
+    };
+    let mut checked = lines::check_file(&file, schema, CHUNK_BYTES, before.is_some())?;
+    if let (Some(digests), Some(before), Some(sha256)) = (digests, before, checked.sha256.take()) {
+        digests.keep(rel, before, &file, sha256);
+    }
     v.records_checked += checked.records;
     let bad = checked.problems.len();
     for (line, rule, message) in checked.problems.into_iter().take(MAX_FINDINGS_PER_FILE) {

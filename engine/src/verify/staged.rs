@@ -20,7 +20,7 @@ use std::path::Path;
 use migrate_transaction::confine::{self, Root};
 use serde_json::Value;
 
-use super::digests::Digests;
+use super::digests::{Digests, StagedDigests};
 use super::{
     check_document, check_lines, expected_schema, file_entry, open_confined, Validation,
     MAX_MODEL_METADATA_BYTES,
@@ -49,8 +49,16 @@ pub struct Staged<'a> {
     pub digests: &'a Digests,
 }
 
-/// Every violation in the staging; empty when it may be swapped in.
-pub fn check(s: &Staged) -> Vec<Violation> {
+/// What the check found.
+pub struct Checked {
+    /// Every violation in the staging; empty when it may be swapped in.
+    pub violations: Vec<Violation>,
+    /// The checksums of the staged `*.jsonl` files, taken as they were checked, for the backup.
+    pub digests: StagedDigests,
+}
+
+/// Checks the staging: see the module's doc.
+pub fn check(s: &Staged) -> Checked {
     let mut v = Validation {
         version: s.version.to_string(),
         path: s.staging.display().to_string(),
@@ -76,7 +84,10 @@ pub fn check(s: &Staged) -> Vec<Violation> {
                 problem: format!("the staging cannot be checked: {e}"),
                 plugin: None,
             });
-            return out;
+            return Checked {
+                violations: out,
+                digests: StagedDigests::default(),
+            };
         }
     };
     let r = Roots {
@@ -91,10 +102,12 @@ pub fn check(s: &Staged) -> Vec<Violation> {
     // installation's lines that the completeness check compares with: alone after the record
     // checks, it was one core reading the whole source log while the other waited.
     let model_plugin = last(|h| h.descriptor.rules.model);
+    let mut digests = StagedDigests::default();
     std::thread::scope(|scope| {
         let models = scope.spawn(|| check_models(s, &r, schema, model_plugin));
         let installed = scope.spawn(|| installation_lines(s, &install));
-        let staged_lines = check_records_and_files(s, &r, &v, schema, &last, &mut out);
+        let staged_lines =
+            check_records_and_files(s, &r, &v, schema, &last, &mut out, &mut digests);
         let installed = installed
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -104,12 +117,16 @@ pub fn check(s: &Staged) -> Vec<Violation> {
             Err(panic) => std::panic::resume_unwind(panic),
         }
     });
-    out
+    Checked {
+        violations: out,
+        digests,
+    }
 }
 
 /// The staged config's syntax, every staged record, files the run does not write and removals:
 /// the checks of [`check`] other than the models' and completeness. Returns each staged
-/// `*.jsonl` file's line count, for the completeness check.
+/// `*.jsonl` file's line count, for the completeness check, and keeps its checksum in
+/// `digests`.
 fn check_records_and_files(
     s: &Staged,
     r: &Roots,
@@ -117,6 +134,7 @@ fn check_records_and_files(
     schema: Option<Option<u64>>,
     last: &dyn Fn(fn(&HopInfo) -> bool) -> Option<String>,
     out: &mut Vec<Violation>,
+    digests: &mut StagedDigests,
 ) -> HashMap<String, u64> {
     let stage = r.stage;
     if let Some(rel) = s.config {
@@ -169,9 +187,11 @@ fn check_records_and_files(
             };
             let read = match file.kind {
                 crate::discover::install::DataKind::Lines => {
-                    check_lines(stage, &file.rel, schema, &mut found).map(|lines| {
-                        staged_lines.insert(file.rel.clone(), lines);
-                    })
+                    check_lines(stage, &file.rel, schema, &mut found, Some(&mut *digests)).map(
+                        |lines| {
+                            staged_lines.insert(file.rel.clone(), lines);
+                        },
+                    )
                 }
                 crate::discover::install::DataKind::Document => {
                     check_document(stage, &file.rel, schema, &mut found)
