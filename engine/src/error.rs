@@ -197,7 +197,7 @@ pub enum MigrateError {
 
     /// What a plugin staged is not what the target release looks like: refused before the
     /// swap.
-    #[error("the staged output is not a valid {version} installation, so nothing was swapped in:{}\n  next step: nothing was changed; report this to the plugin's author", violations.iter().map(|v| format!("\n    - {v}")).collect::<String>())]
+    #[error("the staged output is not a valid {version} installation, so nothing was swapped in:{}\n  next step: nothing was changed; report a problem above to the author of the plugin it names", violations.iter().map(|v| format!("\n    - {v}")).collect::<String>())]
     StagedInvalid {
         version: String,
         violations: Vec<Violation>,

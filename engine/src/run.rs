@@ -26,6 +26,7 @@ use crate::verify::digests::{Digests, Pending, StagedDigests};
 use crate::verify::staged;
 use crate::verify::Severity;
 use crate::worker::{supervise, WorkerSpec};
+use plugin_api::model::FileEntry;
 
 /// Whether the staged result is committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +211,7 @@ fn run_steps(
     let steps = Steps {
         audit: audit_slot.clone(),
         observer,
+        held: Default::default(),
     };
     steps.run(result, "preflight", 0, &mut |s| check_preflight(plan, s))?;
     let mut staging = Staging::create(&parent)?;
@@ -218,7 +220,11 @@ fn run_steps(
     // sooner: removing its links changes the change time of the installation's model files,
     // by which the check knows the checksums taken during staging still stand.
     let snapshot = Snapshot::build(plan, &staging)?;
-    let (removals, digests) = stage_in_worker(
+    let Staged {
+        removals,
+        digests,
+        syncing,
+    } = stage_in_worker(
         plan,
         worker,
         &staging,
@@ -227,28 +233,36 @@ fn run_steps(
         &steps,
         result,
     )?;
-    for (rel, mode) in crate::stage::quarantine_modes(plan, &staging)? {
-        staging.set_mode(&rel, mode);
-    }
-    let signal = worker.cancel.load(std::sync::atomic::Ordering::SeqCst);
-    if signal != 0 {
-        return Err(MigrateError::WorkerStopped {
-            cause: crate::error::StopCause::Cancelled {
-                signal: signal as i32,
-            },
-            during: "after staging, before anything was swapped in".into(),
-            plugin: None,
-            step: None,
-        });
-    }
-    let mut digests = Some(digests);
-    // The checksums the check takes of the staged data files, for the backup.
-    let mut staged_digests = StagedDigests::default();
-    steps.run(result, "verify", plan.data_bytes(), &mut |s| {
-        let digests = digests.take().map(Pending::wait).unwrap_or_default();
-        staged_digests = verify_staging(plan, &staging, &removals, &digests, s)?;
-        Ok(())
-    })?;
+    // The check reads the staged data from memory while the host's sync writes it to disk
+    // (and the journal, which needs it there, waits for both).
+    let checked = (|| {
+        for (rel, mode) in crate::stage::quarantine_modes(plan, &staging)? {
+            staging.set_mode(&rel, mode);
+        }
+        let signal = worker.cancel.load(std::sync::atomic::Ordering::SeqCst);
+        if signal != 0 {
+            return Err(MigrateError::WorkerStopped {
+                cause: crate::error::StopCause::Cancelled {
+                    signal: signal as i32,
+                },
+                during: "after staging, before anything was swapped in".into(),
+                plugin: None,
+                step: None,
+            });
+        }
+        let mut digests = Some(digests);
+        // The checksums the check takes of the staged data files, for the backup.
+        let mut staged_digests = StagedDigests::default();
+        steps.run(result, "verify", plan.data_bytes(), &mut |s| {
+            let digests = digests.take().map(Pending::wait).unwrap_or_default();
+            staged_digests = verify_staging(plan, &staging, &removals, &digests, s)?;
+            Ok(())
+        })?;
+        Ok(staged_digests)
+    })();
+    let synced = data_on_disk(result, syncing, &steps);
+    let staged_digests = checked?;
+    synced?;
     drop(snapshot);
     for rel in &removals {
         staging.remove_at_commit(rel);
@@ -295,6 +309,10 @@ fn run_steps(
 struct Steps<'a> {
     audit: Option<Audit>,
     observer: &'a dyn Observer,
+    /// The records of steps that finished while an earlier one's end is still under way (the
+    /// data step's sync, [`Syncing`]): written once it is recorded, so that the audit trail
+    /// keeps the steps' order.
+    held: std::cell::RefCell<Option<Vec<StepResult>>>,
 }
 
 impl Steps<'_> {
@@ -312,8 +330,26 @@ impl Steps<'_> {
         outcome
     }
 
-    /// The `step_finished` audit entry of a step, run here or in a worker.
+    /// Holds the records of the steps that finish from now on, until [`Steps::release`].
+    fn hold(&self) {
+        self.held.borrow_mut().get_or_insert_with(Vec::new);
+    }
+
+    /// Writes the records held since [`Steps::hold`], in their order.
+    fn release(&self) {
+        let held = self.held.borrow_mut().take();
+        for s in held.into_iter().flatten() {
+            self.record(&s);
+        }
+    }
+
+    /// The `step_finished` audit entry of a step, run here or in a worker (held while an
+    /// earlier step's end is under way: see [`Steps::hold`]).
     fn record(&self, s: &StepResult) {
+        if let Some(held) = self.held.borrow_mut().as_mut() {
+            held.push(s.clone());
+            return;
+        }
         if let Some(audit) = &self.audit {
             record(
                 audit,
@@ -329,10 +365,11 @@ impl Steps<'_> {
 /// worker finishes each. A worker that dies leaves a failed step naming why. The result says
 /// how the worker was confined, whether or not the staging succeeded.
 ///
-/// Once the data step is over, the worker runs the model rules, which hash the weights on one
-/// core: the host then hashes the installation's model files on the other, for the pre-swap
-/// check (the [`Pending`] returned; see [`crate::verify::digests`]). And the host syncs the data
-/// step's staged files meanwhile ([`Syncing`]), which the worker no longer waits for.
+/// From the start, the host hashes the installation's model files on a thread of its own, for
+/// the model rules (which then need not read them) and for the pre-swap check (the [`Pending`]
+/// returned; see [`crate::verify::digests`]). And the host syncs the data step's staged files
+/// while the model rules and the check run ([`Syncing`], returned for the run to wait for
+/// before the journal): the worker no longer waits for them.
 fn stage_in_worker(
     plan: &Plan,
     worker: &WorkerSpec,
@@ -341,16 +378,23 @@ fn stage_in_worker(
     deadline: Option<(Instant, std::time::Duration)>,
     steps: &Steps,
     result: &mut MigrationResult,
-) -> Result<(Vec<String>, Pending)> {
-    let mut digests = Pending::none();
+) -> Result<Staged> {
     // The data step's sync under way, and that step's place in `result.steps`.
     let mut syncing: Option<(Syncing, usize)> = None;
-    let mut sync_failed = None;
     // A run that optimizes the weights rewrites them: the check then reads the staged files,
     // and hashing the installation's would only add reads of the largest files there are.
     let model_rules = !plan.models.is_empty()
         && !plan.options.optimize
         && plan.hops.iter().any(|h| h.descriptor.rules.model);
+    // The installation's model files are hashed from the start (the snapshot that gave them a
+    // new change time was built just before): by the models step the checksums are mostly
+    // taken, and the worker hands them to the model rules, which then do not read those
+    // files. The pre-swap check compares the rules' `metadata.json` with the same checksums.
+    let digests = match model_rules {
+        true => Pending::start(plan.target.root.clone(), plan.model_folders()),
+        false => Pending::none(),
+    };
+    let so_far = || digests.so_far();
     let mut isolation = None;
     let staged = supervise::stage(
         worker,
@@ -363,28 +407,26 @@ fn stage_in_worker(
         deadline,
         &mut isolation,
         &mut |s| {
-            if model_rules && s.name == "data" && s.status != StepStatus::Failed {
-                digests = Pending::start(plan.target.root.clone(), plan.model_folders());
-            }
-            // The next step's result (the models step, which ran meanwhile) is when the run
-            // waits for the data on disk, so that each step is recorded in its order.
-            if let Err(e) = data_on_disk(result, syncing.take(), steps) {
-                sync_failed = Some(e);
-            }
+            // The data step is recorded once its output is on disk; the steps after it are held
+            // until then, so that the audit trail keeps their order.
             if s.name == "data" && s.status == StepStatus::Completed {
                 let files = plan.data_files.iter().map(|f| f.rel.clone()).collect();
                 syncing = Some((Syncing::start(staging.dir(), files), result.steps.len()));
+                steps.hold();
             } else {
                 steps.record(&s);
             }
             result.steps.push(s);
         },
+        model_rules.then_some(&so_far as &dyn Fn() -> Vec<FileEntry>),
     );
     result.isolation = isolation;
-    // No step came after the data step's (the worker stopped): its record is still due.
-    if let Err(e) = data_on_disk(result, syncing.take(), steps) {
-        sync_failed = Some(e);
-    }
+    // A worker that failed: the data step's record is still due, and the stopped step's after
+    // it. A run that goes on waits for the data on disk after the pre-swap check.
+    let sync_failed = match &staged {
+        Err(_) => data_on_disk(result, syncing.take(), steps).err(),
+        Ok(_) => None,
+    };
     if let Err(
         e @ MigrateError::WorkerStopped {
             step: Some(name), ..
@@ -399,31 +441,49 @@ fn stage_in_worker(
     }
     match (staged, sync_failed) {
         (Err(e), _) | (Ok(_), Some(e)) => Err(e),
-        (Ok(removals), None) => Ok((removals, digests)),
+        (Ok(removals), None) => Ok(Staged {
+            removals,
+            digests,
+            syncing,
+        }),
     }
 }
 
+/// What the worker left for the rest of the run.
+struct Staged {
+    /// The installation files the commit deletes.
+    removals: Vec<String>,
+    /// The checksums of the installation's model files, being taken.
+    digests: Pending,
+    /// The data step's sync, under way, and that step's place in `result.steps`.
+    syncing: Option<(Syncing, usize)>,
+}
+
 /// Waits until the data step's staged files are on disk ([`Syncing`]; nothing to do when no
-/// sync is under way), and only then records that step (`at` in `result.steps`): its duration
-/// runs until then, though the model rules ran meanwhile, and a failed sync fails it.
+/// sync is under way), and only then records that step (`at` in `result.steps`), then the
+/// steps held after it: its duration runs until then, though the model rules and the check
+/// ran meanwhile, and a failed sync fails it.
 fn data_on_disk(
     result: &mut MigrationResult,
     syncing: Option<(Syncing, usize)>,
     steps: &Steps,
 ) -> Result<()> {
     let Some((syncing, at)) = syncing else {
+        steps.release();
         return Ok(());
     };
     let synced = syncing.wait();
-    let Some(s) = result.steps.get_mut(at) else {
-        return synced.outcome;
-    };
-    s.set_duration(std::time::Duration::from_millis(s.duration_ms) + synced.after);
-    if let Err(e) = &synced.outcome {
-        s.status = StepStatus::Failed;
-        s.error = Some(e.to_string());
+    let held = std::mem::take(&mut *steps.held.borrow_mut());
+    if let Some(s) = result.steps.get_mut(at) {
+        s.set_duration(std::time::Duration::from_millis(s.duration_ms) + synced.after);
+        if let Err(e) = &synced.outcome {
+            s.status = StepStatus::Failed;
+            s.error = Some(e.to_string());
+        }
+        steps.record(s);
     }
-    steps.record(s);
+    *steps.held.borrow_mut() = held;
+    steps.release();
     synced.outcome
 }
 

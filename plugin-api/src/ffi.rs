@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::descriptor::HopDescriptor;
 use crate::error::RuleError;
-use crate::model::{ModelFolder, ModelOptions, ModelOutcome};
+use crate::model::{with_host_checksums, FileEntry, ModelFolder, ModelOptions, ModelOutcome};
 use crate::rules::{ConfigOutcome, Hop};
 use crate::view::{DecodedView, ViewBuffers};
 
@@ -120,6 +120,11 @@ pub struct ModelRequest {
     pub payload_version: u32,
     pub folder: ModelFolder,
     pub options: ModelOptions,
+    /// Set (since 1.8.0) when the host hashed files of the folder's source: their sizes and
+    /// sha256, paths relative to the folder, which [`ModelFolder::file_entry`] answers from
+    /// rather than read the files again. Plugins built before 1.8.0 ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checksums: Vec<FileEntry>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -299,7 +304,10 @@ extern "C" fn migrate_model(
     guarded(|| {
         let req: ModelRequest = from_json(request.as_str(), "model request")?;
         let rule = hop()?.model_rule().ok_or_else(|| missing("model"))?;
-        to_json(&rule.migrate(&req.folder, &req.options)?)
+        let outcome = with_host_checksums(&req.folder.source, req.checksums, || {
+            rule.migrate(&req.folder, &req.options)
+        })?;
+        to_json(&outcome)
     })
 }
 
@@ -431,15 +439,19 @@ impl HopClient {
         Ok((batch.records, refused))
     }
 
+    /// `checksums`: sizes and sha256 the host took of files of the folder's source (see
+    /// [`ModelRequest::checksums`]); empty for none.
     pub fn migrate_model(
         &self,
         folder: &ModelFolder,
         options: &ModelOptions,
+        checksums: &[FileEntry],
     ) -> Result<ModelOutcome, CallError> {
         let req = ModelRequest {
             payload_version: crate::PAYLOAD_VERSION,
             folder: folder.clone(),
             options: options.clone(),
+            checksums: checksums.to_vec(),
         };
         let req = serde_json::to_string(&req).map_err(|e| CallError::Protocol(e.to_string()))?;
         let mut events = NoEvents;

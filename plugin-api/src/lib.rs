@@ -69,7 +69,9 @@
 //! the host reads (through [`HopDescriptor::is_irreversible`]) instead of the text of a
 //! breaking change; [`toml::rename_unit`]. Since 1.7.0: the [`program`] module and
 //! [`Hop::data_program`]: a hop declares what its edit rule does to the common record, and the
-//! host runs every hop's declaration in one fused pass, leaving the rest to the rules.
+//! host runs every hop's declaration in one fused pass, leaving the rest to the rules. Since
+//! 1.8.0: [`ModelFolder::file_entry`] takes the size and sha256 of a file no hop staged from
+//! the checksums the host took of it, when the host handed them over with the call.
 #![allow(non_local_definitions, non_camel_case_types)]
 
 pub mod descriptor;

@@ -77,11 +77,12 @@ fn a_commit_that_cannot_be_recorded_is_interrupted_and_recover_undoes_it() {
 }
 
 /// The worker writes the staged data and goes on to the models; the host syncs that data
-/// meanwhile, and nothing reaches the journal before it is on disk. A sync that fails, as a
-/// failing disk would, fails the data step and the run with nothing changed: exit 1, an error
-/// that names the staged file and says the installation was not changed, no check, no
-/// journal, no backup, the tree as it was. The models step had completed: it ran while the
-/// data was being synced (before, a data step still syncing was the models' wait).
+/// meanwhile, while the model rules and then the pre-swap check run, and nothing reaches the
+/// journal before it is on disk. A sync that fails, as a failing disk would, fails the data
+/// step and the run with nothing changed: exit 1, an error that names the staged file and says
+/// the installation was not changed, no journal, no backup, the tree as it was. The models
+/// and verify steps had completed meanwhile, and the audit trail still has the steps in their
+/// order, the data step's (failed) before theirs.
 #[test]
 fn a_staged_data_file_that_cannot_be_synced_fails_the_run_before_the_journal() {
     let install = sample_install();
@@ -110,17 +111,39 @@ fn a_staged_data_file_that_cannot_be_synced_fails_the_run_before_the_journal() {
     }
     let models = step(&result, "models").unwrap_or_else(|| panic!("no models step: {result}"));
     assert_eq!(models["status"], "Completed", "{result}");
-    assert!(step(&result, "verify").is_none(), "{result}");
+    let verify = step(&result, "verify").unwrap_or_else(|| panic!("no verify step: {result}"));
+    assert_eq!(verify["status"], "Completed", "{result}");
     assert!(step(&result, "journal").is_none(), "{result}");
+    let trail = std::fs::read_to_string(root.join(".migrate/audit.jsonl")).expect("audit");
+    let recorded: Vec<(String, String)> = trail
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("audit line"))
+        .filter(|e| e["action"] == "step_finished")
+        .map(|e| {
+            (
+                e["step"].as_str().unwrap().into(),
+                e["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want = [
+        ("preflight", "Completed"),
+        ("config", "Completed"),
+        ("data", "Failed"),
+        ("models", "Completed"),
+        ("verify", "Completed"),
+    ]
+    .map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(recorded, want, "{trail}");
     assert_eq!(result["backup_path"], serde_json::Value::Null, "{result}");
     assert_eq!(tree_hash(root), before, "nothing was changed");
     assert_no_leftovers(root, "after a failed sync");
 }
 
-/// The run waits for the staged data on disk while it handles the models step's result: a
-/// slow disk there is neither the worker's silence (a `stall_seconds` of 1 does not stop a run
-/// whose sync takes 2.5 s) nor missing from the report (the data step's duration runs until its
-/// output is on disk).
+/// The run waits for the staged data on disk after the worker is done: a slow disk there is
+/// neither the worker's silence (a `stall_seconds` of 1 does not stop a run whose sync takes
+/// 2.5 s) nor missing from the report (the data step's duration runs until its output is on
+/// disk).
 #[test]
 fn a_slow_sync_of_the_staged_data_is_waited_for_and_reported() {
     let install = sample_install();

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -1273,9 +1274,9 @@ fn migrate_paused_in(
 /// A pause of [`migrate_pausing`]: the fault variable, its point, what to do there.
 type Pause<'a> = (&'a str, &'a str, Box<dyn FnOnce() + 'a>);
 
-/// Runs `migrate` with each pause's point set to `stop` in its variable (one point per
-/// variable): each time a process of the run stops, the next pause's change alters the disk,
-/// then the process goes on.
+/// Runs `migrate` with each pause's point set to `stop` in its variable (several points of one
+/// variable are joined): each time a process of the run stops, the next pause's change alters
+/// the disk, then the process goes on.
 fn migrate_pausing(umask: Option<u32>, args: &[&str], pauses: Vec<Pause>) -> Output {
     let home = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(migrate_bin());
@@ -1290,8 +1291,15 @@ fn migrate_pausing(umask: Option<u32>, args: &[&str], pauses: Vec<Pause>) -> Out
         .env("XDG_DATA_HOME", home.path().join("share"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
+    let mut faults: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (variable, point, _) in &pauses {
-        cmd.env(variable, format!("{point}:1:stop"));
+        faults
+            .entry(variable)
+            .or_default()
+            .push(format!("{point}:1:stop"));
+    }
+    for (variable, points) in faults {
+        cmd.env(variable, points.join(","));
     }
     if let Some(mask) = umask {
         // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's mask.
@@ -1475,14 +1483,91 @@ fn issue14_a_link_planted_after_planning_never_reaches_a_plugin() {
     }
 }
 
+/// Issue 15: the host hashes the installation's model files during staging and hands the
+/// checksums to the model rules, which list them in `metadata.json` without reading the files
+/// again. A weights file written in place after that (the worker held just after it got them)
+/// no longer matches what the rules listed: nothing is swapped in, and the error says the file
+/// changed while the migration ran, blaming no plugin. (A rule that hashed the file itself
+/// would have listed the new content, and the run would have completed.) Left alone, the run
+/// completes, and the listed checksum is the file's. The worker is held at its first data
+/// batch so that the host's hashing is done by the models step.
+#[test]
+fn issue15_a_model_file_changed_after_its_checksum_was_handed_to_the_rules_is_refused() {
+    let rel = "models/bert-tiny/model.safetensors";
+    for change in [false, true] {
+        let dir = sample_install();
+        let root = dir.path();
+        let weights = root.join(rel);
+        let before = tree_hash(root);
+        let out = migrate_pausing(
+            None,
+            &["--yes", "version", "--path", p(root), "--to", "2.1.0"],
+            vec![
+                (
+                    "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
+                    "batch",
+                    Box::new(|| std::thread::sleep(std::time::Duration::from_millis(500))),
+                ),
+                (
+                    "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
+                    "model_checksums",
+                    Box::new(|| {
+                        if change {
+                            let mut bytes = std::fs::read(&weights).unwrap();
+                            let last = bytes.len() - 1;
+                            bytes[last] ^= 0xff;
+                            let mut f = std::fs::OpenOptions::new()
+                                .write(true)
+                                .open(&weights)
+                                .unwrap();
+                            std::io::Write::write_all(&mut f, &bytes).unwrap();
+                        }
+                    }),
+                ),
+            ],
+        );
+        let text = both(&out);
+        let now = sha256_hex(&std::fs::read(&weights).unwrap());
+        if !change {
+            assert_eq!(out.status.code(), Some(0), "{text}");
+            let meta: serde_json::Value =
+                serde_json::from_str(&read(root, "models/bert-tiny/metadata.json")).unwrap();
+            let listed = meta["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["path"] == "model.safetensors")
+                .map(|f| f["sha256"].clone());
+            assert_eq!(listed, Some(now.into()), "{meta}");
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(6), "{text}");
+        assert!(
+            text.contains("model.safetensors changed while the migration ran")
+                && text.contains("is something still writing to the model folder?"),
+            "{text}"
+        );
+        assert!(!text.contains("written by plugin"), "{text}");
+        // Nothing was swapped in: the tree is as it was, but for the test's own change.
+        let after = tree_hash(root);
+        assert_eq!(after.get(rel).map(|(_, sha)| sha), Some(&now));
+        let others = |t: &BTreeMap<String, (u32, String)>| {
+            let mut t = t.clone();
+            t.remove(rel);
+            t
+        };
+        assert_eq!(others(&after), others(&before));
+        assert_no_leftovers(root, "after the refused run");
+    }
+}
+
 /// Issue 15: the pre-swap check takes the checksum of a weights file the hops left alone from
-/// the one the host took while the model rules ran, but only for that very file, unchanged.
-/// Written in place after it (same size, same name), the file is read again: the plugin's
-/// checksum, true of the file as it was, no longer matches and nothing is swapped in. Left
+/// the one the host took during staging, but only for that very file, unchanged.
+/// Written in place after it (same size, same name), the file is read again: the checksum the
+/// rules listed, true of the file as it was, no longer matches, and nothing is swapped in. Left
 /// alone, the checksum taken during staging is used and the run completes. (The worker is held
-/// at its first data batch so that the installation's files are settled, their last change
-/// well past, when the host hashes them.) A run that optimizes the weights rewrites them: the
-/// host takes no checksum of the installation's.
+/// at its first data batch so that the host's hashing is done by the models step.) A run that
+/// optimizes the weights rewrites them: the host takes no checksum of the installation's.
 #[test]
 fn issue15_a_model_file_changed_after_its_checksum_was_taken_is_read_again() {
     let rel = "models/bert-tiny/model.safetensors";
@@ -1539,7 +1624,7 @@ fn issue15_a_model_file_changed_after_its_checksum_was_taken_is_read_again() {
             // takes no checksum of the installation's.
             assert_eq!(out.status.code(), Some(0), "{text}");
             assert!(
-                !text.contains("checksum taken while the model rules ran")
+                !text.contains("checksum taken during staging")
                     && !text.contains("changed since its checksum was taken"),
                 "a checksum was taken of weights the run rewrites: {text}"
             );
@@ -1548,7 +1633,7 @@ fn issue15_a_model_file_changed_after_its_checksum_was_taken_is_read_again() {
         if !change {
             assert_eq!(out.status.code(), Some(0), "{text}");
             assert!(
-                logged(&text, "checksum taken while the model rules ran"),
+                logged(&text, "checksum taken during staging"),
                 "the checksum taken during staging was not used: {text}"
             );
             continue;
@@ -1559,7 +1644,7 @@ fn issue15_a_model_file_changed_after_its_checksum_was_taken_is_read_again() {
             "no checksum was taken, or the change went unseen: {text}"
         );
         assert!(
-            text.contains("model.safetensors: size") && text.contains("metadata.json says"),
+            text.contains("model.safetensors changed while the migration ran"),
             "the mismatch is not named: {text}"
         );
         assert!(!root.join("VERSION").exists(), "migrated: {text}");

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use migrate_transaction::confine::Root;
 use migrate_transaction::staging::Staging;
 use plugin_api::ffi::CallError;
+use plugin_api::model::FileEntry;
 use plugin_api::{ModelFolder, ModelOptions, OptimizeDtype};
 
 use crate::discover::install::MAX_CONFIG_BYTES;
@@ -155,12 +156,17 @@ pub fn data(
 /// Stages every model folder through every hop with a model rule; each rule reads the
 /// model's link-free snapshot (see [`snapshot`]; `snapshot` holds `models/<name>/…` as the
 /// installation does) overlaid by what earlier hops staged. Messages name the installation's
-/// folder, not the snapshot's.
+/// folder, not the snapshot's. `checksums` (paths relative to the installation): the sizes
+/// and sha256 the supervisor took of model files, handed to the rules so that they need not
+/// read those files again (the snapshot's files are hard links to the installation's, or
+/// copies of them).
+#[allow(clippy::too_many_arguments)]
 pub fn models(
     plan: &Plan,
     hops: &[LoadedHop],
     staging: &Staging,
     snapshot: Option<&Path>,
+    checksums: &[FileEntry],
     s: &mut StepResult,
     budget: &Budget,
     observer: &dyn Observer,
@@ -192,9 +198,17 @@ pub fn models(
             staging.path_for(&model.rel)?,
         );
         let source = plan.target.root.join(&model.rel);
+        let inside = format!("{}/", model.rel);
+        let known: Vec<FileEntry> = checksums
+            .iter()
+            .filter_map(|c| {
+                let rel = c.path.strip_prefix(&inside)?;
+                Some(FileEntry::new(rel, c.size, c.sha256.clone()))
+            })
+            .collect();
         for hop in hops.iter().filter(|h| h.descriptor.rules.model) {
             let outcome = call(observer, hop, "model", &model.rel, None, || {
-                hop.client.migrate_model(&folder, &options)
+                hop.client.migrate_model(&folder, &options, &known)
             })
             .map_err(|e| {
                 rule_failure(

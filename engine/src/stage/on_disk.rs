@@ -1,13 +1,18 @@
-//! The data step's staged files made durable by the host while the model rules run.
+//! The data step's staged files made durable by the host while the model rules and the
+//! pre-swap check run.
 //!
 //! Why: the data step writes its output faster than this kind of disk takes it. With the
 //! write-back started as it goes ([`super::write_behind`]), the fsync at its end still waited
 //! for the last of it: on the bench's 0.5× tree (852 MB written) both cores sat idle for up to
 //! 0.55 s, after 1 s of migrating records. The model rules need the staged data nowhere, so
 //! the worker now writes the data files without that fsync and goes on to the models, and the
-//! host syncs them here, on a thread of its own. The run waits for this thread when the models
-//! step's result comes ([`Syncing::wait`]), so the steps are still recorded in their order,
-//! and the journal later syncs every staged file again before it is written.
+//! host syncs them here, on a thread of its own. Nor does the pre-swap check, which reads the
+//! staged data from memory: the run waits for this thread once the check is done, before the
+//! journal ([`Syncing::wait`]), holding the audit records of the steps that finished meanwhile
+//! so that the steps are still recorded in their order; and the journal syncs every staged file
+//! again before it is written. (On ext4 the wait was only moved, not hidden, while the model
+//! rules ran: a rule's own fsync of a small file commits the file system's journal, which waits
+//! for the data written before it.)
 //!
 //! Why a thread rather than leaving it all to the journal's sync: the data step's duration
 //! then still runs until its output is on disk (the time is taken as the thread finishes), as

@@ -1,19 +1,24 @@
-//! Checksums of the installation's model files, taken by the host while the model rules run,
-//! for the pre-swap check to use rather than read those files a second time.
+//! Checksums of the installation's model files, taken by the host during staging, for the
+//! model rules (so that they need not read those files) and for the pre-swap check (so that
+//! it need not read them a second time).
 //!
-//! Why: the pre-swap check proves each checksum a staged `metadata.json` gives by hashing the
-//! file it names. Most model hops leave the weights alone, so that file is the installation's,
-//! and the worker's model rule is hashing that very file at the time, on one core, while the
-//! host waits on the other. Hashed on that idle core, the check loses its longest part: on the
-//! bench's 256 MB tree its last 0.2 s were one core hashing the weights alone.
+//! Why: a model rule lists each file's size and sha256 in `metadata.json`, and the pre-swap
+//! check proves each listed checksum by hashing the file it names. Most model hops leave the
+//! weights alone, so that file is the installation's, and the rule and the host each hashed the
+//! very same file: the largest files there are, read twice. The host now hashes them from the
+//! start of staging, on a thread of its own beside the data step; before the models step the
+//! worker asks for the checksums taken so far and hands them to the model rules
+//! (`ModelFolder::file_entry`, plugin-api 1.8), which read only what is not among them.
 //!
 //! Trust is unchanged. The host takes these checksums itself, confined (no link followed),
 //! never from the worker. A checksum stands only for the very file it was taken of, unchanged
 //! since: same device and inode, size, modification and change times when it was taken, just
 //! after, and when the check opens the file. File times come from a clock that ticks every few
 //! milliseconds, so a file changed twice within one tick keeps its times: a file whose last
-//! change is less than `SETTLED` before its checksum would be taken gets none (the rule git
-//! keeps for its index). Whatever differs, the check hashes the file as it did before.
+//! change is less than `SETTLED` before its checksum would be taken is waited for until it is
+//! settled (the rule git keeps for its index). Whatever differs, the check hashes the file as
+//! it did before; a file changed after its checksum was handed to the rules then no longer
+//! matches what they listed, and nothing is swapped in.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,12 +26,12 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use migrate_transaction::confine::{self, Root};
-use plugin_api::model::{sha256_reader, Sha256Reader};
+use plugin_api::model::{sha256_reader, FileEntry, Sha256Reader};
 
 /// How long before its checksum is taken a file's last change must be for the checksum to be
 /// kept: well over the tick (1–10 ms) of the clock that file times are taken from.
@@ -57,12 +62,23 @@ impl Identity {
     /// Whether the file's last change (of content or metadata) is [`SETTLED`] or more before
     /// `t`. A change time before 1970 or in the future is not.
     fn settled_before(&self, t: SystemTime) -> bool {
+        self.changed().is_some_and(|changed| changed + SETTLED <= t)
+    }
+
+    /// How long after `t` the file becomes settled, when it changed less than [`SETTLED`]
+    /// before `t` (not in the future: that is a clock to distrust, not to wait for).
+    fn unsettled_for(&self, t: SystemTime) -> Option<Duration> {
+        let since = t.duration_since(self.changed()?).ok()?;
+        SETTLED.checked_sub(since).filter(|wait| !wait.is_zero())
+    }
+
+    /// The file's change time; `None` before 1970.
+    fn changed(&self) -> Option<SystemTime> {
         let (Ok(secs), Ok(nanos)) = (u64::try_from(self.ctime.0), u32::try_from(self.ctime.1))
         else {
-            return false;
+            return None;
         };
-        let changed = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999));
-        changed + SETTLED <= t
+        Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999)))
     }
 }
 
@@ -80,13 +96,12 @@ pub struct Digests {
 
 impl Digests {
     /// Hashes every regular file below each folder of `models` (relative) in the installation
-    /// at `root`. A file that cannot be read, or changes while it is read, is left out (the
-    /// check then reads it and says what is wrong). `stop` is looked at between reads: once
-    /// set, hashing ends with what is done.
-    fn take(root: &Path, models: &[String], stop: &AtomicBool) -> Digests {
-        let mut digests = Digests::default();
+    /// at `root` into `taken`, one file at a time. A file that cannot be read, or changes while
+    /// it is read, is left out (the check then reads it and says what is wrong). `stop` is
+    /// looked at between reads: once set, hashing ends with what is done.
+    fn take(root: &Path, models: &[String], stop: &AtomicBool, taken: &Mutex<Digests>) {
         let Ok(install) = Root::open(root) else {
-            return digests;
+            return;
         };
         for model in models {
             let Ok(files) = install.files_below(model) else {
@@ -94,45 +109,59 @@ impl Digests {
             };
             for inside in files {
                 if stop.load(Ordering::Relaxed) {
-                    return digests;
+                    return;
                 }
                 let rel = confine::join(model, &inside);
                 if let Ok(Some(digest)) = hash(&install, &rel, stop) {
-                    digests.taken.insert(rel, digest);
+                    if let Ok(mut digests) = taken.lock() {
+                        digests.taken.insert(rel, digest);
+                    }
                 }
             }
         }
-        digests
     }
 
     /// The size and sha256 of `file`, opened at `rel` in the installation: the checksum taken
-    /// while the model rules ran when `file` is the very file it was taken of and has not
-    /// changed since, else read from `file` now.
+    /// during staging when `file` is the very file it was taken of and has not changed since,
+    /// else read from `file` now.
     pub fn size_and_sha256(&self, rel: &str, file: &mut File) -> io::Result<(u64, String)> {
         if let Some(d) = self.taken.get(rel) {
             if Identity::of(file)? == d.id {
                 tracing::debug!(
                     file = rel,
-                    "checksum taken while the model rules ran, the file unchanged since"
+                    "checksum taken during staging, the file unchanged since"
                 );
                 return Ok((d.id.size, d.sha256.clone()));
             }
             tracing::debug!(
                 file = rel,
-                "changed since its checksum was taken while the model rules ran: hashed again"
+                "changed since its checksum was taken during staging: hashed again"
             );
         }
         sha256_reader(file)
     }
+
+    /// The sha256 taken of `rel` during staging (the one the model rules were handed), if any.
+    pub fn taken_sha256(&self, rel: &str) -> Option<&str> {
+        self.taken.get(rel).map(|d| d.sha256.as_str())
+    }
 }
 
-/// The checksum of `rel`, when the file is settled before and unchanged after reading it.
+/// The checksum of `rel`, when the file is settled before and unchanged after reading it. A
+/// file changed less than [`SETTLED`] ago is waited for until it is: the model snapshot, built
+/// just before the hashing starts, gives every model file a new change time (a hard link is a
+/// change of the inode).
 fn hash(install: &Root, rel: &str, stop: &AtomicBool) -> io::Result<Option<Digest>> {
-    let started = SystemTime::now();
     let mut file = install
         .open_read(rel, None)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let before = Identity::of(&file)?;
+    let mut started = SystemTime::now();
+    let mut before = Identity::of(&file)?;
+    if let Some(wait) = before.unsettled_for(started) {
+        std::thread::sleep(wait);
+        started = SystemTime::now();
+        before = Identity::of(&file)?;
+    }
     if !before.settled_before(started) {
         return Ok(None);
     }
@@ -198,7 +227,9 @@ impl StagedDigests {
 /// that ends before its check), it stops the thread and waits for the one read it is in.
 pub struct Pending {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Digests>>,
+    /// Every checksum taken so far: the model rules get these (see [`Pending::so_far`]).
+    taken: Arc<Mutex<Digests>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Pending {
@@ -206,6 +237,7 @@ impl Pending {
     pub fn none() -> Pending {
         Pending {
             stop: Arc::new(AtomicBool::new(false)),
+            taken: Arc::default(),
             thread: None,
         }
     }
@@ -214,20 +246,43 @@ impl Pending {
     /// at `root`. A thread that cannot be started takes none.
     pub fn start(root: PathBuf, models: Vec<String>) -> Pending {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let taken = Arc::new(Mutex::new(Digests::default()));
+        let (flag, into) = (Arc::clone(&stop), Arc::clone(&taken));
         let thread = std::thread::Builder::new()
             .name("model-digests".into())
-            .spawn(move || Digests::take(&root, &models, &flag))
+            .spawn(move || Digests::take(&root, &models, &flag, &into))
             .ok();
-        Pending { stop, thread }
+        Pending {
+            stop,
+            taken,
+            thread,
+        }
+    }
+
+    /// The size and sha256 of each file hashed so far (paths relative to the installation),
+    /// for the model rules: a rule that lists a file's checksum need not read the file, and
+    /// the check compares that checksum with this very one.
+    pub fn so_far(&self) -> Vec<FileEntry> {
+        let Ok(digests) = self.taken.lock() else {
+            return Vec::new();
+        };
+        let mut files: Vec<FileEntry> = digests
+            .taken
+            .iter()
+            .map(|(rel, d)| FileEntry::new(rel.clone(), d.id.size, d.sha256.clone()))
+            .collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files
     }
 
     /// The checksums, once all are taken. A thread that panicked leaves none.
     pub fn wait(mut self) -> Digests {
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default()
+        let finished = self.thread.take().is_some_and(|t| t.join().is_ok());
+        let taken = std::mem::take(&mut self.taken);
+        match (finished, Arc::try_unwrap(taken).map(Mutex::into_inner)) {
+            (true, Ok(Ok(digests))) => digests,
+            _ => Digests::default(),
+        }
     }
 }
 
@@ -341,15 +396,56 @@ mod tests {
         assert_eq!(hashed(&dir, rel).0, 5);
     }
 
-    /// A file changed just before would be hashed within the clock tick of its change: it
-    /// gets no checksum; the settled file beside it does.
+    /// A file changed just before would be hashed within the clock tick of its change: it is
+    /// waited for until it is settled, then hashed (the snapshot's hard links change every
+    /// model file just before the hashing starts).
     #[test]
-    fn a_file_just_changed_gets_no_checksum() {
+    fn a_file_just_changed_is_hashed_once_settled() {
         let (dir, models) = install();
-        std::fs::write(dir.path().join("models/m/sub/extra.bin"), b"fresh").unwrap();
+        let rel = "models/m/sub/extra.bin";
+        std::fs::write(dir.path().join(rel), b"fresh").unwrap();
         let digests = Pending::start(dir.path().to_path_buf(), models).wait();
-        let names: Vec<_> = digests.taken.keys().cloned().collect();
-        assert_eq!(names, ["models/m/weights.bin"]);
+        let d = &digests.taken[rel];
+        assert_eq!((d.id.size, d.sha256.clone()), hashed(&dir, rel));
+        assert_eq!(digests.taken.len(), 2);
+    }
+
+    #[test]
+    fn only_a_change_under_settled_ago_is_waited_for() {
+        let (dir, _) = install();
+        let id = Identity::of(&open(&dir, "models/m/weights.bin")).unwrap();
+        let changed = id.changed().unwrap();
+        let ms = Duration::from_millis;
+        assert_eq!(id.unsettled_for(changed + ms(10)), Some(SETTLED - ms(10)));
+        assert_eq!(id.unsettled_for(changed + SETTLED), None);
+        assert_eq!(id.unsettled_for(changed + SETTLED * 3), None);
+        // A change time ahead of the clock is not waited for (nor ever settled).
+        assert_eq!(id.unsettled_for(changed - ms(10)), None);
+        assert!(!id.settled_before(changed - ms(10)));
+    }
+
+    /// What the model rules get: every checksum taken so far, named as in the installation.
+    #[test]
+    fn the_checksums_so_far_are_the_files_true_ones() {
+        let (dir, models) = install();
+        let pending = Pending::start(dir.path().to_path_buf(), models);
+        while pending.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let so_far = pending.so_far();
+        let got: Vec<_> = so_far
+            .iter()
+            .map(|f| (f.path.as_str(), f.size, f.sha256.clone()))
+            .collect();
+        let want: Vec<_> = ["models/m/sub/extra.bin", "models/m/weights.bin"]
+            .into_iter()
+            .map(|rel| {
+                let (size, sha) = hashed(&dir, rel);
+                (rel, size, sha)
+            })
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(pending.wait().taken.len(), 2);
     }
 
     /// A link in a model folder is not followed: the folder is not listed, nothing in it gets
@@ -416,7 +512,9 @@ mod tests {
     fn a_stopped_hashing_takes_nothing_more() {
         let (dir, models) = install();
         let stop = AtomicBool::new(true);
-        assert!(Digests::take(dir.path(), &models, &stop).taken.is_empty());
+        let taken = Mutex::new(Digests::default());
+        Digests::take(dir.path(), &models, &stop, &taken);
+        assert!(taken.into_inner().unwrap().taken.is_empty());
         // Dropping a pending hashing returns (the thread is told to stop and joined).
         drop(Pending::start(dir.path().to_path_buf(), models));
     }

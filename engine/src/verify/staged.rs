@@ -45,7 +45,7 @@ pub struct Staged<'a> {
     pub removals: &'a [String],
     /// Each model folder, relative.
     pub models: &'a [String],
-    /// Checksums of the installation's model files taken while the model rules ran.
+    /// Checksums of the installation's model files taken during staging.
     pub digests: &'a Digests,
 }
 
@@ -248,11 +248,11 @@ fn check_models(
             }
         };
         let problems = model_metadata(&bytes, r, rel, schema);
-        out.extend(problems.into_iter().map(|problem| Violation {
+        out.extend(problems.into_iter().map(|(problem, by_plugin)| Violation {
             file: meta_rel.clone(),
             place: None,
             problem,
-            plugin: plugin.clone(),
+            plugin: by_plugin.then(|| plugin.clone()).flatten(),
         }));
     }
     out
@@ -481,13 +481,16 @@ fn model_metadata(
     r: &Roots,
     model: &str,
     schema: Option<Option<u64>>,
-) -> Vec<String> {
+) -> Vec<(String, bool)> {
     let meta: Value = match serde_json::from_slice(bytes) {
         Ok(Value::Object(m)) => Value::Object(m),
-        Ok(_) => return vec!["metadata.json is not a JSON object".into()],
-        Err(e) => return vec![format!("metadata.json is not valid JSON: {e}")],
+        Ok(_) => return vec![("metadata.json is not a JSON object".into(), true)],
+        Err(e) => return vec![(format!("metadata.json is not valid JSON: {e}"), true)],
     };
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    // Problems that are no plugin's doing (the rules were handed a checksum of a file that
+    // changed since).
+    let mut changed: Vec<String> = Vec::new();
     for key in ["name", "format"] {
         if !meta.get(key).is_some_and(Value::is_string) {
             problems.push(format!("`{key}` must be a string"));
@@ -500,7 +503,7 @@ fn model_metadata(
     }
     let Some(files) = meta.get("files").and_then(Value::as_array) else {
         problems.push("`files` must be a list".into());
-        return problems;
+        return problems.into_iter().map(|p| (p, true)).collect();
     };
     for entry in files {
         let Some((path, size, sha)) = file_entry(entry) else {
@@ -529,7 +532,8 @@ fn model_metadata(
             continue;
         };
         // A file the hops left alone is the installation's: its checksum may have been taken
-        // while the model rules ran (see [`Digests`]).
+        // during staging (see [`Digests`]).
+        let file_was_installed = matches!(file, Ok((_, true)));
         match file.and_then(|(mut f, installed)| {
             if installed {
                 r.digests.size_and_sha256(&rel, &mut f)
@@ -538,6 +542,11 @@ fn model_metadata(
             }
         }) {
             Ok((s, h)) if s == size && h == sha => {}
+            Ok((s, h)) if file_was_installed && r.digests.taken_sha256(&rel) == Some(sha) => {
+                changed.push(format!(
+                    "{path} changed while the migration ran: it is now size {s} sha256 {h}, but was size {size} sha256 {sha} when it was hashed for the model rules; is something still writing to the model folder? Stop it, and run the migration again"
+                ))
+            }
             Ok((s, h)) => problems.push(format!(
                 "{path}: size {s} sha256 {h}, metadata.json says size {size} sha256 {sha}"
             )),
@@ -545,4 +554,8 @@ fn model_metadata(
         }
     }
     problems
+        .into_iter()
+        .map(|p| (p, true))
+        .chain(changed.into_iter().map(|p| (p, false)))
+        .collect()
 }

@@ -9,6 +9,7 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use plugin_api::model::FileEntry;
 use plugin_api::HopDescriptor;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -24,8 +25,10 @@ pub const PROTOCOL: &str = "trustformers-migrate-worker";
 /// Semver of the protocol: a peer whose major differs is refused. 1.1.0: a worker's error
 /// carries its typed cause ([`WireCause`]); a 1.0 answer without one still reads. 1.2.0: the
 /// isolation a worker reports says whether sockets were denied (absent from an older worker's:
-/// false).
-pub const VERSION: &str = "1.2.0";
+/// false). 1.3.0: a `Stage` request may say the supervisor hashes the model files; the worker
+/// then asks for the checksums before its models step (an older worker never asks, and is
+/// never answered).
+pub const VERSION: &str = "1.3.0";
 /// Largest frame either side accepts: a plan or a step result is far smaller.
 pub const MAX_FRAME: usize = 16 << 20;
 
@@ -61,6 +64,16 @@ pub enum Request {
         /// ([`crate::stage::snapshot`]); `None` when the plan has no model folder.
         snapshot: Option<PathBuf>,
         confinement: Confinement,
+        /// The supervisor is hashing the installation's model files: before the models step,
+        /// the worker asks for the checksums taken so far ([`Reply::WantChecksums`]), to hand
+        /// them to the model rules.
+        #[serde(default)]
+        checksums: bool,
+    },
+    /// The answer to [`Reply::WantChecksums`]: size and sha256 of installation model files
+    /// (paths relative to the installation), those the supervisor finished hashing.
+    Checksums {
+        files: Vec<FileEntry>,
     },
 }
 
@@ -273,6 +286,9 @@ pub enum Reply {
         bytes: u64,
         records: u64,
     },
+    /// The models step is next, and the `Stage` request said the supervisor hashes model
+    /// files: the worker waits for [`Request::Checksums`].
+    WantChecksums,
     /// A finished step (config, data, models) with its figures.
     Step {
         result: StepResult,

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use migrate_transaction::staging::Staging;
+use plugin_api::model::FileEntry;
 
 use super::protocol::{self, Confinement, Reply, Request, WireCause, WireError};
 use super::sandbox;
@@ -63,6 +64,7 @@ pub fn serve() -> i32 {
             staging,
             snapshot,
             confinement,
+            checksums,
         })) => {
             confine(out, &confinement);
             // Staged files the host creates get their final mode on creation; those plugin
@@ -72,7 +74,8 @@ pub fn serve() -> i32 {
             // Plugin panics are caught at the ABI; a panic that reaches here is the host's own
             // bug, and is reported as such, never as the plugin's.
             let staged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                stage_all(&plan, &staging, snapshot.as_deref(), out)
+                let asked = checksums.then_some(&mut input);
+                stage_all(&plan, &staging, snapshot.as_deref(), out, asked)
             }));
             let result = match staged {
                 Ok(done) => done.map_err(|e| WireError::from(&e)),
@@ -219,12 +222,15 @@ impl Observer for Channel {
     }
 }
 
-/// Loads the plan's hops and stages config, data and models, reporting each step.
+/// Loads the plan's hops and stages config, data and models, reporting each step. With
+/// `supervisor` (the request's channel, when the supervisor hashes the model files), the
+/// checksums it took by then are asked for before the models step.
 fn stage_all(
     plan: &Plan,
     staging_dir: &Path,
     snapshot: Option<&Path>,
     out: &Channel,
+    supervisor: Option<&mut BufReader<File>>,
 ) -> Result<Vec<String>, MigrateError> {
     let hops = plan
         .hops
@@ -245,10 +251,33 @@ fn stage_all(
     step(out, "data", plan.data_bytes(), |s| {
         stage::data(plan, &hops, &mut staging, s, &budget, out)
     })?;
+    let checksums = match supervisor {
+        Some(input) => checksums(out, input)?,
+        None => Vec::new(),
+    };
     step(out, "models", plan.model_bytes(), |s| {
-        stage::models(plan, &hops, &staging, snapshot, s, &budget, out)
+        stage::models(plan, &hops, &staging, snapshot, &checksums, s, &budget, out)
     })?;
     Ok(staging.into_parts().removals)
+}
+
+/// Asks the supervisor for the checksums of the installation's model files it took so far.
+fn checksums(out: &Channel, input: &mut BufReader<File>) -> Result<Vec<FileEntry>, MigrateError> {
+    out.send(&Reply::WantChecksums);
+    match protocol::read_frame::<Request>(input) {
+        Ok(Some(Request::Checksums { files })) => {
+            // Test hook: a test pauses the worker here to change a model file after its
+            // checksum was handed over.
+            migrate_transaction::fault::point("model_checksums")?;
+            Ok(files)
+        }
+        other => Err(MigrateError::Internal {
+            detail: format!(
+                "the supervisor answered the worker's request for checksums with {other:?}"
+            ),
+            state: "nothing was swapped into the installation".into(),
+        }),
+    }
 }
 
 /// Runs one step and sends its result, figures and error included.

@@ -14,6 +14,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use plugin_api::model::FileEntry;
 use plugin_api::HopDescriptor;
 
 use super::protocol::{self, Confinement, Reply, Request};
@@ -83,7 +84,7 @@ const STDERR_GRACE: Duration = Duration::from_secs(2);
 
 struct Worker {
     child: Child,
-    _input: BufWriter<ChildStdin>,
+    input: BufWriter<ChildStdin>,
     events: Receiver<Event>,
     /// A Rust "memory allocation of N bytes failed" was seen on stderr: the only word an
     /// out-of-memory abort leaves. Remembered as the line arrives, not looked for in the last
@@ -154,7 +155,7 @@ impl Worker {
         }
         Ok(Worker {
             child,
-            _input: input,
+            input,
             events,
             out_of_memory: false,
             stderr_open: true,
@@ -253,8 +254,16 @@ fn spawn_stderr(stderr: std::process::ChildStderr, tx: Sender<Event>) {
 /// How often the watchdog looks at the clock and the cancel flag while waiting.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Runs `request` in a worker and feeds every reply to `on_reply` until it returns `true`
-/// (the final answer). Stops the worker on the deadline, a stall or a cancellation, and
+/// What the supervisor does after a reply it handled: wait for more, stop (the final answer
+/// came), or answer the worker.
+enum Next {
+    Wait,
+    Done,
+    Answer(Request),
+}
+
+/// Runs `request` in a worker and feeds every reply to `on_reply` until it returns
+/// [`Next::Done`] (the final answer), sending the worker what it answers. Stops the worker on the deadline, a stall or a cancellation, and
 /// explains a worker that died. What confined the worker is put in `isolation` as soon as the
 /// worker says, so that a run that fails afterwards still reports it.
 fn run(
@@ -264,7 +273,7 @@ fn run(
     observer: &dyn Observer,
     hops: &[HopInfo],
     isolation: &mut Option<Isolation>,
-    on_reply: &mut dyn FnMut(Reply) -> bool,
+    on_reply: &mut dyn FnMut(Reply) -> Next,
 ) -> Result<(), MigrateError> {
     let mut worker = Worker::start(spec, request)?;
     let mut in_flight: BTreeMap<u64, PluginCall> = BTreeMap::new();
@@ -368,9 +377,19 @@ fn run(
                             observer.step_finished(&result.name, result.error.is_none());
                             step = None;
                         }
-                        if on_reply(other) {
-                            worker.reap(observer);
-                            return Ok(());
+                        match on_reply(other) {
+                            Next::Wait => {}
+                            Next::Done => {
+                                worker.reap(observer);
+                                return Ok(());
+                            }
+                            Next::Answer(answer) => {
+                                if let Err(e) = protocol::write_frame(&mut worker.input, &answer) {
+                                    let detail = format!("cannot answer the worker: {e}");
+                                    let cause = StopCause::Protocol { detail };
+                                    return Err(stop(&mut worker, cause, &in_flight, &step));
+                                }
+                            }
                         }
                         // The time the supervisor's own handling took (the run waits for the
                         // staged data on disk there) is not the worker's silence.
@@ -456,7 +475,10 @@ pub struct Folders<'a> {
 /// Stages `plan` into `staging` in a worker. Each finished step's result is pushed to
 /// `steps` as it arrives; returns the installation files the commit must delete. What
 /// confined the worker is put in `isolation` whatever the outcome: a run that failed ran
-/// plugin code too, and its report says how it was confined.
+/// plugin code too, and its report says how it was confined. `checksums`, when the
+/// supervisor hashes the installation's model files: what it has taken so far, which the
+/// worker asks for before its models step and hands to the model rules.
+#[allow(clippy::too_many_arguments)]
 pub fn stage(
     spec: &WorkerSpec,
     plan: &Plan,
@@ -465,6 +487,7 @@ pub fn stage(
     deadline: Option<(Instant, Duration)>,
     isolation: &mut Option<Isolation>,
     steps: &mut dyn FnMut(StepResult),
+    checksums: Option<&dyn Fn() -> Vec<FileEntry>>,
 ) -> Result<Vec<String>, MigrateError> {
     let confinement = Confinement {
         sandbox: spec.sandbox,
@@ -484,6 +507,7 @@ pub fn stage(
         staging: staging.to_path_buf(),
         snapshot: snapshot.map(Path::to_path_buf),
         confinement,
+        checksums: checksums.is_some(),
     };
     let mut outcome = None;
     run(
@@ -496,13 +520,16 @@ pub fn stage(
         &mut |reply| match reply {
             Reply::Step { result } => {
                 steps(result);
-                false
+                Next::Wait
             }
+            Reply::WantChecksums => Next::Answer(Request::Checksums {
+                files: checksums.map(|taken| taken()).unwrap_or_default(),
+            }),
             Reply::Staged { result } => {
                 outcome = Some(result);
-                true
+                Next::Done
             }
-            _ => false,
+            _ => Next::Wait,
         },
     )?;
     match outcome {
@@ -561,9 +588,9 @@ impl Loader for WorkerLoader {
             &mut |reply| {
                 if let Reply::Described { result } = reply {
                     described = Some(result);
-                    return true;
+                    return Next::Done;
                 }
-                false
+                Next::Wait
             },
         );
         if let (Ok(mut slot), Some(i)) = (self.isolation.lock(), isolation) {
