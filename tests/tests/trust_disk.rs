@@ -1483,6 +1483,25 @@ fn issue14_a_link_planted_after_planning_never_reaches_a_plugin() {
     }
 }
 
+/// Writes `path` in place, its last byte flipped: same name, same size, other content.
+fn flip_last_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    std::io::Write::write_all(&mut f, &bytes).unwrap();
+}
+
+/// A pause of the worker at its first data batch, long enough for the host to have hashed the
+/// installation's model files by the models step.
+fn held_at_the_first_batch<'a>() -> Pause<'a> {
+    (
+        "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
+        "batch",
+        Box::new(|| std::thread::sleep(std::time::Duration::from_millis(500))),
+    )
+}
+
 /// Issue 15: the host hashes the installation's model files during staging and hands the
 /// checksums to the model rules, which list them in `metadata.json` without reading the files
 /// again. A weights file written in place after that (the worker held just after it got them)
@@ -1503,24 +1522,13 @@ fn issue15_a_model_file_changed_after_its_checksum_was_handed_to_the_rules_is_re
             None,
             &["--yes", "version", "--path", p(root), "--to", "2.1.0"],
             vec![
-                (
-                    "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
-                    "batch",
-                    Box::new(|| std::thread::sleep(std::time::Duration::from_millis(500))),
-                ),
+                held_at_the_first_batch(),
                 (
                     "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
                     "model_checksums",
                     Box::new(|| {
                         if change {
-                            let mut bytes = std::fs::read(&weights).unwrap();
-                            let last = bytes.len() - 1;
-                            bytes[last] ^= 0xff;
-                            let mut f = std::fs::OpenOptions::new()
-                                .write(true)
-                                .open(&weights)
-                                .unwrap();
-                            std::io::Write::write_all(&mut f, &bytes).unwrap();
+                            flip_last_byte(&weights);
                         }
                     }),
                 ),
@@ -1595,24 +1603,13 @@ fn issue15_a_model_file_changed_after_its_checksum_was_taken_is_read_again() {
             None,
             &args,
             vec![
-                (
-                    "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
-                    "batch",
-                    Box::new(|| std::thread::sleep(std::time::Duration::from_millis(200))),
-                ),
+                held_at_the_first_batch(),
                 (
                     "TRUSTFORMERS_MIGRATE_FAULT",
                     "verify",
                     Box::new(|| {
                         if change {
-                            let mut bytes = std::fs::read(&weights).unwrap();
-                            let last = bytes.len() - 1;
-                            bytes[last] ^= 0xff;
-                            let mut f = std::fs::OpenOptions::new()
-                                .write(true)
-                                .open(&weights)
-                                .unwrap();
-                            std::io::Write::write_all(&mut f, &bytes).unwrap();
+                            flip_last_byte(&weights);
                         }
                     }),
                 ),
