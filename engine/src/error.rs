@@ -203,6 +203,15 @@ pub enum MigrateError {
         violations: Vec<Violation>,
     },
 
+    /// Files of the installation changed while the migration ran (the model files whose
+    /// checksums the model rules were handed): the staging no longer describes them, and
+    /// nothing was swapped in. No plugin's doing: something still writes to the installation.
+    #[error("files of {} changed while the migration ran, so nothing was swapped in:{}\n  next step: nothing was changed; stop whatever writes to the installation (is the server still running?) and run the migration again", root.display(), changes.iter().map(|v| format!("\n    - {v}")).collect::<String>())]
+    ChangedDuringRun {
+        root: PathBuf,
+        changes: Vec<Violation>,
+    },
+
     /// An error the worker met and reported that has no typed form on the worker protocol
     /// (an I/O or transaction error, a bug in the worker), with the exit code it means and
     /// the file it is about. The errors a caller acts on (a refused record, a plugin's
@@ -287,7 +296,7 @@ impl MigrateError {
             MigrateError::BadVersion { .. }
             | MigrateError::Settings { .. }
             | MigrateError::Usage { .. } => ExitCode::Usage,
-            MigrateError::Io { .. } => ExitCode::Failed,
+            MigrateError::Io { .. } | MigrateError::ChangedDuringRun { .. } => ExitCode::Failed,
             MigrateError::RolledBack { .. } | MigrateError::TimedOut { .. } => ExitCode::RolledBack,
             MigrateError::Interrupted { .. } => ExitCode::Interrupted,
             MigrateError::Internal { .. } => ExitCode::Internal,
@@ -326,6 +335,9 @@ impl MigrateError {
             // The first problem found: a refused staging names every one in its message.
             MigrateError::StagedInvalid { violations, .. } => {
                 violations.first().map(|v| std::path::Path::new(v.file.as_str()))
+            }
+            MigrateError::ChangedDuringRun { changes, .. } => {
+                changes.first().map(|v| std::path::Path::new(v.file.as_str()))
             }
             MigrateError::UnknownVersion { root, .. }
             | MigrateError::VersionMismatch { root, .. }

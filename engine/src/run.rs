@@ -260,6 +260,10 @@ fn run_steps(
         })?;
         Ok(staged_digests)
     })();
+    // Whatever the check found, the data step's outcome is recorded (its record, and those held
+    // after it, are written now: a run killed during the check leaves them out of the audit
+    // trail, which then shows it interrupted). When both failed, the check's error is the
+    // run's, and the failed sync is the data step's.
     let synced = data_on_disk(result, syncing, &steps);
     let staged_digests = checked?;
     synced?;
@@ -488,7 +492,8 @@ fn data_on_disk(
 }
 
 /// Proves the staging good before anything in the installation changes: see
-/// [`crate::verify::staged`]. A violation is the plugin's fault (exit 6), named with its file.
+/// [`crate::verify::staged`]. A violation is the plugin's fault (exit 6), named with its file;
+/// an installation file that changed while the run went on is no one's (exit 1).
 /// The deletions the worker asked for are checked too, before any is accepted. Returns the
 /// checksums the check took of the staged data files.
 fn verify_staging(
@@ -517,13 +522,21 @@ fn verify_staging(
         digests,
     });
     s.files = (plan.config.is_some() as u64) + plan.data_files.len() as u64 + models.len() as u64;
-    if checked.violations.is_empty() {
-        return Ok(checked.digests);
+    match (checked.violations.is_empty(), checked.changed.is_empty()) {
+        (true, true) => Ok(checked.digests),
+        (true, false) => Err(MigrateError::ChangedDuringRun {
+            root: plan.target.root.clone(),
+            changes: checked.changed,
+        }),
+        (false, _) => Err(MigrateError::StagedInvalid {
+            version: plan.to.to_string(),
+            violations: checked
+                .violations
+                .into_iter()
+                .chain(checked.changed)
+                .collect(),
+        }),
     }
-    Err(MigrateError::StagedInvalid {
-        version: plan.to.to_string(),
-        violations: checked.violations,
-    })
 }
 
 /// A dry run writes nothing, so it cannot recover an interrupted migration: it says so.

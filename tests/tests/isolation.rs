@@ -1204,6 +1204,33 @@ fn a_forged_early_answer_cannot_swap_in_half_the_data() {
     }
 }
 
+/// Plugin code asks the supervisor for the model checksums in the worker's name, over and
+/// over, during the data step: nobody reads the worker's request channel then, so answers
+/// written there would fill the pipe. The supervisor answers once, on a thread of its own, and
+/// stops the worker at the second request: the run ends (exit 6, nothing changed) instead of
+/// hanging with the installation locked, whether the plugin then exits or loops.
+#[test]
+fn forged_requests_for_checksums_cannot_hold_the_supervisor() {
+    let settings = default_settings();
+    let plugins = Plugins::new();
+    for then in ["exit", "loop"] {
+        let case = Case {
+            mode: "forge",
+            rule: "data",
+            settings: &settings,
+            code: 6,
+            words: words(&["broke the protocol", "checksums"]),
+            extra_env: vec![
+                ("HOSTILE_TARGET", String::new()),
+                ("HOSTILE_FORGE", "want_checksums".to_owned()),
+                ("HOSTILE_FORGE_THEN", then.to_owned()),
+            ],
+            worker_died: false,
+        };
+        case.check(&plugins, Cmd::Version, false);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Signals to the supervisor
 

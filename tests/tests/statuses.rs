@@ -140,10 +140,11 @@ fn a_staged_data_file_that_cannot_be_synced_fails_the_run_before_the_journal() {
     assert_no_leftovers(root, "after a failed sync");
 }
 
-/// The run waits for the staged data on disk after the worker is done: a slow disk there is
-/// neither the worker's silence (a `stall_seconds` of 1 does not stop a run whose sync takes
-/// 2.5 s) nor missing from the report (the data step's duration runs until its output is on
-/// disk).
+/// The run waits for the staged data on disk after the pre-swap check: a slow disk there is
+/// missing neither from the report (the data step's duration runs until its output is on disk)
+/// nor taken for the worker's silence (a `stall_seconds` of 1 does not stop a run whose sync
+/// takes 2.5 s: it would, were the wait ever moved back into the supervisor's handling of the
+/// worker's replies).
 #[test]
 fn a_slow_sync_of_the_staged_data_is_waited_for_and_reported() {
     let install = sample_install();

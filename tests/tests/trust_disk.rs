@@ -243,7 +243,8 @@ fn finding_01_forward_recovery_completes_the_backup_first() {
 fn the_backup_records_the_sha256_of_what_the_migration_wrote() {
     let dir = sample_install();
     let root = dir.path();
-    ok(&migrate_version(root, &[]));
+    let out = migrate_version(root, &["-vv"]);
+    let text = ok(&out) + &stderr(&out);
     let meta = metadata(&only_backup(root));
     let written = meta["written"].as_array().unwrap();
     let paths: Vec<&str> = written
@@ -257,7 +258,17 @@ fn the_backup_records_the_sha256_of_what_the_migration_wrote() {
         "{paths:?}"
     );
     for w in written {
-        let bytes = std::fs::read(root.join(w["path"].as_str().unwrap())).unwrap();
+        let rel = w["path"].as_str().unwrap();
+        let from_the_check = text.lines().any(|l| {
+            l.contains("checksum taken by the pre-swap check")
+                && l.contains(&format!("file=\"{rel}\""))
+        });
+        assert_eq!(
+            from_the_check,
+            rel.ends_with(".jsonl"),
+            "{rel}: the check's checksum is used for the data logs only: {text}"
+        );
+        let bytes = std::fs::read(root.join(rel)).unwrap();
         assert_eq!(w["size"], bytes.len() as u64, "{w}");
         assert_eq!(w["sha256"], sha256_hex(&bytes), "{w}");
     }
@@ -1505,8 +1516,8 @@ fn held_at_the_first_batch<'a>() -> Pause<'a> {
 /// Issue 15: the host hashes the installation's model files during staging and hands the
 /// checksums to the model rules, which list them in `metadata.json` without reading the files
 /// again. A weights file written in place after that (the worker held just after it got them)
-/// no longer matches what the rules listed: nothing is swapped in, and the error says the file
-/// changed while the migration ran, blaming no plugin. (A rule that hashed the file itself
+/// no longer matches what the rules listed: nothing is swapped in, and the error (exit 1) says
+/// the file changed while the migration ran, blaming no plugin. (A rule that hashed the file itself
 /// would have listed the new content, and the run would have completed.) Left alone, the run
 /// completes, and the listed checksum is the file's. The worker is held at its first data
 /// batch so that the host's hashing is done by the models step.
@@ -1520,7 +1531,15 @@ fn issue15_a_model_file_changed_after_its_checksum_was_handed_to_the_rules_is_re
         let before = tree_hash(root);
         let out = migrate_pausing(
             None,
-            &["--yes", "version", "--path", p(root), "--to", "2.1.0"],
+            &[
+                "-vv",
+                "--yes",
+                "version",
+                "--path",
+                p(root),
+                "--to",
+                "2.1.0",
+            ],
             vec![
                 held_at_the_first_batch(),
                 (
@@ -1535,6 +1554,13 @@ fn issue15_a_model_file_changed_after_its_checksum_was_handed_to_the_rules_is_re
             ],
         );
         let text = both(&out);
+        // The host had hashed the model's three files when the worker asked.
+        assert!(
+            text.lines().any(
+                |l| l.contains("model checksums handed to the worker") && l.contains("files=3")
+            ),
+            "{text}"
+        );
         let now = sha256_hex(&std::fs::read(&weights).unwrap());
         if !change {
             assert_eq!(out.status.code(), Some(0), "{text}");
@@ -1549,12 +1575,15 @@ fn issue15_a_model_file_changed_after_its_checksum_was_handed_to_the_rules_is_re
             assert_eq!(listed, Some(now.into()), "{meta}");
             continue;
         }
-        assert_eq!(out.status.code(), Some(6), "{text}");
-        assert!(
-            text.contains("model.safetensors changed while the migration ran")
-                && text.contains("is something still writing to the model folder?"),
-            "{text}"
-        );
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        for needle in [
+            "files of ",
+            "models/bert-tiny/model.safetensors: changed while the migration ran",
+            "is something still writing to it?",
+            "next step: nothing was changed; stop whatever writes to the installation",
+        ] {
+            assert!(text.contains(needle), "{needle:?} in {text}");
+        }
         assert!(!text.contains("written by plugin"), "{text}");
         // Nothing was swapped in: the tree is as it was, but for the test's own change.
         let after = tree_hash(root);
@@ -1570,12 +1599,13 @@ fn issue15_a_model_file_changed_after_its_checksum_was_handed_to_the_rules_is_re
 }
 
 /// Issue 15: the pre-swap check takes the checksum of a weights file the hops left alone from
-/// the one the host took during staging, but only for that very file, unchanged.
-/// Written in place after it (same size, same name), the file is read again: the checksum the
-/// rules listed, true of the file as it was, no longer matches, and nothing is swapped in. Left
-/// alone, the checksum taken during staging is used and the run completes. (The worker is held
-/// at its first data batch so that the host's hashing is done by the models step.) A run that
-/// optimizes the weights rewrites them: the host takes no checksum of the installation's.
+/// the one the host took during staging, but only for that very file, unchanged. Written in
+/// place after it (same size, same name), the file is read again: the checksum the rules
+/// listed, true of the file as it was, no longer matches, and nothing is swapped in (exit 1,
+/// the file named as changed while the migration ran). Left alone, the checksum taken during
+/// staging is used and the run completes. (The worker is held at its first data batch so that
+/// the host's hashing is done by the models step.) A run that optimizes the weights rewrites
+/// them: the host takes no checksum of the installation's.
 #[test]
 fn issue15_a_model_file_changed_after_its_checksum_was_taken_is_read_again() {
     let rel = "models/bert-tiny/model.safetensors";
@@ -1635,13 +1665,13 @@ fn issue15_a_model_file_changed_after_its_checksum_was_taken_is_read_again() {
             );
             continue;
         }
-        assert_eq!(out.status.code(), Some(6), "{text}");
+        assert_eq!(out.status.code(), Some(1), "{text}");
         assert!(
             logged(&text, "changed since its checksum was taken"),
             "no checksum was taken, or the change went unseen: {text}"
         );
         assert!(
-            text.contains("model.safetensors changed while the migration ran"),
+            text.contains("model.safetensors: changed while the migration ran"),
             "the mismatch is not named: {text}"
         );
         assert!(!root.join("VERSION").exists(), "migrated: {text}");

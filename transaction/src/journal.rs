@@ -608,8 +608,12 @@ fn keep_original(
                 })
             }
         };
+        // A staged file that has its mode already keeps its change time: the backup takes the
+        // pre-swap check's checksum of a file only while that time has not moved.
         if let Some(mode) = mode {
-            root.set_mode(&staged, mode)?;
+            if root.stat(&staged)?.map(|f| f.mode & 0o7777) != Some(mode & 0o7777) {
+                root.set_mode(&staged, mode)?;
+            }
         }
         root.open_read(&staged, None)?
             .sync_all()

@@ -41,8 +41,8 @@ pub struct Syncing {
     started: Instant,
 }
 
-/// The sync's outcome and when it was known: the run waits for it only later, when the models
-/// step's result comes, and the data step's duration must end when its files were on disk.
+/// The sync's outcome and when it was known: the run waits for it only later, after the
+/// pre-swap check, and the data step's duration must end when its files were on disk.
 type Finished = (Result<()>, Instant);
 
 /// How a [`Syncing`] ended.

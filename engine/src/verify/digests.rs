@@ -141,9 +141,10 @@ impl Digests {
         sha256_reader(file)
     }
 
-    /// The sha256 taken of `rel` during staging (the one the model rules were handed), if any.
-    pub fn taken_sha256(&self, rel: &str) -> Option<&str> {
-        self.taken.get(rel).map(|d| d.sha256.as_str())
+    /// The size and sha256 taken of `rel` during staging (those the model rules were handed),
+    /// if any.
+    pub fn taken(&self, rel: &str) -> Option<(u64, &str)> {
+        self.taken.get(rel).map(|d| (d.id.size, d.sha256.as_str()))
     }
 }
 
@@ -187,9 +188,10 @@ fn hash(install: &Root, rel: &str, stop: &AtomicBool) -> io::Result<Option<Diges
 /// compression wanted.
 ///
 /// Trust is unchanged: the host took the checksum itself, of the bytes it checked. It stands
-/// for the file the backup opens only if that is the same file, of the same size and
-/// modification time; the change time is not compared, because the journal's prepare sets the
-/// staged files' modes in between. Whatever differs, the backup hashes the file as before.
+/// for the file the backup opens only if that is the same file, with the same size,
+/// modification and change times (the journal's prepare leaves the mode, and so the change
+/// time, of a staged file that already has its final mode alone). Whatever differs, the backup
+/// hashes the file as before.
 #[derive(Debug, Default)]
 pub struct StagedDigests {
     taken: HashMap<String, Digest>,
@@ -213,13 +215,22 @@ impl StagedDigests {
     }
 
     /// The size and sha256 of `file`, opened at `rel` in the staging, when it is the file
-    /// checked and unchanged since (its mode aside).
+    /// checked and unchanged since.
     pub fn size_and_sha256(&self, rel: &str, file: &File) -> Option<(u64, String)> {
         let d = self.taken.get(rel)?;
-        let now = Identity::of(file).ok()?;
-        let same =
-            (now.dev, now.ino, now.size, now.mtime) == (d.id.dev, d.id.ino, d.id.size, d.id.mtime);
-        same.then(|| (d.id.size, d.sha256.clone()))
+        let same = Identity::of(file).is_ok_and(|now| now == d.id);
+        if !same {
+            tracing::debug!(
+                file = rel,
+                "changed since the pre-swap check hashed it: hashed again for the backup"
+            );
+            return None;
+        }
+        tracing::debug!(
+            file = rel,
+            "checksum taken by the pre-swap check, the file unchanged since"
+        );
+        Some((d.id.size, d.sha256.clone()))
     }
 }
 
@@ -465,8 +476,8 @@ mod tests {
     }
 
     /// The checksum the pre-swap check took of a staged file is the backup's while the file
-    /// is the one checked: a new mode (the journal's prepare sets it) keeps it; new content,
-    /// even of the same size, or another file under the name, does not.
+    /// is the one checked: a new mode, new content (even of the same size), or another file
+    /// under the name, and it is not.
     #[test]
     fn a_staged_files_checksum_stands_until_its_content_changes() {
         use std::os::unix::fs::PermissionsExt;
@@ -483,10 +494,19 @@ mod tests {
             None
         );
 
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(
             digests.size_and_sha256(rel, &open(&dir, rel)),
             Some(planted)
+        );
+        std::thread::sleep(SETTLED);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(digests.size_and_sha256(rel, &open(&dir, rel)), None);
+        let file = open(&dir, rel);
+        digests.keep(
+            rel,
+            Identity::of(&file).unwrap(),
+            &file,
+            (3 << 20, "again".into()),
         );
 
         std::thread::sleep(SETTLED);

@@ -3,7 +3,9 @@
 //! must parse as TOML, every staged record must be a JSON object carrying the target
 //! `schema_version`, and every staged `metadata.json` must have the spec's shape, with sizes
 //! and checksums that match the files (the staged ones, or the installation's where the hop
-//! left a file alone). A violation names the file and the plugin that wrote it last.
+//! left a file alone). A violation names the file and the plugin that wrote it last; a model
+//! file of the installation that changed after its checksum was handed to the model rules is
+//! named apart, as no plugin's doing ([`Checked::changed`]).
 //!
 //! The staging is swapped in whole, and the sandbox lets plugin code write anywhere in it: so
 //! the staging must also hold nothing but this run's own output (the config, the data files
@@ -53,6 +55,10 @@ pub struct Staged<'a> {
 pub struct Checked {
     /// Every violation in the staging; empty when it may be swapped in.
     pub violations: Vec<Violation>,
+    /// Installation files that changed while the migration ran, which the staging no longer
+    /// describes (a model file whose checksum the model rules were handed): no plugin's doing,
+    /// but nothing may be swapped in either.
+    pub changed: Vec<Violation>,
     /// The checksums of the staged `*.jsonl` files, taken as they were checked, for the backup.
     pub digests: StagedDigests,
 }
@@ -86,6 +92,7 @@ pub fn check(s: &Staged) -> Checked {
             });
             return Checked {
                 violations: out,
+                changed: Vec::new(),
                 digests: StagedDigests::default(),
             };
         }
@@ -103,6 +110,7 @@ pub fn check(s: &Staged) -> Checked {
     // checks, it was one core reading the whole source log while the other waited.
     let model_plugin = last(|h| h.descriptor.rules.model);
     let mut digests = StagedDigests::default();
+    let mut changed = Vec::new();
     std::thread::scope(|scope| {
         let models = scope.spawn(|| check_models(s, &r, schema, model_plugin));
         let installed = scope.spawn(|| installation_lines(s, &install));
@@ -113,12 +121,16 @@ pub fn check(s: &Staged) -> Checked {
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         out.extend(incomplete(s, &r, &staged_lines, &installed));
         match models.join() {
-            Ok(found) => out.extend(found),
+            Ok((found, during)) => {
+                out.extend(found);
+                changed = during;
+            }
             Err(panic) => std::panic::resume_unwind(panic),
         }
     });
     Checked {
         violations: out,
+        changed,
         digests,
     }
 }
@@ -219,15 +231,16 @@ fn check_records_and_files(
 }
 
 /// The staged model folders' `metadata.json` against their files (each weights file hashed).
-/// `plugin`: the last hop with a model rule, named in each finding.
+/// `plugin`: the last hop with a model rule, named in each finding. Returns the plugins'
+/// violations, then the files that changed while the migration ran (no plugin's doing).
 fn check_models(
     s: &Staged,
     r: &Roots,
     schema: Option<Option<u64>>,
     plugin: Option<String>,
-) -> Vec<Violation> {
+) -> (Vec<Violation>, Vec<Violation>) {
     let stage = r.stage;
-    let mut out = Vec::new();
+    let (mut out, mut changed) = (Vec::new(), Vec::new());
     for rel in s.models {
         let meta_rel = format!("{rel}/metadata.json");
         let read = stage.file_exists(&meta_rel).and_then(|there| match there {
@@ -248,14 +261,24 @@ fn check_models(
             }
         };
         let problems = model_metadata(&bytes, r, rel, schema);
-        out.extend(problems.into_iter().map(|(problem, by_plugin)| Violation {
-            file: meta_rel.clone(),
-            place: None,
-            problem,
-            plugin: by_plugin.then(|| plugin.clone()).flatten(),
-        }));
+        for problem in problems {
+            match problem {
+                ModelProblem::Plugin(problem) => out.push(Violation {
+                    file: meta_rel.clone(),
+                    place: None,
+                    problem,
+                    plugin: plugin.clone(),
+                }),
+                ModelProblem::Changed { file, problem } => changed.push(Violation {
+                    file,
+                    place: None,
+                    problem,
+                    plugin: None,
+                }),
+            }
+        }
     }
-    out
+    (out, changed)
 }
 
 /// The staging and the installation, each opened once.
@@ -481,16 +504,24 @@ fn model_metadata(
     r: &Roots,
     model: &str,
     schema: Option<Option<u64>>,
-) -> Vec<(String, bool)> {
+) -> Vec<ModelProblem> {
     let meta: Value = match serde_json::from_slice(bytes) {
         Ok(Value::Object(m)) => Value::Object(m),
-        Ok(_) => return vec![("metadata.json is not a JSON object".into(), true)],
-        Err(e) => return vec![(format!("metadata.json is not valid JSON: {e}"), true)],
+        Ok(_) => {
+            return vec![ModelProblem::Plugin(
+                "metadata.json is not a JSON object".into(),
+            )]
+        }
+        Err(e) => {
+            return vec![ModelProblem::Plugin(format!(
+                "metadata.json is not valid JSON: {e}"
+            ))]
+        }
     };
     let mut problems: Vec<String> = Vec::new();
     // Problems that are no plugin's doing (the rules were handed a checksum of a file that
     // changed since).
-    let mut changed: Vec<String> = Vec::new();
+    let mut changed: Vec<ModelProblem> = Vec::new();
     for key in ["name", "format"] {
         if !meta.get(key).is_some_and(Value::is_string) {
             problems.push(format!("`{key}` must be a string"));
@@ -503,7 +534,7 @@ fn model_metadata(
     }
     let Some(files) = meta.get("files").and_then(Value::as_array) else {
         problems.push("`files` must be a list".into());
-        return problems.into_iter().map(|p| (p, true)).collect();
+        return problems.into_iter().map(ModelProblem::Plugin).collect();
     };
     for entry in files {
         let Some((path, size, sha)) = file_entry(entry) else {
@@ -542,10 +573,13 @@ fn model_metadata(
             }
         }) {
             Ok((s, h)) if s == size && h == sha => {}
-            Ok((s, h)) if file_was_installed && r.digests.taken_sha256(&rel) == Some(sha) => {
-                changed.push(format!(
-                    "{path} changed while the migration ran: it is now size {s} sha256 {h}, but was size {size} sha256 {sha} when it was hashed for the model rules; is something still writing to the model folder? Stop it, and run the migration again"
-                ))
+            Ok((s, h)) if file_was_installed && r.digests.taken(&rel) == Some((size, sha)) => {
+                changed.push(ModelProblem::Changed {
+                    file: rel.clone(),
+                    problem: format!(
+                        "changed while the migration ran: it is now size {s} sha256 {h}, but was size {size} sha256 {sha} when it was hashed for the model rules (is something still writing to it?)"
+                    ),
+                })
             }
             Ok((s, h)) => problems.push(format!(
                 "{path}: size {s} sha256 {h}, metadata.json says size {size} sha256 {sha}"
@@ -555,7 +589,16 @@ fn model_metadata(
     }
     problems
         .into_iter()
-        .map(|p| (p, true))
-        .chain(changed.into_iter().map(|p| (p, false)))
+        .map(ModelProblem::Plugin)
+        .chain(changed)
         .collect()
+}
+
+/// What is wrong with a staged model folder.
+enum ModelProblem {
+    /// Its `metadata.json`, written by the model rules.
+    Plugin(String),
+    /// An installation file (`file`, relative) that changed after its checksum was handed to
+    /// the model rules.
+    Changed { file: String, problem: String },
 }

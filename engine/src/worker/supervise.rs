@@ -84,7 +84,9 @@ const STDERR_GRACE: Duration = Duration::from_secs(2);
 
 struct Worker {
     child: Child,
-    input: BufWriter<ChildStdin>,
+    /// The worker's request channel, kept open while it may still be answered ([`Next::Answer`],
+    /// at most once: plugin code can write requests for answers on the protocol pipe too).
+    input: Option<BufWriter<ChildStdin>>,
     events: Receiver<Event>,
     /// A Rust "memory allocation of N bytes failed" was seen on stderr: the only word an
     /// out-of-memory abort leaves. Remembered as the line arrives, not looked for in the last
@@ -155,7 +157,7 @@ impl Worker {
         }
         Ok(Worker {
             child,
-            input,
+            input: Some(input),
             events,
             out_of_memory: false,
             stderr_open: true,
@@ -255,17 +257,19 @@ fn spawn_stderr(stderr: std::process::ChildStderr, tx: Sender<Event>) {
 const TICK: Duration = Duration::from_millis(100);
 
 /// What the supervisor does after a reply it handled: wait for more, stop (the final answer
-/// came), or answer the worker.
+/// came), answer the worker, or stop it for a reply it had no business sending.
 enum Next {
     Wait,
     Done,
     Answer(Request),
+    Refuse(String),
 }
 
 /// Runs `request` in a worker and feeds every reply to `on_reply` until it returns
-/// [`Next::Done`] (the final answer), sending the worker what it answers. Stops the worker on the deadline, a stall or a cancellation, and
-/// explains a worker that died. What confined the worker is put in `isolation` as soon as the
-/// worker says, so that a run that fails afterwards still reports it.
+/// [`Next::Done`] (the final answer), sending the worker what it answers. Stops the worker on
+/// the deadline, a stall, a cancellation or a reply it refuses, and explains a worker that
+/// died. What confined the worker is put in `isolation` as soon as the worker says, so that a
+/// run that fails afterwards still reports it.
 fn run(
     spec: &WorkerSpec,
     request: &Request,
@@ -384,20 +388,45 @@ fn run(
                                 return Ok(());
                             }
                             Next::Answer(answer) => {
-                                if let Err(e) = protocol::write_frame(&mut worker.input, &answer) {
-                                    let detail = format!("cannot answer the worker: {e}");
+                                let Some(input) = worker.input.take() else {
+                                    let detail =
+                                        "the worker asked again for an answer it had been given (the model checksums)"
+                                            .into();
                                     let cause = StopCause::Protocol { detail };
                                     return Err(stop(&mut worker, cause, &in_flight, &step));
-                                }
+                                };
+                                answer_on_a_thread(input, answer);
+                            }
+                            Next::Refuse(detail) => {
+                                let cause = StopCause::Protocol { detail };
+                                return Err(stop(&mut worker, cause, &in_flight, &step));
                             }
                         }
-                        // The time the supervisor's own handling took (the run waits for the
-                        // staged data on disk there) is not the worker's silence.
+                        // The time the supervisor's own handling took is not the worker's
+                        // silence.
                         last_heard = Instant::now();
                     }
                 }
             }
         }
+    }
+}
+
+/// Writes `answer` to the worker on a thread of its own, then closes the channel: a worker
+/// that does not read it (plugin code asked in its name) can fill the pipe, and the write
+/// would then hold the supervisor, its deadline and its stall limit with it. The thread ends
+/// with the worker at the latest (the write then fails); a failed write leaves the worker
+/// without its answer, which it reports, or the stall limit stops it.
+fn answer_on_a_thread(mut input: BufWriter<ChildStdin>, answer: Request) {
+    let written = std::thread::Builder::new()
+        .name("worker-answer".into())
+        .spawn(move || {
+            if let Err(e) = protocol::write_frame(&mut input, &answer) {
+                tracing::debug!("cannot answer the worker: {e}");
+            }
+        });
+    if let Err(e) = written {
+        tracing::debug!("cannot start the thread answering the worker: {e}");
     }
 }
 
@@ -522,9 +551,14 @@ pub fn stage(
                 steps(result);
                 Next::Wait
             }
-            Reply::WantChecksums => Next::Answer(Request::Checksums {
-                files: checksums.map(|taken| taken()).unwrap_or_default(),
-            }),
+            Reply::WantChecksums => match checksums {
+                Some(taken) => {
+                    let files = within_a_frame(taken());
+                    tracing::debug!(files = files.len(), "model checksums handed to the worker");
+                    Next::Answer(Request::Checksums { files })
+                }
+                None => Next::Refuse("the worker asked for checksums it was not offered".into()),
+            },
             Reply::Staged { result } => {
                 outcome = Some(result);
                 Next::Done
@@ -537,6 +571,22 @@ pub fn stage(
         Some(Err(e)) => Err(e.into()),
         None => unreachable!("run returns Ok only after the final reply"),
     }
+}
+
+/// As many of `files` as a protocol frame surely holds (the first ones; the rules hash the
+/// others themselves): the checksums are an optimisation, never a reason to fail a run.
+fn within_a_frame(mut files: Vec<FileEntry>) -> Vec<FileEntry> {
+    let mut bytes = 0;
+    let fit = files
+        .iter()
+        .take_while(|f| {
+            // A generous bound on the entry's JSON: its path escaped, the digest, the size.
+            bytes += 6 * f.path.len() + f.sha256.len() + 64;
+            bytes <= protocol::MAX_FRAME / 2
+        })
+        .count();
+    files.truncate(fit);
+    files
 }
 
 /// Describes plugin files by loading each in a worker of its own, so that a plugin that
