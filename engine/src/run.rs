@@ -26,7 +26,6 @@ use crate::verify::digests::{Digests, Pending, StagedDigests};
 use crate::verify::staged;
 use crate::verify::Severity;
 use crate::worker::{supervise, WorkerSpec};
-use plugin_api::model::FileEntry;
 
 /// Whether the staged result is committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,14 +390,14 @@ fn stage_in_worker(
         && !plan.options.optimize
         && plan.hops.iter().any(|h| h.descriptor.rules.model);
     // The installation's model files are hashed from the start (the snapshot that gave them a
-    // new change time was built just before): by the models step the checksums are mostly
-    // taken, and the worker hands them to the model rules, which then do not read those
-    // files. The pre-swap check compares the rules' `metadata.json` with the same checksums.
+    // new change time was built just before); the worker gets them before its models step and
+    // hands them to the model rules, which then do not read those files. The pre-swap check
+    // compares the rules' `metadata.json` with the same checksums.
     let digests = match model_rules {
         true => Pending::start(plan.target.root.clone(), plan.model_folders()),
         false => Pending::none(),
     };
-    let so_far = || digests.so_far();
+    let when_done = || digests.when_done();
     let mut isolation = None;
     let staged = supervise::stage(
         worker,
@@ -422,7 +421,7 @@ fn stage_in_worker(
             }
             result.steps.push(s);
         },
-        model_rules.then_some(&so_far as &dyn Fn() -> Vec<FileEntry>),
+        model_rules.then_some(&when_done as &supervise::Checksums),
     );
     result.isolation = isolation;
     // A worker that failed: the data step's record is still due, and the stopped step's after

@@ -1503,24 +1503,14 @@ fn flip_last_byte(path: &Path) {
     std::io::Write::write_all(&mut f, &bytes).unwrap();
 }
 
-/// A pause of the worker at its first data batch, long enough for the host to have hashed the
-/// installation's model files by the models step.
-fn held_at_the_first_batch<'a>() -> Pause<'a> {
-    (
-        "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
-        "batch",
-        Box::new(|| std::thread::sleep(std::time::Duration::from_millis(500))),
-    )
-}
-
 /// Issue 15: the host hashes the installation's model files during staging and hands the
 /// checksums to the model rules, which list them in `metadata.json` without reading the files
 /// again. A weights file written in place after that (the worker held just after it got them)
 /// no longer matches what the rules listed: nothing is swapped in, and the error (exit 1) says
 /// the file changed while the migration ran, blaming no plugin. (A rule that hashed the file itself
 /// would have listed the new content, and the run would have completed.) Left alone, the run
-/// completes, and the listed checksum is the file's. The worker is held at its first data
-/// batch so that the host's hashing is done by the models step.
+/// completes, and the listed checksum is the file's. The worker asks before the host is done
+/// hashing (its data step is short): the answer waits for every checksum.
 #[test]
 fn issue15_a_model_file_changed_after_its_checksum_was_handed_to_the_rules_is_refused() {
     let rel = "models/bert-tiny/model.safetensors";
@@ -1540,18 +1530,15 @@ fn issue15_a_model_file_changed_after_its_checksum_was_handed_to_the_rules_is_re
                 "--to",
                 "2.1.0",
             ],
-            vec![
-                held_at_the_first_batch(),
-                (
-                    "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
-                    "model_checksums",
-                    Box::new(|| {
-                        if change {
-                            flip_last_byte(&weights);
-                        }
-                    }),
-                ),
-            ],
+            vec![(
+                "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
+                "model_checksums",
+                Box::new(|| {
+                    if change {
+                        flip_last_byte(&weights);
+                    }
+                }),
+            )],
         );
         let text = both(&out);
         // The host had hashed the model's three files when the worker asked.
@@ -1603,9 +1590,8 @@ fn issue15_a_model_file_changed_after_its_checksum_was_handed_to_the_rules_is_re
 /// place after it (same size, same name), the file is read again: the checksum the rules
 /// listed, true of the file as it was, no longer matches, and nothing is swapped in (exit 1,
 /// the file named as changed while the migration ran). Left alone, the checksum taken during
-/// staging is used and the run completes. (The worker is held at its first data batch so that
-/// the host's hashing is done by the models step.) A run that optimizes the weights rewrites
-/// them: the host takes no checksum of the installation's.
+/// staging is used and the run completes. A run that optimizes the weights rewrites them: the
+/// host takes no checksum of the installation's.
 #[test]
 fn issue15_a_model_file_changed_after_its_checksum_was_taken_is_read_again() {
     let rel = "models/bert-tiny/model.safetensors";
@@ -1632,18 +1618,15 @@ fn issue15_a_model_file_changed_after_its_checksum_was_taken_is_read_again() {
         let out = migrate_pausing(
             None,
             &args,
-            vec![
-                held_at_the_first_batch(),
-                (
-                    "TRUSTFORMERS_MIGRATE_FAULT",
-                    "verify",
-                    Box::new(|| {
-                        if change {
-                            flip_last_byte(&weights);
-                        }
-                    }),
-                ),
-            ],
+            vec![(
+                "TRUSTFORMERS_MIGRATE_FAULT",
+                "verify",
+                Box::new(|| {
+                    if change {
+                        flip_last_byte(&weights);
+                    }
+                }),
+            )],
         );
         let text = both(&out);
         if optimize {

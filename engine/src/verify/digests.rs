@@ -7,8 +7,10 @@
 //! weights alone, so that file is the installation's, and the rule and the host each hashed the
 //! very same file: the largest files there are, read twice. The host now hashes them from the
 //! start of staging, on a thread of its own beside the data step; before the models step the
-//! worker asks for the checksums taken so far and hands them to the model rules
-//! (`ModelFolder::file_entry`, plugin-api 1.8), which read only what is not among them.
+//! worker asks for the checksums, the supervisor answers once all are taken (never later than
+//! a rule would have hashed the last file itself: it has the head start), and the worker
+//! hands them to the model rules (`ModelFolder::file_entry`, plugin-api 1.8), which read only
+//! what is not among them.
 //!
 //! Trust is unchanged. The host takes these checksums itself, confined (no link followed),
 //! never from the worker. A checksum stands only for the very file it was taken of, unchanged
@@ -238,7 +240,9 @@ impl StagedDigests {
 /// that ends before its check), it stops the thread and waits for the one read it is in.
 pub struct Pending {
     stop: Arc<AtomicBool>,
-    /// Every checksum taken so far: the model rules get these (see [`Pending::so_far`]).
+    /// Set once the thread is done (or when there is none).
+    done: Arc<AtomicBool>,
+    /// Every checksum taken: the model rules get these (see [`Pending::when_done`]).
     taken: Arc<Mutex<Digests>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -248,6 +252,7 @@ impl Pending {
     pub fn none() -> Pending {
         Pending {
             stop: Arc::new(AtomicBool::new(false)),
+            done: Arc::new(AtomicBool::new(true)),
             taken: Arc::default(),
             thread: None,
         }
@@ -257,33 +262,57 @@ impl Pending {
     /// at `root`. A thread that cannot be started takes none.
     pub fn start(root: PathBuf, models: Vec<String>) -> Pending {
         let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
         let taken = Arc::new(Mutex::new(Digests::default()));
-        let (flag, into) = (Arc::clone(&stop), Arc::clone(&taken));
+        let (flag, finished, into) = (Arc::clone(&stop), Arc::clone(&done), Arc::clone(&taken));
         let thread = std::thread::Builder::new()
             .name("model-digests".into())
-            .spawn(move || Digests::take(&root, &models, &flag, &into))
+            .spawn(move || {
+                /// Says the hashing is over however it ends, a panic included.
+                struct Over(Arc<AtomicBool>);
+                impl Drop for Over {
+                    fn drop(&mut self) {
+                        self.0.store(true, Ordering::Release);
+                    }
+                }
+                let _over = Over(finished);
+                Digests::take(&root, &models, &flag, &into)
+            })
             .ok();
+        if thread.is_none() {
+            done.store(true, Ordering::Release);
+        }
         Pending {
             stop,
+            done,
             taken,
             thread,
         }
     }
 
-    /// The size and sha256 of each file hashed so far (paths relative to the installation),
-    /// for the model rules: a rule that lists a file's checksum need not read the file, and
-    /// the check compares that checksum with this very one.
-    pub fn so_far(&self) -> Vec<FileEntry> {
-        let Ok(digests) = self.taken.lock() else {
-            return Vec::new();
-        };
-        let mut files: Vec<FileEntry> = digests
-            .taken
-            .iter()
-            .map(|(rel, d)| FileEntry::new(rel.clone(), d.id.size, d.sha256.clone()))
-            .collect();
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        files
+    /// What waits, on a thread of its own, for every checksum to be taken (or the hashing to be
+    /// stopped), then gives the size and sha256 of each file hashed (paths relative to the
+    /// installation), for the model rules: a rule that lists a file's checksum need not read
+    /// the file, and the check compares that checksum with this very one. Waiting for the last
+    /// is never slower than a rule hashing that file itself: the host has the head start.
+    pub fn when_done(&self) -> Box<dyn FnOnce() -> Vec<FileEntry> + Send> {
+        let (done, stop) = (Arc::clone(&self.done), Arc::clone(&self.stop));
+        let taken = Arc::clone(&self.taken);
+        Box::new(move || {
+            while !done.load(Ordering::Acquire) && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let Ok(digests) = taken.lock() else {
+                return Vec::new();
+            };
+            let mut files: Vec<FileEntry> = digests
+                .taken
+                .iter()
+                .map(|(rel, d)| FileEntry::new(rel.clone(), d.id.size, d.sha256.clone()))
+                .collect();
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            files
+        })
     }
 
     /// The checksums, once all are taken. A thread that panicked leaves none.
@@ -435,16 +464,14 @@ mod tests {
         assert!(!id.settled_before(changed - ms(10)));
     }
 
-    /// What the model rules get: every checksum taken so far, named as in the installation.
+    /// What the model rules get, once the hashing is done: every checksum, named as in the
+    /// installation. With no hashing under way, none, at once.
     #[test]
-    fn the_checksums_so_far_are_the_files_true_ones() {
+    fn the_checksums_handed_over_are_the_files_true_ones() {
         let (dir, models) = install();
         let pending = Pending::start(dir.path().to_path_buf(), models);
-        while pending.thread.as_ref().is_some_and(|t| !t.is_finished()) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let so_far = pending.so_far();
-        let got: Vec<_> = so_far
+        let handed = pending.when_done()();
+        let got: Vec<_> = handed
             .iter()
             .map(|f| (f.path.as_str(), f.size, f.sha256.clone()))
             .collect();
@@ -457,6 +484,7 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         assert_eq!(pending.wait().taken.len(), 2);
+        assert!(Pending::none().when_done()().is_empty());
     }
 
     /// A link in a model folder is not followed: the folder is not listed, nothing in it gets

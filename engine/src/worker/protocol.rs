@@ -65,13 +65,14 @@ pub enum Request {
         snapshot: Option<PathBuf>,
         confinement: Confinement,
         /// The supervisor is hashing the installation's model files: before the models step,
-        /// the worker asks for the checksums taken so far ([`Reply::WantChecksums`]), to hand
-        /// them to the model rules.
+        /// the worker asks for the checksums ([`Reply::WantChecksums`]), to hand them to the
+        /// model rules.
         #[serde(default)]
         checksums: bool,
     },
-    /// The answer to [`Reply::WantChecksums`]: size and sha256 of installation model files
-    /// (paths relative to the installation), those the supervisor finished hashing.
+    /// The answer to [`Reply::WantChecksums`], once the supervisor's hashing is over: size and
+    /// sha256 of installation model files (paths relative to the installation), those it
+    /// could hash.
     Checksums {
         files: Vec<FileEntry>,
     },

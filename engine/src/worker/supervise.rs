@@ -257,13 +257,18 @@ fn spawn_stderr(stderr: std::process::ChildStderr, tx: Sender<Event>) {
 const TICK: Duration = Duration::from_millis(100);
 
 /// What the supervisor does after a reply it handled: wait for more, stop (the final answer
-/// came), answer the worker, or stop it for a reply it had no business sending.
+/// came), answer the worker (with what the function, run on a thread of its own, returns), or
+/// stop it for a reply it had no business sending.
 enum Next {
     Wait,
     Done,
-    Answer(Request),
+    Answer(Box<dyn FnOnce() -> Request + Send>),
     Refuse(String),
 }
+
+/// What gives the model checksums the worker asks for ([`stage`]): a function that waits for
+/// them on the thread answering the worker.
+pub type Checksums<'a> = dyn Fn() -> Box<dyn FnOnce() -> Vec<FileEntry> + Send> + 'a;
 
 /// Runs `request` in a worker and feeds every reply to `on_reply` until it returns
 /// [`Next::Done`] (the final answer), sending the worker what it answers. Stops the worker on
@@ -283,6 +288,8 @@ fn run(
     let mut in_flight: BTreeMap<u64, PluginCall> = BTreeMap::new();
     let mut last_heard = Instant::now();
     let mut step: Option<String> = None;
+    // The thread answering the worker, once it asked.
+    let mut answering: Option<std::thread::JoinHandle<()>> = None;
     let stop = |worker: &mut Worker,
                 cause: StopCause,
                 in_flight: &BTreeMap<u64, PluginCall>,
@@ -305,6 +312,10 @@ fn run(
                 };
                 return Err(stop(&mut worker, cause, &in_flight, &step));
             }
+        }
+        // A worker waiting for the supervisor's answer is not silent on its own account.
+        if answering.as_ref().is_some_and(|a| !a.is_finished()) {
+            last_heard = Instant::now();
         }
         if last_heard.elapsed() >= spec.stall {
             let cause = StopCause::Stalled {
@@ -395,7 +406,7 @@ fn run(
                                     let cause = StopCause::Protocol { detail };
                                     return Err(stop(&mut worker, cause, &in_flight, &step));
                                 };
-                                answer_on_a_thread(input, answer);
+                                answering = answer_on_a_thread(input, answer);
                             }
                             Next::Refuse(detail) => {
                                 let cause = StopCause::Protocol { detail };
@@ -412,22 +423,26 @@ fn run(
     }
 }
 
-/// Writes `answer` to the worker on a thread of its own, then closes the channel: a worker
-/// that does not read it (plugin code asked in its name) can fill the pipe, and the write
-/// would then hold the supervisor, its deadline and its stall limit with it. The thread ends
-/// with the worker at the latest (the write then fails); a failed write leaves the worker
-/// without its answer, which it reports, or the stall limit stops it.
-fn answer_on_a_thread(mut input: BufWriter<ChildStdin>, answer: Request) {
+/// Works out `answer` and writes it to the worker on a thread of its own, then closes the
+/// channel: the answer may wait (for the model checksums), and a worker that does not read it
+/// (plugin code asked in its name) can fill the pipe; either would otherwise hold the
+/// supervisor, its deadline and its stall limit with it. The thread ends with the worker at
+/// the latest (the write then fails); a failed write leaves the worker without its answer,
+/// which it reports, or the stall limit stops it.
+fn answer_on_a_thread(
+    mut input: BufWriter<ChildStdin>,
+    answer: Box<dyn FnOnce() -> Request + Send>,
+) -> Option<std::thread::JoinHandle<()>> {
     let written = std::thread::Builder::new()
         .name("worker-answer".into())
         .spawn(move || {
-            if let Err(e) = protocol::write_frame(&mut input, &answer) {
+            if let Err(e) = protocol::write_frame(&mut input, &answer()) {
                 tracing::debug!("cannot answer the worker: {e}");
             }
         });
-    if let Err(e) = written {
-        tracing::debug!("cannot start the thread answering the worker: {e}");
-    }
+    written
+        .map_err(|e| tracing::debug!("cannot start the thread answering the worker: {e}"))
+        .ok()
 }
 
 /// Stops the worker because the supervisor itself failed.
@@ -505,8 +520,8 @@ pub struct Folders<'a> {
 /// `steps` as it arrives; returns the installation files the commit must delete. What
 /// confined the worker is put in `isolation` whatever the outcome: a run that failed ran
 /// plugin code too, and its report says how it was confined. `checksums`, when the
-/// supervisor hashes the installation's model files: what it has taken so far, which the
-/// worker asks for before its models step and hands to the model rules.
+/// supervisor hashes the installation's model files: what the worker asks for before its
+/// models step, and hands to the model rules, answered once they are all taken.
 #[allow(clippy::too_many_arguments)]
 pub fn stage(
     spec: &WorkerSpec,
@@ -516,7 +531,7 @@ pub fn stage(
     deadline: Option<(Instant, Duration)>,
     isolation: &mut Option<Isolation>,
     steps: &mut dyn FnMut(StepResult),
-    checksums: Option<&dyn Fn() -> Vec<FileEntry>>,
+    checksums: Option<&Checksums<'_>>,
 ) -> Result<Vec<String>, MigrateError> {
     let confinement = Confinement {
         sandbox: spec.sandbox,
@@ -553,9 +568,15 @@ pub fn stage(
             }
             Reply::WantChecksums => match checksums {
                 Some(taken) => {
-                    let files = within_a_frame(taken());
-                    tracing::debug!(files = files.len(), "model checksums handed to the worker");
-                    Next::Answer(Request::Checksums { files })
+                    let taken = taken();
+                    Next::Answer(Box::new(move || {
+                        let files = within_a_frame(taken());
+                        tracing::debug!(
+                            files = files.len(),
+                            "model checksums handed to the worker"
+                        );
+                        Request::Checksums { files }
+                    }))
                 }
                 None => Next::Refuse("the worker asked for checksums it was not offered".into()),
             },
