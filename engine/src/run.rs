@@ -338,11 +338,12 @@ impl Steps<'_> {
         self.held.borrow_mut().get_or_insert_with(Vec::new);
     }
 
-    /// Writes the records held since [`Steps::hold`], in their order.
-    fn release(&self) {
-        let held = self.held.borrow_mut().take();
-        for s in held.into_iter().flatten() {
-            self.record(&s);
+    /// Writes `first` (the step whose end they waited for), then the records held since
+    /// [`Steps::hold`], in their order.
+    fn release(&self, first: Option<&StepResult>) {
+        let held = self.held.take();
+        for s in first.into_iter().chain(held.iter().flatten()) {
+            self.record(s);
         }
     }
 
@@ -472,21 +473,19 @@ fn data_on_disk(
     steps: &Steps,
 ) -> Result<()> {
     let Some((syncing, at)) = syncing else {
-        steps.release();
+        steps.release(None);
         return Ok(());
     };
     let synced = syncing.wait();
-    let held = std::mem::take(&mut *steps.held.borrow_mut());
-    if let Some(s) = result.steps.get_mut(at) {
+    let data = result.steps.get_mut(at).map(|s| {
         s.set_duration(std::time::Duration::from_millis(s.duration_ms) + synced.after);
         if let Err(e) = &synced.outcome {
             s.status = StepStatus::Failed;
             s.error = Some(e.to_string());
         }
-        steps.record(s);
-    }
-    *steps.held.borrow_mut() = held;
-    steps.release();
+        &*s
+    });
+    steps.release(data);
     synced.outcome
 }
 

@@ -342,23 +342,20 @@ fn hash_written(
             .permissions()
             .mode()
             & 0o7777;
-        if let Some((size, sha256)) = known.and_then(|known| known(rel, &file)) {
-            written.push(FileRecord {
-                path: rel.clone(),
-                size,
-                mode,
-                sha256,
-            });
-            continue;
-        }
-        let mut reader = Hashing::new(BufReader::with_capacity(1 << 20, file));
-        io::copy(&mut reader, &mut io::sink())
-            .map_err(io_err(format!("cannot read the new {rel}")))?;
+        let (size, sha256) = match known.and_then(|known| known(rel, &file)) {
+            Some(digest) => digest,
+            None => {
+                let mut reader = Hashing::new(BufReader::with_capacity(1 << 20, file));
+                io::copy(&mut reader, &mut io::sink())
+                    .map_err(io_err(format!("cannot read the new {rel}")))?;
+                (reader.count(), reader.hex())
+            }
+        };
         written.push(FileRecord {
             path: rel.clone(),
-            size: reader.count(),
+            size,
             mode,
-            sha256: reader.hex(),
+            sha256,
         });
     }
     Ok(written)

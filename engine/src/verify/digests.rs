@@ -90,6 +90,19 @@ struct Digest {
     sha256: String,
 }
 
+impl Digest {
+    /// The checksum `sha256` of the `read` bytes of `file` read since `before` was taken of
+    /// it: kept only when that was the whole file and it did not change meanwhile.
+    fn of_whole_read(
+        before: Identity,
+        file: &File,
+        (read, sha256): (u64, String),
+    ) -> Option<Digest> {
+        let after = Identity::of(file).ok()?;
+        (after == before && read == before.size).then_some(Digest { id: before, sha256 })
+    }
+}
+
 /// Checksums of installation files, by path relative to the installation.
 #[derive(Debug, Default)]
 pub struct Digests {
@@ -178,9 +191,8 @@ fn hash(install: &Root, rel: &str, stop: &AtomicBool) -> io::Result<Option<Diges
             break;
         }
     }
-    let (read, sha256) = (reader.bytes_read(), reader.hex());
-    let after = Identity::of(&file)?;
-    Ok((after == before && read == before.size).then_some(Digest { id: before, sha256 }))
+    let read = (reader.bytes_read(), reader.hex());
+    Ok(Digest::of_whole_read(before, &file, read))
 }
 
 /// Checksums of the staged data files, taken by the pre-swap check as it read each one whole,
@@ -202,17 +214,9 @@ pub struct StagedDigests {
 impl StagedDigests {
     /// Keeps `sha256` as the checksum of `file` (at `rel` in the staging), read whole (`size`
     /// bytes) since `before` was taken of it: unless it changed meanwhile.
-    pub(super) fn keep(
-        &mut self,
-        rel: &str,
-        before: Identity,
-        file: &File,
-        (size, sha256): (u64, String),
-    ) {
-        let unchanged = Identity::of(file).is_ok_and(|after| after == before);
-        if unchanged && size == before.size {
-            self.taken
-                .insert(rel.to_owned(), Digest { id: before, sha256 });
+    pub(super) fn keep(&mut self, rel: &str, before: Identity, file: &File, read: (u64, String)) {
+        if let Some(digest) = Digest::of_whole_read(before, file, read) {
+            self.taken.insert(rel.to_owned(), digest);
         }
     }
 
