@@ -25,6 +25,12 @@ pub struct Isolation {
     /// Absent from an older worker's report: false.
     #[serde(default)]
     pub sockets_denied: bool,
+    /// Whether the seccomp filter refused every new process (`fork`, `vfork`, a `clone` that
+    /// is not a thread, `clone3`): a process forked by plugin code would outlive the worker
+    /// with its descriptors of the staged files, and could write into them after the pre-swap
+    /// check. Absent from an older worker's report: false.
+    #[serde(default)]
+    pub processes_denied: bool,
     /// The worker's memory limit (`max_worker_memory_mb`), in bytes.
     pub memory_limit_bytes: Option<u64>,
     /// What was not enforced, when something was not: Landlock (wholly or in part), or the
@@ -82,6 +88,7 @@ impl Isolation {
             landlock_abi: self.landlock_abi.min(other.landlock_abi),
             network_denied: self.network_denied && other.network_denied,
             sockets_denied: self.sockets_denied && other.sockets_denied,
+            processes_denied: self.processes_denied && other.processes_denied,
             memory_limit_bytes: self
                 .memory_limit_bytes
                 .zip(other.memory_limit_bytes)
@@ -114,6 +121,9 @@ impl Isolation {
         } else if self.network_denied {
             text.push_str(", TCP denied (UDP, raw and Unix sockets are not)");
         }
+        if self.processes_denied {
+            text.push_str(", no new process (threads only)");
+        }
         if let Some(limit) = self.memory_limit_bytes {
             text.push_str(&format!(", memory limit {}", crate::size::human(limit)));
         }
@@ -135,6 +145,7 @@ mod tests {
             landlock_abi: Some(7),
             network_denied: true,
             sockets_denied: true,
+            processes_denied: true,
             memory_limit_bytes: Some(512 << 20),
             reason: None,
         }
@@ -146,6 +157,7 @@ mod tests {
         let less = Isolation {
             sandbox: SandboxStatus::PartiallyEnforced,
             sockets_denied: false,
+            processes_denied: false,
             memory_limit_bytes: Some(1 << 30),
             reason: Some("no seccomp filter".into()),
             ..confined()
@@ -154,7 +166,7 @@ mod tests {
         for (a, b) in [(confined(), less.clone()), (less.clone(), confined())] {
             let w = a.weakest(b);
             assert_eq!(w.sandbox, SandboxStatus::PartiallyEnforced);
-            assert!(w.network_denied && !w.sockets_denied);
+            assert!(w.network_denied && !w.sockets_denied && !w.processes_denied);
             assert_eq!(w.memory_limit_bytes, Some(1 << 30));
             assert_eq!(w.reason.as_deref(), Some("no seccomp filter"));
         }

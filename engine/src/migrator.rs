@@ -296,6 +296,7 @@ mod tests {
                 landlock_abi: None,
                 network_denied: false,
                 sockets_denied: false,
+                processes_denied: false,
                 memory_limit_bytes: None,
                 reason: Some("described without a sandbox".into()),
             })

@@ -584,6 +584,8 @@ fn unsandboxed_the_escape_and_the_connect_do_happen() {
         ("udp", udp_address),
         ("unix", p(&unix_path).to_owned()),
         ("pair", p(&datagram_path).to_owned()),
+        ("fork", TAMPERED.to_owned()),
+        ("spawn", "the installation".to_owned()),
     ] {
         let out = dry_run(
             &plugins,
@@ -597,6 +599,7 @@ fn unsandboxed_the_escape_and_the_connect_do_happen() {
         assert_eq!(result["isolation"]["sandbox"], "disabled", "{result}");
         assert_eq!(result["isolation"]["network_denied"], false, "{result}");
         assert_eq!(result["isolation"]["sockets_denied"], false, "{result}");
+        assert_eq!(result["isolation"]["processes_denied"], false, "{result}");
     }
     assert!(target.is_file(), "unsandboxed, the plugin wrote its file");
     assert!(
@@ -616,6 +619,78 @@ fn unsandboxed_the_escape_and_the_connect_do_happen() {
         .recv(&mut datagram)
         .expect("unsandboxed, the datagram from the plugin's socket pair arrives");
     assert_greeting(&datagram[..n]);
+}
+
+/// The text the fixture's forked process writes over an installed file: what the sandboxed
+/// test below proves never reaches the installation.
+const TAMPERED: &str = "TAMPERED after the check by a process hostile_v2_to_v2_1 forked";
+
+/// With `--no-sandbox`, a process forked by the data rule outlives the worker: the run checks
+/// the staged data, swaps it in and exits 0, and afterwards that process writes into the
+/// installed log through the descriptor it inherited. No check before the swap can see a
+/// write that comes after it, which is why the sandbox must refuse the fork itself.
+#[test]
+fn unsandboxed_a_forked_process_writes_into_the_installation_after_the_swap() {
+    let plugins = Plugins::new();
+    let settings = default_settings();
+    let dir = install();
+    let root = dir.path();
+    let out = run(
+        &[
+            "--no-default-plugins",
+            "--plugin-dir",
+            p(plugins.dir.path()),
+            "--config-file",
+            p(&settings.path()),
+            "--progress",
+            "none",
+            "--no-sandbox",
+            "version",
+            "--path",
+            p(root),
+            "--to",
+            "2.1.0",
+        ],
+        &[("HOSTILE_MODE", "fork"), ("HOSTILE_TARGET", TAMPERED)],
+        "fork, unsandboxed",
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains(&format!("{NAME}: misbehaving now (fork")),
+        "the plugin never forked: {}",
+        out.describe()
+    );
+    let log = root.join("data/requests.jsonl");
+    let until = Instant::now() + Duration::from_secs(20);
+    while !read_bytes(&log).starts_with(TAMPERED.as_bytes()) {
+        assert!(
+            Instant::now() < until,
+            "the forked process never wrote into {}: the control shows no breach",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sandboxed, the fork is refused in every rule and command (the seccomp filter answers any
+/// new process with EACCES): the run fails with exit 6, naming the plugin and "Permission
+/// denied", nothing changes, and no process is left to write into the installation later.
+#[test]
+fn a_forked_process_is_denied() {
+    denied_in_every_rule("fork", TAMPERED);
+}
+
+/// `std::process::Command` (glibc's `posix_spawn`, which starts its process with `clone3`
+/// first) is refused in every rule and command as well: `clone3` is answered "not implemented",
+/// and the `clone` the C library falls back to is refused like a fork.
+#[test]
+fn a_spawned_process_is_denied() {
+    denied_in_every_rule("spawn", "the installation");
+}
+
+fn read_bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
 /// What the fixture sends when a breach succeeds.
@@ -1063,6 +1138,7 @@ fn landlock_alone_denies_a_tcp_connect() {
     assert_sandbox_as_the_kernel_allows(&result["isolation"]);
     assert_eq!(result["isolation"]["network_denied"], true, "{result}");
     assert_eq!(result["isolation"]["sockets_denied"], false, "{result}");
+    assert_eq!(result["isolation"]["processes_denied"], false, "{result}");
     let mut datagram = [0u8; 64];
     let (n, _) = udp
         .recv_from(&mut datagram)
@@ -1356,6 +1432,7 @@ fn every_json_output_that_runs_plugins_reports_the_isolation() {
             }
             assert_eq!(i["network_denied"], sandbox && tcp_rule, "{what}: {doc}");
             assert_eq!(i["sockets_denied"], sandbox && seccomp, "{what}: {doc}");
+            assert_eq!(i["processes_denied"], sandbox && seccomp, "{what}: {doc}");
         };
         let json = |out: &Run, what: &str| -> Value {
             serde_json::from_str(&out.stdout)
