@@ -28,7 +28,10 @@ const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Progress {
     mode: ProgressMode,
-    current: Mutex<Option<StepProgress>>,
+    /// The steps started and not yet finished, in the order they started. Two can be: the data
+    /// step ends when its output is on disk, which the host sees to while the models step
+    /// runs. The last one started is the one moving.
+    running: Mutex<Vec<StepProgress>>,
 }
 
 struct StepProgress {
@@ -50,7 +53,7 @@ impl Progress {
         };
         Progress {
             mode,
-            current: Mutex::new(None),
+            running: Mutex::new(Vec::new()),
         }
     }
 }
@@ -75,8 +78,15 @@ impl Observer for Progress {
         if self.mode == ProgressMode::Plain {
             eprintln!("[{name}] started: {}", human(total_bytes));
         }
-        if let Ok(mut cur) = self.current.lock() {
-            *cur = Some(StepProgress {
+        if let Ok(mut running) = self.running.lock() {
+            // A step still running behind this one moves no more: its bar would only stand
+            // still under the new one. Its end is still printed, when it comes.
+            for earlier in running.iter_mut() {
+                if let Some(bar) = earlier.bar.take() {
+                    bar.finish_and_clear();
+                }
+            }
+            running.push(StepProgress {
                 name: name.to_owned(),
                 total: total_bytes,
                 started: Instant::now(),
@@ -87,10 +97,12 @@ impl Observer for Progress {
     }
 
     fn step_progress(&self, bytes: u64, records: u64) {
-        let Ok(mut cur) = self.current.lock() else {
+        let Ok(mut running) = self.running.lock() else {
             return;
         };
-        let Some(step) = cur.as_mut() else { return };
+        let Some(step) = running.last_mut() else {
+            return;
+        };
         if let Some(bar) = &step.bar {
             bar.set_position(bytes);
             let secs = step.started.elapsed().as_secs_f64().max(1e-3);
@@ -106,11 +118,14 @@ impl Observer for Progress {
         }
     }
 
-    fn step_finished(&self, _name: &str, ok: bool) {
-        let Ok(mut cur) = self.current.lock() else {
+    fn step_finished(&self, name: &str, ok: bool) {
+        let Ok(mut running) = self.running.lock() else {
             return;
         };
-        let Some(step) = cur.take() else { return };
+        let Some(at) = running.iter().rposition(|s| s.name == name) else {
+            return;
+        };
+        let step = running.remove(at);
         if let Some(bar) = step.bar {
             bar.finish_and_clear();
         }

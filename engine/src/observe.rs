@@ -5,12 +5,14 @@
 /// Receives what a run has to say while it runs. Every method has an empty default, so an
 /// implementation only overrides what it shows. Called from worker threads: keep it cheap.
 pub trait Observer: Send + Sync {
-    /// A step (`preflight`, `config`, `data`, `models`, `journal`, `backup`, `commit`) starts;
-    /// `total_bytes` is what it will read, 0 when unknown.
+    /// A step (`preflight`, `config`, `data`, `models`, `verify`, `journal`, `backup`,
+    /// `commit`) starts; `total_bytes` is what it will read, 0 when unknown.
     fn step_started(&self, _step: &str, _total_bytes: u64) {}
-    /// The running step's totals so far.
+    /// The totals so far of the step started last.
     fn step_progress(&self, _done_bytes: u64, _records: u64) {}
-    /// The running step ended.
+    /// `step` ended, `ok` or failed. Steps end in the order they started but one: the data
+    /// step ends when its output is on disk, which the host sees to while the `models` and
+    /// `verify` steps start and end, so its end comes after theirs.
     fn step_finished(&self, _step: &str, _ok: bool) {}
     /// Something the operator should know that is not a problem (a recovery that happened).
     fn notice(&self, _message: &str) {}

@@ -413,11 +413,13 @@ fn stage_in_worker(
         &mut |s| {
             // The data step is recorded once its output is on disk; the steps after it are held
             // until then, so that the audit trail keeps their order.
+            // Progress says it is done only then too.
             if s.name == "data" && s.status == StepStatus::Completed {
                 let files = plan.data_files.iter().map(|f| f.rel.clone()).collect();
                 syncing = Some((Syncing::start(staging.dir(), files), result.steps.len()));
                 steps.hold();
             } else {
+                steps.observer.step_finished(&s.name, s.error.is_none());
                 steps.record(&s);
             }
             result.steps.push(s);
@@ -440,6 +442,7 @@ fn stage_in_worker(
         let mut s = StepResult::new(name);
         s.status = StepStatus::Failed;
         s.error = Some(e.to_string());
+        steps.observer.step_finished(name, false);
         steps.record(&s);
         result.steps.push(s);
     }
@@ -477,6 +480,7 @@ fn data_on_disk(
         return Ok(());
     };
     let synced = syncing.wait();
+    steps.observer.step_finished("data", synced.outcome.is_ok());
     let data = result.steps.get_mut(at).map(|s| {
         s.set_duration(std::time::Duration::from_millis(s.duration_ms) + synced.after);
         if let Err(e) = &synced.outcome {

@@ -136,8 +136,65 @@ fn a_staged_data_file_that_cannot_be_synced_fails_the_run_before_the_journal() {
     .map(|(a, b)| (a.to_owned(), b.to_owned()));
     assert_eq!(recorded, want, "{trail}");
     assert_eq!(result["backup_path"], serde_json::Value::Null, "{result}");
+    // Progress (plain lines: stderr is not a terminal) never called the data step done.
+    let progress = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        progress.contains("[data] FAILED in") && !progress.contains("[data] done"),
+        "{progress}"
+    );
     assert_eq!(tree_hash(root), before, "nothing was changed");
     assert_no_leftovers(root, "after a failed sync");
+}
+
+/// Plain progress says the data step is done once its output is on disk: the host syncs it
+/// while the models and verify steps run, so its end is printed after theirs, once, and every
+/// step that started ends.
+#[test]
+fn plain_progress_calls_the_data_step_done_once_its_output_is_on_disk() {
+    let install = sample_install();
+    let root = install.path();
+    let o = migrate_env(
+        &[
+            "--progress",
+            "plain",
+            "version",
+            "--path",
+            p(root),
+            "--to",
+            "2.1.0",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let progress = String::from_utf8_lossy(&o.stderr);
+    let ends: Vec<&str> = progress
+        .lines()
+        .filter_map(|l| l.strip_prefix('[').and_then(|l| l.split_once("] done in ")))
+        .map(|(step, _)| step)
+        .collect();
+    let starts = progress.lines().filter(|l| l.contains("] started")).count();
+    assert_eq!(
+        starts,
+        ends.len(),
+        "every step that started ended:\n{progress}"
+    );
+    let at = |step: &str| {
+        ends.iter()
+            .position(|s| *s == step)
+            .unwrap_or_else(|| panic!("no end of {step}:\n{progress}"))
+    };
+    assert_eq!(
+        ends.iter().filter(|s| **s == "data").count(),
+        1,
+        "{progress}"
+    );
+    for before in ["models", "verify"] {
+        assert!(
+            at(before) < at("data"),
+            "{before} ends before data:\n{progress}"
+        );
+    }
+    assert!(at("data") < at("backup"), "{progress}");
 }
 
 /// The run waits for the staged data on disk after the pre-swap check: a slow disk there is

@@ -388,8 +388,9 @@ fn run(
                     Reply::Notice { message } => observer.notice(&message),
                     Reply::Warning { message } => observer.warning(&message),
                     other => {
-                        if let Reply::Step { result } = &other {
-                            observer.step_finished(&result.name, result.error.is_none());
+                        // Its end is the caller's to show: a step's output may still be on its
+                        // way to disk (the data step's, synced by the host).
+                        if let Reply::Step { .. } = &other {
                             step = None;
                         }
                         match on_reply(other) {
