@@ -158,6 +158,9 @@ pub fn pinned(pinned: &[Pinned]) -> String {
             out.push_str(&format!("  not pinned: {}\n", s.reason));
         }
     }
+    if let Some(i) = pinned.last().and_then(|p| p.isolation.as_ref()) {
+        let _ = writeln!(out, "isolation: {}", i.summary());
+    }
     out
 }
 
@@ -455,6 +458,9 @@ pub fn status(s: &InstallStatus) -> String {
             );
         }
         None => out.push('\n'),
+    }
+    if let Some(i) = &s.isolation {
+        let _ = writeln!(out, "isolation:    {}", i.summary());
     }
     out
 }

@@ -28,6 +28,9 @@ pub struct InstallStatus {
     /// The last finished migration in the audit trail.
     pub last_migration: Option<HistoryItem>,
     pub backups: Backups,
+    /// How the workers that described the plugins (to find `latest` and `pending`) were
+    /// confined ([`Registry::isolation`]): plugin code ran there; `None` when none ran.
+    pub isolation: Option<crate::isolation::Isolation>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,6 +99,7 @@ pub fn status(root: &Path, registry: &Registry, backup_dir: &Path) -> Result<Ins
             count: mine.len(),
             newest: mine.last().map(|(p, m)| BackupSummary::new(p, m)),
         },
+        isolation: registry.isolation.clone(),
     })
 }
 

@@ -1451,6 +1451,26 @@ fn every_json_output_that_runs_plugins_reports_the_isolation() {
         assert_eq!(out.code, Some(0), "{}", out.describe());
         check("info", &json(&out, "info"));
 
+        let dir = install();
+        let mut args = global.clone();
+        args.extend(["status", "--path", p(dir.path())]);
+        let out = run(&args, &[], "status");
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        check("status", &json(&out, "status"));
+
+        // `plugins pin` writes the lock into the folder it pins: a copy of the plugin folder.
+        let pinned = Plugins::new();
+        let mut args = global.clone();
+        args.extend(["plugins", "pin", p(pinned.dir.path())]);
+        let out = run(&args, &[], "plugins pin");
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        let doc = json(&out, "plugins pin");
+        let folders = doc
+            .as_array()
+            .expect("plugins pin --json: one entry per folder");
+        assert_eq!(folders.len(), 1, "{doc}");
+        check("plugins pin", &folders[0]);
+
         // A migration that completes, one whose plugin fails in the worker (a panic, reported
         // by the worker) and one whose worker dies (abort): each ran plugins.
         for (mode, code) in [("", 0), ("panic", 6), ("abort", 6), ("toml", 6)] {

@@ -22,6 +22,10 @@ pub struct Pinned {
     pub lock: PathBuf,
     pub plugins: Vec<Pin>,
     pub skipped: Vec<Skipped>,
+    /// How the workers that described this folder's plugins, and those of the folders pinned
+    /// before it in the same command, were confined ([`Registry::isolation`]): pinning runs
+    /// plugin code to read each descriptor. `None` when none ran.
+    pub isolation: Option<crate::isolation::Isolation>,
 }
 
 /// The folders to pin or verify: those named, or every folder of the search path that holds
@@ -60,14 +64,14 @@ fn pin_folder(discovery: &Discovery, loader: &dyn Loader, dir: &Path) -> Result<
         ignore_locks: true,
         ..discovery.clone()
     };
-    let registry = Registry::discover(&only_here, loader)?;
+    let mut registry = Registry::discover(&only_here, loader)?;
     let mut lock = LockFile {
         format: FORMAT,
         algorithm: ALGORITHM.to_owned(),
         plugins: Vec::new(),
     };
     let mut skipped = Vec::new();
-    for e in registry.entries {
+    for e in std::mem::take(&mut registry.entries) {
         match (&e.status, &e.descriptor) {
             (Status::Invalid { reason } | Status::Refused { reason }, _) => skipped.push(Skipped {
                 path: e.path,
@@ -89,6 +93,7 @@ fn pin_folder(discovery: &Discovery, loader: &dyn Loader, dir: &Path) -> Result<
         lock: path,
         plugins: lock.plugins,
         skipped,
+        isolation: registry.isolation,
     })
 }
 
