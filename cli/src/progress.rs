@@ -63,6 +63,17 @@ impl Observer for Progress {
         if self.mode == ProgressMode::None {
             return;
         }
+        let Ok(mut running) = self.running.lock() else {
+            return;
+        };
+        // A step still running behind this one moves no more: its bar would only stand still
+        // under the new one. It is cleared before the new bar is first drawn (on the line the
+        // cursor is on); its end is printed when it comes.
+        for earlier in running.iter_mut() {
+            if let Some(bar) = earlier.bar.take() {
+                bar.finish_and_clear();
+            }
+        }
         let bar = (self.mode == ProgressMode::Bars).then(|| {
             let bar =
                 ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
@@ -78,22 +89,13 @@ impl Observer for Progress {
         if self.mode == ProgressMode::Plain {
             eprintln!("[{name}] started: {}", human(total_bytes));
         }
-        if let Ok(mut running) = self.running.lock() {
-            // A step still running behind this one moves no more: its bar would only stand
-            // still under the new one. Its end is still printed, when it comes.
-            for earlier in running.iter_mut() {
-                if let Some(bar) = earlier.bar.take() {
-                    bar.finish_and_clear();
-                }
-            }
-            running.push(StepProgress {
-                name: name.to_owned(),
-                total: total_bytes,
-                started: Instant::now(),
-                bar,
-                last_print: Instant::now(),
-            });
-        }
+        running.push(StepProgress {
+            name: name.to_owned(),
+            total: total_bytes,
+            started: Instant::now(),
+            bar,
+            last_print: Instant::now(),
+        });
     }
 
     fn step_progress(&self, bytes: u64, records: u64) {
@@ -118,7 +120,7 @@ impl Observer for Progress {
         }
     }
 
-    fn step_finished(&self, name: &str, ok: bool) {
+    fn step_finished(&self, name: &str, ok: bool, took: Option<Duration>) {
         let Ok(mut running) = self.running.lock() else {
             return;
         };
@@ -131,11 +133,14 @@ impl Observer for Progress {
         }
         if self.mode != ProgressMode::None {
             let verdict = if ok { "done" } else { "FAILED" };
-            eprintln!(
-                "[{}] {verdict} in {:.2} s",
-                step.name,
-                step.started.elapsed().as_secs_f64()
-            );
+            let took = took.unwrap_or_else(|| step.started.elapsed());
+            let line = format!("[{}] {verdict} in {:.2} s", step.name, took.as_secs_f64());
+            // Above the bar of a step still running (a data step whose end comes while the
+            // models step runs, when the worker stops there), not through it.
+            match running.last().and_then(|s| s.bar.as_ref()) {
+                Some(bar) => bar.suspend(|| eprintln!("{line}")),
+                None => eprintln!("{line}"),
+            }
         }
     }
 

@@ -10,10 +10,12 @@ pub trait Observer: Send + Sync {
     fn step_started(&self, _step: &str, _total_bytes: u64) {}
     /// The totals so far of the step started last.
     fn step_progress(&self, _done_bytes: u64, _records: u64) {}
-    /// `step` ended, `ok` or failed. Steps end in the order they started but one: the data
-    /// step ends when its output is on disk, which the host sees to while the `models` and
-    /// `verify` steps start and end, so its end comes after theirs.
-    fn step_finished(&self, _step: &str, _ok: bool) {}
+    /// `step` ended, `ok` or failed, after `took` (the duration the report gives it; `None`
+    /// for a step the worker was stopped in, which nobody timed to its end). Steps end in the
+    /// order they started but one: the data step ends when its output is on disk, which the
+    /// host sees to while the `models` and `verify` steps run, so in a run that goes on its
+    /// end comes after theirs.
+    fn step_finished(&self, _step: &str, _ok: bool, _took: Option<std::time::Duration>) {}
     /// Something the operator should know that is not a problem (a recovery that happened).
     fn notice(&self, _message: &str) {}
     /// Something went wrong without failing the run (an audit entry that was not written).

@@ -414,12 +414,16 @@ fn stage_in_worker(
             // The data step is recorded once its output is on disk; the steps after it are held
             // until then, so that the audit trail keeps their order.
             // Progress says it is done only then too.
-            if s.name == "data" && s.status == StepStatus::Completed {
+            if s.name == "data" && s.status == StepStatus::Completed && !plan.data_files.is_empty()
+            {
                 let files = plan.data_files.iter().map(|f| f.rel.clone()).collect();
                 syncing = Some((Syncing::start(staging.dir(), files), result.steps.len()));
                 steps.hold();
             } else {
-                steps.observer.step_finished(&s.name, s.error.is_none());
+                let took = std::time::Duration::from_millis(s.duration_ms);
+                steps
+                    .observer
+                    .step_finished(&s.name, s.error.is_none(), Some(took));
                 steps.record(&s);
             }
             result.steps.push(s);
@@ -442,7 +446,7 @@ fn stage_in_worker(
         let mut s = StepResult::new(name);
         s.status = StepStatus::Failed;
         s.error = Some(e.to_string());
-        steps.observer.step_finished(name, false);
+        steps.observer.step_finished(name, false, None);
         steps.record(&s);
         result.steps.push(s);
     }
@@ -480,7 +484,6 @@ fn data_on_disk(
         return Ok(());
     };
     let synced = syncing.wait();
-    steps.observer.step_finished("data", synced.outcome.is_ok());
     let data = result.steps.get_mut(at).map(|s| {
         s.set_duration(std::time::Duration::from_millis(s.duration_ms) + synced.after);
         if let Err(e) = &synced.outcome {
@@ -489,6 +492,10 @@ fn data_on_disk(
         }
         &*s
     });
+    let took = data.map(|s| std::time::Duration::from_millis(s.duration_ms));
+    steps
+        .observer
+        .step_finished("data", synced.outcome.is_ok(), took);
     steps.release(data);
     synced.outcome
 }
@@ -638,7 +645,7 @@ fn run_step(
     tracing::info!(step = name, bytes, "step started");
     observer.step_started(name, bytes);
     let outcome = body(&mut s);
-    observer.step_finished(name, outcome.is_ok());
+    observer.step_finished(name, outcome.is_ok(), Some(started.elapsed()));
     if let Err(e) = &outcome {
         s.status = StepStatus::Failed;
         s.error = Some(e.to_string());

@@ -775,6 +775,66 @@ fn an_aborting_plugin_changes_nothing() {
     }
 }
 
+/// When the worker dies in a step, plain progress ends that step as FAILED and every other
+/// step it started once: none is left running, none ends twice (the data step's end, which
+/// waits for its output on disk, comes too when the worker dies in the models step after it).
+#[test]
+fn progress_ends_the_step_a_dead_worker_was_in_as_failed() {
+    let plugins = Plugins::new();
+    let settings = default_settings();
+    let settings_path = settings.path();
+    for (rule, step) in [("config", "config"), ("data", "data"), ("model", "models")] {
+        let dir = install();
+        let args = [
+            "--no-default-plugins",
+            "--plugin-dir",
+            p(plugins.dir.path()),
+            "--config-file",
+            p(&settings_path),
+            "--progress",
+            "plain",
+            "version",
+            "--path",
+            p(dir.path()),
+            "--to",
+            "2.1.0",
+        ];
+        let env = [("HOSTILE_MODE", "abort"), ("HOSTILE_RULE", rule)];
+        let out = run(&args, &env, rule);
+        assert_eq!(out.code, Some(6), "{rule}: {}", out.describe());
+        let mut started: Vec<&str> = Vec::new();
+        let mut ended: Vec<(&str, &str)> = Vec::new();
+        for line in out.stderr.lines() {
+            let Some((name, rest)) = line.strip_prefix('[').and_then(|l| l.split_once("] ")) else {
+                continue;
+            };
+            if rest.starts_with("started") {
+                started.push(name);
+            } else if let Some((verdict, _)) = rest.split_once(" in ") {
+                ended.push((name, verdict));
+            }
+        }
+        let mut ends: Vec<&str> = ended.iter().map(|(name, _)| *name).collect();
+        ends.sort();
+        started.sort();
+        assert_eq!(
+            started, ends,
+            "{rule}: each started step ends once:\n{}",
+            out.stderr
+        );
+        assert!(ended.contains(&(step, "FAILED")), "{rule}: {}", out.stderr);
+        assert_eq!(
+            ended
+                .iter()
+                .filter(|(_, verdict)| *verdict == "FAILED")
+                .count(),
+            1,
+            "{rule}: only {step} failed:\n{}",
+            out.stderr
+        );
+    }
+}
+
 #[test]
 fn a_segfaulting_plugin_changes_nothing() {
     let settings = default_settings();
@@ -1396,8 +1456,8 @@ fn worker_running_for(root: &Path) -> bool {
 // ---------------------------------------------------------------------------------------------
 // The sandbox state in every --json output that runs plugins
 
-/// `plugins list --json`, `info --json` and a migration's result (completed or failed,
-/// whichever way its worker ended) carry "isolation": enforced by default as far as this
+/// `plugins list --json`, `plugins pin --json`, `info --json`, `status --json` and a
+/// migration's result (completed or failed, whichever way its worker ended) carry "isolation": enforced by default as far as this
 /// kernel allows, "disabled" with `--no-sandbox`, with the configured memory limit.
 #[test]
 fn every_json_output_that_runs_plugins_reports_the_isolation() {
