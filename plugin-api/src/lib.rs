@@ -71,7 +71,8 @@
 //! [`Hop::data_program`]: a hop declares what its edit rule does to the common record, and the
 //! host runs every hop's declaration in one fused pass, leaving the rest to the rules. Since
 //! 1.8.0: [`ModelFolder::file_entry`] takes the size and sha256 of a file no hop staged from
-//! the checksums the host took of it, when the host handed them over with the call.
+//! the checksums the host took of it, when the host handed them over with the call. Since
+//! 1.8.1: [`ModelFolder::write`] writes a file an earlier hop staged anew, never truncating it.
 #![allow(non_local_definitions, non_camel_case_types)]
 
 pub mod descriptor;

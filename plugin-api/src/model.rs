@@ -164,9 +164,20 @@ impl ModelFolder {
     /// Writes `rel` into staging. Durability is the host's: it syncs every staged file before
     /// anything is swapped in. (Until 1.8.0 this synced the file too: on ext4 that commits the
     /// file system's journal, which waits for all the data the run wrote before it.)
+    ///
+    /// A file an earlier hop staged is removed and written anew, never truncated (since
+    /// 1.8.1): ext4 starts writing out a file truncated to nothing as soon as it is closed, and
+    /// truncating it again then waits for that write, queued behind the data the run is
+    /// syncing at that moment (up to 0.6 s per `metadata.json`, measured in a 0.5× run). A
+    /// file created under a free name is not written out early. Nor is anything at that path
+    /// followed: a link there is replaced, its target untouched.
     pub fn write(&self, rel: &str, bytes: &[u8]) -> io::Result<()> {
         let path = self.staged_path(rel)?;
-        let mut file = File::create(&path)?;
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = File::create_new(&path)?;
         file.write_all(bytes)
     }
 
@@ -369,6 +380,44 @@ mod tests {
 
     /// sha256("abc"), FIPS 180-2 appendix B.1.
     const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    /// Writing a file an earlier hop staged replaces it with a new file: the old one is not
+    /// truncated (ext4 would write it out early, and a second truncation waits for that), and
+    /// a link at the staged path is replaced, its target left as it was.
+    #[test]
+    fn a_staged_file_written_again_is_a_new_file_and_no_link_is_followed() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (source, staging) = (dir.path().join("src"), dir.path().join("stage"));
+        fs::create_dir_all(&source).unwrap();
+        let folder = ModelFolder::new("m", source, staging.clone());
+        folder
+            .write("metadata.json", b"first hop, a longer text\n")
+            .unwrap();
+        let first = fs::metadata(staging.join("metadata.json")).unwrap().ino();
+        // A reader of the first version keeps what it read, as with a rename.
+        let held = File::open(staging.join("metadata.json")).unwrap();
+        folder.write("metadata.json", b"second hop\n").unwrap();
+        let second = fs::metadata(staging.join("metadata.json")).unwrap();
+        assert_ne!(second.ino(), first, "written anew, not truncated");
+        assert_eq!(
+            fs::read(staging.join("metadata.json")).unwrap(),
+            b"second hop\n"
+        );
+        assert_eq!(
+            io::read_to_string(held).unwrap(),
+            "first hop, a longer text\n"
+        );
+
+        let outside = dir.path().join("outside.txt");
+        fs::write(&outside, b"not the plugin's").unwrap();
+        std::os::unix::fs::symlink(&outside, staging.join("tokenizer.json")).unwrap();
+        folder.write("tokenizer.json", b"{}\n").unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), b"not the plugin's");
+        let staged = fs::symlink_metadata(staging.join("tokenizer.json")).unwrap();
+        assert!(staged.is_file(), "the link was replaced by a file");
+        assert_eq!(fs::read(staging.join("tokenizer.json")).unwrap(), b"{}\n");
+    }
 
     /// During a model call with the host's checksums, `file_entry` answers a source file of
     /// the size the host hashed from them; a staged file, a file of another size, a file they

@@ -29,7 +29,7 @@ fn a_plugin_built_against_plugin_api_1_0_0_loads_and_migrates() {
     );
     assert_eq!(
         entry(&doc, PLUGINS[0])["descriptor"]["api_version"],
-        "1.8.0"
+        "1.8.1"
     );
 
     let install = sample_install();

@@ -55,7 +55,7 @@ fn pin_writes_a_versioned_lock_listing_every_plugin_and_verify_passes() {
         assert_eq!(pin["file"].as_str(), Some(file));
         let bytes = std::fs::read(dir.path().join(file)).unwrap();
         assert_eq!(pin["sha256"].as_str(), Some(sha256_hex(&bytes).as_str()));
-        assert_eq!(pin["api_version"].as_str(), Some("1.8.0"));
+        assert_eq!(pin["api_version"].as_str(), Some("1.8.1"));
         let (from, to) = (pin["from"].as_str().unwrap(), pin["to"].as_str().unwrap());
         hops.push(format!("{from}>{to}"));
     }

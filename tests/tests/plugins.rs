@@ -25,7 +25,7 @@ fn three_plugins_are_listed_as_three() {
     for p in plugins {
         assert_eq!(p["status"]["state"], "active", "{p:#}");
         let d = &p["descriptor"];
-        assert_eq!(d["api_version"], "1.8.0");
+        assert_eq!(d["api_version"], "1.8.1");
         assert_eq!(
             d["rules"],
             serde_json::json!({"config": true, "data": true, "model": true, "data_edits": true})
