@@ -53,6 +53,26 @@ fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
+/// `migrate <flags> version --path ROOT --to 2.1.0`, with the hostile fixture among the plugins
+/// and the settings at `settings`: a whole migration, as the controls and progress tests run it.
+fn version_args<'a>(
+    plugins: &'a Plugins,
+    settings: &'a Path,
+    root: &'a Path,
+    flags: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "--no-default-plugins",
+        "--plugin-dir",
+        p(plugins.dir.path()),
+        "--config-file",
+        p(settings),
+    ];
+    args.extend_from_slice(flags);
+    args.extend(["version", "--path", p(root), "--to", "2.1.0"]);
+    args
+}
+
 // ---------------------------------------------------------------------------------------------
 // The fixture, the plugin folder and the installation
 
@@ -525,27 +545,11 @@ fn words(w: &[&str]) -> Vec<String> {
 fn the_hostile_fixture_migrates_correctly_when_it_behaves() {
     let plugins = Plugins::new();
     let settings = default_settings();
+    let settings = settings.path();
     let dir = install();
     let root = dir.path();
-    let out = run(
-        &[
-            "--no-default-plugins",
-            "--plugin-dir",
-            p(plugins.dir.path()),
-            "--config-file",
-            p(&settings.path()),
-            "--progress",
-            "none",
-            "--json",
-            "version",
-            "--path",
-            p(root),
-            "--to",
-            "2.1.0",
-        ],
-        &[],
-        "default mode",
-    );
+    let args = version_args(&plugins, &settings, root, &["--progress", "none", "--json"]);
+    let out = run(&args, &[], "default mode");
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let result: Value = serde_json::from_str(&out.stdout).expect("json result");
     assert!(
@@ -633,27 +637,17 @@ const TAMPERED: &str = "TAMPERED after the check by a process hostile_v2_to_v2_1
 fn unsandboxed_a_forked_process_writes_into_the_installation_after_the_swap() {
     let plugins = Plugins::new();
     let settings = default_settings();
+    let settings = settings.path();
     let dir = install();
     let root = dir.path();
-    let out = run(
-        &[
-            "--no-default-plugins",
-            "--plugin-dir",
-            p(plugins.dir.path()),
-            "--config-file",
-            p(&settings.path()),
-            "--progress",
-            "none",
-            "--no-sandbox",
-            "version",
-            "--path",
-            p(root),
-            "--to",
-            "2.1.0",
-        ],
-        &[("HOSTILE_MODE", "fork"), ("HOSTILE_TARGET", TAMPERED)],
-        "fork, unsandboxed",
+    let args = version_args(
+        &plugins,
+        &settings,
+        root,
+        &["--progress", "none", "--no-sandbox"],
     );
+    let env = [("HOSTILE_MODE", "fork"), ("HOSTILE_TARGET", TAMPERED)];
+    let out = run(&args, &env, "fork, unsandboxed");
     assert_eq!(out.code, Some(0), "{}", out.describe());
     assert!(
         out.stderr
@@ -782,23 +776,10 @@ fn an_aborting_plugin_changes_nothing() {
 fn progress_ends_the_step_a_dead_worker_was_in_as_failed() {
     let plugins = Plugins::new();
     let settings = default_settings();
-    let settings_path = settings.path();
+    let settings = settings.path();
     for (rule, step) in [("config", "config"), ("data", "data"), ("model", "models")] {
         let dir = install();
-        let args = [
-            "--no-default-plugins",
-            "--plugin-dir",
-            p(plugins.dir.path()),
-            "--config-file",
-            p(&settings_path),
-            "--progress",
-            "plain",
-            "version",
-            "--path",
-            p(dir.path()),
-            "--to",
-            "2.1.0",
-        ];
+        let args = version_args(&plugins, &settings, dir.path(), &["--progress", "plain"]);
         let env = [("HOSTILE_MODE", "abort"), ("HOSTILE_RULE", rule)];
         let out = run(&args, &env, rule);
         assert_eq!(out.code, Some(6), "{rule}: {}", out.describe());
