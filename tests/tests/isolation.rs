@@ -202,6 +202,7 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Started {
         .env_remove("HOSTILE_MODE")
         .env_remove("HOSTILE_RULE")
         .env_remove("HOSTILE_TARGET")
+        .env_remove("HOSTILE_FORGE")
         .env_remove("HOSTILE_FORGE_THEN")
         .env("HOME", home.path())
         .env("XDG_DATA_HOME", home.path().join("share"))
@@ -1255,6 +1256,32 @@ fn a_unix_socket_connect_is_denied() {
 // ---------------------------------------------------------------------------------------------
 // A forged answer: plugin code shares the worker's process and can write on its protocol pipe
 
+/// The data rule's forged frame on the protocol pipe (`HOSTILE_TARGET`: `target`; afterwards
+/// the plugin does `then`, `exit` or `loop`; `more` in the environment too): refused with exit
+/// 6, the output saying `said`.
+fn forged<'a>(
+    settings: &'a Settings,
+    target: &str,
+    then: &str,
+    more: &[(&'a str, &str)],
+    said: &[&str],
+) -> Case<'a> {
+    let mut extra_env = vec![
+        ("HOSTILE_TARGET", target.to_owned()),
+        ("HOSTILE_FORGE_THEN", then.to_owned()),
+    ];
+    extra_env.extend(more.iter().map(|(k, v)| (*k, v.to_string())));
+    Case {
+        mode: "forge",
+        rule: "data",
+        settings,
+        code: 6,
+        words: words(said),
+        extra_env,
+        worker_died: false,
+    }
+}
+
 /// The plugin writes the worker's final answer itself ("staged, all done") asking the commit
 /// to delete a file: one outside the installation (absolute), one of the installation the run
 /// does not migrate, and a data file of the run that was not quarantined. The supervisor must
@@ -1270,18 +1297,8 @@ fn a_forged_answer_cannot_delete_files() {
     for then in ["exit", "loop"] {
         for target in [p(&victim), "config/logging.toml", "data/api_keys.json"] {
             std::fs::write(&victim, "precious\n").expect("write the victim");
-            let case = Case {
-                mode: "forge",
-                rule: "data",
-                settings: &settings,
-                code: 6,
-                words: words(&[target, "not a data file this run set aside"]),
-                extra_env: vec![
-                    ("HOSTILE_TARGET", target.to_owned()),
-                    ("HOSTILE_FORGE_THEN", then.to_owned()),
-                ],
-                worker_died: false,
-            };
+            let said = [target, "not a data file this run set aside"];
+            let case = forged(&settings, target, then, &[], &said);
             case.check(&plugins, Cmd::Version, false);
             case.check(&plugins, Cmd::Data, false);
             assert_eq!(
@@ -1301,21 +1318,11 @@ fn a_forged_early_answer_cannot_swap_in_half_the_data() {
     let settings = default_settings();
     let plugins = Plugins::new();
     for then in ["exit", "loop"] {
-        let case = Case {
-            mode: "forge",
-            rule: "data",
-            settings: &settings,
-            code: 6,
-            words: words(&[
-                "data/requests.jsonl",
-                "reported its work done, but it is not",
-            ]),
-            extra_env: vec![
-                ("HOSTILE_TARGET", String::new()),
-                ("HOSTILE_FORGE_THEN", then.to_owned()),
-            ],
-            worker_died: false,
-        };
+        let said = [
+            "data/requests.jsonl",
+            "reported its work done, but it is not",
+        ];
+        let case = forged(&settings, "", then, &[], &said);
         case.check(&plugins, Cmd::Version, false);
         case.check(&plugins, Cmd::Data, false);
     }
@@ -1331,19 +1338,14 @@ fn forged_requests_for_checksums_cannot_hold_the_supervisor() {
     let settings = default_settings();
     let plugins = Plugins::new();
     for then in ["exit", "loop"] {
-        let case = Case {
-            mode: "forge",
-            rule: "data",
-            settings: &settings,
-            code: 6,
-            words: words(&["broke the protocol", "checksums"]),
-            extra_env: vec![
-                ("HOSTILE_TARGET", String::new()),
-                ("HOSTILE_FORGE", "want_checksums".to_owned()),
-                ("HOSTILE_FORGE_THEN", then.to_owned()),
-            ],
-            worker_died: false,
-        };
+        let flood = [("HOSTILE_FORGE", "want_checksums")];
+        let case = forged(
+            &settings,
+            "",
+            then,
+            &flood,
+            &["broke the protocol", "checksums"],
+        );
         case.check(&plugins, Cmd::Version, false);
     }
 }

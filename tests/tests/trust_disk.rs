@@ -29,9 +29,14 @@ fn mode_of(path: &Path) -> u32 {
 }
 
 fn migrate_version(root: &Path, extra: &[&str]) -> Output {
+    migrate(&version_args(root, extra))
+}
+
+/// `version --path ROOT --to 2.1.0`, then `extra`.
+fn version_args<'a>(root: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["version", "--path", p(root), "--to", "2.1.0"];
     args.extend_from_slice(extra);
-    migrate(&args)
+    args
 }
 
 /// `migrate` with extra environment, a working folder and a umask of its own.
@@ -1521,15 +1526,7 @@ fn issue15_a_model_file_changed_after_its_checksum_was_handed_to_the_rules_is_re
         let before = tree_hash(root);
         let out = migrate_pausing(
             None,
-            &[
-                "-vv",
-                "--yes",
-                "version",
-                "--path",
-                p(root),
-                "--to",
-                "2.1.0",
-            ],
+            &version_args(root, &["-vv", "--yes"]),
             vec![(
                 "TRUSTFORMERS_MIGRATE_WORKER_FAULT",
                 "model_checksums",
@@ -1603,15 +1600,7 @@ fn issue15_a_model_file_changed_after_its_checksum_was_taken_is_read_again() {
         let dir = sample_install();
         let root = dir.path();
         let weights = root.join(rel);
-        let mut args = vec![
-            "-vv",
-            "--yes",
-            "version",
-            "--path",
-            p(root),
-            "--to",
-            "2.1.0",
-        ];
+        let mut args = version_args(root, &["-vv", "--yes"]);
         if optimize {
             args.push("--optimize");
         }

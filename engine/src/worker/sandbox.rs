@@ -1,8 +1,8 @@
 //! The worker confines itself before it loads any plugin: Landlock (read the installation, the
 //! plugin files and the system's libraries; write only the staging folder; no TCP), a seccomp
 //! filter (no socket of any kind, no new process), and a memory limit. What the kernel enforced
-//! is reported, never assumed: on a kernel without Landlock the file rules are not enforced and the worker
-//! says so (the seccomp filter still applies where the kernel has seccomp).
+//! is reported, never assumed: on a kernel without Landlock the file rules are not enforced and
+//! the worker says so (the seccomp filter still applies where the kernel has seccomp).
 //!
 //! Landlock binds the calling thread and the threads it starts later, never threads already
 //! running: the worker must confine itself while it is the process's only thread (`migrate`
