@@ -74,18 +74,7 @@ impl Observer for Progress {
                 bar.finish_and_clear();
             }
         }
-        let bar = (self.mode == ProgressMode::Bars).then(|| {
-            let bar =
-                ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template(
-                "{prefix:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg} ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-            bar.set_style(style);
-            bar.set_prefix(name.to_owned());
-            bar
-        });
+        let bar = (self.mode == ProgressMode::Bars).then(|| bar(name, total_bytes));
         if self.mode == ProgressMode::Plain {
             eprintln!("[{name}] started: {}", human(total_bytes));
         }
@@ -106,16 +95,19 @@ impl Observer for Progress {
             return;
         };
         if let Some(bar) = &step.bar {
+            // The message first: the position may draw, and should not with the last message.
+            bar.set_message(moving(bytes, step.total, records, step.started.elapsed()));
             bar.set_position(bytes);
-            let secs = step.started.elapsed().as_secs_f64().max(1e-3);
-            bar.set_message(format!("{:.0} records/s", records as f64 / secs));
         } else if step.last_print.elapsed() >= PLAIN_EVERY && step.total > 0 {
             step.last_print = Instant::now();
+            let records = match records {
+                0 => String::new(),
+                n => format!(" ({n} records)"),
+            };
             eprintln!(
-                "[{}] {:.0}% ({} records)",
+                "[{}] {:.0}%{records}",
                 step.name,
                 100.0 * bytes as f64 / step.total as f64,
-                records
             );
         }
     }
@@ -155,5 +147,98 @@ impl Observer for Progress {
     /// What plugin code wrote to stderr, passed through as it was written.
     fn worker_output(&self, line: &str) {
         eprintln!("{line}");
+    }
+}
+
+/// The bar of a step that reads `total` bytes; a spinner with the time spent for a step whose
+/// size is not known (0).
+///
+/// The line must fit the terminal: one wider than it wraps, and each redraw then climbs a
+/// line. So everything past the bar is a message that indicatif cuts at the terminal's edge
+/// (`wide_msg`), its least useful part last ([`moving`]); in 80 columns it fits whole.
+fn bar(name: &str, total: u64) -> ProgressBar {
+    let template = match total {
+        0 => "{prefix:>8} {spinner} {elapsed} {wide_msg}",
+        _ => "{prefix:>8} [{bar:16}] {wide_msg}",
+    };
+    let style = ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    // Built whole before it is first drawn.
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+        .with_style(style)
+        .with_prefix(name.to_owned());
+    match total {
+        0 => {
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        }
+        _ => bar.with_message(moving(0, total, 0, Duration::ZERO)),
+    }
+}
+
+/// `260.1 MiB/512.0 MiB 540.2 MiB/s ETA 1s 4.7M records/s`: the rate and the time left are
+/// averages since the step began, shown once it has run long enough for them to mean
+/// something; records only for a step that counts them.
+fn moving(done: u64, total: u64, records: u64, spent: Duration) -> String {
+    let mut text = format!("{}/{}", human(done), human(total));
+    let secs = spent.as_secs_f64();
+    if done > 0 && spent >= Duration::from_millis(250) {
+        let rate = done as f64 / secs;
+        let left = Duration::from_secs_f64(total.saturating_sub(done) as f64 / rate);
+        text += &format!(" {}/s ETA {}", human(rate as u64), short(left));
+        if records > 0 {
+            text += &format!(" {} records/s", count(records as f64 / secs));
+        }
+    }
+    text
+}
+
+/// `4.7M`, `870k`, `950`.
+fn count(n: f64) -> String {
+    match n {
+        n if n >= 1e6 => format!("{:.1}M", n / 1e6),
+        n if n >= 1e3 => format!("{:.0}k", n / 1e3),
+        n => format!("{n:.0}"),
+    }
+}
+
+/// `2h 5m`, `3m 12s`, `9s`.
+fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m {}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moving_bar_says_how_much_how_fast_and_how_long() {
+        let mib = 1 << 20;
+        assert_eq!(
+            moving(256 * mib, 512 * mib, 2_400_000, Duration::from_millis(500)),
+            "256.0 MiB/512.0 MiB 512.0 MiB/s ETA 0s 4.8M records/s"
+        );
+        assert_eq!(
+            moving(mib, 4096 * mib, 0, Duration::from_secs(2)),
+            "1.0 MiB/4.0 GiB 512.0 KiB/s ETA 2h 16m"
+        );
+        // Nothing read yet, or too short a time: no rate to speak of.
+        assert_eq!(
+            moving(0, 512 * mib, 0, Duration::from_secs(3)),
+            "0 B/512.0 MiB"
+        );
+        assert_eq!(
+            moving(mib, 512 * mib, 9000, Duration::from_millis(100)),
+            "1.0 MiB/512.0 MiB"
+        );
+        assert_eq!(count(870_400.0), "870k");
+        assert_eq!(count(950.0), "950");
+        assert_eq!(short(Duration::from_secs(192)), "3m 12s");
     }
 }

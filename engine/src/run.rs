@@ -252,9 +252,11 @@ fn run_steps(
         let mut digests = Some(digests);
         // The checksums the check takes of the staged data files, for the backup.
         let mut staged_digests = StagedDigests::default();
-        steps.run(result, "verify", plan.data_bytes(), &mut |s| {
+        let data = plan.target.data.as_ref().map(|d| plan.target.rel(d));
+        let total = staged::data_bytes(staging.dir(), data.as_deref());
+        steps.run(result, "verify", total, &mut |s| {
             let digests = digests.take().map(Pending::wait).unwrap_or_default();
-            staged_digests = verify_staging(plan, &staging, &removals, &digests, s)?;
+            staged_digests = verify_staging(plan, &staging, &removals, &digests, s, observer)?;
             Ok(())
         })?;
         Ok(staged_digests)
@@ -511,6 +513,7 @@ fn verify_staging(
     removals: &[String],
     digests: &Digests,
     s: &mut StepResult,
+    observer: &dyn Observer,
 ) -> Result<StagedDigests> {
     // Test hook: a test pauses here to change an installation file after its checksum was
     // taken.
@@ -529,6 +532,7 @@ fn verify_staging(
         removals,
         models: &models,
         digests,
+        progress: &|checked| observer.step_progress(checked, 0),
     });
     s.files = (plan.config.is_some() as u64) + plan.data_files.len() as u64 + models.len() as u64;
     match (checked.violations.is_empty(), checked.changed.is_empty()) {

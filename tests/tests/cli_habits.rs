@@ -14,19 +14,10 @@ use serde_json::Value;
 fn migrate_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let home = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(migrate_bin());
-    cmd.args(args)
-        .current_dir(cwd)
-        .env_remove("TRUSTFORMERS_PLUGIN_DIR")
-        .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
-        .env_remove("TRUSTFORMERS_BACKUP_DIR")
-        .env_remove("RUST_LOG")
+    isolated(cmd.args(args).current_dir(cwd), home.path())
         .env_remove("NO_COLOR")
         .env_remove("CLICOLOR_FORCE")
-        .env("HOME", home.path())
-        .env("XDG_DATA_HOME", home.path().join("share"));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+        .envs(env.iter().copied());
     cmd.output().expect("run migrate")
 }
 
@@ -641,4 +632,95 @@ fn the_default_target_is_never_a_guess() {
     let s: Value = serde_json::from_str(&ok(&out)).unwrap();
     assert_eq!(s["latest"], "2.1.0");
     assert!(s["pending"].as_array().unwrap().is_empty());
+}
+
+/// What a terminal shows of `drawn`, one entry per redraw of a line: escape sequences
+/// removed, cut at carriage returns and line feeds.
+fn drawn_lines(drawn: &str) -> Vec<String> {
+    let mut plain = String::new();
+    let mut chars = drawn.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, then one final byte in @..~.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        plain.push(c);
+    }
+    plain
+        .split(['\r', '\n'])
+        .map(str::to_owned)
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+/// On a terminal, each step's bar fits an 80-column screen (a wider line wraps, and every
+/// redraw then climbs a line), and the long steps move: the data step, the pre-swap check and
+/// the backup each show bytes done before they end (the check and the backup used to stand at
+/// "0 B" until they were over). Records per second are shown for the data step only.
+#[test]
+fn on_a_terminal_every_bar_fits_80_columns_and_the_long_steps_move() {
+    ensure_built();
+    let install = sample_install();
+    let root = install.path();
+    // About 16 MB of records: each long step reads several MiB, past its first progress report.
+    let log = read(root, "data/requests.jsonl");
+    write(
+        root,
+        "data/requests.jsonl",
+        &log.repeat((16 << 20) / log.len() + 1),
+    );
+    let args = [
+        "--progress",
+        "bars",
+        "--yes",
+        "version",
+        "--path",
+        root.to_str().unwrap(),
+        "--to",
+        "2.1.0",
+    ];
+    let seen = migrate_on_terminal(&args, "", &[], 80);
+    assert_eq!(seen.code, 0, "{}", seen.drawn);
+    let lines = drawn_lines(&seen.drawn);
+    // Progress draws: a step's name, then its bar or its spinner (braille dots).
+    let progress = |l: &&String| {
+        l.trim_start().split_once(' ').is_some_and(|(name, rest)| {
+            STEPS.contains(&name)
+                && rest.starts_with(|c| c == '[' || ('\u{2800}'..='\u{28ff}').contains(&c))
+        })
+    };
+    let draws: Vec<&String> = lines.iter().filter(progress).collect();
+    assert!(draws.len() > 8, "{lines:#?}");
+    for line in &draws {
+        assert!(
+            line.chars().count() <= 80,
+            "wider than the terminal: {line:?}\n{draws:#?}"
+        );
+    }
+    for step in ["data", "verify", "backup"] {
+        let bars: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("{step:>8} [")))
+            .collect();
+        assert!(
+            bars.iter()
+                .any(|l| l.split("] ").nth(1).is_some_and(|m| !m.starts_with("0 B/"))),
+            "the {step} bar never moved: {bars:#?}"
+        );
+        if step != "data" {
+            assert!(bars.iter().all(|l| !l.contains("records/s")), "{bars:#?}");
+        }
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("[backup] done in ")),
+        "{lines:#?}"
+    );
 }

@@ -6,13 +6,12 @@ use common::*;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
-/// Runs `migrate args` with a pseudo-terminal as its stdin, stdout and stderr (Python's `pty`,
-/// as a person at a terminal would), answering `answer` to the first `Continue? [y/N]`.
-/// Returns the exit code, everything printed, and whether a question was asked.
+/// Runs `migrate args` on an 80-column terminal ([`common::migrate_on_terminal`]), answering
+/// `answer` to the first `Continue? [y/N]`. Returns the exit code, everything printed, and
+/// whether a question was asked.
 fn migrate_on_terminal(args: &[&str], answer: &str) -> (i32, String, bool) {
     migrate_on_terminal_env(args, answer, &[])
 }
@@ -23,51 +22,8 @@ fn migrate_on_terminal_env(
     answer: &str,
     env: &[(&str, &str)],
 ) -> (i32, String, bool) {
-    const DRIVER: &str = r#"
-import os, pty, sys
-answer, argv = sys.argv[1], sys.argv[2:]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(argv[0], argv)
-out, asked = b"", False
-while True:
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        break
-    if not data:
-        break
-    out += data
-    if not asked and b"Continue? [y/N]" in out:
-        os.write(fd, answer.encode() + b"\n")
-        asked = True
-_, status = os.waitpid(pid, 0)
-sys.stdout.buffer.write(out)
-sys.stderr.write("asked" if asked else "not asked")
-sys.exit(os.waitstatus_to_exitcode(status))
-"#;
-    let home = tempfile::tempdir().expect("tempdir");
-    let bin = migrate_bin();
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(DRIVER)
-        .arg(answer)
-        .arg(&bin)
-        .args(args)
-        .env_remove("TRUSTFORMERS_PLUGIN_DIR")
-        .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
-        .env_remove("TRUSTFORMERS_BACKUP_DIR")
-        .env_remove("RUST_LOG")
-        .env("HOME", home.path())
-        .env("XDG_DATA_HOME", home.path().join("share"))
-        .envs(env.iter().copied())
-        .output()
-        .expect("python3 (scripts/test needs it for the test assets too)");
-    (
-        out.status.code().expect("exit code"),
-        stdout(&out),
-        stderr(&out) == "asked",
-    )
+    let seen = common::migrate_on_terminal(args, answer, env, 80);
+    (seen.code, seen.drawn, seen.asked)
 }
 
 fn json(args: &[&str]) -> Value {

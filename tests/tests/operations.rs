@@ -73,19 +73,7 @@ fn audit_and_history_of_a_successful_migration() {
         .filter(|e| e["action"] == "step_finished")
         .map(|e| e["step"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        steps,
-        [
-            "preflight",
-            "config",
-            "data",
-            "models",
-            "verify",
-            "journal",
-            "backup",
-            "commit"
-        ]
-    );
+    assert_eq!(steps, STEPS);
 
     let h = history(root);
     assert_eq!(h.len(), 1);

@@ -95,6 +95,10 @@ pub struct BackupRequest<'a> {
     /// it still stands for the file: that file is then not read again. `None`: every written
     /// file is hashed.
     pub known_written: Option<&'a KnownDigest<'a>>,
+    /// Told the bytes of `files` archived so far, about every MiB and once at the end: an
+    /// archive of a large log takes minutes, and a progress bar that stands still for that
+    /// long looks hung.
+    pub progress: &'a dyn Fn(u64),
 }
 
 /// See [`BackupRequest::known_written`]: the caller's size and sha256 of the file `rel`, opened,
@@ -506,6 +510,7 @@ fn write_entries(
     };
     let mut builder = tar::Builder::new(Frames::new(out, LEVEL).map_err(err)?);
     let mut records = Vec::with_capacity(req.files.len());
+    let mut archived = 0;
     for rel in &req.files {
         let file = (req.open_source)(rel)?;
         let meta = file
@@ -522,7 +527,12 @@ fn write_entries(
             INCOMPRESSIBLE_LEVEL
         };
         builder.get_mut().set_level(level).map_err(err)?;
-        let mut reader = Hashing::new(BufReader::with_capacity(1 << 20, file));
+        let mut reader = Hashing::new(Told {
+            inner: BufReader::with_capacity(1 << 20, file),
+            done: archived,
+            told: archived,
+            progress: req.progress,
+        });
         builder
             .append_data(&mut header, rel, &mut reader)
             .map_err(err)?;
@@ -533,7 +543,9 @@ fn write_entries(
             mode: meta.permissions().mode() & 0o7777,
             sha256: reader.hex(),
         });
+        archived = reader.into_inner().done;
     }
+    (req.progress)(archived);
     let encoder = builder.into_inner().map_err(err)?;
     let out = encoder.finish().map_err(err)?.inner.finish().map_err(err)?;
     let sha = out.hex();
@@ -543,6 +555,27 @@ fn write_entries(
         .map_err(|e| err(e.into_error()))?;
     file.sync_all().map_err(err)?;
     Ok((records, sha))
+}
+
+/// A source file on its way into the archive, telling [`BackupRequest::progress`] the bytes
+/// archived so far (`done`, from the first file on) each time another MiB has been read.
+struct Told<'a, R> {
+    inner: R,
+    done: u64,
+    told: u64,
+    progress: &'a dyn Fn(u64),
+}
+
+impl<R: Read> Read for Told<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if self.done - self.told >= 1 << 20 {
+            self.told = self.done;
+            (self.progress)(self.done);
+        }
+        Ok(n)
+    }
 }
 
 /// The zstd stream on its way to the file (through the age stream, if any), with a copy of
@@ -1102,6 +1135,7 @@ mod tests {
             written: vec![],
             open_written: &open,
             known_written: None,
+            progress: &|_| {},
             encrypt_to: None,
         })
         .unwrap();
@@ -1357,6 +1391,7 @@ mod tests {
             written: vec![],
             open_written: open,
             known_written: None,
+            progress: &|_| {},
             encrypt_to: None,
         }
     }
@@ -1394,6 +1429,38 @@ mod tests {
                 ("b.jsonl", 8, 0o600, b_sha.as_str())
             ]
         );
+    }
+
+    /// Progress counts the bytes archived, from the first file to the last, about every MiB:
+    /// it only grows, and it ends at the size of every file archived.
+    #[test]
+    fn progress_counts_every_archived_byte_once() {
+        let (_base, root, _) = tree();
+        let line = "{\"k\":\"0123456789abcdef\"}\n";
+        fs::write(root.join("a.jsonl"), line.repeat(200_000)).unwrap();
+        fs::write(root.join("w.bin"), random_bytes(1_500_000)).unwrap();
+        let total = (200_000 * line.len() + 1_500_000) as u64;
+        let r = root.clone();
+        let open = move |rel: &str| confine::open_regular(&r.join(rel), None);
+        let told = std::cell::RefCell::new(Vec::new());
+        let progress = |bytes: u64| told.borrow_mut().push(bytes);
+        let dir = root.join("backups");
+        let mut req = request(&root, &dir, &open);
+        req.files = vec!["a.jsonl".into(), "w.bin".into()];
+        req.progress = &progress;
+        create(&req).unwrap();
+        let told = told.into_inner();
+        // A 4.4 MB log and 1.5 MB of weights: told after each MiB read, then at the end.
+        assert!(told.len() >= 5, "{told:?}");
+        assert!(told.windows(2).all(|w| w[0] <= w[1]), "{told:?}");
+        assert!(
+            told.windows(2)
+                .rev()
+                .skip(1)
+                .all(|w| w[1] - w[0] >= 1 << 20),
+            "{told:?}"
+        );
+        assert_eq!(told.last(), Some(&total), "{told:?}");
     }
 
     /// An installation with `a.jsonl`, and an empty folder `outside` next to it.

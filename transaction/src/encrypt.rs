@@ -365,6 +365,7 @@ mod tests {
             written: vec![],
             open_written: &open,
             known_written: None,
+            progress: &|_| {},
             encrypt_to: Some(&to),
         })
         .unwrap();

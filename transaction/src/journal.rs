@@ -261,13 +261,15 @@ impl Transaction {
 /// kept originals (hard links to them), and the sha256 of everything it writes, read from its
 /// staging (or taken from `known`: see [`BackupRequest::known_written`]). Used by the migration
 /// before the swap and by `recover --forward` when the run died before its backup was done.
-/// The backup is read back before its path is returned ([`backup::create`]).
+/// The backup is read back before its path is returned ([`backup::create`]). `progress`: see
+/// [`BackupRequest::progress`].
 pub fn back_up(
     root: &Root,
     journal: &Journal,
     dir: &Path,
     kind: &str,
     known: Option<&KnownDigest<'_>>,
+    progress: &dyn Fn(u64),
 ) -> Result<PathBuf> {
     let of = |action: &dyn Fn(Action) -> bool| -> Vec<String> {
         journal
@@ -302,6 +304,7 @@ pub fn back_up(
         written: of(&|a| a != Action::Remove),
         open_written: &open_written,
         known_written: known,
+        progress,
         encrypt_to: to.as_ref(),
     })
 }
@@ -402,7 +405,7 @@ pub fn recover(root: &Path, forward: bool) -> Result<Option<Recovery>> {
             } else if forward && journal.phase == Phase::Prepared {
                 let backup = match &journal.backup {
                     Some(b) if b.done.is_none() => {
-                        let made = back_up(&root, &journal, Path::new(&b.dir), &b.kind, None)
+                        let made = back_up(&root, &journal, Path::new(&b.dir), &b.kind, None, &|_| {})
                             .map_err(|e| Error::Interrupted {
                                 root: root.path().to_path_buf(),
                                 reason: format!("the interrupted migration has no backup yet, and it cannot be completed from the kept originals ({e}); finishing without one would make the migration irreversible, so --forward is refused; run `migrate recover --path {}` without --forward to undo it (that loses nothing), then migrate again", root.path().display()),

@@ -272,6 +272,7 @@ fn save_changed(
         written: Vec::new(),
         open_written: &open,
         known_written: None,
+        progress: &|_| {},
         encrypt_to: to.as_ref(),
     })?;
     // `create` read the archive back as it wrote it (its zstd stream, frame checksums, entries

@@ -112,6 +112,7 @@ pub fn back_up(
         dir,
         plan.target.kind.as_str(),
         Some(&known),
+        &|archived| observer.step_progress(archived, 0),
     )?;
     fault::point("backup")?;
     if let Some(remote) = &plan.options.remote {

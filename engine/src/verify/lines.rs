@@ -50,12 +50,13 @@ pub(super) struct Checked {
 /// Checks `file` (opened by the caller, confined); `schema` as in [`super::schema_problem`].
 /// `chunk_bytes` is the read size (a parameter so that tests can cut small files into many
 /// chunks). With `hash`, the reader also hashes what it reads, in order, as it hands the
-/// chunks out.
+/// chunks out. `progress` is told the bytes read so far as each chunk is handed out.
 pub(super) fn check_file(
     mut file: &File,
     schema: Option<Option<u64>>,
     chunk_bytes: usize,
     hash: bool,
+    progress: &dyn Fn(u64),
 ) -> std::io::Result<Checked> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -74,7 +75,12 @@ pub(super) fn check_file(
             })
             .collect();
         drop(rx);
-        let send = |chunk| tx.send(chunk).is_ok();
+        let mut handed = 0;
+        let send = |chunk: Chunk| {
+            handed += chunk.bytes.len() as u64;
+            progress(handed);
+            tx.send(chunk).is_ok()
+        };
         let mut hashing = hash.then(|| Hashing::new(file));
         let read = match &mut hashing {
             Some(hashing) => read_chunks(hashing, chunk_bytes, &spare, send),
@@ -303,7 +309,14 @@ mod tests {
             let want = sequential(&text, schema);
             assert!(want.problems.len() > 100, "{}", want.problems.len());
             for chunk in [1, 7, 100, 4096, 1 << 20] {
-                let got = check_file(&File::open(f.path()).unwrap(), schema, chunk, false).unwrap();
+                let got = check_file(
+                    &File::open(f.path()).unwrap(),
+                    schema,
+                    chunk,
+                    false,
+                    &|_| {},
+                )
+                .unwrap();
                 assert_eq!(got.records, want.records, "chunk {chunk}");
                 // 3000 lines ending in a newline, and one that does not.
                 assert_eq!(got.lines, 3001, "chunk {chunk}");
@@ -328,6 +341,7 @@ mod tests {
                 Some(Some(3)),
                 2,
                 false,
+                &|_| {},
             )
             .unwrap();
             assert_eq!((got.records, got.problems.len()), (0, 0));

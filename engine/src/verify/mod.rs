@@ -237,7 +237,7 @@ fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Valid
     for file in files {
         v.files_checked += 1;
         let checked = match file.kind {
-            DataKind::Lines => check_lines(&root, &file.rel, schema, v, None).map(drop),
+            DataKind::Lines => check_lines(&root, &file.rel, schema, v, None, &|_| {}).map(drop),
             DataKind::Document => check_document(&root, &file.rel, schema, v),
         };
         if let Err(e) = checked {
@@ -258,20 +258,22 @@ pub(super) const MAX_MODEL_METADATA_BYTES: u64 = 64 << 20;
 const MAX_FINDINGS_PER_FILE: usize = 20;
 
 /// Checks a `*.jsonl` file (in parallel chunks, see [`lines`]); returns its line count. With
-/// `digests`, its checksum is taken as it is read, and kept there.
+/// `digests`, its checksum is taken as it is read, and kept there. `progress`: the bytes read
+/// so far.
 fn check_lines(
     root: &Root,
     rel: &str,
     schema: Option<Option<u64>>,
     v: &mut Validation,
     digests: Option<&mut StagedDigests>,
+    progress: &dyn Fn(u64),
 ) -> std::io::Result<u64> {
     let file = open_confined(root, rel)?;
     let before = match digests {
         Some(_) => Some(Identity::of(&file)?),
         None => None,
     };
-    let mut checked = lines::check_file(&file, schema, CHUNK_BYTES, before.is_some())?;
+    let mut checked = lines::check_file(&file, schema, CHUNK_BYTES, before.is_some(), progress)?;
     if let (Some(digests), Some(before), Some(sha256)) = (digests, before, checked.sha256.take()) {
         digests.keep(rel, before, &file, sha256);
     }

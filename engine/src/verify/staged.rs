@@ -49,6 +49,23 @@ pub struct Staged<'a> {
     pub models: &'a [String],
     /// Checksums of the installation's model files taken during staging.
     pub digests: &'a Digests,
+    /// Told the bytes of staged data files checked so far ([`data_bytes`] in all).
+    pub progress: &'a (dyn Fn(u64) + Sync),
+}
+
+/// The bytes of the staged data files the check reads: what its progress goes up to.
+pub fn data_bytes(staging: &Path, data: Option<&str>) -> u64 {
+    data.map_or(0, |rel| {
+        staged_data_files(staging, rel).iter().map(|f| f.size).sum()
+    })
+}
+
+/// The data files of the staged data folder `rel`, as the check lists them.
+fn staged_data_files(staging: &Path, rel: &str) -> Vec<crate::discover::install::DataFile> {
+    let staged = Installation {
+        root: staging.to_path_buf(),
+    };
+    staged.data_files(&staging.join(rel)).unwrap_or_default()
 }
 
 /// What the check found.
@@ -188,27 +205,34 @@ fn check_records_and_files(
     let mut staged_lines = HashMap::new();
     if let Some(rel) = s.data {
         let plugin = last(|h| h.descriptor.rules.data);
-        let staged = Installation {
-            root: s.staging.to_path_buf(),
-        };
-        let files = staged.data_files(&s.staging.join(rel)).unwrap_or_default();
-        for file in files {
+        let mut done = 0;
+        for file in staged_data_files(s.staging, rel) {
             let mut found = Validation {
                 findings: Vec::new(),
                 ..v.clone()
             };
             let read = match file.kind {
                 crate::discover::install::DataKind::Lines => {
-                    check_lines(stage, &file.rel, schema, &mut found, Some(&mut *digests)).map(
-                        |lines| {
-                            staged_lines.insert(file.rel.clone(), lines);
-                        },
-                    )
+                    let progress = |n| (s.progress)(done + n);
+                    let lines = check_lines(
+                        stage,
+                        &file.rel,
+                        schema,
+                        &mut found,
+                        Some(&mut *digests),
+                        &progress,
+                    );
+                    lines.map(|lines| {
+                        staged_lines.insert(file.rel.clone(), lines);
+                    })
                 }
                 crate::discover::install::DataKind::Document => {
                     check_document(stage, &file.rel, schema, &mut found)
                 }
             };
+            // Whatever it held (a document is not read in chunks), the file is behind.
+            done += file.size;
+            (s.progress)(done);
             if let Err(e) = read {
                 out.push(Violation {
                     file: file.rel.clone(),

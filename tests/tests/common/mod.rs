@@ -12,6 +12,19 @@ use sha2::{Digest, Sha256};
 
 pub const PLUGINS: [&str; 3] = ["libv0_1_to_v1.so", "libv1_to_v2.so", "libv2_to_v2_1.so"];
 
+/// The steps of a migration, in the order they start (as progress and the audit trail name
+/// them).
+pub const STEPS: [&str; 8] = [
+    "preflight",
+    "config",
+    "data",
+    "models",
+    "verify",
+    "journal",
+    "backup",
+    "commit",
+];
+
 /// `target/debug` (or whatever profile the tests were built with).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -95,17 +108,80 @@ pub fn migrate(args: &[&str]) -> Output {
 pub fn migrate_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let home = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(migrate_bin());
-    cmd.args(args)
-        .env_remove("TRUSTFORMERS_PLUGIN_DIR")
+    isolated(cmd.args(args), home.path()).envs(env.iter().copied());
+    cmd.output().expect("run migrate")
+}
+
+/// `cmd` without the operator's own settings: no plugin, settings or backup folder from the
+/// environment, no `RUST_LOG`, and `home` as its home.
+pub fn isolated<'a>(cmd: &'a mut Command, home: &Path) -> &'a mut Command {
+    cmd.env_remove("TRUSTFORMERS_PLUGIN_DIR")
         .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
         .env_remove("TRUSTFORMERS_BACKUP_DIR")
         .env_remove("RUST_LOG")
-        .env("HOME", home.path())
-        .env("XDG_DATA_HOME", home.path().join("share"));
-    for (k, v) in env {
-        cmd.env(k, v);
+        .env("HOME", home)
+        .env("XDG_DATA_HOME", home.join("share"))
+}
+
+/// What [`migrate_on_terminal`] saw.
+pub struct OnTerminal {
+    pub code: i32,
+    /// Everything drawn on the terminal, escape sequences included.
+    pub drawn: String,
+    /// Whether `Continue? [y/N]` was asked.
+    pub asked: bool,
+}
+
+/// Runs `migrate args` (isolated, with `env` added) with a pseudo-terminal of `cols` columns
+/// as its stdin, stdout and stderr (Python's `pty`, as a person at a terminal or in an ssh
+/// session), answering `answer` to the first `Continue? [y/N]`.
+pub fn migrate_on_terminal(
+    args: &[&str],
+    answer: &str,
+    env: &[(&str, &str)],
+    cols: u16,
+) -> OnTerminal {
+    const DRIVER: &str = r#"
+import fcntl, os, pty, struct, sys, termios
+answer, cols, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+pid, fd = pty.fork()
+if pid == 0:
+    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
+    os.execv(argv[0], argv)
+out, asked = b"", False
+while True:
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        break
+    if not data:
+        break
+    out += data
+    if not asked and b"Continue? [y/N]" in out:
+        os.write(fd, answer.encode() + b"\n")
+        asked = True
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+sys.stderr.write("asked" if asked else "not asked")
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(DRIVER)
+        .arg(answer)
+        .arg(cols.to_string())
+        .arg(migrate_bin())
+        .args(args);
+    let out = isolated(&mut cmd, home.path())
+        .envs(env.iter().copied())
+        .output()
+        .expect("python3 (scripts/test needs it for the test assets too)");
+    OnTerminal {
+        code: out.status.code().expect("exit code"),
+        drawn: stdout(&out),
+        asked: stderr(&out) == "asked",
     }
-    cmd.output().expect("run migrate")
 }
 
 pub fn stdout(o: &Output) -> String {
