@@ -267,7 +267,7 @@ fn rollback(
         .and_then(Path::to_str)
         .filter(|s| s.starts_with("s3://"));
     if let Some(url) = remote {
-        let report = rollback_remote(url, root, force, keys.as_ref())?;
+        let report = rollback_remote(url, root, force, keys.as_ref(), observer)?;
         return report_rollback(&report, global, observer);
     }
     let (backup, meta) = match (backup_path, root) {
@@ -302,15 +302,34 @@ fn rollback(
             Answer::Yes => {}
         }
     }
-    let report = restore::restore_with(
+    let report = restore_shown(&backup, &meta, root, force, keys.as_ref(), observer)?;
+    report_rollback(&report, global, observer)
+}
+
+/// Restores `backup` (whose metadata is `meta`) as a step of its own, `restore`, that progress
+/// shows moving as the archived files are extracted: on a large log that takes minutes, at a
+/// time the operator is least patient.
+fn restore_shown(
+    backup: &Path,
+    meta: &backup::BackupMetadata,
+    root: Option<&Path>,
+    force: bool,
+    keys: Option<&Identities>,
+    observer: &dyn Observer,
+) -> Result<restore::RestoreReport, trustformers_migrate::transaction::Error> {
+    let started = Instant::now();
+    observer.step_started("restore", meta.files.iter().map(|f| f.size).sum());
+    let restored = restore::restore_with(
         &restore::RestoreRequest {
-            backup: &backup,
+            backup,
             root,
             force,
+            progress: &|extracted| observer.step_progress(extracted, 0),
         },
-        keys.as_ref(),
-    )?;
-    report_rollback(&report, global, observer)
+        keys,
+    );
+    observer.step_finished("restore", restored.is_ok(), Some(started.elapsed()));
+    restored
 }
 
 /// What a rollback did: its warnings and notices, then the result as JSON or text.
@@ -357,6 +376,7 @@ fn rollback_remote(
     root: Option<&Path>,
     force: bool,
     keys: Option<&Identities>,
+    observer: &dyn Observer,
 ) -> anyhow::Result<restore::RestoreReport> {
     use trustformers_migrate::transaction::Error as T;
     let location = Location::parse(url).map_err(T::from)?;
@@ -391,14 +411,7 @@ fn rollback_remote(
     let local = remote
         .download(&meta, &downloads, location.name())
         .map_err(T::from)?;
-    let restored = restore::restore_with(
-        &restore::RestoreRequest {
-            backup: &local,
-            root: Some(&root),
-            force,
-        },
-        keys,
-    );
+    let restored = restore_shown(&local, &meta, Some(&root), force, keys, observer);
     // Removed through the installation's Root: no link on the way is followed, and a link
     // in place of the download is removed as a link.
     if let Ok(install) = trustformers_migrate::transaction::confine::Root::open(&root) {

@@ -664,7 +664,8 @@ fn drawn_lines(drawn: &str) -> Vec<String> {
 /// On a terminal, each step's bar fits an 80-column screen (a wider line wraps, and every
 /// redraw then climbs a line), and the long steps move: the data step, the pre-swap check and
 /// the backup each show bytes done before they end (the check and the backup used to stand at
-/// "0 B" until they were over). Records per second are shown for the data step only.
+/// "0 B" until they were over), and so does the restore of a rollback (which showed nothing).
+/// Records per second are shown for the data step only.
 #[test]
 fn on_a_terminal_every_bar_fits_80_columns_and_the_long_steps_move() {
     ensure_built();
@@ -672,49 +673,13 @@ fn on_a_terminal_every_bar_fits_80_columns_and_the_long_steps_move() {
     let root = install.path();
     // About 16 MB of records: each long step reads several MiB, past its first progress report.
     let log = read(root, "data/requests.jsonl");
-    write(
-        root,
-        "data/requests.jsonl",
-        &log.repeat((16 << 20) / log.len() + 1),
-    );
-    let args = [
-        "--progress",
-        "bars",
-        "--yes",
-        "version",
-        "--path",
-        root.to_str().unwrap(),
-        "--to",
-        "2.1.0",
-    ];
-    let seen = migrate_on_terminal(&args, "", &[], 80);
-    assert_eq!(seen.code, 0, "{}", seen.drawn);
-    let lines = drawn_lines(&seen.drawn);
-    // Progress draws: a step's name, then its bar or its spinner (braille dots).
-    let progress = |l: &&String| {
-        l.trim_start().split_once(' ').is_some_and(|(name, rest)| {
-            STEPS.contains(&name)
-                && rest.starts_with(|c| c == '[' || ('\u{2800}'..='\u{28ff}').contains(&c))
-        })
-    };
-    let draws: Vec<&String> = lines.iter().filter(progress).collect();
-    assert!(draws.len() > 8, "{lines:#?}");
-    for line in &draws {
-        assert!(
-            line.chars().count() <= 80,
-            "wider than the terminal: {line:?}\n{draws:#?}"
-        );
-    }
+    let log = log.repeat((16 << 20) / log.len() + 1);
+    write(root, "data/requests.jsonl", &log);
+    let path = root.to_str().unwrap();
+    let migration = ["version", "--path", path, "--to", "2.1.0"];
+    let lines = progress_on_terminal(&migration);
     for step in ["data", "verify", "backup"] {
-        let bars: Vec<&String> = lines
-            .iter()
-            .filter(|l| l.starts_with(&format!("{step:>8} [")))
-            .collect();
-        assert!(
-            bars.iter()
-                .any(|l| l.split("] ").nth(1).is_some_and(|m| !m.starts_with("0 B/"))),
-            "the {step} bar never moved: {bars:#?}"
-        );
+        let bars = moved(&lines, step);
         if step != "data" {
             assert!(bars.iter().all(|l| !l.contains("records/s")), "{bars:#?}");
         }
@@ -723,4 +688,60 @@ fn on_a_terminal_every_bar_fits_80_columns_and_the_long_steps_move() {
         lines.iter().any(|l| l.starts_with("[backup] done in ")),
         "{lines:#?}"
     );
+    let lines = progress_on_terminal(&["rollback", "--path", path]);
+    let bars = moved(&lines, "restore");
+    assert!(bars.iter().all(|l| !l.contains("records/s")), "{bars:#?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("[restore] done in ")),
+        "{lines:#?}"
+    );
+    // Back at 0.1.0, which has no VERSION file.
+    assert!(!root.join("VERSION").exists());
+    assert!(
+        read(root, "data/requests.jsonl") == log,
+        "the log is restored byte for byte"
+    );
+}
+
+/// Runs `migrate --progress bars --yes args` on an 80-column terminal; it must succeed, and
+/// each progress draw (a step's name, then its bar or its spinner) fit in 80 columns. Returns
+/// the lines drawn.
+fn progress_on_terminal(args: &[&str]) -> Vec<String> {
+    let all: Vec<&str> = ["--progress", "bars", "--yes"]
+        .iter()
+        .chain(args)
+        .copied()
+        .collect();
+    let seen = migrate_on_terminal(&all, "", &[], 80);
+    assert_eq!(seen.code, 0, "{}", seen.drawn);
+    let lines = drawn_lines(&seen.drawn);
+    let progress = |l: &&String| {
+        l.trim_start().split_once(' ').is_some_and(|(name, rest)| {
+            (STEPS.contains(&name) || name == "restore")
+                && rest.starts_with(|c| c == '[' || ('\u{2800}'..='\u{28ff}').contains(&c))
+        })
+    };
+    let draws: Vec<&String> = lines.iter().filter(progress).collect();
+    assert!(!draws.is_empty(), "{lines:#?}");
+    for line in &draws {
+        assert!(
+            line.chars().count() <= 80,
+            "wider than the terminal: {line:?}\n{draws:#?}"
+        );
+    }
+    lines
+}
+
+/// The bar draws of `step` in `lines`; one of them must show bytes done.
+fn moved<'a>(lines: &'a [String], step: &str) -> Vec<&'a String> {
+    let bars: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with(&format!("{step:>8} [")))
+        .collect();
+    assert!(
+        bars.iter()
+            .any(|l| l.split("] ").nth(1).is_some_and(|m| !m.starts_with("0 B/"))),
+        "the {step} bar never moved: {bars:#?}"
+    );
+    bars
 }

@@ -557,8 +557,8 @@ fn write_entries(
     Ok((records, sha))
 }
 
-/// A source file on its way into the archive, telling [`BackupRequest::progress`] the bytes
-/// archived so far (`done`, from the first file on) each time another MiB has been read.
+/// A file on its way into the archive (or out of it), telling `progress` the bytes archived
+/// (or extracted) so far (`done`, from the first file on) each time another MiB has been read.
 struct Told<'a, R> {
     inner: R,
     done: u64,
@@ -838,7 +838,7 @@ pub fn verify_with(backup: &Path, keys: Option<&Identities>) -> Result<BackupMet
 /// [`verify_with`] on a backup folder already opened ([`open_backup`]).
 pub fn verify_at(backup: &Root, keys: Option<&Identities>) -> Result<BackupMetadata> {
     let meta = read_metadata_at(backup)?;
-    read_archive(backup, &meta, None, keys)?;
+    read_archive(backup, &meta, None, keys, &|_| {})?;
     Ok(meta)
 }
 
@@ -854,17 +854,20 @@ pub fn extract_with(
     staging: &Staging,
     keys: Option<&Identities>,
 ) -> Result<BackupMetadata> {
-    extract_at(&open_backup(None, backup)?, staging, keys)
+    extract_at(&open_backup(None, backup)?, staging, keys, &|_| {})
 }
 
-/// [`extract_with`] from a backup folder already opened ([`open_backup`]).
+/// [`extract_with`] from a backup folder already opened ([`open_backup`]), telling `progress`
+/// the bytes extracted so far (about every MiB, and at the end): a rollback from the backup of
+/// a large log takes minutes.
 pub fn extract_at(
     backup: &Root,
     staging: &Staging,
     keys: Option<&Identities>,
+    progress: &dyn Fn(u64),
 ) -> Result<BackupMetadata> {
     let meta = read_metadata_at(backup)?;
-    read_archive(backup, &meta, Some(staging), keys)?;
+    read_archive(backup, &meta, Some(staging), keys, progress)?;
     Ok(meta)
 }
 
@@ -873,6 +876,7 @@ fn read_archive(
     meta: &BackupMetadata,
     staging: Option<&Staging>,
     keys: Option<&Identities>,
+    progress: &dyn Fn(u64),
 ) -> Result<()> {
     let path = backup.join(&meta.archive);
     let damaged = |what: String| {
@@ -899,6 +903,7 @@ fn read_archive(
     let seen = fsutil::read_ahead(decoder, |plain| -> Result<_> {
         let mut archive = tar::Archive::new(plain);
         let mut seen = std::collections::BTreeSet::new();
+        let mut done = 0;
         let entries = archive
             .entries()
             .map_err(|e| damaged(format!("unreadable tar: {e}")))?;
@@ -930,7 +935,12 @@ fn read_archive(
                 Some(s) => Box::new(BufWriter::new(s.create_file(&rel, record.mode & 0o777)?)),
                 None => Box::new(io::sink()),
             };
-            let mut hashing = Hashing::new((&mut entry).take(record.size + 1));
+            let mut hashing = Hashing::new(Told {
+                inner: (&mut entry).take(record.size + 1),
+                done,
+                told: done,
+                progress,
+            });
             io::copy(&mut hashing, &mut sink)
                 .map_err(|e| damaged(format!("`{rel}`: truncated or corrupt data ({e})")))?;
             sink.flush()
@@ -945,8 +955,10 @@ fn read_archive(
                     record.sha256
                 )));
             }
+            done = hashing.into_inner().done;
             seen.insert(rel);
         }
+        progress(done);
         Ok(seen)
     })?;
     if let Some(missing) = meta.files.iter().find(|r| !seen.contains(&r.path)) {
@@ -1431,10 +1443,11 @@ mod tests {
         );
     }
 
-    /// Progress counts the bytes archived, from the first file to the last, about every MiB:
-    /// it only grows, and it ends at the size of every file archived.
+    /// Progress counts the bytes archived, from the first file to the last, about every MiB,
+    /// and so does the extraction's: it only grows, and it ends at the size of every file
+    /// archived.
     #[test]
-    fn progress_counts_every_archived_byte_once() {
+    fn progress_counts_every_archived_and_extracted_byte_once() {
         let (_base, root, _) = tree();
         let line = "{\"k\":\"0123456789abcdef\"}\n";
         fs::write(root.join("a.jsonl"), line.repeat(200_000)).unwrap();
@@ -1448,19 +1461,28 @@ mod tests {
         let mut req = request(&root, &dir, &open);
         req.files = vec!["a.jsonl".into(), "w.bin".into()];
         req.progress = &progress;
-        create(&req).unwrap();
-        let told = told.into_inner();
-        // A 4.4 MB log and 1.5 MB of weights: told after each MiB read, then at the end.
-        assert!(told.len() >= 5, "{told:?}");
-        assert!(told.windows(2).all(|w| w[0] <= w[1]), "{told:?}");
-        assert!(
-            told.windows(2)
-                .rev()
-                .skip(1)
-                .all(|w| w[1] - w[0] >= 1 << 20),
-            "{told:?}"
-        );
-        assert_eq!(told.last(), Some(&total), "{told:?}");
+        let made = create(&req).unwrap();
+        let archived = told.take();
+        let staging = Staging::create(&root.join(".migrate")).unwrap();
+        extract_at(
+            &open_backup(None, &made).unwrap(),
+            &staging,
+            None,
+            &progress,
+        )
+        .unwrap();
+        let extracted = told.take();
+        for told in [archived, extracted] {
+            // A 4.4 MB log and 1.5 MB of weights: told after each MiB read, then at the end.
+            assert!(told.len() >= 5, "{told:?}");
+            assert!(told.windows(2).all(|w| w[0] <= w[1]), "{told:?}");
+            let steps = told.windows(2).rev().skip(1);
+            assert!(
+                steps.into_iter().all(|w| w[1] - w[0] >= 1 << 20),
+                "{told:?}"
+            );
+            assert_eq!(told.last(), Some(&total), "{told:?}");
+        }
     }
 
     /// An installation with `a.jsonl`, and an empty folder `outside` next to it.

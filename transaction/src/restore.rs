@@ -50,6 +50,9 @@ pub struct RestoreRequest<'a> {
     pub root: Option<&'a Path>,
     /// Restore even when the installation's `VERSION` is not the backup's target version.
     pub force: bool,
+    /// Told the bytes of the archived files extracted so far (the sizes of the metadata's
+    /// `files` in all): see [`backup::extract_at`].
+    pub progress: &'a dyn Fn(u64),
 }
 
 /// A file is at most this large to be read as `VERSION`.
@@ -77,7 +80,7 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
         check_version(&root, &meta)?;
     }
     let mut staging = Staging::create(&root.join(TOOL_DIR))?;
-    let meta: BackupMetadata = backup::extract_at(&held, &staging, keys)?;
+    let meta: BackupMetadata = backup::extract_at(&held, &staging, keys, req.progress)?;
     let written = |rel: &str| meta.written.iter().find(|w| w.path == rel);
     // Files whose current content is not what the migration left: saved before anything.
     let mut changed = Vec::new();
