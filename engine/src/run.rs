@@ -212,7 +212,13 @@ fn run_steps(
         observer,
         held: Default::default(),
     };
-    steps.run(result, "preflight", 0, &mut |s| check_preflight(plan, s))?;
+    let staging_at = match mode {
+        Mode::Commit => preflight::StagingAt::Installation,
+        Mode::DryRun => preflight::StagingAt::Scratch(&parent),
+    };
+    steps.run(result, "preflight", 0, &mut |s| {
+        check_preflight(plan, staging_at, s)
+    })?;
     let mut staging = Staging::create(&parent)?;
     // Built before any plugin code runs, and removed once the pre-swap check is done, whatever
     // the outcome (a crash leaves it to the leftover clean-up, as it does the staging). Not
@@ -566,10 +572,14 @@ pub fn refuse_if_interrupted(target: &Target) -> Result<()> {
     Ok(())
 }
 
-fn check_preflight(plan: &Plan, s: &mut StepResult) -> Result<()> {
+fn check_preflight(
+    plan: &Plan,
+    staging_at: preflight::StagingAt,
+    s: &mut StepResult,
+) -> Result<()> {
     // Test hook: a test pauses here to change the disk between planning and the checks.
     migrate_transaction::fault::point("preflight")?;
-    let report = preflight::check(plan);
+    let report = preflight::check(plan, staging_at);
     if let Some(space) = &report.space {
         let backup = match plan.options.backup_dir {
             Some(_) => format!("the backup about {}", human(space.backup_bytes)),

@@ -435,6 +435,70 @@ fn assert_failed_cleanly(out: &Output, root: &Path, before: &Tree, case: &str, w
     );
 }
 
+/// A dry run stages into a scratch folder under `TMPDIR`, often a small tmpfs (memory), where
+/// the model files are copied, not linked: the pre-flight check counts that space, there. A
+/// 4 MB model file on a 3 MB tmpfs is refused before anything is written, naming `TMPDIR` and
+/// what to do (it used to pass the check, which looked at the installation's disk, and fail
+/// half-way on ENOSPC). Without that file the same dry run fits and passes; with `TMPDIR` on
+/// the installation's file system the model files are linked, and it passes too.
+#[test]
+fn a_dry_run_whose_scratch_space_cannot_hold_its_staging_is_refused_first() {
+    let Some(fs) = Tmpfs::mount("3m") else { return };
+    let base = tempfile::tempdir().expect("tempdir");
+    let root = base.path().join("install");
+    install_at(&root, &records(200));
+    let dry_run = |tmpdir: &Path| {
+        migrate_env(
+            &["version", "--path", p(&root), "--to", "2.1.0", "--dry-run"],
+            &[("TMPDIR", p(tmpdir))],
+        )
+    };
+    let fits = dry_run(fs.path());
+    assert_eq!(fits.status.code(), Some(0), "{}", both(&fits));
+
+    let model = std::fs::read_dir(root.join("models"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = vec![0u8; 4 << 20];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+    }
+    std::fs::write(model.join("extra.bin"), &bytes).unwrap();
+    let before = tree_hash(&root);
+    let out = dry_run(fs.path());
+    assert_failed_cleanly(
+        &out,
+        &root,
+        &before,
+        "4 MB of model files, a 3 MB TMPDIR",
+        &SPACE,
+    );
+    let text = both(&out);
+    assert!(text.contains("the dry run's staging needs about"), "{text}");
+    assert!(
+        text.contains(&format!("{}: ", p(fs.path()))),
+        "names TMPDIR: {text}"
+    );
+    assert!(
+        text.contains("set TMPDIR to a folder with more free space"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_dir(fs.path()).unwrap().count(),
+        0,
+        "nothing was written there"
+    );
+
+    let beside = base.path().join("tmp");
+    std::fs::create_dir(&beside).unwrap();
+    let linked = dry_run(&beside);
+    assert_eq!(linked.status.code(), Some(0), "{}", both(&linked));
+    assert_eq!(tree_hash(&root), before, "a dry run changes nothing");
+}
+
 /// Staging does not fit: (1) about 6 MB of request logs on a 9 MB tmpfs (the pre-flight
 /// estimate refuses it, or staging hits ENOSPC); (2) records that grow 3.5× when migrated
 /// (more than the pre-flight estimate assumes) on a tmpfs where the estimate fits and the

@@ -59,7 +59,18 @@ const DATA_GROWTH: u64 = 2;
 /// zstd on JSON lines: the archive is assumed at most half the input (weights: all of it).
 const BACKUP_RATIO_DIVISOR: u64 = 2;
 
-pub fn check(plan: &Plan) -> Preflight {
+/// Where a run stages its output, for the space check.
+#[derive(Debug, Clone, Copy)]
+pub enum StagingAt<'a> {
+    /// The installation's own `.migrate/`: on its file system, where model files are linked.
+    Installation,
+    /// A dry run's scratch folder (under `TMPDIR`), often on another file system (a tmpfs, in
+    /// memory): there the model files are copied, not linked, and the staging's bytes count
+    /// against that file system's space, not the installation's.
+    Scratch(&'a Path),
+}
+
+pub fn check(plan: &Plan, staging_at: StagingAt) -> Preflight {
     let mut p = Preflight {
         findings: Vec::new(),
         space: None,
@@ -67,7 +78,7 @@ pub fn check(plan: &Plan) -> Preflight {
     check_config_syntax(plan, &mut p);
     check_model_headers(plan, &mut p);
     check_permissions(plan, &mut p);
-    check_space(plan, &mut p);
+    check_space(plan, staging_at, &mut p);
     p
 }
 
@@ -212,7 +223,7 @@ fn existing_ancestor(path: &Path) -> PathBuf {
         .to_path_buf()
 }
 
-fn check_space(plan: &Plan, p: &mut Preflight) {
+fn check_space(plan: &Plan, staging_at: StagingAt, p: &mut Preflight) {
     // Sizes looked up confined (a link is refused by the header check above, not followed).
     let weights: u64 = match Root::open(&plan.target.root) {
         Ok(root) if plan.options.optimize => plan
@@ -224,47 +235,71 @@ fn check_space(plan: &Plan, p: &mut Preflight) {
             .sum(),
         _ => 0,
     };
+    let root = &plan.target.root;
+    let staging_dir = match staging_at {
+        StagingAt::Installation => root.as_path(),
+        StagingAt::Scratch(dir) => dir,
+    };
+    // The model rules read a snapshot of the model folders built beside the staging
+    // (`stage::snapshot`): hard links on the installation's file system, a copy of every
+    // model file on another.
+    let snapshot = match same_filesystem(staging_dir, root) {
+        true => 0,
+        false => plan.models.iter().map(|m| m.size).sum(),
+    };
     let config = plan.config.as_ref().map_or(0, |c| c.size);
     let data = plan.data_bytes();
-    let staging = config + data * DATA_GROWTH + weights / 2 + 64 * 1024;
+    let staging = config + data * DATA_GROWTH + weights / 2 + snapshot + 64 * 1024;
     let backup = if plan.options.backup_dir.is_some() {
         config + data / BACKUP_RATIO_DIVISOR + weights
     } else {
         0
     };
-    let root = &plan.target.root;
-    let Ok(available) = fs4::available_space(root) else {
+    let Ok(available) = fs4::available_space(staging_dir) else {
         return;
     };
     let backup_dir = plan.options.backup_dir.as_deref().map(existing_ancestor);
     let backup_fs = backup_dir
         .as_deref()
         .and_then(|b| fs4::available_space(b).ok());
-    let same_fs = backup_dir
-        .as_deref()
-        .is_none_or(|b| same_filesystem(b, root));
+    let same_fs = same_filesystem(backup_dir.as_deref().unwrap_or(root), staging_dir);
     let mut space = SpaceEstimate {
         staging_bytes: staging,
         backup_bytes: backup,
         available_bytes: available,
         backup_available_bytes: None,
     };
+    const FREE_SOME: &str =
+        "free some space, or point TRUSTFORMERS_BACKUP_DIR / --backup-dir at another filesystem";
+    // A dry run's scratch folder is gone once the run ends: it is named by where it is made
+    // (`TMPDIR`).
+    const DRY_RUN: &str = "nothing was written; set TMPDIR to a folder with more free space (on the installation's file system the model files are linked, not copied) and run the dry run again";
+    let (what, hint, shown) = match staging_at {
+        StagingAt::Installation => ("staging", FREE_SOME, staging_dir),
+        StagingAt::Scratch(dir) => (
+            "the dry run's staging",
+            DRY_RUN,
+            dir.parent().unwrap_or(dir),
+        ),
+    };
     if same_fs {
-        need(p, staging + backup, available, root, "staging and backup");
+        let what = format!("{what} and the backup need");
+        need(p, staging + backup, available, shown, &what, hint);
     } else {
-        need(p, staging, available, root, "staging");
+        let what = format!("{what} needs");
+        need(p, staging, available, shown, &what, hint);
         if let (Some(dir), Some(free)) = (backup_dir, backup_fs) {
-            need(p, backup, free, &dir, "the backup");
+            need(p, backup, free, &dir, "the backup needs", FREE_SOME);
             space.backup_available_bytes = Some(free);
         }
     }
     p.space = Some(space);
 }
 
-fn need(p: &mut Preflight, bytes: u64, available: u64, at: &Path, what: &str) {
+fn need(p: &mut Preflight, bytes: u64, available: u64, at: &Path, what: &str, hint: &str) {
     if bytes > available {
         let msg = format!(
-            "{what} need about {} but only {} is free: free some space, or point TRUSTFORMERS_BACKUP_DIR / --backup-dir at another filesystem",
+            "{what} about {} but only {} is free: {hint}",
             human(bytes),
             human(available)
         );
