@@ -11,8 +11,10 @@
 #   no_backup  the same with backup_before_migration = false: the data step, the check and
 #              the commit alone;
 #   overlap    no_backup, with the backup's work done at the same time by standard tools from
-#              the first second: tar | zstd -T0 -3 of the backup set, the archive decompressed
-#              again (the read-back), and openssl's sha256 of every archived file;
+#              the first second: tar | zstd -T0 -3 of the backup set (read from TREE, the same
+#              bytes), the archive decompressed again (the read-back), and openssl's sha256 of
+#              every archived file (the sha256 of the files written is in no_backup already:
+#              the check takes it);
 #   baseline   tar -I 'zstd -T0 -3' of the backup set, then cp of the data (the issue's
 #              baseline).
 # If `overlap` is no shorter than `whole`, the run is bound by the CPU its work needs, not by
@@ -28,20 +30,21 @@ set_files="config/server.toml data"
 
 # Runs a shell command on a fresh copy of the tree at $scratch/inst; prints "wall cpu".
 timed() {
-    rm -rf "$scratch/inst" "$scratch/b.tar.zst"
+    rm -rf "$scratch/inst" "$scratch/b.tar.zst" "$scratch/data"
     cp -a "$tree" "$scratch/inst"
     sync
     /usr/bin/time -f "%e %U %S" -o "$scratch/time" bash -c "$1" >/dev/null
     awk '{printf "%.3f %.3f\n", $1, $2 + $3}' "$scratch/time"
 }
 
-run="'$migrate' --quiet --yes"
+# The operator's own settings stay out: backups go into the copy's own backups/.
+run="env -u TRUSTFORMERS_BACKUP_DIR -u TRUSTFORMERS_MIGRATION_CONFIG '$migrate' --quiet --yes"
 backup_work="(cd '$tree' && tar -cf - $set_files | zstd -q -T0 -3 >'$scratch/b.tar.zst' && zstd -q -dc '$scratch/b.tar.zst' >/dev/null) & (cd '$tree' && find $set_files -type f -exec openssl dgst -sha256 {} + >/dev/null) &"
 declare -A commands=(
     [whole]="$run version --path '$scratch/inst' --to 2.1.0"
     [no_backup]="$run --config-file '$scratch/no_backup.toml' version --path '$scratch/inst' --to 2.1.0"
     [overlap]="$backup_work $run --config-file '$scratch/no_backup.toml' version --path '$scratch/inst' --to 2.1.0; wait"
-    [baseline]="cd '$tree' && tar -I 'zstd -T0 -3' -cf '$scratch/b.tar.zst' $set_files && cp -r '$tree/data' '$scratch/data' && rm -rf '$scratch/data'"
+    [baseline]="cd '$tree' && tar -I 'zstd -T0 -3' -cf '$scratch/b.tar.zst' $set_files && cp -r '$tree/data' '$scratch/data'"
 )
 : >"$scratch/figures"
 for _ in $(seq "$rounds"); do

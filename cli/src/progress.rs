@@ -1,7 +1,7 @@
 //! Where the operator sees a long migration move: the engine's [`Observer`], drawn as progress
-//! bars on a terminal (bytes, records/s, ETA), one line per step start/end plus periodic
-//! percentages elsewhere, or nothing. Notices and warnings are printed in every mode.
-//! Everything goes to stderr so that `--json` on stdout stays parseable.
+//! bars on a terminal (bytes, rate, ETA, records per second), one line per step start/end
+//! plus periodic percentages elsewhere, or nothing. Notices and warnings are printed in every
+//! mode. Everything goes to stderr so that `--json` on stdout stays parseable.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use trustformers_migrate::Observer;
 pub enum ProgressMode {
     /// Bars on a terminal, plain lines otherwise.
     Auto,
-    /// Progress bars with bytes, records/s and ETA.
+    /// Progress bars with bytes, rate, ETA and records per second.
     Bars,
     /// One line per step start and end, and a percentage every 5 s: for logs.
     Plain,
@@ -96,7 +96,10 @@ impl Observer for Progress {
         };
         if let Some(bar) = &step.bar {
             // The message first: the position may draw, and should not with the last message.
-            bar.set_message(moving(bytes, step.total, records, step.started.elapsed()));
+            // A spinner (no size known) keeps its time alone.
+            if step.total > 0 {
+                bar.set_message(moving(bytes, step.total, records, step.started.elapsed()));
+            }
             bar.set_position(bytes);
         } else if step.last_print.elapsed() >= PLAIN_EVERY && step.total > 0 {
             step.last_print = Instant::now();
@@ -137,16 +140,33 @@ impl Observer for Progress {
     }
 
     fn notice(&self, message: &str) {
-        crate::render::eprint_note(message);
+        self.above_the_bar(|| crate::render::eprint_note(message));
     }
 
     fn warning(&self, message: &str) {
-        crate::render::eprint_warning(message);
+        self.above_the_bar(|| crate::render::eprint_warning(message));
     }
 
     /// What plugin code wrote to stderr, passed through as it was written.
     fn worker_output(&self, line: &str) {
-        eprintln!("{line}");
+        self.above_the_bar(|| eprintln!("{line}"));
+    }
+}
+
+impl Progress {
+    /// Prints with the bar of the step running last (if any) lifted out of the way and drawn
+    /// again below: printed straight away, the text would land on the bar's line, which its
+    /// next redraw (a spinner's, ten times a second) would overwrite.
+    fn above_the_bar(&self, print: impl FnOnce()) {
+        let running = self.running.lock().ok();
+        match running
+            .as_ref()
+            .and_then(|r| r.last())
+            .and_then(|s| s.bar.as_ref())
+        {
+            Some(bar) => bar.suspend(print),
+            None => print(),
+        }
     }
 }
 
@@ -155,7 +175,8 @@ impl Observer for Progress {
 ///
 /// The line must fit the terminal: one wider than it wraps, and each redraw then climbs a
 /// line. So everything past the bar is a message that indicatif cuts at the terminal's edge
-/// (`wide_msg`), its least useful part last ([`moving`]); in 80 columns it fits whole.
+/// (`wide_msg`), its least useful part last ([`moving`]); in 80 columns it fits whole up to
+/// GiB sizes and rates, and times left in minutes.
 fn bar(name: &str, total: u64) -> ProgressBar {
     let template = match total {
         0 => "{prefix:>8} {spinner} {elapsed} {wide_msg}",
@@ -177,18 +198,24 @@ fn bar(name: &str, total: u64) -> ProgressBar {
     }
 }
 
-/// `260.1 MiB/512.0 MiB 540.2 MiB/s ETA 1s 4.7M records/s`: the rate and the time left are
+/// `260.1 MiB/512.0 MiB 540.2 MiB/s ETA 1s 4.7M rec/s`: the rate and the time left are
 /// averages since the step began, shown once it has run long enough for them to mean
-/// something; records only for a step that counts them.
+/// something; records only for a step that counts them. Once every byte is through, a step
+/// may still have work that is not counted in bytes (the check's model hashes, a restore's
+/// comparison with what the migration wrote, a backup's upload): it says so rather than
+/// "ETA 0s".
 fn moving(done: u64, total: u64, records: u64, spent: Duration) -> String {
     let mut text = format!("{}/{}", human(done), human(total));
+    if done >= total && total > 0 {
+        return text + ", finishing";
+    }
     let secs = spent.as_secs_f64();
     if done > 0 && spent >= Duration::from_millis(250) {
         let rate = done as f64 / secs;
         let left = Duration::from_secs_f64(total.saturating_sub(done) as f64 / rate);
         text += &format!(" {}/s ETA {}", human(rate as u64), short(left));
         if records > 0 {
-            text += &format!(" {} records/s", count(records as f64 / secs));
+            text += &format!(" {} rec/s", count(records as f64 / secs));
         }
     }
     text
@@ -222,7 +249,7 @@ mod tests {
         let mib = 1 << 20;
         assert_eq!(
             moving(256 * mib, 512 * mib, 2_400_000, Duration::from_millis(500)),
-            "256.0 MiB/512.0 MiB 512.0 MiB/s ETA 0s 4.8M records/s"
+            "256.0 MiB/512.0 MiB 512.0 MiB/s ETA 0s 4.8M rec/s"
         );
         assert_eq!(
             moving(mib, 4096 * mib, 0, Duration::from_secs(2)),
@@ -237,6 +264,19 @@ mod tests {
             moving(mib, 512 * mib, 9000, Duration::from_millis(100)),
             "1.0 MiB/512.0 MiB"
         );
+        // Every byte through, and the step not over yet.
+        assert_eq!(
+            moving(512 * mib, 512 * mib, 10, Duration::from_secs(2)),
+            "512.0 MiB/512.0 MiB, finishing"
+        );
+        // As wide as a common line gets, with a 28-column name and bar: 80 columns.
+        let widest = moving(
+            1000 * 1024 * mib,
+            1023 * 1024 * mib,
+            99_000_000,
+            Duration::from_secs(10),
+        );
+        assert!(28 + widest.chars().count() <= 80, "{widest}");
         assert_eq!(count(870_400.0), "870k");
         assert_eq!(count(950.0), "950");
         assert_eq!(short(Duration::from_secs(192)), "3m 12s");

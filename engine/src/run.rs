@@ -590,6 +590,14 @@ fn check_preflight(
             human(space.staging_bytes),
             human(space.available_bytes)
         ));
+        if let Some(scratch) = &space.dry_run {
+            s.warnings.push(format!(
+                "disk space: this dry run stages in {}: about {} (model files copied), {} free",
+                scratch.dir.display(),
+                human(scratch.staging_bytes),
+                human(scratch.available_bytes)
+            ));
+        }
     }
     for f in report
         .findings

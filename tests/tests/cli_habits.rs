@@ -681,7 +681,7 @@ fn on_a_terminal_every_bar_fits_80_columns_and_the_long_steps_move() {
     for step in ["data", "verify", "backup"] {
         let bars = moved(&lines, step);
         if step != "data" {
-            assert!(bars.iter().all(|l| !l.contains("records/s")), "{bars:#?}");
+            assert!(bars.iter().all(|l| !l.contains("rec/s")), "{bars:#?}");
         }
     }
     assert!(
@@ -690,7 +690,7 @@ fn on_a_terminal_every_bar_fits_80_columns_and_the_long_steps_move() {
     );
     let lines = progress_on_terminal(&["rollback", "--path", path]);
     let bars = moved(&lines, "restore");
-    assert!(bars.iter().all(|l| !l.contains("records/s")), "{bars:#?}");
+    assert!(bars.iter().all(|l| !l.contains("rec/s")), "{bars:#?}");
     assert!(
         lines.iter().any(|l| l.starts_with("[restore] done in ")),
         "{lines:#?}"

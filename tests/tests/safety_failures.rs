@@ -486,6 +486,11 @@ fn a_dry_run_whose_scratch_space_cannot_hold_its_staging_is_refused_first() {
         text.contains("set TMPDIR to a folder with more free space"),
         "{text}"
     );
+    let warned = format!(
+        "disk space: this dry run stages in {}: about ",
+        p(fs.path())
+    );
+    assert!(text.contains(&warned), "{text}");
     assert_eq!(
         std::fs::read_dir(fs.path()).unwrap().count(),
         0,

@@ -510,7 +510,7 @@ fn write_entries(
     };
     let mut builder = tar::Builder::new(Frames::new(out, LEVEL).map_err(err)?);
     let mut records = Vec::with_capacity(req.files.len());
-    let mut archived = 0;
+    let mut tally = Tally::new(req.progress);
     for rel in &req.files {
         let file = (req.open_source)(rel)?;
         let meta = file
@@ -529,9 +529,7 @@ fn write_entries(
         builder.get_mut().set_level(level).map_err(err)?;
         let mut reader = Hashing::new(Told {
             inner: BufReader::with_capacity(1 << 20, file),
-            done: archived,
-            told: archived,
-            progress: req.progress,
+            tally: &mut tally,
         });
         builder
             .append_data(&mut header, rel, &mut reader)
@@ -543,9 +541,8 @@ fn write_entries(
             mode: meta.permissions().mode() & 0o7777,
             sha256: reader.hex(),
         });
-        archived = reader.into_inner().done;
     }
-    (req.progress)(archived);
+    tally.end();
     let encoder = builder.into_inner().map_err(err)?;
     let out = encoder.finish().map_err(err)?.inner.finish().map_err(err)?;
     let sha = out.hex();
@@ -557,23 +554,47 @@ fn write_entries(
     Ok((records, sha))
 }
 
-/// A file on its way into the archive (or out of it), telling `progress` the bytes archived
-/// (or extracted) so far (`done`, from the first file on) each time another MiB has been read.
-struct Told<'a, R> {
-    inner: R,
+/// The bytes archived (or extracted) so far, from the first file on, and the last figure
+/// `progress` was told: it is told again each time another MiB has gone through, whatever
+/// the files' sizes (many small files add up too), and once at the end.
+struct Tally<'a> {
     done: u64,
     told: u64,
     progress: &'a dyn Fn(u64),
 }
 
-impl<R: Read> Read for Told<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+impl<'a> Tally<'a> {
+    fn new(progress: &'a dyn Fn(u64)) -> Self {
+        Tally {
+            done: 0,
+            told: 0,
+            progress,
+        }
+    }
+
+    fn add(&mut self, n: usize) {
         self.done += n as u64;
         if self.done - self.told >= 1 << 20 {
             self.told = self.done;
             (self.progress)(self.done);
         }
+    }
+
+    fn end(&self) {
+        (self.progress)(self.done);
+    }
+}
+
+/// A file on its way into the archive (or out of it), counted in the [`Tally`].
+struct Told<'t, 'a, R> {
+    inner: R,
+    tally: &'t mut Tally<'a>,
+}
+
+impl<R: Read> Read for Told<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.tally.add(n);
         Ok(n)
     }
 }
@@ -903,7 +924,7 @@ fn read_archive(
     let seen = fsutil::read_ahead(decoder, |plain| -> Result<_> {
         let mut archive = tar::Archive::new(plain);
         let mut seen = std::collections::BTreeSet::new();
-        let mut done = 0;
+        let mut tally = Tally::new(progress);
         let entries = archive
             .entries()
             .map_err(|e| damaged(format!("unreadable tar: {e}")))?;
@@ -937,9 +958,7 @@ fn read_archive(
             };
             let mut hashing = Hashing::new(Told {
                 inner: (&mut entry).take(record.size + 1),
-                done,
-                told: done,
-                progress,
+                tally: &mut tally,
             });
             io::copy(&mut hashing, &mut sink)
                 .map_err(|e| damaged(format!("`{rel}`: truncated or corrupt data ({e})")))?;
@@ -955,10 +974,9 @@ fn read_archive(
                     record.sha256
                 )));
             }
-            done = hashing.into_inner().done;
             seen.insert(rel);
         }
-        progress(done);
+        tally.end();
         Ok(seen)
     })?;
     if let Some(missing) = meta.files.iter().find(|r| !seen.contains(&r.path)) {
@@ -1452,14 +1470,22 @@ mod tests {
         let line = "{\"k\":\"0123456789abcdef\"}\n";
         fs::write(root.join("a.jsonl"), line.repeat(200_000)).unwrap();
         fs::write(root.join("w.bin"), random_bytes(1_500_000)).unwrap();
-        let total = (200_000 * line.len() + 1_500_000) as u64;
+        // Files under a MiB each, 3.6 MB together: they count as much as one large file.
+        let small: Vec<String> = (0..12).map(|i| format!("s{i:02}.jsonl")).collect();
+        for name in &small {
+            fs::write(root.join(name), line.repeat(12_000)).unwrap();
+        }
+        let total = ((200_000 + 12 * 12_000) * line.len() + 1_500_000) as u64;
         let r = root.clone();
         let open = move |rel: &str| confine::open_regular(&r.join(rel), None);
         let told = std::cell::RefCell::new(Vec::new());
         let progress = |bytes: u64| told.borrow_mut().push(bytes);
         let dir = root.join("backups");
         let mut req = request(&root, &dir, &open);
-        req.files = vec!["a.jsonl".into(), "w.bin".into()];
+        req.files = ["a.jsonl".to_owned(), "w.bin".to_owned()]
+            .into_iter()
+            .chain(small)
+            .collect();
         req.progress = &progress;
         let made = create(&req).unwrap();
         let archived = told.take();
@@ -1473,8 +1499,8 @@ mod tests {
         .unwrap();
         let extracted = told.take();
         for told in [archived, extracted] {
-            // A 4.4 MB log and 1.5 MB of weights: told after each MiB read, then at the end.
-            assert!(told.len() >= 5, "{told:?}");
+            // Told after each MiB, whichever files it came from, then at the end.
+            assert!(told.len() as u64 > total >> 20, "{told:?}");
             assert!(told.windows(2).all(|w| w[0] <= w[1]), "{told:?}");
             let steps = told.windows(2).rev().skip(1);
             assert!(

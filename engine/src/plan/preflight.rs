@@ -18,8 +18,22 @@ use crate::verify::{Finding, RuleKind, Severity};
 pub struct SpaceEstimate {
     pub staging_bytes: u64,
     pub backup_bytes: u64,
+    /// Free on the installation's file system.
     pub available_bytes: u64,
     pub backup_available_bytes: Option<u64>,
+    /// A dry run whose scratch folder is on another file system than the installation: what
+    /// it needs there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<ScratchSpace>,
+}
+
+/// The space a dry run's staging needs in its scratch folder's file system.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScratchSpace {
+    /// Where the scratch folder is made (`TMPDIR`).
+    pub dir: PathBuf,
+    pub staging_bytes: u64,
+    pub available_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,66 +249,75 @@ fn check_space(plan: &Plan, staging_at: StagingAt, p: &mut Preflight) {
             .sum(),
         _ => 0,
     };
-    let root = &plan.target.root;
-    let staging_dir = match staging_at {
-        StagingAt::Installation => root.as_path(),
-        StagingAt::Scratch(dir) => dir,
-    };
-    // The model rules read a snapshot of the model folders built beside the staging
-    // (`stage::snapshot`): hard links on the installation's file system, a copy of every
-    // model file on another.
-    let snapshot = match same_filesystem(staging_dir, root) {
-        true => 0,
-        false => plan.models.iter().map(|m| m.size).sum(),
-    };
     let config = plan.config.as_ref().map_or(0, |c| c.size);
     let data = plan.data_bytes();
-    let staging = config + data * DATA_GROWTH + weights / 2 + snapshot + 64 * 1024;
+    let staging = config + data * DATA_GROWTH + weights / 2 + 64 * 1024;
     let backup = if plan.options.backup_dir.is_some() {
         config + data / BACKUP_RATIO_DIVISOR + weights
     } else {
         0
     };
-    let Ok(available) = fs4::available_space(staging_dir) else {
+    let root = &plan.target.root;
+    // What the real run needs, a dry run included: it says whether the real run would fit.
+    let Ok(available) = fs4::available_space(root) else {
         return;
     };
     let backup_dir = plan.options.backup_dir.as_deref().map(existing_ancestor);
     let backup_fs = backup_dir
         .as_deref()
         .and_then(|b| fs4::available_space(b).ok());
-    let same_fs = same_filesystem(backup_dir.as_deref().unwrap_or(root), staging_dir);
+    let same_fs = backup_dir
+        .as_deref()
+        .is_none_or(|b| same_filesystem(b, root));
     let mut space = SpaceEstimate {
         staging_bytes: staging,
         backup_bytes: backup,
         available_bytes: available,
         backup_available_bytes: None,
+        dry_run: None,
     };
-    const FREE_SOME: &str =
-        "free some space, or point TRUSTFORMERS_BACKUP_DIR / --backup-dir at another filesystem";
-    // A dry run's scratch folder is gone once the run ends: it is named by where it is made
-    // (`TMPDIR`).
-    const DRY_RUN: &str = "nothing was written; set TMPDIR to a folder with more free space (on the installation's file system the model files are linked, not copied) and run the dry run again";
-    let (what, hint, shown) = match staging_at {
-        StagingAt::Installation => ("staging", FREE_SOME, staging_dir),
-        StagingAt::Scratch(dir) => (
-            "the dry run's staging",
-            DRY_RUN,
-            dir.parent().unwrap_or(dir),
-        ),
-    };
-    if same_fs {
-        let what = format!("{what} and the backup need");
-        need(p, staging + backup, available, shown, &what, hint);
+    if same_fs && backup > 0 {
+        need(
+            p,
+            staging + backup,
+            available,
+            root,
+            "staging and backup need",
+            FREE_SOME,
+        );
     } else {
-        let what = format!("{what} needs");
-        need(p, staging, available, shown, &what, hint);
+        need(p, staging, available, root, "staging needs", FREE_SOME);
         if let (Some(dir), Some(free)) = (backup_dir, backup_fs) {
             need(p, backup, free, &dir, "the backup needs", FREE_SOME);
             space.backup_available_bytes = Some(free);
         }
     }
+    // A dry run stages into its scratch folder instead (and takes no backup). On another file
+    // system than the installation's, that space is its own, and the model rules' snapshot of
+    // the model folders (`stage::snapshot`) is a copy of every model file there, not links.
+    if let StagingAt::Scratch(dir) = staging_at {
+        if !same_filesystem(dir, root) {
+            let snapshot: u64 = plan.models.iter().map(|m| m.size).sum();
+            if let Ok(free) = fs4::available_space(dir) {
+                // Named by where it is made (`TMPDIR`): the scratch folder is gone once the run
+                // ends.
+                let tmpdir = dir.parent().unwrap_or(dir);
+                let what = "the dry run's staging needs";
+                need(p, staging + snapshot, free, tmpdir, what, DRY_RUN);
+                space.dry_run = Some(ScratchSpace {
+                    dir: tmpdir.to_path_buf(),
+                    staging_bytes: staging + snapshot,
+                    available_bytes: free,
+                });
+            }
+        }
+    }
     p.space = Some(space);
 }
+
+const FREE_SOME: &str =
+    "free some space, or point TRUSTFORMERS_BACKUP_DIR / --backup-dir at another filesystem";
+const DRY_RUN: &str = "nothing was written; set TMPDIR to a folder with more free space (on the installation's file system the model files are linked, not copied) and run the dry run again";
 
 fn need(p: &mut Preflight, bytes: u64, available: u64, at: &Path, what: &str, hint: &str) {
     if bytes > available {

@@ -50,7 +50,8 @@ pub(super) struct Checked {
 /// Checks `file` (opened by the caller, confined); `schema` as in [`super::schema_problem`].
 /// `chunk_bytes` is the read size (a parameter so that tests can cut small files into many
 /// chunks). With `hash`, the reader also hashes what it reads, in order, as it hands the
-/// chunks out. `progress` is told the bytes read so far as each chunk is handed out.
+/// chunks out. `progress` is told the bytes read so far as each chunk is handed out (the
+/// checkers are at most the queue's few chunks behind).
 pub(super) fn check_file(
     mut file: &File,
     schema: Option<Option<u64>>,
@@ -322,6 +323,33 @@ mod tests {
                 assert_eq!(got.lines, 3001, "chunk {chunk}");
                 assert_eq!(got.problems, want.problems, "chunk {chunk}");
             }
+        }
+    }
+
+    /// Progress grows chunk by chunk to the file's size, whatever the chunk size.
+    #[test]
+    fn progress_ends_at_the_files_size() {
+        let text: String = (0..500)
+            .map(|i| format!("{{\"id\":{i},\"schema_version\":3}}\n"))
+            .collect();
+        let f = file_with(text.as_bytes());
+        for chunk in [1, 100, 4096, 1 << 20] {
+            let told = std::cell::RefCell::new(Vec::new());
+            let file = File::open(f.path()).unwrap();
+            check_file(&file, Some(Some(3)), chunk, false, &|n| {
+                told.borrow_mut().push(n)
+            })
+            .unwrap();
+            let told = told.into_inner();
+            assert!(
+                told.windows(2).all(|w| w[0] < w[1]),
+                "chunk {chunk}: {told:?}"
+            );
+            assert_eq!(told.last(), Some(&(text.len() as u64)), "chunk {chunk}");
+            // A report per chunk, and a chunk ends at a line end: about one per chunk's worth
+            // of bytes, at most one per line.
+            let chunks = (text.len() / chunk).min(500);
+            assert!(told.len() >= chunks / 2, "chunk {chunk}: {told:?}");
         }
     }
 

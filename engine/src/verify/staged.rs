@@ -49,7 +49,8 @@ pub struct Staged<'a> {
     pub models: &'a [String],
     /// Checksums of the installation's model files taken during staging.
     pub digests: &'a Digests,
-    /// Told the bytes of staged data files checked so far ([`data_bytes`] in all).
+    /// Told the bytes of staged data files read for the check so far ([`data_bytes`] in all):
+    /// read, and handed to the checkers, a few chunks ahead of what they have checked.
     pub progress: &'a (dyn Fn(u64) + Sync),
 }
 
