@@ -17,8 +17,10 @@
 #              the check takes it);
 #   baseline   tar -I 'zstd -T0 -3' of the backup set, then cp of the data (the issue's
 #              baseline).
-# If `overlap` is no shorter than `whole`, the run is bound by the CPU its work needs, not by
-# the order of its steps: only less work shortens it. Each line gives wall and CPU seconds.
+# Each line gives wall and CPU seconds. `whole`'s CPU seconds over the cores are the least
+# any order of the same work could take: the gap to its wall time bounds what an overlap can
+# save. `overlap` shows what standard tools get, spending more CPU on the backup's work than
+# migrate does (a pipe, the files read twice).
 set -euo pipefail
 tree=$(realpath "$1") rounds=${2:-5}
 here=$(cd "$(dirname "$0")/.." && pwd)
