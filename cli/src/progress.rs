@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use trustformers_migrate::size::human;
 use trustformers_migrate::Observer;
 
@@ -95,12 +95,11 @@ impl Observer for Progress {
             return;
         };
         if let Some(bar) = &step.bar {
-            // The message first: the position may draw, and should not with the last message.
+            bar.set_position(bytes);
             // A spinner (no size known) keeps its time alone.
             if step.total > 0 {
                 bar.set_message(moving(bytes, step.total, records, step.started.elapsed()));
             }
-            bar.set_position(bytes);
         } else if step.last_print.elapsed() >= PLAIN_EVERY && step.total > 0 {
             step.last_print = Instant::now();
             let records = match records {
@@ -180,10 +179,16 @@ impl Progress {
 fn bar(name: &str, total: u64) -> ProgressBar {
     let template = match total {
         0 => "{prefix:>8} {spinner} {elapsed} {wide_msg}",
-        _ => "{prefix:>8} [{bar:16}] {wide_msg}",
+        _ => "{prefix:>8} [{bar:16}] {done} {wide_msg}",
+    };
+    // Bytes done and the bar are drawn from the same position, never one update apart.
+    let done = |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+        let total = state.len().unwrap_or(0);
+        let _ = write!(out, "{}/{}", human(state.pos()), human(total));
     };
     let style = ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key("done", done)
         .progress_chars("=> ");
     // Built whole before it is first drawn.
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
@@ -198,25 +203,25 @@ fn bar(name: &str, total: u64) -> ProgressBar {
     }
 }
 
-/// `260.1 MiB/512.0 MiB 540.2 MiB/s ETA 1s 4.7M rec/s`: the rate and the time left are
-/// averages since the step began, shown once it has run long enough for them to mean
-/// something; records only for a step that counts them. Once every byte is through, a step
-/// may still have work that is not counted in bytes (the check's model hashes, a restore's
-/// comparison with what the migration wrote, a backup's upload): it says so rather than
-/// "ETA 0s".
+/// What follows the bytes done on a bar: `540.2 MiB/s ETA 1s 4.7M rec/s`. The rate and the
+/// time left are averages since the step began, shown once it has run long enough for them to
+/// mean something; records only for a step that counts them. Once every byte is through, a
+/// step may still have work that is not counted in bytes (the check's model hashes, a
+/// restore's comparison with what the migration wrote, a backup's upload): it says so rather
+/// than "ETA 0s".
 fn moving(done: u64, total: u64, records: u64, spent: Duration) -> String {
-    let mut text = format!("{}/{}", human(done), human(total));
     if done >= total && total > 0 {
-        return text + ", finishing";
+        return "finishing".into();
     }
     let secs = spent.as_secs_f64();
-    if done > 0 && spent >= Duration::from_millis(250) {
-        let rate = done as f64 / secs;
-        let left = Duration::from_secs_f64(total.saturating_sub(done) as f64 / rate);
-        text += &format!(" {}/s ETA {}", human(rate as u64), short(left));
-        if records > 0 {
-            text += &format!(" {} rec/s", count(records as f64 / secs));
-        }
+    if done == 0 || spent < Duration::from_millis(250) {
+        return String::new();
+    }
+    let rate = done as f64 / secs;
+    let left = Duration::from_secs_f64(total.saturating_sub(done) as f64 / rate);
+    let mut text = format!("{}/s ETA {}", human(rate as u64), short(left));
+    if records > 0 {
+        text += &format!(" {} rec/s", count(records as f64 / secs));
     }
     text
 }
@@ -245,38 +250,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_moving_bar_says_how_much_how_fast_and_how_long() {
+    fn a_moving_bar_says_how_fast_and_how_long() {
         let mib = 1 << 20;
         assert_eq!(
             moving(256 * mib, 512 * mib, 2_400_000, Duration::from_millis(500)),
-            "256.0 MiB/512.0 MiB 512.0 MiB/s ETA 0s 4.8M rec/s"
+            "512.0 MiB/s ETA 0s 4.8M rec/s"
         );
         assert_eq!(
             moving(mib, 4096 * mib, 0, Duration::from_secs(2)),
-            "1.0 MiB/4.0 GiB 512.0 KiB/s ETA 2h 16m"
+            "512.0 KiB/s ETA 2h 16m"
         );
         // Nothing read yet, or too short a time: no rate to speak of.
-        assert_eq!(
-            moving(0, 512 * mib, 0, Duration::from_secs(3)),
-            "0 B/512.0 MiB"
-        );
-        assert_eq!(
-            moving(mib, 512 * mib, 9000, Duration::from_millis(100)),
-            "1.0 MiB/512.0 MiB"
-        );
+        assert_eq!(moving(0, 512 * mib, 0, Duration::from_secs(3)), "");
+        assert_eq!(moving(mib, 512 * mib, 9000, Duration::from_millis(100)), "");
         // Every byte through, and the step not over yet.
         assert_eq!(
             moving(512 * mib, 512 * mib, 10, Duration::from_secs(2)),
-            "512.0 MiB/512.0 MiB, finishing"
+            "finishing"
         );
-        // As wide as a common line gets, with a 28-column name and bar: 80 columns.
+        // As wide as a common line gets: a 28-column name and bar, then `1000.0 GiB/1023.0
+        // GiB ` (22 columns) and this, in 80 columns.
         let widest = moving(
             1000 * 1024 * mib,
             1023 * 1024 * mib,
             99_000_000,
             Duration::from_secs(10),
         );
-        assert!(28 + widest.chars().count() <= 80, "{widest}");
+        assert!(28 + 22 + widest.chars().count() <= 80, "{widest}");
         assert_eq!(count(870_400.0), "870k");
         assert_eq!(count(950.0), "950");
         assert_eq!(short(Duration::from_secs(192)), "3m 12s");
