@@ -131,10 +131,7 @@ impl Observer for Progress {
             let line = format!("[{}] {verdict} in {:.2} s", step.name, took.as_secs_f64());
             // Above the bar of a step still running (a data step whose end comes while the
             // models step runs, when the worker stops there), not through it.
-            match running.last().and_then(|s| s.bar.as_ref()) {
-                Some(bar) => bar.suspend(|| eprintln!("{line}")),
-                None => eprintln!("{line}"),
-            }
+            above(&running, || eprintln!("{line}"));
         }
     }
 
@@ -153,19 +150,22 @@ impl Observer for Progress {
 }
 
 impl Progress {
-    /// Prints with the bar of the step running last (if any) lifted out of the way and drawn
-    /// again below: printed straight away, the text would land on the bar's line, which its
-    /// next redraw (a spinner's, ten times a second) would overwrite.
+    /// [`above`] the steps running now.
     fn above_the_bar(&self, print: impl FnOnce()) {
-        let running = self.running.lock().ok();
-        match running
-            .as_ref()
-            .and_then(|r| r.last())
-            .and_then(|s| s.bar.as_ref())
-        {
-            Some(bar) => bar.suspend(print),
-            None => print(),
+        match self.running.lock() {
+            Ok(running) => above(&running, print),
+            Err(_) => print(),
         }
+    }
+}
+
+/// Prints with the bar of the step running last (if any) lifted out of the way and drawn
+/// again below: printed straight away, the text would land on the bar's line, which its next
+/// redraw (a spinner's, ten times a second) would overwrite.
+fn above(running: &[StepProgress], print: impl FnOnce()) {
+    match running.last().and_then(|s| s.bar.as_ref()) {
+        Some(bar) => bar.suspend(print),
+        None => print(),
     }
 }
 

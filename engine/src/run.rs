@@ -258,8 +258,7 @@ fn run_steps(
         let mut digests = Some(digests);
         // The checksums the check takes of the staged data files, for the backup.
         let mut staged_digests = StagedDigests::default();
-        let data = plan.target.data.as_ref().map(|d| plan.target.rel(d));
-        let total = staged::data_bytes(staging.dir(), data.as_deref());
+        let total = staged::data_bytes(staging.dir(), plan.data_folder().as_deref());
         steps.run(result, "verify", total, &mut |s| {
             let digests = digests.take().map(Pending::wait).unwrap_or_default();
             staged_digests = verify_staging(plan, &staging, &removals, &digests, s, observer)?;
@@ -525,7 +524,7 @@ fn verify_staging(
     // taken.
     migrate_transaction::fault::point("verify")?;
     let models = plan.model_folders();
-    let data = plan.target.data.as_ref().map(|d| plan.target.rel(d));
+    let data = plan.data_folder();
     let data_files: Vec<String> = plan.data_files.iter().map(|f| f.rel.clone()).collect();
     let checked = staged::check(&staged::Staged {
         staging: staging.dir(),

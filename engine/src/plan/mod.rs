@@ -307,6 +307,11 @@ impl Plan {
         self.models.iter().map(|m| m.size).sum()
     }
 
+    /// The data folder, relative to the installation, when the run migrates data.
+    pub fn data_folder(&self) -> Option<String> {
+        self.target.data.as_ref().map(|d| self.target.rel(d))
+    }
+
     /// Each model folder, relative to the installation: what the host hashes during staging
     /// and checks before the swap.
     pub fn model_folders(&self) -> Vec<String> {

@@ -297,7 +297,7 @@ fn check_space(plan: &Plan, staging_at: StagingAt, p: &mut Preflight) {
     // the model folders (`stage::snapshot`) is a copy of every model file there, not links.
     if let StagingAt::Scratch(dir) = staging_at {
         if !same_filesystem(dir, root) {
-            let snapshot: u64 = plan.models.iter().map(|m| m.size).sum();
+            let snapshot = plan.model_bytes();
             if let Ok(free) = fs4::available_space(dir) {
                 // Named by where it is made (`TMPDIR`): the scratch folder is gone once the run
                 // ends.
