@@ -194,18 +194,12 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Started {
     let out = tempfile::NamedTempFile::new().expect("stdout file");
     let err = tempfile::NamedTempFile::new().expect("stderr file");
     let mut cmd = Command::new(migrate_bin());
-    cmd.args(args)
-        .env_remove("TRUSTFORMERS_PLUGIN_DIR")
-        .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
-        .env_remove("TRUSTFORMERS_BACKUP_DIR")
-        .env_remove("RUST_LOG")
+    isolated(cmd.args(args), home.path())
         .env_remove("HOSTILE_MODE")
         .env_remove("HOSTILE_RULE")
         .env_remove("HOSTILE_TARGET")
         .env_remove("HOSTILE_FORGE")
         .env_remove("HOSTILE_FORGE_THEN")
-        .env("HOME", home.path())
-        .env("XDG_DATA_HOME", home.path().join("share"))
         .stdin(Stdio::null())
         .stdout(out.reopen().expect("reopen stdout file"))
         .stderr(err.reopen().expect("reopen stderr file"));

@@ -802,16 +802,12 @@ fn a_run_writing_more_files_than_it_may_hold_open_is_backed_up() {
     let before = tree_hash(root);
     let home = tempfile::tempdir().expect("tempdir");
     let run = |args: &[&str]| {
-        std::process::Command::new("prlimit")
-            .arg("--nofile=120:120")
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.arg("--nofile=120:120")
             .arg("--")
             .arg(migrate_bin())
-            .args(args)
-            .env_remove("TRUSTFORMERS_PLUGIN_DIR")
-            .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
-            .env_remove("TRUSTFORMERS_BACKUP_DIR")
-            .env("HOME", home.path())
-            .env("XDG_DATA_HOME", home.path().join("share"))
+            .args(args);
+        isolated(&mut cmd, home.path())
             .output()
             .expect("run prlimit")
     };

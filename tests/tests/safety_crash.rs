@@ -670,15 +670,8 @@ impl Big {
 
 /// The environment `common::migrate_env` gives, for a process the test kills itself.
 fn spawn_migrate(args: &[&str], home: &Path) -> std::process::Child {
-    Command::new(migrate_bin())
-        .args(args)
-        .env_remove("TRUSTFORMERS_PLUGIN_DIR")
-        .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
-        .env_remove("TRUSTFORMERS_BACKUP_DIR")
-        .env_remove("RUST_LOG")
+    isolated(Command::new(migrate_bin()).args(args), home)
         .env_remove(FAULT)
-        .env("HOME", home)
-        .env("XDG_DATA_HOME", home.join("share"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -282,15 +282,10 @@ fn two_concurrent_migrations_migrate_once() {
         let children: Vec<_> = homes
             .iter()
             .map(|home| {
-                Command::new(migrate_bin())
+                let mut cmd = Command::new(migrate_bin());
+                isolated(&mut cmd, home.path())
                     .args(["version", "--path", p(root), "--to", "2.1.0"])
-                    .env_remove("TRUSTFORMERS_PLUGIN_DIR")
-                    .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
-                    .env_remove("TRUSTFORMERS_BACKUP_DIR")
                     .env_remove("TRUSTFORMERS_MIGRATE_FAULT")
-                    .env_remove("RUST_LOG")
-                    .env("HOME", home.path())
-                    .env("XDG_DATA_HOME", home.path().join("share"))
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())

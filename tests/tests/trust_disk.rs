@@ -48,17 +48,9 @@ fn migrate_with(
 ) -> Output {
     let home = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(migrate_bin());
-    cmd.args(args)
-        .env_remove("TRUSTFORMERS_PLUGIN_DIR")
-        .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
-        .env_remove("TRUSTFORMERS_BACKUP_DIR")
+    isolated(cmd.args(args), home.path())
         .env_remove("TRUSTFORMERS_MIGRATE_FAULT")
-        .env_remove("RUST_LOG")
-        .env("HOME", home.path())
-        .env("XDG_DATA_HOME", home.path().join("share"));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+        .envs(env.iter().copied());
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
@@ -1296,15 +1288,9 @@ type Pause<'a> = (&'a str, &'a str, Box<dyn FnOnce() + 'a>);
 fn migrate_pausing(umask: Option<u32>, args: &[&str], pauses: Vec<Pause>) -> Output {
     let home = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(migrate_bin());
-    cmd.args(args)
-        .env_remove("TRUSTFORMERS_PLUGIN_DIR")
-        .env_remove("TRUSTFORMERS_MIGRATION_CONFIG")
-        .env_remove("TRUSTFORMERS_BACKUP_DIR")
+    isolated(cmd.args(args), home.path())
         .env_remove("TRUSTFORMERS_MIGRATE_FAULT")
         .env_remove("TRUSTFORMERS_MIGRATE_WORKER_FAULT")
-        .env_remove("RUST_LOG")
-        .env("HOME", home.path())
-        .env("XDG_DATA_HOME", home.path().join("share"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut faults: BTreeMap<&str, Vec<String>> = BTreeMap::new();
