@@ -102,7 +102,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Validate { path, version } => {
             trustformers_migrate::recover_if_interrupted(&path, observer.as_ref())?;
-            validate(&*discover(global, &worker)?, &path, &version, json)
+            validate(
+                &*discover(global, &worker)?,
+                &path,
+                &version,
+                json,
+                observer.as_ref(),
+            )
         }
         Command::Plugins { command } => plugins(&command, global, &worker),
         Command::History { path } => history(&path, json),
@@ -308,7 +314,9 @@ fn rollback(
 
 /// Restores `backup` (whose metadata is `meta`) as a step of its own, `restore`, that progress
 /// shows moving as the archived files are extracted: on a large log that takes minutes, at a
-/// time the operator is least patient.
+/// time the operator is least patient. The step starts with the extraction, once the checks
+/// before it passed: a rollback refused before it touched anything (another release, the lock
+/// held) shows no step that failed, only the error.
 fn restore_shown(
     backup: &Path,
     meta: &backup::BackupMetadata,
@@ -317,18 +325,25 @@ fn restore_shown(
     keys: Option<&Identities>,
     observer: &dyn Observer,
 ) -> Result<restore::RestoreReport, trustformers_migrate::transaction::Error> {
-    let started = Instant::now();
-    observer.step_started("restore", meta.files.iter().map(|f| f.size).sum());
+    let begun: std::cell::Cell<Option<Instant>> = Default::default();
     let restored = restore::restore_with(
         &restore::RestoreRequest {
             backup,
             root,
             force,
-            progress: &|extracted| observer.step_progress(extracted, 0),
+            progress: &|extracted| {
+                if begun.get().is_none() {
+                    begun.set(Some(Instant::now()));
+                    observer.step_started("restore", meta.files.iter().map(|f| f.size).sum());
+                }
+                observer.step_progress(extracted, 0)
+            },
         },
         keys,
     );
-    observer.step_finished("restore", restored.is_ok(), Some(started.elapsed()));
+    if let Some(started) = begun.get() {
+        observer.step_finished("restore", restored.is_ok(), Some(started.elapsed()));
+    }
     restored
 }
 
@@ -824,6 +839,7 @@ fn validate(
     path: &Path,
     version: &Version,
     json: bool,
+    observer: &dyn Observer,
 ) -> anyhow::Result<ExitCode> {
     Installation::open(path)?;
     let report = verify::validate(
@@ -831,6 +847,7 @@ fn validate(
         version,
         &registry.active_hops(),
         verify::Checksums::Verify,
+        observer,
     );
     if json {
         let mut doc = serde_json::to_value(&report)?;

@@ -218,7 +218,10 @@ fn moving(done: u64, total: u64, records: u64, spent: Duration) -> String {
         return String::new();
     }
     let rate = done as f64 / secs;
-    let left = Duration::from_secs_f64(total.saturating_sub(done) as f64 / rate);
+    // A total that will take longer than a Duration holds (a size no disk has) is shown as
+    // the longest one, never a panic.
+    let left = Duration::try_from_secs_f64(total.saturating_sub(done) as f64 / rate)
+        .unwrap_or(Duration::MAX);
     let mut text = format!("{}/s ETA {}", human(rate as u64), short(left));
     if records > 0 {
         text += &format!(" {} rec/s", count(records as f64 / secs));
@@ -277,6 +280,8 @@ mod tests {
             Duration::from_secs(10),
         );
         assert!(28 + 22 + widest.chars().count() <= 80, "{widest}");
+        // A total far beyond any disk (a crafted size): a time left, not a panic.
+        assert!(moving(1, u64::MAX, 0, Duration::from_secs(100)).contains("ETA "));
         assert_eq!(count(870_400.0), "870k");
         assert_eq!(count(950.0), "950");
         assert_eq!(short(Duration::from_secs(192)), "3m 12s");

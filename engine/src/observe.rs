@@ -6,12 +6,14 @@
 /// implementation only overrides what it shows. Called from worker threads: keep it cheap.
 pub trait Observer: Send + Sync {
     /// A step (`preflight`, `config`, `data`, `models`, `verify`, `journal`, `backup`,
-    /// `commit`) starts; `total_bytes` is what it will read, 0 when unknown.
+    /// `commit`; a rollback's `restore`; `validate`'s `data` and `models`) starts;
+    /// `total_bytes` is what it will read, 0 when unknown.
     fn step_started(&self, _step: &str, _total_bytes: u64) {}
     /// The totals so far of the step started last. The steps that read the data report as
     /// they go: `data` (bytes of the installation's data files, and records), `models` (after
     /// each model), `verify` (bytes of the staged data files) and `backup` (bytes of the files
-    /// archived), each up to the `total_bytes` it started with.
+    /// archived), each up to the `total_bytes` it started with. `validate` reports the bytes
+    /// of the data files read and of the model files hashed (no records).
     fn step_progress(&self, _done_bytes: u64, _records: u64) {}
     /// `step` ended, `ok` or failed, after `took` (the duration the report gives it; `None`
     /// for a step the worker was stopped in, which nobody timed to its end). Steps end in the

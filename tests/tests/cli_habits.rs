@@ -688,6 +688,19 @@ fn on_a_terminal_every_bar_fits_80_columns_and_the_long_steps_move() {
         lines.iter().any(|l| l.starts_with("[backup] done in ")),
         "{lines:#?}"
     );
+    // validate reads the same 16 MB (its bar moves), then hashes the weights (under a MiB
+    // here: only the step's end shows).
+    let lines = progress_on_terminal(&["validate", "--path", path, "--version", "2.1.0"]);
+    let bars = moved(&lines, "data");
+    assert!(bars.iter().all(|l| !l.contains("rec/s")), "{bars:#?}");
+    for step in ["data", "models"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("[{step}] done in "))),
+            "{lines:#?}"
+        );
+    }
     let lines = progress_on_terminal(&["rollback", "--path", path]);
     let bars = moved(&lines, "restore");
     assert!(bars.iter().all(|l| !l.contains("rec/s")), "{bars:#?}");
@@ -701,6 +714,159 @@ fn on_a_terminal_every_bar_fits_80_columns_and_the_long_steps_move() {
         read(root, "data/requests.jsonl") == log,
         "the log is restored byte for byte"
     );
+}
+
+/// `validate` shows its long parts as steps, in a log as on a terminal: the data files read
+/// and the model files hashed, each with its size; a step whose files hold errors ends
+/// FAILED, and the findings say why.
+#[test]
+fn validate_shows_its_steps_and_fails_the_one_with_errors() {
+    ensure_built();
+    let install = sample_at_2_1();
+    let root = install.path();
+    let path = root.to_str().unwrap();
+    let args = [
+        "--progress",
+        "plain",
+        "validate",
+        "--path",
+        path,
+        "--version",
+        "2.1.0",
+    ];
+    // What each step reads: the data files (`*.json` and `*.jsonl`, in subfolders too), and
+    // the model files metadata.json lists.
+    let data: u64 = walkdir::WalkDir::new(root.join("data"))
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy();
+            e.file_type().is_file() && (name.ends_with(".json") || name.ends_with(".jsonl"))
+        })
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    let mut models = 0;
+    for model in std::fs::read_dir(root.join("models")).unwrap() {
+        let meta: Value = serde_json::from_slice(
+            &std::fs::read(model.unwrap().path().join("metadata.json")).unwrap(),
+        )
+        .unwrap();
+        for file in meta["files"].as_array().unwrap() {
+            models += file["size"].as_u64().unwrap();
+        }
+    }
+    // Both in KiB, as the plain lines print them.
+    let kib = |n: u64| {
+        assert!((1 << 10..1 << 20).contains(&n), "{n} bytes");
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    };
+    let out = migrate(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    for line in [
+        format!("[data] started: {}", kib(data)),
+        format!("[models] started: {}", kib(models)),
+        "[data] done in ".into(),
+        "[models] done in ".into(),
+    ] {
+        assert!(err.contains(&line), "no `{line}`:\n{err}");
+    }
+    let mut log = read(root, "data/requests.jsonl");
+    log.push_str("{\"id\": \n");
+    write(root, "data/requests.jsonl", &log);
+    let out = migrate(&args);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("[data] FAILED in "), "{err}");
+    assert!(err.contains("[models] done in "), "{err}");
+    assert!(
+        stdout(&out).contains("data/requests.jsonl:"),
+        "{}",
+        stdout(&out)
+    );
+    // metadata.json at another schema_version (found before any file is hashed): the models
+    // step fails.
+    let meta_path = root.join("models/bert-tiny/metadata.json");
+    let mut meta: Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    meta["schema_version"] = 2.into();
+    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+    let out = migrate(&args);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("[models] FAILED in "),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("schema_version is not 3"),
+        "{}",
+        stdout(&out)
+    );
+    // A weights file that no longer matches its metadata.json: the models step fails too,
+    // and its total is the file as it is now, not the size listed.
+    let weights = root.join("models/bert-tiny/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    bytes.extend_from_slice(&[0; 2048]);
+    std::fs::write(&weights, &bytes).unwrap();
+    let out = migrate(&args);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    let grown = format!("[models] started: {}", kib(models + 2048));
+    assert!(err.contains(&grown), "no `{grown}`:\n{err}");
+    assert!(err.contains("[models] FAILED in "), "{err}");
+    assert!(
+        stdout(&out).contains("model.safetensors"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// A rollback shows its restore as a step from the extraction on. Refused before that (here:
+/// the installation is no longer at the backup's release), it shows no step at all, only the
+/// error, and nothing changes.
+#[test]
+fn a_rollback_refused_before_extracting_shows_no_restore_step() {
+    ensure_built();
+    let install = sample_at_2_1();
+    let root = install.path();
+    let path = root.to_str().unwrap();
+    let listed: Value = serde_json::from_str(&stdout(&migrate(&[
+        "backups", "list", "--path", path, "--json",
+    ])))
+    .unwrap();
+    let backup = listed[0]["path"].as_str().unwrap().to_owned();
+    let rollback = [
+        "--progress",
+        "plain",
+        "--yes",
+        "rollback",
+        "--backup-path",
+        &backup,
+    ];
+    let out = migrate(&rollback);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("[restore] started: "), "{err}");
+    assert!(err.contains("[restore] done in "), "{err}");
+    // Back at 0.1.0: the same backup, taken at 2.1.0, does not apply any more.
+    let log = read(root, "data/requests.jsonl");
+    let out = migrate(&rollback);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("2.1.0"), "the error says why: {err}");
+    assert!(!err.contains("[restore]"), "a step for a refusal: {err}");
+    assert_eq!(read(root, "data/requests.jsonl"), log);
+}
+
+/// The sample installation, migrated to 2.1.0 (its backup beside it).
+fn sample_at_2_1() -> tempfile::TempDir {
+    let install = sample_install();
+    let path = install.path().to_str().unwrap();
+    let out = migrate(&[
+        "--quiet", "--yes", "version", "--path", path, "--to", "2.1.0",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    install
 }
 
 /// Runs `migrate --progress bars --yes args` on an 80-column terminal; it must succeed, and

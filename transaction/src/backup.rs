@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::confine::{self, Kind, Root};
 use crate::encrypt::{self, Encryption, Identities, Recipients, Sealed};
 use crate::error::{io as io_err, Error, Result};
-use crate::fsutil::{self, Ahead, Hashing, Spare};
+use crate::fsutil::{self, Ahead, Hashing, Spare, Tally, Told};
 use crate::identity::{host_name, user_name};
 use crate::staging::Staging;
 
@@ -554,51 +554,6 @@ fn write_entries(
     Ok((records, sha))
 }
 
-/// The bytes archived (or extracted) so far, from the first file on, and the last figure
-/// `progress` was told: it is told again each time another MiB has gone through, whatever
-/// the files' sizes (many small files add up too), and once at the end.
-struct Tally<'a> {
-    done: u64,
-    told: u64,
-    progress: &'a dyn Fn(u64),
-}
-
-impl<'a> Tally<'a> {
-    fn new(progress: &'a dyn Fn(u64)) -> Self {
-        Tally {
-            done: 0,
-            told: 0,
-            progress,
-        }
-    }
-
-    fn add(&mut self, n: usize) {
-        self.done += n as u64;
-        if self.done - self.told >= 1 << 20 {
-            self.told = self.done;
-            (self.progress)(self.done);
-        }
-    }
-
-    fn end(&self) {
-        (self.progress)(self.done);
-    }
-}
-
-/// A file on its way into the archive (or out of it), counted in the [`Tally`].
-struct Told<'t, 'a, R> {
-    inner: R,
-    tally: &'t mut Tally<'a>,
-}
-
-impl<R: Read> Read for Told<'_, '_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.tally.add(n);
-        Ok(n)
-    }
-}
-
 /// The zstd stream on its way to the file (through the age stream, if any), with a copy of
 /// every byte sent to the thread reading the archive back.
 struct Tee<'a, W: Write> {
@@ -879,8 +834,8 @@ pub fn extract_with(
 }
 
 /// [`extract_with`] from a backup folder already opened ([`open_backup`]), telling `progress`
-/// the bytes extracted so far (about every MiB, and at the end): a rollback from the backup of
-/// a large log takes minutes.
+/// the bytes extracted so far (0 as it begins, then about every MiB, and at the end): a
+/// rollback from the backup of a large log takes minutes.
 pub fn extract_at(
     backup: &Root,
     staging: &Staging,
@@ -925,6 +880,7 @@ fn read_archive(
         let mut archive = tar::Archive::new(plain);
         let mut seen = std::collections::BTreeSet::new();
         let mut tally = Tally::new(progress);
+        tally.begin();
         let entries = archive
             .entries()
             .map_err(|e| damaged(format!("unreadable tar: {e}")))?;

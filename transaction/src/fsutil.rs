@@ -1,5 +1,6 @@
 //! File-system steps every part of a transaction takes the same way: write-and-sync, make a
-//! rename durable, list a staged tree, hash a stream on its way through.
+//! rename durable, list a staged tree, hash a stream on its way through, count it for a
+//! progress bar.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -104,6 +105,60 @@ impl<W: Write> Write for Hashing<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// The bytes gone through so far, from the first file of a step on, and the last figure
+/// `progress` was told: it is told again each time another MiB has gone through, whatever
+/// the files' sizes (many small files add up too), and once at [`Tally::end`]. A bar fed
+/// per file would stand still through a large one and flood through many small ones.
+pub struct Tally<'a> {
+    done: u64,
+    told: u64,
+    progress: &'a dyn Fn(u64),
+}
+
+impl<'a> Tally<'a> {
+    pub fn new(progress: &'a dyn Fn(u64)) -> Self {
+        Tally {
+            done: 0,
+            told: 0,
+            progress,
+        }
+    }
+
+    /// Counts `n` more bytes.
+    pub fn add(&mut self, n: usize) {
+        self.done += n as u64;
+        if self.done - self.told >= 1 << 20 {
+            self.told = self.done;
+            (self.progress)(self.done);
+        }
+    }
+
+    /// Tells 0, before the first byte: a step shown from here starts past the checks
+    /// before it.
+    pub fn begin(&self) {
+        (self.progress)(0);
+    }
+
+    /// Tells the total so far, whatever was told last.
+    pub fn end(&self) {
+        (self.progress)(self.done);
+    }
+}
+
+/// A reader whose bytes are counted in a [`Tally`] as they are read.
+pub struct Told<'t, 'a, R> {
+    pub inner: R,
+    pub tally: &'t mut Tally<'a>,
+}
+
+impl<R: Read> Read for Told<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.tally.add(n);
+        Ok(n)
     }
 }
 

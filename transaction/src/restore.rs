@@ -51,7 +51,8 @@ pub struct RestoreRequest<'a> {
     /// Restore even when the installation's `VERSION` is not the backup's target version.
     pub force: bool,
     /// Told the bytes of the archived files extracted so far (the sizes of the metadata's
-    /// `files` in all): see [`backup::extract_at`].
+    /// `files` in all): see [`backup::extract_at`]. First told 0 as the extraction begins,
+    /// once the backup, the lock and the installation's release have been checked.
     pub progress: &'a dyn Fn(u64),
 }
 

@@ -10,11 +10,13 @@ use serde::Serialize;
 use serde_json::Value;
 
 use migrate_transaction::confine::{Kind, Root};
+use migrate_transaction::fsutil::{Tally, Told};
 
 use crate::discover::install::{
     DataKind, Installation, MAX_CONFIG_BYTES, SERVER_TOML, VERSION_FILE,
 };
 use crate::discover::registry::HopInfo;
+use crate::observe::Observer;
 
 pub mod digests;
 use digests::{Identity, StagedDigests};
@@ -106,12 +108,16 @@ pub enum Checksums {
 }
 
 /// Validates the installation at `root` as release `version`; `hops` are the loaded hops
-/// (the one ending at `version` says which schema_version its records carry).
+/// (the one ending at `version` says which schema_version its records carry). The reading
+/// of the data files and the hashing of the model files are reported to `observer` as the
+/// steps `data` and `models` (a step with nothing to read is not started): on a large
+/// installation they take minutes.
 pub fn validate(
     root: &Path,
     version: &Version,
     hops: &[HopInfo],
     checksums: Checksums,
+    observer: &dyn Observer,
 ) -> Validation {
     let install = Installation {
         root: root.to_path_buf(),
@@ -126,9 +132,49 @@ pub fn validate(
     let schema = expected_schema(version, hops, &mut v);
     check_marker(&install, version, schema, &mut v);
     check_config(&install, &mut v);
-    check_data(&install, schema, &mut v);
-    check_models(&install, schema, checksums, &mut v);
+    check_data(&install, schema, &mut v, observer);
+    check_models(&install, schema, checksums, &mut v, observer);
     v
+}
+
+/// A step of `validate` shown to its observer: started with the bytes it reads, ended as
+/// failed when its part of the check found an error since `errors_before` (the findings say
+/// which).
+struct Shown<'a> {
+    name: &'static str,
+    observer: &'a dyn Observer,
+    errors_before: usize,
+    started: std::time::Instant,
+}
+
+impl<'a> Shown<'a> {
+    fn start(
+        name: &'static str,
+        total: u64,
+        errors_before: usize,
+        observer: &'a dyn Observer,
+    ) -> Self {
+        observer.step_started(name, total);
+        Shown {
+            name,
+            observer,
+            errors_before,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn end(self, v: &Validation) {
+        let ok = errors(v) == self.errors_before;
+        self.observer
+            .step_finished(self.name, ok, Some(self.started.elapsed()));
+    }
+}
+
+fn errors(v: &Validation) -> usize {
+    v.findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count()
 }
 
 /// `Some(None)`: records carry no schema_version (a release no hop leads to, like 0.1.0);
@@ -211,7 +257,12 @@ fn read_confined(install: &Installation, rel: &str) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))
 }
 
-fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Validation) {
+fn check_data(
+    install: &Installation,
+    schema: Option<Option<u64>>,
+    v: &mut Validation,
+    observer: &dyn Observer,
+) {
     let files = match install.data_files(&install.path(crate::discover::install::DATA_DIR)) {
         Ok(f) => f,
         Err(e) => {
@@ -234,12 +285,23 @@ fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Valid
             )
         }
     };
+    if files.is_empty() {
+        return;
+    }
+    let total = files.iter().map(|f| f.size).fold(0, u64::saturating_add);
+    let shown = Shown::start("data", total, errors(v), observer);
+    let mut before = 0u64;
     for file in files {
         v.files_checked += 1;
+        // Within the size listed: a file that grew since is read whole, but the bar does
+        // not run past its total, nor back when the next file starts.
+        let progress = |n: u64| observer.step_progress(before + n.min(file.size), 0);
         let checked = match file.kind {
-            DataKind::Lines => check_lines(&root, &file.rel, schema, v, None, &|_| {}).map(drop),
+            DataKind::Lines => check_lines(&root, &file.rel, schema, v, None, &progress).map(drop),
             DataKind::Document => check_document(&root, &file.rel, schema, v),
         };
+        before = before.saturating_add(file.size);
+        observer.step_progress(before, 0);
         if let Err(e) = checked {
             v.error(
                 "data_readable",
@@ -249,6 +311,7 @@ fn check_data(install: &Installation, schema: Option<Option<u64>>, v: &mut Valid
             );
         }
     }
+    shown.end(v);
 }
 
 /// A model's `metadata.json` is read only as a regular file of at most this size.
@@ -397,6 +460,7 @@ fn check_models(
     schema: Option<Option<u64>>,
     checksums: Checksums,
     v: &mut Validation,
+    observer: &dyn Observer,
 ) {
     let dir = install.path(crate::discover::install::MODELS_DIR);
     let names = match install.model_dirs(&dir) {
@@ -412,6 +476,10 @@ fn check_models(
     };
     // One descriptor of the root for every model's metadata and files.
     let root = Root::open(&install.root);
+    let errors_before = errors(v);
+    // Every model's metadata.json read first, and only the files it lists kept: their sizes
+    // give the step its total before any is hashed.
+    let mut listed = Vec::new();
     for name in names {
         let rel = format!(
             "{}/{name}/metadata.json",
@@ -425,16 +493,15 @@ fn check_models(
                         .then(|| root.read(&rel, MAX_MODEL_METADATA_BYTES))
                         .transpose()
                 })
-                .map(|text| (root, text))
                 .map_err(|e| e.to_string())
         });
-        let (root, text) = match read {
-            Ok((root, Some(text))) => (root, text),
+        let text = match read {
+            Ok(Some(text)) => text,
             Err(e) => {
                 v.error("model_metadata", RuleKind::ModelCompatibility, &rel, e);
                 continue;
             }
-            Ok((_, None)) => {
+            Ok(None) => {
                 if matches!(schema, Some(Some(_))) {
                     v.error(
                         "model_metadata",
@@ -469,7 +536,73 @@ fn check_models(
             }
         }
         let model = format!("{}/{name}", crate::discover::install::MODELS_DIR);
-        check_checksums(root, &model, &rel, &meta, checksums, v);
+        listed_files(&model, &rel, &meta, v, &mut listed);
+    }
+    // Without a root, every model already has its finding.
+    let Ok(root) = root.as_ref() else {
+        return;
+    };
+    let shown = (checksums == Checksums::Verify && !listed.is_empty()).then(|| {
+        // What will be read: the listed files as they are now, not the sizes listed.
+        let total = listed
+            .iter()
+            .filter_map(|f| match root.stat(&f.file) {
+                Ok(Some(found)) if found.kind == Kind::File => Some(found.size),
+                _ => None,
+            })
+            .fold(0, u64::saturating_add);
+        Shown::start("models", total, errors_before, observer)
+    });
+    let progress = |n| observer.step_progress(n, 0);
+    let mut tally = Tally::new(&progress);
+    for file in &listed {
+        check_checksum(root, file, checksums, v, &mut tally);
+    }
+    tally.end();
+    if let Some(shown) = shown {
+        shown.end(v);
+    }
+}
+
+/// One file a model's `metadata.json` lists: what the check needs of that document, kept
+/// while the document itself is dropped (each may be tens of MiB).
+struct ListedFile {
+    /// The metadata.json, relative to the root: where a finding is reported.
+    metadata: String,
+    /// The path as listed, relative to the model folder.
+    path: String,
+    /// The file, relative to the root (not yet confined: [`Root`] does that).
+    file: String,
+    size: u64,
+    sha256: String,
+}
+
+/// Adds the files `meta` (the `metadata.json` at `rel` of the model folder `model`) lists to
+/// `out`; an entry without a path, size and sha256 is a finding.
+fn listed_files(
+    model: &str,
+    rel: &str,
+    meta: &Value,
+    v: &mut Validation,
+    out: &mut Vec<ListedFile>,
+) {
+    let entries = meta.get("files").and_then(Value::as_array);
+    for entry in entries.map_or(&[][..], Vec::as_slice) {
+        match file_entry(entry) {
+            Some((path, size, sha)) => out.push(ListedFile {
+                metadata: rel.to_owned(),
+                path: path.to_owned(),
+                file: migrate_transaction::confine::join(model, path),
+                size,
+                sha256: sha.to_owned(),
+            }),
+            None => v.error(
+                "model_files_entry",
+                RuleKind::ModelCompatibility,
+                rel,
+                format!("malformed files entry {entry}"),
+            ),
+        }
     }
 }
 
@@ -482,60 +615,55 @@ fn file_entry(entry: &Value) -> Option<(&str, u64, &str)> {
     ))
 }
 
-/// Every file `metadata.json` lists must exist with the recorded size and sha256. Each is
-/// reached beneath `root` without following a link (a listed path with `..`, or a link, is
-/// refused and reported), so no file outside the model folder is ever read or sized.
-fn check_checksums(
+/// A file `metadata.json` lists must exist with the recorded size and sha256. It is reached
+/// beneath `root` without following a link (a listed path with `..`, or a link, is refused
+/// and reported), so no file outside the model folder is ever read or sized.
+fn check_checksum(
     root: &Root,
-    model: &str,
-    rel: &str,
-    meta: &Value,
+    listed: &ListedFile,
     checksums: Checksums,
     v: &mut Validation,
+    tally: &mut Tally,
 ) {
-    let Some(files) = meta.get("files").and_then(Value::as_array) else {
-        return;
+    let ListedFile {
+        metadata,
+        path,
+        file,
+        size,
+        sha256: sha,
+    } = listed;
+    let size = *size;
+    v.files_checked += 1;
+    let problem = match checksums {
+        Checksums::SizesOnly => match root.stat(file) {
+            Ok(Some(f)) if f.kind == Kind::File && f.size == size => None,
+            Ok(Some(f)) if f.kind == Kind::File => {
+                Some(format!("size {}, metadata says size {size}", f.size))
+            }
+            Ok(Some(f)) => Some(format!("is {}, not a regular file", f.kind.describe())),
+            Ok(None) => Some("missing".to_owned()),
+            Err(e) => Some(e.to_string()),
+        },
+        Checksums::Verify => match open_confined(root, file).and_then(|f| {
+            plugin_api::model::sha256_reader(&mut Told {
+                inner: f,
+                tally: &mut *tally,
+            })
+        }) {
+            Ok((s, h)) if s == size && h == *sha => None,
+            Ok((s, h)) => Some(format!(
+                "size {s} sha256 {h}, metadata says size {size} sha256 {sha}"
+            )),
+            Err(e) => Some(e.to_string()),
+        },
     };
-    for entry in files {
-        let Some((path, size, sha)) = file_entry(entry) else {
-            v.error(
-                "model_files_entry",
-                RuleKind::ModelCompatibility,
-                rel,
-                format!("malformed files entry {entry}"),
-            );
-            continue;
-        };
-        v.files_checked += 1;
-        let file = migrate_transaction::confine::join(model, path);
-        let problem = match checksums {
-            Checksums::SizesOnly => match root.stat(&file) {
-                Ok(Some(f)) if f.kind == Kind::File && f.size == size => None,
-                Ok(Some(f)) if f.kind == Kind::File => {
-                    Some(format!("size {}, metadata says size {size}", f.size))
-                }
-                Ok(Some(f)) => Some(format!("is {}, not a regular file", f.kind.describe())),
-                Ok(None) => Some("missing".to_owned()),
-                Err(e) => Some(e.to_string()),
-            },
-            Checksums::Verify => match open_confined(root, &file)
-                .and_then(|mut f| plugin_api::model::sha256_reader(&mut f))
-            {
-                Ok((s, h)) if s == size && h == sha => None,
-                Ok((s, h)) => Some(format!(
-                    "size {s} sha256 {h}, metadata says size {size} sha256 {sha}"
-                )),
-                Err(e) => Some(e.to_string()),
-            },
-        };
-        if let Some(problem) = problem {
-            v.error(
-                "model_checksum",
-                RuleKind::ModelCompatibility,
-                rel,
-                format!("{path}: {problem}"),
-            );
-        }
+    if let Some(problem) = problem {
+        v.error(
+            "model_checksum",
+            RuleKind::ModelCompatibility,
+            metadata,
+            format!("{path}: {problem}"),
+        );
     }
 }
 
@@ -545,7 +673,7 @@ mod tests {
 
     fn checksum_findings(root: &Path, checksums: Checksums) -> Vec<String> {
         let version = Version::new(2, 1, 0);
-        validate(root, &version, &[], checksums)
+        validate(root, &version, &[], checksums, &crate::observe::Silent)
             .findings
             .into_iter()
             .filter(|f| f.rule == "model_checksum")
