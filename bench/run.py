@@ -23,8 +23,11 @@ For each size S (1.0 = 1 GiB of request logs + 1 GiB of safetensors weights), it
   - bench/fused_floor.rs on the log: an independent rewriter of the issue's design (one strict
     byte-level pass, all three hops fused, untouched spans copied, 1 MiB writes, one fsync),
     std only, sharing no code with migrate; its output's sha256 is compared with migrate's.
-bench/whole_floor.sh measures, with standard tools only, the work besides the records that the
-whole migration's checks need (the least the whole-migration ratio can be on this machine).
+  - the whole migration's required work (see required_cpu() and whole_floor()): the CPU seconds
+    of the work any migration with migrate's guarantees must do, each piece by a standard tool
+    or the fused rewriter (tar+zstd, openssl's sha256 of the archived files, the written files
+    and the weights, the check), spread over the cores, plus the wall time of removing the
+    replaced log once it is on disk; and migrate's own CPU seconds against them.
 Each size is measured in --repeat rounds (default 3) that alternate the commands; every time
 is the median of its rounds. Every command the bench times starts the same way (settle): a
 sync, then new file data the size of the tree written and removed, because on this VM what a
@@ -32,7 +35,7 @@ write costs depends on what ran just before it (bench/page_cost.py). The validat
 in memory and writing nothing, times itself. It prints and writes to --out: throughput, peak RSS and the ratios
 the targets are stated in. A "### Reading these figures" section already in --out is kept.
 """
-import argparse, hashlib, json, os, platform, shutil, statistics, subprocess, sys, time
+import argparse, hashlib, json, os, platform, resource, shutil, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIGRATE = os.path.join(ROOT, "target/release/migrate")
@@ -98,6 +101,29 @@ def run(cmd, **kw):
     t = time.perf_counter()
     subprocess.run(cmd, check=True, **kw)
     return time.perf_counter() - t
+
+
+def children_cpu():
+    """CPU seconds (user + system) spent so far by the bench's finished child processes."""
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+
+
+def run_cpu(cmd, **kw):
+    """Wall and CPU seconds of a command (see run); the CPU is the command's and its children's,
+    not the kernel's writeback threads' (so what a sync costs the kernel is not counted)."""
+    before = children_cpu()
+    wall = run(cmd, **kw)
+    return wall, children_cpu() - before
+
+
+def sha256_cpu(files):
+    """CPU seconds of openssl's sha256 (SHA-NI) of `files`; 0 for none (openssl would read
+    stdin)."""
+    if not files:
+        return 0.0
+    return run_cpu(["openssl", "dgst", "-sha256", *files], stdout=subprocess.DEVNULL,
+                   stdin=subprocess.DEVNULL)[1]
 
 
 def timed_rss(cmd):
@@ -192,22 +218,40 @@ def one_round(src, work, jq_out):
     os.makedirs(scratch)
     # The data step's own baseline: cp of the same log.
     r["cp_log_s"] = run(["cp", os.path.join(src, "data/requests.jsonl"), scratch])
+    # What removing the replaced log costs once it is on disk: the commit removes the last link
+    # to the source log after the swap, the one step nothing can overlap.
+    settle()
+    t = time.perf_counter()
+    os.remove(os.path.join(scratch, "requests.jsonl"))
+    r["unlink_log_s"] = time.perf_counter() - t
     shutil.rmtree(scratch)
     # The independent fused rewriter on the same log, with its fsync (whatever the caller's
     # environment says); in the round that compares outputs, the sha256 of its output is kept
     # for the comparison with migrate's, not the file.
     fused_out = os.path.join(work, "fused-out.jsonl")
     env = {k: v for k, v in os.environ.items() if k != "FUSED_FLOOR_NO_SYNC"}
-    r["fused_s"] = run([FUSED, os.path.join(src, "data/requests.jsonl"), fused_out], stdout=subprocess.DEVNULL, env=env)
+    r["fused_s"], r["fused_cpu_s"] = run_cpu([FUSED, os.path.join(src, "data/requests.jsonl"), fused_out],
+                                             stdout=subprocess.DEVNULL, env=env)
     fused_sha = sha256_file(fused_out) if jq_out else None
     os.remove(fused_out)
 
     tarball = os.path.join(work, "tree.tar.zst")
     r["tar_tree_s"] = run(["tar", "-I", "zstd -T0 -3", "-cf", tarball, "-C", src, "."])
     r["tar_tree_bytes"] = os.path.getsize(tarball)
-    r["tar_backupset_s"] = run(["tar", "-I", "zstd -T0 -3", "-cf", tarball, "-C", src, "config/server.toml", "data"])
+    r["tar_backupset_s"], r["tar_backupset_cpu_s"] = run_cpu(
+        ["tar", "-I", "zstd -T0 -3", "-cf", tarball, "-C", src, "config/server.toml", "data"])
     r["tar_backupset_bytes"] = os.path.getsize(tarball)
+    # The rest of the backup's work, each piece by its standard tool (see whole_floor()): the sha256
+    # of every archived file, and the archive decompressed again (migrate's read-back).
+    backup_set = [os.path.join(src, "config/server.toml")] + sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(os.path.join(src, "data")) for f in fs)
+    r["archived_sha_cpu_s"] = sha256_cpu(backup_set)
+    r["read_back_cpu_s"] = run_cpu(["zstd", "-q", "-dc", tarball], stdout=subprocess.DEVNULL)[1]
     os.remove(tarball)
+    # The weights, hashed once: by the host during staging, for the hop and for the check.
+    weights = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(src, "models"))
+                     for f in fs if f.endswith(".safetensors"))
+    r["weights_sha_cpu_s"] = sha256_cpu(weights)
 
     floor = subprocess.run([FLOOR, os.path.join(src, "data/requests.jsonl"), "3"],
                            check=True, stdout=subprocess.PIPE, text=True)
@@ -217,7 +261,9 @@ def one_round(src, work, jq_out):
     shutil.rmtree(inst, ignore_errors=True)
     subprocess.run(["cp", "-a", src, inst], check=True)
     report = os.path.join(work, "report.json")
+    cpu = children_cpu()
     wall, rss = timed_rss([MIGRATE, "--quiet", "--yes", "version", "--path", inst, "--to", "2.1.0", "--report", report])
+    r["migrate_cpu_s"] = children_cpu() - cpu
     rep = json.load(open(report))
     steps = {s["name"]: s for s in rep["steps"]}
     r.update(migrate_s=wall, peak_rss=rss, data_s=steps["data"]["duration_ms"] / 1000,
@@ -245,11 +291,16 @@ def one_round(src, work, jq_out):
     # cache) in 1 MiB writes, then one fsync, as the data step writes it.
     r["sync_migrated_log_s"] = run(["dd", f"if={migrated}", f"of={copy}", "bs=1M", "conv=fsync", "status=none"])
     os.remove(copy)
+    # The sha256 of the files the migration wrote, which a rollback compares against.
+    written = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(vtree, "data")) for f in fs)
+    r["written_sha_cpu_s"] = sha256_cpu(written)
     settle()
+    cpu = children_cpu()
     t = time.perf_counter()
     v = subprocess.run([MIGRATE, "--quiet", "validate", "--path", vtree, "--version", "2.1.0"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     r["validate_s"] = time.perf_counter() - t
+    r["validate_cpu_s"] = children_cpu() - cpu
     r["validate_status"] = v.returncode
     os.rename(os.path.join(vtree, "data"), os.path.join(inst, "data"))
     shutil.rmtree(vtree)
@@ -280,17 +331,53 @@ def same_records(jq_out, ours, limit=200_000):
     return "yes"
 
 
+# The cores the bench may run on (its affinity, not the machine's count).
+CORES = len(os.sched_getaffinity(0))
+
+
+def required_cpu(r, read_back=False):
+    """CPU seconds of the work any whole migration with migrate's guarantees must do (spec
+    sections 5 and 6), each piece by a program that shares no code with migrate, except the
+    check:
+      - rewriting the log durably: bench/fused_floor.rs with its fsync (both cores);
+      - the backup: tar | zstd -T0 -3 of the backup set (the baseline's own), and the sha256
+        of every archived file for the manifest (openssl, SHA-NI);
+      - the weights' sha256, once: the host takes it during staging, hands it to the hop for
+        metadata.json and checks the hop's claim against it (engine/src/verify/digests.rs);
+      - the host's check of what plugin code staged: `migrate validate` of the migrated data,
+        the fastest strict scanner at hand;
+      - the sha256 of the files written, which a rollback compares against.
+    With `read_back`, also migrate's read-back of its archive, which the spec does not ask
+    for. Left out: the kernel's writeback, pipes, the swap's renames."""
+    return (r["fused_cpu_s"] + r["tar_backupset_cpu_s"] + r["archived_sha_cpu_s"]
+            + r["weights_sha_cpu_s"] + r["validate_cpu_s"] + r["written_sha_cpu_s"]
+            + (r["read_back_cpu_s"] if read_back else 0))
+
+
+def whole_floor(r, read_back=False):
+    """An estimate of the least wall time of the whole migration on this machine: the required
+    work's CPU seconds (see required_cpu) spread over every core with no waiting at all, plus
+    the removal of the replaced log once it is on disk, which only the commit may do and
+    nothing follows. An estimate, not a bound: another program could do a piece on less CPU
+    (the bench also gives migrate's own CPU seconds against these)."""
+    return required_cpu(r, read_back) / CORES + r["unlink_log_s"]
+
+
+def whole_baseline(r):
+    return r["tar_backupset_s"] + r["cp_data_s"]
+
+
 def table(results):
     mb = lambda b, s: b / s / 1e6 if s else 0
-    lines = ["| size | data MB/s | data vs jq | data vs cp (log) | writing its output with fsync alone vs cp | independent fused rewriter with fsync vs cp | data by the rules only vs cp | first hop alone vs cp | 3 validation passes vs cp | validate vs cp (migrated log) | validate vs cp (source log) | backup vs tar+zstd (same files) | backup size vs tar | whole vs (tar+zstd backup set + cp data) | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | data MB/s | data vs jq | data vs cp (log) | writing its output with fsync alone vs cp | independent fused rewriter with fsync vs cp | data by the rules only vs cp | first hop alone vs cp | 3 validation passes vs cp | validate vs cp (migrated log) | validate vs cp (source log) | backup vs tar+zstd (same files) | backup size vs tar | whole vs (tar+zstd backup set + cp data) | the whole's required work, packed on all cores, vs the same | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append("| {s}× ({t:.2f} GiB) | {mbs:.0f} | {jq:.1f}× faster | {cp:.2f}× | {sync:.2f}× | {fused:.2f}× | {rules:.2f}× | {one:.2f}× | {fl:.2f}× | {vm:.2f}× | {va:.2f}× | {bk:.2f}× | {bks:.2f}× | {whole:.2f}× | {rss:.0f} MiB |".format(
+        lines.append("| {s}× ({t:.2f} GiB) | {mbs:.0f} | {jq:.1f}× faster | {cp:.2f}× | {sync:.2f}× | {fused:.2f}× | {rules:.2f}× | {one:.2f}× | {fl:.2f}× | {vm:.2f}× | {va:.2f}× | {bk:.2f}× | {bks:.2f}× | {whole:.2f}× | {wfloor:.2f}× | {rss:.0f} MiB |".format(
             s=r["size"], t=r["tree_bytes"] / GIB, mbs=mb(r["data_bytes"], r["data_s"]), jq=r["jq_s"] / r["data_s"],
             cp=r["data_s"] / r["cp_log_s"], sync=r["sync_migrated_log_s"] / r["cp_log_s"], fused=r["fused_s"] / r["cp_log_s"], rules=r["data_rules_s"] / r["cp_log_s"], one=r["data_one_hop_s"] / r["cp_log_s"], fl=r["floor_s"] / r["cp_log_s"], va=r["validate_s"] / r["cp_log_s"],
             vm=r["validate_s"] / r["cp_migrated_log_s"],
             bk=r["backup_s"] / r["tar_backupset_s"], bks=r["backup_bytes"] / r["tar_backupset_bytes"],
-            whole=r["migrate_s"] / (r["tar_backupset_s"] + r["cp_data_s"]), rss=r["peak_rss"] / (1 << 20)))
+            whole=r["migrate_s"] / whole_baseline(r), wfloor=whole_floor(r) / whole_baseline(r), rss=r["peak_rss"] / (1 << 20)))
     return "\n".join(lines)
 
 
@@ -309,7 +396,11 @@ def targets(results):
     over_fused = [r["data_s"] / r["fused_s"] for r in results]
     fused_same = all(r.get("fused_same_bytes") == "yes" for r in results)
     rules = [r["data_rules_s"] / r["cp_log_s"] for r in results]
-    whole = [r["migrate_s"] / (r["tar_backupset_s"] + r["cp_data_s"]) for r in results]
+    whole = [r["migrate_s"] / whole_baseline(r) for r in results]
+    wfloor = [whole_floor(r) / whole_baseline(r) for r in results]
+    wfloor_rb = [whole_floor(r, read_back=True) / whole_baseline(r) for r in results]
+    cpu_over = [r["migrate_cpu_s"] / required_cpu(r, read_back=True) for r in results]
+    own = [(r["migrate_cpu_s"] / CORES + r["unlink_log_s"]) / whole_baseline(r) for r in results]
     rss = [r["peak_rss"] / (1 << 20) for r in results]
     val = [r["validate_s"] / r["cp_migrated_log_s"] for r in results]
     val_src = [r["validate_s"] / r["cp_log_s"] for r in results]
@@ -326,7 +417,13 @@ def targets(results):
          + "; the first hop alone: " + span(one, "{:.1f}×") + "; three strict validation passes alone, in memory: "
          + span(floor, "{:.1f}×") + ")", max(cp) <= 5),
         ("data step ≥ 60× jq (the three hops as one program)", span(jq, "{:.0f}×") + " faster", min(jq) >= 60),
-        ("whole migration ≤ 2× (tar+zstd of the backup set + `cp` of the data)", span(whole, "{:.2f}×"), max(whole) <= 2),
+        ("whole migration ≤ 2× (tar+zstd of the backup set + `cp` of the data)", span(whole, "{:.2f}×")
+         + " (the work a migration with these guarantees must do, by standard tools and the"
+         + " independent rewriter, its CPU spread over the cores with no waiting, plus the commit's removal"
+         + " of the replaced log: " + span(wfloor, "{:.2f}×") + "; with migrate's read-back of its archive: "
+         + span(wfloor_rb, "{:.2f}×") + "; migrate's CPU seconds are " + span(cpu_over, "{:.2f}×")
+         + " those of that work with the read-back, and packed the same way with the removal they give "
+         + span(own, "{:.2f}×") + ")", max(whole) <= 2),
         ("peak RSS ≤ 128 MiB at every size, flat" + (" (one size measured: flatness not shown)" if len(results) < 2 else ""),
          span(rss, "{:.0f} MiB"), max(rss) <= 128 and flat),
         ("`migrate validate` of the migrated log ≤ 2× `cp` (of that log)", span(val, "{:.2f}×")

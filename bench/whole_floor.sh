@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Superseded by bench/run.py (required_cpu, whole_floor), which measures these pieces in the same
+# rounds as the baseline; kept because earlier passes in bench/results.md cite it.
 # The whole migration's floor, measured with standard tools and none of migrate's code.
 #
 # usage: bench/whole_floor.sh TREE MIGRATED_LOG [ROUNDS]
