@@ -369,7 +369,7 @@ def whole_baseline(r):
 
 def table(results):
     mb = lambda b, s: b / s / 1e6 if s else 0
-    lines = ["| size | data MB/s | data vs jq | data vs cp (log) | writing its output with fsync alone vs cp | independent fused rewriter with fsync vs cp | data by the rules only vs cp | first hop alone vs cp | 3 validation passes vs cp | validate vs cp (migrated log) | validate vs cp (source log) | backup vs tar+zstd (same files) | backup size vs tar | whole vs (tar+zstd backup set + cp data) | the whole's required work, packed on all cores, vs the same | peak RSS |",
+    lines = ["| size | data MB/s | data vs jq | data vs cp (log) | writing its output with fsync alone vs cp | independent fused rewriter with fsync vs cp | data by the rules only vs cp | first hop alone vs cp | 3 validation passes vs cp | validate vs cp (migrated log) | validate vs cp (source log) | backup vs tar+zstd (same files) | backup size vs tar | whole vs (tar+zstd backup set + cp data) | the whole's required work, estimated (its CPU packed on all cores, + the removal), vs the same | peak RSS |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append("| {s}× ({t:.2f} GiB) | {mbs:.0f} | {jq:.1f}× faster | {cp:.2f}× | {sync:.2f}× | {fused:.2f}× | {rules:.2f}× | {one:.2f}× | {fl:.2f}× | {vm:.2f}× | {va:.2f}× | {bk:.2f}× | {bks:.2f}× | {whole:.2f}× | {wfloor:.2f}× | {rss:.0f} MiB |".format(
@@ -418,9 +418,9 @@ def targets(results):
          + span(floor, "{:.1f}×") + ")", max(cp) <= 5),
         ("data step ≥ 60× jq (the three hops as one program)", span(jq, "{:.0f}×") + " faster", min(jq) >= 60),
         ("whole migration ≤ 2× (tar+zstd of the backup set + `cp` of the data)", span(whole, "{:.2f}×")
-         + " (the work a migration with these guarantees must do, by standard tools and the"
-         + " independent rewriter, its CPU spread over the cores with no waiting, plus the commit's removal"
-         + " of the replaced log: " + span(wfloor, "{:.2f}×") + "; with migrate's read-back of its archive: "
+         + " (an estimate of the least time of the work a migration with these guarantees must do:"
+         + " by standard tools and the independent rewriter, its CPU spread over the cores with no waiting,"
+         + " plus the commit's removal of the replaced log: " + span(wfloor, "{:.2f}×") + "; with migrate's read-back of its archive: "
          + span(wfloor_rb, "{:.2f}×") + "; migrate's CPU seconds are " + span(cpu_over, "{:.2f}×")
          + " those of that work with the read-back, and packed the same way with the removal they give "
          + span(own, "{:.2f}×") + ")", max(whole) <= 2),

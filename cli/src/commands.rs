@@ -334,7 +334,13 @@ fn restore_shown(
             progress: &|extracted| {
                 if begun.get().is_none() {
                     begun.set(Some(Instant::now()));
-                    observer.step_started("restore", meta.files.iter().map(|f| f.size).sum());
+                    // Sizes from metadata.json, which may be crafted: never an overflow.
+                    let total = meta
+                        .files
+                        .iter()
+                        .map(|f| f.size)
+                        .fold(0, u64::saturating_add);
+                    observer.step_started("restore", total);
                 }
                 observer.step_progress(extracted, 0)
             },

@@ -295,7 +295,7 @@ fn check_data(
         v.files_checked += 1;
         // Within the size listed: a file that grew since is read whole, but the bar does
         // not run past its total, nor back when the next file starts.
-        let progress = |n: u64| observer.step_progress(before + n.min(file.size), 0);
+        let progress = |n: u64| observer.step_progress(before.saturating_add(n.min(file.size)), 0);
         let checked = match file.kind {
             DataKind::Lines => check_lines(&root, &file.rel, schema, v, None, &progress).map(drop),
             DataKind::Document => check_document(&root, &file.rel, schema, v),
@@ -542,8 +542,9 @@ fn check_models(
     let Ok(root) = root.as_ref() else {
         return;
     };
+    // Shown only when files are hashed: what will be read is the listed files as they are
+    // now, not the sizes listed.
     let shown = (checksums == Checksums::Verify && !listed.is_empty()).then(|| {
-        // What will be read: the listed files as they are now, not the sizes listed.
         let total = listed
             .iter()
             .filter_map(|f| match root.stat(&f.file) {
@@ -551,15 +552,26 @@ fn check_models(
                 _ => None,
             })
             .fold(0, u64::saturating_add);
-        Shown::start("models", total, errors_before, observer)
+        (
+            Shown::start("models", total, errors_before, observer),
+            total,
+        )
     });
-    let progress = |n| observer.step_progress(n, 0);
+    // A file that grew since it was sized is hashed whole; the bar stops at its total.
+    let (showing, total) = shown
+        .as_ref()
+        .map_or((false, 0), |(_, total)| (true, *total));
+    let progress = |n: u64| {
+        if showing {
+            observer.step_progress(n.min(total), 0);
+        }
+    };
     let mut tally = Tally::new(&progress);
     for file in &listed {
         check_checksum(root, file, checksums, v, &mut tally);
     }
-    tally.end();
-    if let Some(shown) = shown {
+    if let Some((shown, _)) = shown {
+        tally.end();
         shown.end(v);
     }
 }
@@ -567,8 +579,9 @@ fn check_models(
 /// One file a model's `metadata.json` lists: what the check needs of that document, kept
 /// while the document itself is dropped (each may be tens of MiB).
 struct ListedFile {
-    /// The metadata.json, relative to the root: where a finding is reported.
-    metadata: String,
+    /// The metadata.json, relative to the root: where a finding is reported (shared by the
+    /// files it lists).
+    metadata: std::rc::Rc<str>,
     /// The path as listed, relative to the model folder.
     path: String,
     /// The file, relative to the root (not yet confined: [`Root`] does that).
@@ -587,10 +600,11 @@ fn listed_files(
     out: &mut Vec<ListedFile>,
 ) {
     let entries = meta.get("files").and_then(Value::as_array);
+    let metadata: std::rc::Rc<str> = rel.into();
     for entry in entries.map_or(&[][..], Vec::as_slice) {
         match file_entry(entry) {
             Some((path, size, sha)) => out.push(ListedFile {
-                metadata: rel.to_owned(),
+                metadata: metadata.clone(),
                 path: path.to_owned(),
                 file: migrate_transaction::confine::join(model, path),
                 size,
