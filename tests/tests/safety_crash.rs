@@ -942,3 +942,43 @@ fn commit_recorded(root: &Path) -> bool {
             e["action"] == "step_finished" && e["step"] == "commit" && e["status"] == "Completed"
         })
 }
+
+/// `rollback --backup-path` first recovers an interrupted migration. Refused after that (the
+/// backup is the one the interrupted run took, for an installation at 2.1.0, and the recovery
+/// brought it back to 0.1.0), its error says what the recovery did and that the backup was
+/// not applied: "nothing was changed" would not be true.
+#[test]
+fn a_rollback_refused_after_a_recovery_says_what_the_recovery_did() {
+    let r = refs();
+    let dir = sample_install();
+    let root = dir.path();
+    let out = migrate_version(root, &[], Some("swap:1"));
+    assert!(was_killed(&out), "{}", describe(&out));
+    assert_eq!(journal_phase(root).as_deref(), Some("Prepared"));
+    let backups: Vec<PathBuf> = std::fs::read_dir(root.join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    // Without --path: the restore itself finds the journal (with --path, the command
+    // recovers first and says so, as `rollback --path` does).
+    let out = migrate(&["rollback", "--backup-path", p(&backups[0])]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("interrupted migration 0.1.0 → 2.1.0 was found and rolled back first"),
+        "{err}"
+    );
+    assert!(err.contains("the backup was not applied"), "{err}");
+    assert!(!err.contains("nothing was changed"), "{err}");
+    assert_eq!(journal_phase(root), None);
+    assert_eq!(
+        which_tree(
+            &tree_hash(root),
+            &r.original,
+            &r.migrated,
+            "after the refused rollback"
+        ),
+        "original"
+    );
+}

@@ -77,11 +77,14 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
     root.private_dir(TOOL_DIR)?;
     let _lock = InstallLock::acquire(&root.join(TOOL_DIR))?;
     let recovered = journal::recover(root.path(), false)?;
+    let recovery = recovered.as_ref().and_then(recovery_note);
+    let noted = |e| after_recovery(e, recovery.as_deref());
     if meta.kind == "full" && !req.force {
-        check_version(&root, &meta)?;
+        check_version(&root, &meta).map_err(noted)?;
     }
     let mut staging = Staging::create(&root.join(TOOL_DIR))?;
-    let meta: BackupMetadata = backup::extract_at(&held, &staging, keys, req.progress)?;
+    let meta: BackupMetadata =
+        backup::extract_at(&held, &staging, keys, req.progress).map_err(noted)?;
     let written = |rel: &str| meta.written.iter().find(|w| w.path == rel);
     // Files whose current content is not what the migration left: saved before anything.
     let mut changed = Vec::new();
@@ -144,16 +147,8 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
         serde_json::json!({"backup": backup_path, "to_version": version, "from_version": meta.target_version, "restored_files": meta.files.len(), "removed_files": removed, "archive_sha256": meta.archive_sha256, "pre_rollback_backup": pre_rollback, "saved_files": changed, "kept_files": kept}),
     );
     let mut warnings: Vec<String> = recorded.err().map(|e| e.to_string()).into_iter().collect();
-    match recovered {
-        Some(journal::Recovery::RolledBack { from, to }) => warnings.insert(
-            0,
-            format!("an interrupted migration {from} → {to} was found and rolled back first"),
-        ),
-        Some(journal::Recovery::Cleaned { removed }) => warnings.insert(
-            0,
-            format!("removed what a crashed run left: {}", removed.join(", ")),
-        ),
-        _ => {}
+    if let Some(note) = recovery {
+        warnings.insert(0, note);
     }
     Ok(RestoreReport {
         warnings,
@@ -196,6 +191,45 @@ fn target_root(req: &RestoreRequest, meta: &BackupMetadata) -> Result<PathBuf> {
                 meta.target_version
             ),
         })
+    }
+}
+
+/// What the recovery at the start of a restore changed, if anything: said in the report, and in
+/// the error of a restore refused after it.
+fn recovery_note(recovered: &journal::Recovery) -> Option<String> {
+    match recovered {
+        journal::Recovery::RolledBack { from, to } => Some(format!(
+            "an interrupted migration {from} → {to} was found and rolled back first"
+        )),
+        journal::Recovery::Cleaned { removed } => Some(format!(
+            "removed what a crashed run left: {}",
+            removed.join(", ")
+        )),
+        journal::Recovery::Finished { .. } => None,
+    }
+}
+
+/// A refusal after the recovery changed something: "nothing was changed" would not be true,
+/// so it says that the backup was not applied, and what the recovery did.
+fn after_recovery(e: Error, recovery: Option<&str>) -> Error {
+    match (e, recovery) {
+        (
+            Error::Invalid {
+                path,
+                message,
+                hint,
+            },
+            Some(note),
+        ) => {
+            let undone =
+                |text: &str| text.replace("nothing was changed", "the backup was not applied");
+            Error::Invalid {
+                path,
+                message: format!("{} (before this, {note})", undone(&message)),
+                hint: undone(&hint),
+            }
+        }
+        (e, _) => e,
     }
 }
 
