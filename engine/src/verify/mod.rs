@@ -288,20 +288,19 @@ fn check_data(
     if files.is_empty() {
         return;
     }
-    let total = files.iter().map(|f| f.size).fold(0, u64::saturating_add);
-    let shown = Shown::start("data", total, errors(v), observer);
-    let mut before = 0u64;
+    let shown = Shown::start("data", total_size(&files), errors(v), observer);
+    let progress = |n| observer.step_progress(n, 0);
+    let mut files_read = FilesRead::new(&progress);
     for file in files {
         v.files_checked += 1;
-        // Within the size listed: a file that grew since is read whole, but the bar does
-        // not run past its total, nor back when the next file starts.
-        let progress = |n: u64| observer.step_progress(before.saturating_add(n.min(file.size)), 0);
         let checked = match file.kind {
-            DataKind::Lines => check_lines(&root, &file.rel, schema, v, None, &progress).map(drop),
+            DataKind::Lines => {
+                let progress = files_read.within(file.size);
+                check_lines(&root, &file.rel, schema, v, None, &progress).map(drop)
+            }
             DataKind::Document => check_document(&root, &file.rel, schema, v),
         };
-        before = before.saturating_add(file.size);
-        observer.step_progress(before, 0);
+        files_read.past(file.size);
         if let Err(e) = checked {
             v.error(
                 "data_readable",
@@ -312,6 +311,41 @@ fn check_data(
         }
     }
     shown.end(v);
+}
+
+/// The bytes of data files listed: what a step reading them all goes up to.
+pub(super) fn total_size(files: &[crate::discover::install::DataFile]) -> u64 {
+    files.iter().map(|f| f.size).fold(0, u64::saturating_add)
+}
+
+/// Progress over data files read one after the other: told the bytes of the files before
+/// the current one plus what has been read of it, never more than its listed size (a file
+/// that grew since it was listed is read whole, but the bar neither runs past its total nor
+/// back when the next file starts).
+pub(super) struct FilesRead<'a> {
+    before: u64,
+    progress: &'a dyn Fn(u64),
+}
+
+impl<'a> FilesRead<'a> {
+    pub(super) fn new(progress: &'a dyn Fn(u64)) -> Self {
+        FilesRead {
+            before: 0,
+            progress,
+        }
+    }
+
+    /// The progress of reading the next file, listed at `size` bytes.
+    pub(super) fn within(&self, size: u64) -> impl Fn(u64) + 'a {
+        let (before, progress) = (self.before, self.progress);
+        move |n| progress(before.saturating_add(n.min(size)))
+    }
+
+    /// That file is behind, whatever it held (a document is not read in chunks).
+    pub(super) fn past(&mut self, size: u64) {
+        self.before = self.before.saturating_add(size);
+        (self.progress)(self.before);
+    }
 }
 
 /// A model's `metadata.json` is read only as a regular file of at most this size.
@@ -544,25 +578,19 @@ fn check_models(
     };
     // Shown only when files are hashed: what will be read is the listed files as they are
     // now, not the sizes listed.
-    let shown = (checksums == Checksums::Verify && !listed.is_empty()).then(|| {
-        let total = listed
+    let total = (checksums == Checksums::Verify && !listed.is_empty()).then(|| {
+        listed
             .iter()
             .filter_map(|f| match root.stat(&f.file) {
                 Ok(Some(found)) if found.kind == Kind::File => Some(found.size),
                 _ => None,
             })
-            .fold(0, u64::saturating_add);
-        (
-            Shown::start("models", total, errors_before, observer),
-            total,
-        )
+            .fold(0, u64::saturating_add)
     });
+    let shown = total.map(|total| Shown::start("models", total, errors_before, observer));
     // A file that grew since it was sized is hashed whole; the bar stops at its total.
-    let (showing, total) = shown
-        .as_ref()
-        .map_or((false, 0), |(_, total)| (true, *total));
     let progress = |n: u64| {
-        if showing {
+        if let Some(total) = total {
             observer.step_progress(n.min(total), 0);
         }
     };
@@ -570,7 +598,7 @@ fn check_models(
     for file in &listed {
         check_checksum(root, file, checksums, v, &mut tally);
     }
-    if let Some((shown, _)) = shown {
+    if let Some(shown) = shown {
         tally.end();
         shown.end(v);
     }

@@ -24,8 +24,8 @@ use serde_json::Value;
 
 use super::digests::{Digests, StagedDigests};
 use super::{
-    check_document, check_lines, expected_schema, file_entry, open_confined, Validation,
-    MAX_MODEL_METADATA_BYTES,
+    check_document, check_lines, expected_schema, file_entry, open_confined, total_size, FilesRead,
+    Validation, MAX_MODEL_METADATA_BYTES,
 };
 use crate::discover::install::{Installation, MAX_CONFIG_BYTES, QUARANTINE};
 use crate::discover::registry::HopInfo;
@@ -56,9 +56,7 @@ pub struct Staged<'a> {
 
 /// The bytes of the staged data files the check reads: what its progress goes up to.
 pub fn data_bytes(staging: &Path, data: Option<&str>) -> u64 {
-    data.map_or(0, |rel| {
-        staged_data_files(staging, rel).iter().map(|f| f.size).sum()
-    })
+    data.map_or(0, |rel| total_size(&staged_data_files(staging, rel)))
 }
 
 /// The data files of the staged data folder `rel`, as the check lists them.
@@ -206,7 +204,7 @@ fn check_records_and_files(
     let mut staged_lines = HashMap::new();
     if let Some(rel) = s.data {
         let plugin = last(|h| h.descriptor.rules.data);
-        let mut done = 0;
+        let mut files_read = FilesRead::new(s.progress);
         for file in staged_data_files(s.staging, rel) {
             let mut found = Validation {
                 findings: Vec::new(),
@@ -214,7 +212,7 @@ fn check_records_and_files(
             };
             let read = match file.kind {
                 crate::discover::install::DataKind::Lines => {
-                    let progress = |n| (s.progress)(done + n);
+                    let progress = files_read.within(file.size);
                     let lines = check_lines(
                         stage,
                         &file.rel,
@@ -231,9 +229,7 @@ fn check_records_and_files(
                     check_document(stage, &file.rel, schema, &mut found)
                 }
             };
-            // Whatever it held (a document is not read in chunks), the file is behind.
-            done += file.size;
-            (s.progress)(done);
+            files_read.past(file.size);
             if let Err(e) = read {
                 out.push(Violation {
                     file: file.rel.clone(),
