@@ -117,6 +117,11 @@ def run_cpu(cmd, **kw):
     return wall, children_cpu() - before
 
 
+def files_under(folder, suffix=""):
+    """Every file under `folder` whose name ends with `suffix`, sorted."""
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.endswith(suffix))
+
+
 def sha256_cpu(files):
     """CPU seconds of openssl's sha256 (SHA-NI) of `files`; 0 for none (openssl would read
     stdin)."""
@@ -219,7 +224,7 @@ def one_round(src, work, jq_out):
     # The data step's own baseline: cp of the same log.
     r["cp_log_s"] = run(["cp", os.path.join(src, "data/requests.jsonl"), scratch])
     # What removing the replaced log costs once it is on disk: the commit removes the last link
-    # to the source log after the swap, the one step nothing can overlap.
+    # to the source log after the swap, after everything else.
     settle()
     t = time.perf_counter()
     os.remove(os.path.join(scratch, "requests.jsonl"))
@@ -243,15 +248,12 @@ def one_round(src, work, jq_out):
     r["tar_backupset_bytes"] = os.path.getsize(tarball)
     # The rest of the backup's work, each piece by its standard tool (see whole_floor()): the sha256
     # of every archived file, and the archive decompressed again (migrate's read-back).
-    backup_set = [os.path.join(src, "config/server.toml")] + sorted(
-        os.path.join(d, f) for d, _, fs in os.walk(os.path.join(src, "data")) for f in fs)
+    backup_set = [os.path.join(src, "config/server.toml")] + files_under(os.path.join(src, "data"))
     r["archived_sha_cpu_s"] = sha256_cpu(backup_set)
     r["read_back_cpu_s"] = run_cpu(["zstd", "-q", "-dc", tarball], stdout=subprocess.DEVNULL)[1]
     os.remove(tarball)
     # The weights, hashed once: by the host during staging, for the hop and for the check.
-    weights = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(src, "models"))
-                     for f in fs if f.endswith(".safetensors"))
-    r["weights_sha_cpu_s"] = sha256_cpu(weights)
+    r["weights_sha_cpu_s"] = sha256_cpu(files_under(os.path.join(src, "models"), ".safetensors"))
 
     floor = subprocess.run([FLOOR, os.path.join(src, "data/requests.jsonl"), "3"],
                            check=True, stdout=subprocess.PIPE, text=True)
@@ -292,8 +294,7 @@ def one_round(src, work, jq_out):
     r["sync_migrated_log_s"] = run(["dd", f"if={migrated}", f"of={copy}", "bs=1M", "conv=fsync", "status=none"])
     os.remove(copy)
     # The sha256 of the files the migration wrote, which a rollback compares against.
-    written = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(vtree, "data")) for f in fs)
-    r["written_sha_cpu_s"] = sha256_cpu(written)
+    r["written_sha_cpu_s"] = sha256_cpu(files_under(os.path.join(vtree, "data")))
     settle()
     cpu = children_cpu()
     t = time.perf_counter()
@@ -360,7 +361,13 @@ def whole_floor(r, read_back=False):
     the removal of the replaced log once it is on disk, which only the commit may do and
     nothing follows. An estimate, not a bound: another program could do a piece on less CPU
     (the bench also gives migrate's own CPU seconds against these)."""
-    return required_cpu(r, read_back) / CORES + r["unlink_log_s"]
+    return packed(required_cpu(r, read_back), r)
+
+
+def packed(cpu, r):
+    """`cpu` seconds spread over every core with no waiting, plus the removal of the replaced
+    log."""
+    return cpu / CORES + r["unlink_log_s"]
 
 
 def whole_baseline(r):
@@ -400,7 +407,7 @@ def targets(results):
     wfloor = [whole_floor(r) / whole_baseline(r) for r in results]
     wfloor_rb = [whole_floor(r, read_back=True) / whole_baseline(r) for r in results]
     cpu_over = [r["migrate_cpu_s"] / required_cpu(r, read_back=True) for r in results]
-    own = [(r["migrate_cpu_s"] / CORES + r["unlink_log_s"]) / whole_baseline(r) for r in results]
+    own = [packed(r["migrate_cpu_s"], r) / whole_baseline(r) for r in results]
     rss = [r["peak_rss"] / (1 << 20) for r in results]
     val = [r["validate_s"] / r["cp_migrated_log_s"] for r in results]
     val_src = [r["validate_s"] / r["cp_log_s"] for r in results]
