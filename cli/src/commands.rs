@@ -273,7 +273,7 @@ fn rollback(
         .and_then(Path::to_str)
         .filter(|s| s.starts_with("s3://"));
     if let Some(url) = remote {
-        let report = rollback_remote(url, root, force, keys.as_ref(), observer)?;
+        let report = rollback_remote(url, root, force, keys.as_ref(), global, observer)?;
         return report_rollback(&report, global, observer);
     }
     let (backup, meta) = match (backup_path, root) {
@@ -294,22 +294,37 @@ fn rollback(
         backup.display(),
         meta.created
     ));
-    let changed = status::changed_since_backup(&into, &meta);
-    if !changed.is_empty() {
-        let list = changed.join("\n  ");
-        let question = format!(
-            "{} file(s) changed since the migration; the rollback replaces or removes them (what it replaces is saved first into a pre-rollback backup):\n  {list}",
-            changed.len()
-        );
-        match confirm(&question, global.yes)? {
-            Answer::No => return Err(cancelled()),
-            // Nobody was asked: the log says what the rollback replaced.
-            Answer::NotAsked => observer.warning(&question),
-            Answer::Yes => {}
-        }
-    }
-    let report = restore_shown(&backup, &meta, root, force, keys.as_ref(), observer)?;
+    let report = restore_shown(&backup, &meta, root, force, keys.as_ref(), global, observer)?;
     report_rollback(&report, global, observer)
+}
+
+/// The question a restore asks before it replaces files that changed since the migration: on
+/// a terminal only; otherwise (`--yes`, a pipe, Ansible) it goes on, and the log says what it
+/// replaced.
+fn ask_over_changed(
+    changed: &restore::Changed,
+    yes: bool,
+    observer: &dyn Observer,
+) -> std::io::Result<bool> {
+    let mut question = format!(
+        "{} file(s) changed since the migration; the rollback replaces them (their current content is saved first into a pre-rollback backup):\n  {}",
+        changed.saved.len(),
+        changed.saved.join("\n  ")
+    );
+    if !changed.kept.is_empty() {
+        question.push_str(&format!(
+            "\nkept as they are (created by the migration, changed since): {}",
+            changed.kept.join(", ")
+        ));
+    }
+    Ok(match confirm(&question, yes)? {
+        Answer::No => false,
+        Answer::NotAsked => {
+            observer.warning(&question);
+            true
+        }
+        Answer::Yes => true,
+    })
 }
 
 /// Restores `backup` (whose metadata is `meta`) as a step of its own, `restore`, that progress
@@ -323,6 +338,7 @@ fn restore_shown(
     root: Option<&Path>,
     force: bool,
     keys: Option<&Identities>,
+    global: &GlobalArgs,
     observer: &dyn Observer,
 ) -> Result<restore::RestoreReport, trustformers_migrate::transaction::Error> {
     let begun: std::cell::Cell<Option<Instant>> = Default::default();
@@ -331,6 +347,7 @@ fn restore_shown(
             backup,
             root,
             force,
+            confirm: &|changed| ask_over_changed(changed, global.yes, observer),
             progress: &|extracted| {
                 if begun.get().is_none() {
                     begun.set(Some(Instant::now()));
@@ -397,6 +414,7 @@ fn rollback_remote(
     root: Option<&Path>,
     force: bool,
     keys: Option<&Identities>,
+    global: &GlobalArgs,
     observer: &dyn Observer,
 ) -> anyhow::Result<restore::RestoreReport> {
     use trustformers_migrate::transaction::Error as T;
@@ -432,7 +450,7 @@ fn rollback_remote(
     let local = remote
         .download(&meta, &downloads, location.name())
         .map_err(T::from)?;
-    let restored = restore_shown(&local, &meta, Some(&root), force, keys, observer);
+    let restored = restore_shown(&local, &meta, Some(&root), force, keys, global, observer);
     // Removed through the installation's Root: no link on the way is followed, and a link
     // in place of the download is removed as a link.
     if let Ok(install) = trustformers_migrate::transaction::confine::Root::open(&root) {

@@ -152,7 +152,7 @@ fn error_report(e: &anyhow::Error) -> ErrorReport {
             let file = match t {
                 T::Invalid { path, .. } => Some(path.clone()),
                 T::Locked { root, .. } | T::Interrupted { root, .. } => Some(root.clone()),
-                T::Io { .. } | T::Usage { .. } | T::Remote(_) => None,
+                T::Io { .. } | T::Usage { .. } | T::Remote(_) | T::Cancelled { .. } => None,
             };
             ErrorReport::new(MigrateError::exit_code_of(t), &text, file)
         }

@@ -311,7 +311,7 @@ impl MigrateError {
     pub fn exit_code_of(t: &migrate_transaction::Error) -> ExitCode {
         use migrate_transaction::Error as T;
         match t {
-            T::Io { .. } => ExitCode::Failed,
+            T::Io { .. } | T::Cancelled { .. } => ExitCode::Failed,
             T::Invalid { .. } => ExitCode::Invalid,
             T::Locked { .. } => ExitCode::LockHeld,
             T::Usage { .. } => ExitCode::Usage,
@@ -359,6 +359,7 @@ impl MigrateError {
             | MigrateError::WorkerStopped { .. }
             | MigrateError::Transaction(T::Io { .. })
             | MigrateError::Transaction(T::Remote(_))
+            | MigrateError::Transaction(T::Cancelled { .. })
             | MigrateError::Transaction(T::Usage { .. }) => None,
         }
     }

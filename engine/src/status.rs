@@ -145,26 +145,3 @@ pub fn backup_for_rollback(root: &Path, backup_dir: &Path) -> Result<(PathBuf, B
             )
         })
 }
-
-/// Files a rollback to `meta` would replace or remove that are no longer what the migration
-/// wrote (edited by the operator, appended to by the server): the same test the restore
-/// makes, against the sha256 the backup recorded of every file the migration wrote. A backup
-/// without those records (format 1) counts every file it would touch as changed.
-pub fn changed_since_backup(root: &Path, meta: &BackupMetadata) -> Vec<String> {
-    let still_written = |rel: &str| {
-        meta.written
-            .iter()
-            .find(|w| w.path == rel)
-            .is_some_and(|w| {
-                plugin_api::model::sha256_file(&root.join(rel))
-                    .is_ok_and(|(size, hex)| size == w.size && hex == w.sha256)
-            })
-    };
-    meta.files
-        .iter()
-        .map(|f| f.path.as_str())
-        .chain(meta.created_files.iter().map(String::as_str))
-        .filter(|rel| root.join(rel).is_file() && !still_written(rel))
-        .map(str::to_owned)
-        .collect()
-}

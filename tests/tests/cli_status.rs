@@ -176,6 +176,74 @@ fn a_rollback_over_changed_files_is_confirmed_on_a_terminal_only() {
 }
 
 #[test]
+fn a_rollback_the_installation_is_past_is_refused_before_any_question() {
+    let install = sample_install();
+    let root = install.path().to_str().unwrap();
+    ok(&migrate(&["version", "--path", root, "--to", "1.0.0"]));
+    let backups: Vec<_> = std::fs::read_dir(install.path().join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let to_1_0 = backups[0].to_str().unwrap().to_owned();
+    ok(&migrate(&["version", "--path", root, "--to", "2.0.0"]));
+    // Changed since the 1.0.0 migration: a rollback to that backup would replace it, but the
+    // installation is at 2.0.0, which that backup does not restore.
+    let config = install.path().join("config/server.toml");
+    let edited = format!(
+        "{}# tuned after the upgrade\n",
+        read(install.path(), "config/server.toml")
+    );
+    std::fs::write(&config, &edited).unwrap();
+    let before = tree_hash(install.path());
+
+    // On a terminal, the operator is not asked about files a refused rollback never touches.
+    let args = ["rollback", "--backup-path", to_1_0.as_str(), "--path", root];
+    let (code, text, asked) = migrate_on_terminal(&args, "y");
+    assert!(!asked, "{text}");
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("the installation is at 2.0.0"), "{text}");
+    // Without one, no warning says what it would have replaced.
+    let out = migrate(&args);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("changed since the migration"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tree_hash(install.path()), before);
+}
+
+#[test]
+fn a_rollback_reads_no_file_through_a_link_and_is_refused_before_extracting() {
+    let install = sample_install();
+    let root = install.path().to_str().unwrap();
+    ok(&migrate(&["version", "--path", root, "--to", "1.0.0"]));
+    // The config folder replaced by a link to a folder outside, whose server.toml differs
+    // from what the migration wrote.
+    let outside = tempfile::tempdir().unwrap();
+    let config = install.path().join("config");
+    copy_tree(&config, &outside.path().join("config"));
+    let theirs = outside.path().join("config/server.toml");
+    let edited = format!("{}# outside\n", std::fs::read_to_string(&theirs).unwrap());
+    std::fs::write(&theirs, &edited).unwrap();
+    std::fs::remove_dir_all(&config).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("config"), &config).unwrap();
+
+    let out = migrate(&["rollback", "--path", root]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("is a symbolic link"), "{err}");
+    // The file behind the link was not compared (nor named as changed), and nothing was
+    // extracted: the refusal came first.
+    assert!(!err.contains("changed since the migration"), "{err}");
+    assert!(!err.contains("[restore]"), "{err}");
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), edited);
+    assert!(config.is_symlink());
+    assert_eq!(read(install.path(), "VERSION").trim(), "1.0.0");
+}
+
+#[test]
 fn hashing_api_keys_is_confirmed_on_a_terminal_and_never_asked_with_yes_or_without_one() {
     let install = sample_install();
     let root = install.path().to_str().unwrap();

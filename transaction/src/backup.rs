@@ -843,8 +843,21 @@ pub fn extract_at(
     progress: &dyn Fn(u64),
 ) -> Result<BackupMetadata> {
     let meta = read_metadata_at(backup)?;
-    read_archive(backup, &meta, Some(staging), keys, progress)?;
+    extract_as(backup, &meta, staging, keys, progress)?;
     Ok(meta)
+}
+
+/// [`extract_at`] against `meta`, the backup's metadata already read ([`read_metadata_at`]):
+/// a caller that acted on it before extracting (a rollback that asked about the files it
+/// replaces) extracts against the very metadata it acted on, not a second reading.
+pub fn extract_as(
+    backup: &Root,
+    meta: &BackupMetadata,
+    staging: &Staging,
+    keys: Option<&Identities>,
+    progress: &dyn Fn(u64),
+) -> Result<()> {
+    read_archive(backup, meta, Some(staging), keys, progress)
 }
 
 fn read_archive(

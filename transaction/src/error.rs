@@ -29,6 +29,11 @@ pub enum Error {
     /// command (or `migrate recover`) will finish or undo it.
     #[error("{reason}\n  the installation at {} is between two states; its journal is kept\n  next step: run `migrate recover --path {}` (or any migrate command on it) to finish or undo it", root.display(), root.display())]
     Interrupted { root: PathBuf, reason: String },
+    /// The caller was asked whether to go on (a rollback over files changed since the
+    /// migration) and said no. `done` says what had changed before the question: "nothing was
+    /// changed", or what the recovery that ran first did.
+    #[error("cancelled at your answer: {done}\n  next step: run the command again and answer y, or pass --yes")]
+    Cancelled { done: String },
     /// Another process holds the installation's lock.
     #[error("{root} is being migrated by another migrate process (PID {holder})\n  next step: wait for it to finish; the lock is released automatically when that process ends")]
     Locked { root: PathBuf, holder: String },

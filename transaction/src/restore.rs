@@ -7,7 +7,10 @@
 //! remove is compared with the sha256 the backup recorded of what the migration wrote. A file
 //! changed since (a record appended after the migration, a file a damaged `created_files`
 //! names) is first saved into a `pre_rollback` backup, and the report names it; a created
-//! file that changed since is kept where it is.
+//! file that changed since is kept where it is. Those files are found through the
+//! installation's [`Root`] (no link followed) under the lock, after the recovery and the
+//! release check: the caller's question ([`RestoreRequest::confirm`]) names what the restore
+//! then does, and nothing outside the installation is read to ask it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -54,6 +57,24 @@ pub struct RestoreRequest<'a> {
     /// `files` in all): see [`backup::extract_at`]. First told 0 as the extraction begins,
     /// once the backup, the lock and the installation's release have been checked.
     pub progress: &'a dyn Fn(u64),
+    /// Asked, when the restore would replace files that changed since the migration, whether to
+    /// go on: under the lock, after the recovery and the release check, before anything is
+    /// extracted, so that what it is told is what the restore then does. `Ok(false)` stops the
+    /// restore ([`Error::Cancelled`]); an error (the answer could not be read) stops it too.
+    pub confirm: &'a dyn Fn(&Changed) -> std::io::Result<bool>,
+}
+
+/// The installation's files that are no longer what the migration wrote (edited by the
+/// operator, appended to by the server), as the restore will treat them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// Files the backup replaces: their current content is saved first into a pre-rollback
+    /// backup.
+    pub saved: Vec<String>,
+    /// Files the migration created that changed since: kept where they are.
+    pub kept: Vec<String>,
+    /// Files the migration created, unchanged since: removed.
+    pub removed: Vec<String>,
 }
 
 /// A file is at most this large to be read as `VERSION`.
@@ -82,30 +103,25 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
     if meta.kind == "full" && !req.force {
         check_version(&root, &meta).map_err(noted)?;
     }
+    let changes = changed_since(&root, &meta)?;
+    if !changes.saved.is_empty()
+        && !(req.confirm)(&changes).map_err(io("cannot read the answer to the question"))?
+    {
+        return Err(Error::Cancelled {
+            done: untouched(recovery.as_deref()),
+        });
+    }
+    let Changed {
+        saved: changed,
+        kept,
+        removed,
+    } = changes;
     let mut staging = Staging::create(&root.join(TOOL_DIR))?;
-    let meta: BackupMetadata =
-        backup::extract_at(&held, &staging, keys, req.progress).map_err(noted)?;
-    let written = |rel: &str| meta.written.iter().find(|w| w.path == rel);
-    // Files whose current content is not what the migration left: saved before anything.
-    let mut changed = Vec::new();
-    for f in &meta.files {
-        if root.file_exists(&f.path)? && !still_written(&root, &f.path, written(&f.path))? {
-            changed.push(f.path.clone());
-        }
+    backup::extract_as(&held, &meta, &staging, keys, req.progress).map_err(noted)?;
+    for rel in &removed {
+        staging.remove_at_commit(rel);
     }
-    let mut removed = 0;
-    let mut kept = Vec::new();
-    for rel in &meta.created_files {
-        if !root.file_exists(rel)? {
-            continue;
-        }
-        if still_written(&root, rel, written(rel))? {
-            staging.remove_at_commit(rel);
-            removed += 1;
-        } else {
-            kept.push(rel.clone());
-        }
-    }
+    let removed = removed.len();
     let pre_rollback = if changed.is_empty() {
         None
     } else {
@@ -207,6 +223,40 @@ fn recovery_note(recovered: &journal::Recovery) -> Option<String> {
         )),
         journal::Recovery::Finished { .. } => None,
     }
+}
+
+/// What a restore stopped before its swap leaves: nothing changed, or what the recovery that
+/// ran first did.
+fn untouched(recovery: Option<&str>) -> String {
+    match recovery {
+        None => "nothing was changed".to_owned(),
+        Some(note) => format!("the backup was not applied (before this, {note})"),
+    }
+}
+
+/// The files a restore to `meta` would replace or remove, compared (through `root`: no link
+/// followed, nothing outside it) with the sha256 the backup recorded of what the migration
+/// wrote. A backup without those records (format 1) counts every file it would touch as
+/// changed: saved first, or kept.
+fn changed_since(root: &Root, meta: &BackupMetadata) -> Result<Changed> {
+    let written = |rel: &str| meta.written.iter().find(|w| w.path == rel);
+    let mut changed = Changed::default();
+    for f in &meta.files {
+        if root.file_exists(&f.path)? && !still_written(root, &f.path, written(&f.path))? {
+            changed.saved.push(f.path.clone());
+        }
+    }
+    for rel in &meta.created_files {
+        if !root.file_exists(rel)? {
+            continue;
+        }
+        if still_written(root, rel, written(rel))? {
+            changed.removed.push(rel.clone());
+        } else {
+            changed.kept.push(rel.clone());
+        }
+    }
+    Ok(changed)
 }
 
 /// A refusal after the recovery changed something: "nothing was changed" would not be true,
