@@ -307,13 +307,13 @@ fn ask_over_changed(
     observer: &dyn Observer,
 ) -> std::io::Result<bool> {
     let mut question = format!(
-        "{} file(s) changed since the migration; the rollback replaces them (their current content is saved first into a pre-rollback backup):\n  {}",
+        "{} file(s) changed since the migration; the rollback will replace them (their current content is saved first into a pre-rollback backup):\n  {}",
         changed.saved.len(),
         changed.saved.join("\n  ")
     );
     if !changed.kept.is_empty() {
         question.push_str(&format!(
-            "\nkept as they are (created by the migration, changed since): {}",
+            "\nit will keep as they are (created by the migration, changed since): {}",
             changed.kept.join(", ")
         ));
     }

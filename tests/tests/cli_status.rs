@@ -176,6 +176,66 @@ fn a_rollback_over_changed_files_is_confirmed_on_a_terminal_only() {
 }
 
 #[test]
+fn a_file_written_to_while_the_rollback_asks_is_saved_before_it_is_replaced() {
+    let install = sample_install();
+    let root = install.path().to_str().unwrap();
+    ok(&migrate(&["version", "--path", root, "--to", "1.0.0"]));
+    let at_1_0 = read(install.path(), "data/requests.jsonl");
+    // The config was edited: the rollback asks. The log is still what the migration wrote
+    // when it asks, and a server appends a record while the operator reads the question.
+    let config = install.path().join("config/server.toml");
+    let edited = format!(
+        "{}# tuned after the upgrade\n",
+        read(install.path(), "config/server.toml")
+    );
+    std::fs::write(&config, &edited).unwrap();
+    let record = "{\"id\":\"appended-while-asked\"}\n";
+    let log = install.path().join("data/requests.jsonl");
+    let seen = common::migrate_on_terminal_appending(
+        &["rollback", "--path", root],
+        "y",
+        &[],
+        80,
+        Some((&log, record)),
+    );
+    assert!(seen.asked, "{}", seen.drawn);
+    assert_eq!(seen.code, 0, "{}", seen.drawn);
+    // The question named the config only; the log changed after it, and was saved too.
+    assert!(
+        seen.drawn
+            .contains("data/requests.jsonl changed while the rollback ran"),
+        "{}",
+        seen.drawn
+    );
+    let saved: Vec<_> = std::fs::read_dir(install.path().join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("pre_rollback")
+        })
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let archive = saved[0].join("backup.tar.zst");
+    let extract = |rel: &str| {
+        let out = std::process::Command::new("tar")
+            .args(["-I", "zstd", "-xOf"])
+            .arg(&archive)
+            .arg(rel)
+            .output()
+            .expect("tar");
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(extract("data/requests.jsonl"), format!("{at_1_0}{record}"));
+    assert_eq!(extract("config/server.toml"), edited);
+    assert_ne!(read(install.path(), "data/requests.jsonl"), at_1_0);
+}
+
+#[test]
 fn a_rollback_the_installation_is_past_is_refused_before_any_question() {
     let install = sample_install();
     let root = install.path().to_str().unwrap();

@@ -8,9 +8,10 @@
 //! changed since (a record appended after the migration, a file a damaged `created_files`
 //! names) is first saved into a `pre_rollback` backup, and the report names it; a created
 //! file that changed since is kept where it is. Those files are found through the
-//! installation's [`Root`] (no link followed) under the lock, after the recovery and the
-//! release check: the caller's question ([`RestoreRequest::confirm`]) names what the restore
-//! then does, and nothing outside the installation is read to ask it.
+//! installation's [`Root`] (no link followed), under the lock, after the recovery and the
+//! release check, so that the caller's question ([`RestoreRequest::confirm`]) is about the
+//! installation as the restore finds it, and reads nothing outside it. They are looked at
+//! again once the backup is extracted, just before the swap.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -59,13 +60,15 @@ pub struct RestoreRequest<'a> {
     pub progress: &'a dyn Fn(u64),
     /// Asked, when the restore would replace files that changed since the migration, whether to
     /// go on: under the lock, after the recovery and the release check, before anything is
-    /// extracted, so that what it is told is what the restore then does. `Ok(false)` stops the
-    /// restore ([`Error::Cancelled`]); an error (the answer could not be read) stops it too.
+    /// extracted. `Ok(false)` stops the restore ([`Error::Cancelled`]); an error (the answer
+    /// could not be read) stops it too. The files are looked at again after the extraction: one
+    /// changed after the question is saved too, and the report's warnings name it.
     pub confirm: &'a dyn Fn(&Changed) -> std::io::Result<bool>,
 }
 
-/// The installation's files that are no longer what the migration wrote (edited by the
-/// operator, appended to by the server), as the restore will treat them.
+/// What a restore will do with the installation's files that the migration wrote or created,
+/// by whether each is still what the migration wrote (or was edited by the operator, appended
+/// to by the server since).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changed {
     /// Files the backup replaces: their current content is saved first into a pre-rollback
@@ -103,21 +106,33 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
     if meta.kind == "full" && !req.force {
         check_version(&root, &meta).map_err(noted)?;
     }
-    let changes = changed_since(&root, &meta)?;
-    if !changes.saved.is_empty()
-        && !(req.confirm)(&changes).map_err(io("cannot read the answer to the question"))?
+    let (asked, looked) = changed_since(&root, &meta, None).map_err(noted)?;
+    if !asked.saved.is_empty()
+        && !(req.confirm)(&asked).map_err(io("cannot read the answer to the question"))?
     {
         return Err(Error::Cancelled {
             done: untouched(recovery.as_deref()),
         });
     }
-    let Changed {
-        saved: changed,
-        kept,
-        removed,
-    } = changes;
     let mut staging = Staging::create(&root.join(TOOL_DIR))?;
     backup::extract_as(&held, &meta, &staging, keys, req.progress).map_err(noted)?;
+    // Looked at again: a file written to while the operator was asked or the backup was
+    // extracted (a server appending a record) is saved too, never replaced or removed unsaved.
+    // Only the files changed since the first look are read again.
+    let (
+        Changed {
+            saved: changed,
+            kept,
+            removed,
+        },
+        _,
+    ) = changed_since(&root, &meta, Some(&looked)).map_err(noted)?;
+    let meanwhile: Vec<&str> = changed
+        .iter()
+        .chain(&kept)
+        .filter(|rel| !asked.saved.contains(rel) && !asked.kept.contains(rel))
+        .map(String::as_str)
+        .collect();
     for rel in &removed {
         staging.remove_at_commit(rel);
     }
@@ -163,6 +178,15 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
         serde_json::json!({"backup": backup_path, "to_version": version, "from_version": meta.target_version, "restored_files": meta.files.len(), "removed_files": removed, "archive_sha256": meta.archive_sha256, "pre_rollback_backup": pre_rollback, "saved_files": changed, "kept_files": kept}),
     );
     let mut warnings: Vec<String> = recorded.err().map(|e| e.to_string()).into_iter().collect();
+    if !meanwhile.is_empty() {
+        warnings.insert(
+            0,
+            format!(
+                "{} changed while the rollback ran (after the question): saved into the pre-rollback backup, or kept when the migration created it",
+                meanwhile.join(", ")
+            ),
+        );
+    }
     if let Some(note) = recovery {
         warnings.insert(0, note);
     }
@@ -237,26 +261,107 @@ fn untouched(recovery: Option<&str>) -> String {
 /// The files a restore to `meta` would replace or remove, compared (through `root`: no link
 /// followed, nothing outside it) with the sha256 the backup recorded of what the migration
 /// wrote. A backup without those records (format 1) counts every file it would touch as
-/// changed: saved first, or kept.
-fn changed_since(root: &Root, meta: &BackupMetadata) -> Result<Changed> {
+/// changed: saved first, or kept. With `before`, an earlier look, a file that is the very one
+/// seen then and unchanged since keeps its verdict without being read again. Returns the
+/// verdicts and this look.
+fn changed_since(
+    root: &Root,
+    meta: &BackupMetadata,
+    before: Option<&Look>,
+) -> Result<(Changed, Look)> {
     let written = |rel: &str| meta.written.iter().find(|w| w.path == rel);
     let mut changed = Changed::default();
-    for f in &meta.files {
-        if root.file_exists(&f.path)? && !still_written(root, &f.path, written(&f.path))? {
-            changed.saved.push(f.path.clone());
+    let mut look = Look::default();
+    for (rel, created) in meta
+        .files
+        .iter()
+        .map(|f| (&f.path, false))
+        .chain(meta.created_files.iter().map(|rel| (rel, true)))
+    {
+        let earlier = before.and_then(|b| b.0.iter().find(|(r, ..)| r == rel));
+        let (verdict, seen) = judge(root, rel, written(rel), earlier.map(|(_, v, s)| (*v, *s)))?;
+        match (verdict, created) {
+            (Verdict::Absent, _) | (Verdict::Written, false) => {}
+            (Verdict::Changed, false) => changed.saved.push(rel.clone()),
+            (Verdict::Written, true) => changed.removed.push(rel.clone()),
+            (Verdict::Changed, true) => changed.kept.push(rel.clone()),
+        }
+        look.0.push((rel.clone(), verdict, seen));
+    }
+    Ok((changed, look))
+}
+
+/// Whether a file is still what the migration wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Absent,
+    Written,
+    Changed,
+}
+
+/// One look at the files a restore touches: each one's verdict, and the file it was taken of.
+#[derive(Debug, Default)]
+struct Look(Vec<(String, Verdict, Option<Seen>)>);
+
+/// Which file, and whether it changed: a write changes the change time, a new file is another
+/// inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Seen {
+    fn of(file: &std::fs::File) -> std::io::Result<Seen> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        Ok(Seen {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// The verdict on the file at `rel`: the one of `earlier` when it is the file seen then and
+/// unchanged since, else read and compared with `written`, the sha256 the backup recorded. A
+/// file that changes while it is read is counted as changed.
+fn judge(
+    root: &Root,
+    rel: &str,
+    written: Option<&backup::FileRecord>,
+    earlier: Option<(Verdict, Option<Seen>)>,
+) -> Result<(Verdict, Option<Seen>)> {
+    if !root.file_exists(rel)? {
+        return Ok((Verdict::Absent, None));
+    }
+    let path = || root.join(rel).display().to_string();
+    let file = root.open_read(rel, None)?;
+    let seen = Seen::of(&file).map_err(io(format!("cannot stat {}", path())))?;
+    if let Some((verdict, Some(then))) = earlier {
+        if then == seen {
+            return Ok((verdict, Some(seen)));
         }
     }
-    for rel in &meta.created_files {
-        if !root.file_exists(rel)? {
-            continue;
-        }
-        if still_written(root, rel, written(rel))? {
-            changed.removed.push(rel.clone());
-        } else {
-            changed.kept.push(rel.clone());
-        }
-    }
-    Ok(changed)
+    let Some(w) = written else {
+        return Ok((Verdict::Changed, Some(seen)));
+    };
+    let mut hashing = crate::fsutil::Hashing::new(std::io::BufReader::new(&file));
+    std::io::copy(&mut (&mut hashing).take(u64::MAX), &mut std::io::sink())
+        .map_err(io(format!("cannot read {}", path())))?;
+    let same = hashing.count() == w.size && hashing.hex() == w.sha256;
+    let after = Seen::of(&file).map_err(io(format!("cannot stat {}", path())))?;
+    let verdict = if same && after == seen {
+        Verdict::Written
+    } else {
+        Verdict::Changed
+    };
+    Ok((verdict, Some(seen)))
 }
 
 /// A refusal after the recovery changed something: "nothing was changed" would not be true,
@@ -308,18 +413,6 @@ fn read_version(root: &Root) -> Result<Option<String>> {
     }
     let bytes = root.read(rel, MAX_VERSION_BYTES)?;
     Ok(Some(String::from_utf8_lossy(&bytes).trim().to_owned()))
-}
-
-/// Whether the file at `rel` is still byte for byte what the migration wrote.
-fn still_written(root: &Root, rel: &str, written: Option<&backup::FileRecord>) -> Result<bool> {
-    let Some(w) = written else {
-        return Ok(false);
-    };
-    let file = root.open_read(rel, None)?;
-    let mut hashing = crate::fsutil::Hashing::new(std::io::BufReader::new(file));
-    std::io::copy(&mut (&mut hashing).take(u64::MAX), &mut std::io::sink())
-        .map_err(io(format!("cannot read {}", root.join(rel).display())))?;
-    Ok(hashing.count() == w.size && hashing.hex() == w.sha256)
 }
 
 /// Archives `changed` (as they are now) into a `pre_rollback_backup_<ts>/` beside the backup;

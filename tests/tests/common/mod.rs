@@ -141,9 +141,21 @@ pub fn migrate_on_terminal(
     env: &[(&str, &str)],
     cols: u16,
 ) -> OnTerminal {
+    migrate_on_terminal_appending(args, answer, env, cols, None)
+}
+
+/// [`migrate_on_terminal`], appending `text` to the file `path` (when given) once the question
+/// is shown and before answering it: a server writing while the operator thinks.
+pub fn migrate_on_terminal_appending(
+    args: &[&str],
+    answer: &str,
+    env: &[(&str, &str)],
+    cols: u16,
+    append: Option<(&Path, &str)>,
+) -> OnTerminal {
     const DRIVER: &str = r#"
 import fcntl, os, pty, struct, sys, termios
-answer, cols, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+answer, cols, path, text, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
 pid, fd = pty.fork()
 if pid == 0:
     fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
@@ -158,6 +170,9 @@ while True:
         break
     out += data
     if not asked and b"Continue? [y/N]" in out:
+        if path:
+            with open(path, "a") as f:
+                f.write(text)
         os.write(fd, answer.encode() + b"\n")
         asked = True
 _, status = os.waitpid(pid, 0)
@@ -171,6 +186,8 @@ sys.exit(os.waitstatus_to_exitcode(status))
         .arg(DRIVER)
         .arg(answer)
         .arg(cols.to_string())
+        .arg(append.map_or(Path::new(""), |(p, _)| p))
+        .arg(append.map_or("", |(_, t)| t))
         .arg(migrate_bin())
         .args(args);
     let out = isolated(&mut cmd, home.path())
