@@ -271,6 +271,81 @@ fn the_backup_records_the_sha256_of_what_the_migration_wrote() {
     }
 }
 
+/// A metadata.json that lists one path both among the files a rollback restores and among those
+/// it removes (as created by the migration) would have the file put back, then deleted: it is
+/// refused by `backups verify` and `rollback`, and nothing changes.
+#[test]
+fn a_backup_listing_a_file_both_restored_and_removed_is_refused() {
+    let dir = sample_install();
+    let root = dir.path();
+    ok(&migrate_version(root, &[]));
+    let backup = only_backup(root);
+    let mut meta = metadata(&backup);
+    assert!(
+        meta["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == "config/server.toml"),
+        "{meta}"
+    );
+    meta["created_files"]
+        .as_array_mut()
+        .unwrap()
+        .push("config/server.toml".into());
+    write_metadata(&backup, &meta);
+    let migrated = tree_hash(root);
+    let verify = migrate(&["backups", "verify", p(&backup)]);
+    assert!(!verify.status.success(), "{}", both(&verify));
+    assert!(both(&verify).contains("listed twice"), "{}", both(&verify));
+    let rollback = migrate(&["rollback", "--backup-path", p(&backup)]);
+    assert_eq!(rollback.status.code(), Some(3), "{}", both(&rollback));
+    assert!(
+        both(&rollback).contains("config/server.toml"),
+        "{}",
+        both(&rollback)
+    );
+    assert_eq!(tree_hash(root), migrated);
+}
+
+/// A file written to after the rollback's last full look (while it saves what changed and
+/// prepares its swap: a server still running) stops the rollback before anything is swapped;
+/// once the writer stops, the next rollback saves that write first.
+#[test]
+fn a_file_written_to_just_before_the_rollback_swaps_stops_it_with_nothing_swapped() {
+    let dir = sample_install();
+    let root = dir.path();
+    let original = tree_hash(root);
+    ok(&migrate_version(root, &[]));
+    let log = root.join("data/requests.jsonl");
+    let record = "{\"id\":\"appended-before-the-swap\"}\n";
+    let out = migrate_paused(&["rollback", "--path", p(root)], "restore_prepared", || {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut f, record.as_bytes()).unwrap();
+    });
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("data/requests.jsonl changed while the rollback saved"),
+        "{text}"
+    );
+    assert!(text.contains("stop the server"), "{text}");
+    // Nothing swapped: still the migrated installation, with the record, and no journal.
+    assert_eq!(read(root, "VERSION").trim(), "2.1.0");
+    assert!(read(root, "data/requests.jsonl").ends_with(record));
+    assert!(!root.join(".migrate/journal.json").exists());
+    assert_no_leftovers(root, "after the refused rollback");
+
+    let again = migrate(&["rollback", "--path", p(root)]);
+    let text = both(&again);
+    assert!(again.status.success(), "{text}");
+    assert!(
+        text.contains("data/requests.jsonl") && text.contains("saved first into"),
+        "{text}"
+    );
+    assert_eq!(tree_hash(root), original);
+}
+
 /// Finding 2: `created_files` names a file the migration never created. A name without the
 /// sha256 of what the migration wrote is refused by `backups verify` and `rollback`; one with
 /// a sha256 that is not the file's makes the rollback keep the file and say so.

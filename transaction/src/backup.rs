@@ -787,6 +787,19 @@ fn check_metadata_paths(meta: &BackupMetadata) -> std::result::Result<(), String
             ));
         }
     }
+    // A path both restored and removed would be put back, then deleted.
+    let mut touched = std::collections::HashSet::new();
+    if let Some(twice) = meta
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(meta.created_files.iter().map(String::as_str))
+        .find(|p| !touched.insert(*p))
+    {
+        return Err(format!(
+            "metadata.json: `{twice}` is listed twice among the files the backup restores or removes: refused"
+        ));
+    }
     if meta.format >= 2 {
         if let Some(c) = meta
             .created_files

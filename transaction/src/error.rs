@@ -35,7 +35,7 @@ pub enum Error {
     #[error("cancelled at your answer: {done}\n  next step: run the command again and answer y, or pass --yes")]
     Cancelled { done: String },
     /// Another process holds the installation's lock.
-    #[error("{root} is being migrated by another migrate process (PID {holder})\n  next step: wait for it to finish; the lock is released automatically when that process ends")]
+    #[error("{root} is locked by another migrate process (PID {holder}): a migration, a rollback or a recovery is under way there\n  next step: wait for it to finish (a rollback may be waiting for an answer at its terminal); the lock is released automatically when that process ends")]
     Locked { root: PathBuf, holder: String },
     /// A remote copy of a backup could not be written, verified or read back.
     #[error(transparent)]

@@ -11,7 +11,10 @@
 //! installation's [`Root`] (no link followed), under the lock, after the recovery and the
 //! release check, so that the caller's question ([`RestoreRequest::confirm`]) is about the
 //! installation as the restore finds it, and reads nothing outside it. They are looked at
-//! again once the backup is extracted, just before the swap.
+//! again once the backup is extracted (a file changed since is saved too), and their status
+//! once more just before the swap: one that moved in between stops the restore, which swaps
+//! nothing. A writer still running through the swap itself can still lose what it writes into
+//! the replaced file: the server must be stopped.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -114,18 +117,18 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
             done: untouched(recovery.as_deref()),
         });
     }
-    let mut staging = Staging::create(&root.join(TOOL_DIR))?;
+    let mut staging = Staging::create(&root.join(TOOL_DIR)).map_err(noted)?;
     backup::extract_as(&held, &meta, &staging, keys, req.progress).map_err(noted)?;
     // Looked at again: a file written to while the operator was asked or the backup was
-    // extracted (a server appending a record) is saved too, never replaced or removed unsaved.
-    // Only the files changed since the first look are read again.
+    // extracted (a server appending a record) is saved too. Only the files changed since the
+    // first look are read again.
     let (
         Changed {
             saved: changed,
             kept,
             removed,
         },
-        _,
+        looked,
     ) = changed_since(&root, &meta, Some(&looked)).map_err(noted)?;
     let meanwhile: Vec<&str> = changed
         .iter()
@@ -140,7 +143,7 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
     let pre_rollback = if changed.is_empty() {
         None
     } else {
-        Some(save_changed(&root, backup_path, &meta, &changed, keys)?)
+        Some(save_changed(&root, backup_path, &meta, &changed, keys).map_err(noted)?)
     };
     let txn = Transaction::prepare(
         root.path(),
@@ -150,8 +153,14 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
         None,
         Modes::Staged,
         None,
-    )?;
-    if let Err(e) = txn.swap() {
+    )
+    .map_err(noted)?;
+    // The last look, a stat of each file: one written to while the changed files were saved
+    // and the swap prepared (a server still running) stops the restore before any swap.
+    let moved = crate::fault::point("restore_prepared")
+        .and_then(|()| unmoved_since(&root, &looked, pre_rollback.as_deref()))
+        .map_err(noted);
+    if let Err(e) = moved.and_then(|()| txn.swap()) {
         return Err(match txn.rollback() {
             Ok(()) => e,
             Err(undo) => Error::Interrupted {
@@ -182,7 +191,7 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
         warnings.insert(
             0,
             format!(
-                "{} changed while the rollback ran (after the question): saved into the pre-rollback backup, or kept when the migration created it",
+                "{} changed while the rollback ran (after its first look at the files): saved into the pre-rollback backup, or kept when the migration created it",
                 meanwhile.join(", ")
             ),
         );
@@ -303,8 +312,10 @@ enum Verdict {
 #[derive(Debug, Default)]
 struct Look(Vec<(String, Verdict, Option<Seen>)>);
 
-/// Which file, and whether it changed: a write changes the change time, a new file is another
-/// inode.
+/// Which file, and whether it changed: a new file in its place is another inode, and a write
+/// moves the change time (to the nanosecond on this kernel's ext4; on file systems or kernels
+/// with coarser times, a rewrite of the same size within one clock tick would not show, nor a
+/// write through a shared memory map).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Seen {
     dev: u64,
@@ -337,12 +348,10 @@ fn judge(
     written: Option<&backup::FileRecord>,
     earlier: Option<(Verdict, Option<Seen>)>,
 ) -> Result<(Verdict, Option<Seen>)> {
-    if !root.file_exists(rel)? {
+    let Some((file, seen)) = opened(root, rel)? else {
         return Ok((Verdict::Absent, None));
-    }
+    };
     let path = || root.join(rel).display().to_string();
-    let file = root.open_read(rel, None)?;
-    let seen = Seen::of(&file).map_err(io(format!("cannot stat {}", path())))?;
     if let Some((verdict, Some(then))) = earlier {
         if then == seen {
             return Ok((verdict, Some(seen)));
@@ -362,6 +371,62 @@ fn judge(
         Verdict::Changed
     };
     Ok((verdict, Some(seen)))
+}
+
+/// The file at `rel`, opened through `root`, and what it is; `None` when there is none.
+fn opened(root: &Root, rel: &str) -> Result<Option<(std::fs::File, Seen)>> {
+    if !root.file_exists(rel)? {
+        return Ok(None);
+    }
+    let file = root.open_read(rel, None)?;
+    let seen = Seen::of(&file).map_err(io(format!("cannot stat {}", root.join(rel).display())))?;
+    Ok(Some((file, seen)))
+}
+
+/// Refuses the restore (before its swap, which the caller undoes) when a file of `look` moved
+/// since ([`moved_since`]): something still writes to the installation.
+fn unmoved_since(root: &Root, look: &Look, pre_rollback: Option<&Path>) -> Result<()> {
+    let moved = moved_since(root, look)?;
+    let Some(first) = moved.first() else {
+        return Ok(());
+    };
+    let kept = pre_rollback.map_or_else(String::new, |p| {
+        format!(" (the pre-rollback backup {} is kept)", p.display())
+    });
+    Err(Error::invalid(
+        root.join(first),
+        format!(
+            "{} changed while the rollback saved what had changed and prepared its swap: refused, nothing was changed{kept}",
+            moved.join(", ")
+        ),
+        "something still writes to the installation: stop the server (and anything else writing there), then run the rollback again",
+    ))
+}
+
+/// The files of `look` that are no longer what it saw (written to, replaced, come or gone),
+/// once the swap is prepared. Preparing it linked each original aside, which moved its change
+/// time; so the change time is left out here, and a write shows by the size or the
+/// modification time.
+fn moved_since(root: &Root, look: &Look) -> Result<Vec<String>> {
+    let unwritten = |then: &Seen, now: &Seen| {
+        Seen {
+            ctime: then.ctime,
+            ..*now
+        } == *then
+    };
+    let mut moved = Vec::new();
+    for (rel, _, seen) in &look.0 {
+        let now = opened(root, rel)?.map(|(_, now)| now);
+        let same = match (seen, &now) {
+            (None, None) => true,
+            (Some(then), Some(now)) => unwritten(then, now),
+            _ => false,
+        };
+        if !same {
+            moved.push(rel.clone());
+        }
+    }
+    Ok(moved)
 }
 
 /// A refusal after the recovery changed something: "nothing was changed" would not be true,
