@@ -336,6 +336,22 @@ fn a_file_written_to_just_before_the_rollback_swaps_stops_it_with_nothing_swappe
     assert!(!root.join(".migrate/journal.json").exists());
     assert_no_leftovers(root, "after the refused rollback");
 
+    // A writer that replaces the file (a new one renamed over it, as an editor saves): the
+    // refused rollback leaves the new file, not the original it had kept aside.
+    let rewritten = format!("{}{record}", read(root, "data/requests.jsonl"));
+    let out = migrate_paused(&["rollback", "--path", p(root)], "restore_prepared", || {
+        let new = root.join("data/requests.jsonl.new");
+        std::fs::write(&new, &rewritten).unwrap();
+        std::fs::rename(&new, &log).unwrap();
+    });
+    assert_eq!(out.status.code(), Some(3), "{}", both(&out));
+    assert!(
+        read(root, "data/requests.jsonl") == rewritten,
+        "the file the writer put in place was replaced by the original kept aside"
+    );
+    assert_eq!(read(root, "VERSION").trim(), "2.1.0");
+    assert_no_leftovers(root, "after the second refused rollback");
+
     let again = migrate(&["rollback", "--path", p(root)]);
     let text = both(&again);
     assert!(again.status.success(), "{text}");

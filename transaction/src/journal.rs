@@ -109,6 +109,10 @@ const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 pub struct Transaction {
     root: Root,
     journal: Journal,
+    /// Whether [`Self::swap`] was called. Until then, undoing only removes the staging, the
+    /// kept originals and the journal: renaming the originals back could put an older copy over
+    /// a file written since (a copy kept where a hard link failed, a file a writer replaced).
+    swap_began: std::cell::Cell<bool>,
 }
 
 /// What [`recover`] did.
@@ -204,7 +208,11 @@ impl Transaction {
         };
         write_journal(&root, &journal)?;
         fault::point("prepared")?;
-        Ok(Transaction { root, journal })
+        Ok(Transaction {
+            root,
+            journal,
+            swap_began: std::cell::Cell::new(false),
+        })
     }
 
     /// The installation, opened beneath its canonical root.
@@ -229,6 +237,7 @@ impl Transaction {
 
     /// Step 2: moves every staged file into place.
     pub fn swap(&self) -> Result<()> {
+        self.swap_began.set(true);
         swap_forward(&self.root, &self.journal)
     }
 
@@ -251,9 +260,14 @@ impl Transaction {
         cleanup(&self.root, &self.journal)
     }
 
-    /// Undoes whatever part of the swap happened.
+    /// Undoes whatever part of the swap happened; before any swap, removes what was prepared
+    /// and leaves every file of the installation as it is now.
     pub fn rollback(self) -> Result<()> {
-        roll_back(&self.root, &self.journal)
+        if self.swap_began.get() {
+            roll_back(&self.root, &self.journal)
+        } else {
+            abandon(&self.root, &self.journal)
+        }
     }
 }
 
@@ -512,6 +526,18 @@ fn roll_back(root: &Root, journal: &Journal) -> Result<()> {
         root.remove_empty_dir(dir)?;
     }
     cleanup(root, journal)
+}
+
+/// Removes a swap prepared but never begun: the journal first, so that no recovery renames
+/// the kept originals back over files written since; then the originals and the staging (a
+/// crash in between leaves folders that the next command removes as leftovers).
+fn abandon(root: &Root, journal: &Journal) -> Result<()> {
+    root.remove_file(&format!("{TOOL_DIR}/{JOURNAL_FILE}"))?;
+    root.subroot(TOOL_DIR)?.sync();
+    for dir in [&journal.originals, &journal.staging] {
+        root.remove_all(dir)?;
+    }
+    Ok(())
 }
 
 /// Deletes staging, originals and the journal, in that order: while the journal exists, the

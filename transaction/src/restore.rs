@@ -158,7 +158,7 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
     // The last look, a stat of each file: one written to while the changed files were saved
     // and the swap prepared (a server still running) stops the restore before any swap.
     let moved = crate::fault::point("restore_prepared")
-        .and_then(|()| unmoved_since(&root, &looked, pre_rollback.as_deref()))
+        .and_then(|()| unmoved_since(&root, &looked, &kept, pre_rollback.as_deref()))
         .map_err(noted);
     if let Err(e) = moved.and_then(|()| txn.swap()) {
         return Err(match txn.rollback() {
@@ -385,8 +385,13 @@ fn opened(root: &Root, rel: &str) -> Result<Option<(std::fs::File, Seen)>> {
 
 /// Refuses the restore (before its swap, which the caller undoes) when a file of `look` moved
 /// since ([`moved_since`]): something still writes to the installation.
-fn unmoved_since(root: &Root, look: &Look, pre_rollback: Option<&Path>) -> Result<()> {
-    let moved = moved_since(root, look)?;
+fn unmoved_since(
+    root: &Root,
+    look: &Look,
+    kept: &[String],
+    pre_rollback: Option<&Path>,
+) -> Result<()> {
+    let moved = moved_since(root, look, kept)?;
     let Some(first) = moved.first() else {
         return Ok(());
     };
@@ -404,10 +409,10 @@ fn unmoved_since(root: &Root, look: &Look, pre_rollback: Option<&Path>) -> Resul
 }
 
 /// The files of `look` that are no longer what it saw (written to, replaced, come or gone),
-/// once the swap is prepared. Preparing it linked each original aside, which moved its change
-/// time; so the change time is left out here, and a write shows by the size or the
-/// modification time.
-fn moved_since(root: &Root, look: &Look) -> Result<Vec<String>> {
+/// once the swap is prepared; those `kept` (the swap leaves them as they are) do not count.
+/// Preparing the swap linked each original aside, which moved its change time; so the change
+/// time is left out here, and a write shows by the size or the modification time.
+fn moved_since(root: &Root, look: &Look, kept: &[String]) -> Result<Vec<String>> {
     let unwritten = |then: &Seen, now: &Seen| {
         Seen {
             ctime: then.ctime,
@@ -415,7 +420,7 @@ fn moved_since(root: &Root, look: &Look) -> Result<Vec<String>> {
         } == *then
     };
     let mut moved = Vec::new();
-    for (rel, _, seen) in &look.0 {
+    for (rel, _, seen) in look.0.iter().filter(|(rel, ..)| !kept.contains(rel)) {
         let now = opened(root, rel)?.map(|(_, now)| now);
         let same = match (seen, &now) {
             (None, None) => true,
