@@ -532,8 +532,9 @@ fn roll_back(root: &Root, journal: &Journal) -> Result<()> {
 /// the kept originals back over files written since; then the originals and the staging (a
 /// crash in between leaves folders that the next command removes as leftovers).
 fn abandon(root: &Root, journal: &Journal) -> Result<()> {
+    // `remove_file` syncs the folder that held it.
     root.remove_file(&format!("{TOOL_DIR}/{JOURNAL_FILE}"))?;
-    root.subroot(TOOL_DIR)?.sync();
+    fault::point("abandon")?;
     for dir in [&journal.originals, &journal.staging] {
         root.remove_all(dir)?;
     }
