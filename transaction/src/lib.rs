@@ -29,5 +29,6 @@ pub mod recovery;
 pub mod remote;
 pub mod restore;
 pub mod staging;
+pub mod stamp;
 
 pub use error::{Error, Result};

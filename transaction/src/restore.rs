@@ -16,7 +16,6 @@
 //! nothing. A writer still running through the swap itself can still lose what it writes into
 //! the replaced file: the server must be stopped.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -30,6 +29,7 @@ use crate::journal::{self, Modes, Transaction};
 use crate::layout::{BACKUPS_DIR, TOOL_DIR};
 use crate::lock::InstallLock;
 use crate::staging::Staging;
+use crate::stamp::FileStamp;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
@@ -271,8 +271,8 @@ fn untouched(recovery: Option<&str>) -> String {
 /// followed, nothing outside it) with the sha256 the backup recorded of what the migration
 /// wrote. A backup without those records (format 1) counts every file it would touch as
 /// changed: saved first, or kept. With `before`, an earlier look, a file that is the very one
-/// seen then and unchanged since keeps its verdict without being read again. Returns the
-/// verdicts and this look.
+/// stamped then and unchanged since ([`FileStamp`]) keeps its verdict without being read again.
+/// Returns the verdicts and this look.
 fn changed_since(
     root: &Root,
     meta: &BackupMetadata,
@@ -308,79 +308,65 @@ enum Verdict {
     Changed,
 }
 
-/// One look at the files a restore touches: each one's verdict, and the file it was taken of.
+/// One look at the files a restore touches: each one's verdict, and what was there.
 #[derive(Debug, Default)]
-struct Look(Vec<(String, Verdict, Option<Seen>)>);
+struct Look(Vec<(String, Verdict, Seen)>);
 
-/// Which file, and whether it changed: a new file in its place is another inode, and a write
-/// moves the change time (to the nanosecond on this kernel's ext4; on file systems or kernels
-/// with coarser times, a rewrite of the same size within one clock tick would not show, nor a
-/// write through a shared memory map).
+/// What a look found at a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Seen {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+enum Seen {
+    /// No file.
+    Absent,
+    /// A file, settled when it was stamped: a later stamp tells whether it changed since.
+    Stamped(FileStamp),
+    /// A file still changing when it was looked at: no later look can tell it unchanged.
+    Changing,
 }
 
-impl Seen {
-    fn of(file: &std::fs::File) -> std::io::Result<Seen> {
-        use std::os::unix::fs::MetadataExt;
-        let m = file.metadata()?;
-        Ok(Seen {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
-    }
-}
-
-/// The verdict on the file at `rel`: the one of `earlier` when it is the file seen then and
+/// The verdict on the file at `rel`: the one of `earlier` when it is the file stamped then and
 /// unchanged since, else read and compared with `written`, the sha256 the backup recorded. A
-/// file that changes while it is read is counted as changed.
+/// file that changes while it is read, or keeps changing, is counted as changed.
 fn judge(
     root: &Root,
     rel: &str,
     written: Option<&backup::FileRecord>,
-    earlier: Option<(Verdict, Option<Seen>)>,
-) -> Result<(Verdict, Option<Seen>)> {
-    let Some((file, seen)) = opened(root, rel)? else {
-        return Ok((Verdict::Absent, None));
+    earlier: Option<(Verdict, Seen)>,
+) -> Result<(Verdict, Seen)> {
+    let Some(file) = open_file(root, rel)? else {
+        return Ok((Verdict::Absent, Seen::Absent));
     };
     let path = || root.join(rel).display().to_string();
-    if let Some((verdict, Some(then))) = earlier {
-        if then == seen {
-            return Ok((verdict, Some(seen)));
+    let stamp = FileStamp::settled(&file)
+        .map_err(io(format!("cannot stat {}", path())))?
+        .map(|(stamp, _)| stamp);
+    let seen = stamp.map_or(Seen::Changing, Seen::Stamped);
+    if let (Some((verdict, Seen::Stamped(then))), Seen::Stamped(now)) = (earlier, seen) {
+        if then == now {
+            return Ok((verdict, seen));
         }
     }
     let Some(w) = written else {
-        return Ok((Verdict::Changed, Some(seen)));
+        return Ok((Verdict::Changed, seen));
     };
     let mut hashing = crate::fsutil::Hashing::new(std::io::BufReader::new(&file));
-    std::io::copy(&mut (&mut hashing).take(u64::MAX), &mut std::io::sink())
+    std::io::copy(&mut hashing, &mut std::io::sink())
         .map_err(io(format!("cannot read {}", path())))?;
     let same = hashing.count() == w.size && hashing.hex() == w.sha256;
-    let after = Seen::of(&file).map_err(io(format!("cannot stat {}", path())))?;
-    let verdict = if same && after == seen {
+    let after = FileStamp::of(&file).map_err(io(format!("cannot stat {}", path())))?;
+    let verdict = if same && stamp == Some(after) {
         Verdict::Written
     } else {
         Verdict::Changed
     };
-    Ok((verdict, Some(seen)))
+    Ok((verdict, seen))
 }
 
-/// The file at `rel`, opened through `root`, and what it is; `None` when there is none.
-fn opened(root: &Root, rel: &str) -> Result<Option<(std::fs::File, Seen)>> {
+/// The file at `rel`, opened through `root`; `None` when there is none.
+fn open_file(root: &Root, rel: &str) -> Result<Option<std::fs::File>> {
     if !root.file_exists(rel)? {
         return Ok(None);
     }
-    let file = root.open_read(rel, None)?;
-    let seen = Seen::of(&file).map_err(io(format!("cannot stat {}", root.join(rel).display())))?;
-    Ok(Some((file, seen)))
+    root.open_read(rel, None).map(Some)
 }
 
 /// Refuses the restore (before its swap, which the caller undoes) when a file of `look` moved
@@ -411,20 +397,21 @@ fn unmoved_since(
 /// The files of `look` that are no longer what it saw (written to, replaced, come or gone),
 /// once the swap is prepared; those `kept` (the swap leaves them as they are) do not count.
 /// Preparing the swap linked each original aside, which moved its change time; so the change
-/// time is left out here, and a write shows by the size or the modification time.
+/// time is left out here ([`FileStamp::unwritten_in`]), and a write shows by the size or the
+/// modification time. A file that was still changing at the look counts as moved.
 fn moved_since(root: &Root, look: &Look, kept: &[String]) -> Result<Vec<String>> {
-    let unwritten = |then: &Seen, now: &Seen| {
-        Seen {
-            ctime: then.ctime,
-            ..*now
-        } == *then
-    };
     let mut moved = Vec::new();
     for (rel, _, seen) in look.0.iter().filter(|(rel, ..)| !kept.contains(rel)) {
-        let now = opened(root, rel)?.map(|(_, now)| now);
-        let same = match (seen, &now) {
-            (None, None) => true,
-            (Some(then), Some(now)) => unwritten(then, now),
+        let now = match open_file(root, rel)? {
+            None => None,
+            Some(file) => Some(
+                FileStamp::of(&file)
+                    .map_err(io(format!("cannot stat {}", root.join(rel).display())))?,
+            ),
+        };
+        let same = match (seen, now) {
+            (Seen::Absent, None) => true,
+            (Seen::Stamped(then), Some(now)) => then.unwritten_in(&now),
             _ => false,
         };
         if !same {

@@ -25,68 +25,19 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use migrate_transaction::confine::{self, Root};
+use migrate_transaction::stamp::FileStamp;
 use plugin_api::model::{sha256_reader, FileEntry, Sha256Reader};
-
-/// How long before its checksum is taken a file's last change must be for the checksum to be
-/// kept: well over the tick (1–10 ms) of the clock that file times are taken from.
-const SETTLED: Duration = Duration::from_millis(50);
-
-/// What tells a file's content has not changed without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Identity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Identity {
-    pub(super) fn of(file: &File) -> io::Result<Identity> {
-        let m = file.metadata()?;
-        Ok(Identity {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
-    }
-
-    /// Whether the file's last change (of content or metadata) is [`SETTLED`] or more before
-    /// `t`. A change time before 1970 or in the future is not.
-    fn settled_before(&self, t: SystemTime) -> bool {
-        self.changed().is_some_and(|changed| changed + SETTLED <= t)
-    }
-
-    /// How long after `t` the file becomes settled, when it changed less than [`SETTLED`]
-    /// before `t` (not in the future: that is a clock to distrust, not to wait for).
-    fn unsettled_for(&self, t: SystemTime) -> Option<Duration> {
-        let since = t.duration_since(self.changed()?).ok()?;
-        SETTLED.checked_sub(since).filter(|wait| !wait.is_zero())
-    }
-
-    /// The file's change time; `None` before 1970.
-    fn changed(&self) -> Option<SystemTime> {
-        let (Ok(secs), Ok(nanos)) = (u64::try_from(self.ctime.0), u32::try_from(self.ctime.1))
-        else {
-            return None;
-        };
-        Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999)))
-    }
-}
 
 #[derive(Debug)]
 struct Digest {
-    id: Identity,
+    id: FileStamp,
     sha256: String,
 }
 
@@ -94,11 +45,11 @@ impl Digest {
     /// The checksum `sha256` of the `read` bytes of `file` read since `before` was taken of
     /// it: kept only when that was the whole file and it did not change meanwhile.
     fn of_whole_read(
-        before: Identity,
+        before: FileStamp,
         file: &File,
         (read, sha256): (u64, String),
     ) -> Option<Digest> {
-        let after = Identity::of(file).ok()?;
+        let after = FileStamp::of(file).ok()?;
         (after == before && read == before.size).then_some(Digest { id: before, sha256 })
     }
 }
@@ -141,7 +92,7 @@ impl Digests {
     /// else read from `file` now.
     pub fn size_and_sha256(&self, rel: &str, file: &mut File) -> io::Result<(u64, String)> {
         if let Some(d) = self.taken.get(rel) {
-            if Identity::of(file)? == d.id {
+            if FileStamp::of(file)? == d.id {
                 tracing::debug!(
                     file = rel,
                     "checksum taken during staging, the file unchanged since"
@@ -164,23 +115,16 @@ impl Digests {
 }
 
 /// The checksum of `rel`, when the file is settled before and unchanged after reading it. A
-/// file changed less than [`SETTLED`] ago is waited for until it is: the model snapshot, built
-/// just before the hashing starts, gives every model file a new change time (a hard link is a
-/// change of the inode).
+/// file changed less than [`SETTLED`](migrate_transaction::stamp::SETTLED) ago is waited for
+/// until it is ([`FileStamp::settled`]): the model snapshot, built just before the hashing
+/// starts, gives every model file a new change time (a hard link is a change of the inode).
 fn hash(install: &Root, rel: &str, stop: &AtomicBool) -> io::Result<Option<Digest>> {
     let mut file = install
         .open_read(rel, None)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let mut started = SystemTime::now();
-    let mut before = Identity::of(&file)?;
-    if let Some(wait) = before.unsettled_for(started) {
-        std::thread::sleep(wait);
-        started = SystemTime::now();
-        before = Identity::of(&file)?;
-    }
-    if !before.settled_before(started) {
+    let Some((before, _)) = FileStamp::settled(&file)? else {
         return Ok(None);
-    }
+    };
     let mut reader = Sha256Reader::new(&mut file);
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -214,7 +158,7 @@ pub struct StagedDigests {
 impl StagedDigests {
     /// Keeps `sha256` as the checksum of `file` (at `rel` in the staging), read whole (`size`
     /// bytes) since `before` was taken of it: unless it changed meanwhile.
-    pub(super) fn keep(&mut self, rel: &str, before: Identity, file: &File, read: (u64, String)) {
+    pub(super) fn keep(&mut self, rel: &str, before: FileStamp, file: &File, read: (u64, String)) {
         if let Some(digest) = Digest::of_whole_read(before, file, read) {
             self.taken.insert(rel.to_owned(), digest);
         }
@@ -224,7 +168,7 @@ impl StagedDigests {
     /// checked and unchanged since.
     pub fn size_and_sha256(&self, rel: &str, file: &File) -> Option<(u64, String)> {
         let d = self.taken.get(rel)?;
-        let same = Identity::of(file).is_ok_and(|now| now == d.id);
+        let same = FileStamp::of(file).is_ok_and(|now| now == d.id);
         if !same {
             tracing::debug!(
                 file = rel,
@@ -342,6 +286,7 @@ impl Drop for Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use migrate_transaction::stamp::SETTLED;
     use std::io::{Seek, SeekFrom, Write};
 
     /// An installation with one model folder and two files in it, old enough to be settled.
@@ -383,7 +328,7 @@ mod tests {
         let (dir, _) = install();
         let rel = "models/m/weights.bin";
         let mut file = open(&dir, rel);
-        let id = Identity::of(&file).unwrap();
+        let id = FileStamp::of(&file).unwrap();
         let mut digests = Digests::default();
         digests.taken.insert(
             rel.to_owned(),
@@ -454,20 +399,6 @@ mod tests {
         assert_eq!(digests.taken.len(), 2);
     }
 
-    #[test]
-    fn only_a_change_under_settled_ago_is_waited_for() {
-        let (dir, _) = install();
-        let id = Identity::of(&open(&dir, "models/m/weights.bin")).unwrap();
-        let changed = id.changed().unwrap();
-        let ms = Duration::from_millis;
-        assert_eq!(id.unsettled_for(changed + ms(10)), Some(SETTLED - ms(10)));
-        assert_eq!(id.unsettled_for(changed + SETTLED), None);
-        assert_eq!(id.unsettled_for(changed + SETTLED * 3), None);
-        // A change time ahead of the clock is not waited for (nor ever settled).
-        assert_eq!(id.unsettled_for(changed - ms(10)), None);
-        assert!(!id.settled_before(changed - ms(10)));
-    }
-
     /// What the model rules get, once the hashing is done: every checksum, named as in the
     /// installation. With no hashing under way, none, at once.
     #[test]
@@ -519,7 +450,7 @@ mod tests {
         let file = open(&dir, rel);
         let mut digests = StagedDigests::default();
         let planted = (3 << 20, "planted".to_owned());
-        digests.keep(rel, Identity::of(&file).unwrap(), &file, planted.clone());
+        digests.keep(rel, FileStamp::of(&file).unwrap(), &file, planted.clone());
         assert_eq!(digests.size_and_sha256(rel, &file), Some(planted.clone()));
         assert_eq!(
             digests.size_and_sha256("models/m/sub/extra.bin", &file),
@@ -536,7 +467,7 @@ mod tests {
         let file = open(&dir, rel);
         digests.keep(
             rel,
-            Identity::of(&file).unwrap(),
+            FileStamp::of(&file).unwrap(),
             &file,
             (3 << 20, "again".into()),
         );
@@ -550,7 +481,7 @@ mod tests {
 
         // Kept only when the check read the file whole and it did not change meanwhile.
         let mut digests = StagedDigests::default();
-        let before = Identity::of(&file).unwrap();
+        let before = FileStamp::of(&file).unwrap();
         digests.keep(rel, before, &file, (1, "short read".into()));
         assert_eq!(digests.size_and_sha256(rel, &file), None);
         std::thread::sleep(SETTLED);

@@ -19,7 +19,8 @@ use crate::discover::registry::HopInfo;
 use crate::observe::Observer;
 
 pub mod digests;
-use digests::{Identity, StagedDigests};
+use digests::StagedDigests;
+use migrate_transaction::stamp::FileStamp;
 mod lines;
 pub mod staged;
 
@@ -367,7 +368,7 @@ fn check_lines(
 ) -> std::io::Result<u64> {
     let file = open_confined(root, rel)?;
     let before = match digests {
-        Some(_) => Some(Identity::of(&file)?),
+        Some(_) => Some(FileStamp::of(&file)?),
         None => None,
     };
     let mut checked = lines::check_file(&file, schema, CHUNK_BYTES, before.is_some(), progress)?;
