@@ -995,6 +995,42 @@ fn a_migration_whose_backup_fails_removes_its_prepared_swap_even_when_killed_doi
     );
 }
 
+/// A migration killed before its swap (here during its backup) swapped nothing: its recovery
+/// leaves each file it would have replaced as it is, even one a writer replaced in the meantime,
+/// instead of putting back the original it had kept aside.
+#[test]
+fn the_recovery_of_a_migration_killed_before_its_swap_keeps_a_file_replaced_since() {
+    let r = refs();
+    let dir = sample_install();
+    let root = dir.path();
+    let out = migrate_version(root, &[], Some("backup:1"));
+    assert!(was_killed(&out), "{}", describe(&out));
+    assert_eq!(journal_phase(root).as_deref(), Some("Prepared"));
+    // A writer puts a new log in place, as an editor saves: a new file renamed over the old.
+    let log = root.join("data/requests.jsonl");
+    let rewritten = format!(
+        "{}{{\"id\":\"written-after-the-kill\"}}\n",
+        read(root, "data/requests.jsonl")
+    );
+    let new = root.join("data/requests.jsonl.new");
+    std::fs::write(&new, &rewritten).unwrap();
+    std::fs::rename(&new, &log).unwrap();
+
+    let out = recover(root, false, None);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(journal_phase(root), None);
+    assert_no_leftovers(root, "after the recovery");
+    assert!(
+        read(root, "data/requests.jsonl") == rewritten,
+        "the recovery put the original log back over the one written since"
+    );
+    let mut expected = r.original.clone();
+    expected.remove("data/requests.jsonl");
+    let mut now = tree_hash(root);
+    now.remove("data/requests.jsonl");
+    assert_eq!(now, expected, "the other files are the original ones");
+}
+
 #[test]
 fn a_rollback_refused_after_a_recovery_says_what_the_recovery_did() {
     let r = refs();

@@ -506,7 +506,16 @@ fn roll_back(root: &Root, journal: &Journal) -> Result<()> {
     }
     for e in journal.entries.iter().rev() {
         match e.action {
-            Action::Replace | Action::Remove => {
+            // A file whose staged copy is still in the staging was never swapped (the swap
+            // moves it in with one rename): the installation's file is left as it is, never
+            // put back to the original kept aside, which a writer may have replaced since.
+            Action::Replace => {
+                let orig = join(&journal.originals, &e.rel);
+                if root.file_exists(&orig)? && !root.file_exists(&join(&journal.staging, &e.rel))? {
+                    root.rename(&orig, &e.rel)?;
+                }
+            }
+            Action::Remove => {
                 let orig = join(&journal.originals, &e.rel);
                 if root.file_exists(&orig)? {
                     root.rename(&orig, &e.rel)?;
