@@ -1031,6 +1031,43 @@ fn the_recovery_of_a_migration_killed_before_its_swap_keeps_a_file_replaced_sinc
     assert_eq!(now, expected, "the other files are the original ones");
 }
 
+/// A rollback killed at its first swap had not yet removed the files the migration created:
+/// the recovery leaves such a file as it is, even one a writer replaced in the meantime.
+#[test]
+fn the_recovery_of_a_rollback_killed_in_its_swap_keeps_a_file_it_had_not_removed() {
+    let dir = sample_install();
+    let root = dir.path();
+    let out = migrate_version(root, &[], None);
+    assert!(out.status.success(), "{}", describe(&out));
+    let backups: Vec<PathBuf> = std::fs::read_dir(root.join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(backups[0].join("metadata.json")).unwrap()).unwrap();
+    let created = meta["created_files"][0]
+        .as_str()
+        .expect("the migration created a file")
+        .to_owned();
+    let out = restore(&backups[0], root, Some("swap:1"));
+    assert!(was_killed(&out), "{}", describe(&out));
+    let path = root.join(&created);
+    let rewritten = format!("{}\n# written after the kill\n", read(root, &created));
+    let new = path.with_extension("new");
+    std::fs::write(&new, &rewritten).unwrap();
+    std::fs::rename(&new, &path).unwrap();
+
+    let out = recover(root, false, None);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(journal_phase(root), None);
+    assert_no_leftovers(root, "after the recovery");
+    assert!(
+        read(root, &created) == rewritten,
+        "the recovery put back the file the migration created over the one written since"
+    );
+}
+
 #[test]
 fn a_rollback_refused_after_a_recovery_says_what_the_recovery_did() {
     let r = refs();

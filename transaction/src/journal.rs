@@ -515,9 +515,12 @@ fn roll_back(root: &Root, journal: &Journal) -> Result<()> {
                     root.rename(&orig, &e.rel)?;
                 }
             }
+            // Likewise a file the swap was to remove and that is still there was never removed:
+            // it stays as it is. (Were it a file created after the removal, the original is
+            // in the backup the migration took before its swap.)
             Action::Remove => {
                 let orig = join(&journal.originals, &e.rel);
-                if root.file_exists(&orig)? {
+                if root.file_exists(&orig)? && !root.file_exists(&e.rel)? {
                     root.rename(&orig, &e.rel)?;
                 }
             }
