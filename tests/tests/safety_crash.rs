@@ -947,9 +947,10 @@ fn commit_recorded(root: &Path) -> bool {
 /// backup is the one the interrupted run took, for an installation at 2.1.0, and the recovery
 /// brought it back to 0.1.0), its error says what the recovery did and that the backup was
 /// not applied: "nothing was changed" would not be true.
-/// A migration whose backup fails undoes its prepared swap without renaming anything back:
-/// the installation stays as it was, with nothing left over. Killed while it removes what it
-/// prepared (the journal gone, the folders not yet), the next command removes the rest.
+/// A migration whose backup fails undoes its prepared swap, which renames nothing back (the
+/// swap had reached no file): the installation stays as it was, with nothing left over. Killed
+/// while it removes what it prepared (the originals gone, the staging and the journal not),
+/// the next command removes the rest.
 #[test]
 fn a_migration_whose_backup_fails_removes_its_prepared_swap_even_when_killed_doing_it() {
     let r = refs();
@@ -973,15 +974,19 @@ fn a_migration_whose_backup_fails_removes_its_prepared_swap_even_when_killed_doi
         &r.migrated,
     );
 
-    let out = migrate_version(root, &[], Some("backup:1:error,abandon:1"));
+    let out = migrate_version(root, &[], Some("backup:1:error,cleanup:1"));
     assert!(was_killed(&out), "{}", describe(&out));
-    assert_eq!(journal_phase(root), None);
+    assert_eq!(journal_phase(root).as_deref(), Some("RollingBack"));
     let staged: Vec<_> = std::fs::read_dir(root.join(".migrate"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.starts_with("staging-"))
         .collect();
-    assert_eq!(staged.len(), 2, "the staging and its originals: {staged:?}");
+    assert_eq!(
+        staged.len(),
+        1,
+        "the staging, its originals removed: {staged:?}"
+    );
     let out = recover(root, false, None);
     assert!(out.status.success(), "{}", describe(&out));
     assert_no_leftovers(root, "after the recovery");

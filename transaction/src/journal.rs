@@ -109,10 +109,6 @@ const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 pub struct Transaction {
     root: Root,
     journal: Journal,
-    /// Whether [`Self::swap`] was called. Until then, undoing only removes the staging, the
-    /// kept originals and the journal: renaming the originals back could put an older copy over
-    /// a file written since (a copy kept where a hard link failed, a file a writer replaced).
-    swap_began: std::cell::Cell<bool>,
 }
 
 /// What [`recover`] did.
@@ -208,11 +204,7 @@ impl Transaction {
         };
         write_journal(&root, &journal)?;
         fault::point("prepared")?;
-        Ok(Transaction {
-            root,
-            journal,
-            swap_began: std::cell::Cell::new(false),
-        })
+        Ok(Transaction { root, journal })
     }
 
     /// The installation, opened beneath its canonical root.
@@ -237,7 +229,6 @@ impl Transaction {
 
     /// Step 2: moves every staged file into place.
     pub fn swap(&self) -> Result<()> {
-        self.swap_began.set(true);
         swap_forward(&self.root, &self.journal)
     }
 
@@ -260,14 +251,10 @@ impl Transaction {
         cleanup(&self.root, &self.journal)
     }
 
-    /// Undoes whatever part of the swap happened; before any swap, removes what was prepared
-    /// and leaves every file of the installation as it is now.
+    /// Undoes whatever part of the swap happened. A file the swap had not reached is left as it
+    /// is now, so before any swap this only removes what was prepared.
     pub fn rollback(self) -> Result<()> {
-        if self.swap_began.get() {
-            roll_back(&self.root, &self.journal)
-        } else {
-            abandon(&self.root, &self.journal)
-        }
+        roll_back(&self.root, &self.journal)
     }
 }
 
@@ -498,6 +485,9 @@ fn swap_forward(root: &Root, journal: &Journal) -> Result<()> {
     Ok(())
 }
 
+/// Puts back each original the swap replaced or removed, removes what it created, then cleans
+/// up. Entries the swap had not reached are left as they are: the installation's file there is
+/// not the migration's, and may have been written since the original was kept aside.
 fn roll_back(root: &Root, journal: &Journal) -> Result<()> {
     if journal.phase != Phase::RollingBack {
         let mut marked = journal.clone();
@@ -538,19 +528,6 @@ fn roll_back(root: &Root, journal: &Journal) -> Result<()> {
         root.remove_empty_dir(dir)?;
     }
     cleanup(root, journal)
-}
-
-/// Removes a swap prepared but never begun: the journal first, so that no recovery renames
-/// the kept originals back over files written since; then the originals and the staging (a
-/// crash in between leaves folders that the next command removes as leftovers).
-fn abandon(root: &Root, journal: &Journal) -> Result<()> {
-    // `remove_file` syncs the folder that held it.
-    root.remove_file(&format!("{TOOL_DIR}/{JOURNAL_FILE}"))?;
-    fault::point("abandon")?;
-    for dir in [&journal.originals, &journal.staging] {
-        root.remove_all(dir)?;
-    }
-    Ok(())
 }
 
 /// Deletes staging, originals and the journal, in that order: while the journal exists, the
