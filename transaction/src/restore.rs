@@ -336,9 +336,7 @@ fn judge(
         return Ok((Verdict::Absent, Seen::Absent));
     };
     let path = || root.join(rel).display().to_string();
-    let stamp = FileStamp::settled(&file)
-        .map_err(io(format!("cannot stat {}", path())))?
-        .map(|(stamp, _)| stamp);
+    let stamp = FileStamp::settled(&file).map_err(io(format!("cannot stat {}", path())))?;
     let seen = stamp.map_or(Seen::Changing, Seen::Stamped);
     if let (Some((verdict, Seen::Stamped(then))), Seen::Stamped(now)) = (earlier, seen) {
         if then == now {

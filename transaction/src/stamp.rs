@@ -39,10 +39,10 @@ impl FileStamp {
         })
     }
 
-    /// The stamp of `file` and when it was taken, once the file is settled: a file changed
-    /// less than [`SETTLED`] ago is waited for, once. `None` when it is still not settled then
-    /// (it keeps changing, or its change time is in the future or before 1970).
-    pub fn settled(file: &File) -> io::Result<Option<(FileStamp, SystemTime)>> {
+    /// The stamp of `file` once the file is settled: a file changed less than [`SETTLED`] ago
+    /// is waited for, once. `None` when it is still not settled then (it keeps changing, or its
+    /// change time is in the future or before 1970).
+    pub fn settled(file: &File) -> io::Result<Option<FileStamp>> {
         let mut taken = SystemTime::now();
         let mut stamp = FileStamp::of(file)?;
         if let Some(wait) = stamp.unsettled_for(taken) {
@@ -50,7 +50,7 @@ impl FileStamp {
             taken = SystemTime::now();
             stamp = FileStamp::of(file)?;
         }
-        Ok(stamp.settled_before(taken).then_some((stamp, taken)))
+        Ok(stamp.settled_before(taken).then_some(stamp))
     }
 
     /// Whether the file's last change (of content or metadata) is [`SETTLED`] or more before

@@ -122,7 +122,7 @@ fn hash(install: &Root, rel: &str, stop: &AtomicBool) -> io::Result<Option<Diges
     let mut file = install
         .open_read(rel, None)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let Some((before, _)) = FileStamp::settled(&file)? else {
+    let Some(before) = FileStamp::settled(&file)? else {
         return Ok(None);
     };
     let mut reader = Sha256Reader::new(&mut file);
