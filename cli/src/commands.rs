@@ -294,7 +294,15 @@ fn rollback(
         backup.display(),
         meta.created
     ));
-    let report = restore_shown(&backup, &meta, root, force, keys.as_ref(), global, observer)?;
+    let what = Restoring {
+        backup: &backup,
+        meta: &meta,
+        root,
+        save_into: None,
+        force,
+        keys: keys.as_ref(),
+    };
+    let report = restore_shown(&what, global, observer)?;
     report_rollback(&report, global, observer)
 }
 
@@ -327,26 +335,44 @@ fn ask_over_changed(
     })
 }
 
-/// Restores `backup` (whose metadata is `meta`) as a step of its own, `restore`, that progress
+/// What a rollback restores: the backup (`meta` its metadata, already read), into `root` (else
+/// the backup's recorded root), saving the files changed since the migration into `save_into`
+/// (else beside the backup); `keys` open an encrypted one.
+#[derive(Clone, Copy)]
+struct Restoring<'a> {
+    backup: &'a Path,
+    meta: &'a backup::BackupMetadata,
+    root: Option<&'a Path>,
+    save_into: Option<&'a Path>,
+    force: bool,
+    keys: Option<&'a Identities>,
+}
+
+/// Restores `what.backup` as a step of its own, `restore`, that progress
 /// shows moving as the archived files are extracted: on a large log that takes minutes, at a
 /// time the operator is least patient. The step starts with the extraction, once the checks
 /// before it passed: a rollback refused before it touched anything (another release, the lock
 /// held) shows no step that failed, only the error.
 fn restore_shown(
-    backup: &Path,
-    meta: &backup::BackupMetadata,
-    root: Option<&Path>,
-    force: bool,
-    keys: Option<&Identities>,
+    what: &Restoring,
     global: &GlobalArgs,
     observer: &dyn Observer,
 ) -> Result<restore::RestoreReport, trustformers_migrate::transaction::Error> {
+    let Restoring {
+        backup,
+        meta,
+        root,
+        save_into,
+        force,
+        keys,
+    } = *what;
     let begun: std::cell::Cell<Option<Instant>> = Default::default();
     let restored = restore::restore_with(
         &restore::RestoreRequest {
             backup,
             root,
             force,
+            save_into,
             confirm: &|changed| ask_over_changed(changed, global.yes, observer),
             progress: &|extracted| {
                 if begun.get().is_none() {
@@ -408,7 +434,9 @@ fn report_rollback(
 }
 
 /// `rollback --backup-path s3://…`: downloads the copy into ROOT/.migrate/downloads/, restores
-/// it exactly as a local backup (verified in full first), and removes the download.
+/// it exactly as a local backup (verified in full first), and removes the download. The files
+/// changed since the migration are saved into the installation's backup folder
+/// (`$TRUSTFORMERS_BACKUP_DIR` or ROOT/backups), not beside the download.
 fn rollback_remote(
     url: &str,
     root: Option<&Path>,
@@ -450,7 +478,16 @@ fn rollback_remote(
     let local = remote
         .download(&meta, &downloads, location.name())
         .map_err(T::from)?;
-    let restored = restore_shown(&local, &meta, Some(&root), force, keys, global, observer);
+    let save_into = Target::installation(&root).backup_dir(None);
+    let what = Restoring {
+        backup: &local,
+        meta: &meta,
+        root: Some(&root),
+        save_into: Some(&save_into),
+        force,
+        keys,
+    };
+    let restored = restore_shown(&what, global, observer);
     // Removed through the installation's Root: no link on the way is followed, and a link
     // in place of the download is removed as a link.
     if let Ok(install) = trustformers_migrate::transaction::confine::Root::open(&root) {

@@ -670,13 +670,42 @@ print(json.dumps(out))
         "written through the link"
     );
     std::fs::remove_file(root.join(".migrate/downloads")).expect("unplant");
-    let restored = ok(&run(&from_s3, &env));
+    // The operator edited the config after the migration: the rollback replaces it, and saves
+    // the edit first into the installation's backup folder (not beside the download, which is
+    // removed), encrypted like the backup, where `backups list` shows it.
+    let config_path = root.join("config/server.toml");
+    let mut edited = std::fs::read(&config_path).expect("config");
+    edited.extend_from_slice(b"# tuned after the migration\n");
+    std::fs::write(&config_path, &edited).expect("edit the config");
+    let rolled = run(&from_s3, &env);
+    let restored = ok(&rolled);
     assert!(restored.contains(&url), "{restored}");
     assert_eq!(tree_hash(root), before, "restored from S3 byte for byte");
     assert!(
         !root.join(".migrate/downloads").exists(),
-        "the download is removed after the restore"
+        "the download is removed after the restore, and nothing is left beside it"
     );
+    let saved = backups_in(root);
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let saved = &saved[0];
+    let name = saved.file_name().expect("name").to_string_lossy();
+    assert!(name.starts_with("pre_rollback"), "{name}");
+    assert!(
+        both(&rolled).contains(&saved.display().to_string()),
+        "{}",
+        both(&rolled)
+    );
+    assert_eq!(
+        age_zstd_tar(
+            &identity,
+            &saved.join("backup.tar.zst.age"),
+            &["-xO", "config/server.toml"]
+        ),
+        edited,
+        "the pre-rollback backup holds the edited config"
+    );
+    let listed = ok(&run(&["backups", "list", "--path", p(root)], &env));
+    assert!(listed.contains(name.as_ref()), "{listed}");
     assert_no_leftovers(root, "rollback from S3");
 }
 

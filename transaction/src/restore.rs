@@ -67,6 +67,10 @@ pub struct RestoreRequest<'a> {
     /// could not be read) stops it too. The files are looked at again after the extraction: one
     /// changed after the question is saved too, and the report's warnings name it.
     pub confirm: &'a dyn Fn(&Changed) -> std::io::Result<bool>,
+    /// The folder the pre-rollback backup goes into; `None`: the one holding the backup. A
+    /// backup downloaded into a scratch folder names the installation's backup folder here,
+    /// where `backups list` shows the saved files and nothing removes them with the download.
+    pub save_into: Option<&'a Path>,
 }
 
 /// What a restore will do with the installation's files that the migration wrote or created,
@@ -143,7 +147,8 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
     let pre_rollback = if changed.is_empty() {
         None
     } else {
-        Some(save_changed(&root, backup_path, &meta, &changed, keys).map_err(noted)?)
+        let into = req.save_into.map(Path::to_path_buf);
+        Some(save_changed(&root, backup_path, into, &meta, &changed, keys).map_err(noted)?)
     };
     let txn = Transaction::prepare(
         root.path(),
@@ -470,11 +475,13 @@ fn read_version(root: &Root) -> Result<Option<String>> {
     Ok(Some(String::from_utf8_lossy(&bytes).trim().to_owned()))
 }
 
-/// Archives `changed` (as they are now) into a `pre_rollback_backup_<ts>/` beside the backup;
-/// encrypted to the same recipients when the backup was (`keys` opened it, so they open this).
+/// Archives `changed` (as they are now) into a `pre_rollback_backup_<ts>/` in `into`, else
+/// beside the backup; encrypted to the same recipients when the backup was (`keys` opened it,
+/// so they open this).
 fn save_changed(
     root: &Root,
     backup_path: &Path,
+    into: Option<PathBuf>,
     meta: &BackupMetadata,
     changed: &[String],
     keys: Option<&Identities>,
@@ -489,11 +496,13 @@ fn save_changed(
         })?),
         None => None,
     };
-    let dir = backup_path
-        .canonicalize()
-        .ok()
-        .and_then(|b| b.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| root.join(BACKUPS_DIR));
+    let dir = into.unwrap_or_else(|| {
+        backup_path
+            .canonicalize()
+            .ok()
+            .and_then(|b| b.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| root.join(BACKUPS_DIR))
+    });
     let open = |rel: &str| root.open_read(rel, None);
     let path = backup::create(&BackupRequest {
         root: root.path(),
