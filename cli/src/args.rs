@@ -273,9 +273,10 @@ Examples:
         /// backup lies under it).
         #[arg(long, value_name = "ROOT")]
         path: Option<PathBuf>,
-        /// Where to look for backups without --backup-path ($TRUSTFORMERS_BACKUP_DIR or
-        /// ROOT/backups by default).
-        #[arg(long, value_name = "DIR", conflicts_with = "backup_path")]
+        /// Where to look for backups without --backup-path; with an s3:// --backup-path,
+        /// where the files changed since the migration are saved before they are replaced
+        /// ($TRUSTFORMERS_BACKUP_DIR or ROOT/backups by default).
+        #[arg(long, value_name = "DIR")]
         backup_dir: Option<PathBuf>,
         /// Restore even though the installation's VERSION is not the backup's target version.
         #[arg(long)]

@@ -273,8 +273,26 @@ fn rollback(
         .and_then(Path::to_str)
         .filter(|s| s.starts_with("s3://"));
     if let Some(url) = remote {
-        let report = rollback_remote(url, root, force, keys.as_ref(), global, observer)?;
+        let report = rollback_remote(
+            url,
+            root,
+            backup_dir,
+            force,
+            keys.as_ref(),
+            global,
+            observer,
+        )?;
         return report_rollback(&report, global, observer);
+    }
+    if let (Some(backup), Some(_)) = (backup_path, backup_dir) {
+        return Err(MigrateError::usage(
+            format!(
+                "--backup-dir is for finding a backup, and --backup-path {} already names one",
+                backup.display()
+            ),
+            "drop --backup-dir (a local backup's changed files are saved beside it); nothing was changed",
+        )
+        .into());
     }
     let (backup, meta) = match (backup_path, root) {
         (Some(b), _) => (b.to_path_buf(), backup::read_metadata(b)?),
@@ -435,11 +453,12 @@ fn report_rollback(
 
 /// `rollback --backup-path s3://…`: downloads the copy into ROOT/.migrate/downloads/, restores
 /// it exactly as a local backup (verified in full first), and removes the download. The files
-/// changed since the migration are saved into the installation's backup folder
-/// (`$TRUSTFORMERS_BACKUP_DIR` or ROOT/backups), not beside the download.
+/// changed since the migration are saved into the installation's backup folder (`backup_dir`,
+/// else `$TRUSTFORMERS_BACKUP_DIR` or ROOT/backups), not beside the download.
 fn rollback_remote(
     url: &str,
     root: Option<&Path>,
+    backup_dir: Option<&Path>,
     force: bool,
     keys: Option<&Identities>,
     global: &GlobalArgs,
@@ -478,7 +497,7 @@ fn rollback_remote(
     let local = remote
         .download(&meta, &downloads, location.name())
         .map_err(T::from)?;
-    let save_into = Target::installation(&root).backup_dir(None);
+    let save_into = Target::installation(&root).backup_dir(backup_dir);
     let what = Restoring {
         backup: &local,
         meta: &meta,

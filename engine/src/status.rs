@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use migrate_transaction::audit::{self, HistoryItem};
 use migrate_transaction::backup::{self, BackupMetadata};
+use migrate_transaction::restore;
 use semver::Version;
 use serde::Serialize;
 
@@ -122,7 +123,8 @@ fn same_path(p: &Path) -> PathBuf {
 
 /// The backup `migrate rollback --path ROOT` uses without `--backup-path`: the newest backup of
 /// `root` whose target is the installation's current release, i.e. the one taken by the
-/// migration that brought it there.
+/// migration that brought it there. A pre-rollback backup is never it: it holds only the files
+/// a rollback replaced, and its target is the release that rollback went back to.
 pub fn backup_for_rollback(root: &Path, backup_dir: &Path) -> Result<(PathBuf, BackupMetadata)> {
     let install = Installation::open(root)?;
     install.ensure_installation()?;
@@ -130,6 +132,7 @@ pub fn backup_for_rollback(root: &Path, backup_dir: &Path) -> Result<(PathBuf, B
     backups_of(root, backup_dir)?
         .into_iter()
         .rev()
+        .filter(|(_, m)| m.kind != restore::PRE_ROLLBACK_KIND)
         .find(|(_, m)| m.target_version == version.to_string())
         .ok_or_else(|| {
             MigrateError::invalid(

@@ -671,13 +671,17 @@ print(json.dumps(out))
     );
     std::fs::remove_file(root.join(".migrate/downloads")).expect("unplant");
     // The operator edited the config after the migration: the rollback replaces it, and saves
-    // the edit first into the installation's backup folder (not beside the download, which is
+    // the edit first into the backup folder it is given (not beside the download, which is
     // removed), encrypted like the backup, where `backups list` shows it.
     let config_path = root.join("config/server.toml");
     let mut edited = std::fs::read(&config_path).expect("config");
     edited.extend_from_slice(b"# tuned after the migration\n");
     std::fs::write(&config_path, &edited).expect("edit the config");
-    let rolled = run(&from_s3, &env);
+    let new_disk = tempfile::tempdir().expect("tempdir");
+    let rolled = run(
+        &[&from_s3[..], &["--backup-dir", p(new_disk.path())]].concat(),
+        &env,
+    );
     let restored = ok(&rolled);
     assert!(restored.contains(&url), "{restored}");
     assert_eq!(tree_hash(root), before, "restored from S3 byte for byte");
@@ -685,7 +689,10 @@ print(json.dumps(out))
         !root.join(".migrate/downloads").exists(),
         "the download is removed after the restore, and nothing is left beside it"
     );
-    let saved = backups_in(root);
+    let saved: Vec<PathBuf> = std::fs::read_dir(new_disk.path())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .collect();
     assert_eq!(saved.len(), 1, "{saved:?}");
     let saved = &saved[0];
     let name = saved.file_name().expect("name").to_string_lossy();
@@ -704,7 +711,17 @@ print(json.dumps(out))
         edited,
         "the pre-rollback backup holds the edited config"
     );
-    let listed = ok(&run(&["backups", "list", "--path", p(root)], &env));
+    let listed = ok(&run(
+        &[
+            "backups",
+            "list",
+            "--path",
+            p(root),
+            "--backup-dir",
+            p(new_disk.path()),
+        ],
+        &env,
+    ));
     assert!(listed.contains(name.as_ref()), "{listed}");
     assert_no_leftovers(root, "rollback from S3");
 }

@@ -1045,6 +1045,28 @@ fn finding_11_records_written_after_the_migration_are_saved() {
         .find(|(n, _)| n == "data/requests.jsonl")
         .expect("the changed file is in the pre-rollback backup");
     assert!(String::from_utf8_lossy(&kept.1).ends_with(later));
+    // The pre-rollback backup's target is the release the rollback went back to, but it is
+    // not a migration's backup: `rollback --path` does not pick it to undo the rollback with
+    // (it would put the newer release's log into the older installation).
+    let again = migrate(&["rollback", "--path", p(root)]);
+    assert_eq!(again.status.code(), Some(3), "{}", both(&again));
+    assert!(both(&again).contains("no backup of"), "{}", both(&again));
+    // A local backup's changed files go beside it: --backup-dir, which names where to find a
+    // backup, is refused with one named.
+    let both_named = migrate(&[
+        "rollback",
+        "--backup-path",
+        p(&backup),
+        "--backup-dir",
+        p(&root.join("backups")),
+    ]);
+    assert_eq!(both_named.status.code(), Some(2), "{}", both(&both_named));
+    assert!(
+        both(&both_named).contains("already names one"),
+        "{}",
+        both(&both_named)
+    );
+    assert_eq!(tree_hash(root), original);
 }
 
 /// Finding 12: the disk fills up while the commit is recorded. The status is not "Failed,

@@ -90,6 +90,10 @@ pub struct Changed {
 /// A file is at most this large to be read as `VERSION`.
 const MAX_VERSION_BYTES: u64 = 4096;
 
+/// The `kind` of the backup a rollback saves the changed files into: a few files, not what a
+/// migration took, so never the backup to roll an installation back with.
+pub const PRE_ROLLBACK_KIND: &str = "pre_rollback";
+
 /// Restores the backup into its installation.
 pub fn restore(req: &RestoreRequest) -> Result<RestoreReport> {
     restore_with(req, None)
@@ -507,7 +511,7 @@ fn save_changed(
     let path = backup::create(&BackupRequest {
         root: root.path(),
         dir: &dir,
-        kind: "pre_rollback",
+        kind: PRE_ROLLBACK_KIND,
         from: &meta.target_version,
         to: &meta.source_version,
         open_source: &open,
