@@ -1051,6 +1051,15 @@ fn finding_11_records_written_after_the_migration_are_saved() {
     let again = migrate(&["rollback", "--path", p(root)]);
     assert_eq!(again.status.code(), Some(3), "{}", both(&again));
     assert!(both(&again).contains("no backup of"), "{}", both(&again));
+    // Named with --backup-path, it is refused too, and says how to read the saved file.
+    let named = migrate(&["rollback", "--backup-path", p(&saved[0])]);
+    assert_eq!(named.status.code(), Some(3), "{}", both(&named));
+    assert!(
+        both(&named).contains("a pre-rollback backup") && both(&named).contains("tar -I zstd -xf"),
+        "{}",
+        both(&named)
+    );
+    assert_eq!(tree_hash(root), original);
     // A local backup's changed files go beside it: --backup-dir, which names where to find a
     // backup, is refused with one named.
     let both_named = migrate(&[

@@ -107,6 +107,9 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
     // backup folder (and the folder holding it) must not be a link.
     let held = backup::open_backup(req.root, backup_path)?;
     let meta = backup::read_metadata_at(&held)?;
+    if meta.kind == PRE_ROLLBACK_KIND && !req.force {
+        return Err(pre_rollback_refused(backup_path, &meta));
+    }
     encrypt::check_opens(&held, &meta.archive, meta.encryption.as_ref(), keys)?;
     let root = Root::open(&target_root(req, &meta)?)?;
     root.private_dir(TOOL_DIR)?;
@@ -468,6 +471,33 @@ fn check_version(root: &Root, meta: &BackupMetadata) -> Result<()> {
         ),
         "check that --path and --backup-path are the ones you mean; pass --force only if you are sure",
     ))
+}
+
+/// A pre-rollback backup holds the files a rollback replaced, as they were at the newer release
+/// (`source_version`): restored, they would sit in an installation at the older one
+/// (`target_version`), its check passing since that is the release the rollback went back to.
+fn pre_rollback_refused(backup_path: &Path, meta: &BackupMetadata) -> Error {
+    let files: Vec<&str> = meta.files.iter().map(|f| f.path.as_str()).collect();
+    let archive = backup_path.join(&meta.archive);
+    let extract = match meta.encryption {
+        Some(_) => format!(
+            "age -d -i IDENTITY {} | tar -I zstd -xf - -C DIR",
+            archive.display()
+        ),
+        None => format!("tar -I zstd -xf {} -C DIR", archive.display()),
+    };
+    Error::invalid(
+        backup_path,
+        format!(
+            "a pre-rollback backup: it holds {} as they were at {} before a rollback to {} replaced them, not an installation; restored, they would mix the two releases: refused, nothing was changed",
+            files.join(", "),
+            meta.source_version,
+            meta.target_version
+        ),
+        format!(
+            "to read a saved file, extract it elsewhere: `{extract}`; pass --force only to put those files back as they were"
+        ),
+    )
 }
 
 fn read_version(root: &Root) -> Result<Option<String>> {
