@@ -317,6 +317,7 @@ fn rollback(
         meta: &meta,
         root,
         save_into: None,
+        origin: None,
         force,
         keys: keys.as_ref(),
     };
@@ -362,6 +363,8 @@ struct Restoring<'a> {
     meta: &'a backup::BackupMetadata,
     root: Option<&'a Path>,
     save_into: Option<&'a Path>,
+    /// The `s3://` URL `backup` was downloaded from, for the audit trail.
+    origin: Option<&'a str>,
     force: bool,
     keys: Option<&'a Identities>,
 }
@@ -381,6 +384,7 @@ fn restore_shown(
         meta,
         root,
         save_into,
+        origin,
         force,
         keys,
     } = *what;
@@ -391,6 +395,7 @@ fn restore_shown(
             root,
             force,
             save_into,
+            origin,
             confirm: &|changed| ask_over_changed(changed, global.yes, observer),
             progress: &|extracted| {
                 if begun.get().is_none() {
@@ -503,6 +508,7 @@ fn rollback_remote(
         meta: &meta,
         root: Some(&root),
         save_into: Some(&save_into),
+        origin: Some(url),
         force,
         keys,
     };

@@ -723,6 +723,12 @@ print(json.dumps(out))
         &env,
     ));
     assert!(listed.contains(name.as_ref()), "{listed}");
+    // The audit trail names the backup by its URL, not by the download that is gone.
+    let audit = std::fs::read_to_string(root.join(".migrate/audit.jsonl")).expect("audit");
+    let last: serde_json::Value =
+        serde_json::from_str(audit.lines().last().expect("an entry")).expect("json");
+    assert_eq!(last["action"], "rollback", "{last}");
+    assert_eq!(last["backup"], url.as_str(), "{last}");
     assert_no_leftovers(root, "rollback from S3");
 }
 

@@ -71,6 +71,9 @@ pub struct RestoreRequest<'a> {
     /// backup downloaded into a scratch folder names the installation's backup folder here,
     /// where `backups list` shows the saved files and nothing removes them with the download.
     pub save_into: Option<&'a Path>,
+    /// Where the backup came from when `backup` is a copy that goes away after the restore
+    /// (the `s3://` URL of a download): the audit trail names it instead of the copy.
+    pub origin: Option<&'a str>,
 }
 
 /// What a restore will do with the installation's files that the migration wrote or created,
@@ -194,9 +197,13 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
         "full" => read_version(&root)?.unwrap_or_else(|| meta.source_version.clone()),
         _ => meta.source_version.clone(),
     };
+    let named = req.origin.map_or_else(
+        || serde_json::json!(backup_path),
+        |url| serde_json::json!(url),
+    );
     let recorded = Audit::new(root.path()).record(
         "rollback",
-        serde_json::json!({"backup": backup_path, "to_version": version, "from_version": meta.target_version, "restored_files": meta.files.len(), "removed_files": removed, "archive_sha256": meta.archive_sha256, "pre_rollback_backup": pre_rollback, "saved_files": changed, "kept_files": kept}),
+        serde_json::json!({"backup": named, "to_version": version, "from_version": meta.target_version, "restored_files": meta.files.len(), "removed_files": removed, "archive_sha256": meta.archive_sha256, "pre_rollback_backup": pre_rollback, "saved_files": changed, "kept_files": kept}),
     );
     let mut warnings: Vec<String> = recorded.err().map(|e| e.to_string()).into_iter().collect();
     if !meanwhile.is_empty() {
