@@ -157,8 +157,8 @@ pub fn restore_with(req: &RestoreRequest, keys: Option<&Identities>) -> Result<R
     let pre_rollback = if changed.is_empty() {
         None
     } else {
-        let into = req.save_into.map(Path::to_path_buf);
-        Some(save_changed(&root, backup_path, into, &meta, &changed, keys).map_err(noted)?)
+        let saved = save_changed(&root, backup_path, req.save_into, &meta, &changed, keys);
+        Some(saved.map_err(noted)?)
     };
     let txn = Transaction::prepare(
         root.path(),
@@ -522,7 +522,7 @@ fn read_version(root: &Root) -> Result<Option<String>> {
 fn save_changed(
     root: &Root,
     backup_path: &Path,
-    into: Option<PathBuf>,
+    into: Option<&Path>,
     meta: &BackupMetadata,
     changed: &[String],
     keys: Option<&Identities>,
@@ -537,13 +537,14 @@ fn save_changed(
         })?),
         None => None,
     };
-    let dir = into.unwrap_or_else(|| {
-        backup_path
+    let dir = match into {
+        Some(into) => into.to_path_buf(),
+        None => backup_path
             .canonicalize()
             .ok()
             .and_then(|b| b.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| root.join(BACKUPS_DIR))
-    });
+            .unwrap_or_else(|| root.join(BACKUPS_DIR)),
+    };
     let open = |rel: &str| root.open_read(rel, None);
     let path = backup::create(&BackupRequest {
         root: root.path(),

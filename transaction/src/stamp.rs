@@ -55,13 +55,13 @@ impl FileStamp {
 
     /// Whether the file's last change (of content or metadata) is [`SETTLED`] or more before
     /// `t`. A change time before 1970 or in the future is not.
-    pub fn settled_before(&self, t: SystemTime) -> bool {
+    fn settled_before(&self, t: SystemTime) -> bool {
         self.changed().is_some_and(|changed| changed + SETTLED <= t)
     }
 
     /// How long after `t` the file becomes settled, when it changed less than [`SETTLED`]
     /// before `t` (not in the future: that is a clock to distrust, not to wait for).
-    pub fn unsettled_for(&self, t: SystemTime) -> Option<Duration> {
+    fn unsettled_for(&self, t: SystemTime) -> Option<Duration> {
         let since = t.duration_since(self.changed()?).ok()?;
         SETTLED.checked_sub(since).filter(|wait| !wait.is_zero())
     }
